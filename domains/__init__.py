@@ -1,0 +1,1 @@
+"""One subpackage per domain; each defines DOMAIN (see pipelines.domain.Domain)."""

@@ -1,0 +1,1 @@
+"""Domain-agnostic stages of domainfm: curation machinery, models, training, evaluation, export."""

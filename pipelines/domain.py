@@ -1,0 +1,51 @@
+"""The contract between pipelines/ and a domain package.
+
+A domain is a subpackage of `domains/` whose `__init__.py` defines `DOMAIN = Domain(...)`.
+Domains are discovered at run time, so adding one needs no edit to pipelines/.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import domains as _domains_pkg
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    # Zero-shot classification: class names and prompt templates ("{c}" is replaced by a class name).
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    # `domainfm curate <name> ...`: a typer command function (its options are the domain's inputs).
+    curate_command: Callable[..., Any]
+    # `domainfm demo-data <name> --out DIR`: writes raw inputs and the held-out zero-shot set.
+    write_demo_data: Callable[[Path, dict[str, Any]], None]
+    # "image" pairs go through open_clip; "volume" pairs through a 3D encoder.
+    modality: str = "image"
+    description: str = ""
+    # Free-form facts for the model card (data sources, licences, known limitations).
+    card_notes: dict[str, str] = field(default_factory=dict)
+
+
+def available() -> dict[str, Domain]:
+    """All domains found under the `domains` package, by name."""
+    found: dict[str, Domain] = {}
+    for info in pkgutil.iter_modules(_domains_pkg.__path__):
+        if not info.ispkg:
+            continue
+        module = importlib.import_module(f"domains.{info.name}")
+        domain = getattr(module, "DOMAIN", None)
+        if isinstance(domain, Domain):
+            found[domain.name] = domain
+    return found
+
+
+def get(name: str) -> Domain:
+    domains = available()
+    if name not in domains:
+        raise KeyError(f"unknown domain {name!r}; available: {', '.join(sorted(domains)) or 'none'}")
+    return domains[name]

@@ -1,0 +1,163 @@
+"""The curated pair format and its machinery: shards, manifest, rejects, summary, resume, splits."""
+from __future__ import annotations
+
+import json
+import tarfile
+from argparse import Namespace
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from pipelines.curation import (
+    CurationConfig,
+    Pair,
+    Reject,
+    UnitResult,
+    WorkUnit,
+    assign_split,
+    read_manifest,
+    run_curation,
+    shard_paths,
+)
+from pipelines.executor import LocalExecutor
+
+
+def make_pairs(unit: WorkUnit) -> UnitResult:
+    """A small deterministic 'domain': n coloured squares per unit, one group per unit."""
+    n, colour = unit.payload["n"], unit.payload["colour"]
+    if unit.payload.get("fail"):
+        raise OSError("truncated file")
+    result = UnitResult()
+    for i in range(n):
+        img = np.zeros((16, 16, 3), np.uint8)
+        img[..., colour] = 40 + 20 * i
+        result.pairs.append(
+            Pair(id=f"{unit.key}.{i}", group=unit.payload["group"], image=img, caption=f"{['red', 'green', 'blue'][colour]} square {i}",
+                 source=unit.key, caption_variants={"short": "square"}, provenance={"i": i})
+        )
+    result.rejects.append(Reject(f"{unit.key}:extra", "check", "too dark"))
+    result.counts.update({"objects_seen": n + 1, "objects_kept": n})
+    return result
+
+
+class Interrupt(BaseException):
+    pass
+
+
+def interrupting(unit: WorkUnit) -> UnitResult:
+    if unit.payload.get("interrupt"):
+        raise Interrupt()
+    return make_pairs(unit)
+
+
+def units(k: int = 6, n: int = 5, extra: dict | None = None) -> list[WorkUnit]:
+    return [WorkUnit(f"scene{i}", {"n": n, "colour": i % 3, "group": f"g{i}", **(extra or {}).get(i, {})}) for i in range(k)]
+
+
+def read_shards(out: Path) -> dict[str, dict]:
+    samples = {}
+    for split in ("train", "val", "test"):
+        for path in shard_paths(out, split):
+            for s in wds.WebDataset(path, shardshuffle=False):
+                samples[s["__key__"]] = {"split": split, "shard": Path(path).name, **s}
+    return samples
+
+
+CFG = CurationConfig(shard_size=4, val_fraction=0.25, test_fraction=0.25)
+
+
+def test_writes_shards_manifest_rejects_summary(tmp_path):
+    summary = run_curation(units(), make_pairs, tmp_path, CFG)
+    samples = read_shards(tmp_path)
+    manifest = read_manifest(tmp_path)
+    assert len(samples) == len(manifest) == 30
+    for row in manifest.itertuples():
+        s = samples[row.key]
+        assert s["split"] == row.split and s["shard"] == row.shard
+        assert s["txt"].decode() == row.caption
+        meta = json.loads(s["json"])
+        assert meta["caption_variants"] == {"short": "square"} == row.caption_variants
+        assert "png" in s
+    # shards hold at most shard_size samples and are named {split}-{NNNNNN}.tar
+    for path in (tmp_path / "shards").iterdir():
+        assert path.name.split("-")[0] in ("train", "val", "test") and path.suffix == ".tar"
+        assert len(tarfile.open(path).getnames()) <= 3 * CFG.shard_size
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert list(rejects.columns) == ["input", "stage", "reason"] and len(rejects) == 6
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["steps"] == {"objects_kept": 30, "objects_seen": 36}
+    assert on_disk["rejected"] == {"check: too dark": 6}
+    assert sum(on_disk["pairs"]["per_split"].values()) == 30
+
+
+def test_splits_are_by_group_never_by_row(tmp_path):
+    run_curation(units(k=20), make_pairs, tmp_path, CFG)
+    manifest = read_manifest(tmp_path)
+    assert (manifest.groupby("group")["split"].nunique() == 1).all()
+    assert set(manifest["split"]) == {"train", "val", "test"}
+    # stable: the same group always lands in the same split
+    assert assign_split("g3", 0.25, 0.25) == assign_split("g3", 0.25, 0.25)
+
+
+def test_failing_unit_becomes_reject_and_others_are_curated(tmp_path):
+    summary = run_curation(units(extra={2: {"fail": True}}), make_pairs, tmp_path, CFG)
+    assert summary["pairs"]["kept"] == 25
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    row = rejects[rejects["stage"] == "unit"].iloc[0]
+    assert row["input"] == "scene2" and "truncated file" in row["reason"]
+
+
+def test_interrupted_run_resumes_without_partial_or_duplicate_shards(tmp_path):
+    with pytest.raises(Interrupt):
+        run_curation(units(extra={4: {"interrupt": True}}), interrupting, tmp_path, CFG)
+    assert not (tmp_path / "shards").exists()  # nothing packed from an unfinished run
+    summary = run_curation(units(), make_pairs, tmp_path, CFG)
+    assert summary["units"] == {"total": 6, "cached": 4, "processed": 2}
+    assert summary["pairs"]["kept"] == 30
+    keys = [k for s in read_shards(tmp_path) for k in [s]]
+    assert len(keys) == len(set(keys)) == 30
+    assert not list(tmp_path.rglob("*.tmp*"))
+    # a full rerun is all cached and reproduces identical shards byte for byte
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+    again = run_curation(units(), make_pairs, tmp_path, CFG)
+    assert again["units"]["cached"] == 6
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+
+
+def test_process_pool_gives_same_result_as_in_process(tmp_path):
+    run_curation(units(), make_pairs, tmp_path / "a", CFG, executor=LocalExecutor(0))
+    run_curation(units(), make_pairs, tmp_path / "b", CFG, executor=LocalExecutor(2))
+    a, b = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_quality_filter_keeps_top_fraction_and_records_scores(tmp_path):
+    def score(images: list[bytes], captions: list[str]) -> np.ndarray:
+        return np.array([float(c.split()[-1]) for c in captions])  # later squares score higher
+
+    summary = run_curation(units(k=4), make_pairs, tmp_path, CFG, quality_scorer=score, quality_keep_fraction=0.4)
+    manifest = read_manifest(tmp_path)
+    assert len(manifest) == summary["pairs"]["kept"] == 8
+    assert set(manifest["quality_score"]) == {3.0, 4.0}
+    assert summary["steps"]["quality_dropped"] == 12
+
+
+def test_stock_open_clip_train_reads_the_shards(tmp_path):
+    from open_clip_train.data import get_wds_dataset
+
+    from pipelines.models import ModelSpec, load_model
+
+    run_curation(units(k=4, n=8), make_pairs, tmp_path, CurationConfig(shard_size=100, val_fraction=0, test_fraction=0))
+    loaded = load_model(ModelSpec("domainfm-tiny"))
+    args = Namespace(
+        train_data=shard_paths(tmp_path, "train")[0], train_data_upsampling_factors=None, val_data=None, dataset_type="webdataset",
+        batch_size=8, workers=0, world_size=1, seed=0, train_num_samples=32, distributed=False, dataset_resampled=False,
+    )
+    info = get_wds_dataset(args, loaded.preprocess_train, is_train=True, tokenizer=loaded.tokenizer)
+    images, texts = next(iter(info.dataloader))
+    assert images.shape == (8, 3, 64, 64) and texts.shape == (8, 32)
