@@ -339,7 +339,7 @@ def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -
             }
             if "quality_score" in r:
                 meta["quality_score"] = r["quality_score"]
-            w.write({"__key__": r["key"], r["ext"]: data, "txt": r["caption"], "json": json.dumps(meta, default=_json_default).encode()})
+            w.write({"__key__": r["key"], r["ext"]: data, "txt": r["caption"], "json": json.dumps(meta, sort_keys=True, default=_json_default).encode()})
     for w, _, _ in writers.values():
         w.close()
     final = out / "shards"
