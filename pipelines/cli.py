@@ -155,12 +155,18 @@ def export_command(
     card = {
         "domain": d.name,
         "description": d.description,
-        "notes": dict(d.card_notes),
-        "params": {k: section(p, domain, k) for k in ("base_model", "curate", "adapt", "train")},
-        "templates": list(section(p, domain, "evaluate").get("templates") or d.templates),
-        "classnames": list(d.classnames),
-        "data_summary": _read_json(data / "summary.json") if data else None,
+        "data": {
+            "summary": _read_json(data / "summary.json") if data else None,
+            "sources": list(d.card_notes.get("sources", [])),
+            "licences": list(d.card_notes.get("licences", [])),
+        },
+        "training": {
+            **{f"curate.{k}": v for k, v in section(p, domain, "curate").items()},
+            **{f"train.{k}": v for k, v in section(p, domain, "train").items()},
+        },
         "metrics": _read_json(metrics / "metrics.json") if metrics else None,
+        "prompt_templates": list(section(p, domain, "evaluate").get("templates") or d.templates),
+        "limitations": list(d.card_notes.get("limitations", [])),
     }
     export(model, out, card)
     typer.echo(f"exported {domain} to {out}")

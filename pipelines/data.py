@@ -13,6 +13,9 @@ Each epoch is a pure function of (shards, seed, epoch, rank, world_size, workers
   `steps_per_epoch = total_samples // (batch_size * world_size)` (drop-last), with the sample
   count read once from the tar headers. A slot whose shards run short starts another seeded pass
   over them.
+* With `caption_variants`, each sample's text is drawn per epoch from its `txt` and the
+  `caption_variants` of its `json` (e.g. SkyScript's title and title_multi_objects), seeded from
+  (seed, epoch, key): more context per pair at no curation cost.
 * Augmentation randomness is seeded per sample from (seed, epoch, key), inside a forked RNG, so it
   neither depends on which rank a sample lands on nor disturbs the trainer's RNG.
 * `skip_batches` resumes mid-epoch: skipped samples are dropped before decoding, and the worker
@@ -21,6 +24,7 @@ Each epoch is a pure function of (shards, seed, epoch, rank, world_size, workers
 """
 from __future__ import annotations
 
+import json
 import random
 import tarfile
 import zlib
@@ -77,7 +81,7 @@ def _usable_samples(shards: list[str]) -> Iterator[dict[str, Any]]:
         if _is_usable(set(exts)):
             image_ext = next(e for e in IMAGE_EXTS if e in exts)
             yield {"__key__": sample["__key__"], "image_ext": image_ext,
-                   "image": sample[exts[image_ext]], "txt": sample[exts[TEXT_EXT]]}
+                   "image": sample[exts[image_ext]], "txt": sample[exts[TEXT_EXT]], "json": sample.get(exts.get("json", ""))}
 
 
 def _shuffled(samples: Iterator[dict[str, Any]], bufsize: int, rng: random.Random) -> Iterator[dict[str, Any]]:
@@ -99,11 +103,12 @@ class _EpochBatches(IterableDataset):
 
     def __init__(self, shards: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int,
                  seed: int, epoch: int, rank: int, world_size: int, workers: int, steps: int,
-                 skip_batches: int, shuffle_buffer: int) -> None:
+                 skip_batches: int, shuffle_buffer: int, caption_variants: bool = False) -> None:
         self.shards, self.preprocess, self.tokenizer = shards, preprocess, tokenizer
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.rank, self.world_size, self.workers = rank, world_size, max(workers, 1)
         self.steps, self.skip_batches, self.shuffle_buffer = steps, skip_batches, shuffle_buffer
+        self.caption_variants = caption_variants
 
     def __len__(self) -> int:
         return max(self.steps - self.skip_batches, 0)
@@ -135,6 +140,14 @@ class _EpochBatches(IterableDataset):
             torch.manual_seed(_seed("augment", self.seed, self.epoch, sample["__key__"]))
             return self.preprocess(image)
 
+    def _caption(self, sample: dict[str, Any]) -> str:
+        caption = sample["txt"].decode("utf-8")
+        if not self.caption_variants or not sample.get("json"):
+            return caption
+        variants = json.loads(sample["json"]).get("caption_variants") or {}
+        choices = list(dict.fromkeys([caption, *(v for _, v in sorted(variants.items()) if v)]))
+        return random.Random(_seed("caption", self.seed, self.epoch, sample["__key__"])).choice(choices)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
@@ -151,7 +164,7 @@ class _EpochBatches(IterableDataset):
         for _ in range(todo):
             raw = [next(stream) for _ in range(self.batch_size)]
             images = torch.stack([self._decode(s) for s in raw])
-            texts = self.tokenizer([s["txt"].decode("utf-8") for s in raw])
+            texts = self.tokenizer([self._caption(s) for s in raw])
             yield images, texts
 
 
@@ -170,6 +183,7 @@ def make_train_loader(
     skip_batches: int = 0,
     batches_multiple_of: int = 1,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    caption_variants: bool = False,
 ) -> tuple[DataLoader, int]:
     """A DataLoader of this rank's batches for `epoch`, and the (full) number of batches per epoch.
 
@@ -193,7 +207,7 @@ def make_train_loader(
             + (f" x accumulation {batches_multiple_of}" if batches_multiple_of > 1 else "")
         )
     dataset = _EpochBatches(list(shards), preprocess, tokenizer, batch_size, seed, epoch, rank, world_size,
-                            workers, steps, min(skip_batches, steps), shuffle_buffer)
+                            workers, steps, min(skip_batches, steps), shuffle_buffer, caption_variants)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False,
                         pin_memory=torch.cuda.is_available())
     return loader, steps

@@ -27,8 +27,8 @@ class Domain:
     # "image" pairs go through open_clip; "volume" pairs through a 3D encoder.
     modality: str = "image"
     description: str = ""
-    # Free-form facts for the model card (data sources, licences, known limitations).
-    card_notes: dict[str, str] = field(default_factory=dict)
+    # Facts for the model card: lists under "sources", "licences" and "limitations".
+    card_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def available() -> dict[str, Domain]:

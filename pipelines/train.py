@@ -75,6 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 50    # steps; 0 disables intermediate checkpoints
     workers: int = 0
     log_every: int = 1
+    caption_variants: bool = False  # draw each sample's text from txt + json caption_variants per epoch
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -321,6 +322,7 @@ def _train(model: nn.Module, preprocess_train: Callable, tokenizer: Callable, sh
                 shards, preprocess_train, tokenizer, cfg.batch_size, cfg.seed, epoch, cfg.workers,
                 info.rank, info.world_size, counts=counts,
                 skip_batches=(step - epoch * steps_per_epoch) * cfg.grad_accum, batches_multiple_of=cfg.grad_accum,
+                caption_variants=cfg.caption_variants,
             )
             batches = iter(loader)
             while step < total_steps and step < (epoch + 1) * steps_per_epoch:
