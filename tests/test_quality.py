@@ -1,0 +1,60 @@
+"""The optional top-k% image-caption quality filter, through the remote-sensing curation."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from domains.remote_sensing.curate import curate, load_config
+from domains.remote_sensing.demo_data import write_demo_data
+from pipelines.curation import read_manifest
+from pipelines.export import model_config_of, preprocess_config_of, save_open_clip_dir
+from pipelines.models import ModelSpec, load_model
+from pipelines.quality import make_clip_scorer
+
+
+@pytest.fixture(scope="module")
+def scorer_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality") / "model"
+    torch.manual_seed(0)
+    loaded = load_model(ModelSpec("domainfm-tiny"))
+    save_open_clip_dir(loaded.model, model_config_of(ModelSpec("domainfm-tiny")), out, preprocess_config_of(loaded.model))
+    return f"local-dir:{out}"
+
+
+def test_scorer_is_cosine_similarity_of_image_and_caption(scorer_model):
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        images.append(buf.getvalue())
+    captions = ["farmland", "a park", "water, surrounded by forest"]
+    scores = make_clip_scorer(ModelSpec(scorer_model))(images, captions)
+    loaded = load_model(ModelSpec(scorer_model))
+    with torch.no_grad():
+        img = loaded.model.encode_image(torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]), normalize=True)
+        txt = loaded.model.encode_text(loaded.tokenizer(captions), normalize=True)
+    np.testing.assert_allclose(scores, (img * txt).sum(-1).numpy(), atol=1e-5)
+
+
+def test_remote_sensing_keeps_top_fraction_by_score(tmp_path, scorer_model):
+    raw = tmp_path / "raw"
+    write_demo_data(raw, {"scene_size_px": 768, "zeroshot_per_class": 1, "zeroshot_size_px": 512})
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "remote_sensing:\n  curate:\n    target_gsd_m: 2.0\n    tile_size: 64\n"
+        f"    quality_model: '{scorer_model}'\n    quality_keep_fraction: 0.5\n"
+    )
+    cfg = load_config(params)
+    summary = curate([raw / "scene.tif"], raw / "features.osm", tmp_path / "out", cfg)
+    manifest = read_manifest(tmp_path / "out")
+    dropped = summary["steps"]["quality_dropped"]
+    assert dropped > 0 and abs(len(manifest) - dropped) <= 1  # half kept
+    assert manifest["quality_score"].notna().all()
+    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv")
+    assert (rejects["stage"] == "quality").sum() == dropped
