@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 
 from pipelines import domain as domain_registry
@@ -86,6 +87,7 @@ def train_command(
     shards = shard_paths(data, "train")
     if not shards:
         raise typer.BadParameter(f"no train shards under {data}/shards: run `domainfm curate {domain}` first")
+    torch.manual_seed(train_cfg.seed)  # LoRA's initial A matrices come from the global RNG
     loaded = load_model(base)
     model = prepare(loaded.model, adapt_cfg)
     stats = train(model, loaded.preprocess_train, loaded.tokenizer, shards, train_cfg, out, resume=resume, metrics_path=metrics)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pipelines.config import build
 from pipelines.export import model_config_of, preprocess_config_of, save_open_clip_dir
 from pipelines.models import ModelSpec, load_model
@@ -35,6 +37,7 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path, metrics_path: Path | No
         shutil.rmtree(corpus)
     write_corpus(corpus, cfg.n_samples, cfg.image_size, cfg.seed)
     spec = ModelSpec(name=cfg.model)
+    torch.manual_seed(cfg.seed)  # the random initialisation is part of the result: seed it too
     loaded = load_model(spec)
     shards = sorted(str(p) for p in corpus.glob("train-*.tar"))
     stats = train(loaded.model, loaded.preprocess_train, loaded.tokenizer, shards, train_cfg, work / "run", metrics_path=metrics_path)

@@ -150,7 +150,7 @@ def _process_raster(src, job: RasterJob, cfg: RSCurateConfig, table: TagTable, r
     max_tile = cfg.max_tile_m or 4 * min_tile
     point_tile = cfg.point_tile_m or size * base_gsd
     low_pct, high_pct = cfg.stretch_percentiles
-    tag = hashlib.sha256(os.path.abspath(job.raster).encode()).hexdigest()[:6]
+    tag = hashlib.sha256(os.path.normpath(job.raster).encode()).hexdigest()[:6]  # the path as given: ids stay the same in any checkout
     stem = f"{Path(job.raster).stem}-{tag}"
 
     features = sorted(job.features, key=lambda f: f.osm_id)

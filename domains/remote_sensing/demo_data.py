@@ -652,7 +652,7 @@ def write_zeroshot(out: Path, cfg: RSDemoConfig, templates: tuple[str, ...] | No
     out.mkdir(parents=True, exist_ok=True)
     tiles = zeroshot_tiles(cfg)
     order = np.random.default_rng(cfg.zeroshot_seed).permutation(len(tiles))  # mixed classes in the shard
-    with wds.TarWriter(str(out / "test-000000.tar")) as sink:
+    with wds.TarWriter(str(out / "test-000000.tar"), mtime=0) as sink:
         for i, j in enumerate(order):
             img, c, meta = tiles[j]
             buf = io.BytesIO()
