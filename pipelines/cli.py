@@ -79,7 +79,9 @@ def train_command(
     from pipelines.models import ModelSpec, load_model
     from pipelines.train import TrainConfig, train
 
-    _domain(domain)
+    d = _domain(domain)
+    if d.train_command is not None:
+        return d.train_command(data=data, out=out, metrics=metrics, resume=resume, params=params)
     p = load_params(params)
     base = build(ModelSpec, section(p, domain, "base_model"))
     adapt_cfg = build(AdaptConfig, section(p, domain, "adapt"))
@@ -112,6 +114,8 @@ def evaluate_command(
     from pipelines.models import ModelSpec, load_model
 
     d = _domain(domain)
+    if d.evaluate_command is not None:
+        return d.evaluate_command(model=model, zeroshot=zeroshot, data=data, out=out, plots=plots, params=params)
     p = load_params(params)
     eval_cfg = section(p, domain, "evaluate")
     adapted, loaded = load_trained(model)
@@ -153,6 +157,8 @@ def export_command(
     from pipelines.export import export
 
     d = _domain(domain)
+    if d.export_command is not None:
+        return d.export_command(model=model, out=out, metrics=metrics, data=data, params=params)
     p = load_params(params)
     card = {
         "domain": d.name,

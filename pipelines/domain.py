@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import domains as _domains_pkg
 
@@ -27,6 +27,12 @@ class Domain:
     # "image" pairs go through open_clip; "volume" pairs through a 3D encoder.
     modality: str = "image"
     description: str = ""
+    # A domain whose model is not an open_clip CLIP (modality "volume") replaces these stages with
+    # its own typer command functions taking the same options as `domainfm train/evaluate/export`
+    # (see pipelines/cli.py), so dvc.yaml stays the same for every domain. None: the open_clip path.
+    train_command: Optional[Callable[..., Any]] = None
+    evaluate_command: Optional[Callable[..., Any]] = None
+    export_command: Optional[Callable[..., Any]] = None
     # Facts for the model card: lists under "sources", "licences" and "limitations".
     card_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
