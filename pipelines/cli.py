@@ -12,10 +12,12 @@ import typer
 from pipelines import domain as domain_registry
 from pipelines.config import build, load_params, section, to_dict
 from pipelines.pairs import curate_pairs_command
+from pipelines.scaling_cli import scaling_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 curate_app = typer.Typer(no_args_is_help=True, help="Curate image-text pairs from a domain's own sources.")
 app.add_typer(curate_app, name="curate")
+app.add_typer(scaling_app, name="scaling", help="Data-scaling sweeps, fits and reports.")
 curate_app.command("pairs")(curate_pairs_command)
 for _domain in domain_registry.available().values():
     curate_app.command(_domain.name, help=_domain.description)(_domain.curate_command)

@@ -222,6 +222,9 @@ def _read_unit_images(staging: Path, name: str) -> Iterator[tuple[str, bytes]]:
 
 
 QualityScorer = Callable[[list[bytes], list[str]], np.ndarray]
+# Decisions that need every unit's pairs at once (e.g. near-duplicates across videos): given the
+# pair records (id, group, caption, provenance, ...), return the ids to drop with their Reject.
+RowFilter = Callable[[list[dict[str, Any]]], dict[str, Reject]]
 
 
 def run_curation(
@@ -234,6 +237,7 @@ def run_curation(
     pre_counts: dict[str, int] | None = None,
     quality_scorer: QualityScorer | None = None,
     quality_keep_fraction: float = 1.0,
+    row_filter: RowFilter | None = None,
 ) -> dict[str, Any]:
     """Curate `units` into OUT; returns the summary. `pre_rejects` are inputs refused before any unit ran."""
     out = Path(out)
@@ -268,6 +272,12 @@ def run_curation(
         for p in record["pairs"]:
             split = assign_split(p["group"], config.val_fraction, config.test_fraction, config.split_seed)
             rows.append({**p, "split": split, "unit": record["name"]})
+
+    if row_filter is not None and rows:
+        dropped_rows = row_filter(rows)
+        rows = [r for r in rows if r["id"] not in dropped_rows]
+        rejects.extend(dict(r.__dict__) for r in dropped_rows.values())
+        counts["row_filter_dropped"] += len(dropped_rows)
 
     if quality_scorer is not None and quality_keep_fraction < 1.0 and rows:
         rows, dropped = _quality_filter(rows, staging, quality_scorer, quality_keep_fraction)

@@ -161,3 +161,14 @@ def test_stock_open_clip_train_reads_the_shards(tmp_path):
     info = get_wds_dataset(args, loaded.preprocess_train, is_train=True, tokenizer=loaded.tokenizer)
     images, texts = next(iter(info.dataloader))
     assert images.shape == (8, 3, 64, 64) and texts.shape == (8, 32)
+
+
+def test_row_filter_drops_across_units_with_reasons(tmp_path):
+    def drop_first_of_each_unit(rows):
+        return {r["id"]: Reject(r["id"], "dedupe", "near-duplicate across inputs") for r in rows if r["id"].endswith(".0")}
+
+    summary = run_curation(units(k=3), make_pairs, tmp_path, CFG, row_filter=drop_first_of_each_unit)
+    manifest = read_manifest(tmp_path)
+    assert len(manifest) == 12 and not manifest["id"].str.endswith(".0").any()
+    assert summary["rejected"]["dedupe: near-duplicate across inputs"] == 3
+    assert summary["steps"]["row_filter_dropped"] == 3

@@ -23,7 +23,9 @@ TINY = {
         "demo": {"scene_size_px": 1024, "zeroshot_per_class": 3, "zeroshot_size_px": 512},
         "curate": {"workers": 1, "block_size_m": 128},
         "train": {"batch_size": 32, "epochs": 2, "checkpoint_every": 5, "warmup_steps": 2},
+        "scaling": {"train": {"batch_size": 16, "max_steps": 3, "warmup_steps": 1}},
     },
+    "scaling": {"fractions": [0.25, 0.5, 1.0], "seeds": [0], "quality_keep": [0.5], "n_boot": 50},
 }
 
 
@@ -61,7 +63,7 @@ def project(tmp_path_factory) -> Path:
 def test_repro_runs_every_stage_and_is_then_up_to_date(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     for stage in ("pretrain", "demo-data@remote_sensing", "curate@remote_sensing", "train@remote_sensing",
-                  "evaluate@remote_sensing", "export@remote_sensing"):
+                  "evaluate@remote_sensing", "export@remote_sensing", "scaling-report@remote_sensing", "scaling-index"):
         assert stage in lock["stages"]
     assert "up to date" in run(["dvc", "status"], project).stdout
 
@@ -91,3 +93,13 @@ def test_export_loads_in_stock_open_clip(project):
     card = (export / "README.md").read_text()
     assert "## Evaluation" in card and "acc1" in card and "ODbL" in card
     assert (export / "adapter" / "adapter_config.json").is_file()
+
+
+def test_scaling_report_is_written(project):
+    report = project / "reports/remote_sensing"
+    html = (report / "scaling.html").read_text()
+    assert "data:image/png;base64," in html  # self-contained
+    assert (report / "scaling.md").read_text().strip()
+    assert "remote_sensing" in (project / "reports/index.html").read_text()
+    runs = sorted(p.name for p in (project / "metrics/remote_sensing/scaling").iterdir())
+    assert runs == ["f0.25-q1.0-s0", "f0.5-q1.0-s0", "f1.0-q0.5-s0", "f1.0-q1.0-s0"]

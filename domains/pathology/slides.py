@@ -1,0 +1,424 @@
+"""Whole-slide image curation: tissue tiles at a fixed resolution, each paired with its slide's caption.
+
+One work unit per slide (`plan_slide_units`), processed by `process_slide`:
+
+1. open the slide with OpenSlide; find its resolution (MPP from `openslide.mpp-x/y`, else from the
+   objective power with 40x ~ 0.25 um/px, i.e. mpp = 10 / power, else `fallback_mpp`, else reject);
+2. compute a tissue mask on a low-resolution level (or thumbnail): Otsu on HSV saturation, clipped to
+   a calibrated range, pen marks removed, closed, holes filled, small objects dropped;
+3. lay a tile grid in level-0 coordinates and keep cells whose mask tissue fraction is high enough;
+4. read a seeded random subset of those cells at the pyramid level just finer than the target MPP,
+   resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur).
+
+Captions are weak supervision: every tile of a slide gets the slide's caption; group = slide id, so
+all tiles of a slide land in the same split.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
+
+# Suffixes OpenSlide 4 reads (the folder may hold other files, e.g. the captions CSV).
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".czi")
+
+STAGE_CAPTION = "caption"
+STAGE_SLIDE = "slide"
+STAGE_TILE = "tile"
+
+REASON_NO_CAPTION = "no caption for slide"
+REASON_NO_SLIDE = "caption row without a slide"
+REASON_EMPTY_CAPTION = "empty caption"
+REASON_DUPLICATE_CAPTION = "duplicate caption row for slide"
+REASON_DUPLICATE_SLIDE = "duplicate slide id"
+REASON_UNREADABLE = "openslide cannot open the slide"
+REASON_NO_MPP = "slide resolution unknown (no MPP or objective power)"
+REASON_TOO_COARSE = "slide resolution coarser than target_mpp"
+REASON_NO_TISSUE = "no tissue found"
+REASON_PEN = "pen mark"
+REASON_BACKGROUND = "background (too little tissue)"
+REASON_BLURRED = "blurred"
+
+# Tissue-mask saturation threshold: Otsu's value clipped to this range. The floor keeps an
+# all-background image from splitting its noise into "tissue"; the ceiling keeps a tile that is all
+# tissue from splitting pale stroma off dark nuclei. Calibrated on histolab's tiles: white and
+# almost-white backgrounds have saturation < 0.05, pale H&E stroma 0.12-0.2.
+SAT_FLOOR = 0.07
+SAT_CEIL = 0.15
+
+DARK_GREY = 210.0  # grey level (0-255) below which a pixel is not bare glass (scanner background ~230-245)
+
+TARGET_TOLERANCE = 1.1  # a slide up to 10% coarser than target_mpp is resampled, not rejected
+
+
+@dataclass
+class SlideConfig:
+    """params.yaml `pathology.curate.slides`."""
+
+    target_mpp: float = 0.5  # micrometres per pixel of the tiles
+    tile_size: int = 224  # output px
+    stride: int = 224  # output px between tile origins
+    mask_level_max_dim: int = 2048  # tissue mask at the level whose larger side is closest below this
+    min_tissue_fraction: float = 0.5  # tile kept when its tissue fraction is at least this
+    max_tiles_per_slide: int = 200  # seeded random subset when more
+    blur_threshold: float = 25.0  # histolab tissue tiles >= 45, the same blurred (sigma 2) <= 21; variance of the Laplacian (grey 0-255) below -> blurred
+    pen_max_fraction: float = 0.02  # ink pixel fraction above -> rejected (tissue tiles <= 0.6%, red-pen tiles >= 3.7%)
+    fallback_mpp: float | None = None  # used when a slide has neither MPP nor objective power
+    seed: int = 0
+
+
+@dataclass
+class SlideJob:
+    path: str
+    slide_id: str
+    caption: str
+    columns: dict[str, str] = field(default_factory=dict)  # the CSV's extra columns (labels)
+    cfg: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- pixel checks
+
+
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue in degrees, saturation and value in [0, 1] (fast; skimage's rgb2hsv is float64-heavy)."""
+    a = rgb[..., :3].astype(np.float32) / 255.0
+    mx = a.max(-1)
+    mn = a.min(-1)
+    delta = mx - mn
+    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    d = np.maximum(delta, 1e-6)
+    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
+    hue = np.where(delta > 0, hue, 0.0)
+    return hue, sat, mx
+
+
+def pen_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of marker ink: colours that H&E never produces.
+
+    H&E lies in the purple-pink hues (about 250-360 deg). Green/teal ink (70-190 deg) is flagged at
+    modest saturation; blue ink (190-245 deg) only when strongly saturated (pale haematoxylin can
+    drift blue); red ink only when very saturated (S > 0.6) and at 345-20 deg: strongly stained
+    eosin (CMU-1) reaches S 0.65 but sits at 335-345 deg. On histolab's tissue tiles at most 0.6% of
+    pixels pass, on its red-pen tiles 3.7-25%. Tissue-margin dye (teal) counts as ink too.
+    """
+    hue, sat, val = _hsv(rgb)
+    green = (hue >= 70) & (hue < 190) & (sat > 0.15) & (val > 0.15)
+    blue = (hue >= 190) & (hue < 245) & (sat > 0.45) & (val > 0.15)
+    red = ((hue >= 345) | (hue < 20)) & (sat > 0.6) & (val > 0.3)
+    return green | blue | red
+
+
+def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05) -> np.ndarray:
+    """Boolean tissue mask: Otsu on HSV saturation (clipped), pen ink excluded, small objects cleaned.
+
+    Closing plus hole filling turns enclosed pale areas (fat cells, gland lumina) into tissue, as a
+    pathologist would count them.
+    """
+    _, sat, _ = _hsv(rgb)
+    if sat.size == 0:
+        return np.zeros(sat.shape, bool)
+    try:
+        t = float(threshold_otsu(sat))
+    except ValueError:  # a single-valued image
+        t = SAT_CEIL
+    t = min(max(t, SAT_FLOOR), SAT_CEIL)
+    grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    # Saturated (stained) or clearly darker than glass: pale membranes of fat cells are grey, not pink.
+    # A 3x3 median first: scanner/JPEG noise on glass is pixel-sized, membranes are continuous lines,
+    # so closing cannot knit noise into a net.
+    sat, grey = ndimage.median_filter(sat, size=3), ndimage.median_filter(grey, size=3)
+    mask = ((sat > t) | (grey < DARK_GREY)) & ~pen_mask(rgb)
+    min_size = max(4, int(mask.size * 2e-4))
+    radius = max(1, min(mask.shape) // 128)
+    mask = ndimage.binary_closing(mask, structure=_disk(radius), border_value=0)
+    mask = ndimage.binary_fill_holes(mask)
+    # Pale areas small relative to the image count as tissue even where they touch the border: fat
+    # cells and lumina cut by a tile edge are not enclosed, glass background is one large region.
+    mask = ~_drop_small(~mask, max(1, int(mask.size * max_hole_fraction)))
+    return _drop_small(mask, min_size)
+
+
+def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if not n:
+        return mask
+    keep = np.bincount(labels.ravel()) >= min_size
+    keep[0] = False
+    return keep[labels]
+    return mask
+
+
+def _disk(radius: int) -> np.ndarray:
+    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def laplacian_variance(rgb: np.ndarray) -> float:
+    grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float(ndimage.laplace(grey).var())
+
+
+def is_blurred(rgb: np.ndarray, threshold: float) -> bool:
+    """Variance of the Laplacian of the grey image below `threshold`: too little fine detail."""
+    return laplacian_variance(rgb) < threshold
+
+
+def tile_check(rgb: np.ndarray, cfg: SlideConfig) -> str | None:
+    """Why a tile is unusable (pen mark, background, blurred), or None when it is kept."""
+    rgb = rgb[..., :3]
+    if pen_mask(rgb).mean() > cfg.pen_max_fraction:
+        return REASON_PEN
+    if tissue_mask(rgb).mean() < cfg.min_tissue_fraction:
+        return REASON_BACKGROUND
+    if is_blurred(rgb, cfg.blur_threshold):
+        return REASON_BLURRED
+    return None
+
+
+# ---------------------------------------------------------------- slide geometry
+
+
+def slide_mpp(props: dict[str, str], fallback: float | None = None) -> tuple[float, str] | None:
+    """(level-0 um/px, where it came from) or None when unknown."""
+    try:
+        x, y = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
+        if x > 0 and y > 0:
+            return (x + y) / 2, "mpp"
+    except (KeyError, ValueError):
+        pass
+    try:
+        power = float(props["openslide.objective-power"])
+        if power > 0:
+            return 10.0 / power, "objective-power"  # 40x ~ 0.25 um/px, 20x ~ 0.5 um/px
+    except (KeyError, ValueError):
+        pass
+    if fallback:
+        return float(fallback), "fallback_mpp"
+    return None
+
+
+def _mask_image(slide: Any, max_dim: int) -> np.ndarray:
+    """RGB at the pyramid level whose larger side is the largest <= max_dim, else a thumbnail."""
+    best = None
+    for level, (w, h) in enumerate(slide.level_dimensions):
+        if max(w, h) <= max_dim:
+            best = level
+            break
+    if best is None:
+        img = slide.get_thumbnail((max_dim, max_dim))
+    else:
+        img = slide.read_region((0, 0), best, slide.level_dimensions[best])
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """RGBA from OpenSlide (transparent outside the scanned area) composited over white."""
+    if img.mode == "RGBA":
+        canvas = Image.new("RGB", img.size, (255, 255, 255))
+        canvas.paste(img, mask=img.getchannel("A"))
+        img = canvas
+    return np.asarray(img.convert("RGB"))
+
+
+def _read_level(slide: Any, downsample: float) -> int:
+    """Coarsest level whose downsample does not exceed the one needed (never lose detail)."""
+    ds = slide.level_downsamples
+    ok = [i for i, d in enumerate(ds) if d <= downsample * 1.001]
+    return max(ok, key=lambda i: ds[i]) if ok else 0
+
+
+def grid_candidates(mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float) -> tuple[list[tuple[int, int, float]], int]:
+    """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
+    width, height = dims
+    sx, sy = mask.shape[1] / width, mask.shape[0] / height
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    out = []
+    total = 0
+    nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
+    ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    for j in range(ny):
+        for i in range(nx):
+            x, y = int(round(i * stride0)), int(round(j * stride0))
+            total += 1
+            c0, r0 = int(x * sx), int(y * sy)
+            c1 = max(c0 + 1, min(mask.shape[1], int(math.ceil((x + size0) * sx))))
+            r1 = max(r0 + 1, min(mask.shape[0], int(math.ceil((y + size0) * sy))))
+            area = (r1 - r0) * (c1 - c0)
+            tissue = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+            frac = tissue / area
+            if frac >= min_fraction:
+                out.append((x, y, float(frac)))
+    return out, total
+
+
+# ---------------------------------------------------------------- planning
+
+
+def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[Reject]]:
+    """slide_id -> row (caption plus extra columns); rejects for empty or duplicate rows."""
+    with open(captions_csv, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("slide_id", "caption") if c not in columns]
+        if missing:
+            raise ValueError(f"{captions_csv}: captions CSV needs columns slide_id, caption; missing {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
+        rows: dict[str, dict[str, str]] = {}
+        rejects: list[Reject] = []
+        for raw in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            sid = row["slide_id"]
+            if sid in rows:
+                rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_DUPLICATE_CAPTION))
+                continue
+            if not row["caption"]:
+                rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_EMPTY_CAPTION))
+                rows[sid] = {}
+                continue
+            rows[sid] = row
+    return rows, rejects
+
+
+def find_slides(slides_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(slides_dir).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+
+
+def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig) -> tuple[list[WorkUnit], list[Reject]]:
+    """One unit per slide that has a caption; rejects for slides without one and captions without a slide.
+
+    Raises ValueError when the CSV lacks the slide_id or caption column.
+    """
+    rows, rejects = read_captions(Path(captions_csv))
+    params_digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    units: list[WorkUnit] = []
+    seen: set[str] = set()
+    for path in find_slides(Path(slides_dir)):
+        sid = path.stem
+        if sid in seen:
+            rejects.append(Reject(str(path), STAGE_SLIDE, REASON_DUPLICATE_SLIDE))
+            continue
+        seen.add(sid)
+        row = rows.get(sid)
+        if row is None:
+            rejects.append(Reject(str(path), STAGE_SLIDE, REASON_NO_CAPTION))
+            continue
+        if not row:  # empty caption, already rejected
+            continue
+        extra = {k: v for k, v in row.items() if k not in ("slide_id", "caption")}
+        stat = path.stat()
+        identity = f"{params_digest}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(row, sort_keys=True)}"
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg))
+        units.append(WorkUnit(key=f"pathology-slide:{os.path.abspath(path)}:{digest}", payload=job))
+    for sid in rows:
+        if sid not in seen:
+            rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_NO_SLIDE))
+    return units, rejects
+
+
+# ---------------------------------------------------------------- one slide
+
+
+def process_slide(unit: WorkUnit) -> UnitResult:
+    """Tiles of one slide (payload: SlideJob) as pairs, with rejects and counts."""
+    import openslide  # lazy: worker processes import it, the planner does not need it
+
+    job: SlideJob = unit.payload
+    cfg = SlideConfig(**job.cfg)
+    result = UnitResult()
+    result.counts["slides_seen"] += 1
+
+    def reject_slide(reason: str) -> UnitResult:
+        result.rejects.append(Reject(job.path, STAGE_SLIDE, reason))
+        result.counts[f"slides_rejected_{_slug(reason)}"] += 1
+        return result
+
+    try:
+        slide = openslide.OpenSlide(job.path)
+    except (openslide.OpenSlideUnsupportedFormatError, openslide.OpenSlideError, OSError):
+        return reject_slide(REASON_UNREADABLE)
+    with slide:
+        res = slide_mpp(dict(slide.properties), cfg.fallback_mpp)
+        if res is None:
+            return reject_slide(REASON_NO_MPP)
+        mpp0, mpp_source = res
+        downsample = cfg.target_mpp / mpp0
+        if downsample * TARGET_TOLERANCE < 1.0:
+            return reject_slide(REASON_TOO_COARSE)
+        try:
+            mask = tissue_mask(_mask_image(slide, cfg.mask_level_max_dim))
+        except openslide.OpenSlideError:
+            return reject_slide(REASON_UNREADABLE)
+        size0 = cfg.tile_size * downsample
+        stride0 = cfg.stride * downsample
+        candidates, n_grid = grid_candidates(mask, slide.dimensions, size0, stride0, cfg.min_tissue_fraction)
+        result.counts["tiles_grid"] += n_grid
+        result.counts["tiles_background"] += n_grid - len(candidates)  # counted, not listed: most of a slide
+        if not candidates:
+            return reject_slide(REASON_NO_TISSUE)
+
+        level = _read_level(slide, downsample)
+        level_ds = float(slide.level_downsamples[level])
+        read_px = max(1, int(math.ceil(size0 / level_ds)))
+        rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
+        tag = hashlib.sha256(os.path.normpath(job.path).encode()).hexdigest()[:6]
+        kept = 0
+        for idx in rng.permutation(len(candidates)):
+            if kept >= cfg.max_tiles_per_slide:
+                break
+            x, y, mask_frac = candidates[idx]
+            result.counts["tiles_read"] += 1
+            region = slide.read_region((x, y), level, (read_px, read_px))
+            img = Image.fromarray(_to_rgb(region))
+            if img.size != (cfg.tile_size, cfg.tile_size):
+                img = img.resize((cfg.tile_size, cfg.tile_size), Image.LANCZOS)
+            rgb = np.asarray(img)
+            where = f"{job.path}#x{x}-y{y}"
+            problem = tile_check(rgb, cfg)
+            if problem:
+                result.rejects.append(Reject(where, STAGE_TILE, problem))
+                result.counts[f"tiles_rejected_{_slug(problem)}"] += 1
+                continue
+            kept += 1
+            result.counts["tiles_written"] += 1
+            result.pairs.append(
+                Pair(
+                    id=f"{job.slide_id}-{tag}-x{x}-y{y}",
+                    group=job.slide_id,
+                    image=rgb,
+                    caption=job.caption,
+                    source=job.path,
+                    provenance={
+                        "columns": dict(sorted(job.columns.items())),
+                        "level": int(level),
+                        "level_downsample": level_ds,
+                        "mask_tissue_fraction": round(mask_frac, 4),
+                        "mpp": float(cfg.target_mpp),
+                        "mpp_source": mpp_source,
+                        "size_level0": float(size0),
+                        "slide_id": job.slide_id,
+                        "slide_mpp": float(mpp0),
+                        "x": int(x),
+                        "y": int(y),
+                    },
+                )
+            )
+        result.counts["slides_curated"] += 1
+    return result
+
+
+def _slug(reason: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in reason.split(" (")[0]).strip("_")

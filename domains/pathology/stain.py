@@ -1,0 +1,172 @@
+"""Is a video frame a histopathology image? A documented stain/texture detector, or a learned one.
+
+The default detector is rule-based and works on a downsampled copy of the frame:
+
+- blank frame: grey-level standard deviation below `min_std` (black/white fades, empty slides);
+- face or presenter: a large fraction of skin-tone pixels (RGB rule with R > G >= B: skin is
+  orange-ish, eosin is pink-magenta with B > G) — lecture videos cut to the speaker;
+- text slide: a large uniform background (pixels close to the median colour) with little colour
+  saturation and some high-contrast dark or light strokes — titles and bullet slides;
+- too little tissue: the tissue mask (saturated, not white: HSV saturation > 0.1 and value < 0.97)
+  covers less than `min_tissue_fraction` of the frame;
+- low H&E signal: colour deconvolution (skimage.color.rgb2hed, Ruifrok & Johnston) shows that too
+  few tissue pixels carry haematoxylin + eosin optical density above both a floor and the residual
+  (DAB) channel. Skin, wood, plots in orange come out with a large residual and little H+E.
+
+A learned classifier can replace the rules (`load_classifier`): a logistic regression over the
+detector's features, stored as safetensors (see `LogisticClassifier`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+from skimage.color import rgb2hed, rgb2hsv
+
+# Order of the feature vector a learned classifier receives.
+FEATURE_NAMES = ("grey_std", "tissue_fraction", "he_fraction", "skin_fraction", "background_fraction", "saturation_mean", "stroke_fraction")
+
+HISTOLOGY = "histology"
+
+
+@dataclass
+class DetectorConfig:
+    analysis_size: int = 128  # longer side of the copy the detector looks at
+    min_std: float = 6.0  # grey std (0..255) below which a frame is blank
+    min_tissue_fraction: float = 0.25  # stained-tissue pixels needed
+    min_he_fraction: float = 0.5  # share of tissue pixels whose H+E density beats floor and residual
+    he_floor: float = 0.01  # minimal H+E optical density (rgb2hed units) of a stained pixel
+    max_skin_fraction: float = 0.25  # more skin-tone pixels than this: a face or presenter
+    text_background_fraction: float = 0.6  # uniform background share that marks a slide
+    text_max_saturation: float = 0.15  # slides are mostly unsaturated
+    text_min_stroke_fraction: float = 0.003  # high-contrast stroke pixels a text slide has
+
+
+def _downsample(rgb: np.ndarray, size: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    if scale >= 1:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+
+
+def stain_features(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> dict[str, float]:
+    """The scores both detectors use (all in 0..1 except grey_std, 0..255)."""
+    small = _downsample(np.ascontiguousarray(rgb[..., :3]), cfg.analysis_size)
+    f = small.astype(np.float32)
+    grey = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    hsv = rgb2hsv(small)
+    sat, val = hsv[..., 1], hsv[..., 2]
+    tissue = (sat > 0.1) & (val < 0.97)
+    hed = rgb2hed(small)
+    he = np.clip(hed[..., 0], 0, None) + np.clip(hed[..., 1], 0, None)
+    stained = tissue & (he > cfg.he_floor) & (he > hed[..., 2])
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    skin = (r > 95) & (g > 40) & (b > 20) & (r - g > 15) & (g >= b) & (f.max(-1) - f.min(-1) > 15)
+    median = np.median(f.reshape(-1, 3), axis=0)
+    background = np.abs(f - median).max(-1) < 12
+    # Strokes: pixels far from the background colour in brightness (black text on white, or the reverse).
+    strokes = np.abs(grey - float(median @ np.array([0.299, 0.587, 0.114]))) > 80
+    n_tissue = int(tissue.sum())
+    return {
+        "grey_std": float(grey.std()),
+        "tissue_fraction": float(tissue.mean()),
+        "he_fraction": float(stained.sum() / n_tissue) if n_tissue else 0.0,
+        "skin_fraction": float(skin.mean()),
+        "background_fraction": float(background.mean()),
+        "saturation_mean": float(sat.mean()),
+        "stroke_fraction": float(strokes.mean()),
+    }
+
+
+def rule_decision(scores: dict[str, float], cfg: DetectorConfig = DetectorConfig()) -> tuple[bool, str]:
+    """(is_histology, reason); the first failing rule names the reason."""
+    if scores["grey_std"] < cfg.min_std:
+        return False, "blank frame"
+    if scores["skin_fraction"] > cfg.max_skin_fraction:
+        return False, "face or presenter"
+    if (
+        scores["background_fraction"] > cfg.text_background_fraction
+        and scores["saturation_mean"] < cfg.text_max_saturation
+        and scores["stroke_fraction"] > cfg.text_min_stroke_fraction
+    ):
+        return False, "text slide"
+    if scores["tissue_fraction"] < cfg.min_tissue_fraction:
+        return False, "too little tissue"
+    if scores["he_fraction"] < cfg.min_he_fraction:
+        return False, "low H&E signal"
+    return True, HISTOLOGY
+
+
+def detect_histology(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> tuple[bool, str, dict[str, float]]:
+    """The default stain/texture detector: (is_histology, reason, scores)."""
+    scores = stain_features(rgb, cfg)
+    ok, reason = rule_decision(scores, cfg)
+    return ok, reason, scores
+
+
+# ---------------------------------------------------------------- learned classifier
+
+
+@dataclass
+class LogisticClassifier:
+    """p(histology) = sigmoid(weight . ((features - mean) / std) + bias) over FEATURE_NAMES.
+
+    Checkpoint format (safetensors, written e.g. with safetensors.torch.save_file from a trained
+    `torch.nn.Linear(7, 1)` or with safetensors.numpy.save_file):
+      weight: float32 [7] or [1, 7]; bias: float32 [1] or []; optional mean, std: float32 [7];
+      optional threshold: float32 [1] (default 0.5).
+    Frames below the threshold are rejected as "classifier: not histology"; blank frames are
+    still rejected by the std rule first, since every feature is meaningless on them.
+    """
+
+    weight: np.ndarray
+    bias: float
+    mean: np.ndarray
+    std: np.ndarray
+    threshold: float = 0.5
+
+    def probability(self, scores: dict[str, float]) -> float:
+        x = np.array([scores[n] for n in FEATURE_NAMES], dtype=np.float64)
+        z = float(self.weight @ ((x - self.mean) / self.std) + self.bias)
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def load_classifier(path: str | Path) -> LogisticClassifier:
+    """Read a LogisticClassifier from safetensors (never pickle)."""
+    from safetensors.numpy import load_file
+
+    t = load_file(str(path))
+    n = len(FEATURE_NAMES)
+    weight = np.asarray(t["weight"], dtype=np.float64).reshape(-1)
+    if weight.shape != (n,):
+        raise ValueError(f"{path}: weight must have {n} values ({', '.join(FEATURE_NAMES)}), got {weight.size}")
+    return LogisticClassifier(
+        weight=weight,
+        bias=float(np.asarray(t["bias"]).reshape(-1)[0]),
+        mean=np.asarray(t.get("mean", np.zeros(n)), dtype=np.float64).reshape(n),
+        std=np.asarray(t.get("std", np.ones(n)), dtype=np.float64).reshape(n),
+        threshold=float(np.asarray(t["threshold"]).reshape(-1)[0]) if "threshold" in t else 0.5,
+    )
+
+
+FrameDetector = Callable[[np.ndarray], tuple[bool, str, dict[str, float]]]
+
+
+def make_detector(cfg: DetectorConfig, classifier: Optional[LogisticClassifier] = None) -> FrameDetector:
+    """The rules, or the learned classifier when one is given."""
+    if classifier is None:
+        return lambda rgb: detect_histology(rgb, cfg)
+
+    def learned(rgb: np.ndarray) -> tuple[bool, str, dict[str, float]]:
+        scores = stain_features(rgb, cfg)
+        if scores["grey_std"] < cfg.min_std:
+            return False, "blank frame", scores
+        p = classifier.probability(scores)
+        scores = {**scores, "classifier_probability": p}
+        return (True, HISTOLOGY, scores) if p >= classifier.threshold else (False, "classifier: not histology", scores)
+
+    return learned

@@ -1,0 +1,172 @@
+"""CT evaluation metrics, the evaluate/export commands end to end, and the Python loader."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from domains.ct import dataset as DS
+from domains.ct import evaluate as E
+from domains.ct.export import export_command
+from domains.ct.train import train_command
+
+
+def test_auroc_hand_computed():
+    # positives 0.35, 0.8; negatives 0.1, 0.4: pairs won (0.35>0.1), (0.8>0.1), (0.8>0.4) -> 3/4
+    assert E.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert E.auroc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)          # a tie counts half
+    assert E.auroc([0.9, 0.1, 0.2], [0, 1, 1]) == pytest.approx(0.0)  # perfectly wrong
+    assert math.isnan(E.auroc([0.2, 0.3], [1, 1]))                    # one class: undefined
+
+
+def test_phenotype_auroc_bootstrap_interval_and_skipped():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=(60, 3))
+    y[:, 2] = 0  # only negatives: must be skipped and reported
+    probs = np.clip(y * 0.3 + rng.uniform(0, 0.7, size=y.shape), 0, 1)
+    res = E.phenotype_auroc(probs, y, ["a", "b", "c"], n_boot=300, seed=1)
+    assert res["skipped"] == ["c"] and set(res["per_phenotype"]) == {"a", "b"}
+    for v in res["per_phenotype"].values():
+        assert v["ci_low"] <= v["auroc"] <= v["ci_high"]
+        assert v["ci_high"] - v["ci_low"] > 0.01
+    assert res["macro_auroc_ci_low"] <= res["macro_auroc"] <= res["macro_auroc_ci_high"]
+    assert res["macro_auroc"] == pytest.approx(np.mean([E.auroc(probs[:, j], y[:, j]) for j in (0, 1)]))
+
+
+def test_zero_shot_f1_ignores_uncertain_labels():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 0.0], [0.8, 0.6]])  # mean similarity with x-images 0.9, y-images 0.3
+    neg = torch.tensor([[0.0, 1.0]])
+    # predictions: [1, 0, 1, 0]; image 2 labelled -1 (ignored) although predicted positive
+    labels = {"f": [1, 0, -1, 1]}
+    res = E.zero_shot_findings(img, {"f": (pos, neg)}, labels)
+    # over kept images 0, 1, 3: tp=1, fp=0, fn=1 -> F1 = 2/3
+    assert res["f1"]["f"] == pytest.approx(2 / 3)
+    assert res["support"]["f"] == 3 and res["accuracy"]["f"] == pytest.approx(2 / 3)
+    assert res["macro_f1"] == pytest.approx(2 / 3)
+    assert E.f1_binary([0, 0], [0, 0]) == 0.0
+
+
+def test_retrieval_recall_through_score_inputs():
+    from pipelines.metrics import retrieval_metrics
+
+    img = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    r = retrieval_metrics(img, img.clone(), list(range(12)), (1, 5, 10))
+    assert r["text_retrieval_recall@1"] == 1.0
+    shuffled = retrieval_metrics(img, img.roll(1, 0), list(range(12)), (1, 5, 10))
+    assert shuffled["text_retrieval_recall@1"] < 0.5 and shuffled["text_retrieval_recall@10"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ct_e2e")
+    data = root / "curated"
+    labels = DS.write_synthetic_shards(data, n=20, size=(16, 16, 12), seed=1, test_fraction=0.3)
+    raw = root / "raw"
+    raw.mkdir()
+    with (raw / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "liver_lesion", "kidney_stone", "pleural_effusion", "splenomegaly", "ascites"])
+        for i, (sid, lab) in enumerate(labels.items()):
+            w.writerow([sid, lab["liver_lesion"], -1 if i % 4 == 0 else lab["kidney_stone"], lab["pleural_effusion"], 0, -1])
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"ct": {
+        "model": {"input_size": [16, 16, 12], "image_width": 4, "embed_dim": 16, "text_hidden": 32, "text_layers": 1,
+                  "text_heads": 2, "vocab_size": 150, "context_length": 32},
+        "train": {"batch_size": 4, "max_steps": 8, "lr": 3e-3, "warmup_steps": 1, "precision": "fp32",
+                  "grad_checkpointing": False, "schedule": "staged", "stage1_steps": 3, "checkpoint_every": 0},
+        "evaluate": {"bootstrap": 100, "batch_size": 4},
+        "curate": {"spatial_size": [16, 16, 12], "pixdim": [20.0, 20.0, 20.0]},
+    }}))
+    model = root / "model"
+    train_command(data=data, out=model, metrics=root / "steps.csv", resume=False, params=params)
+    return {"root": root, "data": data, "raw": raw, "params": params, "model": model}
+
+
+def test_evaluate_writes_every_declared_output(trained):
+    out, plots = trained["root"] / "metrics", trained["root"] / "plots"
+    E.evaluate_command(model=trained["model"], zeroshot=trained["raw"] / "zeroshot", data=trained["data"],
+                       out=out, plots=plots, params=trained["params"])
+    for name in ("metrics.json", "zeroshot_base.json", "zeroshot_adapted.json", "retrieval_base.json",
+                 "retrieval_adapted.json", "per_class.csv"):
+        assert (out / name).is_file(), name
+    assert (plots / "phenotype_auroc.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"base", "adapted", "delta"}
+
+    def numbers_only(node):
+        return all(numbers_only(v) if isinstance(v, dict) else isinstance(v, (int, float)) and math.isfinite(v)
+                   for v in node.values())
+
+    assert numbers_only(metrics)
+    assert {"phenotypes", "zeroshot", "retrieval"} <= set(metrics["adapted"])
+    assert "findings_R@1" in metrics["adapted"]["retrieval"] and "impression_R@10" in metrics["base"]["retrieval"]
+    d = metrics["delta"]["retrieval"]["findings_R@5"]
+    assert d == pytest.approx(metrics["adapted"]["retrieval"]["findings_R@5"] - metrics["base"]["retrieval"]["findings_R@5"])
+    zs = json.loads((out / "zeroshot_adapted.json").read_text())
+    assert zs["task"] == "zeroshot_findings" and "liver_lesion" in zs["classnames"]
+    assert zs["templates"]["liver_lesion"]["positive"]
+    # splenomegaly is all 0 (scored), ascites all -1 (no labelled image: left out)
+    assert "splenomegaly" in zs["metrics"]["f1"] and "ascites" not in zs["metrics"]["f1"]
+    assert zs["metrics"]["n_images"] == 6
+    with (out / "per_class.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"base", "adapted"} and set(rows[0]) == {"model", "classname", "accuracy"}
+
+
+def test_base_model_is_the_trainers_starting_point(trained):
+    base = E.base_model_like(trained["model"])
+    from domains.ct.model import load_model_dir
+
+    adapted, _, _ = load_model_dir(trained["model"])
+    w_base, w_adapted = base.visual.stages[0][0].conv1.conv.weight, adapted.visual.stages[0][0].conv1.conv.weight
+    assert w_base.shape == w_adapted.shape and not torch.allclose(w_base, w_adapted)
+    # the same seed rebuilds the same init: two calls agree exactly
+    assert torch.equal(E.base_model_like(trained["model"]).phenotype_head.weight, base.phenotype_head.weight)
+
+
+def test_export_and_loader(trained, tmp_path):
+    metrics = trained["root"] / "metrics_for_export"
+    E.evaluate_ct(trained["model"], trained["data"], trained["raw"], metrics, tmp_path / "plots", {"bootstrap": 20})
+    export = tmp_path / "export"
+    export_command(model=trained["model"], out=export, metrics=metrics, data=trained["data"], params=trained["params"])
+    for name in ("config.json", "model.safetensors", "tokenizer", "text_config", "preprocess.json", "README.md"):
+        assert (export / name).exists(), name
+    card = (export / "README.md").read_text()
+    assert "phenotypes/macro_auroc" in card and "load_ct_model" in card
+
+    from domains.ct.loader import load_ct_model
+
+    model = load_ct_model(export)
+    emb = model.embed_text(["there is a kidney stone", "no pleural effusion"])
+    assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    sample = DS.split_index(trained["data"], "test")[0]
+    v = model.embed_volume(torch.from_numpy(sample.volume)[None])
+    assert v.shape == (1, 16)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nibabel") is None, reason="nibabel not installed")
+def test_loader_embeds_a_nifti_file(trained, tmp_path):
+    pytest.importorskip("domains.ct.preprocess", reason="domains/ct/preprocess.py (curation helper) not present")
+    import nibabel as nib
+
+    export = tmp_path / "export"
+    export_command(model=trained["model"], out=export, metrics=None, data=trained["data"], params=trained["params"])
+    from domains.ct.loader import load_ct_model
+
+    model = load_ct_model(export)
+    hu = np.full((40, 40, 30), -1000, np.int16)
+    hu[8:32, 8:32, 5:25] = 40  # a soft-tissue block in air
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([10.0, 10.0, 10.0, 1.0])), str(path))
+    emb = model.embed_image(path)
+    assert emb.shape == (16,) and abs(np.linalg.norm(emb) - 1) < 1e-5
+    probs = model.phenotype_probabilities(path)
+    assert list(probs) == DS.read_phenotypes(trained["data"]) and all(0 < p < 1 for p in probs.values())

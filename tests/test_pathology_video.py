@@ -1,0 +1,353 @@
+"""Pathology video curation on small real videos written with PyAV (no mocks)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from domains.pathology.stain import FEATURE_NAMES, DetectorConfig, detect_histology, load_classifier, make_detector
+from domains.pathology.text import clean_text, load_vocabulary
+from domains.pathology.transcript import TranscriptError, parse_transcript
+from domains.pathology.video import (
+    DecodeStats,
+    VideoConfig,
+    VideoJob,
+    cross_video_duplicates,
+    decode_all_frames,
+    dedupe_across_videos,
+    plan_video_units,
+    process_video,
+    resize_crop,
+    sample_frames,
+)
+from pipelines.curation import WorkUnit
+
+FPS = 5
+SIZE = 128
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+# ---------------------------------------------------------------- synthetic frames
+
+
+def he_texture(seed: int) -> np.ndarray:
+    """Pink eosin background, purple haematoxylin nuclei, a few white lumina."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((SIZE, SIZE, 3), np.float32)
+    img[:] = (236, 168, 206)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for colour, n, (rmin, rmax) in [((250, 245, 250), 12, (8, 18)), ((105, 55, 150), 45, (3, 9))]:
+        for _ in range(n):
+            cy, cx, r = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(rmin, rmax)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = colour
+    return img.astype(np.uint8)
+
+
+def title_slide() -> np.ndarray:
+    im = Image.new("RGB", (SIZE, SIZE), "white")
+    d = ImageDraw.Draw(im)
+    for i, line in enumerate(["Lecture 3", "Appendicitis", "Dr. Example", "www.site.com"]):
+        d.text((8, 10 + 25 * i), line, fill="black")
+    return np.asarray(im)
+
+
+def presenter() -> np.ndarray:
+    img = np.empty((SIZE, SIZE, 3), np.uint8)
+    img[:] = (60, 70, 90)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    img[((yy - 64) / 50) ** 2 + ((xx - 64) / 38) ** 2 < 1] = (222, 170, 138)
+    for cx in (50, 78):
+        img[(yy - 50) ** 2 + (xx - cx) ** 2 < 16] = (40, 30, 30)
+    return img
+
+
+BLANK = np.full((SIZE, SIZE, 3), 8, np.uint8)
+A, B, C, D = (he_texture(s) for s in (1, 2, 3, 4))
+# (seconds, frame, per-frame noise sigma)
+TIMELINE = [(6, title_slide(), 0), (8, A, 6), (2, BLANK, 0), (6, B, 0), (4, presenter(), 0), (4, A, 6), (1, C, 0), (2, BLANK, 0), (5, D, 0)]
+DURATION = sum(s for s, _, _ in TIMELINE)
+
+VTT = """WEBVTT
+
+00:00:00.000 --> 00:00:05.000
+Welcome back everyone. Don't forget to subscribe to the channel.
+
+00:00:06.000 --> 00:00:13.000
+Um, so here we see the the appendix at 40x. Uh, you know, neutrophils infiltrate the muscularis propria. Don't forget to subscribe!
+
+00:00:16.000 --> 00:00:21.000
+Okay, this is a lymph node with caseating granulomas and Langhans giant cells at high power.
+
+00:00:22.000 --> 00:00:25.000
+Let me grab my coffee.
+
+00:00:26.000 --> 00:00:29.000
+Again, the appendix with acute inflammation.
+
+00:00:33.000 --> 00:00:37.000
+And that is all for today, thanks for watching.
+"""
+
+
+def write_video(path: Path, timeline=TIMELINE, gop: int = FPS) -> None:
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS, options={"crf": "12", "preset": "ultrafast"})
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.gop_size = gop  # a keyframe a second, as streaming encoders do
+        for seconds, frame, sigma in timeline:
+            for _ in range(seconds * FPS):
+                img = frame if not sigma else (frame + rng.normal(0, sigma, frame.shape)).clip(0, 255).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def run_unit(video: Path, transcript: Path, **overrides) -> "UnitResult":  # noqa: F821
+    cfg = VideoConfig(**overrides)
+    return process_video(WorkUnit(f"t:{video}", VideoJob(str(video), str(transcript), cfg.__dict__)))
+
+
+@pytest.fixture(scope="module")
+def lecture(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    video = root / "lecture.mp4"
+    write_video(video)
+    (root / "lecture.vtt").write_text(VTT)
+    return video, root / "lecture.vtt"
+
+
+@pytest.fixture(scope="module")
+def curated(lecture):
+    return run_unit(*lecture)
+
+
+# ---------------------------------------------------------------- detector
+
+
+def test_stain_detector_reasons():
+    assert detect_histology(A)[:2] == (True, "histology")
+    assert detect_histology(title_slide())[1] == "text slide"
+    assert detect_histology(presenter())[1] == "face or presenter"
+    assert detect_histology(BLANK)[1] == "blank frame"
+    scores = detect_histology(A)[2]
+    assert scores["he_fraction"] > 0.9 and scores["skin_fraction"] == 0
+
+
+def test_learned_classifier_from_safetensors(tmp_path):
+    from safetensors.numpy import save_file
+
+    # A deliberately odd model: "histology" = much skin. Proves the checkpoint, not the rules, decides.
+    weight = np.zeros(len(FEATURE_NAMES), np.float32)
+    weight[FEATURE_NAMES.index("skin_fraction")] = 40.0
+    save_file({"weight": weight, "bias": np.array([-4.0], np.float32)}, str(tmp_path / "clf.safetensors"))
+    detect = make_detector(DetectorConfig(), load_classifier(tmp_path / "clf.safetensors"))
+    assert detect(presenter())[:2] == (True, "histology")
+    assert detect(A)[:2] == (False, "classifier: not histology")
+    assert detect(BLANK)[1] == "blank frame"
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def test_seeking_decodes_far_fewer_frames(lecture):
+    video, _ = lecture
+    seek, full = DecodeStats(), DecodeStats()
+    sampled = list(sample_frames(video, 1.0, seek))
+    all_frames = sum(1 for _ in decode_all_frames(video, full))
+    assert [round(t, 2) for t, _ in sampled] == [float(k) for k in range(DURATION)]
+    assert all_frames == DURATION * FPS
+    assert seek.frames_decoded <= 1.5 * DURATION < all_frames / 3
+    # the sampled frame really is the one at its timestamp: t=7 is texture A, t=17 texture B
+    frames = dict((round(t), f) for t, f in sampled)
+    assert np.abs(frames[17].astype(int) - B).mean() < 6
+    assert np.abs(frames[7].astype(int) - A).mean() < 10
+
+
+# ---------------------------------------------------------------- one video end to end
+
+
+def test_histology_windows_and_rejected_frames(curated):
+    res = curated
+    spans = [(p.provenance["start_s"], p.provenance["end_s"]) for p in res.pairs]
+    assert spans == [(6.0, 14.0), (16.0, 22.0)]
+    frame_rejects = {(r.input.rsplit("@", 1)[1], r.reason) for r in res.rejects if r.stage == "frame"}
+    assert ("0.0-5.0s", "text slide") in frame_rejects
+    assert ("14.0-15.0s", "blank frame") in frame_rejects
+    assert ("22.0-25.0s", "face or presenter") in frame_rejects
+    c = res.counts
+    assert c["videos_seen"] == 1 and c["frames_sampled"] == DURATION
+    assert c["non_histology_text_slide"] == 6 and c["non_histology_face_or_presenter"] == 4
+    assert c["non_histology_blank_frame"] == 4 and c["histology_frames"] == DURATION - 14
+    assert c["scenes"] >= 8
+    # A (8 s), B, A again, C (1 s), D: five windows; C too short, A again a duplicate, D off-topic
+    assert c["windows"] == 5 and c["windows_too_short"] == 1 and c["duplicates_within_video"] == 1
+    assert c["pairs"] == 2
+    reasons = {r.reason for r in res.rejects}
+    assert {"stable window too short", "near-duplicate within video", "no medical text in window"} <= reasons
+
+
+def test_median_frame_represents_long_window(curated, lecture):
+    pair = curated.pairs[0]
+    prov = pair.provenance
+    assert prov["frames_in_window"] == 8 and prov["representative"] == "median"
+    assert pair.image.shape == (224, 224, 3)
+    clean = resize_crop(A, 224).astype(float)
+    single = resize_crop(next(f for t, f in sample_frames(lecture[0], 1.0) if t >= 7), 224).astype(float)
+    # the per-pixel median averages the per-frame noise away: closer to the clean texture than one frame
+    assert np.abs(pair.image - clean).mean() < 0.8 * np.abs(single - clean).mean()
+
+
+def test_captions_cleaned_with_terms_and_magnification(curated):
+    first, second = curated.pairs
+    assert first.caption == "Here we see the appendix at 40x. Neutrophils infiltrate the muscularis propria."
+    assert "Um" in first.provenance["noisy_text"] and "subscribe" in first.provenance["noisy_text"]
+    assert first.provenance["terms"] == ["appendix", "neutrophil", "infiltrate", "muscularis propria"]
+    assert first.provenance["magnification"] == "40x"
+    assert first.caption_variants == {"terms": "appendix, neutrophil, infiltrate, muscularis propria"}
+    assert "coffee" not in second.caption and second.provenance["magnification"] == "high power"
+    assert {"lymph node", "caseating granuloma", "langhans giant cell"} <= set(second.provenance["terms"])
+    assert first.group == second.group == first.provenance["video_id"]
+    assert len(first.provenance["phash"]) == 16
+
+
+def test_truncated_video_keeps_first_half(tmp_path):
+    video = tmp_path / "cut.mkv"  # matroska keeps its header in front, so half a file still opens
+    write_video(video)
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    (tmp_path / "cut.vtt").write_text(VTT)
+    res = run_unit(video, tmp_path / "cut.vtt")
+    assert [r.reason for r in res.rejects if r.stage == "video"] == ["decode failed midway"]
+    assert 0 < res.counts["frames_sampled"] < DURATION
+    assert [p.provenance["start_s"] for p in res.pairs] == [6.0]
+
+    mp4 = tmp_path / "cut.mp4"  # mp4 keeps its index at the end: half a file does not open
+    write_video(mp4)
+    mp4.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
+    res = run_unit(mp4, tmp_path / "cut.vtt")
+    assert not res.pairs and [r.reason for r in res.rejects] in (["unreadable video"], ["decode failed midway"])
+
+
+def test_plan_rejects_video_without_transcript(tmp_path, lecture):
+    for name in ("a.mp4", "b.webm"):
+        (tmp_path / name).write_bytes(lecture[0].read_bytes())
+    (tmp_path / "a.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nthe appendix\n")
+    units, rejects = plan_video_units(tmp_path, VideoConfig())
+    assert [Path(u.payload.video).name for u in units] == ["a.mp4"]
+    assert units[0].payload.transcript.endswith("a.srt")
+    assert [(Path(r.input).name, r.stage, r.reason) for r in rejects] == [("b.webm", "transcript", "no transcript")]
+    other, _ = plan_video_units(tmp_path, VideoConfig(min_window_s=3.0))
+    assert other[0].key != units[0].key  # output-affecting params are part of the resume key
+
+
+# ---------------------------------------------------------------- transcripts
+
+
+def _srt_time(s: float) -> str:
+    return f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{int(s % 60):02d},{int(round(s % 1 * 1000)):03d}"
+
+
+def test_srt_and_whisper_json_parse_like_vtt(tmp_path):
+    (tmp_path / "t.vtt").write_text(VTT)
+    cues, rejects = parse_transcript(tmp_path / "t.vtt", DURATION)
+    assert len(cues) == 6 and not rejects
+    srt = "\n".join(f"{i}\n{_srt_time(c.start)} --> {_srt_time(c.end)}\n{c.text}\n" for i, c in enumerate(cues, 1))
+    (tmp_path / "t.srt").write_text(srt)
+    segments = [{"start": c.start, "end": c.end, "text": " " + c.text} for c in cues]
+    (tmp_path / "a.json").write_text(json.dumps(segments))
+    (tmp_path / "b.json").write_text(json.dumps({"text": "...", "segments": segments}))
+    for name in ("t.srt", "a.json", "b.json"):
+        assert parse_transcript(tmp_path / name, DURATION) == (cues, [])
+
+
+def test_bad_cues_become_reject_rows(tmp_path):
+    path = tmp_path / "bad.vtt"
+    path.write_text(
+        "WEBVTT\n\n"
+        "00:00:01.000 --> 00:00:04.000\nthe appendix\n\n"
+        "00:00:xx --> 00:00:05.000\nmalformed timing\n\n"
+        "00:00:03.000 --> 00:00:06.000\noverlaps the first\n\n"
+        "00:00:09.000 --> 00:00:07.000\nends before it starts\n\n"
+        "00:00:10.000 --> 00:00:12.000\nfine again\n\n"
+        "00:01:40.000 --> 00:01:45.000\nafter the end of the video\n"
+    )
+    cues, rejects = parse_transcript(path, duration_s=30.0)
+    assert [c.text for c in cues] == ["the appendix", "fine again"]
+    assert [(r.input.rsplit("#", 1)[1], r.stage, r.reason) for r in rejects] == [
+        ("cue2", "transcript", "malformed cue"),
+        ("cue3", "transcript", "overlapping cue"),
+        ("cue4", "transcript", "end before start"),
+        ("cue6", "transcript", "beyond video duration"),
+    ]
+    (tmp_path / "junk.srt").write_text("this is not a transcript at all")
+    with pytest.raises(TranscriptError):
+        parse_transcript(tmp_path / "junk.srt")
+
+
+def test_unparseable_transcript_rejects_the_video(tmp_path, lecture):
+    (tmp_path / "lecture.json").write_text("{not json")
+    res = run_unit(lecture[0], tmp_path / "lecture.json")
+    assert not res.pairs and [(r.stage, r.reason) for r in res.rejects] == [("transcript", "unparseable transcript")]
+
+
+# ---------------------------------------------------------------- text and dedupe
+
+
+def test_text_cleaner_repetitions_and_plurals():
+    out = clean_text("So, okay, the the glomeruli glomeruli show show crescents. Alright, like and subscribe. Metastases in two lymph nodes at 20 x.")
+    assert out.text == "The glomeruli show crescents. Metastases in two lymph nodes at 20 x."
+    assert out.terms == ["glomerulus", "metastasis", "lymph node"]
+    assert out.magnification == "20x" and out.sentences_dropped == 1
+    assert clean_text("Thanks for watching, see you next week.").text == ""
+    assert load_vocabulary(["crescent"]).find("glomerular crescents") == ["crescent"]
+
+
+def test_cross_video_duplicates(tmp_path, curated):
+    other = tmp_path / "other.mp4"
+    write_video(other, [(2, BLANK, 0), (5, A, 6), (5, D, 0)])  # texture A again, in another video
+    (tmp_path / "other.vtt").write_text("WEBVTT\n\n00:00:02.000 --> 00:00:07.000\nThe appendix again.\n\n00:00:07.500 --> 00:00:12.000\nA thyroid follicle.\n")
+    res2 = run_unit(other, tmp_path / "other.vtt")
+    assert len(res2.pairs) == 2
+    records = [(p.id, p.provenance["phash"], p.provenance["video_id"]) for p in [*curated.pairs, *res2.pairs]]
+    drop = cross_video_duplicates(records, max_distance=8)
+    a_in_other = res2.pairs[0].id
+    assert drop == [a_in_other] or (len(drop) == 1 and drop[0] == curated.pairs[0].id)
+    assert cross_video_duplicates(list(reversed(records)), 8) == drop  # order of input does not matter
+    rows = [{"id": p.id, "provenance": json.dumps(p.provenance)} for p in [*curated.pairs, *res2.pairs]]
+    assert dedupe_across_videos(rows, 8) == set(drop)
+
+
+# ---------------------------------------------------------------- real data
+
+
+def _markdown_sentences(text: str) -> list[str]:
+    text = re.sub(r"^---.*?---", " ", text, flags=re.S)  # front matter
+    text = re.sub(r"<[^>]+>\[[\d:]+\]</a>|<[^>]+>", " ", text)  # timestamp links, html
+    text = re.sub(r"\[\[[^|\]]*\|\s*([^\]]+)\]\]|\[\[([^\]]+)\]\]", lambda m: m.group(1) or m.group(2).replace("_", " "), text)
+    text = re.sub(r"[*#>`]|\[!\w+\|[^\]]*\]", " ", text)
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+@pytest.mark.realdata
+def test_cleaner_on_real_lecture_summaries():
+    folder = REALDATA / "histo" / "youtube_derived_tubegraph"
+    if not folder.is_dir():
+        pytest.skip(f"real data not found at {folder}")
+    terms: set[str] = set()
+    kept = total = 0
+    for md in sorted(folder.glob("*.md")):
+        out = clean_text(" ".join(_markdown_sentences(md.read_text())))
+        assert out.terms, md.name
+        terms.update(out.terms)
+        kept += out.sentences_kept
+        total += out.sentences_kept + out.sentences_dropped
+    assert {"appendicitis", "neutrophil", "muscularis propria", "tuberculosis", "caseous necrosis"} <= terms
+    assert len(terms) >= 40
+    assert kept >= 0.6 * total  # lecture summaries are mostly medical: most sentences stay

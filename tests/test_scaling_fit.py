@@ -1,0 +1,124 @@
+"""Scaling-law fits: parameter recovery, family selection, data-needs inversion, refusals, concepts."""
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.concepts import count_mentions, fit_concept_frequency, long_tail, stem
+from pipelines.scaling_fit import (
+    FitRefused,
+    Observations,
+    accuracy,
+    fit_log_linear,
+    fit_power_law,
+    fit_scaling,
+    pairs_needed,
+    predict,
+)
+
+SIZES = np.array([100, 200, 400, 800, 1600, 3200, 6400, 12800])
+
+
+def power_law_obs(rng, a=3.0, b=0.5, c=0.1, noise=0.004, seeds=5):
+    n = np.repeat(SIZES, seeds)
+    seed = np.tile(np.arange(seeds), len(SIZES))
+    metric = 1 - (c + a * n ** -b) + rng.normal(0, noise, len(n))
+    return Observations(n, seed, metric)
+
+
+def test_power_law_recovers_parameters_with_noise():
+    fit = fit_scaling(power_law_obs(np.random.default_rng(0)), "acc1", n_boot=200)
+    pl = fit.fits["power_law"]
+    assert abs(pl.params["b"] - 0.5) / 0.5 < 0.10
+    lo, hi = pl.intervals["c"]
+    assert lo <= 0.1 <= hi
+    assert pl.r2 > 0.99
+    assert fit.selected == "power_law"
+
+
+def test_log_linear_data_selects_log_linear():
+    rng = np.random.default_rng(1)
+    n = np.repeat(SIZES, 4)
+    metric = 0.05 + 0.06 * np.log(n) + rng.normal(0, 0.003, len(n))
+    fit = fit_scaling(Observations(n, np.tile(np.arange(4), len(SIZES)), metric), "acc1", n_boot=100)
+    assert fit.selected == "log_linear"
+    assert abs(fit.fits["log_linear"].params["beta"] - 0.06) < 0.006
+    ext = fit.fits["log_linear"].extrapolation
+    assert ext is not None and ext.held_out_n == SIZES.max() and ext.abs_error < 0.01
+
+
+def test_data_needs_inversion_exact_on_noiseless_curves():
+    pl = fit_power_law(SIZES, 1 - (0.1 + 3.0 * SIZES ** -0.5))
+    target = float(predict("power_law", pl, 5000.0))
+    assert pairs_needed("power_law", pl, target) == pytest.approx(5000.0, rel=1e-4)
+    ll = fit_log_linear(SIZES, 0.05 + 0.06 * np.log(SIZES))
+    assert pairs_needed("log_linear", ll, 0.05 + 0.06 * math.log(777.0)) == pytest.approx(777.0, rel=1e-6)
+
+
+def test_target_above_asymptote_is_not_reachable():
+    obs = power_law_obs(np.random.default_rng(2), noise=0.0, seeds=2)
+    fit = fit_scaling(obs, "acc1", targets=[0.8, 0.95], n_boot=50)
+    reachable, unreachable = fit.needs
+    assert reachable.reachable and math.isfinite(reachable.n_pairs)
+    assert not unreachable.reachable and math.isinf(unreachable.n_pairs)  # 1 - c = 0.9 < 0.95
+
+
+@pytest.mark.parametrize(
+    "n, metric, message",
+    [
+        ([100, 100, 200, 200], [0.2, 0.21, 0.3, 0.31], "distinct data size"),
+        ([100, 200, 400], [0.3, 0.3, 0.3], "constant"),
+        ([100, 200, 400], [0.3, float("nan"), 0.5], "non-finite"),
+    ],
+)
+def test_degenerate_inputs_are_refused(n, metric, message):
+    with pytest.raises(FitRefused, match=message):
+        fit_power_law(n, metric)
+    with pytest.raises(FitRefused, match=message):
+        fit_log_linear(n, metric)
+    fit = fit_scaling(Observations(n, np.zeros(len(n)), metric), "acc1", targets=[0.5], n_boot=10)
+    assert fit.selected is None and message in fit.refused and fit.needs == []
+
+
+def test_three_sizes_fit_but_no_extrapolation_check():
+    n = np.array([100, 400, 1600])
+    fit = fit_scaling(Observations(n, np.zeros(3), 0.1 + 0.05 * np.log(n)), "acc1", n_boot=10)
+    assert fit.fits["log_linear"].ok and fit.fits["log_linear"].extrapolation is None
+    assert "at least 4 sizes" in fit.fits["log_linear"].extrapolation_refused
+
+
+def test_example_bootstrap_widens_intervals():
+    # Same per-run metrics; resampling 200 examples adds their sampling noise to the intervals.
+    rng = np.random.default_rng(3)
+    n = np.repeat(SIZES, 2)
+    p = 1 - (0.1 + 3.0 * n ** -0.5)
+    correct = (rng.random((len(n), 200)) < p[:, None]).astype(float)
+    value = correct.mean(axis=1)
+    seeds = np.tile([0, 1], len(SIZES))
+    with_examples = fit_scaling(Observations(n, seeds, value, correct, None, accuracy), "acc1", n_boot=200)
+    seeds_only = fit_scaling(Observations(n, seeds, value), "acc1", n_boot=200)
+    width = lambda f: np.subtract(*f.fits["log_linear"].intervals["beta"][::-1])  # noqa: E731
+    assert width(with_examples) > width(seeds_only)
+
+
+def test_stemmer_and_mentions():
+    assert stem("roads") == stem("road") and stem("parking") == "park" and stem("buildings") == "build"
+    assert stem("bus") == "bus" and stem("bed") == "bed"
+    pairs = [["Residential Roads"], ["farmland", "farmland, next to a highway"], ["house"], ["parking lot"]]
+    counts = count_mentions(pairs, ["road", "farmland", "parking lot", "water"], {"road": ["road", "highway"]})
+    assert counts == {"road": 2, "farmland": 1, "parking lot": 1, "water": 0}  # a pair counts once
+
+
+def test_unknown_synonym_class_is_an_error():
+    with pytest.raises(ValueError, match="unknown class"):
+        count_mentions([["x"]], ["road"], {"roads": ["street"]})
+
+
+def test_concept_frequency_fit_and_long_tail():
+    counts = {"a": 1, "b": 10, "c": 100, "d": 1000}
+    acc = {k: 0.1 + 0.1 * math.log1p(v) for k, v in counts.items()}
+    fit = fit_concept_frequency(counts, acc)
+    assert fit.beta == pytest.approx(0.1) and fit.pearson_r == pytest.approx(1.0)
+    assert [c for c, _, _ in long_tail(counts, acc, k=2)] == ["a", "b"]
+    with pytest.raises(FitRefused, match="same accuracy"):
+        fit_concept_frequency(counts, {k: 0.5 for k in counts})
