@@ -225,11 +225,18 @@ FIT_HEADER = ["metric", "family", "parameters [95% interval]", "R²", "extrapola
 NEED_HEADER = ["metric", "target", "fit", "pairs needed", "95% interval"]
 
 
-def need_rows(metric: str, fit: ScalingFit) -> list[list[str]]:
+# Beyond this multiple of the largest swept size an estimate is extrapolation, not a plan.
+EXTRAPOLATION_LIMIT = 1000
+
+
+def need_rows(metric: str, fit: ScalingFit, largest_n: float = float("inf")) -> list[list[str]]:
     rows = []
     for need in fit.needs:
         if not need.reachable:
             rows.append([metric, _num(need.target, 3), need.family, "not reachable under this fit", "-"])
+        elif need.n_pairs > EXTRAPOLATION_LIMIT * largest_n:
+            rows.append([metric, _num(need.target, 3), need.family,
+                         f"beyond {EXTRAPOLATION_LIMIT}x the largest swept size (fit says {_num(need.n_pairs)})", "-"])
         else:
             rows.append([metric, _num(need.target, 3), need.family, f"{need.n_pairs:,.0f}", f"[{_num(need.interval[0])}, {_num(need.interval[1])}]"])
     return rows
@@ -336,7 +343,8 @@ def _fit_json(fit: ScalingFit) -> dict[str, Any]:
 def _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, metric_names, concepts, concept_fit, concept_note, fits_json, plots) -> None:
     fit_table = [r for m in metric_names if m in fits for r in fit_rows(m, fits[m])]
     fit_table += [[m, "-", f"refused: {refusals[m]}", "-", "-", "-"] for m in metric_names if m not in fits]
-    need_table = [r for m in metric_names if m in fits for r in need_rows(m, fits[m])]
+    largest_n = float(runs["n_pairs"].max()) if "n_pairs" in runs else float("inf")
+    need_table = [r for m in metric_names if m in fits for r in need_rows(m, fits[m], largest_n)]
     intro = (
         f"{len(runs)} runs: data fractions {sorted(runs['fraction'].unique().tolist())}, seeds {sorted(runs['seed'].unique().tolist())}, "
         f"quality keep {sorted(runs['quality_keep'].unique().tolist())}. Curves fitted on the random-subset runs (one point per seed); "

@@ -54,6 +54,8 @@ class PathologyDemoConfig:
     slide_levels: int = 3  # pyramid levels, each half the previous
     tissue_scale: float = 1.0  # feature size in slide pixels
     video_tissue_scale: float = 1.0  # feature size in video pixels (a lecture's magnification)
+    narration_gap_s: float = 1.0  # a histology cue starts/ends this long inside its segment (no cue spans a cut)
+    slide_classes: int = 5  # distinct classes per slide (1 or 2: slides dominated by few classes)
     # zero-shot set
     patch_size: int = 64
     zeroshot_per_class: int = 40
@@ -234,7 +236,13 @@ def render_slide(cfg: PathologyDemoConfig, seed: int) -> tuple[np.ndarray, list[
     cell = n // 3
     slots = [(r, c) for r in range(3) for c in range(3)]
     picks = rng.permutation(len(slots))[: len(CLASSNAMES)]
-    for cls, slot in zip(rng.permutation(len(CLASSNAMES)), picks):
+    if cfg.slide_classes >= len(CLASSNAMES):
+        classes = rng.permutation(len(CLASSNAMES))
+    else:  # slide i: classes i, i+1, ... (mod 5) repeated over the regions
+        first = (seed - 17 - cfg.seed * 1000) % len(CLASSNAMES)
+        own = [(first + k) % len(CLASSNAMES) for k in range(max(1, cfg.slide_classes))]
+        classes = np.array([own[k % len(own)] for k in range(len(CLASSNAMES))])
+    for cls, slot in zip(classes, picks):
         r, c = slots[slot]
         side = int(cell * rng.uniform(0.6, 0.8))
         y0 = r * cell + rng.integers(0, cell - side)
@@ -285,8 +293,8 @@ def write_slides(out: Path, cfg: PathologyDemoConfig) -> None:
         img, regions = render_slide(cfg, cfg.seed * 1000 + 17 + i)
         slide_id = f"slide_{i:02d}"
         write_slide(out / f"{slide_id}.tiff", img, cfg.slide_mpp, cfg.slide_levels)
-        classes = [CLASSNAMES[c] for c, _ in sorted(regions, key=lambda r: (r[1][1], r[1][0]))]
-        caption = f"H&E section showing {', '.join(classes[:-1])} and {classes[-1]}."
+        classes = list(dict.fromkeys(CLASSNAMES[c] for c, _ in sorted(regions, key=lambda r: (r[1][1], r[1][0]))))
+        caption = f"H&E section showing {', '.join(classes[:-1])} and {classes[-1]}." if len(classes) > 1 else f"H&E section showing {classes[0]}."
         rows.append((slide_id, caption, ";".join(classes)))
         (out / f"{slide_id}.regions.json").write_text(json.dumps([{"cls": c, "classname": CLASSNAMES[c], "bbox_level0": b} for c, b in regions], indent=1))
     with open(out / "captions.csv", "w", newline="") as f:
@@ -299,31 +307,31 @@ def write_slides(out: Path, cfg: PathologyDemoConfig) -> None:
 
 # ---------------------------------------------------------------- lecture videos
 
-NARRATION = {
+NARRATION = {  # short, and the class name comes first: it must survive a 32-token text context
     ADIPOSE: [
-        "here we see adipose tissue with large empty fat cells",
-        "this is mature adipose tissue, the fat cells look empty with thin membranes",
-        "notice the adipose tissue, big clear vacuoles and nuclei pushed to the edge",
+        "adipose tissue, large empty fat cells",
+        "adipose tissue with thin membranes",
+        "this is adipose tissue, clear fat vacuoles",
     ],
     LYMPHOCYTES: [
-        "this is a dense infiltrate of lymphocytes",
-        "look at all these small round lymphocytes packed together",
-        "sheets of lymphocytes with dark round nuclei and hardly any cytoplasm",
+        "lymphocytes, a dense infiltrate",
+        "lymphocytes, small round dark nuclei",
+        "these are sheets of lymphocytes",
     ],
     MUCUS: [
-        "this pale wispy material is mucus with very few cells",
-        "here we have pools of mucus, pale and amorphous",
-        "so this bluish grey stuff is extracellular mucus",
+        "mucus, pale wispy mucin with few cells",
+        "mucus here, pools of pale mucin",
+        "this is extracellular mucus, bluish mucin",
     ],
     STROMA: [
-        "this is fibrous stroma with pink wavy collagen fibres",
-        "notice the stroma, eosinophilic fibres and a few spindle nuclei",
-        "the desmoplastic stroma here is pink and wavy",
+        "stroma, pink wavy collagen fibres",
+        "fibrous stroma with spindle nuclei",
+        "this is desmoplastic stroma, pink and wavy",
     ],
     ADENOCARCINOMA: [
-        "at 40x you can see the adenocarcinoma glands with crowded nuclei",
-        "these irregular glands are adenocarcinoma, look at the crowded large nuclei",
-        "classic adenocarcinoma, malignant glands lined by crowded atypical nuclei",
+        "adenocarcinoma, glands with crowded nuclei",
+        "adenocarcinoma at 40x, irregular glands",
+        "this is adenocarcinoma, malignant glands",
     ],
 }
 FILLERS = ["um", "so, uh", "okay", "right, so", "uh, let me see"]
@@ -424,7 +432,8 @@ def write_video(mp4: Path, vtt: Path, cfg: PathologyDemoConfig, video: int) -> N
             for rgb in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                     container.mux(packet)
-            cues.append((t, t + n / cfg.fps, text))
+            gap = min(cfg.narration_gap_s, n / cfg.fps / 4) if seg["kind"] == "histology" else 0.0
+            cues.append((t + gap, t + n / cfg.fps - gap, text))
             t += n / cfg.fps
         for packet in stream.encode():
             container.mux(packet)
