@@ -22,7 +22,7 @@ import re
 import shutil
 import tarfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -73,12 +73,18 @@ class WorkUnit:
 
 @dataclass
 class CurationConfig:
+    """Settings every curation shares; a domain's config subclasses it and adds its own fields."""
+
     workers: int = 0
     shard_size: int = 1000
     image_format: str = "png"  # png | jpg | npy
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+
+    def curation(self) -> "CurationConfig":
+        """Just the shared settings (what run_curation takes), from a domain's config."""
+        return CurationConfig(**{f.name: getattr(self, f.name) for f in fields(CurationConfig)})
 
 
 # ---------------------------------------------------------------- atomic file helpers

@@ -28,20 +28,11 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass
-class PairsConfig:
+class PairsConfig(CurationConfig):
     img_key: str = "filepath"
     caption_key: str = "title"
     group_key: str = ""  # column naming the split group (e.g. patient, site); default: the image itself
     rows_per_unit: int = 512
-    workers: int = 0
-    shard_size: int = 1000
-    image_format: str = "png"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
-
-    def curation(self) -> CurationConfig:
-        return CurationConfig(self.workers, self.shard_size, self.image_format, self.val_fraction, self.test_fraction, self.split_seed)
 
 
 def _to_array(data: bytes) -> np.ndarray:

@@ -23,18 +23,9 @@ VIDEO, SLIDE = "video", "slide"
 
 
 @dataclass
-class PathologyCurateConfig:
+class PathologyCurateConfig(CurationConfig):
     video: dict[str, Any] = field(default_factory=dict)  # VideoConfig fields
     slides: dict[str, Any] = field(default_factory=dict)  # SlideConfig fields
-    workers: int = 0
-    shard_size: int = 1000
-    image_format: str = "png"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
-
-    def curation(self) -> CurationConfig:
-        return CurationConfig(self.workers, self.shard_size, self.image_format, self.val_fraction, self.test_fraction, self.split_seed)
 
 
 def process(unit: WorkUnit) -> UnitResult:

@@ -46,7 +46,7 @@ STAGE_TILE = "tile"
 
 
 @dataclass
-class RSCurateConfig:
+class RSCurateConfig(CurationConfig):
     # Tiles
     target_gsd_m: float = 1.0  # finest output GSD; never finer than the raster's own GSD
     tile_size: int = 224  # output pixels a side
@@ -65,27 +65,10 @@ class RSCurateConfig:
     extra_visible_tags: list[dict[str, Any]] = field(default_factory=list)
     # Splits
     block_size_m: float = 2000.0
-    # CurationConfig
-    workers: int = 0
-    shard_size: int = 1000
-    image_format: str = "png"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
     # Quality filter (pipelines.quality), applied only when keep fraction < 1 and a model is named
     quality_model: Optional[str] = None
     quality_pretrained: Optional[str] = None
     quality_keep_fraction: float = 1.0
-
-    def curation(self) -> CurationConfig:
-        return CurationConfig(
-            workers=self.workers,
-            shard_size=self.shard_size,
-            image_format=self.image_format,
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction,
-            split_seed=self.split_seed,
-        )
 
     def output_params(self) -> dict[str, Any]:
         """The options that change what a unit produces (its resume key hashes these)."""
