@@ -35,7 +35,7 @@ _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode
 
 
 @contextlib.contextmanager
-def _atomic_dir(out_dir: Path) -> Iterator[Path]:
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a temp folder next to `out_dir`; on success it replaces `out_dir` in one rename.
 
     A crash leaves the previous export (or nothing) in place, never a half-written folder.
@@ -101,7 +101,7 @@ def save_open_clip_dir(
 ) -> None:
     """Write `model` in open_clip's local-dir format, atomically."""
     preprocess_cfg = preprocess_cfg if preprocess_cfg is not None else preprocess_config_of(model)
-    with _atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir)) as tmp:
         _write_open_clip_files(model, model_cfg, tmp, preprocess_cfg)
 
 
@@ -220,7 +220,7 @@ def export(trained_dir: Path, out_dir: Path, card: dict) -> None:
     base, cfg = read_adapt_spec(trained_dir)
     model, _ = load_trained(trained_dir, device="cpu")
     merged = merged_clip(model, cfg).eval()
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         _write_open_clip_files(merged, model_config_of(base), tmp, preprocess_config_of(merged))
         if cfg.mode == "lora":
             adapter = tmp / ADAPTER_DIR

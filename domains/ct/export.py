@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from domains.ct import model as M
 from pipelines.config import load_params, section
-from pipelines.export import _atomic_dir  # shared atomic-folder helper (private name, stable contract)
+from pipelines.export import atomic_dir
 
 PREPROCESS_FILE = "preprocess.json"
 CARD_FILE = "README.md"
@@ -114,7 +114,7 @@ def export_ct(model_dir: Path, out: Path, metrics: Optional[Path] = None, data: 
     summary = json.loads(summary_path.read_text()) if summary_path and summary_path.is_file() else None
     preprocess = preprocess_config(params, data, config["model"]["input_size"])
     train_params = config.get("train") or section(params, "ct", "train")
-    with _atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out)) as tmp:
         for name in MODEL_FILES:
             src = model_dir / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
