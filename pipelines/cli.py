@@ -6,21 +6,40 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import click
 import torch
 import typer
+import typer.core
 
 from pipelines import domain as domain_registry
 from pipelines.config import build, load_params, section, to_dict
 from pipelines.pairs import curate_pairs_command
 from pipelines.scaling_cli import scaling_app
 
+
+
+class _CurateGroup(typer.core.TyperGroup):
+    """`domainfm curate <domain>`: a domain's command is built when it is named, so a stage imports
+    only its own domain's readers (PyAV, openslide, MONAI, ... take seconds to import)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(domain_registry.names()))
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        command = super().get_command(ctx, name)
+        if command is not None or name not in domain_registry.names():
+            return command
+        d = domain_registry.get(name)
+        single = typer.Typer(add_completion=False)
+        single.command(name, help=d.description)(d.curate_command)
+        return typer.main.get_command(single)
+
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-curate_app = typer.Typer(no_args_is_help=True, help="Curate image-text pairs from a domain's own sources.")
+curate_app = typer.Typer(cls=_CurateGroup, no_args_is_help=True, help="Curate image-text pairs from a domain's own sources.")
 app.add_typer(curate_app, name="curate")
 app.add_typer(scaling_app, name="scaling", help="Data-scaling sweeps, fits and reports.")
 curate_app.command("pairs")(curate_pairs_command)
-for _domain in domain_registry.available().values():
-    curate_app.command(_domain.name, help=_domain.description)(_domain.curate_command)
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="params.yaml holding the stage's settings.")
 

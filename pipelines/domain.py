@@ -37,21 +37,27 @@ class Domain:
     card_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def available() -> dict[str, Domain]:
-    """All domains found under the `domains` package, by name."""
-    found: dict[str, Domain] = {}
-    for info in pkgutil.iter_modules(_domains_pkg.__path__):
-        if not info.ispkg:
-            continue
-        module = importlib.import_module(f"domains.{info.name}")
-        domain = getattr(module, "DOMAIN", None)
-        if isinstance(domain, Domain):
-            found[domain.name] = domain
-    return found
+def names() -> list[str]:
+    """Names of the domain packages under `domains/`, found without importing them.
+
+    Importing a domain pulls in its readers (PyAV, openslide, MONAI, ...), which takes seconds,
+    so the CLI imports only the domain a command names.
+    """
+    return sorted(info.name for info in pkgutil.iter_modules(_domains_pkg.__path__) if info.ispkg)
 
 
 def get(name: str) -> Domain:
-    domains = available()
-    if name not in domains:
-        raise KeyError(f"unknown domain {name!r}; available: {', '.join(sorted(domains)) or 'none'}")
-    return domains[name]
+    """The domain package `domains.<name>`'s DOMAIN."""
+    if name not in names():
+        raise KeyError(f"unknown domain {name!r}; available: {', '.join(names()) or 'none'}")
+    domain = getattr(importlib.import_module(f"domains.{name}"), "DOMAIN", None)
+    if not isinstance(domain, Domain):
+        raise KeyError(f"domains/{name}/__init__.py defines no DOMAIN = Domain(...)")
+    if domain.name != name:
+        raise KeyError(f"domains/{name} declares DOMAIN.name={domain.name!r}; the package name and the domain name must match")
+    return domain
+
+
+def available() -> dict[str, Domain]:
+    """Every domain, imported (slow: for listings, not for running a stage)."""
+    return {name: get(name) for name in names()}

@@ -94,3 +94,22 @@ def test_render_tissue_varies_with_seed(size: int) -> None:
         b = render_tissue(c, size, np.random.default_rng(2))
         assert a.shape == (size, size, 3) and a.dtype == np.uint8
         assert np.abs(a.astype(int) - b.astype(int)).mean() > 3
+
+
+def test_default_detector_sorts_demo_frames() -> None:
+    """The demo's lecture frames exercise every detector rule: non-histology segments are rejected
+    for their own reason, and tissue of every class, as the videos show it, is accepted."""
+    from domains.pathology.demo_data import PathologyDemoConfig, _pan_zoom, _presenter_frame, _title_frame
+    from domains.pathology.stain import detect_histology
+
+    cfg = PathologyDemoConfig()
+    size, rng = cfg.video_size, np.random.default_rng(0)
+    assert detect_histology(_title_frame(size, "Pathology lecture 1\nColorectal histology"))[1] == "text slide"
+    assert detect_histology(np.zeros((size, size, 3), np.uint8))[1] == "blank frame"
+    for _ in range(4):
+        assert detect_histology(_presenter_frame(size, rng))[1] == "face or presenter"
+    for c in range(len(CLASSNAMES)):
+        frames = [next(_pan_zoom(render_tissue(c, int(size * 1.6), rng, scale=cfg.video_tissue_scale), size, 2, rng))
+                  for _ in range(4)]
+        accepted = [detect_histology(f)[0] for f in frames]
+        assert sum(accepted) >= 3, (CLASSNAMES[c], [detect_histology(f)[1] for f in frames])

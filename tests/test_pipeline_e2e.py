@@ -25,8 +25,22 @@ TINY = {
         "train": {"batch_size": 32, "epochs": 2, "checkpoint_every": 5, "warmup_steps": 2},
         "scaling": {"train": {"batch_size": 16, "max_steps": 3, "warmup_steps": 1}},
     },
+    "pathology": {
+        "demo": {"n_videos": 2, "video_seconds": 24.0, "n_slides": 2, "slide_size": 2048, "zeroshot_per_class": 4},
+        "curate": {"workers": 1, "slides": {"max_tiles_per_slide": 12}},
+        "train": {"batch_size": 16, "epochs": 1, "checkpoint_every": 0, "warmup_steps": 1},
+    },
+    "ct": {
+        "base_model": {"input_size": [32, 32, 24], "image_width": 8, "embed_dim": 32, "vocab_size": 400, "context_length": 64},
+        "demo": {"n_patients": 24, "n_studies": 30, "shape": [48, 48, 32], "spacing": [6.0, 6.0, 10.0]},
+        "curate": {"pixdim": [9.0, 9.0, 13.0], "spatial_size": [32, 32, 24], "min_positive": 1, "workers": 1},
+        "adapt": {"stage1_epochs": 1},
+        "train": {"batch_size": 4, "epochs": 2, "checkpoint_every": 0, "warmup_steps": 1},
+        "evaluate": {"bootstrap": 50},
+    },
     "scaling": {"fractions": [0.25, 0.5, 1.0], "seeds": [0], "quality_keep": [0.5], "n_boot": 50},
 }
+DOMAINS = ("remote_sensing", "pathology", "ct")
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -62,9 +76,10 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_and_is_then_up_to_date(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    for stage in ("pretrain", "demo-data@remote_sensing", "curate@remote_sensing", "train@remote_sensing",
-                  "evaluate@remote_sensing", "export@remote_sensing", "scaling-report@remote_sensing", "scaling-index"):
-        assert stage in lock["stages"]
+    stages = ["pretrain", "scaling-report@remote_sensing", "scaling-index"]
+    stages += [f"{s}@{d}" for d in DOMAINS for s in ("demo-data", "curate", "train", "evaluate", "export")]
+    for stage in stages:
+        assert stage in lock["stages"], stage
     assert "up to date" in run(["dvc", "status"], project).stdout
 
 
@@ -103,3 +118,34 @@ def test_scaling_report_is_written(project):
     assert "remote_sensing" in (project / "reports/index.html").read_text()
     runs = sorted(p.name for p in (project / "metrics/remote_sensing/scaling").iterdir())
     assert runs == ["f0.25-q1.0-s0", "f0.5-q1.0-s0", "f1.0-q0.5-s0", "f1.0-q1.0-s0"]
+
+
+def test_pathology_pairs_from_videos_and_slides_and_its_export_loads(project):
+    import pandas as pd
+
+    manifest = pd.read_parquet(project / "data/pathology/curated/manifest.parquet")
+    sources = set(manifest["source"].map(lambda s: Path(s).suffix))
+    assert {".mp4", ".tiff"} <= sources  # frames of the lectures and tiles of the slides
+    rejects = pd.read_csv(project / "data/pathology/curated/rejects.csv")
+    reasons = set(rejects["reason"])
+    assert "text slide" in reasons and reasons & {"face or presenter", "blank frame"}  # the detector, not the text stage
+    metrics = json.loads((project / "metrics/pathology/metrics.json").read_text())
+    assert set(metrics["adapted"]) == {"zeroshot", "retrieval"}
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{project / 'exports/pathology'}")
+    assert model.visual is not None
+
+
+def test_ct_metrics_and_export_load_through_the_documented_loader(project):
+    metrics = json.loads((project / "metrics/ct/metrics.json").read_text())
+    for role in ("base", "adapted"):
+        assert {"phenotypes", "zeroshot", "retrieval"} <= set(metrics[role])
+    sys.path.insert(0, str(project))
+    try:
+        from domains.ct.loader import load_ct_model
+
+        ct = load_ct_model(project / "exports/ct")
+        volume = sorted((project / "data/ct/raw/volumes").glob("*.nii.gz"))[0]
+        probs = ct.phenotype_probabilities(volume)
+        assert len(probs) > 0 and all(0.0 <= p <= 1.0 for p in probs.values())
+    finally:
+        sys.path.remove(str(project))

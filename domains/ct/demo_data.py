@@ -103,20 +103,21 @@ def phantom(cfg: CTDemoConfig, positives: set[str], rng: np.random.Generator) ->
     hu[lungs] = -850
     liver_c, liver_r = (60 + j[3], 10, 5 + j[4]), (60, 55, 50)
     liver = _ellipsoid(x, y, z, liver_c, liver_r)
-    if "ascites" in positives:  # fluid rim around the liver
-        hu[_ellipsoid(x, y, z, liver_c, [r * 1.3 for r in liver_r]) & inner & ~lungs] = 10
-    hu[liver] = 60
+    if "ascites" in positives:  # fluid rim around the liver and a pelvic pocket
+        hu[_ellipsoid(x, y, z, liver_c, [r * 1.35 for r in liver_r]) & inner & ~lungs] = 0
+        hu[_ellipsoid(x, y, z, (0, 10, -110), (70, 45, 30)) & inner] = 0
+    hu[liver] = 100  # portal venous phase: the reports say "with contrast"
     spleen_r = np.array([30, 25, 35]) * (1.6 if "splenomegaly" in positives else 1.0)
-    hu[_ellipsoid(x, y, z, (-70, -30, 10 + j[5]), spleen_r) & inner] = 50
+    hu[_ellipsoid(x, y, z, (-70, -30, 10 + j[5]), spleen_r) & inner] = 110
     kidney_c = [(side * 55, -50, -50 + j[6]) for side in (-1, 1)]
     for c in kidney_c:
-        hu[_ellipsoid(x, y, z, c, (22, 20, 45))] = 30
+        hu[_ellipsoid(x, y, z, c, (22, 20, 45))] = 170  # enhancing parenchyma
     hu[(x ** 2 + (y + 70) ** 2 <= 15 ** 2) & inner] = 700  # spine
     if "liver_lesion" in positives:
-        hu[_ellipsoid(x, y, z, (liver_c[0] + 15, liver_c[1], liver_c[2] + 10), (12, 12, 12))] = 10
+        hu[_ellipsoid(x, y, z, (liver_c[0] + 15, liver_c[1], liver_c[2] + 10), (20, 20, 20))] = 5
     if "kidney_stone" in positives:
         c = kidney_c[int(rng.integers(2))]
-        hu[_ellipsoid(x, y, z, c, (5, 5, 6))] = 800
+        hu[_ellipsoid(x, y, z, c, (8, 8, 9))] = 900
     if "pleural_effusion" in positives:  # dependent fluid at the lung bases
         hu[lungs & (z < 80 + j[2]) & (y < -10)] = 10
     hu += rng.normal(0, cfg.noise_hu, size=hu.shape).astype(np.float32)

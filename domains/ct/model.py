@@ -36,7 +36,7 @@ TEXT_CONFIG_DIR = "text_config"
 
 @dataclass
 class CTModelConfig:
-    """params.yaml `ct.model`. Defaults are the real setting; the demo overrides to tiny sizes."""
+    """params.yaml `ct.base_model`. Defaults are the real setting; the demo overrides to tiny sizes."""
 
     input_size: list[int] = field(default_factory=lambda: [224, 224, 160])  # X, Y, Z (Z = slices)
     image_encoder: str = "i3d_resnet18"   # i3d_resnet18|34|50 (torchvision, inflated) or "monai:<Net>"

@@ -1,6 +1,6 @@
 """Training the CT model as Merlin does: phenotype supervision (BCE) plus report contrastive (InfoNCE).
 
-Schedules (`ct.train.schedule`):
+Schedules (`ct.adapt.schedule`):
 * "staged": phenotype loss only for the first `stage1_steps` steps (or `stage1_epochs` epochs),
   then `contrastive_weight * InfoNCE + phenotype_weight * BCE`;
 * "multitask": the weighted sum from the first step.
@@ -284,14 +284,24 @@ def _write_model_folder(model: M.CTCLIP, phenotypes: list[str], tokenizer, out: 
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# CTTrainConfig fields read from params `ct.adapt` (what is learned: objectives and schedule); the
+# rest come from `ct.train` (the optimisation loop). The same split as the open_clip domains' adapt/train.
+ADAPT_FIELDS = ("schedule", "stage1_steps", "stage1_epochs", "phenotype_weight", "contrastive_weight", "loss", "full_report_prob")
+
+
 def configs_from_params(params: Path) -> tuple[M.CTModelConfig, CTTrainConfig]:
+    """`ct.base_model` -> CTModelConfig; `ct.adapt` + `ct.train` -> CTTrainConfig."""
     p = load_params(params)
-    return build(M.CTModelConfig, section(p, "ct", "model")), build(CTTrainConfig, section(p, "ct", "train"))
+    adapt, train = dict(section(p, "ct", "adapt")), dict(section(p, "ct", "train"))
+    misplaced = sorted(set(adapt) - set(ADAPT_FIELDS)) + sorted(set(train) & set(ADAPT_FIELDS))
+    if misplaced:
+        raise ValueError(f"ct.adapt holds {', '.join(ADAPT_FIELDS)}; ct.train the rest. Misplaced: {', '.join(misplaced)}")
+    return build(M.CTModelConfig, section(p, "ct", "base_model")), build(CTTrainConfig, {**adapt, **train})
 
 
 def train_command(data: Path, out: Path, metrics: Optional[Path] = None, resume: bool = False,
                   params: Path = Path("params.yaml")) -> dict[str, Any]:
-    """`domainfm train ct`: params `ct.model` and `ct.train`; writes the model folder OUT."""
+    """`domainfm train ct`: params `ct.base_model`, `ct.adapt` and `ct.train`; writes the model folder OUT."""
     model_cfg, cfg = configs_from_params(params)
     stats = train_ct(data, out, model_cfg, cfg, resume=resume, metrics_path=metrics)
     print(json.dumps(stats, indent=2))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import webdataset as wds
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -53,7 +53,7 @@ class PathologyDemoConfig:
     slide_mpp: float = 0.5
     slide_levels: int = 3  # pyramid levels, each half the previous
     tissue_scale: float = 1.0  # feature size in slide pixels
-    video_tissue_scale: float = 1.0  # feature size in video pixels (a lecture's magnification)
+    video_tissue_scale: float = 2.7  # feature size in video pixels (a lecture's magnification)
     narration_gap_s: float = 1.0  # a histology cue starts/ends this long inside its segment (no cue spans a cut)
     slide_classes: int = 5  # distinct classes per slide (1 or 2: slides dominated by few classes)
     # zero-shot set
@@ -350,20 +350,25 @@ def _vtt_time(t: float) -> str:
 
 
 def _title_frame(size: int, text: str) -> np.ndarray:
+    """A title slide: white type, sized as a projected slide's, on a coloured background."""
     pil = Image.new("RGB", (size, size), (30, 50, 110))
     d = ImageDraw.Draw(pil)
+    font = ImageFont.load_default(size=max(10, size // 14))
     for k, line in enumerate(text.split("\n")):
-        d.text((16, size // 3 + 22 * k), line, fill=(255, 255, 255))
+        d.text((size // 16, size // 3 + int(size / 10) * k), line, fill=(255, 255, 255), font=font)
     return np.asarray(pil)
 
 
 def _presenter_frame(size: int, rng: np.random.Generator) -> np.ndarray:
-    pil = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(60, 140, 3)))
+    """A talking-head cut: a face filling about a third of the frame against a muted wall."""
+    wall = rng.choice([(120, 120, 118), (150, 140, 120), (90, 100, 110), (170, 170, 160)])
+    pil = Image.new("RGB", (size, size), tuple(int(v) for v in wall))
     d = ImageDraw.Draw(pil)
     c = size // 2
-    d.rectangle((c - size // 3, int(size * 0.7), c + size // 3, size), fill=(40, 40, 60))  # shoulders
-    d.ellipse((c - size // 6, size // 5, c + size // 6, int(size * 0.65)), fill=(224, 172, 140))  # face
-    d.ellipse((c - size // 6, size // 6, c + size // 6, size // 3), fill=(70, 50, 35))  # hair
+    d.rectangle((c - int(size * 0.42), int(size * 0.8), c + int(size * 0.42), size), fill=(40, 40, 60))  # shoulders
+    d.rectangle((c - size // 9, int(size * 0.7), c + size // 9, int(size * 0.85)), fill=(214, 162, 130))  # neck
+    d.ellipse((c - int(size * 0.27), int(size * 0.12), c + int(size * 0.27), int(size * 0.8)), fill=(224, 172, 140))  # face
+    d.chord((c - int(size * 0.28), int(size * 0.08), c + int(size * 0.28), int(size * 0.45)), 180, 360, fill=(70, 50, 35))  # hair
     return np.asarray(pil)
 
 

@@ -5,13 +5,20 @@ The default detector is rule-based and works on a downsampled copy of the frame:
 - blank frame: grey-level standard deviation below `min_std` (black/white fades, empty slides);
 - face or presenter: a large fraction of skin-tone pixels (RGB rule with R > G >= B: skin is
   orange-ish, eosin is pink-magenta with B > G) — lecture videos cut to the speaker;
-- text slide: a large uniform background (pixels close to the median colour) with little colour
-  saturation and some high-contrast dark or light strokes — titles and bullet slides;
-- too little tissue: the tissue mask (saturated, not white: HSV saturation > 0.1 and value < 0.97)
-  covers less than `min_tissue_fraction` of the frame;
-- low H&E signal: colour deconvolution (skimage.color.rgb2hed, Ruifrok & Johnston) shows that too
-  few tissue pixels carry haematoxylin + eosin optical density above both a floor and the residual
-  (DAB) channel. Skin, wood, plots in orange come out with a large residual and little H+E.
+- text slide: a large uniform background (pixels close to the median colour, whatever its colour)
+  with some strokes (grey level more than 120 from the background's) whose lower-quartile
+  saturation is low (white, black or grey type) — titles and bullet slides. Stroke colour is what
+  separates a slide from fat or mucus, which also show a pale uniform field but whose dark
+  "strokes" are purple nuclei;
+- too little tissue: the tissue mask (tinted, not white: HSV saturation > 0.05 and value < 0.97)
+  covers less than `min_tissue_fraction` of the frame. The default is low because adipose tissue
+  and mucus are mostly pale; blank and text frames are caught by their own rules;
+- low H&E signal: too few tissue pixels are stained, i.e. carry haematoxylin + eosin optical
+  density above a floor by colour deconvolution (skimage.color.rgb2hed, Ruifrok & Johnston) *and*
+  lie on the H&E hue arc from blue-grey (mucus) through violet, purple and magenta to pink-red
+  (`he_hue_arc`).
+  Deconvolution alone reads any blue as haematoxylin and any brown-orange partly as eosin, so the
+  hue check is what rejects skin, wood, plots in orange, green and yellow.
 
 A learned classifier can replace the rules (`load_classifier`): a logistic regression over the
 detector's features, stored as safetensors (see `LogisticClassifier`).
@@ -27,7 +34,8 @@ from PIL import Image
 from skimage.color import rgb2hed, rgb2hsv
 
 # Order of the feature vector a learned classifier receives.
-FEATURE_NAMES = ("grey_std", "tissue_fraction", "he_fraction", "skin_fraction", "background_fraction", "saturation_mean", "stroke_fraction")
+FEATURE_NAMES = ("grey_std", "tissue_fraction", "he_fraction", "skin_fraction", "background_fraction", "saturation_mean",
+                 "stroke_fraction", "stroke_saturation")
 
 HISTOLOGY = "histology"
 
@@ -36,12 +44,13 @@ HISTOLOGY = "histology"
 class DetectorConfig:
     analysis_size: int = 128  # longer side of the copy the detector looks at
     min_std: float = 6.0  # grey std (0..255) below which a frame is blank
-    min_tissue_fraction: float = 0.25  # stained-tissue pixels needed
-    min_he_fraction: float = 0.5  # share of tissue pixels whose H+E density beats floor and residual
-    he_floor: float = 0.01  # minimal H+E optical density (rgb2hed units) of a stained pixel
+    min_tissue_fraction: float = 0.05  # tinted (non-white) pixels needed
+    min_he_fraction: float = 0.4  # share of tissue pixels that are H&E-stained (density and hue)
+    he_floor: float = 0.005  # minimal H+E optical density (rgb2hed units) of a stained pixel (mucus is pale)
+    he_hue_arc: tuple[float, float] = (170.0, 15.0)  # degrees, from first up through 360/0 to second: blue-grey mucus to red
     max_skin_fraction: float = 0.25  # more skin-tone pixels than this: a face or presenter
-    text_background_fraction: float = 0.6  # uniform background share that marks a slide
-    text_max_saturation: float = 0.15  # slides are mostly unsaturated
+    text_background_fraction: float = 0.8  # uniform background share that marks a slide (gland lumens reach ~0.7)
+    text_max_stroke_saturation: float = 0.2  # type is white, black or grey
     text_min_stroke_fraction: float = 0.003  # high-contrast stroke pixels a text slide has
 
 
@@ -59,18 +68,20 @@ def stain_features(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> d
     f = small.astype(np.float32)
     grey = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     hsv = rgb2hsv(small)
-    sat, val = hsv[..., 1], hsv[..., 2]
-    tissue = (sat > 0.1) & (val < 0.97)
+    hue, sat, val = hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
+    tissue = (sat > 0.05) & (val < 0.97)
     hed = rgb2hed(small)
     he = np.clip(hed[..., 0], 0, None) + np.clip(hed[..., 1], 0, None)
-    stained = tissue & (he > cfg.he_floor) & (he > hed[..., 2])
+    lo, hi = cfg.he_hue_arc
+    on_arc = (hue >= lo) | (hue <= hi) if lo > hi else (hue >= lo) & (hue <= hi)
+    stained = tissue & (he > cfg.he_floor) & on_arc
     r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    skin = (r > 95) & (g > 40) & (b > 20) & (r - g > 15) & (g >= b) & (f.max(-1) - f.min(-1) > 15)
+    skin = (r > 95) & (g > 40) & (b > 20) & (r - g > 15) & (g >= b) & (f.max(-1) - f.min(-1) > 15) & (sat > 0.15)  # not tinted white
     median = np.median(f.reshape(-1, 3), axis=0)
     background = np.abs(f - median).max(-1) < 12
-    # Strokes: pixels far from the background colour in brightness (black text on white, or the reverse).
-    strokes = np.abs(grey - float(median @ np.array([0.299, 0.587, 0.114]))) > 80
-    n_tissue = int(tissue.sum())
+    # Strokes: pixels far from the background colour in brightness (light type on dark, or the reverse).
+    strokes = np.abs(grey - float(median @ np.array([0.299, 0.587, 0.114]))) > 120
+    n_tissue, n_strokes = int(tissue.sum()), int(strokes.sum())
     return {
         "grey_std": float(grey.std()),
         "tissue_fraction": float(tissue.mean()),
@@ -78,7 +89,9 @@ def stain_features(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> d
         "skin_fraction": float(skin.mean()),
         "background_fraction": float(background.mean()),
         "saturation_mean": float(sat.mean()),
-        "stroke_fraction": float(strokes.mean()),
+        "stroke_fraction": float(n_strokes / strokes.size),
+        # lower quartile: anti-aliased type edges blend into the background colour, its core does not
+        "stroke_saturation": float(np.percentile(sat[strokes], 25)) if n_strokes else 0.0,
     }
 
 
@@ -90,8 +103,8 @@ def rule_decision(scores: dict[str, float], cfg: DetectorConfig = DetectorConfig
         return False, "face or presenter"
     if (
         scores["background_fraction"] > cfg.text_background_fraction
-        and scores["saturation_mean"] < cfg.text_max_saturation
         and scores["stroke_fraction"] > cfg.text_min_stroke_fraction
+        and scores["stroke_saturation"] < cfg.text_max_stroke_saturation
     ):
         return False, "text slide"
     if scores["tissue_fraction"] < cfg.min_tissue_fraction:
@@ -116,8 +129,8 @@ class LogisticClassifier:
     """p(histology) = sigmoid(weight . ((features - mean) / std) + bias) over FEATURE_NAMES.
 
     Checkpoint format (safetensors, written e.g. with safetensors.torch.save_file from a trained
-    `torch.nn.Linear(7, 1)` or with safetensors.numpy.save_file):
-      weight: float32 [7] or [1, 7]; bias: float32 [1] or []; optional mean, std: float32 [7];
+    `torch.nn.Linear(8, 1)` or with safetensors.numpy.save_file):
+      weight: float32 [8] or [1, 8]; bias: float32 [1] or []; optional mean, std: float32 [8];
       optional threshold: float32 [1] (default 0.5).
     Frames below the threshold are rejected as "classifier: not histology"; blank frames are
     still rejected by the std rule first, since every feature is meaningless on them.

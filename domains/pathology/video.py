@@ -62,10 +62,10 @@ class VideoConfig:
     phash_max_distance: int = 8  # Hamming distance (of 64) at or below which windows are duplicates
     # Histology detector (stain.DetectorConfig)
     min_std: float = 6.0
-    min_tissue_fraction: float = 0.25
-    min_he_fraction: float = 0.5
+    min_tissue_fraction: float = 0.05
+    min_he_fraction: float = 0.4
     max_skin_fraction: float = 0.25
-    text_background_fraction: float = 0.6
+    text_background_fraction: float = 0.8
     classifier_checkpoint: Optional[str] = None  # safetensors logistic regression, see stain.LogisticClassifier
     extra_vocabulary: list[str] = field(default_factory=list)
 
