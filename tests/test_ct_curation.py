@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from domains.ct.curate import CTCurateConfig, curate, patient_hash
-from domains.ct.demo_data import FINDINGS, phantom, CTDemoConfig, write_demo_data
+from domains.ct.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
 from domains.ct.ehr import (
     code_phenotypes,
     is_valid_code,
@@ -138,7 +138,7 @@ def test_lps_file_lands_on_same_ras_volume(tmp_path: Path) -> None:
     b, _, _ = preprocess_volume(tmp_path / "lps.nii.gz", cfg, None)
     np.testing.assert_allclose(a, b, atol=1e-5)
     # Liver (patient's right = +x in RAS) is in the upper half of axis 0.
-    x_profile = (np.abs(a[0] - (60 + 1000) / 2000) < 0.002).sum(axis=(1, 2))
+    x_profile = (np.abs(a[0] - (LIVER_HU + 1000) / 2000) < 0.002).sum(axis=(1, 2))
     assert x_profile[20:].sum() > 5 * x_profile[:20].sum()
 
 

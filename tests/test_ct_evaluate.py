@@ -78,10 +78,11 @@ def trained(tmp_path_factory):
             w.writerow([sid, lab["liver_lesion"], -1 if i % 4 == 0 else lab["kidney_stone"], lab["pleural_effusion"], 0, -1])
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({"ct": {
-        "model": {"input_size": [16, 16, 12], "image_width": 4, "embed_dim": 16, "text_hidden": 32, "text_layers": 1,
-                  "text_heads": 2, "vocab_size": 150, "context_length": 32},
+        "base_model": {"input_size": [16, 16, 12], "image_width": 4, "embed_dim": 16, "text_hidden": 32, "text_layers": 1,
+                       "text_heads": 2, "vocab_size": 150, "context_length": 32},
+        "adapt": {"schedule": "staged", "stage1_steps": 3},
         "train": {"batch_size": 4, "max_steps": 8, "lr": 3e-3, "warmup_steps": 1, "precision": "fp32",
-                  "grad_checkpointing": False, "schedule": "staged", "stage1_steps": 3, "checkpoint_every": 0},
+                  "grad_checkpointing": False, "checkpoint_every": 0},
         "evaluate": {"bootstrap": 100, "batch_size": 4},
         "curate": {"spatial_size": [16, 16, 12], "pixdim": [20.0, 20.0, 20.0]},
     }}))

@@ -139,3 +139,18 @@ def test_checkpoint_write_is_atomic_and_fresh_runs_start_clean(data, tmp_path, m
     # retention: only the last two checkpoints are kept
     CT.train_ct(data, out, MODEL, _cfg(max_steps=6, checkpoint_every=1))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000005", "step-000006"]
+
+
+def test_params_split_objectives_into_adapt_and_refuse_misplaced_keys(tmp_path) -> None:
+    import yaml
+
+    from domains.ct.train import configs_from_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"ct": {"base_model": {"embed_dim": 32}, "adapt": {"schedule": "multitask", "contrastive_weight": 0.5},
+                                             "train": {"batch_size": 2, "lr": 0.01}}}))
+    model_cfg, cfg = configs_from_params(params)
+    assert (model_cfg.embed_dim, cfg.schedule, cfg.contrastive_weight, cfg.batch_size, cfg.lr) == (32, "multitask", 0.5, 2, 0.01)
+    params.write_text(yaml.safe_dump({"ct": {"adapt": {"lr": 0.01}, "train": {"schedule": "staged"}}}))
+    with pytest.raises(ValueError, match="Misplaced: lr, schedule"):
+        configs_from_params(params)

@@ -60,6 +60,7 @@ ABNORMAL = {
     "splenomegaly": ("SPLEEN", "The spleen is enlarged, measuring {c} cm.", "Splenomegaly"),
     "ascites": ("PERITONEUM", "Moderate ascites, most prominent around the liver.", "Ascites"),
 }
+LIVER_HU = 100  # portal venous phase, as the reports say "with contrast"
 NAMES = ("Alan Grant", "Ellie Sattler", "Ian Malcolm", "John Hammond", "Ray Arnold")
 
 
@@ -106,7 +107,7 @@ def phantom(cfg: CTDemoConfig, positives: set[str], rng: np.random.Generator) ->
     if "ascites" in positives:  # fluid rim around the liver and a pelvic pocket
         hu[_ellipsoid(x, y, z, liver_c, [r * 1.35 for r in liver_r]) & inner & ~lungs] = 0
         hu[_ellipsoid(x, y, z, (0, 10, -110), (70, 45, 30)) & inner] = 0
-    hu[liver] = 100  # portal venous phase: the reports say "with contrast"
+    hu[liver] = LIVER_HU
     spleen_r = np.array([30, 25, 35]) * (1.6 if "splenomegaly" in positives else 1.0)
     hu[_ellipsoid(x, y, z, (-70, -30, 10 + j[5]), spleen_r) & inner] = 110
     kidney_c = [(side * 55, -50, -50 + j[6]) for side in (-1, 1)]
