@@ -28,7 +28,7 @@ TINY = {
     "pathology": {
         "demo": {"n_videos": 2, "video_seconds": 24.0, "n_slides": 2, "slide_size": 2048, "zeroshot_per_class": 4},
         "curate": {"workers": 1, "slides": {"max_tiles_per_slide": 12}},
-        "train": {"batch_size": 16, "epochs": 1, "checkpoint_every": 0, "warmup_steps": 1},
+        "train": {"batch_size": 4, "epochs": 1, "checkpoint_every": 0, "warmup_steps": 1},
     },
     "ct": {
         "base_model": {"input_size": [32, 32, 24], "image_width": 8, "embed_dim": 32, "vocab_size": 400, "context_length": 64},
