@@ -180,7 +180,7 @@ def save_checkpoint(out_dir: Path, step: int, model: nn.Module, loss_fn: nn.Modu
     return final
 
 
-def _prepare_metrics(path: Path, resume_step: int | None) -> None:
+def prepare_metrics(path: Path, resume_step: int | None) -> None:
     """Start the CSV (fresh run) or drop rows past the restored step (resume)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
@@ -198,7 +198,7 @@ def _prepare_metrics(path: Path, resume_step: int | None) -> None:
     os.replace(tmp, path)
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -294,7 +294,7 @@ def _train(model: nn.Module, preprocess_train: Callable, tokenizer: Callable, sh
             # a fresh run must not leave an older run's checkpoints for a later resume to pick up
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         if metrics_path is not None:
-            _prepare_metrics(Path(metrics_path), step if ckpts else None)
+            prepare_metrics(Path(metrics_path), step if ckpts else None)
 
     net: nn.Module = model
     if info.distributed:
@@ -337,7 +337,7 @@ def _train(model: nn.Module, preprocess_train: Callable, tokenizer: Callable, sh
                     last_micro = micro == cfg.grad_accum - 1
                     sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last_micro else contextlib.nullcontext()
                     with sync:
-                        with _autocast(device, precision):
+                        with autocast(device, precision):
                             image_f, text_f, scale, bias = unpack_outputs(net(images, texts))
                         # loss in fp32: the logits/softmax are where bf16 hurts most
                         loss = loss_fn(image_f.float(), text_f.float(), scale.float(),

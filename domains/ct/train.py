@@ -43,7 +43,8 @@ from domains.ct.text import tokenize
 from pipelines import distributed as D
 from pipelines.config import build, load_params, section
 from pipelines.loss import make_loss
-from pipelines.train import KEEP_CHECKPOINTS, MAX_LOGIT_SCALE, METRICS_HEADER, checkpoint_dirs, cosine_with_warmup, param_groups
+from pipelines.train import (KEEP_CHECKPOINTS, MAX_LOGIT_SCALE, autocast, checkpoint_dirs, cosine_with_warmup,
+                             param_groups, prepare_metrics)
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("staged", "multitask")
@@ -85,10 +86,6 @@ class CTTrainConfig:
             raise ValueError("max_steps must be >= 1 when set")
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-
 def _save_checkpoint(out: Path, step: int, model: torch.nn.Module, loss_fn: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> Path:
     """out/checkpoints/step-N/{model,loss}.safetensors + optimizer.pt + state.json, renamed into place."""
@@ -107,19 +104,6 @@ def _save_checkpoint(out: Path, step: int, model: torch.nn.Module, loss_fn: torc
     for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _prepare_metrics(path: Path, keep_until: Optional[int]) -> None:
-    """A fresh CSV, or (resume) the old one without rows past the restored step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[list[str]] = []
-    if keep_until is not None and path.is_file():
-        with path.open(newline="") as f:
-            reader = csv.reader(f)
-            if next(reader, None) == METRICS_HEADER:
-                rows = [r for r in reader if r and int(r[0]) <= keep_until]
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([METRICS_HEADER, *rows])
 
 
 def _tokenizer_for(cfg: M.CTModelConfig, index: DS.ShardIndex, out: Path, resume: bool, info: D.DistInfo):
@@ -188,7 +172,7 @@ def _train(data: Path, out: Path, model_cfg: M.CTModelConfig, cfg: CTTrainConfig
     start_step = step
     metrics_path = Path(metrics_path) if metrics_path is not None else out / METRICS_FILE
     if info.is_main:
-        _prepare_metrics(metrics_path, step if ckpts else None)
+        prepare_metrics(metrics_path, step if ckpts else None)
 
     net: torch.nn.Module = model
     if info.distributed and device.type == "cuda":
@@ -230,7 +214,7 @@ def _train(data: Path, out: Path, model_cfg: M.CTModelConfig, cfg: CTTrainConfig
             last = micro == cfg.grad_accum - 1
             sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
             with sync:
-                with _autocast(device, cfg.precision):
+                with autocast(device, cfg.precision):
                     outs = net(volumes, **(tokens or {}))
                 loss = torch.zeros((), device=device)
                 if phenotypes:
