@@ -1,7 +1,7 @@
 """Preprocessed CT volumes per second with and without the content-hash cache.
 
 Writes `--n` demo phantoms (domains/ct/demo_data.phantom) as .nii.gz, then in one process runs
-domains.ct.preprocess.preprocess_volume over all of them:
+domains.ct.curation.preprocess.preprocess_volume over all of them:
 
 - no cache:   every call loads, validates and runs the MONAI chain (what every epoch would pay);
 - cold cache: the first pass, which also writes the cache;
@@ -22,8 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from domains.ct.demo_data import CTDemoConfig, phantom
-from domains.ct.preprocess import PreprocessConfig, preprocess_volume
+from domains.ct.demo.demo_data import CTDemoConfig, phantom
+from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.adapt import AdaptConfig, prepare
+from pipelines.models.adapt import AdaptConfig, prepare
 from pipelines.curation import shard_paths
-from pipelines.data import count_samples
-from pipelines.models import ModelSpec, load_model
-from pipelines.train import TrainConfig, train
+from pipelines.train.clip_data import count_samples
+from pipelines.models.clip import ModelSpec, load_model
+from pipelines.train.loop import TrainConfig, train
 
 WARMUP_STEPS = 3
 

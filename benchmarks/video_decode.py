@@ -3,7 +3,7 @@
 Writes a lecture-like H.264 video (default 640x360, 30 fps, 120 s, a keyframe every 2 s, content
 changing every 5 s), then, in one process, reads frames at `--sample-fps` three ways:
 
-- seek:      domains.pathology.video.sample_frames (seek to the keyframe before each target);
+- seek:      domains.pathology.curation.video.sample_frames (seek to the keyframe before each target);
 - all+rgb:   decode every frame and convert every frame to RGB (the naive reader);
 - all:       decode every frame, convert only the sampled ones (decoding alone).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from domains.pathology.video import DecodeStats, decode_all_frames, sample_frames
+from domains.pathology.curation.video import DecodeStats, decode_all_frames, sample_frames
 
 
 def write_video(path: Path, seconds: float, fps: int, width: int, height: int, gop: int) -> None:

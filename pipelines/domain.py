@@ -1,48 +1,80 @@
-"""The contract between pipelines/ and a domain package.
+"""The contract between pipelines/ and a domain package; a new domain needs no edit to pipelines/.
 
-A domain is a subpackage of `domains/` whose `__init__.py` defines `DOMAIN = Domain(...)`.
-Domains are discovered at run time, so adding one needs no edit to pipelines/.
+A domain is a subpackage `domains/<name>/` laid out like the stages it configures:
+
+    __init__.py    DOMAIN = Domain(name, description, modality): import-light, every stage reads it
+    demo/          DemoConfig and write_demo_data(out, cfg): the demo's raw inputs (demo-data stage)
+    curation/      CurateConfig and curate_command: `domainfm curate <name> ...` (curate stage)
+    prompts.py     zero-shot defaults (evaluate and export stages), overridable in params.yaml:
+                   image domains CLASSNAMES and TEMPLATES; volume domains FINDING_PROMPTS
+    card.py        SOURCES, LICENCES, LIMITATIONS: facts for the model card (export stage)
+
+The modality picks the model family the train, evaluate and export stages run: "image" adapts an
+open_clip model (pipelines/models/clip.py, adapt.py), "volume" trains the 3D dual encoder
+(pipelines/models/volume.py). Each DVC stage depends on exactly the parts of a domain it imports,
+so editing a prompt re-runs evaluation and export, not curation.
 """
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from types import ModuleType
+from typing import Literal, Optional
 
 import domains as _domains_pkg
+
+Modality = Literal["image", "volume"]
 
 
 @dataclass(frozen=True)
 class Domain:
+    """What a domain declares in its `__init__.py`; the rest is found by the layout above."""
+
     name: str
-    # Zero-shot classification: class names and prompt templates ("{c}" is replaced by a class name).
-    classnames: tuple[str, ...]
-    templates: tuple[str, ...]
-    # `domainfm curate <name> ...`: a typer command function (its options are the domain's inputs).
-    curate_command: Callable[..., Any]
-    # `domainfm demo-data <name> --out DIR`: writes raw inputs and the held-out zero-shot set.
-    write_demo_data: Callable[[Path, dict[str, Any]], None]
-    # "image" pairs go through open_clip; "volume" pairs through a 3D encoder.
-    modality: str = "image"
-    description: str = ""
-    # A domain whose model is not an open_clip CLIP (modality "volume") replaces these stages with
-    # its own typer command functions taking the same options as `domainfm train/evaluate/export`
-    # (see pipelines/cli.py), so dvc.yaml stays the same for every domain. None: the open_clip path.
-    train_command: Optional[Callable[..., Any]] = None
-    evaluate_command: Optional[Callable[..., Any]] = None
-    export_command: Optional[Callable[..., Any]] = None
-    # Facts for the model card: lists under "sources", "licences" and "limitations".
-    card_notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    description: str
+    modality: Modality = "image"
+
+    def _part(self, part: str) -> ModuleType:
+        return importlib.import_module(f"domains.{self.name}.{part}")
+
+    def demo(self) -> ModuleType:
+        """`domains.<name>.demo`: DemoConfig, write_demo_data."""
+        return self._part("demo")
+
+    def curation(self) -> ModuleType:
+        """`domains.<name>.curation`: CurateConfig, curate_command."""
+        return self._part("curation")
+
+    def prompts(self) -> ModuleType:
+        """`domains.<name>.prompts`: the zero-shot defaults."""
+        return self._part("prompts")
+
+    def card(self) -> ModuleType:
+        """`domains.<name>.card`: SOURCES, LICENCES, LIMITATIONS."""
+        return self._part("card")
+
+
+def classes_and_templates(d: Domain, zeroshot: Optional[Path], classnames: Optional[list[str]],
+                          templates: Optional[list[str]]) -> tuple[list[str], list[str]]:
+    """Zero-shot class names and prompt templates an image domain is scored with.
+
+    Class names: params, else the zero-shot set's classnames.txt, else the domain's prompts.CLASSNAMES;
+    templates: params, else the domain's prompts.TEMPLATES.
+    """
+    prompts = d.prompts()
+    if not classnames:
+        names_file = Path(zeroshot) / "classnames.txt" if zeroshot is not None else None
+        if names_file is not None and names_file.is_file():
+            classnames = [c for c in names_file.read_text().splitlines() if c.strip()]
+        else:
+            classnames = list(prompts.CLASSNAMES)
+    return list(classnames), list(templates or prompts.TEMPLATES)
 
 
 def names() -> list[str]:
-    """Names of the domain packages under `domains/`, found without importing them.
-
-    Importing a domain pulls in its readers (PyAV, openslide, MONAI, ...), which takes seconds,
-    so the CLI imports only the domain a command names.
-    """
+    """Names of the domain packages under `domains/`, found without importing them."""
     return sorted(info.name for info in pkgutil.iter_modules(_domains_pkg.__path__) if info.ispkg)
 
 
@@ -59,5 +91,5 @@ def get(name: str) -> Domain:
 
 
 def available() -> dict[str, Domain]:
-    """Every domain, imported (slow: for listings, not for running a stage)."""
+    """Every domain (imports only their light `__init__.py`)."""
     return {name: get(name) for name in names()}

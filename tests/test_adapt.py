@@ -1,4 +1,4 @@
-"""pipelines.adapt: explicit attention, LoRA/full/frozen preparation, merging, save/load."""
+"""pipelines.models.adapt: explicit attention, LoRA/full/frozen preparation, merging, save/load."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipelines.adapt import (
+from pipelines.models.adapt import (
     AdaptConfig,
     ExplicitAttention,
     clip_of,
@@ -23,7 +23,8 @@ from pipelines.adapt import (
     trainable_state_dict,
     write_adapt_spec,
 )
-from pipelines.models import ModelSpec, load_model
+from pipelines.models.clip import ModelSpec, load_model
+from pipelines.params import ParamsError, build
 
 TOL = 1e-5
 
@@ -287,13 +288,15 @@ def test_lora_parameter_count_and_targets(base) -> None:
     assert n_trainable == 4 * (4 * 8 * 256 + 2 * 8 * 640) + 1 == 73729
 
 
-def test_bad_configs_are_rejected() -> None:
-    with pytest.raises(ValueError, match="mode"):
-        AdaptConfig(mode="qlora")
-    with pytest.raises(ValueError, match="towers"):
-        AdaptConfig(towers=["audio"])
-    with pytest.raises(ValueError, match="lora_modules"):
-        AdaptConfig(lora_modules=["qkv"])
+def test_bad_configs_are_rejected_with_their_key_path() -> None:
+    with pytest.raises(ParamsError, match=r"adapt\.mode: 'qlora' is not one of 'lora', 'full', 'frozen'"):
+        build(AdaptConfig, {"mode": "qlora"}, "adapt")
+    with pytest.raises(ParamsError, match=r"adapt\.towers\[0\]: 'audio' is not one of"):
+        build(AdaptConfig, {"towers": ["audio"]}, "adapt")
+    with pytest.raises(ParamsError, match=r"adapt\.lora_modules\[0\]: 'qkv' is not one of"):
+        build(AdaptConfig, {"lora_modules": ["qkv"]}, "adapt")
+    with pytest.raises(ParamsError, match="needs at least one tower"):
+        build(AdaptConfig, {"mode": "full", "towers": []}, "adapt")
 
 
 # ---------------------------------------------------------------------------- wrapper behaviour

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from domains.ct.curate import CTCurateConfig, curate, patient_hash
-from domains.ct.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
-from domains.ct.ehr import (
+from domains.ct.curation.curate import CTCurateConfig, curate, patient_hash
+from domains.ct.demo.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
+from domains.ct.curation.ehr import (
     code_phenotypes,
     is_valid_code,
     load_phecode_map,
@@ -23,9 +23,9 @@ from domains.ct.ehr import (
     phecode_lineage,
     read_table,
 )
-from domains.ct.preprocess import PreprocessConfig, preprocess_volume
-from domains.ct.reports import report_views, scrub, split_organs
-from domains.ct.volumes import VolumeError, load_volume
+from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
+from domains.ct.curation.reports import report_views, scrub, split_organs
+from domains.ct.curation.volumes import VolumeError, load_volume
 
 SMALL = dict(pixdim=[4.0, 4.0, 6.0], spatial_size=[48, 48, 32], min_positive=3)
 DEMO = dict(n_patients=10, n_studies=14, shape=[64, 64, 40], spacing=[4.5, 4.5, 8.0], finding_probability=0.5)
@@ -34,7 +34,7 @@ DEMO = dict(n_patients=10, n_studies=14, shape=[64, 64, 40], spacing=[4.5, 4.5, 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     raw = tmp_path_factory.mktemp("ct") / "raw"
-    write_demo_data(raw, DEMO)
+    write_demo_data(raw, CTDemoConfig(**DEMO))
     return raw
 
 
@@ -267,7 +267,7 @@ def test_demo_data_fast_and_complete(tmp_path: Path) -> None:
     import time
 
     t = time.time()
-    write_demo_data(tmp_path, {})
+    write_demo_data(tmp_path, CTDemoConfig())
     assert time.time() - t < 30
     assert len(list((tmp_path / "volumes").glob("*.nii.gz"))) == 40
     img = nib.load(str(tmp_path / "volumes" / "S0000.nii.gz"))

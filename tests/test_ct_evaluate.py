@@ -12,10 +12,13 @@ import pytest
 import torch
 import yaml
 
-from domains.ct import dataset as DS
-from domains.ct import evaluate as E
-from domains.ct.export import export_command
-from domains.ct.train import train_command
+from domains.ct.prompts import FINDING_PROMPTS
+from pipelines.evaluate import volume as E
+from pipelines.evaluate.stage import evaluate_domain
+from pipelines.export.stage import export_domain
+from pipelines.io import volume_shards as DS
+from pipelines.train.stage import train_domain
+from volume_fixture import write_synthetic_shards
 
 
 def test_auroc_hand_computed():
@@ -55,7 +58,7 @@ def test_zero_shot_f1_ignores_uncertain_labels():
 
 
 def test_retrieval_recall_through_score_inputs():
-    from pipelines.metrics import retrieval_metrics
+    from pipelines.evaluate.metrics import retrieval_metrics
 
     img = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     r = retrieval_metrics(img, img.clone(), list(range(12)), (1, 5, 10))
@@ -68,7 +71,7 @@ def test_retrieval_recall_through_score_inputs():
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ct_e2e")
     data = root / "curated"
-    labels = DS.write_synthetic_shards(data, n=20, size=(16, 16, 12), seed=1, test_fraction=0.3)
+    labels = write_synthetic_shards(data, n=20, size=(16, 16, 12), seed=1, test_fraction=0.3)
     raw = root / "raw"
     raw.mkdir()
     with (raw / "labels.csv").open("w", newline="") as f:
@@ -87,14 +90,13 @@ def trained(tmp_path_factory):
         "curate": {"spatial_size": [16, 16, 12], "pixdim": [20.0, 20.0, 20.0]},
     }}))
     model = root / "model"
-    train_command(data=data, out=model, metrics=root / "steps.csv", resume=False, params=params)
+    train_domain("ct", data, model, params, metrics=root / "steps.csv")
     return {"root": root, "data": data, "raw": raw, "params": params, "model": model}
 
 
 def test_evaluate_writes_every_declared_output(trained):
     out, plots = trained["root"] / "metrics", trained["root"] / "plots"
-    E.evaluate_command(model=trained["model"], zeroshot=trained["raw"] / "zeroshot", data=trained["data"],
-                       out=out, plots=plots, params=trained["params"])
+    evaluate_domain("ct", trained["model"], trained["raw"] / "zeroshot", trained["data"], out, plots, trained["params"])
     for name in ("metrics.json", "zeroshot_base.json", "zeroshot_adapted.json", "retrieval_base.json",
                  "retrieval_adapted.json", "per_class.csv"):
         assert (out / name).is_file(), name
@@ -124,7 +126,7 @@ def test_evaluate_writes_every_declared_output(trained):
 
 def test_base_model_is_the_trainers_starting_point(trained):
     base = E.base_model_like(trained["model"])
-    from domains.ct.model import load_model_dir
+    from pipelines.models.volume import load_model_dir
 
     adapted, _, _ = load_model_dir(trained["model"])
     w_base, w_adapted = base.visual.stages[0][0].conv1.conv.weight, adapted.visual.stages[0][0].conv1.conv.weight
@@ -135,9 +137,10 @@ def test_base_model_is_the_trainers_starting_point(trained):
 
 def test_export_and_loader(trained, tmp_path):
     metrics = trained["root"] / "metrics_for_export"
-    E.evaluate_ct(trained["model"], trained["data"], trained["raw"], metrics, tmp_path / "plots", {"bootstrap": 20})
+    E.evaluate_volume(trained["model"], trained["data"], trained["raw"], metrics, tmp_path / "plots",
+                      E.VolumeEvaluateConfig(bootstrap=20), FINDING_PROMPTS, "ct")
     export = tmp_path / "export"
-    export_command(model=trained["model"], out=export, metrics=metrics, data=trained["data"], params=trained["params"])
+    export_domain("ct", trained["model"], export, metrics, trained["data"], trained["params"])
     for name in ("config.json", "model.safetensors", "tokenizer", "text_config", "preprocess.json", "README.md"):
         assert (export / name).exists(), name
     card = (export / "README.md").read_text()
@@ -155,11 +158,11 @@ def test_export_and_loader(trained, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("nibabel") is None, reason="nibabel not installed")
 def test_loader_embeds_a_nifti_file(trained, tmp_path):
-    pytest.importorskip("domains.ct.preprocess", reason="domains/ct/preprocess.py (curation helper) not present")
+    pytest.importorskip("domains.ct.curation.preprocess", reason="domains/ct/preprocess.py (curation helper) not present")
     import nibabel as nib
 
     export = tmp_path / "export"
-    export_command(model=trained["model"], out=export, metrics=None, data=trained["data"], params=trained["params"])
+    export_domain("ct", trained["model"], export, None, trained["data"], trained["params"])
     from domains.ct.loader import load_ct_model
 
     model = load_ct_model(export)

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from domains.ct import model as M
-from domains.ct.text import TextEncoder, demo_bert_config, text_encoder_from_config, tokenize, train_wordpiece_tokenizer
+from pipelines.models import volume as M
+from pipelines.models.report_text import TextEncoder, demo_bert_config, text_encoder_from_config, tokenize, train_wordpiece_tokenizer
 
 TINY = dict(input_size=[16, 16, 12], image_width=8, embed_dim=16, text_hidden=32, text_layers=1, text_heads=2,
             vocab_size=120, context_length=24)
@@ -59,21 +59,21 @@ def test_build_image_encoder_loads_2d_weights(tmp_path):
     net2d = _resnet_with_stats(3)
     path = tmp_path / "r18.safetensors"
     save_file({k: v.contiguous() for k, v in net2d.state_dict().items()}, str(path))
-    enc = M.build_image_encoder(M.CTModelConfig(image_weights=str(path)))
+    enc = M.build_image_encoder(M.VolumeModelConfig(image_weights=str(path)))
     ref = M.inflate_resnet(net2d)
     assert torch.equal(enc.stages[3][1].conv2.conv.weight, ref.stages[3][1].conv2.conv.weight)
     torch.save(net2d.state_dict(), tmp_path / "r18.pt")
-    enc_pt = M.build_image_encoder(M.CTModelConfig(image_weights=str(tmp_path / "r18.pt")))
+    enc_pt = M.build_image_encoder(M.VolumeModelConfig(image_weights=str(tmp_path / "r18.pt")))
     assert torch.equal(enc_pt.bn1.running_var, ref.bn1.running_var)
     save_file({"bogus": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="matching ResNet"):
-        M.build_image_encoder(M.CTModelConfig(image_weights=str(tmp_path / "bad.safetensors")))
+        M.build_image_encoder(M.VolumeModelConfig(image_weights=str(tmp_path / "bad.safetensors")))
 
 
 def _tiny_model(phenotypes=("a", "b", "c")):
     tok = train_wordpiece_tokenizer(CORPUS, TINY["vocab_size"], TINY["context_length"])
     torch.manual_seed(0)
-    return M.build_model(M.CTModelConfig(**TINY), list(phenotypes), tok), tok
+    return M.build_model(M.VolumeModelConfig(**TINY), list(phenotypes), tok), tok
 
 
 def test_forward_shapes_heads_and_normalisation():
@@ -125,7 +125,7 @@ def test_tokenizer_training_and_text_encoder(tmp_path):
     # an unseen word splits into known pieces instead of [UNK]
     assert tok.convert_ids_to_tokens(tok("lesions")["input_ids"]) == ["[CLS]", "lesion", "##s", "[SEP]"]
     tok.save_pretrained(str(tmp_path / "tok"))
-    from domains.ct.text import load_tokenizer
+    from pipelines.models.report_text import load_tokenizer
 
     assert load_tokenizer(tmp_path / "tok")("The liver is normal.")["input_ids"] == ids
     enc = text_encoder_from_config(demo_bert_config(len(tok), 32, 2, 2, 24))
@@ -152,12 +152,12 @@ def test_model_folder_round_trip_includes_batchnorm_buffers(tmp_path):
 
 
 def test_monai_encoder_by_name():
-    cfg = M.CTModelConfig(image_encoder="monai:DenseNet121", embed_dim=16)
+    cfg = M.VolumeModelConfig(image_encoder="monai:DenseNet121", embed_dim=16)
     enc = M.build_image_encoder(cfg)
     with torch.no_grad():
         assert enc.eval()(torch.rand(1, 1, 32, 32, 32)).shape == (1, 16)
     with pytest.raises(ValueError):
-        M.build_image_encoder(M.CTModelConfig(image_encoder="monai:NoSuchNet"))
+        M.build_image_encoder(M.VolumeModelConfig(image_encoder="monai:NoSuchNet"))
 
 
 def test_activation_estimate_checkpointing_keeps_less():

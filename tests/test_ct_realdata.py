@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from domains.ct.ehr import code_phenotypes, load_phecode_map, normalise_code
-from domains.ct.preprocess import PreprocessConfig, preprocess_volume
-from domains.ct.volumes import VolumeError, load_dicom_series, load_volume, validate_volume
+from domains.ct.curation.ehr import code_phenotypes, load_phecode_map, normalise_code
+from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
+from domains.ct.curation.volumes import VolumeError, load_dicom_series, load_volume, validate_volume
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CT = REALDATA / "ct"

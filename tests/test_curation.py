@@ -19,11 +19,11 @@ from pipelines.curation import (
     UnitResult,
     WorkUnit,
     assign_split,
-    read_manifest,
     run_curation,
-    shard_paths,
 )
-from pipelines.executor import LocalExecutor
+from pipelines.io.manifest import read_manifest
+from pipelines.io.shards import shard_paths
+from pipelines.curation.executor import LocalExecutor
 
 
 def make_pairs(unit: WorkUnit) -> UnitResult:
@@ -150,7 +150,7 @@ def test_quality_filter_keeps_top_fraction_and_records_scores(tmp_path):
 def test_stock_open_clip_train_reads_the_shards(tmp_path):
     from open_clip_train.data import get_wds_dataset
 
-    from pipelines.models import ModelSpec, load_model
+    from pipelines.models.clip import ModelSpec, load_model
 
     run_curation(units(k=4, n=8), make_pairs, tmp_path, CurationConfig(shard_size=100, val_fraction=0, test_fraction=0))
     loaded = load_model(ModelSpec("domainfm-tiny"))

@@ -8,7 +8,7 @@ import PIL.Image  # noqa: F401  (webdataset 0.2.86 encodes arrays through PIL.Im
 import torch
 import webdataset as wds
 
-from pipelines.data import make_train_loader
+from pipelines.train.clip_data import make_train_loader
 
 
 def shard(tmp_path):

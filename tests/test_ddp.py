@@ -1,4 +1,8 @@
-"""One DDP step on 2 CPU ranks (gloo) equals one single-process step on the union of their batches."""
+"""DDP on 2 CPU ranks (gloo) through the one loop, for every model family.
+
+open_clip: one step on 2 ranks equals one single-process step on the union of their batches.
+volume: BatchNorm normalises per rank on CPU, so the check is that ranks stay identical.
+"""
 from __future__ import annotations
 
 import json
@@ -6,35 +10,39 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from pipelines.models import ModelSpec, load_model
-from pipelines.train import TrainConfig, train
+from pipelines.train import distributed as D
+from pipelines.train.loop import fit
+from train_fixtures import FAMILIES, run, tiny_clip, write_shard
 
 WORLD, B = 2, 6
+pytestmark = pytest.mark.slow
 
 
-def _cfg(batch_size: int) -> TrainConfig:
+def _cfg(family: str, batch_size: int):
     # No warm-up, so the step runs at the full lr. Adam's first step is about lr * sign(grad), which
     # turns float noise in near-zero gradients (e.g. attention key biases) into ~1e-2 * lr; a step
     # without the other rank's negatives differs by ~2 * lr = 2e-4, far beyond the 1e-5 tolerance.
-    return TrainConfig(batch_size=batch_size, max_steps=1, lr=1e-4, warmup_steps=0, checkpoint_every=0)
+    return FAMILIES[family].config(batch_size=batch_size, max_steps=1 if family == "clip" else 2, lr=1e-4, warmup_steps=0)
 
 
-def _run(shards: list[str], out: Path, cfg: TrainConfig) -> dict:
-    torch.manual_seed(0)  # same initial weights in every process
-    lm = load_model(ModelSpec("domainfm-tiny"))
-    return train(lm.model, lm.preprocess_train, lm.tokenizer, shards, cfg, out, metrics_path=out / "metrics.csv")
-
-
-def _ddp_worker(rank: int, port: int, shards: list[str], out: str) -> None:
+def _worker(rank: int, family: str, port: int, data: str, out: str, batch: int) -> None:
     torch.set_num_threads(1)
     # what torchrun would set
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    stats = _run(shards, Path(out), _cfg(B))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    fam, cfg = FAMILIES[family], _cfg(family, batch)
+    info = D.init_distributed()
+    try:
+        task = fam.task(Path(data), Path(out), cfg, info=info)
+        stats = fit(task, cfg, Path(out), info, metrics_path=Path(out) / "metrics.csv")
+        save_file(task.checkpoint_tensors(), str(Path(out) / f"rank{rank}.safetensors"))
+    finally:
+        D.cleanup(info)
     (Path(out) / f"stats-rank{rank}.json").write_text(json.dumps(stats))
 
 
@@ -44,29 +52,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_step_equals_single_process_big_batch(tmp_path: Path) -> None:
-    from test_train import write_shard  # the synthetic colour shard
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_ddp_ranks_agree_and_only_rank0_writes(family: str, tmp_path: Path) -> None:
+    fam = FAMILIES[family]
+    data = fam.write_data(tmp_path / "data")
+    if family == "clip":  # one global batch holds every sample, whatever order each rank count reads them in
+        write_shard(data / "train-000000.tar", WORLD * B)
+    batch = B if family == "clip" else 3
+    ddp_out = tmp_path / "ddp"
+    mp.spawn(_worker, args=(family, _free_port(), str(data), str(ddp_out), batch), nprocs=WORLD, join=True)
+    stats = [json.loads((ddp_out / f"stats-rank{r}.json").read_text()) for r in range(WORLD)]
+    steps = _cfg(family, batch).max_steps
+    assert all(s["steps"] == steps and s["samples"] == steps * WORLD * batch for s in stats)
+    rank0, rank1 = (load_file(str(ddp_out / f"rank{r}.safetensors")) for r in range(WORLD))
+    for name in rank0:  # gradients are averaged, so every rank takes the same step
+        if "running_" in name or "num_batches_tracked" in name:
+            continue  # BatchNorm statistics: each rank's own batch on CPU (SyncBatchNorm on CUDA)
+        torch.testing.assert_close(rank1[name], rank0[name], atol=1e-6, rtol=0, msg=name)
+    assert len((ddp_out / "metrics.csv").read_text().splitlines()) == steps + 1
+    assert sorted(p.name for p in (ddp_out / "checkpoints").iterdir()) == [f"step-{steps:06d}"]
 
-    shards = [write_shard(tmp_path / "train-000000.tar", WORLD * B)]
-    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
-
-    mp.spawn(_ddp_worker, args=(_free_port(), shards, str(ddp_out)), nprocs=WORLD, join=True)
-    single = _run(shards, single_out, _cfg(WORLD * B))
-
-    ddp_stats = [json.loads((ddp_out / f"stats-rank{r}.json").read_text()) for r in range(WORLD)]
-    assert all(s["steps"] == 1 and s["samples"] == WORLD * B for s in ddp_stats)
-    # the logged loss is the rank mean, i.e. the loss on the global batch
-    assert abs(ddp_stats[0]["final_loss"] - single["final_loss"]) < 1e-5
-
-    got = load_file(str(ddp_out / "trainable.safetensors"))
-    want = load_file(str(single_out / "trainable.safetensors"))
-    assert got.keys() == want.keys()
-    torch.manual_seed(0)
-    init = dict(load_model(ModelSpec("domainfm-tiny")).model.named_parameters())
-    moved = max((want[n] - init[n].detach()).abs().max().item() for n in want)
-    assert moved > 5e-5  # the step moved weights well beyond the tolerance below
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0, msg=name)
-    # only rank 0 writes outputs
-    assert len((ddp_out / "metrics.csv").read_text().splitlines()) == 2
-    assert sorted(p.name for p in (ddp_out / "checkpoints").iterdir()) == ["step-000001"]
+    if family == "clip":  # and the step equals one process on the doubled batch
+        single, single_stats = run(fam, data, tmp_path / "single", _cfg(family, WORLD * batch))
+        assert abs(stats[0]["final_loss"] - single_stats["final_loss"]) < 1e-5  # the logged loss is the rank mean
+        want = fam.weights(single)
+        init = {n: p.detach() for n, p in tiny_clip().model.named_parameters()}
+        assert max((want[n] - init[n]).abs().max().item() for n in want if n in init) > 5e-5  # it moved
+        for name in want:
+            torch.testing.assert_close(rank0[name], want[name], atol=1e-5, rtol=0, msg=name)

@@ -15,8 +15,8 @@ import shapely.wkb
 import webdataset as wds
 from shapely.geometry import LineString, Point, Polygon
 
-from domains.remote_sensing import CLASSNAMES, TEMPLATES
-from domains.remote_sensing.demo_data import (
+from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
+from domains.remote_sensing.demo.demo_data import (
     BACKGROUND,
     FARMLAND,
     PARK,
@@ -29,7 +29,7 @@ from domains.remote_sensing.demo_data import (
     render_landscape,
     write_demo_data,
 )
-from pipelines.config import build
+from pipelines.params import ParamsError, build
 
 SMALL = {
     "scene_size_px": 900,
@@ -51,7 +51,7 @@ EXPECTED_CLASS = {  # OSM tag -> class drawn under the object
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rs_demo")
-    write_demo_data(out, SMALL)
+    write_demo_data(out, build(RSDemoConfig, SMALL))
     return out
 
 
@@ -179,9 +179,9 @@ def test_render_landscape_is_deterministic_per_seed() -> None:
     assert a[0].min() >= 1  # 0 is reserved for nodata
 
 
-def test_config_rejects_unknown_options(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown"):
-        write_demo_data(tmp_path, {"scene_size": 10})
+def test_config_rejects_unknown_options() -> None:
+    with pytest.raises(ParamsError, match=r"remote_sensing\.demo\.scene_size: unknown key; did you mean scene_size_px\?"):
+        build(RSDemoConfig, {"scene_size": 10}, "remote_sensing.demo")
 
 
 def _zeroshot(demo: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:

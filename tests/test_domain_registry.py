@@ -20,7 +20,8 @@ def test_names_lists_every_domain_package() -> None:
 
 def test_get_returns_the_named_domain_and_refuses_unknown_ones() -> None:
     d = registry.get("ct")
-    assert d.name == "ct" and d.modality == "volume" and d.train_command is not None
+    assert d.name == "ct" and d.modality == "volume"
+    assert registry.get("pairs").modality == "image"
     with pytest.raises(KeyError, match="unknown domain 'nope'.*remote_sensing"):
         registry.get("nope")
 
@@ -29,7 +30,7 @@ def test_a_stage_imports_only_its_own_domain() -> None:
     code = (
         "import sys\n"
         "from pipelines import cli, domain\n"
-        "domain.get('remote_sensing')\n"
+        "domain.get('remote_sensing').curation()\n"
         "heavy = [m for m in ('av', 'openslide', 'monai', 'domains.pathology', 'domains.ct') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

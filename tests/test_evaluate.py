@@ -14,9 +14,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from pipelines.evaluate import caption_positives, evaluate
-from pipelines.metrics import retrieval_metrics, zero_shot_metrics
-from pipelines.zero_shot_classifier import build_zero_shot_classifier
+from pipelines.evaluate.clip import caption_positives, evaluate
+from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
+from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 
 # ---------------------------------------------------------------- zero-shot metrics
 
@@ -181,7 +181,7 @@ def _write_curated_shard(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    from pipelines.models import ModelSpec, load_model
+    from pipelines.models.clip import ModelSpec, load_model
 
     torch.manual_seed(0)
     loaded = load_model(ModelSpec("domainfm-tiny"))

@@ -1,4 +1,4 @@
-"""pipelines.export: stock open_clip folders, merged exports, model cards, checkpoint safety."""
+"""pipelines.export.clip: stock open_clip folders, merged exports, model cards, checkpoint safety."""
 from __future__ import annotations
 
 import copy
@@ -11,16 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipelines import export as export_mod
-from pipelines.adapt import AdaptConfig, prepare, save_trainable, write_adapt_spec
-from pipelines.export import (
-    export,
-    model_config_of,
-    preprocess_config_of,
-    render_card,
-    save_open_clip_dir,
-)
-from pipelines.models import ModelSpec, load_model
+from pipelines.export import clip as export_mod
+from pipelines.models.adapt import AdaptConfig, prepare, save_trainable, write_adapt_spec
+from pipelines.export.clip import export, render_card
+from pipelines.models.clip import ModelSpec, load_model, model_config_of, preprocess_config_of, save_open_clip_dir
 
 TOL = 1e-5
 TEXTS = ["an aerial photo of a harbour", "terraced fields", "a motorway junction"]

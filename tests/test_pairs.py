@@ -9,8 +9,9 @@ import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.curation import read_manifest, shard_paths
-from pipelines.pairs import curate_pairs_command
+from pipelines.io.manifest import read_manifest
+from pipelines.io.shards import shard_paths
+from domains.pairs.curation.curate import curate_pairs_command
 
 import typer
 

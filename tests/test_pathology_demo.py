@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from domains.pathology.demo_data import CLASSNAMES, render_tissue, write_demo_data
+from domains.pathology.demo.demo_data import CLASSNAMES, PathologyDemoConfig, render_tissue, write_demo_data
 
 PARAMS = {"n_videos": 2, "video_seconds": 30.0, "n_slides": 1, "slide_size": 2048, "zeroshot_per_class": 30}
 
@@ -22,7 +22,7 @@ PARAMS = {"n_videos": 2, "video_seconds": 30.0, "n_slides": 1, "slide_size": 204
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pathology_demo")
-    write_demo_data(out, PARAMS)
+    write_demo_data(out, PathologyDemoConfig(**PARAMS))
     return out
 
 
@@ -99,8 +99,8 @@ def test_render_tissue_varies_with_seed(size: int) -> None:
 def test_default_detector_sorts_demo_frames() -> None:
     """The demo's lecture frames exercise every detector rule: non-histology segments are rejected
     for their own reason, and tissue of every class, as the videos show it, is accepted."""
-    from domains.pathology.demo_data import PathologyDemoConfig, _pan_zoom, _presenter_frame, _title_frame
-    from domains.pathology.stain import detect_histology
+    from domains.pathology.demo.demo_data import PathologyDemoConfig, _pan_zoom, _presenter_frame, _title_frame
+    from domains.pathology.curation.stain import detect_histology
 
     cfg = PathologyDemoConfig()
     size, rng = cfg.video_size, np.random.default_rng(0)

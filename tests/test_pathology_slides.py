@@ -12,8 +12,8 @@ import openslide
 import pytest
 from PIL import Image, ImageFilter
 
-from domains.pathology.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
-from domains.pathology.slides import (
+from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
+from domains.pathology.curation.slides import (
     REASON_BACKGROUND,
     REASON_BLURRED,
     REASON_NO_CAPTION,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from domains.pathology.stain import FEATURE_NAMES, DetectorConfig, detect_histology, load_classifier, make_detector
-from domains.pathology.text import clean_text, load_vocabulary
-from domains.pathology.transcript import TranscriptError, parse_transcript
-from domains.pathology.video import (
+from domains.pathology.curation.stain import FEATURE_NAMES, DetectorConfig, detect_histology, load_classifier, make_detector
+from domains.pathology.curation.text import clean_text, load_vocabulary
+from domains.pathology.curation.transcript import TranscriptError, parse_transcript
+from domains.pathology.curation.video import (
     DecodeStats,
     VideoConfig,
     VideoJob,

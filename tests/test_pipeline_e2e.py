@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from stage_deps import IMPORT_LOGGER, undeclared
+
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
@@ -50,8 +52,9 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
+def run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
+           **(extra_env or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
@@ -70,7 +73,10 @@ def project(tmp_path_factory) -> Path:
     params = merge(yaml.safe_load((dest / "params.yaml").read_text()), TINY)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    run(["dvc", "repro"], dest)
+    logger = dest.parent / "import_logger"  # records what every stage's process imports
+    logger.mkdir()
+    (logger / "sitecustomize.py").write_text(IMPORT_LOGGER)
+    run(["dvc", "repro"], dest, {"PYTHONPATH": f"{logger}{os.pathsep}{dest}", "DOMAINFM_IMPORT_LOG": str(dest.parent / "imports.jsonl")})
     return dest
 
 
@@ -81,6 +87,11 @@ def test_repro_runs_every_stage_and_is_then_up_to_date(project):
     for stage in stages:
         assert stage in lock["stages"], stage
     assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_every_stage_declares_the_code_it_imports(project):
+    missing = undeclared(project, project.parent / "imports.jsonl")
+    assert not missing, "stages import project files their dvc.yaml deps do not declare:\n" + json.dumps(missing, indent=1)
 
 
 def test_metrics_compare_base_and_adapted(project):

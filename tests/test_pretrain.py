@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from pipelines.models import ModelSpec, load_model
-from pipelines.pretrain import PretrainConfig, pretrain
+from pipelines.models.clip import ModelSpec, load_model
+from pipelines.demo.pretrain import PretrainConfig, pretrain
+from pipelines.train.clip_task import ClipTrainConfig
 
-CFG = PretrainConfig(n_samples=96, train={"batch_size": 32, "epochs": 1, "warmup_steps": 1, "checkpoint_every": 0})
+CFG = PretrainConfig(n_samples=96, train=ClipTrainConfig(batch_size=32, epochs=1, warmup_steps=1, checkpoint_every=0))
 
 
 def test_same_seed_same_weights_whatever_the_global_rng(tmp_path):

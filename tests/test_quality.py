@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from domains.remote_sensing.curate import curate, load_config
-from domains.remote_sensing.demo_data import write_demo_data
-from pipelines.curation import read_manifest
-from pipelines.export import model_config_of, preprocess_config_of, save_open_clip_dir
-from pipelines.models import ModelSpec, load_model
-from pipelines.quality import make_clip_scorer
+from domains.remote_sensing.curation.curate import curate, load_config
+from domains.remote_sensing.demo.demo_data import RSDemoConfig, write_demo_data
+from pipelines.io.manifest import read_manifest
+from pipelines.models.clip import model_config_of, preprocess_config_of, save_open_clip_dir
+from pipelines.models.clip import ModelSpec, load_model
+from pipelines.curation.quality import make_clip_scorer
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_scorer_is_cosine_similarity_of_image_and_caption(scorer_model):
 
 def test_remote_sensing_keeps_top_fraction_by_score(tmp_path, scorer_model):
     raw = tmp_path / "raw"
-    write_demo_data(raw, {"scene_size_px": 768, "zeroshot_per_class": 1, "zeroshot_size_px": 512})
+    write_demo_data(raw, RSDemoConfig(scene_size_px=768, zeroshot_per_class=1, zeroshot_size_px=512))
     params = tmp_path / "params.yaml"
     params.write_text(
         "remote_sensing:\n  curate:\n    target_gsd_m: 2.0\n    tile_size: 64\n"

@@ -20,12 +20,13 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 from scipy import ndimage
 from shapely.geometry import LineString, Point, Polygon, box, mapping
 
-from domains.remote_sensing.curate import RSCurateConfig, curate, curate_command, load_config
-from domains.remote_sensing.osm import read_features
-from domains.remote_sensing.tiles import keeps_own_crs, utm_crs
-from domains.remote_sensing.visibility import captions, load_tag_table
-from pipelines.config import build
-from pipelines.curation import read_manifest, shard_paths
+from domains.remote_sensing.curation.curate import RSCurateConfig, curate, curate_command, load_config
+from domains.remote_sensing.curation.osm import read_features
+from domains.remote_sensing.curation.tiles import keeps_own_crs, utm_crs
+from domains.remote_sensing.curation.visibility import captions, load_tag_table
+from pipelines.params import build
+from pipelines.io.manifest import read_manifest
+from pipelines.io.shards import shard_paths
 
 CRS = "EPSG:32631"
 X0, Y0 = 500_000.0, 4_800_000.0  # top-left corner of the test scene (UTM 31N, about 3E 43.3N)

@@ -20,11 +20,12 @@ from rasterio.transform import from_bounds
 from rasterio.warp import transform as warp_transform
 from shapely.geometry import box, mapping, shape
 
-from domains.remote_sensing.curate import RSCurateConfig, curate
-from domains.remote_sensing.osm import read_features
-from domains.remote_sensing.visibility import load_tag_table
-from pipelines.config import build
-from pipelines.curation import read_manifest, shard_paths
+from domains.remote_sensing.curation.curate import RSCurateConfig, curate
+from domains.remote_sensing.curation.osm import read_features
+from domains.remote_sensing.curation.visibility import load_tag_table
+from pipelines.params import build
+from pipelines.io.manifest import read_manifest
+from pipelines.io.shards import shard_paths
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 RS = REALDATA / "rs"

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.concepts import count_mentions, fit_concept_frequency, long_tail, stem
-from pipelines.scaling_fit import (
+from pipelines.scaling.concepts import count_mentions, fit_concept_frequency, long_tail, stem
+from pipelines.scaling.fit import (
     FitRefused,
     Observations,
     accuracy,

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.scaling_report import build_report, load_runs, write_index
-from pipelines.scaling_sweep import nested_train_ids, run_params, top_quality_ids
+from pipelines.scaling.report import build_report, load_runs, write_index
+from pipelines.scaling.sweep import nested_train_ids, run_params, top_quality_ids
 
 CLASSES = ["water", "forest", "road", "park"]
 FRACTIONS = [0.0625, 0.125, 0.25, 0.5, 1.0]

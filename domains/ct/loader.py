@@ -24,17 +24,18 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from domains.ct import model as M
-from domains.ct.dataset import CTSample, volume_batch
-from domains.ct.text import tokenize
+from pipelines.models import volume as M
+from pipelines.io.volume_shards import VolumeSample
+from pipelines.models.volume import volume_batch
+from pipelines.models.report_text import tokenize
 
 PREPROCESS_FILE = "preprocess.json"
 
 
 class CTModel:
-    """Inference wrapper around a trained CTCLIP: image/text embeddings and phenotype probabilities."""
+    """Inference wrapper around a trained VolumeCLIP: image/text embeddings and phenotype probabilities."""
 
-    def __init__(self, net: M.CTCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
+    def __init__(self, net: M.VolumeCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
                  device: str | torch.device = "cpu") -> None:
         self.net, self.tokenizer, self.phenotypes = net.eval(), tokenizer, list(phenotypes)
         self.preprocess_settings = dict(preprocess)
@@ -42,18 +43,18 @@ class CTModel:
         self.embed_dim = net.cfg.embed_dim
 
     def _preprocess_config(self):
-        from domains.ct.preprocess import PreprocessConfig
+        from domains.ct.curation.preprocess import PreprocessConfig
 
         names = {f.name for f in fields(PreprocessConfig)}
         return PreprocessConfig(**{k: v for k, v in self.preprocess_settings.items() if k in names})
 
     def load_volume(self, nifti_path: str | Path, cache_dir: Optional[Path] = None) -> torch.Tensor:
         """(1, 1, X, Y, Z) float32 model input for a NIfTI file (or DICOM folder), as curation makes it."""
-        from domains.ct.preprocess import preprocess_volume
+        from domains.ct.curation.preprocess import preprocess_volume
 
         array, _meta, _hit = preprocess_volume(Path(nifti_path), self._preprocess_config(), cache_dir)
         array = np.asarray(array, dtype=np.float32)
-        sample = CTSample("x", array if array.ndim == 4 else array[None], "", "", "", {}, [], "x")
+        sample = VolumeSample("x", array if array.ndim == 4 else array[None], "", "", "", {}, [], "x")
         return volume_batch([sample], self.net.cfg.input_size)  # resampled if the model's size differs
 
     @torch.no_grad()

@@ -1,0 +1,80 @@
+"""`domainfm curate pathology`: narrated lecture videos (Quilt-1M's method) and whole-slide images.
+
+Videos and slides are independent work units of one run: video units go to
+`video.process_video`, slide units to `slides.process_slide`. Near-duplicate images across videos
+(which Quilt does not remove) are dropped after all units finish, by perceptual hash.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from domains.pathology.curation.slides import SlideConfig, plan_slide_units, process_slide
+from domains.pathology.curation.video import VideoConfig, dedupe_across_videos, plan_video_units, process_video
+from pipelines.params import read
+from pipelines.curation import CurationConfig, Reject, UnitResult, WorkUnit, run_curation
+
+VIDEO, SLIDE = "video", "slide"
+
+
+@dataclass
+class PathologyCurateConfig(CurationConfig):
+    """params.yaml `pathology.curate`: the shared curation settings plus videos' and slides'."""
+
+    video: VideoConfig = field(default_factory=VideoConfig)
+    slides: SlideConfig = field(default_factory=SlideConfig)
+
+
+def process(unit: WorkUnit) -> UnitResult:
+    kind, payload = unit.payload
+    inner = WorkUnit(unit.key, payload)
+    return process_video(inner) if kind == VIDEO else process_slide(inner)
+
+
+def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optional[Path], out: Path, cfg: PathologyCurateConfig) -> dict:
+    video_cfg = cfg.video
+    units: list[WorkUnit] = []
+    rejects: list[Reject] = []
+    if videos is not None:
+        video_units, video_rejects = plan_video_units(videos, video_cfg)
+        units += [WorkUnit(u.key, (VIDEO, u.payload)) for u in video_units]
+        rejects += video_rejects
+    if slides is not None:
+        slide_units, slide_rejects = plan_slide_units(slides, slide_captions, cfg.slides)
+        units += [WorkUnit(u.key, (SLIDE, u.payload)) for u in slide_units]
+        rejects += slide_rejects
+
+    def cross_video(rows: list[dict]) -> dict[str, Reject]:
+        video_rows = [r for r in rows if "phash" in r["provenance"] and "video_id" in r["provenance"]]
+        drop = dedupe_across_videos(video_rows, video_cfg.phash_max_distance)
+        return {i: Reject(i, "dedupe", "near-duplicate across videos") for i in drop}
+
+    pre_counts = Counter({"videos_without_transcript": sum(r.stage == "transcript" for r in rejects)})
+    return run_curation(units, process, out, cfg.curation(), pre_rejects=rejects, pre_counts=pre_counts, row_filter=cross_video)
+
+
+def curate_command(
+    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of lecture videos, each with a .vtt/.srt/.json transcript of the same stem."),
+    slides: Optional[Path] = typer.Option(None, "--slides", help="Folder of whole-slide images openslide reads."),
+    slide_captions: Optional[Path] = typer.Option(None, "--slide-captions", help="CSV with slide_id (file stem) and caption columns."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the curated pairs."),
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section pathology.curate."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0: in process)."),
+) -> dict:
+    """Curate histopathology image-text pairs from narrated videos and/or captioned whole-slide images."""
+    if videos is None and slides is None:
+        raise typer.BadParameter("give --videos and/or --slides")
+    for path, name in ((videos, "--videos"), (slides, "--slides")):
+        if path is not None and not path.is_dir():
+            raise typer.BadParameter(f"{name} folder not found: {path}")
+    if slides is not None and (slide_captions is None or not slide_captions.is_file()):
+        raise typer.BadParameter("--slides needs --slide-captions, a CSV with slide_id and caption columns")
+    cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers)
+    summary = curate(videos, slides, slide_captions, out, cfg)
+    typer.echo(f"pathology: {summary['pairs']['kept']} pairs {json.dumps(summary['pairs']['per_split'])} -> {out}")
+    return summary

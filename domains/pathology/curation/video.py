@@ -1,0 +1,462 @@
+"""Image-text pairs from narrated pathology videos: Quilt-1M's video curation, reimplemented.
+
+Per video (one work unit):
+
+1. sample frames at `sample_fps` with PyAV by seeking (keyframe backoff, decode forward to the
+   target) rather than decoding every frame (`sample_frames`; `decode_all_frames` for comparison);
+2. cut scenes where the mean absolute difference of consecutive downsampled grey samples exceeds
+   `scene_threshold`; classify each sample as histology or not (stain.py rules, or a learned
+   classifier from `classifier_checkpoint`); non-histology runs become reject rows with the reason;
+3. group consecutive histology samples of one scene whose SSIM stays >= `ssim_threshold` into stable
+   windows; windows shorter than `min_window_s` are dropped; the image of a window is the per-pixel
+   median of its frames (noise, cursor and compression artefacts fade), resized on the shorter side
+   and centre-cropped to `image_size`;
+4. drop near-duplicate windows within the video (perceptual hash, Hamming <= `phash_max_distance`);
+   across videos, `cross_video_duplicates` / `dedupe_across_videos` run after all units finish;
+5. caption = the cleaned narration of the cues overlapping [start - text_margin_s, end + text_margin_s]
+   (text.py); windows with no medical sentence are rejected.
+
+Pairs: `caption` = cleaned text; `caption_variants` = {"terms": "term, term, ..."} when terms were
+found (a keyword caption for training and retrieval); `group` = the video id (no video spans splits).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import av
+import imagehash
+import numpy as np
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from domains.pathology.curation.stain import DetectorConfig, FrameDetector, load_classifier, make_detector
+from domains.pathology.curation.text import clean_text, load_vocabulary
+from domains.pathology.curation.transcript import Cue, TranscriptError, cues_in_window, find_transcript, parse_transcript
+from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+STAGE_VIDEO = "video"
+STAGE_FRAME = "frame"
+STAGE_WINDOW = "window"
+STAGE_TEXT = "text"
+STAGE_DEDUPE = "dedupe"
+_ANALYSIS = 64  # side of the grey thumbnails used for scene cuts and SSIM
+
+
+@dataclass
+class VideoConfig:
+    """params.yaml section pathology.curate.video."""
+
+    sample_fps: float = 1.0  # frames examined per second of video (by seeking)
+    scene_threshold: float = 0.12  # mean |diff| of 64x64 grey thumbnails (0..1) that cuts a scene
+    ssim_threshold: float = 0.8  # consecutive histology samples with SSIM >= this share a window
+    min_window_s: float = 2.0  # shorter stable windows are dropped (Quilt: brief glimpses are noise)
+    text_margin_s: float = 2.0  # narration often lags or leads the picture
+    image_size: int = 224  # shorter side resized to this, then centre-cropped square
+    max_median_frames: int = 15  # frames (evenly spread over the window) in the per-pixel median
+    phash_max_distance: int = 8  # Hamming distance (of 64) at or below which windows are duplicates
+    # Histology detector (stain.DetectorConfig)
+    min_std: float = 6.0
+    min_tissue_fraction: float = 0.05
+    min_he_fraction: float = 0.4
+    max_skin_fraction: float = 0.25
+    text_background_fraction: float = 0.8
+    classifier_checkpoint: Optional[str] = None  # safetensors logistic regression, see stain.LogisticClassifier
+    extra_vocabulary: list[str] = field(default_factory=list)
+
+    def detector(self) -> DetectorConfig:
+        return DetectorConfig(
+            min_std=self.min_std,
+            min_tissue_fraction=self.min_tissue_fraction,
+            min_he_fraction=self.min_he_fraction,
+            max_skin_fraction=self.max_skin_fraction,
+            text_background_fraction=self.text_background_fraction,
+        )
+
+
+@dataclass
+class VideoJob:
+    video: str
+    transcript: str
+    config: dict[str, Any]  # VideoConfig as a dict
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class DecodeError(RuntimeError):
+    """Decoding stopped before the end of the video; frames yielded before it are good."""
+
+
+@dataclass
+class DecodeStats:
+    frames_decoded: int = 0  # every frame the decoder produced, sampled or not
+    seeks: int = 0
+    duration_s: Optional[float] = None
+    last_t: Optional[float] = None
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise DecodeError("no video stream")
+    return container.streams.video[0]
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Optional[float]:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _frame_time(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> float:
+    start = stream.start_time or 0
+    return float((frame.pts - start) * stream.time_base) if frame.pts is not None else float(frame.time or 0.0)
+
+
+def video_duration(path: str | Path) -> Optional[float]:
+    with av.open(str(path)) as container:
+        return _duration(container, _video_stream(container))
+
+
+def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(t_seconds, HxWx3 uint8) at t = 0, 1/fps, 2/fps, ... by seeking.
+
+    For each target the decoder seeks to the keyframe at or before it (backward seek on the
+    stream) and decodes forward to the first frame at the target; when the target is closer
+    than one observed keyframe interval it just keeps decoding forward (a seek would land on the
+    same keyframe and decode the same frames again). Raises DecodeError when decoding fails
+    midway or the stream ends before its stated duration; the frames already yielded stand.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    step = 1.0 / fps
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise DecodeError(f"cannot open: {exc}") from exc
+    with container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        duration = _duration(container, stream)
+        stats.duration_s = duration
+        frame_dt = float(1 / stream.average_rate) if stream.average_rate else 0.0
+        start = stream.start_time or 0
+        frames: Optional[Iterator[av.VideoFrame]] = None
+        cur_t = -np.inf  # time of the last decoded frame
+        gop = 0.0  # keyframe interval estimate: seek only when a keyframe is expected past cur_t
+        last_key = -np.inf
+        k = 0
+        try:
+            while duration is None or k * step < duration - 1e-6:
+                target = k * step
+                k += 1
+                if cur_t >= target - frame_dt / 2:
+                    continue  # sparse frames: the last decoded one already lies past this target
+                if frames is None or (target - cur_t > 2 * frame_dt and last_key + gop <= target + 1e-6):
+                    container.seek(start + int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+                    stats.seeks += 1
+                    frames = container.decode(stream)
+                    landed_before = cur_t
+                else:
+                    landed_before = None
+                frame = None
+                for frame in frames:
+                    t = _frame_time(frame, stream)
+                    stats.frames_decoded += 1
+                    if landed_before is not None:
+                        if t <= landed_before:  # landed on a keyframe already passed: the GOP is long
+                            gop = max(2 * gop, target - t + step)
+                        landed_before = None
+                    if frame.key_frame:
+                        if t > last_key > -np.inf:
+                            gop = max(gop, t - last_key)
+                        last_key = max(last_key, t)
+                    cur_t = t
+                    if t >= target - frame_dt / 2:
+                        break
+                else:
+                    frame = None
+                if frame is None:  # stream ended
+                    if duration is not None and target < duration - max(step, 1.0):
+                        raise DecodeError(f"stream ended at {max(cur_t, 0):.2f}s of {duration:.2f}s")
+                    return
+                stats.last_t = cur_t
+                yield cur_t, frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as exc:
+            raise DecodeError(f"decode failed after {stats.last_t}s: {exc}") from exc
+
+
+def decode_all_frames(path: str | Path, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Every frame, decoded sequentially: the baseline `sample_frames` is compared with."""
+    stats = stats if stats is not None else DecodeStats()
+    with av.open(str(path)) as container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        stats.duration_s = _duration(container, stream)
+        for frame in container.decode(stream):
+            stats.frames_decoded += 1
+            t = _frame_time(frame, stream)
+            stats.last_t = t
+            yield t, frame.to_ndarray(format="rgb24")
+
+
+# ---------------------------------------------------------------- images
+
+
+def _thumb(rgb: np.ndarray) -> np.ndarray:
+    grey = Image.fromarray(rgb).convert("L").resize((_ANALYSIS, _ANALYSIS), Image.BILINEAR)
+    return np.asarray(grey, dtype=np.float32) / 255.0
+
+
+def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side to `size` (bicubic), then a centre square crop."""
+    h, w = rgb.shape[:2]
+    scale = size / min(h, w)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def phash_hex(rgb: np.ndarray) -> str:
+    return str(imagehash.phash(Image.fromarray(rgb)))
+
+
+def hamming(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+# ---------------------------------------------------------------- one video
+
+
+@dataclass
+class _Sample:
+    t: float
+    thumb: np.ndarray
+    image: Optional[np.ndarray]  # resized/cropped, kept only for histology frames
+    histology: bool
+    reason: str
+    scores: dict[str, float]
+    scene: int
+
+
+def video_id(path: str | Path) -> str:
+    """Stem plus a short hash of the path as given: unique in a corpus, the same in any checkout."""
+    tag = hashlib.sha256(os.path.normpath(str(path)).encode()).hexdigest()[:6]
+    return f"{Path(path).stem}-{tag}"
+
+
+def _slug(reason: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in reason.lower()).strip("_")
+
+
+def _reject_runs(samples: Sequence[_Sample], video: str, result: UnitResult) -> None:
+    """One reject row per run of consecutive non-histology samples with the same reason."""
+    run: list[_Sample] = []
+    for s in [*samples, None]:
+        if run and (s is None or s.histology or s.reason != run[0].reason):
+            result.rejects.append(Reject(f"{video}@{run[0].t:.1f}-{run[-1].t:.1f}s", STAGE_FRAME, run[0].reason))
+            run = []
+        if s is not None and not s.histology:
+            run.append(s)
+
+
+def _windows(samples: Sequence[_Sample], ssim_threshold: float) -> list[list[_Sample]]:
+    windows: list[list[_Sample]] = []
+    current: list[_Sample] = []
+    for prev, s in zip([None, *samples[:-1]], samples):
+        joins = (
+            current
+            and s.histology
+            and prev is current[-1]
+            and s.scene == prev.scene
+            and structural_similarity(prev.thumb, s.thumb, data_range=1.0) >= ssim_threshold
+        )
+        if joins:
+            current.append(s)
+            continue
+        if current:
+            windows.append(current)
+        current = [s] if s.histology else []
+    if current:
+        windows.append(current)
+    return windows
+
+
+def _join_cues(cues: Iterable[Cue]) -> str:
+    texts = [c.text.strip() for c in cues]
+    if not any(t[-1:] in ".!?" for t in texts if t):
+        return ". ".join(texts)  # raw ASR without punctuation: a cue is the best sentence proxy
+    return " ".join(texts)
+
+
+def process_video(unit: WorkUnit) -> UnitResult:
+    """Pairs, rejects and counts for one video (module level: worker processes pickle it by name)."""
+    job: VideoJob = unit.payload
+    cfg = VideoConfig(**job.config)
+    result = UnitResult()
+    result.counts["videos_seen"] += 1
+    vid = video_id(job.video)
+
+    try:
+        duration = video_duration(job.video)
+    except (av.FFmpegError, DecodeError):
+        result.rejects.append(Reject(job.video, STAGE_VIDEO, "unreadable video"))
+        result.counts["videos_unreadable"] += 1
+        return result
+    try:
+        cues, cue_rejects = parse_transcript(Path(job.transcript), duration)
+    except TranscriptError:
+        result.rejects.append(Reject(job.transcript, "transcript", "unparseable transcript"))
+        result.counts["transcripts_unparseable"] += 1
+        return result
+    result.rejects.extend(cue_rejects)
+    result.counts["transcript_cues"] += len(cues)
+    result.counts["transcript_cues_rejected"] += len(cue_rejects)
+
+    classifier = load_classifier(cfg.classifier_checkpoint) if cfg.classifier_checkpoint else None
+    detect: FrameDetector = make_detector(cfg.detector(), classifier)
+    samples: list[_Sample] = []
+    stats = DecodeStats()
+    scene, prev_thumb = 0, None
+    try:
+        for t, rgb in sample_frames(job.video, cfg.sample_fps, stats):
+            thumb = _thumb(rgb)
+            if prev_thumb is not None and float(np.abs(thumb - prev_thumb).mean()) > cfg.scene_threshold:
+                scene += 1
+            prev_thumb = thumb
+            ok, reason, scores = detect(rgb)
+            samples.append(_Sample(t, thumb, resize_crop(rgb, cfg.image_size) if ok else None, ok, reason, scores, scene))
+    except DecodeError:
+        # keep what decoded before the failure
+        where = f"{job.video}@{stats.last_t:.1f}s" if stats.last_t is not None else job.video
+        result.rejects.append(Reject(where, STAGE_VIDEO, "decode failed midway"))
+        result.counts["videos_decode_failed_midway"] += 1
+    result.counts["frames_decoded"] += stats.frames_decoded
+    result.counts["frames_sampled"] += len(samples)
+    result.counts["scenes"] += scene + 1 if samples else 0
+    for s in samples:
+        result.counts["histology_frames" if s.histology else f"non_histology_{_slug(s.reason)}"] += 1
+    _reject_runs(samples, job.video, result)
+
+    vocab = load_vocabulary(cfg.extra_vocabulary)
+    step = 1.0 / cfg.sample_fps
+    kept_hashes: list[tuple[str, str]] = []  # (phash, pair id)
+    for window in _windows(samples, cfg.ssim_threshold):
+        start, end = window[0].t, window[-1].t + step
+        where = f"{job.video}@{start:.1f}-{end:.1f}s"
+        result.counts["windows"] += 1
+        if end - start < cfg.min_window_s:
+            result.counts["windows_too_short"] += 1
+            result.rejects.append(Reject(where, STAGE_WINDOW, "stable window too short"))
+            continue
+        picks = np.unique(np.linspace(0, len(window) - 1, min(len(window), cfg.max_median_frames)).round().astype(int))
+        image = np.median(np.stack([window[i].image for i in picks]), axis=0).round().astype(np.uint8)
+        phash = phash_hex(image)
+        pair_id = f"{vid}-{int(round(start * 1000)):09d}"
+        dup = next((pid for h, pid in kept_hashes if hamming(h, phash) <= cfg.phash_max_distance), None)
+        if dup is not None:
+            result.counts["duplicates_within_video"] += 1
+            result.rejects.append(Reject(f"{where} (duplicate of {dup})", STAGE_DEDUPE, "near-duplicate within video"))
+            continue
+
+        noisy = _join_cues(cues_in_window(cues, start, end, cfg.text_margin_s))
+        cleaned = clean_text(noisy, vocab)
+        if not cleaned.text:
+            result.counts["windows_without_medical_text"] += 1
+            result.rejects.append(Reject(where, STAGE_TEXT, "no medical text in window"))
+            continue
+        kept_hashes.append((phash, pair_id))
+        scores = {k: round(float(np.median([s.scores[k] for s in window])), 4) for k in window[0].scores}
+        result.pairs.append(
+            Pair(
+                id=pair_id,
+                group=vid,
+                image=image,
+                caption=cleaned.text,
+                source=job.video,
+                caption_variants={"terms": ", ".join(cleaned.terms)} if cleaned.terms else {},
+                provenance={
+                    "video_id": vid,
+                    "start_s": round(start, 3),
+                    "end_s": round(end, 3),
+                    "noisy_text": noisy,
+                    "terms": cleaned.terms,
+                    "magnification": cleaned.magnification,
+                    "phash": phash,
+                    "frames_in_window": len(window),
+                    "frames_in_median": int(len(picks)),
+                    "representative": "median" if len(picks) > 1 else "single frame",
+                    "detector_scores": scores,
+                },
+            )
+        )
+        result.counts["pairs"] += 1
+    return result
+
+
+# ---------------------------------------------------------------- planning
+
+
+def output_params(cfg: VideoConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def plan_video_units(videos_dir: Path, cfg: VideoConfig) -> tuple[list[WorkUnit], list[Reject]]:
+    """One unit per video (sorted by name); a video with no transcript is a reject instead."""
+    params_hash = hashlib.sha256(json.dumps(output_params(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    units: list[WorkUnit] = []
+    rejects: list[Reject] = []
+    for video in sorted(p for p in Path(videos_dir).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES):
+        transcript = find_transcript(video)
+        if transcript is None:
+            rejects.append(Reject(str(video), "transcript", "no transcript"))
+            continue
+        units.append(WorkUnit(f"pathology-video:{video}:{params_hash}", VideoJob(str(video), str(transcript), asdict(cfg))))
+    return units, rejects
+
+
+# ---------------------------------------------------------------- corpus-wide near-duplicates
+
+
+def cross_video_duplicates(records: Sequence[tuple[str, str, str]], max_distance: int = 8) -> list[str]:
+    """Ids to drop: (id, phash_hex, video_id) records near-identical to one from another video.
+
+    Deterministic: records are visited sorted by (video_id, id) and the first of a near-duplicate
+    set is kept. Candidates come from pigeonhole buckets (split the 64-bit hash into
+    max_distance + 1 bands: two hashes within the distance agree exactly on at least one band),
+    so the corpus is not compared pairwise.
+    """
+    bands = max_distance + 1
+    kept: list[tuple[int, str]] = []  # (hash, video)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    drop: list[str] = []
+    for rid, hexhash, vid in sorted(records, key=lambda r: (r[2], r[0])):
+        value, nbits = int(hexhash, 16), len(hexhash) * 4
+        edges = [round(i * nbits / bands) for i in range(bands + 1)]
+        keys = [(i, (value >> edges[i]) & ((1 << (edges[i + 1] - edges[i])) - 1)) for i in range(bands)]
+        candidates = {j for key in keys for j in buckets.get(key, ())}
+        if any(kept[j][1] != vid and bin(kept[j][0] ^ value).count("1") <= max_distance for j in candidates):
+            drop.append(rid)
+            continue
+        kept.append((value, vid))
+        for key in keys:
+            buckets.setdefault(key, []).append(len(kept) - 1)
+    return drop
+
+
+def dedupe_across_videos(rows: Iterable[dict[str, Any]], max_distance: int = 8) -> set[str]:
+    """Ids to drop from manifest-like rows ({"id", "provenance": dict or JSON} with phash, video_id)."""
+    records = []
+    for row in rows:
+        prov = row["provenance"]
+        prov = json.loads(prov) if isinstance(prov, str) else prov
+        if prov.get("phash"):
+            records.append((row["id"], prov["phash"], prov.get("video_id", row.get("group", ""))))
+    return set(cross_video_duplicates(records, max_distance))

@@ -1,0 +1,308 @@
+"""The curated pair format every domain writes, and the machinery that writes it.
+
+A domain turns its inputs into `WorkUnit`s (a raster scene, a video, a volume) and gives a
+module-level function `process(unit) -> UnitResult`. `run_curation` then:
+
+1. maps units over an executor; each finished unit is staged under `OUT/.units/` atomically
+   (samples tar first, then the JSON record that marks it done), so a rerun skips finished units;
+2. assigns splits by group (never by row), optionally applies a quality filter;
+3. packs the staged samples into WebDataset shards `OUT/shards/{split}-{NNNNNN}.tar`, written into
+   a fresh folder that replaces the old one in one rename, so no partial or duplicated shard is left;
+4. writes `manifest.parquet` (one row per pair), `rejects.csv` (input, stage, reason) and
+   `summary.json` (counts per step), each atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from pipelines.curation.executor import Executor, LocalExecutor
+from pipelines.curation.quality import QualityScorer
+from pipelines.curation.splits import SPLITS, assign_split
+from pipelines.io.atomic import atomic_write_json, json_default
+from pipelines.io.manifest import write_manifest, write_rejects
+from pipelines.io.shards import add_member, sample_key
+
+
+@dataclass
+class Pair:
+    """One curated image-text pair (image: HxWx3 uint8, HxW uint8, or a volume for npy)."""
+
+    id: str
+    group: str  # split unit: pairs sharing a group always land in the same split
+    image: np.ndarray
+    caption: str
+    source: str  # input file the pair came from
+    caption_variants: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable
+
+
+@dataclass
+class Reject:
+    input: str  # what was rejected: a file, a file plus an object id, a tile...
+    stage: str  # the curation step that rejected it
+    reason: str  # a short, stable phrase (details belong in `input`)
+
+
+@dataclass
+class UnitResult:
+    pairs: list[Pair] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)  # step name -> count, e.g. objects_seen
+
+
+@dataclass
+class WorkUnit:
+    key: str  # stable identity for resuming (e.g. the input path plus a hash of the parameters)
+    payload: Any  # picklable: whatever `process` needs
+
+
+@dataclass
+class CurationConfig:
+    """Settings every curation shares; a domain's config subclasses it and adds its own fields."""
+
+    workers: int = 0
+    shard_size: int = 1000
+    image_format: str = "png"  # png | jpg | npy
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+
+    def curation(self) -> "CurationConfig":
+        """Just the shared settings (what run_curation takes), from a domain's config."""
+        return CurationConfig(**{f.name: getattr(self, f.name) for f in fields(CurationConfig)})
+
+
+# ---------------------------------------------------------------- staging one unit
+
+
+def _unit_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _encode_image(image: np.ndarray, fmt: str) -> tuple[str, bytes]:
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
+        return "npy", buf.getvalue()
+    if image.dtype != np.uint8:
+        raise ValueError(f"{fmt} images must be uint8, got {image.dtype}")
+    buf = io.BytesIO()
+    if fmt == "png":
+        Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    elif fmt == "jpg":
+        Image.fromarray(image).save(buf, format="JPEG", quality=95)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+    return fmt, buf.getvalue()
+
+
+def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_format: str, unit: WorkUnit) -> dict:
+    """Run one unit and stage its samples; returns the unit record (also written as JSON)."""
+    name = _unit_name(unit.key)
+    record: dict[str, Any] = {"key": unit.key, "name": name, "pairs": [], "rejects": [], "counts": {}}
+    try:
+        result = process(unit)
+    except Exception as exc:  # a broken input must not sink the run: it becomes a rejects row
+        record["rejects"].append({"input": unit.key, "stage": "unit", "reason": f"{type(exc).__name__}: {exc}"})
+        record["counts"] = {"units_failed": 1}
+        atomic_write_json(staging / f"{name}.json", record)
+        return record
+
+    tar_path = staging / f"{name}.tar"
+    tmp = tar_path.with_name(f".{tar_path.name}.tmp-{os.getpid()}")
+    seen: set[str] = set()
+    with tarfile.open(tmp, "w") as tar:
+        for pair in result.pairs:
+            key = sample_key(pair.id)
+            if key in seen:
+                raise ValueError(f"duplicate pair id {pair.id!r} in unit {unit.key!r}")
+            seen.add(key)
+            ext, data = _encode_image(pair.image, image_format)
+            add_member(tar, f"{key}.{ext}", data)
+            record["pairs"].append(
+                {
+                    "id": pair.id,
+                    "key": key,
+                    "ext": ext,
+                    "group": pair.group,
+                    "caption": pair.caption,
+                    "caption_variants": pair.caption_variants,
+                    "source": pair.source,
+                    "provenance": pair.provenance,
+                }
+            )
+    os.replace(tmp, tar_path)
+    record["rejects"] = [r.__dict__ for r in result.rejects]
+    record["counts"] = dict(result.counts)
+    atomic_write_json(staging / f"{name}.json", record)  # written last: marks the unit done
+    return record
+
+
+def _read_unit_images(staging: Path, name: str) -> Iterator[tuple[str, bytes]]:
+    path = staging / f"{name}.tar"
+    if not path.exists():
+        return
+    with tarfile.open(path) as tar:
+        for member in tar:
+            f = tar.extractfile(member)
+            if f is not None:
+                yield member.name, f.read()
+
+
+# ---------------------------------------------------------------- the run
+
+
+# Decisions that need every unit's pairs at once (e.g. near-duplicates across videos): given the
+# pair records (id, group, caption, provenance, ...), return the ids to drop with their Reject.
+RowFilter = Callable[[list[dict[str, Any]]], dict[str, Reject]]
+
+
+def run_curation(
+    units: Sequence[WorkUnit],
+    process: Callable[[WorkUnit], UnitResult],
+    out: Path,
+    config: CurationConfig,
+    executor: Executor | None = None,
+    pre_rejects: Sequence[Reject] = (),
+    pre_counts: dict[str, int] | None = None,
+    quality_scorer: QualityScorer | None = None,
+    quality_keep_fraction: float = 1.0,
+    row_filter: RowFilter | None = None,
+) -> dict[str, Any]:
+    """Curate `units` into OUT; returns the summary. `pre_rejects` are inputs refused before any unit ran."""
+    out = Path(out)
+    staging = out / ".units"
+    staging.mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor(config.workers)
+    keys = [u.key for u in units]
+    if len(set(keys)) != len(keys):
+        raise ValueError("work unit keys must be unique")
+
+    records: dict[str, dict] = {}
+    todo: list[WorkUnit] = []
+    for unit in units:
+        done = staging / f"{_unit_name(unit.key)}.json"
+        if done.exists():
+            records[unit.key] = json.loads(done.read_text())
+        else:
+            todo.append(unit)
+    cached = len(records)
+    run = partial(stage_unit, process, staging, config.image_format)
+    for record in tqdm(executor.map_unordered(run, todo), total=len(todo), desc="curate", unit="unit", disable=None):
+        records[record["key"]] = record
+
+    # Deterministic order whatever the order units finished in.
+    ordered = [records[k] for k in keys]
+    rejects = [dict(r.__dict__) for r in pre_rejects]
+    counts: Counter = Counter(pre_counts or {})
+    rows: list[dict[str, Any]] = []
+    for record in ordered:
+        rejects.extend(record["rejects"])
+        counts.update(record["counts"])
+        for p in record["pairs"]:
+            split = assign_split(p["group"], config.val_fraction, config.test_fraction, config.split_seed)
+            rows.append({**p, "split": split, "unit": record["name"]})
+
+    if row_filter is not None and rows:
+        dropped_rows = row_filter(rows)
+        rows = [r for r in rows if r["id"] not in dropped_rows]
+        rejects.extend(dict(r.__dict__) for r in dropped_rows.values())
+        counts["row_filter_dropped"] += len(dropped_rows)
+
+    if quality_scorer is not None and quality_keep_fraction < 1.0 and rows:
+        rows, dropped = _quality_filter(rows, staging, quality_scorer, quality_keep_fraction)
+        rejects.extend({"input": r["id"], "stage": "quality", "reason": "image-caption score below keep threshold"} for r in dropped)
+        counts["quality_dropped"] += len(dropped)
+
+    _write_shards(rows, staging, out, config.shard_size)
+    write_manifest(rows, out)
+    write_rejects(rejects, out)
+    summary = {
+        "units": {"total": len(units), "cached": cached, "processed": len(todo)},
+        "steps": dict(sorted(counts.items())),
+        "pairs": {"kept": len(rows), "per_split": {s: sum(r["split"] == s for r in rows) for s in SPLITS}},
+        "rejected": dict(sorted(Counter(f"{r['stage']}: {r['reason']}" for r in rejects).items())),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _quality_filter(rows, staging, scorer, keep_fraction):
+    images: dict[tuple[str, str], bytes] = {}
+    for unit in dict.fromkeys(r["unit"] for r in rows):
+        for member, data in _read_unit_images(staging, unit):
+            images[(unit, member)] = data
+    scores = scorer([images[(r["unit"], f"{r['key']}.{r['ext']}")] for r in rows], [r["caption"] for r in rows])
+    for row, score in zip(rows, scores):
+        row["quality_score"] = float(score)
+    n_keep = max(1, int(round(keep_fraction * len(rows))))
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep = set(order[:n_keep].tolist())
+    return [r for i, r in enumerate(rows) if i in keep], [r for i, r in enumerate(rows) if i not in keep]
+
+
+def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -> None:
+    fresh = out / ".shards.tmp"
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    fresh.mkdir(parents=True)
+    by_unit: dict[str, list[dict]] = {}
+    for r in rows:
+        by_unit.setdefault(r["unit"], []).append(r)
+    writers: dict[str, tuple[wds.TarWriter, int, int]] = {}  # split -> (writer, shard index, count)
+
+    def writer_for(split: str) -> wds.TarWriter:
+        w, idx, n = writers.get(split, (None, -1, shard_size))
+        if w is None or n >= shard_size:
+            if w is not None:
+                w.close()
+            idx += 1
+            w = wds.TarWriter(str(fresh / f"{split}-{idx:06d}.tar"), mtime=0)  # fixed mtime: byte-identical reruns
+            n = 0
+        writers[split] = (w, idx, n + 1)
+        return w
+
+    for unit, unit_rows in by_unit.items():
+        wanted = {f"{r['key']}.{r['ext']}": r for r in unit_rows}
+        for member, data in _read_unit_images(staging, unit):
+            r = wanted.get(member)
+            if r is None:
+                continue
+            w = writer_for(r["split"])
+            r["shard"] = f"{r['split']}-{writers[r['split']][1]:06d}.tar"
+            meta = {
+                "id": r["id"],
+                "caption_variants": r["caption_variants"],
+                "source": r["source"],
+                "provenance": r["provenance"],
+                "group": r["group"],
+            }
+            if "quality_score" in r:
+                meta["quality_score"] = r["quality_score"]
+            w.write({"__key__": r["key"], r["ext"]: data, "txt": r["caption"], "json": json.dumps(meta, sort_keys=True, default=json_default).encode()})
+    for w, _, _ in writers.values():
+        w.close()
+    final = out / "shards"
+    old = out / ".shards.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(fresh, final)
+    if old.exists():
+        shutil.rmtree(old)

@@ -1,0 +1,377 @@
+"""Score several models (typically "base" and "adapted") on the same held-out data in one run.
+
+Tasks, each skipped with a message when its data is absent:
+- zero-shot classification on WebDataset shards with `png`/`jpg` + integer `cls`, plus
+  `classnames.txt` (and optionally `templates.txt`) beside them;
+- image-text retrieval on curated shards, where an image's positives are the unique non-empty
+  strings among its `txt` caption and its json["caption_variants"] values.
+
+Outputs (all written atomically):
+- OUT/zeroshot_<model>.json, OUT/retrieval_<model>.json: CLIP_benchmark's result format;
+- OUT/metrics.json: scalars per model and task, plus "delta" (adapted minus base), for `dvc metrics`;
+- OUT/per_class.csv: model,classname,accuracy, for `dvc plots`;
+- PLOTS/confusion_<model>.png and PLOTS/confusion_<model>.csv (actual,predicted, one row per sample,
+  for DVC's confusion template).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
+from pipelines.evaluate.zero_shot import build_zero_shot_classifier
+from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.io.shards import image_bytes, iter_tar_samples
+
+
+ZEROSHOT_SCALARS = ("acc1", "acc5", "mean_per_class_recall")
+Split = Literal["train", "val", "test"]
+REFERENCE_MODEL = "base"  # deltas are taken against this model
+
+# (model, preprocess_val, tokenizer)
+ModelTriple = tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor], Callable[[list[str]], torch.Tensor]]
+
+
+@dataclass
+class ClipEvaluateConfig:
+    """params.yaml `<domain>.evaluate` of an image domain."""
+
+    batch_size: int = 64
+    retrieval_split: Split = "test"
+    classnames: Optional[list[str]] = None  # default: the zero-shot set's classnames.txt, else the domain's
+    templates: Optional[list[str]] = None   # default: the domain's prompts.TEMPLATES
+
+
+# ---------------------------------------------------------------- reading the sets
+
+
+@dataclass
+class ZeroShotSet:
+    images: list[bytes]  # encoded; decoded per model, since each model has its own preprocess
+    labels: list[int]
+    classnames: list[str]
+    templates: list[str]
+
+
+@dataclass
+class RetrievalSet:
+    images: list[bytes]
+    texts: list[str]
+    text_to_image: list[int]
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def zeroshot_shards(zeroshot_dir: Path) -> list[str]:
+    """`test-*.tar` in the folder, else every `*.tar` (a set may be packed under another split name)."""
+    shards = sorted(zeroshot_dir.glob("test-*.tar")) or sorted(zeroshot_dir.glob("*.tar"))
+    return [str(p) for p in shards]
+
+
+def load_zeroshot_set(
+    zeroshot_dir: Path, classnames: Sequence[str] | None = None, templates: Sequence[str] | None = None
+) -> ZeroShotSet:
+    """Read a zero-shot set. Explicit classnames/templates win over the folder's text files.
+
+    Explicit classnames only rename classes for the prompts: their count must match
+    classnames.txt when that file exists, since `cls` indexes its lines.
+    """
+    names_file, templates_file = zeroshot_dir / "classnames.txt", zeroshot_dir / "templates.txt"
+    file_names = _read_lines(names_file) if names_file.is_file() else None
+    if classnames is None:
+        if file_names is None:
+            raise FileNotFoundError(f"no class names: pass them or write {names_file}")
+        classnames = file_names
+    elif file_names is not None and len(file_names) != len(classnames):
+        raise ValueError(f"{len(classnames)} class names given but {names_file} lists {len(file_names)}")
+    if templates is None:
+        templates = _read_lines(templates_file) if templates_file.is_file() else None
+        if not templates:
+            raise FileNotFoundError(f"no prompt templates: pass them or write {templates_file}")
+
+    images, labels = [], []
+    for shard in zeroshot_shards(zeroshot_dir):
+        for sample in iter_tar_samples(shard):
+            if "cls" not in sample:
+                raise ValueError(f"{shard}: sample {sample['__key__']!r} has no `cls` label")
+            label = int(sample["cls"].decode("ascii").strip())
+            if not 0 <= label < len(classnames):
+                raise ValueError(
+                    f"{shard}: sample {sample['__key__']!r} has cls={label}, outside the "
+                    f"{len(classnames)} class names (0..{len(classnames) - 1})"
+                )
+            images.append(image_bytes(sample))
+            labels.append(label)
+    return ZeroShotSet(images, labels, list(classnames), list(templates))
+
+
+def caption_positives(sample: dict[str, Any]) -> list[str]:
+    """Unique non-empty captions of a curated sample: `txt` first, then the caption variants."""
+    candidates = [sample["txt"].decode("utf-8")] if "txt" in sample else []
+    if "json" in sample:
+        variants = json.loads(sample["json"].decode("utf-8")).get("caption_variants") or {}
+        candidates += [v for v in variants.values() if isinstance(v, str)]
+    out: list[str] = []
+    for text in candidates:
+        text = text.strip()
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def load_retrieval_set(shards: Sequence[str]) -> RetrievalSet:
+    images: list[bytes] = []
+    texts: list[str] = []
+    owner: list[int] = []
+    for shard in shards:
+        for sample in iter_tar_samples(shard):
+            captions = caption_positives(sample)
+            if not captions:  # an image nothing can retrieve would only lower recall
+                continue
+            texts += captions
+            owner += [len(images)] * len(captions)
+            images.append(image_bytes(sample))
+    return RetrievalSet(images, texts, owner)
+
+
+# ---------------------------------------------------------------- embedding
+
+
+def encode_images(model, preprocess, images: Sequence[bytes], device: str | torch.device, batch_size: int) -> torch.Tensor:
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = [preprocess(Image.open(io.BytesIO(b))) for b in images[start : start + batch_size]]
+            emb = model.encode_image(torch.stack(batch).to(device), normalize=True)
+            chunks.append(F.normalize(emb.float(), dim=-1).cpu())
+    return torch.cat(chunks)
+
+
+def encode_texts(model, tokenizer, texts: Sequence[str], device: str | torch.device, batch_size: int) -> torch.Tensor:
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
+            emb = model.encode_text(tokens, normalize=True)
+            chunks.append(F.normalize(emb.float(), dim=-1).cpu())
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _benchmark_record(dataset: str, model: str, pretrained: str, task: str, metrics: dict, **extra: Any) -> dict:
+    """CLIP_benchmark's result layout; extras (class names, per-class numbers) sit beside it."""
+    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task, "metrics": metrics, "language": "en", **extra}
+
+
+def _summary(results: dict[str, dict[str, dict[str, float]]]) -> dict:
+    """metrics.json: {model: {task: {metric: value}}, "delta": {task: {metric: model - base}}}.
+
+    With more than one non-base model, deltas other than "adapted"'s go under "delta_<model>".
+    """
+    summary: dict[str, Any] = {name: tasks for name, tasks in results.items()}
+    base = results.get(REFERENCE_MODEL)
+    if base is None:
+        return summary
+    for name, tasks in results.items():
+        if name == REFERENCE_MODEL:
+            continue
+        delta = {
+            task: {m: values[m] - base[task][m] for m in values if m in base.get(task, {})}
+            for task, values in tasks.items()
+            if task in base
+        }
+        summary["delta" if name == "adapted" else f"delta_{name}"] = delta
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    """Metrics side by side, one row per task/metric, with adapted minus base when both exist."""
+    models = [m for m in summary if not m.startswith("delta")]
+    rows: list[tuple[str, str]] = []
+    for name in models:
+        for task, values in summary[name].items():
+            for metric in values:
+                if (task, metric) not in rows:
+                    rows.append((task, metric))
+    has_delta = "delta" in summary
+    header = ["metric", *models] + (["delta"] if has_delta else [])
+    lines = [header]
+    for task, metric in rows:
+        line = [f"{task}/{metric}"]
+        line += [f"{summary[m][task][metric]:.4f}" if metric in summary[m].get(task, {}) else "-" for m in models]
+        if has_delta:
+            d = summary["delta"].get(task, {}).get(metric)
+            line.append("-" if d is None else f"{d:+.4f}")
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in lines
+    )
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_confusion_png(path: Path, confusion: list[list[int]], classnames: Sequence[str], title: str) -> None:
+    # Figure + Agg canvas directly, not pyplot: no global backend switch, no state across calls.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(classnames)
+    size = max(4.0, 0.5 * n + 2.5)
+    fig = Figure(figsize=(size, size))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    counts = torch.tensor(confusion, dtype=torch.float)
+    # Colour by row share so rare classes are as readable as frequent ones; cells show counts.
+    shares = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    image = ax.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
+    ax.set_xticks(range(n), labels=list(classnames), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(classnames))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("actual class")
+    ax.set_title(title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if confusion[i][j]:
+                    ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=8,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _remove_stale(paths: Sequence[Path]) -> None:
+    # A skipped task must not leave a previous run's file looking like this run's result.
+    for path in paths:
+        if path.exists():
+            path.unlink()
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def evaluate(
+    models: dict[str, ModelTriple],
+    zeroshot_dir: Path | None,
+    retrieval_shards: Sequence[str],
+    classnames: Sequence[str] | None,
+    templates: Sequence[str] | None,
+    out_dir: Path,
+    plots_dir: Path,
+    dataset_name: str,
+    model_names: dict[str, str] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> dict:
+    """Score every model on the same zero-shot set and retrieval shards; returns metrics.json's content.
+
+    `models` maps a role ("base", "adapted", ...) to (model, preprocess_val, tokenizer).
+    `model_names` maps a role to the name written as "model" in the CLIP_benchmark JSONs (the
+    role itself goes in "pretrained"); roles without an entry use the role as the name.
+    """
+    if not models:
+        raise ValueError("evaluate needs at least one model")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out_dir, plots_dir = Path(out_dir), Path(plots_dir)
+    model_names = model_names or {}
+
+    zeroshot: ZeroShotSet | None = None
+    if zeroshot_dir is None:
+        print("evaluate: skipping zero-shot classification: no zero-shot folder given")
+    elif not Path(zeroshot_dir).is_dir() or not zeroshot_shards(Path(zeroshot_dir)):
+        print(f"evaluate: skipping zero-shot classification: no .tar shards in {zeroshot_dir}")
+    else:
+        zeroshot = load_zeroshot_set(Path(zeroshot_dir), classnames, templates)
+        if not zeroshot.images:
+            print(f"evaluate: skipping zero-shot classification: the shards in {zeroshot_dir} hold no samples")
+            zeroshot = None
+
+    retrieval: RetrievalSet | None = None
+    if not retrieval_shards:
+        print("evaluate: skipping retrieval: no retrieval shards given")
+    else:
+        retrieval = load_retrieval_set(retrieval_shards)
+        if not retrieval.images:
+            print(f"evaluate: skipping retrieval: no captioned images in {len(retrieval_shards)} shard(s)")
+            retrieval = None
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    per_class_rows: list[tuple[str, str, float]] = []
+    for role, (model, preprocess, tokenizer) in models.items():
+        name = model_names.get(role, role)
+        was_training = model.training
+        model.to(device).eval()
+        results[role] = {}
+        zs_json, rt_json = out_dir / f"zeroshot_{role}.json", out_dir / f"retrieval_{role}.json"
+        confusion_png, confusion_csv = plots_dir / f"confusion_{role}.png", plots_dir / f"confusion_{role}.csv"
+
+        if zeroshot is not None:
+            weights = build_zero_shot_classifier(model, tokenizer, zeroshot.classnames, zeroshot.templates, device, batch_size)
+            features = encode_images(model, preprocess, zeroshot.images, device, batch_size)
+            logits = features @ weights.cpu()
+            zs = zero_shot_metrics(logits, zeroshot.labels, zeroshot.classnames)
+            scalars = {k: zs[k] for k in ZEROSHOT_SCALARS}
+            results[role]["zeroshot"] = scalars
+            atomic_write_json(
+                zs_json,
+                _benchmark_record(
+                    dataset_name, name, role, "zeroshot_classification", scalars,
+                    classnames=zeroshot.classnames, templates=zeroshot.templates,
+                    per_class=zs["per_class"], support=zs["support"],
+                    confusion_matrix=zs["confusion_matrix"], n_samples=len(zeroshot.labels),
+                ),
+            )
+            per_class_rows += [(role, c, acc) for c, acc in zs["per_class"].items() if acc is not None]
+            predicted = logits.argmax(dim=1).tolist()
+            atomic_write_text(
+                confusion_csv,
+                _csv_text(["actual", "predicted"], [(zeroshot.classnames[a], zeroshot.classnames[p]) for a, p in zip(zeroshot.labels, predicted)]),
+            )
+            write_confusion_png(confusion_png, zs["confusion_matrix"], zeroshot.classnames, f"{dataset_name}: {role}" + (f" ({name})" if name != role else ""))
+        else:
+            _remove_stale([zs_json, confusion_png, confusion_csv])
+
+        if retrieval is not None:
+            image_emb = encode_images(model, preprocess, retrieval.images, device, batch_size)
+            text_emb = encode_texts(model, tokenizer, retrieval.texts, device, batch_size)
+            rt = retrieval_metrics(image_emb, text_emb, retrieval.text_to_image)
+            results[role]["retrieval"] = rt
+            atomic_write_json(
+                rt_json,
+                _benchmark_record(
+                    dataset_name, name, role, "zeroshot_retrieval", rt,
+                    n_images=len(retrieval.images), n_texts=len(retrieval.texts),
+                ),
+            )
+        else:
+            _remove_stale([rt_json])
+        model.train(was_training)
+
+    summary = _summary(results)
+    atomic_write_json(out_dir / "metrics.json", summary)
+    # Written even when zero-shot was skipped, so a declared DVC plots file always exists.
+    atomic_write_text(out_dir / "per_class.csv", _csv_text(["model", "classname", "accuracy"], per_class_rows))
+    print(format_table(summary))
+    return summary

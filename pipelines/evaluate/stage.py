@@ -1,0 +1,41 @@
+"""`domainfm evaluate <domain>`: base and adapted side by side, for the domain's model family."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from pipelines import params
+from pipelines.domain import classes_and_templates, get
+
+
+def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Optional[Path], out: Path, plots: Path,
+                    params_path: Optional[Path]) -> dict[str, Any]:
+    """Score `domain`'s base and trained model; write OUT (metrics, CLIP_benchmark JSON) and PLOTS."""
+    d = get(domain)
+    if d.modality == "volume":
+        from pipelines.evaluate.volume import VolumeEvaluateConfig, evaluate_volume
+
+        vcfg = params.read(params_path, VolumeEvaluateConfig, domain, "evaluate")
+        return evaluate_volume(model, data, zeroshot, out, plots, vcfg, vcfg.prompts or d.prompts().FINDING_PROMPTS, domain)
+
+    from pipelines.evaluate.clip import ClipEvaluateConfig, evaluate
+    from pipelines.io.shards import shard_paths
+    from pipelines.models.adapt import load_trained
+    from pipelines.models.clip import load_model
+
+    cfg = params.read(params_path, ClipEvaluateConfig, domain, "evaluate")
+    adapted, loaded = load_trained(model)
+    base = load_model(loaded.spec)
+    classnames, templates = classes_and_templates(d, zeroshot, cfg.classnames, cfg.templates)
+    return evaluate(
+        {"base": (base.model.eval(), base.preprocess_val, base.tokenizer), "adapted": (adapted.eval(), loaded.preprocess_val, loaded.tokenizer)},
+        zeroshot_dir=zeroshot,
+        retrieval_shards=shard_paths(data, cfg.retrieval_split) if data else [],
+        classnames=classnames,
+        templates=templates,
+        out_dir=out,
+        plots_dir=plots,
+        dataset_name=domain,
+        model_names={"base": loaded.spec.name, "adapted": str(model)},
+        batch_size=cfg.batch_size,
+    )

@@ -1,0 +1,151 @@
+"""Export a trained adaptation as a stock open_clip model folder plus a model card.
+
+The folder is open_clip's own `local-dir:` format (open_clip_config.json + open_clip_model.safetensors),
+so consumers need nothing from domainfm:
+
+    open_clip.create_model_and_transforms('local-dir:exports/<domain>')
+
+In lora mode the LoRA weights are folded into the exported weights; the peft adapter is also kept
+under `adapter/` for people who want to stack or inspect it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipelines.io.atomic import atomic_dir
+from pipelines.models.adapt import ADAPT_SPEC_FILE, TRAINABLE_FILE, AdaptConfig, load_trained, merged_clip, read_adapt_spec
+from pipelines.models.clip import ModelSpec, model_config_of, preprocess_config_of, write_open_clip_files
+
+ADAPTER_DIR = "adapter"
+CARD_FILE = "README.md"
+
+
+# --------------------------------------------------------------------------------------------
+# Model card
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4f}"
+    if isinstance(v, (dict, list)):
+        return f"`{json.dumps(v, sort_keys=True)}`"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _kv_table(d: dict[str, Any], header: tuple[str, str] = ("Key", "Value")) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {_fmt(k)} | {_fmt(v)} |" for k, v in _flatten(d).items()]
+    return lines
+
+
+def _metrics_table(base: dict[str, Any], adapted: dict[str, Any]) -> list[str]:
+    """Base vs adapted vs delta, one row per (flattened) metric name."""
+    fb, fa = _flatten(base or {}), _flatten(adapted or {})
+    lines = ["| Metric | Base | Adapted | Δ |", "|---|---:|---:|---:|"]
+    for key in list(dict.fromkeys([*fb, *fa])):
+        b, a = fb.get(key), fa.get(key)
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+        delta = f"{a - b:+.4f}" if numeric else "–"
+        lines.append(f"| {_fmt(key)} | {_fmt(b) if b is not None else '–'} | {_fmt(a) if a is not None else '–'} | {delta} |")
+    return lines
+
+
+def _bullets(items: Any) -> list[str]:
+    if isinstance(items, str):
+        return [items]
+    return [f"- {_fmt(x) if not isinstance(x, str) else x}" for x in items]
+
+
+def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_name: str) -> str:
+    """Markdown model card. Known `card` keys: domain, description, data {summary, sources, licences},
+    training, metrics {base, adapted} (each e.g. {zero_shot: {...}, retrieval: {...}}),
+    prompt_templates, limitations. Missing keys are rendered as 'not provided'."""
+    domain = card.get("domain", export_name)
+    lines = [f"# domainfm: {domain}", ""]
+    lines += [card.get("description", "_No description provided._"), ""]
+
+    lines += ["## Model", ""]
+    lines += _kv_table({"base model": base.name, "base weights": base.pretrained or "none (random init / local-dir)",
+                        "adaptation": asdict(cfg)})
+    lines.append("")
+
+    data = card.get("data", {})
+    lines += ["## Training data", ""]
+    if data.get("summary"):
+        lines += ["### Curated data summary", ""] + _kv_table(data["summary"]) + [""]
+    for title, key in (("Sources", "sources"), ("Licences", "licences")):
+        lines += [f"### {title}", ""] + (_bullets(data[key]) if data.get(key) else ["_not provided_"]) + [""]
+
+    lines += ["## Training parameters", ""]
+    lines += (_kv_table(card["training"], ("Parameter", "Value")) if card.get("training") else ["_not provided_"]) + [""]
+
+    metrics = card.get("metrics", {})
+    lines += ["## Evaluation", ""]
+    base_m, adapted_m = metrics.get("base", {}), metrics.get("adapted", {})
+    groups = list(dict.fromkeys([*base_m, *adapted_m]))
+    if not groups:
+        lines += ["_not provided_", ""]
+    for group in groups:
+        b, a = base_m.get(group, {}), adapted_m.get(group, {})
+        if isinstance(b, dict) or isinstance(a, dict):
+            lines += [f"### {group.replace('_', ' ').title()}", ""]
+            lines += _metrics_table(b if isinstance(b, dict) else {}, a if isinstance(a, dict) else {}) + [""]
+        else:
+            lines += _metrics_table({group: b}, {group: a}) + [""]
+
+    lines += ["## Prompt templates", ""]
+    templates = card.get("prompt_templates") or []
+    lines += ([f"- `{t}`" for t in templates] if templates else ["_not provided_"]) + [""]
+
+    lines += ["## Limitations", ""]
+    lines += (_bullets(card["limitations"]) if card.get("limitations") else ["_not provided_"]) + [""]
+
+    lines += [
+        "## How to load", "",
+        "The weights are a stock open_clip model (LoRA, if any, merged in):", "",
+        "```python",
+        "import open_clip",
+        f"model, _, preprocess = open_clip.create_model_and_transforms('local-dir:exports/{export_name}')",
+        f"tokenizer = open_clip.get_tokenizer('local-dir:exports/{export_name}')",
+        "```", "",
+    ]
+    if cfg.mode == "lora":
+        lines += [f"The unmerged LoRA adapter (peft format, on top of open_clip attention rewritten into "
+                  f"explicit q/k/v/out linears by `pipelines.models.adapt.explicit_attention`) is in `{ADAPTER_DIR}/`.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def export(trained_dir: Path, out_dir: Path, card: dict) -> None:
+    """Write out_dir/ = merged model (local-dir format) + adapter/ (lora only) + README.md, atomically."""
+    trained_dir, out_dir = Path(trained_dir), Path(out_dir)
+    base, cfg = read_adapt_spec(trained_dir)
+    model, _ = load_trained(trained_dir, device="cpu")
+    merged = merged_clip(model, cfg).eval()
+    with atomic_dir(out_dir) as tmp:
+        write_open_clip_files(merged, model_config_of(base), tmp, preprocess_config_of(merged))
+        if cfg.mode == "lora":
+            adapter = tmp / ADAPTER_DIR
+            model.save_pretrained(str(adapter))
+            # peft's adapter lacks non-LoRA trainables (logit_scale); keep the full training output too.
+            shutil.copy2(trained_dir / ADAPT_SPEC_FILE, adapter / ADAPT_SPEC_FILE)
+            shutil.copy2(trained_dir / TRAINABLE_FILE, adapter / TRAINABLE_FILE)
+        (tmp / CARD_FILE).write_text(render_card(card, base, cfg, out_dir.name), encoding="utf-8")

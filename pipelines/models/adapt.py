@@ -1,0 +1,422 @@
+"""Adapt an open_clip CLIP for a domain: LoRA (via peft), full fine-tuning, or projections only.
+
+Why attention is rewritten before LoRA: open_clip's ResidualAttentionBlock uses
+nn.MultiheadAttention, whose forward reads `out_proj.weight` directly through
+F.multi_head_attention_forward. peft (0.21) wraps that case specially and applies the
+out_proj update twice (output == W + 2*dW), so the trained model and its merged export
+disagree. `explicit_attention` swaps every block's attention for `ExplicitAttention`, which
+holds plain q/k/v/out nn.Linear layers that peft wraps like any other Linear.
+
+The object `prepare` returns in lora mode is a `peft.PeftModel`. It behaves like the CLIP
+it wraps: PeftModel/LoraModel forward missing attributes to the wrapped CLIP, whose
+submodules now contain the LoRA layers, so `model.encode_image`, `model.encode_text`,
+`model.logit_scale`, `model.set_grad_checkpointing` and `model(image, text)` all include
+LoRA. `clip_of(model)` returns that same underlying CLIP explicitly (useful for isinstance
+checks and for code that must not go through the wrapper).
+
+Parameter names of the prepared model (what `trainable.safetensors` is keyed by) are
+peft's, e.g. `base_model.model.visual.transformer.resblocks.0.attn.q_proj.lora_A.default.weight`
+and `base_model.model.logit_scale`; in full/frozen mode they are plain CLIP names.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipelines.models.clip import LoadedModel, ModelSpec, load_model
+from pipelines.params import build
+
+ADAPT_SPEC_FILE = "adapt.json"
+TRAINABLE_FILE = "trainable.safetensors"
+
+AdaptMode = Literal["lora", "full", "frozen"]
+Tower = Literal["visual", "text"]
+LoraModule = Literal["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+
+# Submodule of a ResidualAttentionBlock that holds each LoRA-able linear layer.
+_MODULE_PARENT = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "out_proj": "attn", "c_fc": "mlp", "c_proj": "mlp"}
+# Transformer stacks per tower, as module-name prefixes (CLIP keeps the text tower at the top
+# level, CustomTextCLIP under `text.`).
+_TOWER_STACKS = {"visual": r"visual\.transformer", "text": r"(?:text\.)?transformer"}
+
+
+@dataclass
+class AdaptConfig:
+    """params.yaml `<domain>.adapt` of an image domain: what of the open_clip model trains.
+
+    lora: LoRA on `lora_modules` of the `towers`' transformer blocks; full: every parameter of the
+    `towers`; frozen: only the projections. logit_scale (and logit_bias) train when train_logit_scale.
+    """
+
+    mode: AdaptMode = "lora"
+    towers: list[Tower] = field(default_factory=lambda: ["visual", "text"])
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_modules: list[LoraModule] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"])
+    train_logit_scale: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode != "frozen" and not self.towers:
+            raise ValueError(f"mode {self.mode!r} needs at least one tower to adapt")
+
+
+# --------------------------------------------------------------------------------------------
+# Explicit attention
+
+
+class ExplicitAttention(nn.Module):
+    """nn.MultiheadAttention with separate q/k/v/out nn.Linear layers.
+
+    Same call signature and return value `(out, weights_or_None)` as nn.MultiheadAttention
+    (self- and cross-attention with equal embedding dims, no bias_k/bias_v/add_zero_attn, which
+    open_clip never uses). Masks follow nn.MultiheadAttention: float masks are added to the
+    scores, bool masks mark positions that may NOT be attended (True = masked).
+    """
+
+    def __init__(
+            self,
+            embed_dim: int,
+            num_heads: int,
+            dropout: float = 0.0,
+            bias: bool = True,
+            batch_first: bool = True,
+    ):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> "ExplicitAttention":
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise NotImplementedError("only nn.MultiheadAttention with kdim == vdim == embed_dim, "
+                                      "no bias_k/bias_v and no add_zero_attn is supported")
+        bias = mha.in_proj_bias is not None
+        w = mha.in_proj_weight
+        attn = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=bias, batch_first=mha.batch_first)
+        attn.to(device=w.device, dtype=w.dtype)
+        d = mha.embed_dim
+        with torch.no_grad():
+            for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
+                proj.weight.copy_(w[i * d:(i + 1) * d])
+                if bias:
+                    proj.bias.copy_(mha.in_proj_bias[i * d:(i + 1) * d])
+            attn.out_proj.weight.copy_(mha.out_proj.weight)
+            if bias:
+                attn.out_proj.bias.copy_(mha.out_proj.bias)
+        attn.train(mha.training)
+        for p_new, p_old in zip(attn.parameters(), _mha_params_in_explicit_order(mha)):
+            p_new.requires_grad_(p_old.requires_grad)
+        return attn
+
+    def to_mha(self) -> nn.MultiheadAttention:
+        """Back to a stock nn.MultiheadAttention (in_proj_weight = cat(q, k, v))."""
+        bias = self.q_proj.bias is not None
+        w = self.q_proj.weight
+        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads, dropout=self.dropout, bias=bias,
+                                    batch_first=self.batch_first, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            mha.in_proj_weight.copy_(torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+            mha.out_proj.weight.copy_(self.out_proj.weight)
+            if bias:
+                mha.in_proj_bias.copy_(torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+                mha.out_proj.bias.copy_(self.out_proj.bias)
+        mha.train(self.training)
+        return mha
+
+    def _merge_masks(
+            self,
+            attn_mask: torch.Tensor | None,
+            key_padding_mask: torch.Tensor | None,
+            batch: int,
+            tgt_len: int,
+            src_len: int,
+            dtype: torch.dtype,
+    ) -> torch.Tensor | None:
+        """Combine both masks into one additive float mask broadcastable to (N, H, L, S)."""
+        def as_float(mask: torch.Tensor) -> torch.Tensor:
+            if mask.dtype == torch.bool:
+                return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+            return mask.to(dtype)
+
+        merged = None
+        if attn_mask is not None:
+            merged = as_float(attn_mask)
+            if merged.dim() == 3:  # (N * H, L, S) as in nn.MultiheadAttention
+                merged = merged.view(batch, self.num_heads, tgt_len, src_len)
+            elif merged.dim() != 2:
+                raise ValueError(f"attn_mask must be 2-D or 3-D, got shape {tuple(attn_mask.shape)}")
+        if key_padding_mask is not None:
+            kpm = as_float(key_padding_mask).view(batch, 1, 1, src_len)
+            merged = kpm if merged is None else merged + kpm
+        return merged
+
+    def forward(
+            self,
+            query: torch.Tensor,
+            key: torch.Tensor,
+            value: torch.Tensor,
+            key_padding_mask: torch.Tensor | None = None,
+            need_weights: bool = True,
+            attn_mask: torch.Tensor | None = None,
+            average_attn_weights: bool = True,
+            is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+
+        n, tgt_len, _ = query.shape
+        src_len = key.shape[1]
+
+        def heads(x: torch.Tensor, length: int) -> torch.Tensor:  # (N, L, D) -> (N, H, L, Dh)
+            return x.view(n, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q = heads(self.q_proj(query), tgt_len)
+        k = heads(self.k_proj(key), src_len)
+        v = heads(self.v_proj(value), src_len)
+        mask = self._merge_masks(attn_mask, key_padding_mask, n, tgt_len, src_len, q.dtype)
+        # nn.MultiheadAttention treats is_causal only as a hint when a mask is given.
+        causal = is_causal and mask is None
+        dropout_p = self.dropout if self.training else 0.0
+
+        weights = None
+        if need_weights:
+            # SDPA does not return the weights, so compute them explicitly in this (rare) case.
+            scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+            if causal:
+                mask = torch.full((tgt_len, src_len), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+            if mask is not None:
+                scores = scores + mask
+            probs = scores.softmax(dim=-1)
+            weights = probs.mean(dim=1) if average_attn_weights else probs
+            out = F.dropout(probs, p=dropout_p) @ v
+            if unbatched:
+                weights = weights.squeeze(0)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+
+        out = self.out_proj(out.transpose(1, 2).reshape(n, tgt_len, self.embed_dim))
+        if unbatched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+
+def _mha_params_in_explicit_order(mha: nn.MultiheadAttention) -> list[nn.Parameter]:
+    """The MHA parameter feeding each ExplicitAttention parameter, in its parameters() order."""
+    bias = mha.in_proj_bias is not None
+    per_linear = []
+    for w, b in [(mha.in_proj_weight, mha.in_proj_bias)] * 3 + [(mha.out_proj.weight, mha.out_proj.bias)]:
+        per_linear += [w, b] if bias else [w]
+    return per_linear
+
+
+def explicit_attention(model: nn.Module) -> nn.Module:
+    """Replace nn.MultiheadAttention in every open_clip ResidualAttentionBlock with ExplicitAttention, in place."""
+    for block in model.modules():
+        if isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, nn.MultiheadAttention):
+            block.attn = ExplicitAttention.from_mha(block.attn)
+    return model
+
+
+def restore_attention(model: nn.Module) -> nn.Module:
+    """Inverse of explicit_attention: ExplicitAttention -> nn.MultiheadAttention, in place."""
+    for block in model.modules():
+        if isinstance(block, ResidualAttentionBlock) and isinstance(block.attn, ExplicitAttention):
+            block.attn = block.attn.to_mha()
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing a model for training
+
+
+def _tower_of(param_name: str) -> str | None:
+    """'visual', 'text', or None for the shared logit_scale / logit_bias (CLIP naming)."""
+    if param_name in ("logit_scale", "logit_bias"):
+        return None
+    return "visual" if param_name.startswith("visual.") else "text"
+
+
+def _is_projection(param_name: str) -> bool:
+    return param_name in ("visual.proj", "text_projection", "text.text_projection") or \
+        param_name.startswith(("text_projection.", "text.text_projection.", "visual.proj."))
+
+
+def lora_target_regex(cfg: AdaptConfig) -> str:
+    """Regex (peft full-match on module names) for the chosen towers' block linears."""
+    stacks = "|".join(_TOWER_STACKS[t] for t in cfg.towers)
+    by_parent: dict[str, list[str]] = {}
+    for name in cfg.lora_modules:
+        by_parent.setdefault(_MODULE_PARENT[name], []).append(name)
+    leaves = "|".join(f"{parent}\\.(?:{'|'.join(names)})" for parent, names in sorted(by_parent.items()))
+    return rf"(?:{stacks})\.resblocks\.\d+\.(?:{leaves})"
+
+
+def prepare(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
+    """Return `model` ready to train with requires_grad set per cfg.mode / cfg.towers.
+
+    lora:   LoRA on the chosen towers' block linears (everything else frozen) -> peft.PeftModel.
+    full:   every parameter of the chosen towers trains -> the CLIP itself.
+    frozen: only visual.proj and text_projection train -> the CLIP itself.
+    logit_scale (and logit_bias, if any) train in every mode when cfg.train_logit_scale.
+    The model is modified in place; pass a copy to keep the original.
+    """
+    if isinstance(model, _peft_model_type()):
+        raise TypeError("model is already prepared (a PeftModel); pass the base CLIP")
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        explicit_attention(model)
+        lora_cfg = LoraConfig(
+            target_modules=lora_target_regex(cfg),
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            bias="none",
+        )
+        # get_peft_model freezes every non-LoRA parameter.
+        prepared = get_peft_model(model, lora_cfg)
+    else:
+        for name, p in model.named_parameters():
+            tower = _tower_of(name)
+            if cfg.mode == "full":
+                p.requires_grad_(tower in cfg.towers)
+            else:
+                p.requires_grad_(_is_projection(name))
+        prepared = model
+    clip = clip_of(prepared)
+    for name in ("logit_scale", "logit_bias"):
+        p = getattr(clip, name, None)
+        if isinstance(p, nn.Parameter):
+            p.requires_grad_(cfg.train_logit_scale)
+    return prepared
+
+
+def _peft_model_type() -> type:
+    from peft import PeftModel
+    return PeftModel
+
+
+def clip_of(model: nn.Module) -> nn.Module:
+    """The open_clip model inside a prepared model (the PeftModel's base CLIP, LoRA layers included)."""
+    if isinstance(model, _peft_model_type()):
+        return model.get_base_model()
+    return model
+
+
+def merged_clip(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
+    """A NEW stock-structured CLIP (nn.MultiheadAttention restored) with any LoRA folded in.
+
+    The prepared model is left untouched (merging happens on a deep copy).
+    """
+    if cfg.mode == "lora" and isinstance(model, _peft_model_type()):
+        merged = copy.deepcopy(model).merge_and_unload()
+    else:
+        merged = copy.deepcopy(clip_of(model))
+    restore_attention(merged)
+    for p in merged.parameters():
+        p.requires_grad_(True)  # stock defaults: a fresh, fully trainable model
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# Saving / loading trained adaptations
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, keyed by the prepared model's parameter names."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: nn.Module, path: str | Path) -> None:
+    save_file(trainable_state_dict(model), str(path))
+
+
+def load_trainable(model: nn.Module, path: str | Path) -> None:
+    """Copy the tensors of `path` into the prepared model's trainable parameters (strict)."""
+    state = load_file(str(path))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise KeyError(
+            f"{path} does not match the prepared model's trainable parameters: "
+            f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)}). "
+            "Was it trained with a different adapt.json or base model?"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            if state[name].shape != p.shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}")
+            p.copy_(state[name])
+
+
+def _warn_if_unreproducible(base: ModelSpec) -> None:
+    # A named config without weights is a fresh random init on every load, so the trained
+    # parameters would be re-applied to a different base than the one they were trained on.
+    if not base.pretrained and not base.name.startswith("local-dir:"):
+        warnings.warn(f"base model {base.name!r} has no pretrained weights: reloading it gives a new random "
+                      "init, so the saved adaptation will not reproduce the trained model", stacklevel=3)
+
+
+def write_adapt_spec(out_dir: str | Path, base: ModelSpec, cfg: AdaptConfig) -> Path:
+    _warn_if_unreproducible(base)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ADAPT_SPEC_FILE
+    path.write_text(json.dumps({"base": asdict(base), "adapt": asdict(cfg)}, indent=2) + "\n")
+    return path
+
+
+def read_adapt_spec(out_dir: str | Path) -> tuple[ModelSpec, AdaptConfig]:
+    path = Path(out_dir) / ADAPT_SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {ADAPT_SPEC_FILE} in {out_dir}; is it a training output folder?")
+    spec = json.loads(path.read_text())
+    return build(ModelSpec, spec["base"], f"{path}: base"), build(AdaptConfig, spec["adapt"], f"{path}: adapt")
+
+
+def load_trained(out_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, LoadedModel]:
+    """Rebuild a trained model: base from adapt.json, prepare(), then trainable.safetensors.
+
+    Returns (prepared model in eval mode, the LoadedModel of the base, for its transforms and tokenizer).
+    """
+    out_dir = Path(out_dir)
+    base, cfg = read_adapt_spec(out_dir)
+    _warn_if_unreproducible(base)
+    loaded = load_model(base, device="cpu")
+    model = prepare(loaded.model, cfg)
+    weights = out_dir / TRAINABLE_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {TRAINABLE_FILE} in {out_dir}")
+    load_trainable(model, weights)
+    model.to(device).eval()
+    return model, loaded

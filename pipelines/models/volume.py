@@ -1,0 +1,406 @@
+"""The volume family: Merlin's 3D vision-language model (image encoder, report encoder, two kinds of heads).
+
+* Image encoder: an I3D ResNet inflated from a 2D torchvision ResNet (`inflate_resnet`), or a MONAI
+  3D network by name (`image_encoder: "monai:DenseNet121"`). Volumes are (B, 1, X, Y, Z); the last
+  axis (Z, slices) is the one I3D adds.
+* Text encoder: see pipelines/models/report_text.py.
+* Heads: phenotype logits (linear on the pooled image features; sigmoid + BCE), and contrastive
+  projections of image and text features to `embed_dim` with a learnable temperature.
+
+A model folder (training output, export) holds `config.json` (model config + phenotype list),
+`model.safetensors` (the full state dict, BatchNorm buffers included), `tokenizer/` and
+`text_config/`; `save_model_dir` / `load_model_dir` write and read it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pipelines.models import report_text as T
+from pipelines.io.volume_shards import VolumeSample
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+TEXT_CONFIG_DIR = "text_config"
+
+
+@dataclass
+class VolumeModelConfig:
+    """params.yaml `<domain>.base_model` of a volume domain. Defaults are the real setting (224x224x160)."""
+
+    input_size: list[int] = field(default_factory=lambda: [224, 224, 160])  # X, Y, Z (Z = slices)
+    image_encoder: str = "i3d_resnet18"   # i3d_resnet18|34|50 (torchvision, inflated) or "monai:<Net>"
+    image_weights: Optional[str] = None   # 2D torchvision ResNet weights (.safetensors / .pt) to inflate
+    time_dim: int = 3                     # I3D depth of inflated k x k kernels (1x1 kernels stay 1)
+    image_width: int = 64                 # stem channels of the ResNet (64 = torchvision's)
+    embed_dim: int = 512
+    text_model: str = T.DEMO_TEXT_MODEL   # "demo-bert" or a transformers name / local folder
+    text_hidden: int = 128                # demo-bert only
+    text_layers: int = 2
+    text_heads: int = 2
+    vocab_size: int = 4096                # demo-bert tokenizer vocabulary
+    context_length: int = 128             # report tokens
+    init_logit_scale: float = math.log(1 / 0.07)
+
+
+# ----------------------------------------------------------------------------- I3D inflation
+
+
+class InflatedConv3d(nn.Module):
+    """Conv3d with zero padding in-plane (as the 2D conv) and replicate padding along Z.
+
+    Replicating edge slices (instead of zero-padding them) makes a Z-constant volume give exactly
+    the 2D network's output on every slice, including the first and last (the I3D property).
+    """
+
+    def __init__(self, conv: nn.Conv3d, depth_pad: int) -> None:
+        super().__init__()
+        self.conv = conv
+        self.depth_pad = depth_pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depth_pad:
+            p = self.depth_pad  # (F.pad's replicate mode cannot pad one axis of a 5D tensor alone)
+            x = torch.cat([x[..., :1].expand(*x.shape[:-1], p), x, x[..., -1:].expand(*x.shape[:-1], p)], dim=-1)
+        return self.conv(x)
+
+
+def _inflate_conv(conv: nn.Conv2d, time_dim: int, in_channels: Optional[int] = None) -> InflatedConv3d:
+    kh, kw = conv.kernel_size
+    t = time_dim if max(kh, kw) > 1 else 1  # 1x1 projections stay 1x1x1, as in I3D
+    sh, sw = conv.stride
+    w2d = conv.weight.detach()
+    if in_channels is not None and in_channels != w2d.shape[1]:
+        # RGB -> grey: summing the input filters keeps the response to a grey image (R=G=B) unchanged
+        w2d = w2d.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+    conv3d = nn.Conv3d(w2d.shape[1], conv.out_channels, (kh, kw, t), stride=(sh, sw, sh),
+                       padding=(conv.padding[0], conv.padding[1], 0), bias=conv.bias is not None)
+    with torch.no_grad():
+        # I3D: repeat along depth and divide by it, so a depth-constant input gives the 2D response
+        conv3d.weight.copy_(w2d.unsqueeze(-1).repeat(1, 1, 1, 1, t) / t)
+        if conv.bias is not None:
+            conv3d.bias.copy_(conv.bias.detach())
+    return InflatedConv3d(conv3d, t // 2)
+
+
+def _inflate_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
+    bn3d = nn.BatchNorm3d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
+    bn3d.load_state_dict(bn.state_dict())
+    return bn3d
+
+
+def _inflate_children(module: nn.Module, time_dim: int) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, _inflate_conv(child, time_dim))
+        elif isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, _inflate_bn(child))
+        elif isinstance(child, nn.MaxPool2d):
+            k, s, p = (child.kernel_size, child.stride, child.padding)
+            # max pooling pads with -inf, so it is Z-constant-preserving without special padding
+            setattr(module, name, nn.MaxPool3d(k, s, p))
+        else:
+            _inflate_children(child, time_dim)
+
+
+class I3DResNet(nn.Module):
+    """A torchvision ResNet with every 2D op inflated to 3D; returns pooled features (B, C)."""
+
+    def __init__(self, resnet2d: nn.Module, time_dim: int = 3, in_channels: int = 1) -> None:
+        super().__init__()
+        net = copy.deepcopy(resnet2d)
+        self.conv1 = _inflate_conv(net.conv1, time_dim, in_channels)
+        self.bn1 = _inflate_bn(net.bn1)
+        self.relu = nn.ReLU(inplace=True)
+        mp = net.maxpool
+        self.maxpool = nn.MaxPool3d(mp.kernel_size, mp.stride, mp.padding)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        for stage in self.stages:
+            _inflate_children(stage, time_dim)
+        self.out_dim = int(net.fc.in_features)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only stage inputs; recompute each stage's internals in backward
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x.mean(dim=(2, 3, 4))
+
+
+def load_2d_weights(resnet2d: nn.Module, path: str | Path) -> None:
+    """Load torchvision ResNet weights from .safetensors, or a .pt/.pth via weights_only torch.load."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    missing, unexpected = resnet2d.load_state_dict(state, strict=False)
+    if [m for m in missing if not m.startswith("fc.")] or unexpected:
+        raise ValueError(f"{path}: not a matching ResNet state dict (missing {missing[:4]}, unexpected {unexpected[:4]})")
+
+
+def inflate_resnet(resnet2d: nn.Module, time_dim: int = 3, in_channels: int = 1) -> I3DResNet:
+    """I3D inflation of a 2D torchvision ResNet (weights copied, k x k kernels divided by depth)."""
+    return I3DResNet(resnet2d, time_dim, in_channels)
+
+
+class MonaiEncoder(nn.Module):
+    """A MONAI 3D network used as a feature extractor (its classifier output is the feature)."""
+
+    def __init__(self, name: str, out_dim: int = 512) -> None:
+        super().__init__()
+        from monai.networks import nets
+
+        ctor = getattr(nets, name, None)
+        if ctor is None:
+            raise ValueError(f"monai.networks.nets has no {name!r}")
+        try:  # DenseNet-style signature
+            self.net = ctor(spatial_dims=3, in_channels=1, out_channels=out_dim)
+        except TypeError:  # ResNet-style signature (monai.networks.nets.resnet18 etc.)
+            self.net = ctor(spatial_dims=3, n_input_channels=1, num_classes=out_dim)
+        self.out_dim = out_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        pass  # not wired for MONAI nets; use i3d_resnet* for checkpointed training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_image_encoder(cfg: VolumeModelConfig) -> nn.Module:
+    if cfg.image_encoder.startswith("monai:"):
+        return MonaiEncoder(cfg.image_encoder.split(":", 1)[1], cfg.embed_dim)
+    import torchvision
+
+    arch = cfg.image_encoder.removeprefix("i3d_")
+    if arch not in ("resnet18", "resnet34", "resnet50"):
+        raise ValueError(f"unknown image_encoder {cfg.image_encoder!r}; expected i3d_resnet18|34|50 or monai:<Net>")
+    resnet2d = getattr(torchvision.models, arch)(weights=None)
+    if cfg.image_width != 64:
+        resnet2d = _narrow_resnet(arch, cfg.image_width)
+    if cfg.image_weights:
+        load_2d_weights(resnet2d, cfg.image_weights)
+    return inflate_resnet(resnet2d, cfg.time_dim)
+
+
+def _narrow_resnet(arch: str, width: int) -> nn.Module:
+    """A torchvision ResNet with `width` stem channels (demo-size; widths scale 1, 2, 4, 8)."""
+    from torchvision.models import resnet
+
+    block, layers = {"resnet18": (resnet.BasicBlock, [2, 2, 2, 2]), "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
+                     "resnet50": (resnet.Bottleneck, [3, 4, 6, 3])}[arch]
+    net = resnet.ResNet(block, layers)
+    # rebuild with narrower stages: torchvision has no width knob for the stem, so construct by hand
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(block, width, layers[0])
+    net.layer2 = net._make_layer(block, width * 2, layers[1], stride=2)
+    net.layer3 = net._make_layer(block, width * 4, layers[2], stride=2)
+    net.layer4 = net._make_layer(block, width * 8, layers[3], stride=2)
+    net.fc = nn.Linear(width * 8 * block.expansion, 1000)
+    return net
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class VolumeCLIP(nn.Module):
+    """Image encoder + text encoder + phenotype head + contrastive projections."""
+
+    def __init__(self, cfg: VolumeModelConfig, n_phenotypes: int, text_encoder: T.TextEncoder) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = build_image_encoder(cfg)
+        self.text = text_encoder
+        self.phenotype_head = nn.Linear(self.visual.out_dim, max(n_phenotypes, 1))
+        self.n_phenotypes = n_phenotypes
+        self.image_proj = nn.Linear(self.visual.out_dim, cfg.embed_dim)
+        self.text_proj = nn.Linear(text_encoder.width, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    def image_features(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.visual(volumes)
+
+    def encode_image(self, volumes: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings (B, embed_dim)."""
+        return F.normalize(self.image_proj(self.visual(volumes)), dim=-1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised report embeddings (B, embed_dim)."""
+        return F.normalize(self.text_proj(self.text(input_ids, attention_mask)), dim=-1)
+
+    def phenotype_logits(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.phenotype_head(self.visual(volumes))[:, : self.n_phenotypes]
+
+    def forward(self, volumes: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """One image pass feeding both heads; text is encoded only when given (staged phase 1 skips it)."""
+        feats = self.visual(volumes)
+        out = {"phenotype_logits": self.phenotype_head(feats)[:, : self.n_phenotypes],
+               "image_features": F.normalize(self.image_proj(feats), dim=-1),
+               "logit_scale": self.logit_scale.exp()}
+        if input_ids is not None:
+            out["text_features"] = self.encode_text(input_ids, attention_mask)
+        return out
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def phenotype_targets(samples: Sequence[VolumeSample], label_space: Sequence[str]) -> torch.Tensor:
+    """Multi-hot (B, P) float targets; phenotypes outside the label space are ignored."""
+    index = {p: i for i, p in enumerate(label_space)}
+    out = torch.zeros(len(samples), len(label_space))
+    for b, s in enumerate(samples):
+        for p in s.phenotypes:
+            if p in index:
+                out[b, index[p]] = 1.0
+    return out
+
+
+def volume_batch(samples: Sequence[VolumeSample], size: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """(B, 1, X, Y, Z) float32; volumes of another size are resampled (trilinear) to `size`."""
+    vols = []
+    for s in samples:
+        v = torch.from_numpy(np.ascontiguousarray(s.volume))
+        if size is not None and tuple(v.shape[1:]) != tuple(size):
+            v = F.interpolate(v[None], size=tuple(size), mode="trilinear", align_corners=False)[0]
+        vols.append(v)
+    return torch.stack(vols)
+
+
+# ----------------------------------------------------------------------------- building / files
+
+
+def new_tokenizer(cfg: VolumeModelConfig, corpus: list[str]):
+    """The demo tokenizer trained on `corpus`, or the named model's own tokenizer."""
+    if cfg.text_model == T.DEMO_TEXT_MODEL:
+        return T.train_wordpiece_tokenizer(corpus, cfg.vocab_size, cfg.context_length)
+    return T.pretrained_tokenizer(cfg.text_model)
+
+
+def build_model(cfg: VolumeModelConfig, phenotypes: list[str], tokenizer, pretrained_text: bool = True) -> VolumeCLIP:
+    """A fresh model (initialised from the global RNG: seed it first for a reproducible init)."""
+    if cfg.text_model == T.DEMO_TEXT_MODEL:
+        hf_cfg = T.demo_bert_config(len(tokenizer), cfg.text_hidden, cfg.text_layers, cfg.text_heads, cfg.context_length)
+        text = T.text_encoder_from_config(hf_cfg)
+    elif pretrained_text:
+        text = T.text_encoder_from_pretrained(cfg.text_model)
+    else:
+        raise ValueError("a non-demo text model without pretrained weights: use load_model_dir")
+    return VolumeCLIP(cfg, len(phenotypes), text)
+
+
+def save_model_dir(model: VolumeCLIP, phenotypes: list[str], tokenizer, out: Path, extra: Optional[dict[str, Any]] = None) -> None:
+    """Write config.json, model.safetensors, tokenizer/ and text_config/ into `out` (which must exist)."""
+    out = Path(out)
+    (out / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.cfg), "phenotypes": list(phenotypes),
+                                               **(extra or {})}, indent=2))
+    save_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    model.text.hf.config.save_pretrained(str(out / TEXT_CONFIG_DIR))
+
+
+def write_model_dir(model: VolumeCLIP, phenotypes: list[str], tokenizer, out: Path, extra: Optional[dict[str, Any]] = None) -> None:
+    """save_model_dir into an existing folder that may hold an older model: each file is replaced
+    atomically, weights last, so their presence means the folder is complete."""
+    out = Path(out)
+    tmp = out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model_dir(model, phenotypes, tokenizer, tmp, extra)
+    for name in (CONFIG_FILE, TOKENIZER_DIR, TEXT_CONFIG_DIR, WEIGHTS_FILE):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp / name, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_config(folder: Path) -> tuple[VolumeModelConfig, list[str], dict[str, Any]]:
+    raw = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    return VolumeModelConfig(**raw["model"]), list(raw["phenotypes"]), raw
+
+
+def load_model_dir(folder: str | Path, device: str | torch.device = "cpu") -> tuple[VolumeCLIP, Any, list[str]]:
+    """(model in eval mode, tokenizer, phenotypes) from a folder written by save_model_dir."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    cfg, phenotypes, _ = read_config(folder)
+    cfg.image_weights = None  # the safetensors below hold the trained weights
+    tokenizer = T.load_tokenizer(folder / TOKENIZER_DIR)
+    text = T.text_encoder_from_config(AutoConfig.from_pretrained(str(folder / TEXT_CONFIG_DIR), local_files_only=True))
+    model = VolumeCLIP(cfg, len(phenotypes), text)
+    load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
+    return model.to(device).eval(), tokenizer, phenotypes
+
+
+def activation_bytes(module: nn.Module, volume_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> dict[str, int]:
+    """Bytes of every leaf module's output for one forward pass (a proxy for saved activations).
+
+    "all": sum over leaf outputs (what autograd keeps without checkpointing, roughly);
+    "stage_inputs": only the tensors kept when the ResNet stages are checkpointed (stem outputs
+    and each stage's output), "max_stage": the largest single stage's leaf outputs (recomputed
+    in backward, so alive once at a time).
+    """
+    totals: dict[str, int] = {"all": 0}
+    per_stage: dict[int, int] = {}
+    hooks = []
+    current = {"stage": -1}
+
+    def leaf_hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            n = out.numel() * out.element_size()
+            totals["all"] += n
+            if current["stage"] >= 0:
+                per_stage[current["stage"]] = per_stage.get(current["stage"], 0) + n
+
+    for m in module.modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(leaf_hook))
+    stage_out = {"bytes": 0}
+    if isinstance(module, I3DResNet):
+        for i, stage in enumerate(module.stages):
+            hooks.append(stage.register_forward_pre_hook(lambda _m, _i, i=i: current.__setitem__("stage", i)))
+            hooks.append(stage.register_forward_hook(
+                lambda _m, _i, out: stage_out.__setitem__("bytes", stage_out["bytes"] + out.numel() * out.element_size())))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            module.eval()(torch.zeros(volume_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    stem = totals["all"] - sum(per_stage.values())
+    totals["stage_inputs"] = stem + stage_out["bytes"]
+    totals["max_stage"] = max(per_stage.values(), default=0)
+    return totals

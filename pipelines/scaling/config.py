@@ -1,0 +1,31 @@
+"""params.yaml's scaling sections: `scaling` (the sweep's matrix) and `<domain>.scaling`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+MetricName = str  # "zeroshot/acc1", ...: checked against pipelines.scaling.report.METRICS
+
+
+@dataclass
+class ScalingConfig:
+    """params.yaml `scaling`: which domains are swept, at which data fractions and seeds."""
+
+    domains: list[str] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    quality_domains: list[str] = field(default_factory=list)  # domains that also sweep the quality-filter share
+    quality_keep: list[float] = field(default_factory=list)   # shares of the top pairs by image-caption score
+    n_boot: int = 500
+    metrics: Optional[list[MetricName]] = None
+
+
+@dataclass
+class DomainScalingConfig:
+    """params.yaml `<domain>.scaling`."""
+
+    # merged over `<domain>.train` for every sweep run (e.g. the same max_steps at every size)
+    train: dict[str, Any] = field(default_factory=dict)
+    targets: dict[MetricName, list[float]] = field(default_factory=dict)  # metric values to estimate the pairs for
+    synonyms: dict[str, list[str]] = field(default_factory=dict)          # class name -> words counted as mentions
+    metrics: Optional[list[MetricName]] = None

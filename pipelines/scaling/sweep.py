@@ -1,0 +1,262 @@
+"""One run of the data-scaling sweep: a nested subset of a domain's curated pairs, trained and evaluated.
+
+- `subset_command` writes a curated-format folder (shards, manifest, summary) whose train split is a
+  nested subset: train groups are ordered by a seeded hash and taken until `fraction` of the train
+  pairs is covered, so for one seed every smaller subset lies inside every larger one and no group
+  is split. With `quality_keep` < 1 only the top share of those pairs by image-caption score stays
+  (scores are computed with the domain's base model when the manifest has none, and stored).
+  Validation and test splits are copied unchanged, so every run is scored on the same retrieval set.
+- `sweep_run_command` chains subset -> `domainfm train` -> `domainfm evaluate` through the same
+  command functions the main pipeline runs, with `<domain>.scaling.train` merged over
+  `<domain>.train`, and leaves in OUT only small result files:
+  run.json, metrics.json, zeroshot_adapted.json, retrieval_adapted.json, per_example_zeroshot.csv.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import pandas as pd
+import typer
+import yaml
+
+from pipelines.params import build, load_params, section
+from pipelines.curation.splits import SPLITS
+from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.io.manifest import read_manifest
+
+RUN_FILES = ("run.json", "metrics.json", "zeroshot_adapted.json", "retrieval_adapted.json", "per_example_zeroshot.csv")
+
+
+# ---------------------------------------------------------------- choosing the subset
+
+
+def _group_rank(group: str, seed: int) -> str:
+    return hashlib.sha256(f"scaling:{seed}:{group}".encode()).hexdigest()
+
+
+def nested_train_ids(manifest: pd.DataFrame, fraction: float, seed: int) -> list[str]:
+    """Ids of the train pairs in the nested subset for (fraction, seed).
+
+    Groups are ordered by a seeded hash and taken whole until at least `fraction` of the train
+    pairs is covered: a prefix of one fixed order, hence nested across fractions.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    train = manifest[manifest["split"] == "train"]
+    if train.empty:
+        raise ValueError("the curated set has no train pairs")
+    sizes = train.groupby("group", sort=False).size()
+    order = sorted(sizes.index, key=lambda g: _group_rank(str(g), seed))
+    target = math.ceil(fraction * len(train) - 1e-9)
+    chosen, covered = set(), 0
+    for group in order:
+        if covered >= target:
+            break
+        chosen.add(group)
+        covered += int(sizes[group])
+    return train.loc[train["group"].isin(chosen), "id"].tolist()
+
+
+def top_quality_ids(scores: pd.Series, keep: float) -> list[str]:
+    """Ids (the series index) of the top `keep` share by score; ties broken by id for stability."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"quality_keep must be in (0, 1], got {keep}")
+    n_keep = max(1, int(round(keep * len(scores))))
+    ranked = sorted(scores.index, key=lambda i: (-float(scores[i]), str(i)))
+    return ranked[:n_keep]
+
+
+# ---------------------------------------------------------------- writing the subset
+
+
+def _read_samples(data: Path, shards: set[str], wanted_keys: set[str]) -> dict[str, dict[str, Any]]:
+    from pipelines.io.shards import iter_tar_samples
+
+    found: dict[str, dict[str, Any]] = {}
+    for shard in sorted(shards):
+        for sample in iter_tar_samples(data / "shards" / shard):
+            if sample["__key__"] in wanted_keys:
+                found[sample["__key__"]] = sample
+    return found
+
+
+def _score_quality(samples: dict[str, dict[str, Any]], rows: pd.DataFrame, params: dict, domain: str) -> pd.Series:
+    """Image-caption cosine similarity under the domain's base model, as curation's quality filter."""
+    from pipelines.io.shards import image_bytes
+    from pipelines.models.clip import ModelSpec
+    from pipelines.curation.quality import make_clip_scorer
+
+    scorer = make_clip_scorer(build(ModelSpec, section(params, domain, "base_model")))
+    images = [image_bytes(samples[k]) for k in rows["key"]]
+    return pd.Series(scorer(images, rows["caption"].tolist()), index=rows["id"].tolist(), dtype=float)
+
+
+def write_subset(
+    data: Path, out: Path, fraction: float, seed: int, quality_keep: float = 1.0, params: Optional[dict] = None, domain: str = ""
+) -> dict[str, Any]:
+    """Write the subset as a curated folder under `out`; returns its summary."""
+    import webdataset as wds
+
+    manifest = read_manifest(data)
+    train_ids = set(nested_train_ids(manifest, fraction, seed))
+    rows = manifest[(manifest["split"] != "train") | manifest["id"].isin(train_ids)].copy()
+    samples = _read_samples(data, set(rows["shard"].dropna()), set(rows["key"]))
+    missing = sorted(set(rows["key"]) - set(samples))
+    if missing:
+        raise ValueError(f"{len(missing)} manifest pair(s) not found in {data}/shards, e.g. {missing[:3]}")
+
+    if quality_keep < 1.0:
+        train_rows = rows[rows["split"] == "train"]
+        scores = train_rows.set_index("id")["quality_score"]
+        if scores.isna().any():  # the demo curates without a quality model: score here, once per run
+            if params is None or not domain:
+                raise ValueError("quality scores are missing and no params/domain were given to compute them")
+            scores = _score_quality(samples, train_rows, params, domain)
+            rows.loc[rows["split"] == "train", "quality_score"] = rows.loc[rows["split"] == "train", "id"].map(scores)
+        keep = set(top_quality_ids(scores, quality_keep))
+        rows = rows[(rows["split"] != "train") | rows["id"].isin(keep)].copy()
+
+    out = Path(out)
+    shard_dir = out / "shards"
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True)
+    for split in SPLITS:
+        split_rows = rows[rows["split"] == split]
+        if split_rows.empty:
+            continue
+        name = f"{split}-000000.tar"  # the subsets are small: one shard per split
+        with wds.TarWriter(str(shard_dir / name), mtime=0) as writer:
+            for key in split_rows["key"]:
+                writer.write({k: v for k, v in samples[key].items() if k != "__url__"})
+        rows.loc[rows["split"] == split, "shard"] = name
+
+    table = rows.copy()
+    table["caption_variants"] = table["caption_variants"].map(lambda v: json.dumps(v, sort_keys=True))
+    table["provenance"] = table["provenance"].map(lambda v: json.dumps(v, sort_keys=True))
+    atomic_write_bytes(out / "manifest.parquet", table.to_parquet(index=False))
+    n_train = int((rows["split"] == "train").sum())
+    summary = {
+        "source": str(data),
+        "fraction": fraction,
+        "seed": seed,
+        "quality_keep": quality_keep,
+        "n_pairs": n_train,  # training pairs: the N of the scaling law
+        "n_groups": int(rows.loc[rows["split"] == "train", "group"].nunique()),
+        "pairs": {"per_split": {s: int((rows["split"] == s).sum()) for s in SPLITS}},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def subset_command(
+    data: Annotated[Path, typer.Option("--data", help="Curated pairs folder (from `domainfm curate`).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the subset (curated format).")],
+    fraction: Annotated[float, typer.Option("--fraction", help="Share of the train pairs to keep, by group.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the group order (subsets of one seed are nested).")] = 0,
+    quality_keep: Annotated[float, typer.Option("--quality-keep", help="Then keep the top share by image-caption score.")] = 1.0,
+    domain: Annotated[str, typer.Option("--domain", help="Domain whose base model scores quality when scores are absent.")] = "",
+    params: Annotated[Optional[Path], typer.Option("--params", help="params.yaml (for <domain>.base_model).")] = None,
+) -> None:
+    """Write a nested, group-wise subset of a curated set (optionally quality-filtered)."""
+    summary = write_subset(data, out, fraction, seed, quality_keep, load_params(params) if params else None, domain)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+# ---------------------------------------------------------------- one sweep run
+
+
+def run_params(params: dict, domain: str, seed: int) -> dict:
+    """params with `<domain>.scaling.train` merged over `<domain>.train` and the run's seed."""
+    merged = copy.deepcopy(params)
+    overrides = section(params, domain, "scaling").get("train") or {}
+    merged[domain]["train"] = {**section(params, domain, "train"), **overrides, "seed": seed}
+    return merged
+
+
+def per_example_zeroshot(model_dir: Path, zeroshot: Path, domain: str, params: dict) -> pd.DataFrame:
+    """example, label, predicted, correct for the adapted model, scored as `evaluate` scores it."""
+    from pipelines.domain import classes_and_templates, get
+    from pipelines.evaluate.clip import ClipEvaluateConfig, encode_images, load_zeroshot_set
+    from pipelines.evaluate.zero_shot import build_zero_shot_classifier
+    from pipelines.models.adapt import load_trained
+
+    eval_cfg = build(ClipEvaluateConfig, section(params, domain, "evaluate"), f"{domain}.evaluate")
+    classnames, templates = classes_and_templates(get(domain), zeroshot, eval_cfg.classnames, eval_cfg.templates)
+    zs = load_zeroshot_set(zeroshot, classnames, templates)
+    model, loaded = load_trained(model_dir)
+    model.eval()
+    batch = eval_cfg.batch_size
+    weights = build_zero_shot_classifier(model, loaded.tokenizer, zs.classnames, zs.templates, "cpu", batch)
+    predicted = (encode_images(model, loaded.preprocess_val, zs.images, "cpu", batch) @ weights).argmax(dim=1).numpy()
+    labels = np.asarray(zs.labels)
+    return pd.DataFrame(
+        {"example": np.arange(len(labels)), "label": labels, "classname": [zs.classnames[i] for i in labels],
+         "predicted": predicted, "correct": (predicted == labels).astype(int)}
+    )
+
+
+def sweep_run(
+    domain: str, data: Path, zeroshot: Optional[Path], out: Path, params_path: Path, fraction: float, seed: int, quality_keep: float = 1.0
+) -> dict[str, Any]:
+    """subset -> train -> evaluate in a scratch folder beside `out`; keeps only RUN_FILES in `out`."""
+    from pipelines.domain import get
+    from pipelines.evaluate.stage import evaluate_domain
+    from pipelines.train.stage import train_domain
+
+    params = load_params(params_path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_name:
+        tmp = Path(tmp_name)
+        summary = write_subset(data, tmp / "data", fraction, seed, quality_keep, params, domain)
+        merged = run_params(params, domain, seed)
+        atomic_write_text(tmp / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
+        start = time.time()
+        train_domain(domain, tmp / "data", tmp / "model", tmp / "params.yaml")
+        train_seconds = time.time() - start
+        evaluate_domain(domain, tmp / "model", zeroshot, tmp / "data", tmp / "metrics", tmp / "plots", tmp / "params.yaml")
+        out.mkdir(parents=True)
+        for name in RUN_FILES[1:4]:
+            if (tmp / "metrics" / name).is_file():
+                shutil.copy2(tmp / "metrics" / name, out / name)
+        # Per-example correctness lets the report bootstrap over evaluation examples. Volume
+        # domains (no open_clip zero-shot set) are bootstrapped over seeds only.
+        if zeroshot is not None and get(domain).modality == "image":
+            table = per_example_zeroshot(tmp / "model", zeroshot, domain, merged)
+            atomic_write_text(out / "per_example_zeroshot.csv", table.to_csv(index=False))
+        train_cfg = merged[domain]["train"]
+        record = {
+            "domain": domain, "fraction": fraction, "seed": seed, "quality_keep": quality_keep,
+            "n_pairs": summary["n_pairs"], "n_groups": summary["n_groups"],
+            "max_steps": train_cfg.get("max_steps"), "epochs": train_cfg.get("epochs"),
+            "train_seconds": round(train_seconds, 2),
+        }
+        atomic_write_json(out / "run.json", record)
+    return record
+
+
+def sweep_run_command(
+    domain: Annotated[str, typer.Argument(help="Domain name.")],
+    data: Annotated[Path, typer.Option("--data", help="Curated pairs folder (the full set).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for this run's results.")],
+    zeroshot: Annotated[Optional[Path], typer.Option("--zeroshot", help="Held-out zero-shot set.")] = None,
+    fraction: Annotated[float, typer.Option("--fraction", help="Share of the train pairs.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Subset order and training seed.")] = 0,
+    quality_keep: Annotated[float, typer.Option("--quality-keep", help="Top share by image-caption score.")] = 1.0,
+    params: Annotated[Path, typer.Option("--params", help="params.yaml.")] = Path("params.yaml"),
+) -> None:
+    """One scaling-sweep run: nested subset, train, evaluate; results only in --out."""
+    record = sweep_run(domain, data, zeroshot, out, params, fraction, seed, quality_keep)
+    typer.echo(json.dumps(record, indent=2))

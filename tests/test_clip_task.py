@@ -1,0 +1,71 @@
+"""The open_clip family's task: what it checkpoints, the SigLIP loss it owns, its rank-split data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines.train.clip_data import count_samples, make_train_loader
+from train_fixtures import FAMILIES, run, tiny_clip, write_shard
+
+CLIP = FAMILIES["clip"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return CLIP.write_data(tmp_path_factory.mktemp("clip_data"))
+
+
+def test_only_trainable_parameters_are_saved_and_frozen_ones_stay(data: Path, tmp_path: Path) -> None:
+    lm = tiny_clip()
+    for p in lm.model.visual.parameters():  # partial training: only the other names may be stored
+        p.requires_grad_(False)
+    frozen_before = {n: p.detach().clone() for n, p in lm.model.visual.named_parameters()}
+    task, _ = run(CLIP, data, tmp_path, CLIP.config(max_steps=3), model=lm.model)
+    expected = {n for n, p in lm.model.named_parameters() if p.requires_grad}
+    assert expected and not any(n.startswith("visual.") for n in expected)
+    final = load_file(str(tmp_path / "trainable.safetensors"))
+    assert set(final) == expected
+    assert torch.equal(final["text_projection"], lm.model.text_projection.detach())
+    assert all(torch.equal(p, frozen_before[n]) for n, p in lm.model.visual.named_parameters())
+
+
+def test_siglip_owns_scale_and_bias_trains_and_checkpoints_them(data: Path, tmp_path: Path) -> None:
+    task, stats = run(CLIP, data, tmp_path, CLIP.config(loss="siglip", max_steps=3, lr=1e-2))
+    saved = load_file(str(tmp_path / "trainable.safetensors"))
+    assert {"loss.logit_scale", "loss.logit_bias"} <= set(saved)
+    assert saved["loss.logit_bias"].item() != -10.0  # it was optimised
+    assert task.may_leave_parameters_unused  # the model's own logit_scale gets no gradient under DDP
+    assert np.isfinite(stats["final_loss"])
+
+
+def test_grad_checkpointing_reaches_the_open_clip_towers(data: Path, tmp_path: Path) -> None:
+    task, _ = run(CLIP, data, tmp_path, CLIP.config(max_steps=1, grad_checkpointing=True))
+    assert task.model.visual.transformer.grad_checkpointing
+
+
+def test_loader_splits_ranks_disjointly_and_resumes(tmp_path: Path) -> None:
+    shard_list = [write_shard(tmp_path / f"train-{i:06d}.tar", 20, seed=i) for i in range(3)]
+    assert count_samples(shard_list) == [20, 20, 20]
+    ident = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32).mean(axis=(0, 1)))  # noqa: E731
+    tok = lambda texts: torch.tensor([[hash(t) % 1000] for t in texts])  # noqa: E731
+
+    def epoch(rank: int, world: int, workers: int = 0, skip: int = 0, ep: int = 0) -> list[torch.Tensor]:
+        loader, steps = make_train_loader(shard_list, ident, tok, 4, 0, ep, workers, rank, world, skip_batches=skip)
+        batches = [imgs for imgs, _ in loader]
+        assert len(batches) == steps - skip
+        return batches
+
+    r0, r1 = epoch(0, 2), epoch(1, 2)
+    assert len(r0) == len(r1) == 60 // 8  # same step count on every rank
+    rows0 = {tuple(x.tolist()) for b in r0 for x in b}
+    rows1 = {tuple(x.tolist()) for b in r1 for x in b}
+    assert len(rows0) == 28 and not rows0 & rows1  # disjoint, no repeats within an epoch
+    # deterministic, epoch-dependent, resumable mid-epoch
+    assert all(torch.equal(x, y) for x, y in zip(epoch(0, 1), epoch(0, 1)))
+    assert not all(torch.equal(x, y) for x, y in zip(epoch(0, 1), epoch(0, 1, ep=1)))
+    full = epoch(0, 1, workers=2)
+    assert all(torch.equal(x, y) for x, y in zip(full[5:], epoch(0, 1, workers=2, skip=5)))
