@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test clean
+.PHONY: setup repro test test-fast lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ setup: $(BIN)/.installed
 repro: setup
 	dvc repro
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+# the unit tests only: no whole-pipeline or multi-process runs
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf data models metrics plots exports .dvc/tmp

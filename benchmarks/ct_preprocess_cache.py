@@ -1,6 +1,6 @@
 """Preprocessed CT volumes per second with and without the content-hash cache.
 
-Writes `--n` demo phantoms (domains/ct/demo_data.phantom) as .nii.gz, then in one process runs
+Writes `--n` demo phantoms (domains/ct/demo/demo_data.py: phantom) as .nii.gz, then in one process runs
 domains.ct.curation.preprocess.preprocess_volume over all of them:
 
 - no cache:   every call loads, validates and runs the MONAI chain (what every epoch would pay);
@@ -22,8 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from domains.ct.demo.demo_data import CTDemoConfig, phantom
 from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
+from domains.ct.demo.demo_data import CTDemoConfig, phantom
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
             nib.save(nib.Nifti1Image(data, affine), str(paths[-1]))
         cache = root / "cache"
 
-        def one_pass(cache_dir):
+        def one_pass(cache_dir: Path | None) -> tuple[float, int]:
             t0 = time.perf_counter()
             hits = sum(preprocess_volume(p, cfg, cache_dir)[2] for p in paths)
             return time.perf_counter() - t0, hits

@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipelines.io.shards import count_samples, shard_paths
 from pipelines.models.adapt import AdaptConfig, prepare
-from pipelines.curation import shard_paths
-from pipelines.train.clip_data import count_samples
 from pipelines.models.clip import ModelSpec, load_model
-from pipelines.train.loop import TrainConfig, train
+from pipelines.train import distributed as D
+from pipelines.train.clip_task import ClipTask, ClipTrainConfig
+from pipelines.train.loop import fit
 
 WARMUP_STEPS = 3
 
@@ -34,8 +35,10 @@ def ours(shards: list[str], model: str, batch: int, steps: int, mode: str) -> di
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "steps.csv"
         t0 = time.perf_counter()
-        train(net, loaded.preprocess_train, loaded.tokenizer, shards,
-              TrainConfig(batch_size=batch, max_steps=steps, checkpoint_every=0, warmup_steps=2), Path(tmp) / "run", metrics_path=metrics)
+        cfg = ClipTrainConfig(batch_size=batch, max_steps=steps, checkpoint_every=0, warmup_steps=2)
+        info = D.DistInfo()
+        task = ClipTask(net, loaded.preprocess_train, loaded.tokenizer, shards, cfg, info)
+        fit(task, cfg, Path(tmp) / "run", info, metrics_path=metrics)
         wall = time.perf_counter() - t0
         rates = [float(r["samples_per_s"]) for r in csv.DictReader(metrics.open())][WARMUP_STEPS:]
     return {"median_samples_per_s": statistics.median(rates), "wall_s": wall, "steps": steps}

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from domains.pathology.curation.video import DecodeStats, decode_all_frames, sample_frames
+from domains.pathology.curation.video import DecodeStats, sample_frames
 
 
 def write_video(path: Path, seconds: float, fps: int, width: int, height: int, gop: int) -> None:

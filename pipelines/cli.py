@@ -17,8 +17,8 @@ import typer.core
 COMMANDS: dict[str, str] = {
     "domains": "pipelines.schema:domains_command",
     "params": "pipelines.schema:params_app",
-    "pretrain": "pipelines.demo.cli:pretrain_command",
-    "demo-data": "pipelines.demo.cli:demo_data_command",
+    "pretrain": "pipelines.pretrain.cli:pretrain_command",
+    "demo-data": "pipelines.demo_data:demo_data_command",
     "curate": "pipelines.curation.cli:curate_app",
     "train": "pipelines.train.cli:train_command",
     "evaluate": "pipelines.evaluate.cli:evaluate_command",

@@ -54,7 +54,7 @@ def domain_sections(name: str) -> dict[str, type]:
 
 def check(raw: dict[str, Any]) -> list[str]:
     """Every problem of a params mapping, each naming its key path; [] when it is valid."""
-    from pipelines.demo.pretrain import PretrainConfig
+    from pipelines.pretrain.pretrain import PretrainConfig
     from pipelines.scaling.config import ScalingConfig
 
     problems: list[str] = []

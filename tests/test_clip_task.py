@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import FAMILIES, run, tiny_clip, write_shard
 
 from pipelines.train.clip_data import count_samples, make_train_loader
-from train_fixtures import FAMILIES, run, tiny_clip, write_shard
 
 CLIP = FAMILIES["clip"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import tarfile
@@ -14,7 +13,6 @@ import pandas as pd
 import pytest
 
 from domains.ct.curation.curate import CTCurateConfig, curate, patient_hash
-from domains.ct.demo.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
 from domains.ct.curation.ehr import (
     code_phenotypes,
     is_valid_code,
@@ -25,7 +23,7 @@ from domains.ct.curation.ehr import (
 )
 from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
 from domains.ct.curation.reports import report_views, scrub, split_organs
-from domains.ct.curation.volumes import VolumeError, load_volume
+from domains.ct.demo.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
 
 SMALL = dict(pixdim=[4.0, 4.0, 6.0], spatial_size=[48, 48, 32], min_positive=3)
 DEMO = dict(n_patients=10, n_studies=14, shape=[64, 64, 40], spacing=[4.5, 4.5, 8.0], finding_probability=0.5)

@@ -5,12 +5,12 @@ import csv
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from volume_fixture import write_synthetic_shards
 
 from domains.ct.prompts import FINDING_PROMPTS
 from pipelines.evaluate import volume as E
@@ -18,7 +18,6 @@ from pipelines.evaluate.stage import evaluate_domain
 from pipelines.export.stage import export_domain
 from pipelines.io import volume_shards as DS
 from pipelines.train.stage import train_domain
-from volume_fixture import write_synthetic_shards
 
 
 def test_auroc_hand_computed():

@@ -7,7 +7,13 @@ import torchvision
 from safetensors.torch import save_file
 
 from pipelines.models import volume as M
-from pipelines.models.report_text import TextEncoder, demo_bert_config, text_encoder_from_config, tokenize, train_wordpiece_tokenizer
+from pipelines.models.report_text import (
+    TextEncoder,
+    demo_bert_config,
+    text_encoder_from_config,
+    tokenize,
+    train_wordpiece_tokenizer,
+)
 
 TINY = dict(input_size=[16, 16, 12], image_width=8, embed_dim=16, text_hidden=32, text_layers=1, text_heads=2,
             vocab_size=120, context_length=24)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import tarfile
 from argparse import Namespace
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,9 @@ from pipelines.curation import (
     assign_split,
     run_curation,
 )
+from pipelines.curation.executor import LocalExecutor
 from pipelines.io.manifest import read_manifest
 from pipelines.io.shards import shard_paths
-from pipelines.curation.executor import LocalExecutor
 
 
 def make_pairs(unit: WorkUnit) -> UnitResult:

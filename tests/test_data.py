@@ -16,7 +16,8 @@ def shard(tmp_path):
     with wds.TarWriter(path) as w:
         for i in range(8):
             w.write({"__key__": f"k{i}", "png": np.full((8, 8, 3), i, np.uint8), "txt": f"title {i}",
-                     "json": json.dumps({"caption_variants": {"title": f"title {i}", "title_multi_objects": f"title {i}, surrounded by x"}})})
+                     "json": json.dumps({"caption_variants": {"title": f"title {i}",
+                                                              "title_multi_objects": f"title {i}, surrounded by x"}})})
     return [path]
 
 

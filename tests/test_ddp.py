@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from train_fixtures import FAMILIES, run, tiny_clip, write_shard
 
 from pipelines.train import distributed as D
 from pipelines.train.loop import fit
-from train_fixtures import FAMILIES, run, tiny_clip, write_shard
 
 WORLD, B = 2, 6
 pytestmark = pytest.mark.slow

@@ -13,22 +13,21 @@ import rasterio.warp
 import shapely
 import shapely.wkb
 import webdataset as wds
-from shapely.geometry import LineString, Point, Polygon
 
-from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from domains.remote_sensing.demo.demo_data import (
     BACKGROUND,
     FARMLAND,
+    FOREST,
     PARK,
     PARKING,
     RESIDENTIAL,
     ROAD,
     WATER,
-    FOREST,
     RSDemoConfig,
     render_landscape,
     write_demo_data,
 )
+from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.params import ParamsError, build
 
 SMALL = {

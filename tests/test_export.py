@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipelines.export import clip as export_mod
-from pipelines.models.adapt import AdaptConfig, prepare, save_trainable, write_adapt_spec
 from pipelines.export.clip import export, render_card
+from pipelines.models.adapt import AdaptConfig, prepare, save_trainable, write_adapt_spec
 from pipelines.models.clip import ModelSpec, load_model, model_config_of, preprocess_config_of, save_open_clip_dir
 
 TOL = 1e-5

@@ -5,15 +5,14 @@ import json
 
 import numpy as np
 import pandas as pd
+import typer
 import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
 
+from domains.pairs.curation.curate import curate_pairs_command
 from pipelines.io.manifest import read_manifest
 from pipelines.io.shards import shard_paths
-from domains.pairs.curation.curate import curate_pairs_command
-
-import typer
 
 app = typer.Typer()
 app.command()(curate_pairs_command)
@@ -34,7 +33,8 @@ def test_csv_with_open_clip_columns(tmp_path):
     rows.append({"filepath": "broken.png", "title": "broken", "site": "s1"})
     pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
     (tmp_path / "params.yaml").write_text("pairs:\n  curate:\n    group_key: site\n    val_fraction: 0.0\n    test_fraction: 0.5\n")
-    result = CliRunner().invoke(app, ["--csv", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml")])
+    args = ["--csv", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml")]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "out")
     assert sorted(manifest["caption"]) == [f"caption {i}" for i in range(6)]

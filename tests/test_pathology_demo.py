@@ -70,7 +70,8 @@ def _zeroshot(demo: Path) -> tuple[np.ndarray, np.ndarray]:
 def _features(img: np.ndarray) -> np.ndarray:
     a = img.astype(np.float32) / 255
     grey = a.mean(-1)
-    return np.concatenate([a.reshape(-1, 3).mean(0), a.reshape(-1, 3).std(0), [ndimage.laplace(grey).std(), (grey < 0.4).mean(), (grey > 0.9).mean()]])
+    texture = [ndimage.laplace(grey).std(), (grey < 0.4).mean(), (grey > 0.9).mean()]
+    return np.concatenate([a.reshape(-1, 3).mean(0), a.reshape(-1, 3).std(0), texture])
 
 
 def test_zeroshot_set_complete_and_separable(demo: Path) -> None:
@@ -99,8 +100,8 @@ def test_render_tissue_varies_with_seed(size: int) -> None:
 def test_default_detector_sorts_demo_frames() -> None:
     """The demo's lecture frames exercise every detector rule: non-histology segments are rejected
     for their own reason, and tissue of every class, as the videos show it, is accepted."""
-    from domains.pathology.demo.demo_data import PathologyDemoConfig, _pan_zoom, _presenter_frame, _title_frame
     from domains.pathology.curation.stain import detect_histology
+    from domains.pathology.demo.demo_data import PathologyDemoConfig, _pan_zoom, _presenter_frame, _title_frame
 
     cfg = PathologyDemoConfig()
     size, rng = cfg.video_size, np.random.default_rng(0)

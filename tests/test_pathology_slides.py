@@ -12,7 +12,6 @@ import openslide
 import pytest
 from PIL import Image, ImageFilter
 
-from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
 from domains.pathology.curation.slides import (
     REASON_BACKGROUND,
     REASON_BLURRED,
@@ -28,6 +27,7 @@ from domains.pathology.curation.slides import (
     process_slide,
     tile_check,
 )
+from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
 from pipelines.curation import WorkUnit
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"

@@ -301,7 +301,8 @@ def test_unparseable_transcript_rejects_the_video(tmp_path, lecture):
 
 
 def test_text_cleaner_repetitions_and_plurals():
-    out = clean_text("So, okay, the the glomeruli glomeruli show show crescents. Alright, like and subscribe. Metastases in two lymph nodes at 20 x.")
+    out = clean_text("So, okay, the the glomeruli glomeruli show show crescents. Alright, like and subscribe. "
+                     "Metastases in two lymph nodes at 20 x.")
     assert out.text == "The glomeruli show crescents. Metastases in two lymph nodes at 20 x."
     assert out.terms == ["glomerulus", "metastasis", "lymph node"]
     assert out.magnification == "20x" and out.sentences_dropped == 1
@@ -312,7 +313,8 @@ def test_text_cleaner_repetitions_and_plurals():
 def test_cross_video_duplicates(tmp_path, curated):
     other = tmp_path / "other.mp4"
     write_video(other, [(2, BLANK, 0), (5, A, 6), (5, D, 0)])  # texture A again, in another video
-    (tmp_path / "other.vtt").write_text("WEBVTT\n\n00:00:02.000 --> 00:00:07.000\nThe appendix again.\n\n00:00:07.500 --> 00:00:12.000\nA thyroid follicle.\n")
+    (tmp_path / "other.vtt").write_text("WEBVTT\n\n00:00:02.000 --> 00:00:07.000\nThe appendix again.\n\n"
+                                        "00:00:07.500 --> 00:00:12.000\nA thyroid follicle.\n")
     res2 = run_unit(other, tmp_path / "other.vtt")
     assert len(res2.pairs) == 2
     records = [(p.id, p.provenance["phash"], p.provenance["video_id"]) for p in [*curated.pairs, *res2.pairs]]

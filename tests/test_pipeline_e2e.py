@@ -12,7 +12,6 @@ import open_clip
 import pytest
 import torch
 import yaml
-
 from stage_deps import IMPORT_LOGGER, undeclared
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.models.clip import ModelSpec, load_model
-from pipelines.demo.pretrain import PretrainConfig, pretrain
+from pipelines.pretrain.pretrain import PretrainConfig, pretrain
 from pipelines.train.clip_task import ClipTrainConfig
 
 CFG = PretrainConfig(n_samples=96, train=ClipTrainConfig(batch_size=32, epochs=1, warmup_steps=1, checkpoint_every=0))

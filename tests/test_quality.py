@@ -11,10 +11,9 @@ from PIL import Image
 
 from domains.remote_sensing.curation.curate import curate, load_config
 from domains.remote_sensing.demo.demo_data import RSDemoConfig, write_demo_data
-from pipelines.io.manifest import read_manifest
-from pipelines.models.clip import model_config_of, preprocess_config_of, save_open_clip_dir
-from pipelines.models.clip import ModelSpec, load_model
 from pipelines.curation.quality import make_clip_scorer
+from pipelines.io.manifest import read_manifest
+from pipelines.models.clip import ModelSpec, load_model, model_config_of, preprocess_config_of, save_open_clip_dir
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,8 @@ def test_scorer_is_cosine_similarity_of_image_and_caption(scorer_model):
     scores = make_clip_scorer(ModelSpec(scorer_model))(images, captions)
     loaded = load_model(ModelSpec(scorer_model))
     with torch.no_grad():
-        img = loaded.model.encode_image(torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]), normalize=True)
+        pixels = torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
+        img = loaded.model.encode_image(pixels, normalize=True)
         txt = loaded.model.encode_text(loaded.tokenizer(captions), normalize=True)
     np.testing.assert_allclose(scores, (img * txt).sum(-1).numpy(), atol=1e-5)
 

@@ -24,9 +24,9 @@ from domains.remote_sensing.curation.curate import RSCurateConfig, curate, curat
 from domains.remote_sensing.curation.osm import read_features
 from domains.remote_sensing.curation.tiles import keeps_own_crs, utm_crs
 from domains.remote_sensing.curation.visibility import captions, load_tag_table
-from pipelines.params import build
 from pipelines.io.manifest import read_manifest
 from pipelines.io.shards import shard_paths
+from pipelines.params import build
 
 CRS = "EPSG:32631"
 X0, Y0 = 500_000.0, 4_800_000.0  # top-left corner of the test scene (UTM 31N, about 3E 43.3N)
@@ -108,7 +108,8 @@ def write_geojson(path: Path, extra: list[dict] = ()) -> Path:
 
 
 BROKEN = [
-    {"type": "Feature", "properties": {"osm_id": "way/20", "building": "yes"}, "geometry": {"type": "Polygon", "coordinates": [[[3.0, 43.3], [3.001, 43.3], [3.001, 43.301]]]}},
+    {"type": "Feature", "properties": {"osm_id": "way/20", "building": "yes"},
+     "geometry": {"type": "Polygon", "coordinates": [[[3.0, 43.3], [3.001, 43.3], [3.001, 43.301]]]}},
     {"type": "Feature", "properties": {"osm_id": "way/21", "landuse": "forest"}, "geometry": None},
     {"type": "Feature", "properties": {"osm_id": "way/1", "landuse": "forest"}, "geometry": {"type": "Point", "coordinates": [3.0, 43.3]}},
 ]
@@ -424,7 +425,8 @@ def test_web_mercator_raster_is_cut_at_true_ground_scale(tmp_path):
     merc = tmp_path / "merc.tif"
     with rasterio.open(utm) as src:
         transform, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
-        with rasterio.open(merc, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs="EPSG:3857", transform=transform, nodata=0) as dst:
+        with rasterio.open(merc, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs="EPSG:3857",
+                           transform=transform, nodata=0) as dst:
             reproject(rasterio.band(src, 1), rasterio.band(dst, 1), dst_nodata=0, resampling=Resampling.nearest)
     osm = tmp_path / "square.geojson"
     osm.write_text(json.dumps({"type": "FeatureCollection", "features": [

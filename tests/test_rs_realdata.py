@@ -23,9 +23,9 @@ from shapely.geometry import box, mapping, shape
 from domains.remote_sensing.curation.curate import RSCurateConfig, curate
 from domains.remote_sensing.curation.osm import read_features
 from domains.remote_sensing.curation.visibility import load_tag_table
-from pipelines.params import build
 from pipelines.io.manifest import read_manifest
 from pipelines.io.shards import shard_paths
+from pipelines.params import build
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 RS = REALDATA / "rs"
@@ -69,9 +69,11 @@ def test_landsat_scene_with_geojson(tmp_path):
     osm.write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"osm_id": "way/1", "natural": "water"}, "geometry": water},
         {"type": "Feature", "properties": {"osm_id": "way/2", "building": "yes"}, "geometry": water},
-        {"type": "Feature", "properties": {"osm_id": "node/3", "natural": "water"}, "geometry": {"type": "Point", "coordinates": [lons[2], lats[2]]}},
+        {"type": "Feature", "properties": {"osm_id": "node/3", "natural": "water"},
+         "geometry": {"type": "Point", "coordinates": [lons[2], lats[2]]}},
     ]}))
-    cfg = build(RSCurateConfig, dict(tile_size=32, extra_visible_tags=[{"key": "natural", "value": "water", "max_gsd_m": 1000, "phrase": "water"}]))
+    water = {"key": "natural", "value": "water", "max_gsd_m": 1000, "phrase": "water"}
+    cfg = build(RSCurateConfig, dict(tile_size=32, extra_visible_tags=[water]))
     summary = curate([path], osm, tmp_path / "out", cfg)
     manifest = read_manifest(tmp_path / "out")
     assert list(manifest.caption) == ["water"]
@@ -109,7 +111,8 @@ def mosaic_geotiff(tiles: dict[tuple[int, int], Path], z: int, out: Path) -> Pat
     left, _, _, top = tile_bounds_3857(min(xs), min(ys), z)
     _, bottom, right, _ = tile_bounds_3857(max(xs), max(ys), z)
     transform = from_bounds(left, bottom, right, top, nx * side, ny * side)
-    with rasterio.open(out, "w", driver="GTiff", width=nx * side, height=ny * side, count=3, dtype="uint8", crs="EPSG:3857", transform=transform, nodata=0) as dst:
+    with rasterio.open(out, "w", driver="GTiff", width=nx * side, height=ny * side, count=3, dtype="uint8", crs="EPSG:3857",
+                       transform=transform, nodata=0) as dst:
         dst.write(data)
     return out
 
@@ -130,11 +133,12 @@ def test_robosat_parking_tiles_give_parking_lot_captions(tmp_path):
     for i, feat in enumerate(features):
         poly = shape(feat["geometry"])
         for (x, y) in sorted(near):
-            l, b, r, t = tile_bounds_3857(x, y, 18)
-            lons, lats = warp_transform("EPSG:3857", "EPSG:4326", [l, r], [b, t])
+            left, bottom, right, top = tile_bounds_3857(x, y, 18)
+            lons, lats = warp_transform("EPSG:3857", "EPSG:4326", [left, right], [bottom, top])
             part = poly.intersection(box(lons[0], lats[0], lons[1], lats[1]))
             if part.area > 0:
-                pieces.append({"type": "Feature", "properties": {"osm_id": f"way/{i}{x}{y}", "amenity": "parking"}, "geometry": mapping(part)})
+                pieces.append({"type": "Feature", "properties": {"osm_id": f"way/{i}{x}{y}", "amenity": "parking"},
+                               "geometry": mapping(part)})
     assert len(pieces) == 3
     osm = tmp_path / "parking.geojson"
     osm.write_text(json.dumps({"type": "FeatureCollection", "features": pieces}))
@@ -166,7 +170,8 @@ def test_sentinel2_parks_visibility_and_stretch(tmp_path):
     assert summary["pairs"]["kept"] == 0
     assert summary["steps"]["objects_not_visible_at_gsd"] == summary["steps"]["objects_in_footprint"] > 50
     # Declared visible at 60 m/px (large parks are), they become tiles stretched from uint16.
-    cfg = build(RSCurateConfig, dict(tile_size=32, extra_visible_tags=[{"key": "leisure", "value": "park", "max_gsd_m": 60, "phrase": "park"}]))
+    park = {"key": "leisure", "value": "park", "max_gsd_m": 60, "phrase": "park"}
+    cfg = build(RSCurateConfig, dict(tile_size=32, extra_visible_tags=[park]))
     summary = curate([raster], osm, tmp_path / "out", cfg)
     manifest = read_manifest(tmp_path / "out")
     assert len(manifest) > 20 and set(manifest.caption) == {"park"}

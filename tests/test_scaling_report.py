@@ -46,7 +46,8 @@ def _write_run(root, fraction, seed, quality, rng):
     }))
     (run / "zeroshot_adapted.json").write_text(json.dumps({
         "classnames": CLASSES, "per_class": {c: float(correct[labels == k].mean()) for k, c in enumerate(CLASSES)}}))
-    pd.DataFrame({"example": np.arange(len(labels)), "label": labels, "correct": correct}).to_csv(run / "per_example_zeroshot.csv", index=False)
+    per_example = pd.DataFrame({"example": np.arange(len(labels)), "label": labels, "correct": correct})
+    per_example.to_csv(run / "per_example_zeroshot.csv", index=False)
 
 
 @pytest.fixture

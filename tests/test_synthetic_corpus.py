@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from pipelines.demo.synthetic_corpus import COLOURS, FORBIDDEN_WORDS, SHAPES, make_sample, write_corpus
+from pipelines.pretrain.synthetic_corpus import COLOURS, FORBIDDEN_WORDS, SHAPES, make_sample, write_corpus
 
 
 def _read(out: Path) -> list[dict]:

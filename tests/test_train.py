@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_fixtures import FAMILIES, Family, run
 
 import pipelines.train.loop as loop
 from pipelines.train.checkpoint import METRICS_HEADER
-from train_fixtures import FAMILIES, Family, run
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from train_fixtures import FAMILIES, run
 
 from pipelines import params as P
 from pipelines.io import volume_shards as DS
 from pipelines.train.volume_task import VolumeAdaptConfig, VolumeTrainConfig, choose_text
-from train_fixtures import FAMILIES, run
 
 VOLUME = FAMILIES["volume"]
 

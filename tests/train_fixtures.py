@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
+from volume_fixture import write_synthetic_shards
 
 from pipelines.models.clip import ModelSpec, load_model
 from pipelines.models.volume import VolumeModelConfig
@@ -18,7 +19,6 @@ from pipelines.train import distributed as D
 from pipelines.train.clip_task import ClipTask, ClipTrainConfig
 from pipelines.train.loop import TrainConfig, fit
 from pipelines.train.volume_task import VolumeAdaptConfig, VolumeTask, VolumeTrainConfig
-from volume_fixture import write_synthetic_shards
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20),
            "white": (240, 240, 240), "black": (15, 15, 15)}

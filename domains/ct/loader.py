@@ -10,7 +10,7 @@ similarity = t @ v
 p = model.phenotype_probabilities("scan.nii.gz")     # {phenotype id: probability}
 ```
 
-`embed_image` runs the same MONAI preprocessing as curation (domains/ct/preprocess.py, with the
+`embed_image` runs the same MONAI preprocessing as curation (domains/ct/curation/preprocess.py, with the
 settings saved in EXPORT/preprocess.json): reorientation to RAS, resampling, HU windowing,
 pad/crop. Weights are read from safetensors only.
 """
@@ -19,15 +19,18 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from pipelines.models import volume as M
 from pipelines.io.volume_shards import VolumeSample
-from pipelines.models.volume import volume_batch
+from pipelines.models import volume as M
 from pipelines.models.report_text import tokenize
+from pipelines.models.volume import volume_batch
+
+if TYPE_CHECKING:  # preprocess (MONAI) is imported only when a file is loaded
+    from domains.ct.curation.preprocess import PreprocessConfig
 
 PREPROCESS_FILE = "preprocess.json"
 
@@ -42,7 +45,7 @@ class CTModel:
         self.device = torch.device(device)
         self.embed_dim = net.cfg.embed_dim
 
-    def _preprocess_config(self):
+    def _preprocess_config(self) -> PreprocessConfig:
         from domains.ct.curation.preprocess import PreprocessConfig
 
         names = {f.name for f in fields(PreprocessConfig)}

@@ -1,6 +1,8 @@
-"""Zero-shot findings (Merlin's positive-vs-negative prompts): for each finding, the image embedding is
-compared with the mean of its positive and of its negative phrasings. Override with
-`ct.evaluate.prompts` in params.yaml."""
+"""Zero-shot findings (Merlin's positive-vs-negative prompts).
+
+For each finding, the image embedding is compared with the mean of its positive and of its negative
+phrasings. Override with `ct.evaluate.prompts` in params.yaml.
+"""
 from __future__ import annotations
 
 FINDING_PROMPTS: dict[str, dict[str, list[str]]] = {

@@ -3,6 +3,9 @@ from pipelines.domain import Domain
 
 DOMAIN = Domain(
     name="pathology",
-    description="Histopathology frames of narrated lecture videos aligned with cleaned transcripts, and whole-slide image tiles with slide captions.",
+    description=(
+        "Histopathology frames of narrated lecture videos aligned with cleaned transcripts, "
+        "and whole-slide image tiles with slide captions."
+    ),
     modality="image",
 )

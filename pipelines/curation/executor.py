@@ -11,7 +11,11 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 
 class Executor(Protocol):
-    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]: ...
+    """Anything that can apply a function to independent items and yield results as they finish."""
+
+    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """Yield `fn(item)` for every item, in completion order."""
+        ...
 
 
 class LocalExecutor:
@@ -21,6 +25,7 @@ class LocalExecutor:
         self.workers = max(0, int(workers))
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """Yield `fn(item)` for every item: in order when in-process, in completion order from the pool."""
         items = list(items)
         if self.workers == 0 or len(items) <= 1:
             for item in items:

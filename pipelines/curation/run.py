@@ -53,6 +53,8 @@ class Pair:
 
 @dataclass
 class Reject:
+    """One input a curation step refused, and why (a row of rejects.csv)."""
+
     input: str  # what was rejected: a file, a file plus an object id, a tile...
     stage: str  # the curation step that rejected it
     reason: str  # a short, stable phrase (details belong in `input`)
@@ -60,6 +62,8 @@ class Reject:
 
 @dataclass
 class UnitResult:
+    """What `process` returns for one work unit: its pairs, its rejects and its step counts."""
+
     pairs: list[Pair] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # step name -> count, e.g. objects_seen
@@ -67,6 +71,8 @@ class UnitResult:
 
 @dataclass
 class WorkUnit:
+    """One independent piece of curation work (a scene, a video, a volume) handed to `process`."""
+
     key: str  # stable identity for resuming (e.g. the input path plus a hash of the parameters)
     payload: Any  # picklable: whatever `process` needs
 
@@ -242,7 +248,9 @@ def run_curation(
     return summary
 
 
-def _quality_filter(rows, staging, scorer, keep_fraction):
+def _quality_filter(
+    rows: list[dict[str, Any]], staging: Path, scorer: QualityScorer, keep_fraction: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     images: dict[tuple[str, str], bytes] = {}
     for unit in dict.fromkeys(r["unit"] for r in rows):
         for member, data in _read_unit_images(staging, unit):
@@ -294,7 +302,14 @@ def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -
             }
             if "quality_score" in r:
                 meta["quality_score"] = r["quality_score"]
-            w.write({"__key__": r["key"], r["ext"]: data, "txt": r["caption"], "json": json.dumps(meta, sort_keys=True, default=json_default).encode()})
+            w.write(
+                {
+                    "__key__": r["key"],
+                    r["ext"]: data,
+                    "txt": r["caption"],
+                    "json": json.dumps(meta, sort_keys=True, default=json_default).encode(),
+                }
+            )
     for w, _, _ in writers.values():
         w.close()
     final = out / "shards"

@@ -31,7 +31,6 @@ from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.shards import image_bytes, iter_tar_samples
 
-
 ZEROSHOT_SCALARS = ("acc1", "acc5", "mean_per_class_recall")
 Split = Literal["train", "val", "test"]
 REFERENCE_MODEL = "base"  # deltas are taken against this model
@@ -55,6 +54,8 @@ class ClipEvaluateConfig:
 
 @dataclass
 class ZeroShotSet:
+    """A zero-shot classification set: encoded images, their class indices, class names and prompt templates."""
+
     images: list[bytes]  # encoded; decoded per model, since each model has its own preprocess
     labels: list[int]
     classnames: list[str]
@@ -63,6 +64,8 @@ class ZeroShotSet:
 
 @dataclass
 class RetrievalSet:
+    """Encoded images and their captions; `text_to_image[t]` is the index of the image caption `t` belongs to."""
+
     images: list[bytes]
     texts: list[str]
     text_to_image: list[int]
@@ -130,6 +133,7 @@ def caption_positives(sample: dict[str, Any]) -> list[str]:
 
 
 def load_retrieval_set(shards: Sequence[str]) -> RetrievalSet:
+    """Read curated shards into a retrieval set; images without any caption are left out."""
     images: list[bytes] = []
     texts: list[str] = []
     owner: list[int] = []
@@ -147,7 +151,14 @@ def load_retrieval_set(shards: Sequence[str]) -> RetrievalSet:
 # ---------------------------------------------------------------- embedding
 
 
-def encode_images(model, preprocess, images: Sequence[bytes], device: str | torch.device, batch_size: int) -> torch.Tensor:
+def encode_images(
+    model: torch.nn.Module,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    images: Sequence[bytes],
+    device: str | torch.device,
+    batch_size: int,
+) -> torch.Tensor:
+    """L2-normalised float32 image embeddings (N, D) on the CPU, decoding and preprocessing batch by batch."""
     chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -157,7 +168,14 @@ def encode_images(model, preprocess, images: Sequence[bytes], device: str | torc
     return torch.cat(chunks)
 
 
-def encode_texts(model, tokenizer, texts: Sequence[str], device: str | torch.device, batch_size: int) -> torch.Tensor:
+def encode_texts(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    texts: Sequence[str],
+    device: str | torch.device,
+    batch_size: int,
+) -> torch.Tensor:
+    """L2-normalised float32 text embeddings (N, D) on the CPU."""
     chunks = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
@@ -230,6 +248,7 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_confusion_png(path: Path, confusion: list[list[int]], classnames: Sequence[str], title: str) -> None:
+    """Plot a confusion matrix (rows actual, columns predicted), coloured by share of the actual class."""
     # Figure + Agg canvas directly, not pyplot: no global backend switch, no state across calls.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -345,11 +364,10 @@ def evaluate(
             )
             per_class_rows += [(role, c, acc) for c, acc in zs["per_class"].items() if acc is not None]
             predicted = logits.argmax(dim=1).tolist()
-            atomic_write_text(
-                confusion_csv,
-                _csv_text(["actual", "predicted"], [(zeroshot.classnames[a], zeroshot.classnames[p]) for a, p in zip(zeroshot.labels, predicted)]),
-            )
-            write_confusion_png(confusion_png, zs["confusion_matrix"], zeroshot.classnames, f"{dataset_name}: {role}" + (f" ({name})" if name != role else ""))
+            pairs = [(zeroshot.classnames[a], zeroshot.classnames[p]) for a, p in zip(zeroshot.labels, predicted)]
+            atomic_write_text(confusion_csv, _csv_text(["actual", "predicted"], pairs))
+            title = f"{dataset_name}: {role}" + (f" ({name})" if name != role else "")
+            write_confusion_png(confusion_png, zs["confusion_matrix"], zeroshot.classnames, title)
         else:
             _remove_stale([zs_json, confusion_png, confusion_csv])
 

@@ -28,7 +28,10 @@ def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Op
     base = load_model(loaded.spec)
     classnames, templates = classes_and_templates(d, zeroshot, cfg.classnames, cfg.templates)
     return evaluate(
-        {"base": (base.model.eval(), base.preprocess_val, base.tokenizer), "adapted": (adapted.eval(), loaded.preprocess_val, loaded.tokenizer)},
+        {
+            "base": (base.model.eval(), base.preprocess_val, base.tokenizer),
+            "adapted": (adapted.eval(), loaded.preprocess_val, loaded.tokenizer),
+        },
         zeroshot_dir=zeroshot,
         retrieval_shards=shard_paths(data, cfg.retrieval_split) if data else [],
         classnames=classnames,

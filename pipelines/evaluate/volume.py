@@ -21,16 +21,19 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 
+from pipelines.evaluate.metrics import retrieval_metrics
 from pipelines.io import volume_shards as DS
+from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.models import volume as M
 from pipelines.models.report_text import tokenize
-from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pipelines.evaluate.metrics import retrieval_metrics
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 RETRIEVAL_KS = (1, 5, 10)
 
@@ -164,7 +167,9 @@ def read_labels(zeroshot: Optional[Path], findings: Sequence[str]) -> dict[str, 
 
 
 @torch.no_grad()
-def _encode_split(model: M.VolumeCLIP, samples: Sequence[DS.VolumeSample], tokenizer, batch_size: int):
+def _encode_split(
+    model: M.VolumeCLIP, samples: Sequence[DS.VolumeSample], tokenizer: PreTrainedTokenizerBase, batch_size: int
+) -> tuple[dict[str, torch.Tensor], list[DS.VolumeSample]]:
     """Embeddings and phenotype probabilities, plus the samples without their volumes.
 
     `samples` may be a ShardIndex: volumes are read batch by batch and dropped after use.
@@ -184,12 +189,14 @@ def _encode_split(model: M.VolumeCLIP, samples: Sequence[DS.VolumeSample], token
 
 
 @torch.no_grad()
-def _prompt_embeddings(model: M.VolumeCLIP, tokenizer, prompts: dict[str, dict[str, list[str]]]):
+def _prompt_embeddings(
+    model: M.VolumeCLIP, tokenizer: PreTrainedTokenizerBase, prompts: dict[str, dict[str, list[str]]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     enc = lambda t: model.encode_text(**tokenize(tokenizer, t, model.cfg.context_length)).float()  # noqa: E731
     return {f: (enc(p["positive"]), enc(p["negative"])) for f, p in prompts.items()}
 
 
-def score_model(model: M.VolumeCLIP, tokenizer, phenotypes: list[str], samples: Sequence[DS.VolumeSample],
+def score_model(model: M.VolumeCLIP, tokenizer: PreTrainedTokenizerBase, phenotypes: list[str], samples: Sequence[DS.VolumeSample],
                 labels: dict[str, dict[str, int]], prompts: dict[str, dict[str, list[str]]], batch_size: int = 4,
                 n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """All three tasks for one model on `samples`."""
@@ -309,7 +316,8 @@ def evaluate_volume(model_dir: Path, data: Optional[Path], zeroshot: Optional[Pa
             classnames=list(prompts), templates=prompts))
         atomic_write_json(out / f"retrieval_{name}.json", _record(
             dataset, "report_retrieval", names[name], r["retrieval"], n_images=len(samples), split=split))
-        atomic_write_json(out / f"phenotypes_{name}.json", _record(dataset, "phenotype_classification", names[name], r.get("phenotypes", {})))
+        atomic_write_json(out / f"phenotypes_{name}.json",
+                          _record(dataset, "phenotype_classification", names[name], r.get("phenotypes", {})))
         rows += [[name, f, f"{a:.6f}"] for f, a in zs["accuracy"].items()]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([["model", "classname", "accuracy"], *rows])

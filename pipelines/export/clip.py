@@ -73,9 +73,12 @@ def _bullets(items: Any) -> list[str]:
 
 
 def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_name: str) -> str:
-    """Markdown model card. Known `card` keys: domain, description, data {summary, sources, licences},
-    training, metrics {base, adapted} (each e.g. {zero_shot: {...}, retrieval: {...}}),
-    prompt_templates, limitations. Missing keys are rendered as 'not provided'."""
+    """Markdown model card.
+
+    Known `card` keys: domain, description, data {summary, sources, licences}, training,
+    metrics {base, adapted} (each e.g. {zero_shot: {...}, retrieval: {...}}), prompt_templates,
+    limitations. Missing keys are rendered as 'not provided'.
+    """
     domain = card.get("domain", export_name)
     lines = [f"# domainfm: {domain}", ""]
     lines += [card.get("description", "_No description provided._"), ""]

@@ -45,6 +45,11 @@ def _num(v: Any) -> str:
 
 def render_card(config: dict[str, Any], metrics: Optional[dict[str, Any]], summary: Optional[dict[str, Any]],
                 train_params: dict[str, Any], preprocess: dict[str, Any], notes: dict[str, Any]) -> str:
+    """Markdown model card: usage, model and preprocessing settings, training, provenance, metrics, limitations.
+
+    `config` is the model folder's config.json; `metrics` the evaluation's metrics.json (base, adapted,
+    delta); `summary` the curation's summary.json; `notes` may list "sources", "licences" and "limitations".
+    """
     model_cfg, phenotypes = config["model"], config["phenotypes"]
     lines = ["# domainfm CT model", "",
              "A Merlin-style 3D CT vision-language model: an I3D image encoder trained with phenotype supervision "

@@ -27,6 +27,8 @@ VOLUME_EXTS = ("npy",)
 
 @dataclass
 class VolumeSample:
+    """One curated CT sample: the volume, its report and report parts, and its positive phenotypes."""
+
     key: str
     volume: np.ndarray                  # float32 (1, X, Y, Z)
     report: str                         # the `txt` member

@@ -25,9 +25,8 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
@@ -108,6 +107,7 @@ class ExplicitAttention(nn.Module):
 
     @classmethod
     def from_mha(cls, mha: nn.MultiheadAttention) -> "ExplicitAttention":
+        """An equivalent ExplicitAttention: same weights, device, dtype, train mode and requires_grad flags."""
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
             raise NotImplementedError("only nn.MultiheadAttention with kdim == vdim == embed_dim, "
                                       "no bias_k/bias_v and no add_zero_attn is supported")
@@ -182,6 +182,7 @@ class ExplicitAttention(nn.Module):
             average_attn_weights: bool = True,
             is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend as nn.MultiheadAttention.forward does: `(out, weights)`, weights None unless `need_weights`."""
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -356,6 +357,7 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trainable(model: nn.Module, path: str | Path) -> None:
+    """Write the model's trainable parameters (see trainable_state_dict) to a safetensors file."""
     save_file(trainable_state_dict(model), str(path))
 
 
@@ -388,6 +390,7 @@ def _warn_if_unreproducible(base: ModelSpec) -> None:
 
 
 def write_adapt_spec(out_dir: str | Path, base: ModelSpec, cfg: AdaptConfig) -> Path:
+    """Record the base model and adaptation in OUT_DIR/adapt.json; returns its path."""
     _warn_if_unreproducible(base)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,6 +400,7 @@ def write_adapt_spec(out_dir: str | Path, base: ModelSpec, cfg: AdaptConfig) -> 
 
 
 def read_adapt_spec(out_dir: str | Path) -> tuple[ModelSpec, AdaptConfig]:
+    """The (base model, adaptation) that write_adapt_spec recorded in OUT_DIR/adapt.json."""
     path = Path(out_dir) / ADAPT_SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {ADAPT_SPEC_FILE} in {out_dir}; is it a training output folder?")

@@ -32,12 +32,16 @@ _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode
 
 @dataclass
 class ModelSpec:
+    """Which open_clip model to build: a config name (or `local-dir:PATH`) and its weights."""
+
     name: str = "domainfm-tiny"
     pretrained: str | None = None  # tag, checkpoint file, or None (random init / local-dir weights)
 
 
 @dataclass
 class LoadedModel:
+    """A built model with the transforms and tokenizer that go with it, and the spec it came from."""
+
     model: open_clip.CLIP
     preprocess_train: Callable[[Any], torch.Tensor]
     preprocess_val: Callable[[Any], torch.Tensor]
@@ -50,7 +54,9 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
     pretrained = spec.pretrained or None
     if pretrained is not None and spec.name.startswith("local-dir:"):
         raise ValueError("a local-dir: model carries its own weights; leave `pretrained` empty")
-    if pretrained is not None and not Path(pretrained).exists() and ("/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))):
+    if pretrained is not None and not Path(pretrained).exists() and (
+        "/" in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+    ):
         raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
         spec.name, pretrained=pretrained, device=device, weights_only=True

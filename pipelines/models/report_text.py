@@ -14,16 +14,19 @@ exported model is rebuilt with `AutoModel.from_config` and never needs the origi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # transformers is imported lazily: only the routes that need it pay for it
+    from transformers import BertConfig, PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 DEMO_TEXT_MODEL = "demo-bert"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, max_length: int = 128):
+def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, max_length: int = 128) -> PreTrainedTokenizerFast:
     """A BERT-style (lower-cased WordPiece) tokenizer fitted to `corpus`, as a PreTrainedTokenizerFast.
 
     The vocabulary is: special tokens, every character seen (word-initial and "##" continuation),
@@ -57,20 +60,22 @@ def train_wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, max
     )
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """A tokenizer saved with save_pretrained (local only)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-def pretrained_tokenizer(name: str):
+def pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of transformers model `name` (a hub name already cached, or a local folder)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
-def demo_bert_config(vocab_size: int, hidden: int, layers: int, heads: int, max_length: int):
+def demo_bert_config(vocab_size: int, hidden: int, layers: int, heads: int, max_length: int) -> BertConfig:
+    """The small demo BERT: `hidden` wide, `layers` deep, `heads` heads, positions up to `max_length`."""
     from transformers import BertConfig
 
     return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -91,10 +96,12 @@ class TextEncoder(nn.Module):
             pooler.requires_grad_(False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Report embeddings (B, width): the [CLS] token's last hidden state."""
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state[:, 0]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn on activation checkpointing where the HF model supports it (turning it off is a no-op)."""
         if enable and getattr(self.hf, "supports_gradient_checkpointing", False):
             # transformers 5 renamed the switch; use whichever this version has
             if hasattr(self.hf, "activation_checkpointing_enable"):
@@ -103,7 +110,7 @@ class TextEncoder(nn.Module):
                 self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def text_encoder_from_config(hf_config) -> TextEncoder:
+def text_encoder_from_config(hf_config: PretrainedConfig) -> TextEncoder:
     """Random-init encoder from an HF config (weights are loaded afterwards from our safetensors)."""
     from transformers import AutoModel
 
@@ -111,11 +118,13 @@ def text_encoder_from_config(hf_config) -> TextEncoder:
 
 
 def text_encoder_from_pretrained(name: str) -> TextEncoder:
+    """Encoder with the pretrained weights of transformers model `name` (local files only)."""
     from transformers import AutoModel
 
     return TextEncoder(AutoModel.from_pretrained(name, local_files_only=True))
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` (B, max_length) for `texts`, padded and truncated to `max_length`."""
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +29,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pipelines.models import report_text as T
 from pipelines.io.volume_shards import VolumeSample
+from pipelines.models import report_text as T
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -73,6 +76,7 @@ class InflatedConv3d(nn.Module):
         self.depth_pad = depth_pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad Z by replicating the edge slices, then convolve."""
         if self.depth_pad:
             p = self.depth_pad  # (F.pad's replicate mode cannot pad one axis of a 5D tensor alone)
             x = torch.cat([x[..., :1].expand(*x.shape[:-1], p), x, x[..., -1:].expand(*x.shape[:-1], p)], dim=-1)
@@ -135,9 +139,11 @@ class I3DResNet(nn.Module):
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each ResNet stage in backward (training only) instead of keeping its activations."""
         self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, out_dim) of volumes (B, C, X, Y, Z)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in self.stages:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -185,13 +191,16 @@ class MonaiEncoder(nn.Module):
         self.out_dim = out_dim
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Do nothing: the switch exists so every image encoder has it."""
         pass  # not wired for MONAI nets; use i3d_resnet* for checkpointed training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output (B, out_dim) for volumes (B, 1, X, Y, Z)."""
         return self.net(x)
 
 
 def build_image_encoder(cfg: VolumeModelConfig) -> nn.Module:
+    """The image encoder `cfg.image_encoder` names: an inflated torchvision ResNet or a MONAI network."""
     if cfg.image_encoder.startswith("monai:"):
         return MonaiEncoder(cfg.image_encoder.split(":", 1)[1], cfg.embed_dim)
     import torchvision
@@ -244,10 +253,12 @@ class VolumeCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Switch activation checkpointing in both encoders."""
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
 
     def image_features(self, volumes: torch.Tensor) -> torch.Tensor:
+        """Pooled image-encoder features (B, C), before any head."""
         return self.visual(volumes)
 
     def encode_image(self, volumes: torch.Tensor) -> torch.Tensor:
@@ -259,6 +270,7 @@ class VolumeCLIP(nn.Module):
         return F.normalize(self.text_proj(self.text(input_ids, attention_mask)), dim=-1)
 
     def phenotype_logits(self, volumes: torch.Tensor) -> torch.Tensor:
+        """Phenotype logits (B, n_phenotypes)."""
         return self.phenotype_head(self.visual(volumes))[:, : self.n_phenotypes]
 
     def forward(self, volumes: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
@@ -301,14 +313,16 @@ def volume_batch(samples: Sequence[VolumeSample], size: Optional[Sequence[int]] 
 # ----------------------------------------------------------------------------- building / files
 
 
-def new_tokenizer(cfg: VolumeModelConfig, corpus: list[str]):
+def new_tokenizer(cfg: VolumeModelConfig, corpus: list[str]) -> PreTrainedTokenizerBase:
     """The demo tokenizer trained on `corpus`, or the named model's own tokenizer."""
     if cfg.text_model == T.DEMO_TEXT_MODEL:
         return T.train_wordpiece_tokenizer(corpus, cfg.vocab_size, cfg.context_length)
     return T.pretrained_tokenizer(cfg.text_model)
 
 
-def build_model(cfg: VolumeModelConfig, phenotypes: list[str], tokenizer, pretrained_text: bool = True) -> VolumeCLIP:
+def build_model(
+    cfg: VolumeModelConfig, phenotypes: list[str], tokenizer: PreTrainedTokenizerBase, pretrained_text: bool = True
+) -> VolumeCLIP:
     """A fresh model (initialised from the global RNG: seed it first for a reproducible init)."""
     if cfg.text_model == T.DEMO_TEXT_MODEL:
         hf_cfg = T.demo_bert_config(len(tokenizer), cfg.text_hidden, cfg.text_layers, cfg.text_heads, cfg.context_length)
@@ -320,7 +334,9 @@ def build_model(cfg: VolumeModelConfig, phenotypes: list[str], tokenizer, pretra
     return VolumeCLIP(cfg, len(phenotypes), text)
 
 
-def save_model_dir(model: VolumeCLIP, phenotypes: list[str], tokenizer, out: Path, extra: Optional[dict[str, Any]] = None) -> None:
+def save_model_dir(
+    model: VolumeCLIP, phenotypes: list[str], tokenizer: PreTrainedTokenizerBase, out: Path, extra: Optional[dict[str, Any]] = None
+) -> None:
     """Write config.json, model.safetensors, tokenizer/ and text_config/ into `out` (which must exist)."""
     out = Path(out)
     (out / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.cfg), "phenotypes": list(phenotypes),
@@ -330,9 +346,13 @@ def save_model_dir(model: VolumeCLIP, phenotypes: list[str], tokenizer, out: Pat
     model.text.hf.config.save_pretrained(str(out / TEXT_CONFIG_DIR))
 
 
-def write_model_dir(model: VolumeCLIP, phenotypes: list[str], tokenizer, out: Path, extra: Optional[dict[str, Any]] = None) -> None:
-    """save_model_dir into an existing folder that may hold an older model: each file is replaced
-    atomically, weights last, so their presence means the folder is complete."""
+def write_model_dir(
+    model: VolumeCLIP, phenotypes: list[str], tokenizer: PreTrainedTokenizerBase, out: Path, extra: Optional[dict[str, Any]] = None
+) -> None:
+    """Like save_model_dir, but into an existing folder that may hold an older model.
+
+    Each file is replaced atomically, weights last, so their presence means the folder is complete.
+    """
     out = Path(out)
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -347,6 +367,7 @@ def write_model_dir(model: VolumeCLIP, phenotypes: list[str], tokenizer, out: Pa
 
 
 def read_config(folder: Path) -> tuple[VolumeModelConfig, list[str], dict[str, Any]]:
+    """(model config, phenotypes, the whole config.json) of a model folder."""
     raw = json.loads((Path(folder) / CONFIG_FILE).read_text())
     return VolumeModelConfig(**raw["model"]), list(raw["phenotypes"]), raw
 
@@ -378,7 +399,7 @@ def activation_bytes(module: nn.Module, volume_shape: tuple[int, ...], dtype: to
     hooks = []
     current = {"stage": -1}
 
-    def leaf_hook(_m, _i, out):
+    def leaf_hook(_m: nn.Module, _i: tuple[Any, ...], out: object) -> None:
         if isinstance(out, torch.Tensor):
             n = out.numel() * out.element_size()
             totals["all"] += n

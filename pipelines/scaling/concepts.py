@@ -89,6 +89,8 @@ def count_mentions(
 
 @dataclass
 class ConceptFit:
+    """The line accuracy = alpha + beta * ln(1 + mentions) through the classes, with its correlation."""
+
     alpha: float
     beta: float  # accuracy gained per e-fold increase of mentions
     pearson_r: float  # between ln(1 + count) and accuracy
@@ -97,7 +99,7 @@ class ConceptFit:
 
 
 def fit_concept_frequency(counts: Mapping[str, int], accuracy: Mapping[str, float]) -> ConceptFit:
-    """accuracy = alpha + beta * ln(1 + mentions) over the classes with a finite accuracy."""
+    """Accuracy = alpha + beta * ln(1 + mentions) over the classes with a finite accuracy."""
     names = [c for c in counts if c in accuracy and accuracy[c] is not None and math.isfinite(accuracy[c])]
     if len(names) < 3:
         raise FitRefused(f"only {len(names)} class(es) with both a count and an accuracy; need at least 3")

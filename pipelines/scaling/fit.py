@@ -81,6 +81,7 @@ class Observations:
                 raise ValueError("per_example needs one row per run")
 
     def subset(self, mask: np.ndarray) -> "Observations":
+        """The runs selected by boolean `mask` (per-example rows with them; labels and statistic shared)."""
         pe = self.per_example[mask] if self.per_example is not None else None
         return Observations(self.n[mask], self.seed[mask], self.value[mask], pe, self.labels, self.statistic)
 
@@ -108,7 +109,7 @@ def _power_law_error(params: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def fit_power_law(n: Sequence[float], metric: Sequence[float]) -> dict[str, float]:
-    """err = 1 - metric = c + a * N^(-b); returns {a, b, c} with a in units of pairs."""
+    """Err = 1 - metric = c + a * N^(-b); returns {a, b, c} with a in units of pairs."""
     n, m = np.asarray(n, dtype=float), np.asarray(metric, dtype=float)
     check_points(n, m)
     err = 1.0 - m
@@ -132,7 +133,7 @@ def fit_power_law(n: Sequence[float], metric: Sequence[float]) -> dict[str, floa
 
 
 def fit_log_linear(n: Sequence[float], metric: Sequence[float]) -> dict[str, float]:
-    """metric = alpha + beta * ln N by least squares."""
+    """Metric = alpha + beta * ln N by least squares."""
     n, m = np.asarray(n, dtype=float), np.asarray(metric, dtype=float)
     check_points(n, m)
     beta, alpha = np.polyfit(np.log(n), m, 1)
@@ -179,6 +180,7 @@ FITTERS: dict[str, Callable[[Sequence[float], Sequence[float]], dict[str, float]
 
 
 def r_squared(y: np.ndarray, yhat: np.ndarray) -> float:
+    """Coefficient of determination of `yhat` for `y`; NaN when `y` is constant."""
     ss_res = float(np.sum((y - yhat) ** 2))
     ss_tot = float(np.sum((y - np.mean(y)) ** 2))
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
@@ -189,6 +191,8 @@ def r_squared(y: np.ndarray, yhat: np.ndarray) -> float:
 
 @dataclass
 class Extrapolation:
+    """A fit without the largest size, compared with the observed metric at that size."""
+
     held_out_n: float
     observed: float  # mean metric over the seeds at the held-out size
     predicted: float
@@ -197,6 +201,8 @@ class Extrapolation:
 
 @dataclass
 class FamilyFit:
+    """One curve family fitted to the runs: parameters, intervals, R^2, extrapolation check, or why it was refused."""
+
     family: str
     params: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -209,6 +215,7 @@ class FamilyFit:
 
     @property
     def ok(self) -> bool:
+        """Whether the family could be fitted at all."""
         return self.refused is None
 
     def band(self, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -223,6 +230,8 @@ class FamilyFit:
 
 @dataclass
 class DataNeed:
+    """The number of pairs at which a fitted curve reaches metric `target`, with a bootstrap interval."""
+
     target: float
     family: str
     n_pairs: float  # inf: not reachable under this fit
@@ -280,7 +289,9 @@ def fit_family(family: str, obs: Observations, replicates: Sequence[Observations
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     for name in result.params:
         values = np.array([p[name] for p in result.boot_params])
-        result.intervals[name] = (float(np.percentile(values, lo)), float(np.percentile(values, hi))) if len(values) else (math.nan, math.nan)
+        result.intervals[name] = (
+            (float(np.percentile(values, lo)), float(np.percentile(values, hi))) if len(values) else (math.nan, math.nan)
+        )
     return result
 
 
@@ -308,6 +319,8 @@ def data_need(fit: FamilyFit, target: float, level: float = 0.95) -> DataNeed:
 
 @dataclass
 class ScalingFit:
+    """Every family's fit of one metric, the family selected and the data needs under it."""
+
     metric: str
     fits: dict[str, FamilyFit]
     selected: Optional[str]

@@ -21,17 +21,17 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import numpy as np
 import pandas as pd
 import typer
 
-from pipelines.scaling.concepts import ConceptFit, count_mentions, fit_concept_frequency, long_tail
-from pipelines.params import build, load_params, section
-from pipelines.scaling.config import DomainScalingConfig, ScalingConfig
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.manifest import read_manifest
+from pipelines.params import build, load_params, section
+from pipelines.scaling.concepts import ConceptFit, count_mentions, fit_concept_frequency, long_tail
+from pipelines.scaling.config import DomainScalingConfig, ScalingConfig
 from pipelines.scaling.fit import (
     FitRefused,
     Observations,
@@ -41,6 +41,10 @@ from pipelines.scaling.fit import (
     fit_scaling,
     predict,
 )
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 # metric name -> (metrics.json task, key, per-example statistic or None)
 METRICS: dict[str, tuple[str, str, Any]] = {
@@ -121,7 +125,10 @@ def concept_table(runs: pd.DataFrame, data: Path, synonyms: dict[str, list[str]]
         raise FitRefused("no zero-shot results with class names in the full-data runs")
     manifest = read_manifest(data)
     train = manifest[manifest["split"] == "train"]
-    texts = [[caption, *[v for v in variants.values() if isinstance(v, str)]] for caption, variants in zip(train["caption"], train["caption_variants"])]
+    texts = [
+        [caption, *[v for v in variants.values() if isinstance(v, str)]]
+        for caption, variants in zip(train["caption"], train["caption_variants"])
+    ]
     counts = count_mentions(texts, classnames, synonyms)
     return pd.DataFrame(
         {"classname": classnames, "mentions": [counts[c] for c in classnames],
@@ -132,13 +139,13 @@ def concept_table(runs: pd.DataFrame, data: Path, synonyms: dict[str, list[str]]
 # ---------------------------------------------------------------- plots
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 
-def _figure():
+def _figure() -> tuple[Figure, Axes]:
     # Figure + Agg canvas directly, not pyplot: no global backend or state (as evaluate.py).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -149,6 +156,7 @@ def _figure():
 
 
 def scaling_plot(domain: str, metric: str, quantity: pd.DataFrame, quality: pd.DataFrame, fit: Optional[ScalingFit]) -> bytes:
+    """PNG of `metric` against training pairs: the runs, the base model, and each fitted curve with its band."""
     fig, ax = _figure()
     for seed, rows in quantity.groupby("seed"):
         ax.scatter(rows["n_pairs"], rows[metric], s=22, label=f"random subset, seed {seed}", zorder=3)
@@ -181,6 +189,7 @@ def scaling_plot(domain: str, metric: str, quantity: pd.DataFrame, quality: pd.D
 
 
 def concept_plot(domain: str, table: pd.DataFrame, fit: Optional[ConceptFit]) -> bytes:
+    """PNG of per-class zero-shot accuracy against caption mentions, with the log-linear fit if any."""
     fig, ax = _figure()
     x = table["mentions"].to_numpy(dtype=float) + 1
     ax.scatter(x, table["accuracy"], zorder=3)
@@ -211,14 +220,16 @@ def _num(v: float, digits: int = 4) -> str:
 
 
 def fit_rows(metric: str, fit: ScalingFit) -> list[list[str]]:
+    """Rows of the fits table (FIT_HEADER), one per curve family; the selected family is ticked."""
     rows = []
     for family, f in fit.fits.items():
         if not f.ok:
             rows.append([metric, family, f"refused: {f.refused}", "-", "-", "-"])
             continue
         params = ", ".join(f"{k}={_num(v)} [{_num(f.intervals[k][0])}, {_num(f.intervals[k][1])}]" for k, v in f.params.items())
-        extra = (f"{_num(f.extrapolation.abs_error, 3)} (pred {_num(f.extrapolation.predicted, 3)} vs {_num(f.extrapolation.observed, 3)} at N={_num(f.extrapolation.held_out_n)})"
-                 if f.extrapolation else f"n/a: {f.extrapolation_refused}")
+        check = f.extrapolation
+        extra = (f"{_num(check.abs_error, 3)} (pred {_num(check.predicted, 3)} vs {_num(check.observed, 3)} at N={_num(check.held_out_n)})"
+                 if check else f"n/a: {f.extrapolation_refused}")
         rows.append([metric, family + (" ✓" if family == fit.selected else ""), params, _num(f.r2, 3), extra, str(len(f.boot_params))])
     return rows
 
@@ -232,6 +243,7 @@ EXTRAPOLATION_LIMIT = 1000
 
 
 def need_rows(metric: str, fit: ScalingFit, largest_n: float = float("inf")) -> list[list[str]]:
+    """Rows of the data-needs table (NEED_HEADER); estimates far beyond `largest_n` are not given as numbers."""
     rows = []
     for need in fit.needs:
         if not need.reachable:
@@ -240,7 +252,8 @@ def need_rows(metric: str, fit: ScalingFit, largest_n: float = float("inf")) -> 
             rows.append([metric, _num(need.target, 3), need.family,
                          f"beyond {EXTRAPOLATION_LIMIT}x the largest swept size (fit says {_num(need.n_pairs)})", "-"])
         else:
-            rows.append([metric, _num(need.target, 3), need.family, f"{need.n_pairs:,.0f}", f"[{_num(need.interval[0])}, {_num(need.interval[1])}]"])
+            interval = f"[{_num(need.interval[0])}, {_num(need.interval[1])}]"
+            rows.append([metric, _num(need.target, 3), need.family, f"{need.n_pairs:,.0f}", interval])
     return rows
 
 
@@ -263,8 +276,10 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def build_report(
     domain: str, runs_dir: Path, out_dir: Path, params: dict, data: Optional[Path] = None, fits_path: Optional[Path] = None
 ) -> dict[str, Any]:
-    """Fit, plot and write the report; returns the content of fits.json (written to `fits_path`,
-    default OUT/fits.json)."""
+    """Fit, plot and write the report.
+
+    Returns the content of fits.json (written to `fits_path`, default OUT/fits.json).
+    """
     cfg = build(DomainScalingConfig, section(params, domain, "scaling"), f"{domain}.scaling")
     global_cfg = build(ScalingConfig, section(params, "scaling"), "scaling")
     metric_names = list(cfg.metrics or global_cfg.metrics or DEFAULT_METRICS)
@@ -311,7 +326,9 @@ def build_report(
         atomic_write_bytes(out_dir / "plots" / name, png)  # one folder: one DVC out
 
     quality_summary = (
-        quality.groupby("quality_keep").agg(n_pairs=("n_pairs", "mean"), **{m: (m, "mean") for m in metric_names}, seeds=("seed", "nunique")).reset_index()
+        quality.groupby("quality_keep")
+        .agg(n_pairs=("n_pairs", "mean"), **{m: (m, "mean") for m in metric_names}, seeds=("seed", "nunique"))
+        .reset_index()
         if not quality.empty else pd.DataFrame()
     )
     fits_json = {
@@ -323,11 +340,14 @@ def build_report(
         "concepts": {
             "fit": asdict(concept_fit) if concept_fit else None,
             "note": concept_note,
-            "long_tail": long_tail(dict(zip(concepts["classname"], concepts["mentions"])), dict(zip(concepts["classname"], concepts["accuracy"]))) if concepts is not None else [],
+            "long_tail": long_tail(dict(zip(concepts["classname"], concepts["mentions"])),
+                                   dict(zip(concepts["classname"], concepts["accuracy"])))
+            if concepts is not None else [],
         },
     }
     atomic_write_json(Path(fits_path) if fits_path else out_dir / "fits.json", fits_json)
-    _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, metric_names, concepts, concept_fit, concept_note, fits_json, plots)
+    _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, metric_names, concepts, concept_fit, concept_note,
+                     fits_json, plots)
     return fits_json
 
 
@@ -342,28 +362,48 @@ def _fit_json(fit: ScalingFit) -> dict[str, Any]:
     return out
 
 
-def _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, metric_names, concepts, concept_fit, concept_note, fits_json, plots) -> None:
+def _write_documents(
+    domain: str,
+    out_dir: Path,
+    runs: pd.DataFrame,
+    fits: dict[str, ScalingFit],
+    refusals: dict[str, str],
+    quality_summary: pd.DataFrame,
+    metric_names: list[str],
+    concepts: Optional[pd.DataFrame],
+    concept_fit: Optional[ConceptFit],
+    concept_note: str,
+    fits_json: dict[str, Any],
+    plots: dict[str, bytes],
+) -> None:
     fit_table = [r for m in metric_names if m in fits for r in fit_rows(m, fits[m])]
     fit_table += [[m, "-", f"refused: {refusals[m]}", "-", "-", "-"] for m in metric_names if m not in fits]
     largest_n = float(runs["n_pairs"].max()) if "n_pairs" in runs else float("inf")
     need_table = [r for m in metric_names if m in fits for r in need_rows(m, fits[m], largest_n)]
     intro = (
-        f"{len(runs)} runs: data fractions {sorted(runs['fraction'].unique().tolist())}, seeds {sorted(runs['seed'].unique().tolist())}, "
-        f"quality keep {sorted(runs['quality_keep'].unique().tolist())}. Curves fitted on the random-subset runs (one point per seed); "
+        f"{len(runs)} runs: data fractions {sorted(runs['fraction'].unique().tolist())}, "
+        f"seeds {sorted(runs['seed'].unique().tolist())}, "
+        f"quality keep {sorted(runs['quality_keep'].unique().tolist())}. "
+        "Curves fitted on the random-subset runs (one point per seed); "
         "95% intervals from a bootstrap over seeds and, for zero-shot metrics, over evaluation examples. "
         "The selected family (✓) is the one that best predicts the largest size when fitted without it."
     )
-    q_rows = [[_num(r["quality_keep"], 3), f"{r['n_pairs']:.0f}", *[_num(r[m], 3) for m in metric_names], str(r["seeds"])] for r in quality_summary.to_dict(orient="records")] if len(quality_summary) else []
+    q_rows = [
+        [_num(r["quality_keep"], 3), f"{r['n_pairs']:.0f}", *[_num(r[m], 3) for m in metric_names], str(r["seeds"])]
+        for r in quality_summary.to_dict(orient="records")
+    ] if len(quality_summary) else []
     q_header = ["quality keep", "pairs", *metric_names, "seeds"]
     tail = fits_json["concepts"]["long_tail"]
     tail_rows = [[c, str(n), _num(a, 3)] for c, n, a in tail]
     concept_text = (
         f"accuracy = {concept_fit.alpha:.3f} + {concept_fit.beta:.3f} · ln(1 + mentions) over {concept_fit.n_classes} classes; "
-        f"Pearson r = {concept_fit.pearson_r:.3f} (p = {concept_fit.p_value:.3g})." if concept_fit else (concept_note or "no curated data given: skipped")
+        f"Pearson r = {concept_fit.pearson_r:.3f} (p = {concept_fit.p_value:.3g})."
+        if concept_fit else (concept_note or "no curated data given: skipped")
     )
 
     md = [f"# Data scaling: {domain}", "", intro, "", "## Fits", "", _md_table(FIT_HEADER, fit_table), "",
-          "## Data needs", "", _md_table(NEED_HEADER, need_table) if need_table else "No targets in params (`<domain>.scaling.targets`).", ""]
+          "## Data needs", "",
+          _md_table(NEED_HEADER, need_table) if need_table else "No targets in params (`<domain>.scaling.targets`).", ""]
     md += [f"![{name}](plots/{name})" for name in plots if name.startswith("scaling_")]
     if q_rows:
         md += ["", "## Quality filter (all data, top-k% by image-caption score)", "", _md_table(q_header, q_rows)]
@@ -375,7 +415,8 @@ def _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, met
     atomic_write_text(out_dir / "scaling.md", "\n".join(md) + "\n")
 
     img = lambda b: f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(b).decode()}">'  # noqa: E731
-    body = [f"<h1>Data scaling: {html.escape(domain)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Fits</h2>", _html_table(FIT_HEADER, fit_table),
+    body = [f"<h1>Data scaling: {html.escape(domain)}</h1>", f"<p>{html.escape(intro)}</p>",
+            "<h2>Fits</h2>", _html_table(FIT_HEADER, fit_table),
             "<h2>Data needs</h2>", _html_table(NEED_HEADER, need_table) if need_table else "<p>No targets in params.</p>"]
     body += [img(png) for name, png in plots.items() if name.startswith("scaling_")]
     if q_rows:
@@ -388,11 +429,17 @@ def _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, met
     atomic_write_text(out_dir / "scaling.html", _html_page(f"Data scaling: {domain}", "\n".join(body)))
 
 
-_STYLE = "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}img{max-width:100%;display:block;margin:1em 0}"
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}"
+    "img{max-width:100%;display:block;margin:1em 0}"
+)
 
 
 def _html_page(title: str, body: str) -> str:
-    return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    head = f"<head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+    return f"<!DOCTYPE html>\n<html>{head}\n<body>\n{body}\n</body></html>\n"
 
 
 def write_index(reports_dir: Path) -> Path:

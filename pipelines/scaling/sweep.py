@@ -28,10 +28,10 @@ import pandas as pd
 import typer
 import yaml
 
-from pipelines.params import build, load_params, section
 from pipelines.curation.splits import SPLITS
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.manifest import read_manifest
+from pipelines.params import build, load_params, section
 
 RUN_FILES = ("run.json", "metrics.json", "zeroshot_adapted.json", "retrieval_adapted.json", "per_example_zeroshot.csv")
 
@@ -91,9 +91,9 @@ def _read_samples(data: Path, shards: set[str], wanted_keys: set[str]) -> dict[s
 
 def _score_quality(samples: dict[str, dict[str, Any]], rows: pd.DataFrame, params: dict, domain: str) -> pd.Series:
     """Image-caption cosine similarity under the domain's base model, as curation's quality filter."""
+    from pipelines.curation.quality import make_clip_scorer
     from pipelines.io.shards import image_bytes
     from pipelines.models.clip import ModelSpec
-    from pipelines.curation.quality import make_clip_scorer
 
     scorer = make_clip_scorer(build(ModelSpec, section(params, domain, "base_model")))
     images = [image_bytes(samples[k]) for k in rows["key"]]
@@ -176,7 +176,7 @@ def subset_command(
 
 
 def run_params(params: dict, domain: str, seed: int) -> dict:
-    """params with `<domain>.scaling.train` merged over `<domain>.train` and the run's seed."""
+    """Params with `<domain>.scaling.train` merged over `<domain>.train` and the run's seed."""
     merged = copy.deepcopy(params)
     overrides = section(params, domain, "scaling").get("train") or {}
     merged[domain]["train"] = {**section(params, domain, "train"), **overrides, "seed": seed}
@@ -208,7 +208,7 @@ def per_example_zeroshot(model_dir: Path, zeroshot: Path, domain: str, params: d
 def sweep_run(
     domain: str, data: Path, zeroshot: Optional[Path], out: Path, params_path: Path, fraction: float, seed: int, quality_keep: float = 1.0
 ) -> dict[str, Any]:
-    """subset -> train -> evaluate in a scratch folder beside `out`; keeps only RUN_FILES in `out`."""
+    """Subset -> train -> evaluate in a scratch folder beside `out`; keeps only RUN_FILES in `out`."""
     from pipelines.domain import get
     from pipelines.evaluate.stage import evaluate_domain
     from pipelines.train.stage import train_domain

@@ -15,6 +15,8 @@ import torch.distributed as dist
 
 @dataclass
 class DistInfo:
+    """Where this process sits in the (possibly trivial) process group, and its device."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
@@ -23,18 +25,22 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that logs and writes artefacts."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
 
 def launched_by_torchrun() -> bool:
+    """Whether RANK, WORLD_SIZE and LOCAL_RANK are all set, as torchrun does."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
 def default_device(local_rank: int = 0) -> torch.device:
+    """The CUDA device `local_rank` if CUDA is available, else the CPU."""
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -56,11 +62,13 @@ def init_distributed() -> DistInfo:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group, but only if `init_distributed` created it."""
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for all ranks (a no-op in a single process)."""
     if info.distributed:
         dist.barrier()
 
@@ -75,6 +83,7 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def broadcast_object(obj: object, info: DistInfo, src: int = 0) -> object:
+    """Rank `src`'s `obj` on every rank (picklable objects; `obj` itself in a single process)."""
     if not info.distributed:
         return obj
     box = [obj]

@@ -1,5 +1,7 @@
-"""The one training loop. It knows nothing about the objective: a `TrainingTask` supplies the model,
-the losses, the data and the final artefacts (see pipelines/train/task.py).
+"""The one training loop.
+
+It knows nothing about the objective: a `TrainingTask` supplies the model, the losses, the data and
+the final artefacts (see pipelines/train/task.py).
 
 Design notes:
 

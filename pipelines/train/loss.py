@@ -40,6 +40,7 @@ class ClipContrastiveLoss(nn.Module):
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """This rank's InfoNCE loss; `logit_scale` is the exponentiated scale, `logit_bias` is ignored."""
         # A bias shifts every logit of a softmax row equally, so it cannot change InfoNCE: drop it.
         return self.inner(image_features, text_features, logit_scale)
 
@@ -62,6 +63,7 @@ class SigmoidContrastiveLoss(nn.Module):
         logit_scale: torch.Tensor,
         logit_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """This rank's sigmoid loss, using the module's own scale and bias when it owns them."""
         if self.owns_params:
             logit_scale, logit_bias = self.logit_scale.exp(), self.logit_bias
         elif logit_bias is None:

@@ -6,5 +6,8 @@ from typing import Any
 
 
 def stable_seed(*parts: Any) -> int:
-    """A 32-bit seed from parts, e.g. stable_seed("step", seed, step, rank)."""
+    """A 32-bit seed from `parts`, identical in every process.
+
+    Example: `stable_seed("step", seed, step, rank)`.
+    """
     return zlib.crc32(":".join(str(p) for p in parts).encode())

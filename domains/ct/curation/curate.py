@@ -1,4 +1,4 @@
-"""`domainfm curate ct`: CT volumes + radiology reports + EHR phenotype labels (Merlin-style).
+r"""`domainfm curate ct`: CT volumes + radiology reports + EHR phenotype labels (Merlin-style).
 
     domainfm curate ct --volumes DIR --ehr ehr.csv --reports reports.csv [--phecode-map map.csv] --out OUT
 
@@ -19,7 +19,7 @@ Output contract (OUT, besides the common manifest.parquet / rejects.csv / summar
 - `shards/{split}-NNNNNN.tar`, one sample per study, key `ct-<study_id>` (sanitised):
   - `npy`: float32 (1, X, Y, Z), channel first, voxel axes in RAS order, `pixdim` mm spacing,
     HU [a_min, a_max] -> [0, 1] clipped, padded with 0 (air) / centre-cropped to `spatial_size`;
-  - `txt`: the scrubbed report, "FINDINGS: ...\\nIMPRESSION: ..." (empty parts left out);
+  - `txt`: the scrubbed report, "FINDINGS: ...\nIMPRESSION: ..." (empty parts left out);
   - `json`: {id, group, source, caption_variants, provenance}; caption_variants holds "findings",
     "impression" and "organ:<key>" ("Liver: ...") when non-empty: the trainer samples the full
     findings or one organ section (`reports.report_views`); provenance holds `study_id`,
@@ -98,6 +98,7 @@ class CTCurateConfig:
     split_seed: int = 0
 
     def preprocess(self) -> PreprocessConfig:
+        """The preprocessing and validation settings, typed for preprocess_volume."""
         return PreprocessConfig(
             pixdim=[float(v) for v in self.pixdim],
             spatial_size=[int(v) for v in self.spatial_size],
@@ -110,6 +111,7 @@ class CTCurateConfig:
         )
 
     def curation(self) -> CurationConfig:
+        """The shared curation settings; CT samples are always written as npy."""
         return CurationConfig(
             workers=self.workers,
             shard_size=self.shard_size,
@@ -120,6 +122,7 @@ class CTCurateConfig:
         )
 
     def resolve_cache_dir(self, out: Path) -> Path:
+        """`cache_dir` if set, else a `cache` folder beside OUT."""
         return Path(self.cache_dir) if self.cache_dir else Path(out).resolve().parent / "cache"
 
 
@@ -223,8 +226,11 @@ def _study_date(sid: str, path: Path, reports: pd.DataFrame, ehr: pd.DataFrame) 
 def plan(
     volumes: Path, ehr_path: Path, reports_path: Path, phecode_map: Optional[Path], out: Path, cfg: CTCurateConfig
 ) -> tuple[list[WorkUnit], list[Reject], Counter, dict[str, Any]]:
-    """Units for the studies that have a volume, a report and EHR rows; rejects for the rest;
-    and the phenotype label space (for phenotypes.json)."""
+    """Plan the curation: work units, rejects, counts and the phenotype label space.
+
+    Units are the studies that have a volume, a report and EHR rows; rejects cover the rest. The
+    label space (last item) is what write_phenotypes turns into phenotypes.json.
+    """
     ehr = read_table(ehr_path, EHR_COLUMNS, "EHR")
     reports = read_table(reports_path, REPORT_COLUMNS, "reports")
     phemap: Optional[PhecodeMap] = load_phecode_map(phecode_map) if phecode_map else None
@@ -264,7 +270,8 @@ def plan(
         phenos, n_in, n_out = study_phenotypes(codes, patients[0], date, cfg.days_before, cfg.days_after)
         counts["codes_in_window"] += n_in
         counts["codes_out_of_window"] += n_out
-        studies[sid] = {"path": path, "patient": patients[0], "findings": findings, "impression": impression, "phenos": phenos, "n_in": n_in, "n_out": n_out}
+        studies[sid] = {"path": path, "patient": patients[0], "findings": findings, "impression": impression,
+                        "phenos": phenos, "n_in": n_in, "n_out": n_out}
     counts["reports_without_volume"] = int((~reports["study_id"].isin(list(found))).sum())
 
     kept, dropped = label_space({s: v["phenos"] for s, v in studies.items()}, cfg.min_positive)
@@ -348,7 +355,7 @@ def curate(
 
 
 def load_config(params: Optional[Path], workers: Optional[int] = None) -> CTCurateConfig:
-    """params `ct.curate`, typed; `workers` overrides it when given."""
+    """Params `ct.curate`, typed; `workers` overrides it when given."""
     return read(params, CTCurateConfig, "ct", "curate", workers=workers)
 
 

@@ -49,10 +49,12 @@ def read_table(path: Path | str, required: Iterable[str], what: str) -> pd.DataF
 
 
 def normalise_code(code: str) -> str:
+    """A diagnosis code without dots or whitespace, upper-cased: " e11.9" -> "E119"."""
     return re.sub(r"[.\s]", "", str(code)).upper()
 
 
 def normalise_system(system: str) -> str:
+    """A code-system name upper-cased with everything but letters and digits dropped."""
     return re.sub(r"[^A-Z0-9]", "", str(system).upper())  # "ICD-10-CM" -> "ICD10CM"
 
 
@@ -83,6 +85,7 @@ def phecode_lineage(phecode: str) -> list[str]:
 
 
 def phenotype_sort_key(pid: str) -> tuple:
+    """Label order: numeric ids (phecodes) by value first, then the others (ICD-10 categories) by name."""
     try:
         return (0, float(pid), pid)
     except ValueError:
@@ -91,6 +94,7 @@ def phenotype_sort_key(pid: str) -> tuple:
 
 @lru_cache(maxsize=1)
 def phecode_names() -> dict[str, str]:
+    """Normalised phecode -> description, from the bundled phecode_names.csv."""
     with open(PHECODE_NAMES, newline="") as f:
         return {normalise_phecode(r["phecode"]): r["phecode_str"] for r in csv.DictReader(f)}
 
@@ -102,6 +106,7 @@ class PhecodeMap:
     table: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def lookup(self, system: str, code: str) -> set[str]:
+        """Phecodes of `code`, else of its longest mapped prefix (WHO ICD-10 also tries ICD-10-CM); empty if none."""
         systems = [system, "ICD10CM"] if system == "ICD10" else [system]  # WHO codes fall back to CM
         for sys_ in systems:
             for n in range(len(code), 2, -1):  # the code, then its parents down to the category
@@ -112,6 +117,7 @@ class PhecodeMap:
 
 
 def load_phecode_map(path: Path | str) -> PhecodeMap:
+    """Read a `vocabulary_id, code, phecode` CSV; rows with an empty code or phecode are skipped."""
     table = read_table(path, MAP_COLUMNS, "phecode map")
     mapping: dict[tuple[str, str], set[str]] = {}
     for vocab, code, phe in zip(table["vocabulary_id"], table["code"], table["phecode"]):
@@ -122,6 +128,8 @@ def load_phecode_map(path: Path | str) -> PhecodeMap:
 
 @dataclass
 class CodeRowReject:
+    """An EHR row refused by clean_codes, and why."""
+
     row: int  # 1-based data row of the EHR CSV (header excluded)
     reason: str
 
@@ -193,6 +201,7 @@ def label_space(per_study: dict[str, set[str]], min_positive: int) -> tuple[list
 
 
 def phenotype_name(pid: str, use_phecodes: bool) -> str:
+    """A readable name for a phenotype id: the phecode's description, or "ICD-10 category <id>"."""
     if use_phecodes:
         return phecode_names().get(pid, f"phecode {pid}")
     return f"ICD-10 category {pid}"

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class PreprocessConfig:
+    """Preprocessing and validation settings; every field is part of the cache key."""
+
     pixdim: list[float] = field(default_factory=lambda: [1.5, 1.5, 3.0])  # output spacing (mm), RAS axes
     spatial_size: list[int] = field(default_factory=lambda: [224, 224, 160])
     a_min: float = -1000.0  # HU mapped to 0
@@ -70,6 +72,7 @@ def _input_files(path: Path) -> list[Path]:
 
 
 def cache_key(path: Path, cfg: PreprocessConfig) -> str:
+    """Sha256 of the settings, the cache format version and every input file's relative path and bytes."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, "params": asdict(cfg)}, sort_keys=True).encode())
     root = path if path.is_dir() else path.parent
@@ -81,7 +84,7 @@ def cache_key(path: Path, cfg: PreprocessConfig) -> str:
     return h.hexdigest()
 
 
-def _atomic_save(path: Path, write) -> None:
+def _atomic_save(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:

@@ -47,6 +47,7 @@ def scrub(text: str) -> str:
 
 
 def organ_key(heading: str) -> str:
+    """A section heading as a snake_case key: "Liver/Gallbladder" -> "liver_gallbladder"."""
     return re.sub(r"[^a-z0-9]+", "_", heading.lower()).strip("_")
 
 

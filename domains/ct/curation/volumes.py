@@ -39,6 +39,8 @@ class VolumeError(Exception):
 
 @dataclass
 class Volume:
+    """A loaded volume in HU with its voxel-to-RAS affine, before any preprocessing."""
+
     data: np.ndarray  # (I, J, K) float32 HU
     affine: np.ndarray  # 4x4 voxel -> RAS mm
     modality: Optional[str]  # DICOM Modality; None for NIfTI (no such tag)
@@ -76,6 +78,7 @@ def check_affine(affine: np.ndarray) -> None:
 
 
 def load_nifti(path: Path) -> Volume:
+    """Read a NIfTI file as a 3D HU volume; VolumeError for unreadable, non-3D or badly placed ones."""
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)  # scl_slope/inter applied by nibabel
@@ -178,6 +181,7 @@ def load_dicom_series(path: Path) -> Volume:
 
 
 def load_volume(path: Path) -> Volume:
+    """Load a NIfTI file or DICOM series by its kind; VolumeError for anything else."""
     kind = volume_kind(path)
     if kind == "nifti":
         return load_nifti(path)

@@ -1,5 +1,7 @@
-"""Demo inputs for the CT domain: synthetic abdomen/chest phantoms with findings, EHR codes,
-template reports and a small phecode map. Everything is procedural (no downloads).
+"""Demo inputs for the CT domain.
+
+Synthetic abdomen/chest phantoms with findings, EHR codes, template reports and a small phecode
+map. Everything is procedural (no downloads).
 
 `write_demo_data(out, params)` writes under OUT:
 - `volumes/<study_id>.nii.gz`: int16 HU volumes; a fraction is stored with LPS-flipped axes
@@ -19,11 +21,10 @@ import csv
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
-
 
 FINDINGS = ("liver_lesion", "kidney_stone", "pleural_effusion", "splenomegaly", "ascites")
 # ICD-10-CM codes a positive finding is coded with (one is drawn per positive study).
@@ -79,7 +80,9 @@ class CTDemoConfig:
     noise_hu: float = 15.0
 
 
-def _ellipsoid(x, y, z, centre, radii) -> np.ndarray:
+def _ellipsoid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: Sequence[float], radii: Sequence[float] | np.ndarray
+) -> np.ndarray:
     return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2 <= 1
 
 

@@ -10,14 +10,14 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from domains.pathology.curation.slides import SlideConfig, plan_slide_units, process_slide
 from domains.pathology.curation.video import VideoConfig, dedupe_across_videos, plan_video_units, process_video
-from pipelines.params import read
 from pipelines.curation import CurationConfig, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.params import read
 
 VIDEO, SLIDE = "video", "slide"
 
@@ -31,12 +31,17 @@ class PathologyCurateConfig(CurationConfig):
 
 
 def process(unit: WorkUnit) -> UnitResult:
+    """Process one unit with the video or the slide curation, as its payload's kind says."""
     kind, payload = unit.payload
     inner = WorkUnit(unit.key, payload)
     return process_video(inner) if kind == VIDEO else process_slide(inner)
 
 
 def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optional[Path], out: Path, cfg: PathologyCurateConfig) -> dict:
+    """Curate videos and/or captioned slides into OUT, dropping near-duplicate frames across videos; returns the summary.
+
+    `slide_captions` is required when `slides` is given.
+    """
     video_cfg = cfg.video
     units: list[WorkUnit] = []
     rejects: list[Reject] = []
@@ -59,7 +64,9 @@ def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optio
 
 
 def curate_command(
-    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of lecture videos, each with a .vtt/.srt/.json transcript of the same stem."),
+    videos: Optional[Path] = typer.Option(
+        None, "--videos", help="Folder of lecture videos, each with a .vtt/.srt/.json transcript of the same stem."
+    ),
     slides: Optional[Path] = typer.Option(None, "--slides", help="Folder of whole-slide images openslide reads."),
     slide_captions: Optional[Path] = typer.Option(None, "--slide-captions", help="CSV with slide_id (file stem) and caption columns."),
     out: Path = typer.Option(..., "--out", help="Output folder for the curated pairs."),

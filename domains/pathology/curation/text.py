@@ -59,11 +59,14 @@ def normalise_token(token: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
+    """Lower-cased word tokens of `text` (inner hyphens, ampersands and apostrophes kept)."""
     return _TOKEN.findall(text.lower())
 
 
 @dataclass(frozen=True)
 class Vocabulary:
+    """Medical terms, looked up by their normalised token sequences."""
+
     terms: dict[tuple[str, ...], str]  # normalised token tuple -> the term as written in the list
     max_len: int
 
@@ -105,6 +108,8 @@ def load_vocabulary(extra: Iterable[str] = ()) -> Vocabulary:
 
 @dataclass
 class CleanedText:
+    """Narration after cleaning: the caption, the medical terms and magnification it states, and sentence counts."""
+
     text: str  # the caption: kept sentences, fillers and repetitions removed; "" when nothing is medical
     terms: list[str] = field(default_factory=list)
     magnification: Optional[str] = None
@@ -146,6 +151,7 @@ def _tidy(sentence: str) -> str:
 
 
 def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` (whitespace collapsed), split after '.', '!' or '?'."""
     return [s for s in _SENTENCE_END.split(re.sub(r"\s+", " ", text).strip()) if s]
 
 

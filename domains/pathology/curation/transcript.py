@@ -28,6 +28,8 @@ class TranscriptError(ValueError):
 
 @dataclass(frozen=True)
 class Cue:
+    """One timed piece of narration."""
+
     start: float  # seconds
     end: float
     text: str

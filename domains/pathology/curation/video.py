@@ -70,6 +70,7 @@ class VideoConfig:
     extra_vocabulary: list[str] = field(default_factory=list)
 
     def detector(self) -> DetectorConfig:
+        """The histology detector's settings (the rest keep DetectorConfig's defaults)."""
         return DetectorConfig(
             min_std=self.min_std,
             min_tissue_fraction=self.min_tissue_fraction,
@@ -81,6 +82,8 @@ class VideoConfig:
 
 @dataclass
 class VideoJob:
+    """The payload of one video's work unit: the video, its transcript and the settings."""
+
     video: str
     transcript: str
     config: dict[str, Any]  # VideoConfig as a dict
@@ -95,6 +98,8 @@ class DecodeError(RuntimeError):
 
 @dataclass
 class DecodeStats:
+    """What sample_frames did: frames decoded, seeks, the stream's duration and the last frame time."""
+
     frames_decoded: int = 0  # every frame the decoder produced, sampled or not
     seeks: int = 0
     duration_s: Optional[float] = None
@@ -121,6 +126,7 @@ def _frame_time(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> fl
 
 
 def video_duration(path: str | Path) -> Optional[float]:
+    """Seconds of the first video stream (else of the container); None when neither states it."""
     with av.open(str(path)) as container:
         return _duration(container, _video_stream(container))
 
@@ -225,10 +231,12 @@ def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def phash_hex(rgb: np.ndarray) -> str:
+    """The 64-bit perceptual hash of an image, as 16 hex digits."""
     return str(imagehash.phash(Image.fromarray(rgb)))
 
 
 def hamming(a: str, b: str) -> int:
+    """Number of differing bits between two hex hashes."""
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
@@ -405,6 +413,7 @@ def process_video(unit: WorkUnit) -> UnitResult:
 
 
 def output_params(cfg: VideoConfig) -> dict[str, Any]:
+    """The settings that determine a video's output (all of them), hashed into the unit key."""
     return asdict(cfg)
 
 

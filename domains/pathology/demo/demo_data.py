@@ -1,4 +1,4 @@
-"""Demo inputs for the pathology domain, all procedural (no downloads):
+"""Demo inputs for the pathology domain, all procedural (no downloads).
 
 - `videos/lecture_XX.mp4` + `.vtt`: narrated "lectures" mixing histology segments (one class each,
   slow pan/zoom) with a title slide, blank frames and a presenter; the transcript has fillers and
@@ -20,14 +20,13 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from scipy.spatial import cKDTree
-
 
 # Must match CLASSNAMES in domains/pathology/__init__.py (not imported: that module imports this one).
 CLASSNAMES = ("adipose tissue", "lymphocytes", "mucus", "stroma", "adenocarcinoma")
@@ -216,7 +215,12 @@ def write_zeroshot(out: Path, cfg: PathologyDemoConfig) -> int:
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="PNG")
             meta = {"classname": CLASSNAMES[c], "index": i}
-            sink.write({"__key__": f"{CLASSNAMES[c].replace(' ', '_')}_{i:04d}", "png": buf.getvalue(), "cls": str(c).encode(), "json": json.dumps(meta).encode()})
+            sink.write({
+                "__key__": f"{CLASSNAMES[c].replace(' ', '_')}_{i:04d}",
+                "png": buf.getvalue(),
+                "cls": str(c).encode(),
+                "json": json.dumps(meta).encode(),
+            })
     (out / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
     (out / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
     return len(items)
@@ -286,6 +290,7 @@ def write_slide(path: Path, img: np.ndarray, mpp: float, levels: int) -> None:
 
 
 def write_slides(out: Path, cfg: PathologyDemoConfig) -> None:
+    """Write `cfg.n_slides` pyramidal slides with their region boxes, and captions.csv naming each slide's classes."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(cfg.n_slides):
@@ -293,9 +298,11 @@ def write_slides(out: Path, cfg: PathologyDemoConfig) -> None:
         slide_id = f"slide_{i:02d}"
         write_slide(out / f"{slide_id}.tiff", img, cfg.slide_mpp, cfg.slide_levels)
         classes = list(dict.fromkeys(CLASSNAMES[c] for c, _ in sorted(regions, key=lambda r: (r[1][1], r[1][0]))))
-        caption = f"H&E section showing {', '.join(classes[:-1])} and {classes[-1]}." if len(classes) > 1 else f"H&E section showing {classes[0]}."
+        caption = (f"H&E section showing {', '.join(classes[:-1])} and {classes[-1]}." if len(classes) > 1
+                   else f"H&E section showing {classes[0]}.")
         rows.append((slide_id, caption, ";".join(classes)))
-        (out / f"{slide_id}.regions.json").write_text(json.dumps([{"cls": c, "classname": CLASSNAMES[c], "bbox_level0": b} for c, b in regions], indent=1))
+        boxes = [{"cls": c, "classname": CLASSNAMES[c], "bbox_level0": b} for c, b in regions]
+        (out / f"{slide_id}.regions.json").write_text(json.dumps(boxes, indent=1))
     with open(out / "captions.csv", "w", newline="") as f:
         import csv
 
@@ -405,6 +412,7 @@ def _open_stream(container: Any, cfg: PathologyDemoConfig) -> Any:
 
 
 def write_video(mp4: Path, vtt: Path, cfg: PathologyDemoConfig, video: int) -> None:
+    """Write lecture `video` (0-based): its segments encoded as MP4 and the narration as WebVTT."""
     import av
 
     rng = np.random.default_rng(cfg.seed * 7919 + 101 + video)
@@ -447,8 +455,8 @@ def write_video(mp4: Path, vtt: Path, cfg: PathologyDemoConfig, video: int) -> N
     vtt.write_text("\n".join(lines))
 
 
-def _pan_zoom(big: np.ndarray, size: int, n: int, rng: np.random.Generator):
-    """n frames panning/zooming slowly over `big`: neighbouring windows overlap, none identical."""
+def _pan_zoom(big: np.ndarray, size: int, n: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """N frames panning/zooming slowly over `big`: neighbouring windows overlap, none identical."""
     h = big.shape[0]
     z0, z1 = rng.uniform(0.75, 0.95, 2)
     p0, p1 = rng.uniform(0, 1, (2, 2))
@@ -462,6 +470,7 @@ def _pan_zoom(big: np.ndarray, size: int, n: int, rng: np.random.Generator):
 
 
 def write_videos(out: Path, cfg: PathologyDemoConfig) -> None:
+    """Write `cfg.n_videos` lectures (lecture_XX.mp4 + .vtt) into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     for v in range(cfg.n_videos):
         write_video(out / f"lecture_{v:02d}.mp4", out / f"lecture_{v:02d}.vtt", cfg, v)

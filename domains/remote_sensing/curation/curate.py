@@ -23,7 +23,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds, transform_geom
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import Point, box, mapping, shape
 from shapely.strtree import STRtree
 
 from domains.remote_sensing.curation.osm import Feature, osm_format, read_features
@@ -38,8 +38,8 @@ from domains.remote_sensing.curation.tiles import (
     to_rgb8,
 )
 from domains.remote_sensing.curation.visibility import TagTable, captions, dedupe, join_phrases, load_tag_table, table_from_dicts
-from pipelines.params import read
 from pipelines.curation import CurationConfig, Pair, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.params import read
 
 STAGE_RASTER = "raster"
 STAGE_TILE = "tile"
@@ -47,6 +47,8 @@ STAGE_TILE = "tile"
 
 @dataclass
 class RSCurateConfig(CurationConfig):
+    """params.yaml `remote_sensing.curate`: the shared curation settings plus tiling, captions and the quality filter."""
+
     # Tiles
     target_gsd_m: float = 1.0  # finest output GSD; never finer than the raster's own GSD
     tile_size: int = 224  # output pixels a side
@@ -72,7 +74,8 @@ class RSCurateConfig(CurationConfig):
 
     def output_params(self) -> dict[str, Any]:
         """The options that change what a unit produces (its resume key hashes these)."""
-        skip = {"workers", "shard_size", "val_fraction", "test_fraction", "split_seed", "quality_model", "quality_pretrained", "quality_keep_fraction"}
+        skip = {"workers", "shard_size", "val_fraction", "test_fraction", "split_seed",
+                "quality_model", "quality_pretrained", "quality_keep_fraction"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -81,6 +84,8 @@ class RSCurateConfig(CurationConfig):
 
 @dataclass
 class RasterJob:
+    """The payload of one raster's work unit: the raster, the OSM features on it and the settings."""
+
     raster: str
     features: list[Feature]
     config: dict[str, Any]  # RSCurateConfig as a dict
@@ -91,7 +96,7 @@ def _stable_int(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def _centre(feature: Feature):
+def _centre(feature: Feature) -> Point:
     g = feature.geometry
     if feature.kind == "line":
         return g.interpolate(0.5, normalized=True)  # a point on the line, not beside a curve
@@ -117,7 +122,7 @@ def process(unit: WorkUnit) -> UnitResult:
     return result
 
 
-def _process_raster(src, job: RasterJob, cfg: RSCurateConfig, table: TagTable, result: UnitResult) -> None:
+def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurateConfig, table: TagTable, result: UnitResult) -> None:
     bands = cfg.bands or default_bands(src.count)
     if any(b < 1 or b > src.count for b in bands) or len(bands) not in (1, 3):
         result.rejects.append(Reject(f"{job.raster} bands={bands}", STAGE_RASTER, "band selection does not fit the raster"))
@@ -217,8 +222,10 @@ def _process_raster(src, job: RasterJob, cfg: RSCurateConfig, table: TagTable, r
 
 
 def _sorted(obj: Any) -> Any:
-    """Dicts with sorted keys, as staged unit records hold them, so a fresh run and a resumed
-    run write byte-identical sample JSON."""
+    """Dicts with sorted keys, as staged unit records hold them.
+
+    A fresh run and a resumed run then write byte-identical sample JSON.
+    """
     if isinstance(obj, dict):
         return {k: _sorted(obj[k]) for k in sorted(obj)}
     return obj
@@ -229,6 +236,8 @@ def _sorted(obj: Any) -> Any:
 
 @dataclass
 class Footprint:
+    """A raster's extent in lon/lat, and what identifies its current content."""
+
     raster: str
     bounds_ll: tuple[float, float, float, float]
     identity: str  # size and mtime: a changed raster is curated again
@@ -303,8 +312,8 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
 
     scorer = None
     if cfg.quality_keep_fraction < 1.0 and cfg.quality_model:
-        from pipelines.models.clip import ModelSpec
         from pipelines.curation.quality import make_clip_scorer
+        from pipelines.models.clip import ModelSpec
 
         scorer = make_clip_scorer(ModelSpec(name=cfg.quality_model, pretrained=cfg.quality_pretrained))
     return run_curation(
@@ -320,7 +329,7 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
 
 
 def load_config(params: Optional[Path], workers: Optional[int] = None) -> RSCurateConfig:
-    """params `remote_sensing.curate`, typed; `workers` overrides it when given."""
+    """Params `remote_sensing.curate`, typed; `workers` overrides it when given."""
     return read(params, RSCurateConfig, "remote_sensing", "curate", workers=workers)
 
 

@@ -35,6 +35,8 @@ LINEAR_NATURAL = frozenset({"coastline", "tree_row", "cliff", "ridge", "arete"})
 
 @dataclass
 class Feature:
+    """One tagged OSM object with its lon/lat geometry."""
+
     osm_id: str  # "way/123", or the GeoJSON id
     osm_type: str  # node | way | relation | feature (GeoJSON without an OSM type)
     tags: dict[str, str]
@@ -44,6 +46,8 @@ class Feature:
 
 @dataclass
 class ReadResult:
+    """The features read from an OSM file, the objects rejected and the counts per step."""
+
     features: list[Feature] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
@@ -73,6 +77,7 @@ def read_features(path: Path, keep: TagFilter | None = None) -> ReadResult:
 
 
 def is_area(tags: Mapping[str, str]) -> bool:
+    """Whether a closed way with these tags is an area rather than a closed line (OSM wiki heuristics)."""
     if tags.get("area") == "no":
         return False
     if tags.get("area") == "yes":
@@ -146,6 +151,7 @@ class _Collector:
 
 
 def read_osm(path: Path, keep: TagFilter | None = None) -> ReadResult:
+    """Tagged nodes, ways and multipolygon/boundary relations of an OSM file (XML or PBF), through pyosmium."""
     import osmium
     from osmium.geom import WKBFactory
 
@@ -252,6 +258,7 @@ def _rings_closed(geometry: Mapping[str, Any]) -> bool:
 
 
 def read_geojson(path: Path, keep: TagFilter | None = None) -> ReadResult:
+    """The features of a GeoJSON FeatureCollection (or single Feature); properties are the tags."""
     data = json.loads(Path(path).read_text())
     features = data.get("features", []) if data.get("type") == "FeatureCollection" else [data]
     c = _Collector(str(path), keep)

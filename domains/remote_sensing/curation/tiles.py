@@ -26,6 +26,7 @@ _MERCATOR_EPSG = {3857, 3395, 3785, 900913, 54004}
 
 
 def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS 84 / UTM zone CRS holding (lon, lat), north or south by the latitude's sign."""
     zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
@@ -47,6 +48,7 @@ def keeps_own_crs(crs: CRS) -> bool:
 
 
 def tile_crs(raster_crs: CRS, lon: float, lat: float) -> CRS:
+    """The CRS to cut a tile centred at (lon, lat) in: the raster's own when it keeps it, else UTM."""
     return raster_crs if keeps_own_crs(raster_crs) else utm_crs(lon, lat)
 
 
@@ -57,7 +59,7 @@ def native_gsd_m(src: rasterio.io.DatasetReader) -> float:
     cx, cy = src.width / 2.0, src.height / 2.0
     xs, ys = [], []
     for col, row in ((cx, cy), (cx + 1, cy), (cx, cy + 1)):
-        x, y = src.transform * (col, row)
+        x, y = src.transform @ (col, row)
         xs.append(x)
         ys.append(y)
     lons, lats = warp_transform(src.crs, WGS84, xs, ys)
@@ -69,6 +71,7 @@ def native_gsd_m(src: rasterio.io.DatasetReader) -> float:
 
 
 def default_bands(count: int) -> list[int]:
+    """Bands 1-3 (1-based) when the raster has three or more, else band 1 alone."""
     return [1, 2, 3] if count >= 3 else [1]
 
 
@@ -80,6 +83,8 @@ def has_validity_info(src: rasterio.io.DatasetReader) -> bool:
 
 @dataclass
 class Tile:
+    """Pixels read for one tile and which of them hold data."""
+
     data: np.ndarray  # (bands, H, W) in the raster's dtype
     valid: np.ndarray  # (H, W) bool: pixels with data
 
@@ -103,8 +108,11 @@ def read_tile(
 
 
 def to_rgb8(tile: Tile, low_pct: float = 2.0, high_pct: float = 98.0) -> np.ndarray:
-    """An HxWx3 uint8 image: uint8 passes through, other types get a per-band percentile stretch
-    computed on valid pixels only; one band becomes grey RGB; empty pixels are black."""
+    """An HxWx3 uint8 image of a tile.
+
+    uint8 passes through, other types get a per-band percentile stretch computed on valid pixels
+    only; one band becomes grey RGB; empty pixels are black.
+    """
     data = tile.data
     out = np.zeros(data.shape, dtype=np.uint8)
     for i, band in enumerate(data):

@@ -18,6 +18,8 @@ TABLE_PATH = Path(__file__).with_name("visible_tags.csv")
 
 @dataclass(frozen=True)
 class VisibleTag:
+    """One row of the visibility table."""
+
     key: str
     value: str  # "*" = any value
     max_gsd_m: float  # coarsest metres/pixel at which the tag is still recognisable
@@ -36,6 +38,7 @@ class TagMatch:
 
 
 def default_phrase(key: str, value: str) -> str:
+    """'<key> of <value>' with underscores read as spaces, for rows without a phrase."""
     return f"{key} of {value}".replace("_", " ")
 
 
@@ -54,6 +57,7 @@ class TagTable:
                 self.rows[slot] = row
 
     def match(self, key: str, value: str) -> TagMatch | None:
+        """The row for key=value, else the key's "*" row; None when the tag is not in the table."""
         slot = self._index.get((key, value))
         if slot is None:
             slot = self._index.get((key, "*"))
@@ -73,9 +77,11 @@ class TagTable:
         return [m for m in self.matches(tags) if gsd_m <= m.max_gsd_m + 1e-9]
 
     def has_visible(self, tags: Mapping[str, str]) -> bool:
+        """Whether any tag is in the table (visible at some GSD)."""
         return any(self.match(k, v) is not None for k, v in tags.items())
 
     def as_dicts(self) -> list[dict[str, Any]]:
+        """The rows as plain dicts (picklable, and what table_from_dicts reads back)."""
         return [dict(key=r.key, value=r.value, max_gsd_m=r.max_gsd_m, phrase=r.phrase) for r in self.rows]
 
 
@@ -90,6 +96,7 @@ def _row(raw: Mapping[str, Any], where: str) -> VisibleTag:
 
 
 def read_table_csv(path: Path) -> list[VisibleTag]:
+    """The rows of a visibility CSV (key, value, max_gsd_m, phrase), validated."""
     with Path(path).open(newline="") as f:
         return [_row(raw, f"{path}:{i + 2}") for i, raw in enumerate(csv.DictReader(f))]
 
@@ -113,6 +120,7 @@ def join_phrases(phrases: Sequence[str]) -> str:
 
 
 def dedupe(phrases: Iterable[str]) -> list[str]:
+    """Non-empty phrases, first occurrence of each, in order."""
     return list(dict.fromkeys(p for p in phrases if p))
 
 

@@ -1,5 +1,7 @@
-"""Demo inputs for the remote-sensing domain: a procedural landscape as a GeoTIFF + OSM file,
-and a held-out zero-shot tile set rendered from a second, independent landscape.
+"""Demo inputs for the remote-sensing domain.
+
+A procedural landscape as a GeoTIFF + OSM file, and a held-out zero-shot tile set rendered from a
+second, independent landscape.
 
 Everything is procedural (no downloads). One generator, `render_landscape`, draws both the scene
 and the zero-shot tiles, so the two share one visual vocabulary while never sharing pixels.
@@ -32,7 +34,6 @@ from rasterio.transform import Affine
 from scipy import ndimage
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.ops import unary_union
-
 
 # Class indices: must match CLASSNAMES in domains/remote_sensing/__init__.py (not imported here
 # because that module imports this one).
@@ -275,17 +276,22 @@ def _park(rng: np.random.Generator, area: Polygon, cut: Any) -> list[Feature]:
 
 
 def _residential(rng: np.random.Generator, r: tuple, cut: Any) -> list[Feature]:
-    """A residential block: landuse polygon, a grid of residential streets, houses with gardens,
-    and some sub-blocks given over to parking lots or a pocket park."""
+    """A residential block.
+
+    A landuse polygon, a grid of residential streets, houses with gardens, and some sub-blocks
+    given over to parking lots or a pocket park.
+    """
     x0, y0, x1, y1 = r
     feats: list[Feature] = []
     street_w, depth = 8.0, rng.uniform(62, 76)  # two rows of houses back to back per sub-block
     ys = list(np.arange(y0 + depth, y1 - 30, depth + street_w))
     xs = list(np.arange(x0 + rng.uniform(120, 180), x1 - 60, rng.uniform(140, 200)))
     for y in ys:
-        feats.append(Feature({"highway": "residential"}, LineString([(x0 - 6, y + street_w / 2), (x1 + 6, y + street_w / 2)]), ROAD, {"width": street_w}))
+        street = LineString([(x0 - 6, y + street_w / 2), (x1 + 6, y + street_w / 2)])
+        feats.append(Feature({"highway": "residential"}, street, ROAD, {"width": street_w}))
     for x in xs:
-        feats.append(Feature({"highway": "residential"}, LineString([(x + street_w / 2, y0 - 6), (x + street_w / 2, y1 + 6)]), ROAD, {"width": street_w}))
+        street = LineString([(x + street_w / 2, y0 - 6), (x + street_w / 2, y1 + 6)])
+        feats.append(Feature({"highway": "residential"}, street, ROAD, {"width": street_w}))
     cx = [x0, *[x + street_w for x in xs]], [*xs, x1]
     cy = [y0, *[y + street_w for y in ys]], [*ys, y1]
     subs = [(sx0 + 1, sy0 + 1, sx1 - 1, sy1 - 1) for sx0, sx1 in zip(*cx) for sy0, sy1 in zip(*cy)]
@@ -458,7 +464,9 @@ def render_landscape(size_px: int, gsd: float, seed: int, block_spacing_m: float
         h = np.mod(h, 1009)
         occupied = (h % 10) < 6
         car = m & in_row & occupied & (u > 0.6 + gsd) & (u < stall_w - 0.3) & (np.mod(v - 0.5, stall_d + aisle) < stall_d - 1)
-        car_cols = np.array([(200, 30, 30), (230, 230, 235), (30, 40, 140), (20, 20, 20), (170, 170, 175), (220, 180, 30), (40, 110, 60)], np.float32)
+        car_cols = np.array(
+            [(200, 30, 30), (230, 230, 235), (30, 40, 140), (20, 20, 20), (170, 170, 175), (220, 180, 30), (40, 110, 60)], np.float32
+        )
         img[car] = car_cols[(h[car] // 10) % len(car_cols)]
         paint(line & ~car, (235, 235, 230))
 
@@ -529,9 +537,12 @@ def _rings(geom: Any) -> list[np.ndarray]:
 
 
 def write_osm(path: Path, features: list[Feature], cfg: RSDemoConfig) -> None:
-    """OSM XML (0.6): trees as tagged nodes, lines as open ways, areas as closed ways (or a
-    multipolygon relation when a polygon has holes). Node lon/lat are the raster's pixel
-    coordinates reprojected from cfg.crs to EPSG:4326."""
+    """Write the features as OSM XML (0.6).
+
+    Trees become tagged nodes, lines open ways, areas closed ways (or a multipolygon relation when a
+    polygon has holes). Node lon/lat are the raster's pixel coordinates reprojected from cfg.crs to
+    EPSG:4326.
+    """
     tf = scene_transform(cfg)
     # Gather every vertex, reproject in one call (exact correspondence with the raster).
     coords = [_rings(f.geometry) if not isinstance(f.geometry, Point) else [np.array([f.geometry.coords[0]])] for f in features]

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from pipelines.demo.synthetic_corpus import write_corpus
 from pipelines.models.clip import ModelSpec, load_model, model_config_of, preprocess_config_of, save_open_clip_dir
+from pipelines.pretrain.synthetic_corpus import write_corpus
 from pipelines.train import distributed as D
 from pipelines.train.clip_task import ClipTask, ClipTrainConfig
 from pipelines.train.loop import fit

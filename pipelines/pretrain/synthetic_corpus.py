@@ -48,7 +48,10 @@ def _plural(shape: str) -> str:
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
     def ring(n: int, radius: float, offset: float = 0.0) -> list[tuple[float, float]]:
-        return [(cx + radius * math.cos(offset + rot + 2 * math.pi * k / n), cy + radius * math.sin(offset + rot + 2 * math.pi * k / n)) for k in range(n)]
+        return [
+            (cx + radius * math.cos(offset + rot + 2 * math.pi * k / n), cy + radius * math.sin(offset + rot + 2 * math.pi * k / n))
+            for k in range(n)
+        ]
 
     if shape == "square":
         return ring(4, r * 1.25, math.pi / 4)

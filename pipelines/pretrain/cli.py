@@ -1,4 +1,4 @@
-"""`domainfm pretrain` and `domainfm demo-data`: options only."""
+"""`domainfm pretrain`: options only; the work is pipelines.pretrain.pretrain.pretrain."""
 from __future__ import annotations
 
 import json
@@ -16,21 +16,7 @@ def pretrain_command(
 ) -> None:
     """Train the demo's generic base model on an out-of-domain synthetic corpus."""
     from pipelines import params as P
-    from pipelines.demo.pretrain import PretrainConfig, pretrain
+    from pipelines.pretrain.pretrain import PretrainConfig, pretrain
 
     cfg = P.read(params, PretrainConfig, "pretrain")
     typer.echo(json.dumps(pretrain(cfg, out, work, metrics), indent=2))
-
-
-def demo_data_command(
-    domain: Annotated[str, typer.Argument(help="Domain name.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo's raw inputs and held-out set.")],
-    params: Annotated[Path, typer.Option("--params", help="params.yaml holding the stage's settings.")] = Path("params.yaml"),
-) -> None:
-    """Write a domain's embedded demo data (raw inputs plus a held-out zero-shot set)."""
-    from pipelines import params as P
-    from pipelines.domain import get
-
-    demo = get(domain).demo()
-    demo.write_demo_data(out, P.read(params, demo.DemoConfig, domain, "demo"))
-    typer.echo(f"wrote {domain} demo data to {out}")
