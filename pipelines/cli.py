@@ -13,6 +13,8 @@ import click
 import typer
 import typer.core
 
+from pipelines.errors import InputError
+
 # command name -> "module:attribute" of a typer command function or a typer.Typer group
 COMMANDS: dict[str, str] = {
     "domains": "pipelines.schema:domains_command",
@@ -59,6 +61,13 @@ class LazyGroup(typer.core.TyperGroup):
 
 class _Root(LazyGroup):
     lazy = COMMANDS
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; an InputError becomes `Error: <message>` without a traceback."""
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 app = typer.Typer(cls=_Root, add_completion=False, no_args_is_help=True)

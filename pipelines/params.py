@@ -22,10 +22,12 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from pipelines.errors import InputError
+
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError, ValueError):
     """One or more params.yaml values are wrong; the message names each with its key path."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tarfile
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,8 @@ from pipelines.curation import (
     run_curation,
 )
 from pipelines.curation.executor import LocalExecutor
+from pipelines.curation.fingerprint import code_version
+from pipelines.curation.run import CurationRefused
 from pipelines.io.manifest import read_manifest
 from pipelines.io.shards import shard_paths
 
@@ -116,7 +121,7 @@ def test_interrupted_run_resumes_without_partial_or_duplicate_shards(tmp_path):
         run_curation(units(extra={4: {"interrupt": True}}), interrupting, tmp_path, CFG)
     assert not (tmp_path / "shards").exists()  # nothing packed from an unfinished run
     summary = run_curation(units(), make_pairs, tmp_path, CFG)
-    assert summary["units"] == {"total": 6, "cached": 4, "processed": 2}
+    assert summary["units"] == {"total": 6, "cached": 4, "processed": 2, "failed": 0}
     assert summary["pairs"]["kept"] == 30
     keys = [k for s in read_shards(tmp_path) for k in [s]]
     assert len(keys) == len(set(keys)) == 30
@@ -126,6 +131,94 @@ def test_interrupted_run_resumes_without_partial_or_duplicate_shards(tmp_path):
     again = run_curation(units(), make_pairs, tmp_path, CFG)
     assert again["units"]["cached"] == 6
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
+
+
+def test_failed_unit_is_not_cached_and_is_retried_next_run(tmp_path):
+    out = tmp_path / "out"
+    first = run_curation(units(extra={2: {"fail": True}}), make_pairs, out, CFG)
+    assert first["units"] == {"total": 6, "cached": 0, "processed": 5, "failed": 1}
+    second = run_curation(units(), make_pairs, out, CFG)  # the input was fixed
+    assert second["units"] == {"total": 6, "cached": 5, "processed": 1, "failed": 0}
+    assert second["pairs"]["kept"] == 30
+
+
+def _file_units(folder: Path) -> list[WorkUnit]:
+    return [WorkUnit(f"scene{i}", {"n": 2, "colour": i % 3, "group": f"g{i}"}, inputs=[str(folder / f"in{i}.bin")]) for i in range(3)]
+
+
+def test_editing_an_input_in_place_reprocesses_exactly_its_unit(tmp_path):
+    folder, out = tmp_path / "inputs", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"in{i}.bin").write_bytes(b"original %d" % i)
+    assert run_curation(_file_units(folder), make_pairs, out, CFG)["units"]["processed"] == 3
+    (folder / "in1.bin").write_bytes(b"replaced 1")  # same name, same size, new content
+    assert run_curation(_file_units(folder), make_pairs, out, CFG)["units"] == {"total": 3, "cached": 2, "processed": 1, "failed": 0}
+    os.utime(folder / "in2.bin", ns=(1, 1))  # touched, content unchanged: still cached
+    assert run_curation(_file_units(folder), make_pairs, out, CFG)["units"]["cached"] == 3
+
+
+def test_code_version_follows_file_content(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "reader.py").write_text("X = 1\n")
+    (tmp_path / "pkg" / "tags.csv").write_text("a,b\n")
+    before = code_version([tmp_path / "pkg"])
+    assert code_version([tmp_path / "pkg"]) == before
+    (tmp_path / "pkg" / "tags.csv").write_text("a,c\n")
+    assert code_version([tmp_path / "pkg"]) != before
+
+
+def killing(unit: WorkUnit) -> UnitResult:
+    if unit.payload.get("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+    return make_pairs(unit)
+
+
+def test_unit_that_kills_its_worker_becomes_a_reject_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "out"
+    summary = run_curation(units(extra={3: {"kill": True}}), killing, out, CFG, executor=LocalExecutor(2, retries=1))
+    assert summary["pairs"]["kept"] == 25 and summary["units"]["failed"] == 1
+    rejects = pd.read_csv(out / "rejects.csv")
+    row = rejects[rejects["stage"] == "unit"].iloc[0]
+    assert row["input"] == "scene3" and "killed by SIGKILL" in row["reason"] and "tried 2 times" in row["reason"]
+    # not cached: the next run tries it again (and here it no longer dies)
+    again = run_curation(units(), make_pairs, out, CFG, executor=LocalExecutor(2))
+    assert again["units"] == {"total": 6, "cached": 5, "processed": 1, "failed": 0}
+
+
+def test_a_run_with_no_pairs_does_not_replace_good_output(tmp_path):
+    out = tmp_path / "out"
+    run_curation(units(), make_pairs, out, CFG)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = units(extra={i: {"fail": True} for i in range(6)}, n=5)
+    bad = [WorkUnit(u.key + "-typo", u.payload) for u in bad]  # e.g. a misspelt input path
+    with pytest.raises(CurationRefused, match="curated no pair.*30 pairs.*--allow-empty"):
+        run_curation(bad, make_pairs, out, CFG)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    summary = run_curation(bad, make_pairs, out, replace(CFG, allow_empty=True))
+    assert summary["pairs"]["kept"] == 0 and len(read_manifest(out)) == 0
+
+
+def test_a_crash_while_writing_the_output_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import pipelines.curation.run as run_module
+
+    out = tmp_path / "out"
+    run_curation(units(k=3), make_pairs, out, CFG)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise Interrupt()  # killed after the new shards and manifest, before rejects and summary
+
+    monkeypatch.setattr(run_module, "write_rejects", crash)
+    with pytest.raises(Interrupt):
+        run_curation(units(k=6), make_pairs, out, CFG)
+    monkeypatch.undo()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]  # the half-written folder is gone
+    # the swap itself: a kill between its two renames leaves OUT aside, and the next run puts it back
+    out.rename(tmp_path / ".out.old-crash")
+    summary = run_curation(units(k=6), make_pairs, out, CFG)
+    assert summary["pairs"]["kept"] == 30 and not list(tmp_path.glob(".out.old-*"))
 
 
 def test_process_pool_gives_same_result_as_in_process(tmp_path):

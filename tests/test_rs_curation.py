@@ -244,7 +244,7 @@ def shard_contents(out: Path) -> dict[str, list[tuple[str, str]]]:
 def test_rerun_reuses_units_and_shards(scene):
     before = shard_contents(scene["out"])
     summary = run(scene["tmp"], [scene["good"], scene["ms"]], scene["osm"])
-    assert summary["units"] == {"total": 2, "cached": 2, "processed": 0}
+    assert summary["units"] == {"total": 2, "cached": 2, "processed": 0, "failed": 0}
     assert shard_contents(scene["out"]) == before
     # a parameter that changes the output changes the unit keys: nothing stale is reused
     changed = run(scene["tmp"], [scene["good"]], scene["osm"], max_shift_fraction=0.0)

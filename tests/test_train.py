@@ -131,6 +131,37 @@ def test_checkpoints_are_atomic_rotated_and_complete(family: Family, data: Path,
     assert_same(load_file(str(out / "checkpoints" / "step-000007" / "trainable.safetensors")), family.weights(task))
 
 
+def test_a_fresh_run_keeps_the_previous_run_until_its_own_first_checkpoint(family: Family, data: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    out, metrics = tmp_path / "m", tmp_path / "steps.csv"
+    run(family, data, out, family.config(max_steps=4, checkpoint_every=2), metrics=metrics)
+    names = lambda: sorted(p.name for p in (out / "checkpoints").iterdir())  # noqa: E731
+    before_ckpts, before_csv = names(), metrics.read_text()
+    assert before_ckpts == ["step-000002", "step-000004"]
+    real = loop.stable_seed
+
+    def crash_at(index: int):
+        def seed(*parts: object) -> int:
+            if parts[:1] == ("step",) and parts[2] == index:
+                raise KeyboardInterrupt
+            return real(*parts)
+        return seed
+
+    monkeypatch.setattr(loop, "stable_seed", crash_at(2))  # killed before its first checkpoint (step 3)
+    with pytest.raises(KeyboardInterrupt):
+        run(family, data, out, family.config(max_steps=6, checkpoint_every=3, lr=1e-2), metrics=metrics)
+    assert names() == before_ckpts and metrics.read_text() == before_csv  # nothing of the old run lost
+
+    monkeypatch.setattr(loop, "stable_seed", crash_at(4))  # killed after its first checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run(family, data, out, family.config(max_steps=6, checkpoint_every=3, lr=1e-2), metrics=metrics)
+    assert names() == ["step-000003"]  # the old run's checkpoints went with the new run's first one
+    assert [int(r["step"]) for r in read_metrics(metrics)] == [1, 2, 3, 4]
+    monkeypatch.setattr(loop, "stable_seed", real)
+    _, stats = run(family, data, out, family.config(max_steps=6, checkpoint_every=3, lr=1e-2), resume=True, metrics=metrics)
+    assert stats["steps"] == 6 and [int(r["step"]) for r in read_metrics(metrics)] == list(range(1, 7))
+
+
 def test_bf16_autocast_and_grad_checkpointing(family: Family, data: Path, tmp_path: Path) -> None:
     cfg = family.config(max_steps=2, precision="bf16", grad_checkpointing=True)
     task, stats = run(family, data, tmp_path / "m", cfg)

@@ -96,8 +96,7 @@ class VolumeFamily(Family):
 
     def task(self, data: Path, out: Path, cfg: TrainConfig, resume: bool = False, info: D.DistInfo | None = None,
              adapt: VolumeAdaptConfig | None = None) -> VolumeTask:
-        return VolumeTask.build(data, out, VOLUME_MODEL, adapt or VolumeAdaptConfig(schedule="multitask"), cfg, resume,
-                                info or D.DistInfo())
+        return VolumeTask.build(data, VOLUME_MODEL, adapt or VolumeAdaptConfig(schedule="multitask"), cfg, info or D.DistInfo())
 
 
 FAMILIES: dict[str, Family] = {"clip": ClipFamily(), "volume": VolumeFamily()}

@@ -3,21 +3,25 @@
 A domain turns its inputs into `WorkUnit`s (a raster scene, a video, a volume) and gives a
 module-level function `process(unit) -> UnitResult`. `run_curation` then:
 
-1. maps units over an executor; each finished unit is staged under `OUT/.units/` atomically
-   (samples tar first, then the JSON record that marks it done), so a rerun skips finished units;
+1. maps units over an executor (pipelines/curation/executor.py: a unit that kills its worker is
+   retried, then becomes a rejects row). Each finished unit is staged in the unit cache, a folder
+   beside OUT (`.<OUT name>.units/`), under a name hashing the unit's key, its input files' content
+   and the curation code's version (pipelines/curation/fingerprint.py), samples tar first and the
+   JSON record that marks it done last. A rerun reuses a unit only when none of these changed; a
+   unit that failed is never cached, so it is retried;
 2. assigns splits by group (never by row), optionally applies a quality filter;
-3. packs the staged samples into WebDataset shards `OUT/shards/{split}-{NNNNNN}.tar`, written into
-   a fresh folder that replaces the old one in one rename, so no partial or duplicated shard is left;
-4. writes `manifest.parquet` (one row per pair), `rejects.csv` (input, stage, reason) and
-   `summary.json` (counts per step), each atomically.
+3. writes the whole output, `shards/{split}-{NNNNNN}.tar`, `manifest.parquet` (one row per pair),
+   `rejects.csv` (input, stage, reason) and `summary.json` (counts per step), into a new folder that
+   replaces OUT in one rename: a kill at any point leaves the previous output whole. A run that
+   curates no pair does not replace an output that has pairs unless asked (`allow_empty`).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import logging
 import os
-import shutil
+import sys
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -31,11 +35,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipelines.curation.executor import Executor, LocalExecutor
+from pipelines.curation.fingerprint import Fingerprints, code_version, unit_cache_name
 from pipelines.curation.quality import QualityScorer
 from pipelines.curation.splits import SPLITS, assign_split
-from pipelines.io.atomic import atomic_write_json, json_default
+from pipelines.errors import InputError
+from pipelines.io.atomic import atomic_dir, atomic_write_json, json_default
 from pipelines.io.manifest import write_manifest, write_rejects
 from pipelines.io.shards import add_member, sample_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,14 +75,21 @@ class UnitResult:
     pairs: list[Pair] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # step name -> count, e.g. objects_seen
+    warnings: list[str] = field(default_factory=list)  # inputs used with a caveat, naming the input (e.g. decoded as Latin-1)
 
 
 @dataclass
 class WorkUnit:
     """One independent piece of curation work (a scene, a video, a volume) handed to `process`."""
 
-    key: str  # stable identity for resuming (e.g. the input path plus a hash of the parameters)
+    key: str  # identity within a run, carrying the parameters that affect the unit (e.g. path + params digest)
     payload: Any  # picklable: whatever `process` needs
+    inputs: Sequence[str] = ()  # the files (or folders) whose content the result depends on
+
+    @property
+    def label(self) -> str:
+        """How rejects name the unit: its input files, else its key."""
+        return ", ".join(map(str, self.inputs)) or self.key
 
 
 @dataclass
@@ -87,6 +102,7 @@ class CurationConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    allow_empty: bool = False  # let a run that curates no pair replace an output that has pairs
 
     def curation(self) -> "CurationConfig":
         """Just the shared settings (what run_curation takes), from a domain's config."""
@@ -96,8 +112,8 @@ class CurationConfig:
 # ---------------------------------------------------------------- staging one unit
 
 
-def _unit_name(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
+class CurationRefused(InputError):
+    """A run that would replace good output with nothing; the previous output is kept."""
 
 
 def _encode_image(image: np.ndarray, fmt: str) -> tuple[str, bytes]:
@@ -117,17 +133,24 @@ def _encode_image(image: np.ndarray, fmt: str) -> tuple[str, bytes]:
     return fmt, buf.getvalue()
 
 
-def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_format: str, unit: WorkUnit) -> dict:
-    """Run one unit and stage its samples; returns the unit record (also written as JSON)."""
-    name = _unit_name(unit.key)
+def failed_record(unit: WorkUnit, name: str, reason: str) -> dict[str, Any]:
+    """The record of a unit that produced nothing: one rejects row naming its inputs."""
+    return {"key": unit.key, "name": name, "failed": True, "pairs": [], "counts": {"units_failed": 1},
+            "rejects": [{"input": unit.label, "stage": "unit", "reason": reason}]}
+
+
+def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_format: str, named: tuple[str, WorkUnit]) -> dict:
+    """Run one unit and stage its samples under its cache name; returns the unit record.
+
+    The record is also written as JSON, which marks the unit done for later runs; a unit whose
+    `process` raised is returned as failed and not marked, so the next run tries it again.
+    """
+    name, unit = named
     record: dict[str, Any] = {"key": unit.key, "name": name, "pairs": [], "rejects": [], "counts": {}}
     try:
         result = process(unit)
     except Exception as exc:  # a broken input must not sink the run: it becomes a rejects row
-        record["rejects"].append({"input": unit.key, "stage": "unit", "reason": f"{type(exc).__name__}: {exc}"})
-        record["counts"] = {"units_failed": 1}
-        atomic_write_json(staging / f"{name}.json", record)
-        return record
+        return failed_record(unit, name, f"{type(exc).__name__}: {exc}")
 
     tar_path = staging / f"{name}.tar"
     tmp = tar_path.with_name(f".{tar_path.name}.tmp-{os.getpid()}")
@@ -155,6 +178,7 @@ def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_f
     os.replace(tmp, tar_path)
     record["rejects"] = [r.__dict__ for r in result.rejects]
     record["counts"] = dict(result.counts)
+    record["warnings"] = list(result.warnings)
     atomic_write_json(staging / f"{name}.json", record)  # written last: marks the unit done
     return record
 
@@ -178,6 +202,30 @@ def _read_unit_images(staging: Path, name: str) -> Iterator[tuple[str, bytes]]:
 RowFilter = Callable[[list[dict[str, Any]]], dict[str, Reject]]
 
 
+def unit_cache_dir(out: Path) -> Path:
+    """Where run_curation keeps finished units for OUT: a hidden folder beside it, outside the output."""
+    out = Path(out)
+    return out.parent / f".{out.name}.units"
+
+
+def _curation_code(process: Callable[[WorkUnit], UnitResult]) -> str:
+    """The version of the code a unit's result depends on: the domain's curation package and ours."""
+    module = sys.modules[process.__module__]
+    package = Path(module.__file__).resolve().parent
+    return code_version([package, Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "io"])
+
+
+def _pairs_in(out: Path) -> int:
+    """Pairs in an existing curated folder (0 when there is none)."""
+    summary = out / "summary.json"
+    if not summary.is_file():
+        return 0
+    try:
+        return int(json.loads(summary.read_text())["pairs"]["kept"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
 def run_curation(
     units: Sequence[WorkUnit],
     process: Callable[[WorkUnit], UnitResult],
@@ -186,40 +234,58 @@ def run_curation(
     executor: Executor | None = None,
     pre_rejects: Sequence[Reject] = (),
     pre_counts: dict[str, int] | None = None,
+    pre_warnings: Sequence[str] = (),
     quality_scorer: QualityScorer | None = None,
     quality_keep_fraction: float = 1.0,
     row_filter: RowFilter | None = None,
 ) -> dict[str, Any]:
-    """Curate `units` into OUT; returns the summary. `pre_rejects` are inputs refused before any unit ran."""
+    """Curate `units` into OUT; returns the summary.
+
+    `pre_rejects`, `pre_counts` and `pre_warnings` come from reading inputs before any unit ran.
+
+    Raises CurationRefused, keeping OUT as it was, when the run curates no pair while OUT holds
+    some, unless `config.allow_empty`.
+    """
     out = Path(out)
-    staging = out / ".units"
+    staging = unit_cache_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor(config.workers)
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
         raise ValueError("work unit keys must be unique")
 
+    fingerprints = Fingerprints(staging / "fingerprints.json")
+    code = _curation_code(process)
+    names = {u.key: unit_cache_name(u.key, u.inputs, fingerprints, code) for u in units}
+    fingerprints.save()
     records: dict[str, dict] = {}
-    todo: list[WorkUnit] = []
+    todo: list[tuple[str, WorkUnit]] = []
     for unit in units:
-        done = staging / f"{_unit_name(unit.key)}.json"
+        done = staging / f"{names[unit.key]}.json"
         if done.exists():
             records[unit.key] = json.loads(done.read_text())
         else:
-            todo.append(unit)
+            todo.append((names[unit.key], unit))
     cached = len(records)
     run = partial(stage_unit, process, staging, config.image_format)
-    for record in tqdm(executor.map_unordered(run, todo), total=len(todo), desc="curate", unit="unit", disable=None):
+
+    def crashed(named: tuple[str, WorkUnit], reason: str) -> dict[str, Any]:
+        return failed_record(named[1], named[0], reason)
+
+    progress = tqdm(executor.map_unordered(run, todo, crashed), total=len(todo), desc="curate", unit="unit", disable=None)
+    for record in progress:
         records[record["key"]] = record
 
     # Deterministic order whatever the order units finished in.
     ordered = [records[k] for k in keys]
     rejects = [dict(r.__dict__) for r in pre_rejects]
     counts: Counter = Counter(pre_counts or {})
+    warnings = list(pre_warnings)
     rows: list[dict[str, Any]] = []
     for record in ordered:
         rejects.extend(record["rejects"])
         counts.update(record["counts"])
+        warnings.extend(record.get("warnings", []))
         for p in record["pairs"]:
             split = assign_split(p["group"], config.val_fraction, config.test_fraction, config.split_seed)
             rows.append({**p, "split": split, "unit": record["name"]})
@@ -235,16 +301,28 @@ def run_curation(
         rejects.extend({"input": r["id"], "stage": "quality", "reason": "image-caption score below keep threshold"} for r in dropped)
         counts["quality_dropped"] += len(dropped)
 
-    _write_shards(rows, staging, out, config.shard_size)
-    write_manifest(rows, out)
-    write_rejects(rejects, out)
+    failed = sum(bool(r.get("failed")) for r in ordered)
     summary = {
-        "units": {"total": len(units), "cached": cached, "processed": len(todo)},
+        "units": {"total": len(units), "cached": cached, "processed": len(todo) - failed, "failed": failed},
         "steps": dict(sorted(counts.items())),
         "pairs": {"kept": len(rows), "per_split": {s: sum(r["split"] == s for r in rows) for s in SPLITS}},
         "rejected": dict(sorted(Counter(f"{r['stage']}: {r['reason']}" for r in rejects).items())),
+        "warnings": list(dict.fromkeys(warnings)),
     }
-    atomic_write_json(out / "summary.json", summary)
+    previous = _pairs_in(out)
+    if not rows and previous and not config.allow_empty:
+        shown = "; ".join(f"{r['input']}: {r['reason']}" for r in rejects[:10]) or "no inputs"
+        raise CurationRefused(
+            f"this run curated no pair, so {out} (with {previous} pairs) was left as it was; pass --allow-empty "
+            f"to replace it. {len(rejects)} reject(s): {shown}"
+        )
+    for warning in summary["warnings"]:
+        log.warning(warning)
+    with atomic_dir(out) as fresh:
+        _write_shards(rows, staging, fresh, config.shard_size)
+        write_manifest(rows, fresh)
+        write_rejects(rejects, fresh)
+        atomic_write_json(fresh / "summary.json", summary)
     return summary
 
 
@@ -265,9 +343,7 @@ def _quality_filter(
 
 
 def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -> None:
-    fresh = out / ".shards.tmp"
-    if fresh.exists():
-        shutil.rmtree(fresh)
+    fresh = out / "shards"
     fresh.mkdir(parents=True)
     by_unit: dict[str, list[dict]] = {}
     for r in rows:
@@ -312,12 +388,3 @@ def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -
             )
     for w, _, _ in writers.values():
         w.close()
-    final = out / "shards"
-    old = out / ".shards.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(fresh, final)
-    if old.exists():
-        shutil.rmtree(old)

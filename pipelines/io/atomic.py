@@ -51,10 +51,18 @@ def json_default(obj: Any) -> Any:
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a temp folder next to `out_dir`; on success it replaces `out_dir` in one rename.
 
-    A crash leaves the previous folder (or nothing) in place, never a half-written one.
+    A crash leaves the previous folder (or nothing) in place, never a half-written one. The swap
+    takes two renames (OUT aside, the new folder in); a crash between them leaves OUT missing and
+    its old copy beside it, which the next call puts back before anything else.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    leftovers = sorted(out_dir.parent.glob(f".{out_dir.name}.old-*"))
+    if leftovers and not out_dir.exists():
+        leftovers[-1].rename(out_dir)
+        leftovers = leftovers[:-1]
+    for stale in [*leftovers, *out_dir.parent.glob(f".{out_dir.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp

@@ -20,8 +20,10 @@ Design notes:
   reseeded from (seed, step, rank) before every step, so a resumed run replays exactly what the
   uninterrupted run would have done, and ranks draw independent dropout masks.
 * Precision: `bf16` runs the forward under autocast; tasks compute their losses in fp32.
-* Checkpoints: see pipelines/train/checkpoint.py. A final checkpoint makes a later `resume` a
-  no-op instead of a retrain; `task.save` writes the run's artefacts.
+* Checkpoints and the metrics CSV: see pipelines/train/checkpoint.py. A fresh run leaves the
+  previous run's checkpoints and CSV in place until its own first checkpoint exists. A final
+  checkpoint makes a later `resume` a no-op instead of a retrain; `task.save` then writes the
+  run's artefacts, each replaced atomically.
 """
 from __future__ import annotations
 
@@ -40,14 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipelines.train import distributed as D
-from pipelines.train.checkpoint import (
-    CHECKPOINTS_DIR,
-    append_metrics,
-    checkpoint_dirs,
-    load_checkpoint,
-    prepare_metrics,
-    save_checkpoint,
-)
+from pipelines.train.checkpoint import CHECKPOINTS_DIR, RunRecords, checkpoint_dirs, load_checkpoint
 from pipelines.train.seeds import stable_seed
 from pipelines.train.task import Progress, TrainingTask
 
@@ -182,12 +177,11 @@ def fit(task: TrainingTask, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, r
         log.info("no checkpoint under %s; starting from scratch", out_dir / CHECKPOINTS_DIR)
     start_step = step
 
+    records = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            # a fresh run must not leave an older run's checkpoints for a later resume to pick up
-            shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)
-        prepare_metrics(metrics_path, step if ckpts else None)
+        # a fresh run replaces an older run's checkpoints and CSV only once it has its own checkpoint
+        records = RunRecords(out_dir, metrics_path, step if ckpts else None)
 
     net: nn.Module = task
     if info.distributed:
@@ -240,10 +234,10 @@ def fit(task: TrainingTask, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, r
                     bar.update(1)
                     bar.set_postfix(loss=f"{last_loss:.4f}", samples_per_s=f"{rate:.1f}")
                     if step % cfg.log_every == 0 or step == total_steps:
-                        append_metrics(metrics_path, step, epoch, last_loss, lr, rate)
+                        records.log(step, epoch, last_loss, lr, rate)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
                     if info.is_main:
-                        save_checkpoint(out_dir, step, task.checkpoint_tensors(), optimizer, scheduler, state_for(step, last_loss))
+                        records.checkpoint(step, task.checkpoint_tensors(), optimizer, scheduler, state_for(step, last_loss))
                     D.barrier(info)
             del batches
     finally:
@@ -252,7 +246,8 @@ def fit(task: TrainingTask, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, r
 
     if info.is_main:
         if not (ckpts and step == start_step):
-            save_checkpoint(out_dir, step, task.checkpoint_tensors(), optimizer, scheduler, state_for(step, last_loss))
+            records.checkpoint(step, task.checkpoint_tensors(), optimizer, scheduler, state_for(step, last_loss))
+        records.publish()
         task.save(out_dir)
         if metrics_path.resolve() != (out_dir / METRICS_FILE).resolve():
             shutil.copyfile(metrics_path, out_dir / METRICS_FILE)

@@ -60,5 +60,5 @@ def _train_volume(domain: str, data: Path, out: Path, params_path: Path | None, 
     model_cfg = params.read(params_path, VolumeModelConfig, domain, "base_model")
     adapt = params.read(params_path, VolumeAdaptConfig, domain, "adapt")
     cfg = params.read(params_path, VolumeTrainConfig, domain, "train")
-    task = VolumeTask.build(data, out, model_cfg, adapt, cfg, resume, info)
+    task = VolumeTask.build(data, model_cfg, adapt, cfg, info)
     return fit(task, cfg, out, info, resume=resume, metrics_path=metrics)

@@ -17,6 +17,7 @@ section (`choose_text`), seeded by (seed, epoch, key). Checkpoints hold the full
 from __future__ import annotations
 
 import random
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Sequence
@@ -70,14 +71,16 @@ def choose_text(sample: VolumeSample, seed: int, epoch: int, full_report_prob: f
     return rng.choice(choices[1:])
 
 
-def tokenizer_for(cfg: M.VolumeModelConfig, index: ShardIndex, out: Path, resume: bool, info: D.DistInfo) -> Any:
-    """Rank 0 trains (or, on resume, reuses) the report tokenizer and saves it; other ranks read that copy."""
-    tok_dir = out / M.TOKENIZER_DIR
-    if info.is_main and not (resume and tok_dir.is_dir()):
-        out.mkdir(parents=True, exist_ok=True)
-        M.new_tokenizer(cfg, index.reports()).save_pretrained(str(tok_dir))
-    D.barrier(info)
-    return load_tokenizer(tok_dir)
+def fit_tokenizer(cfg: M.VolumeModelConfig, index: ShardIndex) -> Any:
+    """The report tokenizer fitted to the train split.
+
+    It is deterministic, so every rank and every rerun builds the same one, and nothing is written
+    before the model folder itself.
+    """
+    tokenizer = M.new_tokenizer(cfg, index.reports())
+    with tempfile.TemporaryDirectory() as tmp:  # as saved and read back with the model
+        tokenizer.save_pretrained(tmp)
+        return load_tokenizer(tmp)
 
 
 class VolumeTask(TrainingTask):
@@ -92,14 +95,14 @@ class VolumeTask(TrainingTask):
         self.may_leave_parameters_unused = adapt.schedule == "staged"
 
     @classmethod
-    def build(cls, data: Path, out: Path, model_cfg: M.VolumeModelConfig, adapt: VolumeAdaptConfig, cfg: TrainConfig,
-              resume: bool, info: D.DistInfo) -> "VolumeTask":
+    def build(cls, data: Path, model_cfg: M.VolumeModelConfig, adapt: VolumeAdaptConfig, cfg: TrainConfig,
+              info: D.DistInfo) -> "VolumeTask":
         """Index DATA's train split, fit the tokenizer, then build the model from `cfg.seed`."""
         index = split_index(data, "train")
         if len(index) == 0:
             raise FileNotFoundError(f"no train samples under {data}/shards (run `domainfm curate` first)")
         phenotypes = read_phenotypes(data)
-        tokenizer = tokenizer_for(model_cfg, index, out, resume, info)
+        tokenizer = fit_tokenizer(model_cfg, index)
         torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (evaluate's "base" relies on it)
         model = M.build_model(model_cfg, phenotypes, tokenizer)
         return cls(model, tokenizer, phenotypes, index, adapt, {**asdict(adapt), **asdict(cfg)}, info)

@@ -42,9 +42,9 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import pandas as pd
 import typer
@@ -72,8 +72,8 @@ STAGE_VOLUME, STAGE_STUDY, STAGE_EHR = "volume", "study", "ehr"
 
 
 @dataclass
-class CTCurateConfig:
-    """params.yaml `ct.curate`."""
+class CTCurateConfig(CurationConfig):
+    """params.yaml `ct.curate`: the shared curation settings plus preprocessing and labels."""
 
     # Preprocessing (see preprocess.py)
     pixdim: list[float] = field(default_factory=lambda: [1.5, 1.5, 3.0])
@@ -90,12 +90,8 @@ class CTCurateConfig:
     days_after: int = 30  # ... and up to this many days after
     min_positive: int = 5  # phenotypes with fewer positive studies are dropped
     patient_salt: str = "domainfm-ct-v1"  # change per deployment; keep secret for real data
-    # CurationConfig
-    workers: int = 0
+    # the shared settings, with CT's defaults
     shard_size: int = 64
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
 
     def preprocess(self) -> PreprocessConfig:
         """The preprocessing and validation settings, typed for preprocess_volume."""
@@ -112,14 +108,7 @@ class CTCurateConfig:
 
     def curation(self) -> CurationConfig:
         """The shared curation settings; CT samples are always written as npy."""
-        return CurationConfig(
-            workers=self.workers,
-            shard_size=self.shard_size,
-            image_format="npy",
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction,
-            split_seed=self.split_seed,
-        )
+        return replace(super().curation(), image_format="npy")
 
     def resolve_cache_dir(self, out: Path) -> Path:
         """`cache_dir` if set, else a `cache` folder beside OUT."""
@@ -314,7 +303,7 @@ def plan(
         }
         digest_src = {k: v for k, v in payload.items() if k != "cache_dir"} | {"identity": _identity(s["path"])}
         digest = hashlib.sha256(json.dumps(digest_src, sort_keys=True).encode()).hexdigest()[:16]
-        units.append(WorkUnit(key=f"ct:{os.path.abspath(s['path'])}:{digest}", payload=payload))
+        units.append(WorkUnit(key=f"ct:{os.path.abspath(s['path'])}:{digest}", payload=payload, inputs=[str(s['path'])]))
     return units, rejects, counts, labels
 
 
@@ -354,9 +343,9 @@ def curate(
     return summary
 
 
-def load_config(params: Optional[Path], workers: Optional[int] = None) -> CTCurateConfig:
-    """Params `ct.curate`, typed; `workers` overrides it when given."""
-    return read(params, CTCurateConfig, "ct", "curate", workers=workers)
+def load_config(params: Optional[Path], workers: Optional[int] = None, allow_empty: bool = False) -> CTCurateConfig:
+    """Params `ct.curate`, typed; `workers` and `allow_empty` override it when given."""
+    return read(params, CTCurateConfig, "ct", "curate", workers=workers, allow_empty=allow_empty or None)
 
 
 def curate_command(
@@ -367,9 +356,10 @@ def curate_command(
     out: Path = typer.Option(..., "--out", help="Output folder (shards/, manifest.parquet, phenotypes.json, ...)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section ct.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0 = in process); overrides params."),
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
 ) -> dict[str, Any]:
     """Curate CT volume-report pairs with EHR phenotype labels."""
-    cfg = load_config(params, workers)
+    cfg = load_config(params, workers, allow_empty)
     try:
         summary = curate(Path(volumes), Path(ehr), Path(reports), phecode_map, Path(out), cfg)
     except (ValueError, FileNotFoundError) as exc:

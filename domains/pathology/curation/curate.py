@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -33,7 +33,7 @@ class PathologyCurateConfig(CurationConfig):
 def process(unit: WorkUnit) -> UnitResult:
     """Process one unit with the video or the slide curation, as its payload's kind says."""
     kind, payload = unit.payload
-    inner = WorkUnit(unit.key, payload)
+    inner = WorkUnit(unit.key, payload, unit.inputs)
     return process_video(inner) if kind == VIDEO else process_slide(inner)
 
 
@@ -47,11 +47,11 @@ def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optio
     rejects: list[Reject] = []
     if videos is not None:
         video_units, video_rejects = plan_video_units(videos, video_cfg)
-        units += [WorkUnit(u.key, (VIDEO, u.payload)) for u in video_units]
+        units += [WorkUnit(u.key, (VIDEO, u.payload), u.inputs) for u in video_units]
         rejects += video_rejects
     if slides is not None:
         slide_units, slide_rejects = plan_slide_units(slides, slide_captions, cfg.slides)
-        units += [WorkUnit(u.key, (SLIDE, u.payload)) for u in slide_units]
+        units += [WorkUnit(u.key, (SLIDE, u.payload), u.inputs) for u in slide_units]
         rejects += slide_rejects
 
     def cross_video(rows: list[dict]) -> dict[str, Reject]:
@@ -72,6 +72,7 @@ def curate_command(
     out: Path = typer.Option(..., "--out", help="Output folder for the curated pairs."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section pathology.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0: in process)."),
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
 ) -> dict:
     """Curate histopathology image-text pairs from narrated videos and/or captioned whole-slide images."""
     if videos is None and slides is None:
@@ -81,7 +82,7 @@ def curate_command(
             raise typer.BadParameter(f"{name} folder not found: {path}")
     if slides is not None and (slide_captions is None or not slide_captions.is_file()):
         raise typer.BadParameter("--slides needs --slide-captions, a CSV with slide_id and caption columns")
-    cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers)
+    cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers, allow_empty=allow_empty or None)
     summary = curate(videos, slides, slide_captions, out, cfg)
     typer.echo(f"pathology: {summary['pairs']['kept']} pairs {json.dumps(summary['pairs']['per_split'])} -> {out}")
     return summary

@@ -332,7 +332,7 @@ def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig) -> 
         identity = f"{params_digest}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(row, sort_keys=True)}"
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg))
-        units.append(WorkUnit(key=f"pathology-slide:{os.path.abspath(path)}:{digest}", payload=job))
+        units.append(WorkUnit(key=f"pathology-slide:{os.path.abspath(path)}:{digest}", payload=job, inputs=[str(path)]))
     for sid in rows:
         if sid not in seen:
             rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_NO_SLIDE))

@@ -427,7 +427,8 @@ def plan_video_units(videos_dir: Path, cfg: VideoConfig) -> tuple[list[WorkUnit]
         if transcript is None:
             rejects.append(Reject(str(video), "transcript", "no transcript"))
             continue
-        units.append(WorkUnit(f"pathology-video:{video}:{params_hash}", VideoJob(str(video), str(transcript), asdict(cfg))))
+        units.append(WorkUnit(f"pathology-video:{video}:{params_hash}", VideoJob(str(video), str(transcript), asdict(cfg)),
+                                inputs=[str(video), str(transcript)]))
     return units, rejects
 
 

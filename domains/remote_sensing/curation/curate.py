@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import rasterio
@@ -293,7 +293,7 @@ def plan_units(
             continue
         digest = hashlib.sha256(f"{params_digest}:{fp.identity}:{_features_digest(mine)}".encode()).hexdigest()[:16]
         job = RasterJob(str(path), mine, asdict(cfg), table.as_dicts())
-        units.append(WorkUnit(key=f"remote_sensing:{os.path.abspath(path)}:{digest}", payload=job))
+        units.append(WorkUnit(key=f"remote_sensing:{os.path.abspath(path)}:{digest}", payload=job, inputs=[str(path)]))
     return units, rejects, counts
 
 
@@ -328,9 +328,9 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
     )
 
 
-def load_config(params: Optional[Path], workers: Optional[int] = None) -> RSCurateConfig:
-    """Params `remote_sensing.curate`, typed; `workers` overrides it when given."""
-    return read(params, RSCurateConfig, "remote_sensing", "curate", workers=workers)
+def load_config(params: Optional[Path], workers: Optional[int] = None, allow_empty: bool = False) -> RSCurateConfig:
+    """Params `remote_sensing.curate`, typed; `workers` and `allow_empty` override it when given."""
+    return read(params, RSCurateConfig, "remote_sensing", "curate", workers=workers, allow_empty=allow_empty or None)
 
 
 def curate_command(
@@ -339,6 +339,7 @@ def curate_command(
     out: Path = typer.Option(..., "--out", help="Output folder (shards/, manifest.parquet, rejects.csv, summary.json)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section remote_sensing.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0 = in process); overrides params."),
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
 ) -> dict[str, Any]:
     """Curate SkyScript-style image-caption pairs from rasters and OpenStreetMap tags."""
     osm = Path(osm)
@@ -348,7 +349,7 @@ def curate_command(
         osm_format(osm)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--osm") from exc
-    cfg = load_config(params, workers)
+    cfg = load_config(params, workers, allow_empty)
     summary = curate([Path(r) for r in raster], osm, Path(out), cfg)
     typer.echo(
         f"remote_sensing: {summary['pairs']['kept']} pairs {summary['pairs']['per_split']}, "
