@@ -5,9 +5,9 @@ import traceback
 from pathlib import Path
 
 import pytest
+from bad_inputs import Case, all_cases, run_case
 from typer.testing import CliRunner
 
-from bad_inputs import Case, all_cases, run_case
 from pipelines.cli import app
 
 

@@ -1,5 +1,7 @@
-"""Text and tables as users have them: UTF-8 with or without a BOM, UTF-16, legacy Latin-1, commas or
-semicolons or tabs. Every domain reads its CSVs and transcripts through here, so a file in an
+"""Text and tables as users have them.
+
+Files come in UTF-8 with or without a BOM, UTF-16, legacy Latin-1, with commas, semicolons or
+tabs. Every domain reads its CSVs and transcripts through here, so a file in an
 unexpected encoding is decoded right (with a recorded warning) instead of filling captions with
 U+FFFD, and a table with missing columns is refused with the file, the missing and the found names.
 """

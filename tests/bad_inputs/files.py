@@ -57,10 +57,13 @@ def square(fx: float, fy: float, half: float = 0.08) -> list[list[float]]:
 
 def features_geojson(extra: list[dict] | None = None) -> dict:
     """Visible OSM features across the scene: two parks, a parking lot, a road."""
+    def polygon(osm_id: str, tags: dict, fx: float, fy: float) -> dict:
+        return {"type": "Feature", "properties": {"osm_id": osm_id, **tags}, "geometry": {"type": "Polygon", "coordinates": [square(fx, fy)]}}
+
     feats = [
-        {"type": "Feature", "properties": {"osm_id": "way/1", "leisure": "park"}, "geometry": {"type": "Polygon", "coordinates": [square(0.3, 0.3)]}},
-        {"type": "Feature", "properties": {"osm_id": "way/2", "amenity": "parking"}, "geometry": {"type": "Polygon", "coordinates": [square(0.7, 0.3)]}},
-        {"type": "Feature", "properties": {"osm_id": "way/3", "leisure": "park"}, "geometry": {"type": "Polygon", "coordinates": [square(0.3, 0.7)]}},
+        polygon("way/1", {"leisure": "park"}, 0.3, 0.3),
+        polygon("way/2", {"amenity": "parking"}, 0.7, 0.3),
+        polygon("way/3", {"leisure": "park"}, 0.3, 0.7),
         {"type": "Feature", "properties": {"osm_id": "way/4", "highway": "primary"},
          "geometry": {"type": "LineString", "coordinates": [list(scene_lonlat(0.1, 0.5)), list(scene_lonlat(0.9, 0.5))]}},
     ]

@@ -14,15 +14,15 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import pandas as pd
 import typer
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.params import read
 from pipelines.curation import CurationConfig, Pair, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.params import read
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -143,9 +143,10 @@ def curate_pairs_command(
     out: Path = typer.Option(..., "--out", help="Output folder for the curated pairs."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section pairs.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0: in process)."),
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
 ) -> None:
     """Curate already-captioned images (a CSV/TSV table or WebDataset shards)."""
-    cfg = read(params, PairsConfig, "pairs", "curate", workers=workers)
+    cfg = read(params, PairsConfig, "pairs", "curate", workers=workers, allow_empty=allow_empty or None)
     if (csv is None) == (not shards):
         raise typer.BadParameter("give exactly one of --csv or --shards")
     units: list[WorkUnit] = []
@@ -165,14 +166,13 @@ def curate_pairs_command(
         for start in range(0, len(rows), cfg.rows_per_unit):
             chunk = rows[start : start + cfg.rows_per_unit]
             digest = hashlib.sha1(json.dumps(chunk, default=str).encode()).hexdigest()[:12]
-            units.append(WorkUnit(f"{csv}:{start}:{digest}", {"table": str(csv), "rows": chunk}))
+            units.append(WorkUnit(f"{csv}:{start}:{digest}", {"table": str(csv), "rows": chunk}, inputs=[r[1] for r in chunk]))
         process = process_table_rows
     else:
         for shard in shards or []:
             if not shard.is_file():
                 raise typer.BadParameter(f"shard not found: {shard}")
-            stat = shard.stat()
-            units.append(WorkUnit(f"{shard.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", {"shard": str(shard)}))
+            units.append(WorkUnit(str(shard.resolve()), {"shard": str(shard)}, inputs=[str(shard)]))
         process = process_shard
     summary = run_curation(units, process, out, cfg.curation(), pre_counts=Counter({"inputs": len(units)}))
     typer.echo(json.dumps(summary["pairs"], indent=2))
