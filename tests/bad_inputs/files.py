@@ -58,7 +58,8 @@ def square(fx: float, fy: float, half: float = 0.08) -> list[list[float]]:
 def features_geojson(extra: list[dict] | None = None) -> dict:
     """Visible OSM features across the scene: two parks, a parking lot, a road."""
     def polygon(osm_id: str, tags: dict, fx: float, fy: float) -> dict:
-        return {"type": "Feature", "properties": {"osm_id": osm_id, **tags}, "geometry": {"type": "Polygon", "coordinates": [square(fx, fy)]}}
+        geometry = {"type": "Polygon", "coordinates": [square(fx, fy)]}
+        return {"type": "Feature", "properties": {"osm_id": osm_id, **tags}, "geometry": geometry}
 
     feats = [
         polygon("way/1", {"leisure": "park"}, 0.3, 0.3),
