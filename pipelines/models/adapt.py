@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,11 +44,6 @@ AdaptMode = Literal["lora", "full", "frozen"]
 Tower = Literal["visual", "text"]
 LoraModule = Literal["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 
-# Submodule of a ResidualAttentionBlock that holds each LoRA-able linear layer.
-_MODULE_PARENT = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "out_proj": "attn", "c_fc": "mlp", "c_proj": "mlp"}
-# Transformer stacks per tower, as module-name prefixes (CLIP keeps the text tower at the top
-# level, CustomTextCLIP under `text.`).
-_TOWER_STACKS = {"visual": r"visual\.transformer", "text": r"(?:text\.)?transformer"}
 
 
 @dataclass
@@ -265,27 +261,93 @@ def _tower_of(param_name: str) -> str | None:
     return "visual" if param_name.startswith("visual.") else "text"
 
 
-def _is_projection(param_name: str) -> bool:
-    return param_name in ("visual.proj", "text_projection", "text.text_projection") or \
-        param_name.startswith(("text_projection.", "text.text_projection.", "visual.proj."))
+# Where each tower family keeps the linear layers LoRA adapts, by the open_clip role names of
+# `lora_modules`: (regex on the module name, roles). timm's ViT fuses q, k and v into one `qkv`.
+_LORA_LAYERS: tuple[tuple[re.Pattern, tuple[str, ...]], ...] = tuple(
+    (re.compile(pattern), roles) for pattern, roles in (
+        # open_clip's own transformers (attention made explicit first, see module docstring)
+        (r"\.resblocks\.\d+\.attn\.(q|k|v|out)_proj$", ()),
+        (r"\.resblocks\.\d+\.mlp\.c_fc$", ("c_fc",)),
+        (r"\.resblocks\.\d+\.mlp\.c_proj$", ("c_proj",)),
+        # timm ViT blocks (SigLIP, EVA-style towers) and ConvNeXt blocks
+        (r"\.blocks\.\d+\.attn\.qkv$", ("q_proj", "k_proj", "v_proj")),
+        (r"\.blocks\.\d+\.attn\.proj$", ("out_proj",)),
+        (r"\.blocks\.\d+\.mlp\.fc1$", ("c_fc",)),
+        (r"\.blocks\.\d+\.mlp\.fc2$", ("c_proj",)),
+        # Hugging Face BERT-style encoders (BERT, RoBERTa, XLM-R) behind open_clip's HFTextEncoder
+        (r"\.layer\.\d+\.attention\.self\.query$", ("q_proj",)),
+        (r"\.layer\.\d+\.attention\.self\.key$", ("k_proj",)),
+        (r"\.layer\.\d+\.attention\.self\.value$", ("v_proj",)),
+        (r"\.layer\.\d+\.attention\.output\.dense$", ("out_proj",)),
+        (r"\.layer\.\d+\.intermediate\.dense$", ("c_fc",)),
+        (r"\.layer\.\d+\.output\.dense$", ("c_proj",)),
+    )
+)
 
 
-def lora_target_regex(cfg: AdaptConfig) -> str:
-    """Regex (peft full-match on module names) for the chosen towers' block linears."""
-    stacks = "|".join(_TOWER_STACKS[t] for t in cfg.towers)
-    by_parent: dict[str, list[str]] = {}
-    for name in cfg.lora_modules:
-        by_parent.setdefault(_MODULE_PARENT[name], []).append(name)
-    leaves = "|".join(f"{parent}\\.(?:{'|'.join(names)})" for parent, names in sorted(by_parent.items()))
-    return rf"(?:{stacks})\.resblocks\.\d+\.(?:{leaves})"
+def _layer_roles(name: str) -> tuple[str, ...]:
+    """The lora_modules roles a linear layer plays (empty when LoRA does not know it)."""
+    for pattern, roles in _LORA_LAYERS:
+        match = pattern.search(name)
+        if match:
+            return roles or (f"{match.group(1)}_proj",)
+    return ()
+
+
+def lora_targets(model: nn.Module, cfg: AdaptConfig) -> list[str]:
+    """Names of the linear layers LoRA adapts: the chosen towers' block layers in the chosen roles.
+
+    Raises ValueError naming the tower when a chosen tower has none (a convolutional ResNet, or an
+    encoder family not listed in _LORA_LAYERS), rather than training nothing.
+    """
+    wanted = set(cfg.lora_modules)
+    targets: dict[str, list[str]] = {tower: [] for tower in cfg.towers}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        tower = _tower_of(name)
+        if tower in targets and wanted & set(_layer_roles(name)):
+            targets[tower].append(name)
+    for tower, names in targets.items():
+        if not names:
+            kind = type(getattr(model, "visual", None) if tower == "visual" else getattr(model, "text", model)).__name__
+            raise ValueError(
+                f"LoRA found no {'/'.join(sorted(wanted))} layers in the {tower} tower ({kind}); it knows open_clip "
+                f"transformers, timm ViT and ConvNeXt blocks and Hugging Face BERT-style encoders. Use adapt.mode "
+                f"'full' or 'frozen', other lora_modules, or leave {tower!r} out of adapt.towers."
+            )
+    return [n for names in targets.values() for n in names]
+
+
+def projection_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters that project each tower's features into the shared embedding space.
+
+    open_clip's own towers: visual.proj, text_projection; timm towers: the head open_clip adds
+    (visual.head), else timm's classifier used as the projection (visual.trunk.head), else, when the
+    trunk's pooled output is the embedding (SigLIP's MAP pooling), that attention-pooling head;
+    ResNets: the attention pool's output projection; Hugging Face text towers: text.proj.
+    """
+    names = [n for n, _ in model.named_parameters()]
+
+    def under(*prefixes: str) -> list[str]:
+        return [n for n in names if n in prefixes or n.startswith(tuple(f"{p}." for p in prefixes))]
+
+    visual = (under("visual.proj") or under("visual.head") or under("visual.trunk.head")
+              or under("visual.trunk.attn_pool") or under("visual.attnpool.c_proj"))
+    text = under("text_projection") or under("text.text_projection") or under("text.proj")
+    if not visual or not text:
+        missing = " and ".join(t for t, found in (("visual", visual), ("text", text)) if not found)
+        raise ValueError(f"adapt.mode 'frozen' found no projection in the {missing} tower of this model; use 'lora' or 'full'")
+    return visual + text
 
 
 def prepare(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
     """Return `model` ready to train with requires_grad set per cfg.mode / cfg.towers.
 
     lora:   LoRA on the chosen towers' block linears (everything else frozen) -> peft.PeftModel.
+            Works on open_clip's own, timm (ViT, ConvNeXt) and Hugging Face BERT-style towers.
     full:   every parameter of the chosen towers trains -> the CLIP itself.
-    frozen: only visual.proj and text_projection train -> the CLIP itself.
+    frozen: only the towers' projections train (see projection_parameters) -> the CLIP itself.
     logit_scale (and logit_bias, if any) train in every mode when cfg.train_logit_scale.
     The model is modified in place; pass a copy to keep the original.
     """
@@ -296,7 +358,7 @@ def prepare(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
 
         explicit_attention(model)
         lora_cfg = LoraConfig(
-            target_modules=lora_target_regex(cfg),
+            target_modules=lora_targets(model, cfg),
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
@@ -305,12 +367,9 @@ def prepare(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
         # get_peft_model freezes every non-LoRA parameter.
         prepared = get_peft_model(model, lora_cfg)
     else:
+        projections = set(projection_parameters(model)) if cfg.mode == "frozen" else set()
         for name, p in model.named_parameters():
-            tower = _tower_of(name)
-            if cfg.mode == "full":
-                p.requires_grad_(tower in cfg.towers)
-            else:
-                p.requires_grad_(_is_projection(name))
+            p.requires_grad_(_tower_of(name) in cfg.towers if cfg.mode == "full" else name in projections)
         prepared = model
     clip = clip_of(prepared)
     for name in ("logit_scale", "logit_bias"):
