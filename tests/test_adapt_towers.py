@@ -17,9 +17,10 @@ import torch
 from pipelines.models.adapt import AdaptConfig, explicit_attention, lora_targets, merged_clip, prepare, projection_parameters
 
 TEXT = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
+OPEN_CLIP_VIT = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16}
 TINY_TIMM_VIT = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "image_size": 160}  # timm's own test model
 FAMILIES = {
-    "open_clip-vit": {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16}, "text_cfg": TEXT},
+    "open_clip-vit": {"embed_dim": 16, "vision_cfg": OPEN_CLIP_VIT, "text_cfg": TEXT},
     "timm-vit": {"embed_dim": 16, "vision_cfg": {**TINY_TIMM_VIT, "timm_pool": "", "timm_proj": "linear"}, "text_cfg": TEXT},
     # as SigLIP: the MAP-pooled trunk output is the embedding (no projection), so embed_dim is the trunk's width
     "timm-vit-siglip": {"embed_dim": 64, "init_logit_bias": -10, "custom_text": True,
@@ -27,7 +28,7 @@ FAMILIES = {
                         "text_cfg": {**TEXT, "no_causal_mask": True, "pool_type": "last"}},
     "timm-convnext": {"embed_dim": 16, "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False,
                                                       "timm_pool": "", "timm_proj": "linear", "image_size": 32}, "text_cfg": TEXT},
-    "hf-bert-text": {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "hf-bert-text": {"embed_dim": 16, "vision_cfg": OPEN_CLIP_VIT,
                      "text_cfg": {"hf_model_name": "HF_DIR", "hf_model_pretrained": False, "hf_pooler_type": "cls_pooler",
                                   "hf_proj_type": "linear", "context_length": 16}},
     "resnet": {"embed_dim": 16, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8}, "text_cfg": TEXT},
