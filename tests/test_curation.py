@@ -228,15 +228,19 @@ def test_process_pool_gives_same_result_as_in_process(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_quality_filter_keeps_top_fraction_and_records_scores(tmp_path):
+def test_quality_filter_drops_train_pairs_only_and_scores_every_pair(tmp_path):
     def score(images: list[bytes], captions: list[str]) -> np.ndarray:
         return np.array([float(c.split()[-1]) for c in captions])  # later squares score higher
 
-    summary = run_curation(units(k=4), make_pairs, tmp_path, CFG, quality_scorer=score, quality_keep_fraction=0.4)
-    manifest = read_manifest(tmp_path)
-    assert len(manifest) == summary["pairs"]["kept"] == 8
-    assert set(manifest["quality_score"]) == {3.0, 4.0}
-    assert summary["steps"]["quality_dropped"] == 12
+    summary = run_curation(units(k=12), make_pairs, tmp_path / "out", CFG, quality_scorer=score, quality_keep_fraction=0.4)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["quality_score"].notna().all()  # every kept pair carries its score
+    train, evaluation = manifest[manifest["split"] == "train"], manifest[manifest["split"] != "train"]
+    n_eval_groups = evaluation["group"].nunique()
+    assert len(evaluation) == 5 * n_eval_groups  # evaluation splits keep every pair
+    n_train_before = 5 * (12 - n_eval_groups)
+    assert len(train) == round(0.4 * n_train_before) and set(train["quality_score"]) <= {3.0, 4.0}
+    assert summary["steps"]["quality_dropped"] == n_train_before - len(train)
 
 
 def test_stock_open_clip_train_reads_the_shards(tmp_path):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from pipelines.curation.executor import Executor, LocalExecutor
 from pipelines.curation.fingerprint import Fingerprints, code_version, unit_cache_name
 from pipelines.curation.quality import QualityScorer
-from pipelines.curation.splits import SPLITS, assign_split
+from pipelines.curation.splits import SPLITS, GroupSplitter, Splitter
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_dir, atomic_write_json, json_default
 from pipelines.io.manifest import write_manifest, write_rejects
@@ -57,6 +57,7 @@ class Pair:
     source: str  # input file the pair came from
     caption_variants: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable
+    footprint: dict[str, Any] | None = None  # ground covered, GeoJSON geometry in lon/lat (imagery; see splits.py)
 
 
 @dataclass
@@ -173,6 +174,7 @@ def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_f
                     "caption_variants": pair.caption_variants,
                     "source": pair.source,
                     "provenance": pair.provenance,
+                    "footprint": pair.footprint,
                 }
             )
     os.replace(tmp, tar_path)
@@ -238,11 +240,14 @@ def run_curation(
     quality_scorer: QualityScorer | None = None,
     quality_keep_fraction: float = 1.0,
     row_filter: RowFilter | None = None,
+    splitter: Splitter | None = None,
 ) -> dict[str, Any]:
     """Curate `units` into OUT; returns the summary.
 
     `pre_rejects`, `pre_counts` and `pre_warnings` come from reading inputs before any unit ran.
 
+    `splitter` assigns the splits (default: by group, pipelines/curation/splits.py). The quality
+    filter drops train pairs only: evaluation splits keep every pair, each with its score.
     Raises CurationRefused, keeping OUT as it was, when the run curates no pair while OUT holds
     some, unless `config.allow_empty`.
     """
@@ -286,9 +291,11 @@ def run_curation(
         rejects.extend(record["rejects"])
         counts.update(record["counts"])
         warnings.extend(record.get("warnings", []))
-        for p in record["pairs"]:
-            split = assign_split(p["group"], config.val_fraction, config.test_fraction, config.split_seed)
-            rows.append({**p, "split": split, "unit": record["name"]})
+        rows.extend({**p, "unit": record["name"]} for p in record["pairs"])
+    splitter = splitter or GroupSplitter(config.val_fraction, config.test_fraction, config.split_seed)
+    rows, split_rejects, split_counts = splitter.assign(rows)
+    rejects.extend(split_rejects)
+    counts.update(split_counts)
 
     if row_filter is not None and rows:
         dropped_rows = row_filter(rows)
@@ -336,10 +343,13 @@ def _quality_filter(
     scores = scorer([images[(r["unit"], f"{r['key']}.{r['ext']}")] for r in rows], [r["caption"] for r in rows])
     for row, score in zip(rows, scores):
         row["quality_score"] = float(score)
-    n_keep = max(1, int(round(keep_fraction * len(rows))))
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    keep = set(order[:n_keep].tolist())
-    return [r for i, r in enumerate(rows) if i in keep], [r for i, r in enumerate(rows) if i not in keep]
+    # Only training data is filtered: an evaluation split keeps every pair (with its score), so
+    # the filter cannot make the test set easier.
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    n_keep = max(1, int(round(keep_fraction * len(train)))) if train else 0
+    order = sorted(train, key=lambda i: -rows[i]["quality_score"])  # stable: ties keep their order
+    dropped = set(order[n_keep:])
+    return [r for i, r in enumerate(rows) if i not in dropped], [r for i, r in enumerate(rows) if i in dropped]
 
 
 def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -> None:

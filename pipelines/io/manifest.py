@@ -1,4 +1,8 @@
-"""The curated folder's tables: `manifest.parquet` (one row per pair) and `rejects.csv`."""
+"""The curated folder's tables: `manifest.parquet` (one row per pair) and `rejects.csv`.
+
+Manifest columns: id, split, shard, key, caption, caption_variants (JSON), source, group,
+provenance (JSON), quality_score, footprint (GeoJSON geometry in lon/lat for imagery, else null).
+"""
 from __future__ import annotations
 
 import csv
@@ -14,7 +18,8 @@ from pipelines.io.atomic import atomic_write_bytes, atomic_write_text, json_defa
 
 MANIFEST_FILE = "manifest.parquet"
 REJECTS_FILE = "rejects.csv"
-MANIFEST_COLUMNS = ("id", "split", "shard", "key", "caption", "caption_variants", "source", "group", "provenance", "quality_score")
+MANIFEST_COLUMNS = ("id", "split", "shard", "key", "caption", "caption_variants", "source", "group", "provenance", "quality_score",
+                    "footprint")
 REJECT_COLUMNS = ("input", "stage", "reason")
 
 
@@ -33,6 +38,7 @@ def write_manifest(rows: list[dict[str, Any]], out: Path) -> None:
                 "group": r["group"],
                 "provenance": json.dumps(r["provenance"], sort_keys=True, default=json_default),
                 "quality_score": r.get("quality_score", np.nan),
+                "footprint": json.dumps(r["footprint"], sort_keys=True) if r.get("footprint") else None,
             }
             for r in rows
         ],
@@ -48,6 +54,8 @@ def read_manifest(out: Path) -> pd.DataFrame:
     table = pd.read_parquet(Path(out) / MANIFEST_FILE)
     table["caption_variants"] = table["caption_variants"].map(json.loads)
     table["provenance"] = table["provenance"].map(json.loads)
+    if "footprint" in table:  # GeoJSON geometry in lon/lat, for pairs that cover ground
+        table["footprint"] = table["footprint"].map(lambda v: json.loads(v) if isinstance(v, str) else None)
     return table
 
 
