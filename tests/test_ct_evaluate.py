@@ -42,6 +42,26 @@ def test_phenotype_auroc_bootstrap_interval_and_skipped():
     assert res["macro_auroc"] == pytest.approx(np.mean([E.auroc(probs[:, j], y[:, j]) for j in (0, 1)]))
 
 
+def test_bootstrap_resamples_patients_not_studies():
+    # 20 patients with 10 identical studies each: the studies add no information, so the interval
+    # must be as wide as for 20 studies, not as narrow as for 200 independent ones
+    rng = np.random.default_rng(0)
+    y1 = rng.integers(0, 2, 20)
+    p1 = np.clip(y1 * 0.25 + rng.uniform(0, 0.75, 20), 0, 1)
+    y, probs = np.repeat(y1, 10)[:, None], np.repeat(p1, 10)[:, None]
+    patients = [f"p{i}" for i in np.repeat(np.arange(20), 10)]
+    by_study = E.phenotype_auroc(probs, y, ["a"], n_boot=400, seed=2)["per_phenotype"]["a"]
+    by_patient = E.phenotype_auroc(probs, y, ["a"], n_boot=400, seed=2, patients=patients)["per_phenotype"]["a"]
+    once = E.phenotype_auroc(p1[:, None], y1[:, None], ["a"], n_boot=400, seed=2)["per_phenotype"]["a"]
+    width = lambda r: r["ci_high"] - r["ci_low"]  # noqa: E731
+    assert width(by_patient) > 2 * width(by_study)
+    assert width(by_patient) == pytest.approx(width(once), rel=0.35)
+    # a resample holds whole patients: each index set covers a patient's 10 studies together
+    seen = []
+    E.bootstrap_ci(lambda idx: seen.append(idx) or 0.0, 200, n_boot=5, clusters=patients)
+    assert all(len(idx) == 200 and all(np.sum(idx // 10 == k) % 10 == 0 for k in range(20)) for idx in seen)
+
+
 def test_zero_shot_f1_ignores_uncertain_labels():
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     pos = torch.tensor([[1.0, 0.0], [0.8, 0.6]])  # mean similarity with x-images 0.9, y-images 0.3

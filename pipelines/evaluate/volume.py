@@ -79,10 +79,22 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 
 def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of stat(idx) over resampled index sets; NaN resamples (one class) are dropped."""
+                 alpha: float = 0.05, clusters: Optional[Sequence[str]] = None) -> tuple[float, float]:
+    """Percentile interval of stat(idx) over resampled index sets; NaN resamples (one class) are dropped.
+
+    With `clusters` (e.g. the patient of each study) whole clusters are resampled, so a patient's
+    studies stay together: studies of one patient are not independent, and resampling them one by
+    one would give intervals that are too narrow.
+    """
     rng = np.random.default_rng(seed)
-    values = [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
+    if clusters is None:
+        members = [np.array([i]) for i in range(n)]
+    else:
+        by_cluster: dict[str, list[int]] = {}
+        for i, c in enumerate(clusters):
+            by_cluster.setdefault(str(c), []).append(i)
+        members = [np.array(ix) for ix in by_cluster.values()]
+    values = [stat(np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])) for _ in range(n_boot)]
     values = [v for v in values if math.isfinite(v)]
     if not values:
         return float("nan"), float("nan")
@@ -90,8 +102,8 @@ def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000
 
 
 def phenotype_auroc(probs: np.ndarray, targets: np.ndarray, names: Sequence[str], n_boot: int = 1000,
-                    seed: int = 0) -> dict[str, Any]:
-    """Per-phenotype AUROC with 95% bootstrap CIs, macro AUROC (+ CI), skipped phenotypes."""
+                    seed: int = 0, patients: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Per-phenotype AUROC with 95% bootstrap CIs (resampling `patients` when given), macro AUROC (+ CI), skipped phenotypes."""
     probs, targets = np.asarray(probs, float), np.asarray(targets, int)
     per: dict[str, dict[str, float]] = {}
     kept, skipped = [], []
@@ -100,7 +112,8 @@ def phenotype_auroc(probs: np.ndarray, targets: np.ndarray, names: Sequence[str]
             skipped.append(name)
             continue
         kept.append(j)
-        lo, hi = bootstrap_ci(lambda idx, j=j: auroc(probs[idx, j], targets[idx, j]), len(probs), n_boot, seed + j)
+        lo, hi = bootstrap_ci(lambda idx, j=j: auroc(probs[idx, j], targets[idx, j]), len(probs), n_boot, seed + j,
+                              clusters=patients)
         per[name] = {"auroc": auroc(probs[:, j], targets[:, j]), "ci_low": lo, "ci_high": hi,
                      "n_pos": int(targets[:, j].sum()), "n": int(len(targets))}
 
@@ -112,7 +125,7 @@ def phenotype_auroc(probs: np.ndarray, targets: np.ndarray, names: Sequence[str]
     out: dict[str, Any] = {"per_phenotype": per, "skipped": skipped}
     if kept:
         out["macro_auroc"] = float(np.mean([per[names[j]]["auroc"] for j in kept]))
-        out["macro_auroc_ci_low"], out["macro_auroc_ci_high"] = bootstrap_ci(macro, len(probs), n_boot, seed)
+        out["macro_auroc_ci_low"], out["macro_auroc_ci_high"] = bootstrap_ci(macro, len(probs), n_boot, seed, clusters=patients)
     return out
 
 
@@ -205,7 +218,8 @@ def score_model(model: M.VolumeCLIP, tokenizer: PreTrainedTokenizerBase, phenoty
     result: dict[str, Any] = {}
     if phenotypes:
         targets = M.phenotype_targets(samples, phenotypes).numpy()
-        result["phenotypes"] = phenotype_auroc(enc["probs"].numpy(), targets, phenotypes, n_boot, seed)
+        patients = [str(s.meta.get("group") or s.study_id) for s in samples]  # CT curation groups studies by patient
+        result["phenotypes"] = phenotype_auroc(enc["probs"].numpy(), targets, phenotypes, n_boot, seed, patients)
     rows = [i for i, s in enumerate(samples) if s.study_id in labels]
     zs_labels = {f: [labels[samples[i].study_id].get(f, -1) for i in rows] for f in prompts}
     result["zeroshot"] = zero_shot_findings(enc["image"][rows], _prompt_embeddings(model, tokenizer, prompts), zs_labels)
