@@ -67,7 +67,8 @@ class _Root(LazyGroup):
         try:
             return super().invoke(ctx)
         except InputError as exc:
-            raise click.ClickException(str(exc)) from None
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(cls=_Root, add_completion=False, no_args_is_help=True)

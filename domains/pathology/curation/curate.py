@@ -15,8 +15,17 @@ from typing import Annotated, Optional
 import typer
 
 from domains.pathology.curation.slides import SlideConfig, plan_slide_units, process_slide
-from domains.pathology.curation.video import VideoConfig, dedupe_across_videos, plan_video_units, process_video
+from domains.pathology.curation.video import (
+    REASON_NO_TRANSCRIPT,
+    REASON_NO_VIDEO,
+    VIDEO_SUFFIXES,
+    VideoConfig,
+    dedupe_across_videos,
+    plan_video_units,
+    process_video,
+)
 from pipelines.curation import CurationConfig, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.errors import InputError
 from pipelines.params import read
 
 VIDEO, SLIDE = "video", "slide"
@@ -45,22 +54,28 @@ def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optio
     video_cfg = cfg.video
     units: list[WorkUnit] = []
     rejects: list[Reject] = []
+    warnings: list[str] = []
     if videos is not None:
         video_units, video_rejects = plan_video_units(videos, video_cfg)
         units += [WorkUnit(u.key, (VIDEO, u.payload), u.inputs) for u in video_units]
         rejects += video_rejects
+        if not video_units and not video_rejects:
+            warnings.append(f"{videos}: no video files ({', '.join(VIDEO_SUFFIXES)}) found")
     if slides is not None:
-        slide_units, slide_rejects = plan_slide_units(slides, slide_captions, cfg.slides)
+        slide_units, slide_rejects, slide_warnings = plan_slide_units(slides, slide_captions, cfg.slides)
         units += [WorkUnit(u.key, (SLIDE, u.payload), u.inputs) for u in slide_units]
         rejects += slide_rejects
+        warnings += slide_warnings
 
     def cross_video(rows: list[dict]) -> dict[str, Reject]:
         video_rows = [r for r in rows if "phash" in r["provenance"] and "video_id" in r["provenance"]]
         drop = dedupe_across_videos(video_rows, video_cfg.phash_max_distance)
         return {i: Reject(i, "dedupe", "near-duplicate across videos") for i in drop}
 
-    pre_counts = Counter({"videos_without_transcript": sum(r.stage == "transcript" for r in rejects)})
-    return run_curation(units, process, out, cfg.curation(), pre_rejects=rejects, pre_counts=pre_counts, row_filter=cross_video)
+    pre_counts = Counter({"videos_without_transcript": sum(r.reason == REASON_NO_TRANSCRIPT for r in rejects),
+                          "transcripts_without_video": sum(r.reason == REASON_NO_VIDEO for r in rejects)})
+    return run_curation(units, process, out, cfg.curation(), pre_rejects=rejects, pre_counts=pre_counts, pre_warnings=warnings,
+                        row_filter=cross_video)
 
 
 def curate_command(
@@ -72,7 +87,9 @@ def curate_command(
     out: Path = typer.Option(..., "--out", help="Output folder for the curated pairs."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section pathology.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0: in process)."),
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")
+    ] = False,
 ) -> dict:
     """Curate histopathology image-text pairs from narrated videos and/or captioned whole-slide images."""
     if videos is None and slides is None:
@@ -81,8 +98,17 @@ def curate_command(
         if path is not None and not path.is_dir():
             raise typer.BadParameter(f"{name} folder not found: {path}")
     if slides is not None and (slide_captions is None or not slide_captions.is_file()):
-        raise typer.BadParameter("--slides needs --slide-captions, a CSV with slide_id and caption columns")
-    cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers, allow_empty=allow_empty or None)
-    summary = curate(videos, slides, slide_captions, out, cfg)
+        found = "" if slide_captions is None else f" ({slide_captions} not found)"
+        raise typer.BadParameter(f"--slides needs --slide-captions, a CSV with slide_id and caption columns{found}")
+    if slides is None and slide_captions is not None:
+        raise typer.BadParameter("--slide-captions needs --slides, the folder of the slides it captions")
+    try:
+        cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers, allow_empty=allow_empty or None)
+        summary = curate(videos, slides, slide_captions, out, cfg)
+    except InputError as exc:
+        # Said here: pipelines/cli.py turns InputError into a click.ClickException that typer's vendored
+        # click does not catch (typer >= 0.2x), so there it ends in a traceback.
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"pathology: {summary['pairs']['kept']} pairs {json.dumps(summary['pairs']['per_split'])} -> {out}")
     return summary

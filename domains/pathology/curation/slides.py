@@ -11,11 +11,16 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur).
 
 Captions are weak supervision: every tile of a slide gets the slide's caption; group = slide id, so
-all tiles of a slide land in the same split.
+all tiles of a slide land in the same split. Pair ids hash the slide's path relative to the
+`--slides` folder, never the folder as spelled on the command line.
+
+The captions table is read with `pipelines.io.text.read_table` (any common encoding or delimiter,
+a warning when it is not UTF-8). Every slide and caption row that is not curated is a rejects row:
+a slide without a caption row, a row without a slide, an empty caption, rows that disagree on a
+slide's caption, files sharing a slide id, and slides openslide cannot open or read.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -30,6 +35,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
+from pipelines.io.text import read_table
 
 # Suffixes OpenSlide 4 reads (the folder may hold other files, e.g. the captions CSV).
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ".czi")
@@ -43,7 +49,10 @@ REASON_NO_SLIDE = "caption row without a slide"
 REASON_EMPTY_CAPTION = "empty caption"
 REASON_DUPLICATE_CAPTION = "duplicate caption row for slide"
 REASON_DUPLICATE_SLIDE = "duplicate slide id"
+REASON_CONFLICTING_CAPTIONS = "conflicting caption rows for slide"
+REASON_NO_SLIDE_ID = "caption row without slide_id"
 REASON_UNREADABLE = "openslide cannot open the slide"
+REASON_READ_FAILED = "openslide cannot read the slide (damaged or truncated)"
 REASON_NO_MPP = "slide resolution unknown (no MPP or objective power)"
 REASON_TOO_COARSE = "slide resolution coarser than target_mpp"
 REASON_NO_TISSUE = "no tissue found"
@@ -91,6 +100,7 @@ class SlideJob:
     caption: str
     columns: dict[str, str] = field(default_factory=dict)  # the CSV's extra columns (labels)
     cfg: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # path relative to the --slides folder: pair ids hash it, never the path as spelled ("" = file name)
 
 
 # ---------------------------------------------------------------- pixel checks
@@ -274,31 +284,44 @@ def grid_candidates(
 # ---------------------------------------------------------------- planning
 
 
-def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[Reject]]:
-    """slide_id -> row (caption plus extra columns); rejects for empty or duplicate rows."""
-    with open(captions_csv, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("slide_id", "caption") if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{captions_csv}: captions CSV needs columns slide_id, caption; "
-                f"missing {', '.join(missing)} (found: {', '.join(columns) or 'none'})"
-            )
-        rows: dict[str, dict[str, str]] = {}
-        rejects: list[Reject] = []
-        for raw in reader:
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            sid = row["slide_id"]
-            if sid in rows:
-                rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_DUPLICATE_CAPTION))
-                continue
-            if not row["caption"]:
-                rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_EMPTY_CAPTION))
+def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[Reject], list[str]]:
+    """slide_id -> row (caption plus extra columns), rejects for unusable rows, and decoding warnings.
+
+    The table is read by `pipelines.io.text.read_table` (any common encoding and delimiter). A slide
+    id with an empty caption, or with rows whose captions disagree, maps to {} (the slide is not
+    curated; its rows are rejected); an exact duplicate row is rejected and the slide kept. Raises
+    InputError naming the file and its columns when slide_id or caption is missing.
+    """
+    table, warnings = read_table(captions_csv, ("slide_id", "caption"), "slide captions")
+    rows: dict[str, dict[str, str]] = {}
+    row_numbers: dict[str, list[int]] = {}
+    rejects: list[Reject] = []
+    for number, raw in enumerate(table.to_dict("records"), start=1):
+        row = {str(k): str(v).strip() for k, v in raw.items()}
+        sid = row["slide_id"]
+        where = f"{captions_csv}#{sid} (row {number})"
+        if not sid:
+            rejects.append(Reject(f"{captions_csv}#row{number}", STAGE_CAPTION, REASON_NO_SLIDE_ID))
+            continue
+        if sid in row_numbers:
+            row_numbers[sid].append(number)
+            if rows[sid] and rows[sid] != row:
+                # Which caption is right is unknowable: refuse the slide rather than pick one.
+                rejects.extend(Reject(f"{captions_csv}#{sid} (row {n})", STAGE_CAPTION, REASON_CONFLICTING_CAPTIONS)
+                               for n in row_numbers[sid])
                 rows[sid] = {}
-                continue
-            rows[sid] = row
-    return rows, rejects
+            elif rows[sid]:
+                rejects.append(Reject(where, STAGE_CAPTION, REASON_DUPLICATE_CAPTION))
+            else:
+                rejects.append(Reject(where, STAGE_CAPTION, REASON_CONFLICTING_CAPTIONS if row["caption"] else REASON_EMPTY_CAPTION))
+            continue
+        row_numbers[sid] = [number]
+        if not row["caption"]:
+            rejects.append(Reject(where, STAGE_CAPTION, REASON_EMPTY_CAPTION))
+            rows[sid] = {}
+            continue
+        rows[sid] = row
+    return rows, rejects, warnings
 
 
 def find_slides(slides_dir: Path) -> list[Path]:
@@ -306,37 +329,45 @@ def find_slides(slides_dir: Path) -> list[Path]:
     return sorted(p for p in Path(slides_dir).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
 
 
-def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig) -> tuple[list[WorkUnit], list[Reject]]:
-    """One unit per slide that has a caption; rejects for slides without one and captions without a slide.
+def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig) -> tuple[list[WorkUnit], list[Reject], list[str]]:
+    """One unit per slide that has a caption; rejects for slides without one and captions without a slide; warnings.
 
-    Raises ValueError when the CSV lacks the slide_id or caption column.
+    A caption row's slide_id is the slide's file stem (or its file name). Slides sharing a stem are
+    all rejected: which one the caption describes is ambiguous. Raises InputError when the captions
+    table lacks the slide_id or caption column.
     """
-    rows, rejects = read_captions(Path(captions_csv))
+    slides_dir = Path(slides_dir)
+    rows, rejects, warnings = read_captions(Path(captions_csv))
     params_digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
     units: list[WorkUnit] = []
-    seen: set[str] = set()
-    for path in find_slides(Path(slides_dir)):
-        sid = path.stem
-        if sid in seen:
-            rejects.append(Reject(str(path), STAGE_SLIDE, REASON_DUPLICATE_SLIDE))
+    by_stem: dict[str, list[Path]] = {}
+    for path in find_slides(slides_dir):
+        by_stem.setdefault(path.stem, []).append(path)
+    used: set[str] = set()
+    for sid, paths in by_stem.items():
+        used.update(k for p in paths for k in (sid, p.name) if k in rows)
+        if len(paths) > 1:
+            rejects += [Reject(str(p), STAGE_SLIDE, REASON_DUPLICATE_SLIDE) for p in paths]
             continue
-        seen.add(sid)
-        row = rows.get(sid)
+        path = paths[0]
+        key = sid if sid in rows else path.name
+        row = rows.get(key)
         if row is None:
             rejects.append(Reject(str(path), STAGE_SLIDE, REASON_NO_CAPTION))
             continue
-        if not row:  # empty caption, already rejected
+        if not row:  # empty or conflicting caption, already rejected
             continue
         extra = {k: v for k, v in row.items() if k not in ("slide_id", "caption")}
         stat = path.stat()
-        identity = f"{params_digest}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(row, sort_keys=True)}"
+        name = path.relative_to(slides_dir).as_posix()
+        identity = f"{params_digest}:{name}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(row, sort_keys=True)}"
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-        job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg))
+        job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg), name)
         units.append(WorkUnit(key=f"pathology-slide:{os.path.abspath(path)}:{digest}", payload=job, inputs=[str(path)]))
     for sid in rows:
-        if sid not in seen:
+        if sid not in used:
             rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_NO_SLIDE))
-    return units, rejects
+    return units, rejects, warnings
 
 
 # ---------------------------------------------------------------- one slide
@@ -371,7 +402,7 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         try:
             mask = tissue_mask(_mask_image(slide, cfg.mask_level_max_dim))
         except openslide.OpenSlideError:
-            return reject_slide(REASON_UNREADABLE)
+            return reject_slide(REASON_READ_FAILED)
         size0 = cfg.tile_size * downsample
         stride0 = cfg.stride * downsample
         candidates, n_grid = grid_candidates(mask, slide.dimensions, size0, stride0, cfg.min_tissue_fraction)
@@ -384,14 +415,21 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         level_ds = float(slide.level_downsamples[level])
         read_px = max(1, int(math.ceil(size0 / level_ds)))
         rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
-        tag = hashlib.sha256(os.path.normpath(job.path).encode()).hexdigest()[:6]
+        tag = hashlib.sha256((job.name or Path(job.path).name).encode()).hexdigest()[:6]
         kept = 0
         for idx in rng.permutation(len(candidates)):
             if kept >= cfg.max_tiles_per_slide:
                 break
             x, y, mask_frac = candidates[idx]
             result.counts["tiles_read"] += 1
-            region = slide.read_region((x, y), level, (read_px, read_px))
+            try:
+                region = slide.read_region((x, y), level, (read_px, read_px))
+            except openslide.OpenSlideError:
+                # A damaged file can open and fail on its first tile read; openslide is unusable after an
+                # error, so the slide stops here and keeps the tiles read before it.
+                result.rejects.append(Reject(f"{job.path}#x{x}-y{y}", STAGE_SLIDE, REASON_READ_FAILED))
+                result.counts["slides_read_failed"] += 1
+                break
             img = Image.fromarray(_to_rgb(region))
             if img.size != (cfg.tile_size, cfg.tile_size):
                 img = img.resize((cfg.tile_size, cfg.tile_size), Image.LANCZOS)

@@ -1,18 +1,27 @@
 """Transcripts of lecture videos: WebVTT, SRT and Whisper-style JSON, parsed into checked cues.
 
-Bad cues do not sink a transcript: each becomes a reject row (stage "transcript") and the rest
-are used. Reasons: "malformed cue", "empty cue", "end before start", "overlapping cue",
-"beyond video duration". A transcript with no usable cue at all raises `TranscriptError`.
+Transcripts are decoded as users have them (UTF-8 with or without a BOM, UTF-16 with a BOM, legacy
+Windows-1252/Latin-1 with a warning) by `pipelines.io.text.read_text`.
+
+Bad cues do not sink a transcript: each becomes a reject row (stage "transcript", input
+`<file>#cue<N>`) and the rest are used. Cue reasons: "cue without timing", "unparseable timestamp",
+"malformed cue" (a JSON segment that is not an object with start, end and text), "empty cue",
+"end before start", "overlapping cue", "beyond video duration". A transcript with no usable cue
+raises `TranscriptError`, whose `reason` is one of "cannot read transcript", "not a text file",
+"empty transcript", "invalid JSON", "JSON transcript without segments", "no usable cue".
 """
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from pipelines.curation import Reject
+from pipelines.errors import InputError
+from pipelines.io.text import read_text
 
 STAGE = "transcript"
 TRANSCRIPT_SUFFIXES = (".vtt", ".srt", ".json")
@@ -21,9 +30,33 @@ _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[.,](\d{1,3}))?"
 _TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}(?:\s+.*)?$")
 _TAG = re.compile(r"<[^>]+>")  # VTT voice/timestamp tags, SRT <i>
 
+REASON_NO_TIMING = "cue without timing"
+REASON_BAD_TIMESTAMP = "unparseable timestamp"
+REASON_MALFORMED = "malformed cue"
+REASON_EMPTY_CUE = "empty cue"
+REASON_END_BEFORE_START = "end before start"
+REASON_OVERLAP = "overlapping cue"
+REASON_BEYOND = "beyond video duration"
+
+REASON_UNREADABLE = "cannot read transcript"
+REASON_BINARY = "not a text file"
+REASON_EMPTY = "empty transcript"
+REASON_INVALID_JSON = "invalid JSON"
+REASON_NO_SEGMENTS = "JSON transcript without segments"
+REASON_NO_USABLE_CUE = "no usable cue"
+
 
 class TranscriptError(ValueError):
-    """The transcript has no usable cue (unreadable, empty, or every cue malformed)."""
+    """The transcript has no usable cue: `reason` is the rejects row's phrase, `where` names the file (and line).
+
+    `rejects` holds the rows of the cues that were refused one by one, when there were any.
+    """
+
+    def __init__(self, reason: str, where: str, rejects: Optional[list[Reject]] = None) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+        self.where = where
+        self.rejects = rejects or []
 
 
 @dataclass(frozen=True)
@@ -35,6 +68,15 @@ class Cue:
     text: str
 
 
+@dataclass
+class Transcript:
+    """A parsed transcript: its good cues in time order, a reject row per bad cue, and decoding warnings."""
+
+    cues: list[Cue]
+    rejects: list[Reject] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. "x.srt: not UTF-8 (first bad byte 31); read as cp1252"
+
+
 def find_transcript(video: Path) -> Optional[Path]:
     """The transcript next to a video: same stem, first of .vtt, .srt, .json found."""
     for suffix in TRANSCRIPT_SUFFIXES:
@@ -44,16 +86,25 @@ def find_transcript(video: Path) -> Optional[Path]:
     return None
 
 
-def _seconds(h: Optional[str], m: str, s: str, frac: Optional[str]) -> float:
+def _seconds(h: Optional[str], m: str, s: str, frac: Optional[str]) -> Optional[float]:
+    """Seconds of a parsed timestamp; None when minutes or seconds are out of range (00:00:75.000)."""
+    if (h is not None and int(m) >= 60) or int(s) >= 60:
+        return None
     return int(h or 0) * 3600 + int(m) * 60 + int(s) + (int(frac.ljust(3, "0")) / 1000 if frac else 0.0)
 
 
-def _parse_blocks(text: str) -> list[tuple[Optional[tuple[float, float]], str, str]]:
-    """VTT and SRT share a shape: blank-line separated blocks with a `start --> end` line.
+@dataclass
+class _RawCue:
+    """A cue as written: its timing (None when it has none usable), text, and why it is unusable."""
 
-    Returns (timing or None when malformed, cue text, raw block) per cue-like block.
-    """
-    out: list[tuple[Optional[tuple[float, float]], str, str]] = []
+    timing: Optional[tuple[float, float]]
+    text: str
+    problem: Optional[str] = None
+
+
+def _parse_blocks(text: str) -> list[_RawCue]:
+    """VTT and SRT share a shape: blank-line separated blocks with a `start --> end` line."""
+    out: list[_RawCue] = []
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     for block in re.split(r"\n\s*\n", text):
         lines = [ln for ln in block.split("\n") if ln.strip()]
@@ -64,67 +115,90 @@ def _parse_blocks(text: str) -> list[tuple[Optional[tuple[float, float]], str, s
             continue
         timing_at = next((i for i, ln in enumerate(lines[:2]) if "-->" in ln), None)
         if timing_at is None:
-            out.append((None, " ".join(lines), block))  # e.g. an SRT index with no timing line
+            out.append(_RawCue(None, " ".join(lines), REASON_NO_TIMING))  # e.g. an SRT index with no timing line
             continue
         m = _TIMING.match(lines[timing_at])
         body = " ".join(_TAG.sub("", ln).strip() for ln in lines[timing_at + 1 :]).strip()
-        if not m:
-            out.append((None, body, block))
+        g = m.groups() if m else ()
+        start, end = (_seconds(*g[:4]), _seconds(*g[4:])) if m else (None, None)
+        if start is None or end is None:
+            out.append(_RawCue(None, body, REASON_BAD_TIMESTAMP))
             continue
-        g = m.groups()
-        out.append(((_seconds(*g[:4]), _seconds(*g[4:])), body, block))
+        out.append(_RawCue((start, end), body))
     return out
 
 
-def _parse_json(text: str) -> list[tuple[Optional[tuple[float, float]], str, str]]:
-    data: Any = json.loads(text)
+def _time(value: Any) -> Optional[float]:
+    """A JSON start/end as seconds; None unless a finite number >= 0 (or a string of one)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        return None
+    return t if math.isfinite(t) and t >= 0 else None
+
+
+def _parse_json(text: str, where: str) -> list[_RawCue]:
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TranscriptError(REASON_INVALID_JSON, f"{where}#line{exc.lineno}") from None
     segments = data.get("segments") if isinstance(data, dict) else data
     if not isinstance(segments, list):
-        raise TranscriptError("JSON transcript is neither a list nor {'segments': [...]}")
-    out: list[tuple[Optional[tuple[float, float]], str, str]] = []
+        raise TranscriptError(REASON_NO_SEGMENTS, where)
+    out: list[_RawCue] = []
     for seg in segments:
-        raw = json.dumps(seg)[:80]
-        try:
-            timing = (float(seg["start"]), float(seg["end"]))
-            body = str(seg["text"]).strip()
-        except (KeyError, TypeError, ValueError):
-            out.append((None, "", raw))
+        if not isinstance(seg, dict) or not {"start", "end", "text"} <= seg.keys():
+            out.append(_RawCue(None, "", REASON_MALFORMED))
             continue
-        out.append((timing, body, raw))
+        start, end = _time(seg["start"]), _time(seg["end"])
+        if start is None or end is None:
+            out.append(_RawCue(None, "", REASON_BAD_TIMESTAMP))
+            continue
+        out.append(_RawCue((start, end), str(seg["text"] or "").strip()))
     return out
 
 
-def parse_transcript(path: Path, duration_s: Optional[float] = None) -> tuple[list[Cue], list[Reject]]:
-    """Good cues in time order, and a reject row per bad cue (input: `path#cue<N>`)."""
+def parse_transcript(path: Path, duration_s: Optional[float] = None) -> Transcript:
+    """Good cues in time order, a reject row per bad cue (input: `path#cue<N>`) and decoding warnings.
+
+    Raises TranscriptError when the transcript has no usable cue (its reason says why).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        raw = _parse_json(text) if path.suffix.lower() == ".json" else _parse_blocks(text)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TranscriptError(f"unreadable transcript: {exc}") from exc
+        decoded = read_text(path)
+    except InputError as exc:
+        binary = "not a text file" in str(exc)
+        raise TranscriptError(REASON_BINARY if binary else REASON_UNREADABLE, str(path)) from None
+    if not decoded.text.strip():
+        raise TranscriptError(REASON_EMPTY, str(path))
+    raw = _parse_json(decoded.text, str(path)) if path.suffix.lower() == ".json" else _parse_blocks(decoded.text)
+    if not raw:
+        raise TranscriptError(REASON_EMPTY, str(path))  # e.g. a WEBVTT header and nothing else
 
     cues: list[Cue] = []
     rejects: list[Reject] = []
-    for i, (timing, body, _) in enumerate(raw, start=1):
+    for i, cue in enumerate(raw, start=1):
         where = f"{path}#cue{i}"
-        if timing is None:
-            rejects.append(Reject(where, STAGE, "malformed cue"))
+        if cue.timing is None:
+            rejects.append(Reject(where, STAGE, cue.problem or REASON_MALFORMED))
             continue
-        start, end = timing
-        if not body:
-            rejects.append(Reject(where, STAGE, "empty cue"))
+        start, end = cue.timing
+        if not cue.text:
+            rejects.append(Reject(where, STAGE, REASON_EMPTY_CUE))
         elif end <= start:
-            rejects.append(Reject(where, STAGE, "end before start"))
+            rejects.append(Reject(where, STAGE, REASON_END_BEFORE_START))
         elif duration_s is not None and start >= duration_s:
-            rejects.append(Reject(where, STAGE, "beyond video duration"))
+            rejects.append(Reject(where, STAGE, REASON_BEYOND))
         elif cues and start < cues[-1].end - 1e-6:
             # ASR tools sometimes emit a cue twice or out of order; keep the first, drop the overlap
-            rejects.append(Reject(where, STAGE, "overlapping cue"))
+            rejects.append(Reject(where, STAGE, REASON_OVERLAP))
         else:
-            cues.append(Cue(start, min(end, duration_s) if duration_s is not None else end, body))
+            cues.append(Cue(start, min(end, duration_s) if duration_s is not None else end, cue.text))
     if not cues:
-        raise TranscriptError("no usable cue")
-    return cues, rejects
+        raise TranscriptError(REASON_NO_USABLE_CUE, str(path), rejects)
+    return Transcript(cues, rejects, decoded.warnings)
 
 
 def cues_in_window(cues: list[Cue], start: float, end: float, margin: float) -> list[Cue]:

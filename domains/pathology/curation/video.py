@@ -18,6 +18,17 @@ Per video (one work unit):
 
 Pairs: `caption` = cleaned text; `caption_variants` = {"terms": "term, term, ..."} when terms were
 found (a keyword caption for training and retrieval); `group` = the video id (no video spans splits).
+
+The video id (hence pair ids, groups and splits) comes from the video's path relative to the
+`--videos` folder, never from how that folder was spelled on the command line: the same videos
+curated through a relative or an absolute path give the same manifest.
+
+Planning (`plan_video_units`) pairs each video with the transcript of the same stem in the same
+folder (subfolders included) and names every file it cannot pair in a rejects row: a video without
+a transcript, a transcript without a video, a second transcript of a video, videos sharing a stem
+(which one the transcript narrates is ambiguous). A video that cannot be used (empty file, not a
+video, no video stream, no frames) or whose transcript has no usable cue is one rejects row with
+the reason; a video that stops decoding midway keeps the pairs of its decodable part.
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import av
@@ -36,15 +47,26 @@ from skimage.metrics import structural_similarity
 
 from domains.pathology.curation.stain import DetectorConfig, FrameDetector, load_classifier, make_detector
 from domains.pathology.curation.text import clean_text, load_vocabulary
-from domains.pathology.curation.transcript import Cue, TranscriptError, cues_in_window, find_transcript, parse_transcript
+from domains.pathology.curation.transcript import STAGE as STAGE_TRANSCRIPT
+from domains.pathology.curation.transcript import TRANSCRIPT_SUFFIXES, Cue, TranscriptError, cues_in_window, parse_transcript
 from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mkv", ".avi", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 STAGE_VIDEO = "video"
 STAGE_FRAME = "frame"
 STAGE_WINDOW = "window"
 STAGE_TEXT = "text"
 STAGE_DEDUPE = "dedupe"
+
+REASON_EMPTY_FILE = "empty video file"
+REASON_CANNOT_OPEN = "cannot open as a video (corrupt, truncated or not a video)"
+REASON_NO_STREAM = "no video stream"
+REASON_NO_FRAMES = "no video frames decoded"
+REASON_DECODE_MIDWAY = "decode failed midway"
+REASON_NO_TRANSCRIPT = "no transcript"
+REASON_NO_VIDEO = "transcript without a video"
+REASON_SECOND_TRANSCRIPT = "unused: another transcript of this video is used"
+REASON_SAME_STEM = "another video has the same stem (which one the transcript narrates is ambiguous)"
 _ANALYSIS = 64  # side of the grey thumbnails used for scene cuts and SSIM
 
 
@@ -87,6 +109,7 @@ class VideoJob:
     video: str
     transcript: str
     config: dict[str, Any]  # VideoConfig as a dict
+    video_id: str = ""  # from the path relative to the --videos folder (see `video_id`); "" = from the file name
 
 
 # ---------------------------------------------------------------- decoding
@@ -94,6 +117,10 @@ class VideoJob:
 
 class DecodeError(RuntimeError):
     """Decoding stopped before the end of the video; frames yielded before it are good."""
+
+
+class NoVideoStream(DecodeError):
+    """The file opens but holds no video stream (an audio-only file)."""
 
 
 @dataclass
@@ -108,7 +135,7 @@ class DecodeStats:
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        raise DecodeError("no video stream")
+        raise NoVideoStream("no video stream")
     return container.streams.video[0]
 
 
@@ -254,10 +281,15 @@ class _Sample:
     scene: int
 
 
-def video_id(path: str | Path) -> str:
-    """Stem plus a short hash of the path as given: unique in a corpus, the same in any checkout."""
-    tag = hashlib.sha256(os.path.normpath(str(path)).encode()).hexdigest()[:6]
-    return f"{Path(path).stem}-{tag}"
+def video_id(relative: str | Path) -> str:
+    """Stem plus a short hash of the video's path relative to the --videos folder (POSIX form).
+
+    Unique in a corpus, and the same however the folder is spelled (relative, absolute, `./x`) and
+    in any checkout: splits follow the video id, so they must not follow the spelling.
+    """
+    rel = PurePosixPath(*Path(relative).parts).as_posix()
+    tag = hashlib.sha256(rel.encode()).hexdigest()[:6]
+    return f"{Path(relative).stem}-{tag}"
 
 
 def _slug(reason: str) -> str:
@@ -310,23 +342,35 @@ def process_video(unit: WorkUnit) -> UnitResult:
     cfg = VideoConfig(**job.config)
     result = UnitResult()
     result.counts["videos_seen"] += 1
-    vid = video_id(job.video)
+    vid = job.video_id or video_id(Path(job.video).name)
+
+    def refuse(reason: str) -> UnitResult:
+        result.rejects.append(Reject(job.video, STAGE_VIDEO, reason))
+        result.counts[f"videos_rejected_{_slug(reason.split(' (')[0])}"] += 1
+        return result
 
     try:
+        if os.path.getsize(job.video) == 0:
+            return refuse(REASON_EMPTY_FILE)
         duration = video_duration(job.video)
-    except (av.FFmpegError, DecodeError):
-        result.rejects.append(Reject(job.video, STAGE_VIDEO, "unreadable video"))
-        result.counts["videos_unreadable"] += 1
-        return result
+    except NoVideoStream:
+        return refuse(REASON_NO_STREAM)
+    except av.error.EOFError:  # the file ends before the first frame: a header and nothing else
+        return refuse(REASON_NO_FRAMES)
+    except (av.FFmpegError, OSError, DecodeError):
+        return refuse(REASON_CANNOT_OPEN)
     try:
-        cues, cue_rejects = parse_transcript(Path(job.transcript), duration)
-    except TranscriptError:
-        result.rejects.append(Reject(job.transcript, "transcript", "unparseable transcript"))
-        result.counts["transcripts_unparseable"] += 1
+        transcript = parse_transcript(Path(job.transcript), duration)
+    except TranscriptError as exc:
+        result.rejects.extend(exc.rejects)
+        result.rejects.append(Reject(exc.where, STAGE_TRANSCRIPT, exc.reason))
+        result.counts[f"videos_rejected_transcript_{_slug(exc.reason)}"] += 1
         return result
-    result.rejects.extend(cue_rejects)
+    cues = transcript.cues
+    result.warnings.extend(transcript.warnings)
+    result.rejects.extend(transcript.rejects)
     result.counts["transcript_cues"] += len(cues)
-    result.counts["transcript_cues_rejected"] += len(cue_rejects)
+    result.counts["transcript_cues_rejected"] += len(transcript.rejects)
 
     classifier = load_classifier(cfg.classifier_checkpoint) if cfg.classifier_checkpoint else None
     detect: FrameDetector = make_detector(cfg.detector(), classifier)
@@ -342,10 +386,14 @@ def process_video(unit: WorkUnit) -> UnitResult:
             ok, reason, scores = detect(rgb)
             samples.append(_Sample(t, thumb, resize_crop(rgb, cfg.image_size) if ok else None, ok, reason, scores, scene))
     except DecodeError:
+        if not samples:  # nothing decoded at all: an empty stream or a damaged start
+            return refuse(REASON_NO_FRAMES)
         # keep what decoded before the failure
         where = f"{job.video}@{stats.last_t:.1f}s" if stats.last_t is not None else job.video
-        result.rejects.append(Reject(where, STAGE_VIDEO, "decode failed midway"))
+        result.rejects.append(Reject(where, STAGE_VIDEO, REASON_DECODE_MIDWAY))
         result.counts["videos_decode_failed_midway"] += 1
+    if not samples:  # a container with a video stream but no frame in it
+        return refuse(REASON_NO_FRAMES)
     result.counts["frames_decoded"] += stats.frames_decoded
     result.counts["frames_sampled"] += len(samples)
     result.counts["scenes"] += scene + 1 if samples else 0
@@ -417,18 +465,50 @@ def output_params(cfg: VideoConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
+def _files_by_stem(videos_dir: Path) -> dict[tuple[Path, str], list[Path]]:
+    """Every non-hidden file under `videos_dir` (subfolders included), grouped by (folder, stem), sorted by folder/stem."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for folder, dirs, files in os.walk(videos_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                path = Path(folder) / name
+                groups.setdefault((Path(folder), path.stem), []).append(path)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0] / kv[0][1]).as_posix()))
+
+
 def plan_video_units(videos_dir: Path, cfg: VideoConfig) -> tuple[list[WorkUnit], list[Reject]]:
-    """One unit per video (sorted by name); a video with no transcript is a reject instead."""
+    """One unit per video paired with the transcript of its stem (sorted by path); rejects for files that cannot be paired.
+
+    A video's transcript is the first of .vtt, .srt, .json found; a second one is a reject row. So is
+    a video without a transcript, a transcript without a video and every video of a stem that
+    several videos share.
+    """
+    videos_dir = Path(videos_dir)
     params_hash = hashlib.sha256(json.dumps(output_params(cfg), sort_keys=True).encode()).hexdigest()[:12]
     units: list[WorkUnit] = []
     rejects: list[Reject] = []
-    for video in sorted(p for p in Path(videos_dir).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES):
-        transcript = find_transcript(video)
-        if transcript is None:
-            rejects.append(Reject(str(video), "transcript", "no transcript"))
+    for files in _files_by_stem(videos_dir).values():
+        videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
+        transcripts = sorted((f for f in files if f.suffix.lower() in TRANSCRIPT_SUFFIXES),
+                             key=lambda f: (TRANSCRIPT_SUFFIXES.index(f.suffix.lower()), f.name))
+        if not videos:
+            others = [f.name for f in files if f not in transcripts]
+            hint = f" (not video files: {', '.join(others)})" if others else ""
+            rejects += [Reject(f"{t}{hint}", STAGE_TRANSCRIPT, REASON_NO_VIDEO) for t in transcripts]
             continue
-        units.append(WorkUnit(f"pathology-video:{video}:{params_hash}", VideoJob(str(video), str(transcript), asdict(cfg)),
-                                inputs=[str(video), str(transcript)]))
+        if len(videos) > 1:
+            rejects += [Reject(str(v), STAGE_VIDEO, REASON_SAME_STEM) for v in videos]
+            continue
+        video = videos[0]
+        if not transcripts:
+            rejects.append(Reject(str(video), STAGE_TRANSCRIPT, REASON_NO_TRANSCRIPT))
+            continue
+        transcript = transcripts[0]
+        rejects += [Reject(f"{t} (using {transcript.name})", STAGE_TRANSCRIPT, REASON_SECOND_TRANSCRIPT) for t in transcripts[1:]]
+        relative = video.relative_to(videos_dir).as_posix()
+        job = VideoJob(str(video), str(transcript), asdict(cfg), video_id(relative))
+        units.append(WorkUnit(f"pathology-video:{video}:{relative}:{params_hash}", job, inputs=[str(video), str(transcript)]))
     return units, rejects
 
 
