@@ -21,8 +21,8 @@ from scipy import ndimage
 from shapely.geometry import LineString, Point, Polygon, box, mapping
 
 from domains.remote_sensing.curation.curate import RSCurateConfig, curate, curate_command, load_config
-from domains.remote_sensing.curation.osm import read_features
-from domains.remote_sensing.curation.tiles import keeps_own_crs, utm_crs
+from domains.remote_sensing.curation.osm import OSMFileError, read_features
+from domains.remote_sensing.curation.tiles import Tile, keeps_own_crs, overview_mask, read_tile, to_rgb8, utm_crs
 from domains.remote_sensing.curation.visibility import captions, load_tag_table
 from pipelines.io.manifest import read_manifest
 from pipelines.io.shards import shard_paths
@@ -447,3 +447,109 @@ def test_crs_choice():
     assert not keeps_own_crs(rasterio.crs.CRS.from_epsg(3857))
     assert not keeps_own_crs(rasterio.crs.CRS.from_epsg(4326))
     assert utm_crs(3.0, 43.3).to_epsg() == 32631 and utm_crs(-70.0, -33.0).to_epsg() == 32719
+
+
+# ---------------------------------------------------------------- bad OSM files and odd rasters (issue 10)
+
+
+def test_corrupt_osm_files_stop_the_run_naming_the_file(tmp_path):
+    good = good_raster(tmp_path / "good.tif")
+    text = write_osm_xml(tmp_path / "whole.osm").read_text()
+    broken = {
+        "cut.osm": text[: len(text) // 2].encode(),
+        "cut.osm.bz2": bz2.compress(text.encode())[:-30],
+        "noise.osm.pbf": bytes(range(256)) * 3,
+        "cut.geojson": json.dumps({"type": "FeatureCollection", "features": []})[:-3].encode(),
+        "list.geojson": b'[1, 2, 3]',
+        "nofeatures.geojson": b'{"type": "FeatureCollection"}',
+    }
+    for name, data in broken.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(OSMFileError, match=rf"^{name.replace('.', '[.]')}: "):
+            run(tmp_path, [good], tmp_path / name)
+        assert not (tmp_path / "out").exists(), name  # nothing curated from half a map
+
+
+def test_geojson_features_named_in_rejects(tmp_path):
+    def park(osm_id, geometry):
+        return {"type": "Feature", "properties": {"osm_id": osm_id, "leisure": "park"}, "geometry": geometry}
+
+    lonlat = write_geojson(tmp_path / "map.geojson", [
+        "not a feature",
+        park("way/30", {"type": "Circle", "coordinates": [3, 43]}),
+        park("way/31", {"type": "Polygon", "coordinates": [[3, 43]]}),
+        park("way/32", mapping(box(500_000, 4_790_000, 500_100, 4_790_100))),  # UTM metres in a lon/lat file
+    ])
+    read = read_features(lonlat)
+    reasons = {r.input.split("#")[1]: r.reason for r in read.rejects}
+    assert reasons == {
+        f"feature/{len(utm_features())}": "not a GeoJSON Feature",
+        "way/30": "unsupported geometry type",
+        "way/31": "unparseable geometry",
+        "way/32": "coordinates outside the lon/lat range",
+    }
+    assert {f.osm_id for f in read.features} == {fid for fid, _, _ in utm_features()}
+
+
+def test_geojson_legacy_crs_member_is_honoured(tmp_path):
+    doc = json.loads(write_geojson(tmp_path / "lonlat.geojson").read_text())
+    lonlat = {f.osm_id: f.geometry for f in read_features(tmp_path / "lonlat.geojson").features}
+    merc = {**doc, "features": [{**f, "geometry": transform_geom("EPSG:4326", "EPSG:3857", f["geometry"])} for f in doc["features"]]}
+    (tmp_path / "merc.geojson").write_text(json.dumps({**merc, "crs": {"type": "name", "properties": {"name": "EPSG:900913"}}}))
+    read = read_features(tmp_path / "merc.geojson")
+    assert {f.osm_id for f in read.features} == set(lonlat)
+    for f in read.features:
+        assert f.geometry.hausdorff_distance(lonlat[f.osm_id]) < 1e-7, f.osm_id  # lon/lat again, to a centimetre
+    assert read.warnings == [f"{tmp_path / 'merc.geojson'}: legacy 'crs' member 'EPSG:900913' read as EPSG:3857; "
+                             "coordinates reprojected to EPSG:4326 lon/lat"]
+    (tmp_path / "bare.geojson").write_text(json.dumps(merc))  # the same metres without saying so
+    with pytest.raises(OSMFileError, match="outside the lon/lat range"):
+        read_features(tmp_path / "bare.geojson")
+    (tmp_path / "list.geojson").write_text(json.dumps(doc["features"]))
+    assert len(read_features(tmp_path / "list.geojson").features) == len(lonlat)
+
+
+def test_nan_and_inf_are_nodata_without_a_declared_nodata(tmp_path):
+    data = texture(1, 0.1, 0.5, 3).astype(np.float32)
+    data[:, :, 96:] = np.nan
+    data[:, 150:, :96] = np.inf
+    path = write_raster(tmp_path / "float.tif", data, nodata=None)
+    with rasterio.open(path) as src:
+        tile = read_tile(src, src.crs, (X0, Y0 - 2 * SIZE, X0 + 2 * SIZE, Y0), SIZE, [1], Resampling.nearest)
+        assert abs(tile.valid.mean() - (96 / SIZE) * (150 / SIZE)) < 0.01
+        rgb = to_rgb8(tile)
+        assert (rgb[~tile.valid] == 0).all() and rgb[tile.valid].std() > 30  # the stretch saw only numbers
+        assert overview_mask(src).mean() == pytest.approx(tile.valid.mean(), abs=0.01)
+    empty = write_raster(tmp_path / "nan.tif", np.full((1, 8, 8), np.nan, np.float32), nodata=None)
+    with rasterio.open(empty) as src:
+        assert not overview_mask(src).any()
+
+
+def test_near_flat_tile_keeps_the_raster_stretch():
+    rng = np.random.default_rng(0)
+    flat = Tile(300 + rng.integers(0, 4, (1, 16, 16)).astype(np.uint16), np.ones((16, 16), bool))
+    assert to_rgb8(flat).std() > 50  # per tile alone, three counts of noise fill 0..255
+    kept = to_rgb8(flat, raster_ranges=[(200.0, 2600.0)], min_range_fraction=0.25)
+    assert kept.std() < 1 and 5 < kept.mean() < 15  # dark and flat, as the water is
+    ramp = Tile(np.linspace(200, 2600, 256).reshape(1, 16, 16).astype(np.uint16), np.ones((16, 16), bool))
+    assert np.array_equal(to_rgb8(ramp, raster_ranges=[(200.0, 2600.0)], min_range_fraction=0.25), to_rgb8(ramp))
+
+
+def test_raster_problems_have_their_own_reasons(tmp_path):
+    good = good_raster(tmp_path / "good.tif")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "text.tif").write_text("not a raster\n")
+    Image.fromarray(texture(3, 30, 220, 5).astype(np.uint8).transpose(1, 2, 0)).save(tmp_path / "photo.tif", format="JPEG")
+    pan = write_raster(tmp_path / "pan.tif", texture(1, 30, 220, 6).astype(np.uint8))
+    osm = write_geojson(tmp_path / "map.geojson")
+    summary = run(tmp_path, [good, tmp_path / "folder", tmp_path / "empty.tif", tmp_path / "text.tif", tmp_path / "photo.tif", pan], osm)
+    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv")
+    got = {Path(i).name: r for i, r in zip(rejects.input, rejects.reason) if "#" not in i}
+    assert got == {
+        "folder": "raster path is a folder, not a file (give each raster with --raster)",
+        "empty.tif": "empty file",
+        "text.tif": "not a raster file (format not recognised)",
+        "photo.tif": "not a GeoTIFF (JPEG image without a CRS)",
+    }
+    assert summary["warnings"] == [f"{pan}: 1 band; tiles are grey from band 1"]

@@ -95,3 +95,10 @@ def write_pairs_csv(folder: Path, n: int = 4, extra_rows: list[tuple[str, str]] 
     lines = [sep.join(header)] + [sep.join(r) for r in [*rows, *extra_rows]]
     (folder / "pairs.csv").write_bytes(("\n".join(lines) + "\n").encode(encoding))
     return folder / "pairs.csv"
+
+
+def truncate(path: Path, keep_fraction: float) -> Path:
+    """Cut a file to its first `keep_fraction` of bytes, as an interrupted download or copy leaves it."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep_fraction)])
+    return path

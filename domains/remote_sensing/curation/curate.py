@@ -26,12 +26,13 @@ from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import Point, box, mapping, shape
 from shapely.strtree import STRtree
 
-from domains.remote_sensing.curation.osm import Feature, osm_format, read_features
+from domains.remote_sensing.curation.osm import Feature, OSMFileError, osm_format, read_features
 from domains.remote_sensing.curation.tiles import (
     WGS84,
     default_bands,
     native_gsd_m,
     overview_mask,
+    raster_ranges,
     read_tile,
     tile_crs,
     tile_problem,
@@ -60,6 +61,9 @@ class RSCurateConfig(CurationConfig):
     seed: int = 0
     bands: Optional[list[int]] = None  # 1-based; None = first three (or the single band as grey)
     stretch_percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
+    # non-8-bit data: a tile whose percentile range is below this fraction of the raster's own range is stretched
+    # with the raster's range (a near-flat tile would otherwise show sensor noise at full contrast)
+    min_stretch_fraction: float = 0.25
     max_nodata_fraction: float = 0.1
     min_std: float = 2.0  # tiles with a smaller pixel std (0..255 scale) are blank
     # Captions
@@ -116,7 +120,7 @@ def process(unit: WorkUnit) -> UnitResult:
         with rasterio.open(job.raster) as src:
             _process_raster(src, job, cfg, table, result)
     except RasterioError:  # truncated or corrupt data often shows only when pixels are read
-        result.rejects.append(Reject(job.raster, STAGE_RASTER, "unreadable raster data"))
+        result.rejects.append(Reject(job.raster, STAGE_RASTER, "unreadable raster data (corrupt or truncated)"))
         result.counts["rasters_unreadable"] += 1
         result.pairs.clear()  # all or nothing: a half-read raster is not a curated one
     return result
@@ -131,6 +135,7 @@ def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurat
         result.rejects.append(Reject(job.raster, STAGE_RASTER, "raster has no valid pixels"))
         result.counts["rasters_all_nodata"] += 1
         return
+    result.warnings.extend(raster_caveats(src, job.raster, bands, cfg.bands is None, cfg.stretch_percentiles))
     native_gsd = native_gsd_m(src)
     base_gsd = max(cfg.target_gsd_m, native_gsd)
     size = cfg.tile_size
@@ -138,6 +143,8 @@ def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurat
     max_tile = cfg.max_tile_m or 4 * min_tile
     point_tile = cfg.point_tile_m or size * base_gsd
     low_pct, high_pct = cfg.stretch_percentiles
+    needs_stretch = any(src.dtypes[b - 1] != "uint8" for b in bands)
+    ranges = raster_ranges(src, bands, low_pct, high_pct) if needs_stretch else None
     tag = hashlib.sha256(os.path.normpath(job.raster).encode()).hexdigest()[:6]  # the path as given: ids stay the same in any checkout
     stem = f"{Path(job.raster).stem}-{tag}"
 
@@ -173,7 +180,7 @@ def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurat
 
         resampling = Resampling.average if gsd > 1.5 * native_gsd else Resampling.bilinear
         tile = read_tile(src, crs, bounds, size, bands, resampling)
-        rgb = to_rgb8(tile, low_pct, high_pct)
+        rgb = to_rgb8(tile, low_pct, high_pct, ranges, cfg.min_stretch_fraction)
         problem = tile_problem(tile, rgb, cfg.max_nodata_fraction, cfg.min_std)
         if problem:
             result.rejects.append(Reject(where, STAGE_TILE, problem))
@@ -221,6 +228,28 @@ def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurat
         result.counts["tiles_written"] += 1
 
 
+def raster_caveats(src: rasterio.io.DatasetReader, raster: str, bands: list[int], default: bool, percentiles: list[float]) -> list[str]:
+    """Warnings for a raster curated in a way its owner may not expect: grey tiles, bands left out, a per-tile stretch."""
+    from rasterio.enums import ColorInterp
+
+    caveats = []
+    alpha = [i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha]
+    unused = [b for b in range(1, src.count + 1) if b not in bands and b not in alpha]
+    if default and len(bands) == 1:
+        left_out = f", band{'s' if len(unused) > 1 else ''} {', '.join(map(str, unused))} not used (set `bands` to choose)"
+        caveats.append(f"{raster}: {src.count} band{'s' if src.count > 1 else ''}; tiles are grey from band {bands[0]}"
+                       + (left_out if unused else ""))
+    elif default and unused and [src.colorinterp[b - 1] for b in bands] != [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
+        shown = ", ".join(map(str, bands))
+        caveats.append(f"{raster}: {src.count} bands; tiles show bands {shown} as red, green, blue (set `bands` to choose)")
+    dtypes = {src.dtypes[b - 1] for b in bands}
+    if dtypes != {"uint8"}:
+        low, high = percentiles
+        caveats.append(f"{raster}: {'/'.join(sorted(dtypes))} values stretched to 8 bits per tile and band "
+                       f"(percentiles {low:g}-{high:g} of its valid pixels; the raster's own range for near-flat tiles)")
+    return caveats
+
+
 def _sorted(obj: Any) -> Any:
     """Dicts with sorted keys, as staged unit records hold them.
 
@@ -245,17 +274,27 @@ class Footprint:
 
 def raster_footprint(path: Path) -> tuple[Footprint | None, Reject | None]:
     """The raster's lon/lat bounds, or the reason it cannot be used."""
+    if path.is_dir():
+        return None, Reject(str(path), STAGE_RASTER, "raster path is a folder, not a file (give each raster with --raster)")
     if not path.is_file():
         return None, Reject(str(path), STAGE_RASTER, "raster file not found")
+    if path.stat().st_size == 0:
+        return None, Reject(str(path), STAGE_RASTER, "empty file")
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
+                if src.driver not in ("GTiff", "COG"):  # a photo renamed .tif: GDAL opens it by its content
+                    return None, Reject(str(path), STAGE_RASTER, f"not a GeoTIFF ({src.driver} image without a CRS)")
                 return None, Reject(str(path), STAGE_RASTER, "raster has no CRS")
             if src.transform.is_identity:
                 return None, Reject(str(path), STAGE_RASTER, "raster has no geotransform")
             bounds = transform_bounds(src.crs, WGS84, *src.bounds, densify_pts=21)
-    except RasterioError:
-        return None, Reject(str(path), STAGE_RASTER, "unreadable raster file")
+    except RasterioError as exc:
+        if "not recognized as being in a supported file format" in str(exc):
+            return None, Reject(str(path), STAGE_RASTER, "not a raster file (format not recognised)")
+        return None, Reject(str(path), STAGE_RASTER, "unreadable raster file (corrupt or truncated)")
+    except ValueError:  # rasterio's CRSError: a CRS PROJ cannot transform
+        return None, Reject(str(path), STAGE_RASTER, "raster CRS cannot be transformed to lon/lat")
     if not all(math.isfinite(b) for b in bounds):
         return None, Reject(str(path), STAGE_RASTER, "raster bounds cannot be placed on the globe")
     stat = path.stat()
@@ -290,6 +329,7 @@ def plan_units(
         mine = [features[j] for j in sorted(hits)]
         if not mine:
             rejects.append(Reject(str(path), STAGE_RASTER, "no OSM features intersect the raster footprint"))
+            counts["rasters_without_features"] += 1
             continue
         digest = hashlib.sha256(f"{params_digest}:{fp.identity}:{_features_digest(mine)}".encode()).hexdigest()[:16]
         job = RasterJob(str(path), mine, asdict(cfg), table.as_dicts())
@@ -305,10 +345,14 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
     pre_counts = Counter(read.counts)
     pre_counts["osm_features_with_visible_tags"] = len(read.features)
     if not read.features:
-        pre_rejects.append(Reject(str(osm), "osm", "no features with visible tags"))
+        # when features with visible tags were all refused, their rows say why; this one says the map is empty because of them
+        reason = "no usable features: every feature with visible tags was rejected" if read.rejects else "no features with visible tags"
+        pre_rejects.append(Reject(str(osm), "osm", reason))
     units, plan_rejects, plan_counts = plan_units(rasters, read.features, cfg, table)
     pre_rejects += plan_rejects
     pre_counts.update(plan_counts)
+    if read.features and not units and plan_counts["rasters_without_features"]:
+        pre_rejects.append(Reject(str(osm), "osm", "no features intersect any raster"))
 
     scorer = None
     if cfg.quality_keep_fraction < 1.0 and cfg.quality_model:
@@ -323,6 +367,7 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
         cfg.curation(),
         pre_rejects=pre_rejects,
         pre_counts=dict(pre_counts),
+        pre_warnings=read.warnings,
         quality_scorer=scorer,
         quality_keep_fraction=cfg.quality_keep_fraction,
     )
@@ -339,7 +384,9 @@ def curate_command(
     out: Path = typer.Option(..., "--out", help="Output folder (shards/, manifest.parquet, rejects.csv, summary.json)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section remote_sensing.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0 = in process); overrides params."),
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")
+    ] = False,
 ) -> dict[str, Any]:
     """Curate SkyScript-style image-caption pairs from rasters and OpenStreetMap tags."""
     osm = Path(osm)
@@ -350,7 +397,10 @@ def curate_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--osm") from exc
     cfg = load_config(params, workers, allow_empty)
-    summary = curate([Path(r) for r in raster], osm, Path(out), cfg)
+    try:
+        summary = curate([Path(r) for r in raster], osm, Path(out), cfg)
+    except OSMFileError as exc:  # the one map of the run: nothing can be curated without it
+        raise typer.BadParameter(str(exc), param_hint="--osm") from None
     typer.echo(
         f"remote_sensing: {summary['pairs']['kept']} pairs {summary['pairs']['per_split']}, "
         f"{sum(summary['rejected'].values())} rejects -> {out}"

@@ -1,10 +1,16 @@
-"""Read OpenStreetMap data (.osm, .osm.pbf, .osm.bz2 through pyosmium, or GeoJSON) into features.
+"""Read OpenStreetMap data (.osm, .osm.pbf, .osm.bz2, .osm.gz through pyosmium, or GeoJSON) into features.
 
 Tagged nodes become points, open ways lines, closed ways with area tags and multipolygon
 relations polygons (lon/lat, EPSG:4326). Broken geometries (missing node locations, unclosed
 areas, rings that cannot be repaired, empty shapes) are returned as rejects; invalid polygons are
 repaired with shapely's `make_valid`, keeping only the polygonal parts, which is sound for
 self-intersecting rings (a bow-tie becomes two triangles) and drops nothing with area.
+
+The OSM file is the one map of a run, so a file that cannot be read whole (corrupt, truncated, not
+OSM or GeoJSON at all) raises `InputError` naming it: curating from half a map would silently
+drop every object past the break. GeoJSON is lon/lat unless it names another CRS in the legacy
+`crs` member (GeoJSON 2008), which is honoured by reprojecting; coordinates outside the lon/lat
+range in a file that names no CRS (metres exported without reprojection) are refused.
 """
 from __future__ import annotations
 
@@ -12,13 +18,16 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import shapely
-from shapely.geometry import LineString, MultiPolygon, Point, Polygon, shape
+from shapely.geometry import LineString, MultiPolygon, Point, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from pipelines.curation import Reject
+from pipelines.errors import InputError
+from pipelines.io.text import read_text
 
 OSM_SUFFIXES = (".osm", ".osm.pbf", ".pbf", ".osm.bz2", ".osm.gz", ".osm.xml")
 GEOJSON_SUFFIXES = (".geojson", ".json")
@@ -51,9 +60,23 @@ class ReadResult:
     features: list[Feature] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)  # the file was used with a caveat (reprojected, decoded as Latin-1...)
 
 
 TagFilter = Callable[[Mapping[str, str]], bool]
+
+
+class OSMFileError(InputError):
+    """The OSM file as a whole cannot be used (corrupt, truncated, not OSM or GeoJSON, no features, unknown CRS).
+
+    The message starts with the file's name and ends with its folder: a long path folded across
+    lines by a terminal then still shows the name whole.
+    """
+
+    def __init__(self, path: Path | str, problem: str):
+        path = Path(path)
+        super().__init__(f"{path.name}: {problem} (in {path.parent})")
+        self.path = path
 
 
 def osm_format(path: Path) -> str:
@@ -67,10 +90,15 @@ def osm_format(path: Path) -> str:
 
 
 def read_features(path: Path, keep: TagFilter | None = None) -> ReadResult:
-    """All tagged features of `path`; `keep(tags)` drops uninteresting ones before any geometry is built."""
+    """All tagged features of `path`; `keep(tags)` drops uninteresting ones before any geometry is built.
+
+    Raises InputError, naming the file, when the file cannot be read whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"OSM file not found: {path}")
+    if path.stat().st_size == 0:
+        raise OSMFileError(path, "empty file")
     if osm_format(path) == "geojson":
         return read_geojson(path, keep)
     return read_osm(path, keep)
@@ -163,7 +191,7 @@ def read_osm(path: Path, keep: TagFilter | None = None) -> ReadResult:
     pending_relations: dict[int, dict[str, str]] = {}
 
     processor = osmium.FileProcessor(str(path)).with_locations().with_areas()
-    for obj in processor:
+    for obj in _osm_objects(processor, path):
         if obj.is_node():
             tags = dict(obj.tags)
             if c.wanted(tags):
@@ -225,6 +253,19 @@ def read_osm(path: Path, keep: TagFilter | None = None) -> ReadResult:
     return c.result
 
 
+def _osm_objects(processor: Any, path: Path) -> Iterator[Any]:
+    """The objects of an osmium FileProcessor; a file osmium cannot parse to its end raises InputError naming it."""
+    objects = iter(processor)
+    while True:
+        try:
+            obj = next(objects)
+        except StopIteration:
+            return
+        except RuntimeError as exc:  # libosmium's PBF, XML, bzip2 and gzip errors ("PBF error: unexpected EOF")
+            raise OSMFileError(path, f"corrupt or truncated OSM file, or not OSM data ({exc})") from None
+        yield obj
+
+
 def _has_linear_key(tags: Mapping[str, str]) -> bool:
     # highway=pedestrian + area tags, barrier=..., waterway=...: an open way is then a plain line
     return any(k in tags for k in ("highway", "railway", "waterway", "barrier", "power", "natural", "man_made"))
@@ -257,14 +298,109 @@ def _rings_closed(geometry: Mapping[str, Any]) -> bool:
     return all(ring and list(ring[0]) == list(ring[-1]) for poly in polys for ring in poly)
 
 
+GEOMETRY_KINDS = {"Point": "point", "MultiPoint": "point", "LineString": "line", "MultiLineString": "line",
+                  "Polygon": "polygon", "MultiPolygon": "polygon"}
+# Names of Web Mercator that PROJ reads as other (deprecated or ESRI) codes; GeoJSON writers of the 2010s used them all.
+_WEB_MERCATOR_NAMES = ("900913", "3785", "102100", "102113", "3857")
+
+
+def _json_document(path: Path) -> tuple[Any, list[str]]:
+    """The parsed JSON of `path` and any decoding warning; InputError naming the file when it is not JSON."""
+    try:
+        decoded = read_text(path)
+    except InputError as exc:  # binary content: name the file the way every OSM file error does
+        raise OSMFileError(path, str(exc).removeprefix(f"{path}: ")) from None
+    text = decoded.text
+    try:
+        return json.loads(text), decoded.warnings
+    except json.JSONDecodeError as exc:
+        ends_early = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string")
+        hint = "; it ends in the middle of the document: truncated?" if ends_early else ""
+        if text.lstrip().startswith("<"):
+            hint = "; it looks like XML: OSM XML files are read when named .osm"
+        raise OSMFileError(path, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}){hint}") from None
+
+
+def _geojson_feature_list(data: Any, path: Path) -> tuple[list[Any], list[str]]:
+    """The features of a GeoJSON document (and warnings); InputError for a document that holds none."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "FeatureCollection":
+        if "features" not in data:
+            raise OSMFileError(path, "FeatureCollection has no 'features' member")
+        if not isinstance(data["features"], list):
+            raise OSMFileError(path, f"FeatureCollection has no 'features' list ('features' is a {type(data['features']).__name__})")
+        return data["features"], []
+    if kind == "Feature":
+        return [data], []
+    if isinstance(data, list) and any(isinstance(f, dict) and f.get("type") == "Feature" for f in data):
+        # what some scripts write (a dump of the features); the content is unambiguous
+        return data, [f"{path}: top level is a list of features ({len(data)}), not a FeatureCollection; read as one"]
+    if kind in GEOMETRY_KINDS or kind == "GeometryCollection":
+        raise OSMFileError(path, f"a bare {kind} geometry has no properties to caption; give a FeatureCollection of tagged Features")
+    if isinstance(data, dict) and "elements" in data:
+        raise OSMFileError(path, "not a GeoJSON FeatureCollection but Overpass JSON ('elements'); export the query as GeoJSON or .osm")
+    what = f"type {kind!r}" if kind else (f"keys {sorted(data)[:5]}" if isinstance(data, dict) else f"a JSON {type(data).__name__}")
+    raise OSMFileError(path, f"not a GeoJSON FeatureCollection or Feature ({what})")
+
+
+def _declared_crs(data: Any, path: Path) -> tuple[Any, str] | None:
+    """The CRS a legacy GeoJSON `crs` member names and the member's name for it; None for lon/lat (none, EPSG:4326, CRS84)."""
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    member = data.get("crs") if isinstance(data, dict) else None
+    if not member:
+        return None
+    props = member.get("properties") if isinstance(member, dict) else None
+    props = props if isinstance(props, dict) else {}
+    name = props.get("name") or (f"EPSG:{props['code']}" if "code" in props else None)
+    if not name:
+        raise OSMFileError(path, f"the 'crs' member names no CRS ({json.dumps(member)[:120]}); only named CRSs are supported")
+    name = str(name)
+    if name.rstrip(":").split(":")[-1] in _WEB_MERCATOR_NAMES:
+        return CRS.from_epsg(3857), name
+    try:
+        crs = CRS.from_user_input(name)
+    except CRSError:
+        raise OSMFileError(path, f"unknown CRS {name!r} in the 'crs' member") from None
+    if crs.to_epsg() == 4326 or "CRS84" in crs.to_string().upper():
+        return None
+    return crs, name
+
+
+def _in_lonlat_range(geom: BaseGeometry) -> bool:
+    coords = shapely.get_coordinates(geom)
+    return bool(((np.abs(coords[:, 0]) <= 180) & (np.abs(coords[:, 1]) <= 90)).all())
+
+
 def read_geojson(path: Path, keep: TagFilter | None = None) -> ReadResult:
-    """The features of a GeoJSON FeatureCollection (or single Feature); properties are the tags."""
-    data = json.loads(Path(path).read_text())
-    features = data.get("features", []) if data.get("type") == "FeatureCollection" else [data]
+    """The features of a GeoJSON FeatureCollection (or single Feature, or bare list of Features); properties are the tags.
+
+    Raises InputError, naming the file, when it is not JSON, holds no features, names an unknown
+    CRS, or has every coordinate outside the lon/lat range without naming a CRS.
+    """
+    from rasterio.warp import transform_geom
+
+    data, warnings = _json_document(path)
+    features, more = _geojson_feature_list(data, path)
+    warnings += more
+    declared = _declared_crs(data, path)
+    if declared is not None:
+        crs, name = declared
+        resolved = f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_string()
+        warnings.append(f"{path}: legacy 'crs' member {name!r} read as {resolved}; coordinates reprojected to EPSG:4326 lon/lat")
     c = _Collector(str(path), keep)
+    c.result.warnings.extend(warnings)
+    outside: list[str] = []  # features whose coordinates are not lon/lat
     for i, feat in enumerate(features):
+        if not isinstance(feat, dict) or feat.get("type", "Feature") != "Feature":
+            c.reject(f"feature/{i}", "not a GeoJSON Feature")
+            continue
         props = feat.get("properties") or {}
-        osm_id, osm_type = _geojson_identity(feat, props, i)
+        osm_id, osm_type = _geojson_identity(feat, props if isinstance(props, dict) else {}, i)
+        if not isinstance(props, dict):
+            c.reject(osm_id, "properties is not an object")
+            continue
         tags = {str(k): str(v) for k, v in props.items() if k not in ("id", "osm_id", "osm_type", "@type") and v is not None}
         if not c.wanted(tags):
             continue
@@ -272,21 +408,35 @@ def read_geojson(path: Path, keep: TagFilter | None = None) -> ReadResult:
         if not geometry:
             c.reject(osm_id, "missing geometry")
             continue
-        gtype = geometry.get("type")
-        if gtype in ("Polygon", "MultiPolygon") and not _rings_closed(geometry):
-            c.reject(osm_id, "unclosed polygon ring")
-            continue
-        try:
-            geom = shape(geometry)
-        except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.ShapelyError):
-            c.reject(osm_id, "unparseable geometry")
-            continue
-        kind = {"Point": "point", "MultiPoint": "point", "LineString": "line", "MultiLineString": "line"}.get(gtype, "polygon")
-        if gtype not in ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"):
+        gtype = geometry.get("type") if isinstance(geometry, dict) else None
+        if gtype not in GEOMETRY_KINDS:
             c.reject(osm_id, "unsupported geometry type")
             continue
+        try:
+            if gtype in ("Polygon", "MultiPolygon") and not _rings_closed(geometry):
+                c.reject(osm_id, "unclosed polygon ring")
+                continue
+            geom = shape(geometry)
+            if not geom.is_empty and not np.isfinite(shapely.get_coordinates(geom)).all():
+                c.reject(osm_id, "non-finite coordinates")
+                continue
+            if declared is not None and not geom.is_empty:
+                geom = shape(transform_geom(declared[0], "EPSG:4326", mapping(geom)))
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError, shapely.errors.ShapelyError):
+            c.reject(osm_id, "unparseable geometry")
+            continue
+        if not geom.is_empty and not _in_lonlat_range(geom):
+            outside.append(osm_id)
+            c.reject(osm_id, "coordinates outside the lon/lat range")
+            continue
+        kind = GEOMETRY_KINDS[gtype]
         if kind == "line" and not geom.is_empty and geom.length == 0:
             c.reject(osm_id, "degenerate line")
             continue
         c.add(osm_id, osm_type, tags, geom, kind)
+    if outside and not c.result.features and declared is None:
+        raise OSMFileError(
+            path, f"coordinates are outside the lon/lat range ({len(outside)} features, e.g. {outside[0]}) and the file names no "
+            "CRS; GeoJSON is read as EPSG:4326 lon/lat: reproject it, or name its CRS in a 'crs' member"
+        )
     return c.result

@@ -5,6 +5,10 @@ output has exactly the requested ground sampling distance (GSD, metres/pixel). T
 own CRS is kept when it is projected in metres and conformal without large scale error
 (UTM and the like); geographic and Web-Mercator rasters are warped to the UTM zone of the
 tile centre, since EPSG:3857 metres are ground metres only at the equator (scale 1/cos(lat)).
+
+NaN and +-inf in float rasters are empty pixels wherever validity is decided (tile masks, the
+all-empty check, the stretch), whether or not the raster declares a nodata value: float products
+commonly mark "no data" with NaN alone.
 """
 from __future__ import annotations
 
@@ -103,15 +107,31 @@ def read_tile(
     add_alpha = not has_validity_info(src)
     with WarpedVRT(src, crs=crs, transform=transform, width=size, height=size, resampling=resampling, add_alpha=add_alpha) as vrt:
         data = vrt.read(indexes=list(bands))
-        valid = vrt.dataset_mask() > 0
+        valid = (vrt.dataset_mask() > 0) & finite_pixels(data)
     return Tile(data, valid)
 
 
-def to_rgb8(tile: Tile, low_pct: float = 2.0, high_pct: float = 98.0) -> np.ndarray:
+def finite_pixels(data: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose every band is a finite number (always true for integer data)."""
+    if not np.issubdtype(data.dtype, np.floating) and not np.issubdtype(data.dtype, np.complexfloating):
+        return np.ones(data.shape[1:], dtype=bool)
+    return np.isfinite(data).all(axis=0)
+
+
+def to_rgb8(
+    tile: Tile,
+    low_pct: float = 2.0,
+    high_pct: float = 98.0,
+    raster_ranges: Sequence[tuple[float, float]] | None = None,
+    min_range_fraction: float = 0.0,
+) -> np.ndarray:
     """An HxWx3 uint8 image of a tile.
 
     uint8 passes through, other types get a per-band percentile stretch computed on valid pixels
-    only; one band becomes grey RGB; empty pixels are black.
+    only; one band becomes grey RGB; empty pixels are black. A band whose tile range is narrower
+    than `min_range_fraction` of its `raster_ranges` entry (the raster's own percentile range) is
+    stretched with the raster's range instead: a near-flat tile (calm water, a roof) would
+    otherwise come out as full-contrast sensor noise.
     """
     data = tile.data
     out = np.zeros(data.shape, dtype=np.uint8)
@@ -123,6 +143,10 @@ def to_rgb8(tile: Tile, low_pct: float = 2.0, high_pct: float = 98.0) -> np.ndar
         if values.size == 0:
             continue
         lo, hi = np.percentile(values, [low_pct, high_pct])
+        if raster_ranges is not None:
+            raster_lo, raster_hi = raster_ranges[i]
+            if hi - lo < min_range_fraction * (raster_hi - raster_lo):
+                lo, hi = raster_lo, raster_hi
         if hi <= lo:  # flat band: anything above the floor is full scale
             hi = lo + 1.0
         scaled = (band.astype(np.float64) - lo) / (hi - lo) * 255.0
@@ -131,6 +155,21 @@ def to_rgb8(tile: Tile, low_pct: float = 2.0, high_pct: float = 98.0) -> np.ndar
     if out.shape[0] == 1:
         out = np.repeat(out, 3, axis=0)
     return np.ascontiguousarray(out[:3].transpose(1, 2, 0))
+
+
+def raster_ranges(
+    src: rasterio.io.DatasetReader, bands: Sequence[int], low_pct: float, high_pct: float, max_side: int = 1024
+) -> list[tuple[float, float]]:
+    """Each band's (low, high) percentiles over the raster's valid, finite pixels, read at most `max_side` a side."""
+    scale = max(1.0, max(src.width, src.height) / max_side)
+    shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
+    data = src.read(indexes=list(bands), out_shape=(len(bands), *shape))
+    valid = (src.dataset_mask(out_shape=shape) > 0) & finite_pixels(data)
+    ranges = []
+    for band in data:
+        values = band[valid].astype(np.float64)
+        ranges.append(tuple(float(v) for v in np.percentile(values, [low_pct, high_pct])) if values.size else (0.0, 0.0))
+    return ranges
 
 
 def tile_problem(tile: Tile, rgb: np.ndarray, max_nodata_fraction: float, min_std: float) -> str | None:
@@ -145,7 +184,10 @@ def tile_problem(tile: Tile, rgb: np.ndarray, max_nodata_fraction: float, min_st
 
 
 def overview_mask(src: rasterio.io.DatasetReader, max_side: int = 1024) -> np.ndarray:
-    """The dataset mask at most `max_side` pixels a side (cheap check for all-empty rasters)."""
+    """The dataset mask at most `max_side` pixels a side, NaN and inf counted empty (cheap check for all-empty rasters)."""
     scale = max(1.0, max(src.width, src.height) / max_side)
     shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
-    return src.dataset_mask(out_shape=shape) > 0
+    mask = src.dataset_mask(out_shape=shape) > 0
+    if any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes):
+        mask &= finite_pixels(src.read(out_shape=(src.count, *shape)))
+    return mask
