@@ -34,7 +34,7 @@ from domains.pathology.curation.slides import (
     tile_check,
 )
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
-from pipelines.curation import WorkUnit
+from pipelines.curation import WorkUnit, assign_split
 from pipelines.errors import InputError
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
@@ -174,6 +174,38 @@ def test_slide_ids_do_not_depend_on_how_the_folder_is_spelled(demo_slides: Path,
         units, _, _ = plan_slide_units(folder, folder / "captions.csv", cfg)
         ids.append(sorted(p.id for p in process_slide(units[0]).pairs))
     assert len(ids[0]) == 3 and ids[0] == ids[1] == ids[2]
+
+
+def test_slides_of_one_patient_never_straddle_splits(demo_slides: Path, tmp_path: Path) -> None:
+    from domains.pathology.curation.curate import PathologyCurateConfig, curate
+    from pipelines.io.manifest import read_manifest
+
+    # 6 slides of 3 patients: by patient_id for some, by TCGA barcode for others. Split by slide,
+    # a patient's slides would scatter over train and test (checked below on the slide ids alone).
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    small = tmp_path / "small.tiff"  # a 512 px slide keeps six slides quick
+    with openslide.OpenSlide(str(demo_slides / "slide_00.tiff")) as slide:
+        region = np.asarray(slide.read_region((0, 0), 0, (512, 512)).convert("RGB"))
+        mpp = float(slide.properties["openslide.mpp-x"])
+    write_slide(small, region, mpp=mpp, levels=1)
+    rows = ["slide_id,caption,patient_id"]
+    for i in range(4):
+        (folder / f"p{i}.tiff").write_bytes(small.read_bytes())
+        rows.append(f"p{i},tissue {i},{'ANNA' if i % 2 else 'BORIS'}")
+    for i in range(2):
+        barcode = f"TCGA-AB-1234-01A-0{i}-TS1"
+        (folder / f"{barcode}.tiff").write_bytes(small.read_bytes())
+        rows.append(f"{barcode},tissue {i},")
+    (folder / "captions.csv").write_text("\n".join(rows) + "\n")
+    cfg = PathologyCurateConfig(val_fraction=0.3, test_fraction=0.3,
+                                slides=SlideConfig(target_mpp=1.0, tile_size=64, stride=64, max_tiles_per_slide=1))
+    curate(None, folder, folder / "captions.csv", tmp_path / "out", cfg)
+    manifest = read_manifest(tmp_path / "out")
+    assert set(manifest["group"]) == {"patient:ANNA", "patient:BORIS", "patient:TCGA-AB-1234"}
+    assert (manifest.groupby("group")["split"].nunique() == 1).all()
+    by_slide = {sid: assign_split(f"slide:{sid}", 0.3, 0.3) for sid in manifest["provenance"].map(lambda p: p["slide_id"])}
+    assert len(set(by_slide.values())) > 1  # the same slides split one by one would have straddled
 
 
 # ---------------------------------------------------------------- real data

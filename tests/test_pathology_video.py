@@ -259,6 +259,23 @@ def test_plan_rejects_video_without_transcript(tmp_path, lecture):
     assert units[0].inputs == [str(tmp_path / "a.mp4"), str(tmp_path / "a.srt")]  # a fixed transcript invalidates the unit
 
 
+def test_video_groups_table_puts_a_course_in_one_split(tmp_path, lecture):
+    from domains.pathology.curation.curate import read_video_groups
+
+    (tmp_path / "course1").mkdir()
+    for name in ("course1/a.mp4", "course1/b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(lecture[0].read_bytes())
+        (tmp_path / name).with_suffix(".srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nthe appendix\n")
+    table = tmp_path / "groups.csv"
+    table.write_text("video,group\ncourse1/a.mp4,histo-101\nb,histo-101\nb,other\n,nothing\n")
+    groups, rejects, _ = read_video_groups(table)
+    assert groups == {"course1/a.mp4": "histo-101", "b": "histo-101"}
+    assert [r.reason for r in rejects] == ["b is given two groups", "row without video or group"]
+    units, _ = plan_video_units(tmp_path, VideoConfig(), groups)
+    assert {Path(u.payload.video).name: u.payload.group for u in units} == {"a.mp4": "group:histo-101", "b.mp4": "group:histo-101",
+                                                                           "c.mp4": ""}  # c: its own group (the video)
+
+
 def test_plan_names_every_file_it_cannot_pair(tmp_path, lecture):
     video = lecture[0].read_bytes()
     for name in ("a.mp4", "twice.mp4", "twice.mkv", "course/b.mov", "loose.m4v"):

@@ -26,6 +26,7 @@ from domains.pathology.curation.video import (
 )
 from pipelines.curation import CurationConfig, Reject, UnitResult, WorkUnit, run_curation
 from pipelines.errors import InputError
+from pipelines.io.text import read_table
 from pipelines.params import read
 
 VIDEO, SLIDE = "video", "slide"
@@ -46,17 +47,39 @@ def process(unit: WorkUnit) -> UnitResult:
     return process_video(inner) if kind == VIDEO else process_slide(inner)
 
 
-def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optional[Path], out: Path, cfg: PathologyCurateConfig) -> dict:
+def read_video_groups(path: Path) -> tuple[dict[str, str], list[Reject], list[str]]:
+    """The --video-groups table: video (path relative to --videos, file name or stem) -> group."""
+    table, warnings = read_table(path, ("video", "group"), "video groups")
+    groups: dict[str, str] = {}
+    rejects: list[Reject] = []
+    for i, row in table.iterrows():
+        video, group = row["video"].strip(), row["group"].strip()
+        if not video or not group:
+            rejects.append(Reject(f"{path}#row{i + 2}", "groups", "row without video or group"))
+        elif groups.get(video, group) != group:
+            rejects.append(Reject(f"{path}#row{i + 2}", "groups", f"{video} is given two groups"))
+        else:
+            groups[video] = group
+    return groups, rejects, warnings
+
+
+def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optional[Path], out: Path, cfg: PathologyCurateConfig,
+           video_groups: Optional[Path] = None) -> dict:
     """Curate videos and/or captioned slides into OUT, dropping near-duplicate frames across videos; returns the summary.
 
-    `slide_captions` is required when `slides` is given.
+    `slide_captions` is required when `slides` is given; `video_groups` optionally groups videos for splits.
     """
     video_cfg = cfg.video
     units: list[WorkUnit] = []
     rejects: list[Reject] = []
     warnings: list[str] = []
+    groups: dict[str, str] = {}
+    if video_groups is not None:
+        groups, group_rejects, group_warnings = read_video_groups(video_groups)
+        rejects += group_rejects
+        warnings += group_warnings
     if videos is not None:
-        video_units, video_rejects = plan_video_units(videos, video_cfg)
+        video_units, video_rejects = plan_video_units(videos, video_cfg, groups)
         units += [WorkUnit(u.key, (VIDEO, u.payload), u.inputs) for u in video_units]
         rejects += video_rejects
         if not video_units and not video_rejects:
@@ -83,7 +106,12 @@ def curate_command(
         None, "--videos", help="Folder of lecture videos, each with a .vtt/.srt/.json transcript of the same stem."
     ),
     slides: Optional[Path] = typer.Option(None, "--slides", help="Folder of whole-slide images openslide reads."),
-    slide_captions: Optional[Path] = typer.Option(None, "--slide-captions", help="CSV with slide_id (file stem) and caption columns."),
+    slide_captions: Optional[Path] = typer.Option(
+        None, "--slide-captions", help="CSV with slide_id (file stem) and caption columns [, patient_id: one split per patient]."
+    ),
+    video_groups: Annotated[Optional[Path], typer.Option(
+        "--video-groups", help="CSV with video (path under --videos, or its name) and group columns: videos of a group share a split."
+    )] = None,
     out: Path = typer.Option(..., "--out", help="Output folder for the curated pairs."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section pathology.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0: in process)."),
@@ -104,7 +132,7 @@ def curate_command(
         raise typer.BadParameter("--slide-captions needs --slides, the folder of the slides it captions")
     try:
         cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers, allow_empty=allow_empty or None)
-        summary = curate(videos, slides, slide_captions, out, cfg)
+        summary = curate(videos, slides, slide_captions, out, cfg, video_groups)
     except InputError as exc:
         # Said here: pipelines/cli.py turns InputError into a click.ClickException that typer's vendored
         # click does not catch (typer >= 0.2x), so there it ends in a traceback.

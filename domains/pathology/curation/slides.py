@@ -10,9 +10,11 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
 4. read a seeded random subset of those cells at the pyramid level just finer than the target MPP,
    resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur).
 
-Captions are weak supervision: every tile of a slide gets the slide's caption; group = slide id, so
-all tiles of a slide land in the same split. Pair ids hash the slide's path relative to the
-`--slides` folder, never the folder as spelled on the command line.
+Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
+(`slide_group`): the captions table's `patient_id` column when it has one, else the patient part of
+a TCGA barcode slide id (TCGA-XX-XXXX), else the slide itself, so a patient's slides never straddle
+splits. Pair ids hash the slide's path relative to the `--slides` folder, never the folder as
+spelled on the command line.
 
 The captions table is read with `pipelines.io.text.read_table` (any common encoding or delimiter,
 a warning when it is not UTF-8). Every slide and caption row that is not curated is a rejects row:
@@ -25,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,20 @@ class SlideConfig:
     seed: int = 0
 
 
+TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(?:-|$)", re.IGNORECASE)
+
+
+def slide_group(slide_id: str, row: dict[str, str]) -> str:
+    """The split group of a slide: its patient when known (patient_id column, or a TCGA barcode), else the slide."""
+    patient = (row.get("patient_id") or "").strip()
+    if patient:
+        return f"patient:{patient}"
+    tcga = TCGA_PATIENT.match(slide_id)
+    if tcga:
+        return f"patient:{tcga.group(1).upper()}"
+    return f"slide:{slide_id}"
+
+
 @dataclass
 class SlideJob:
     """The payload of one slide's work unit: the file, its caption row and the settings as a dict."""
@@ -101,6 +118,7 @@ class SlideJob:
     columns: dict[str, str] = field(default_factory=dict)  # the CSV's extra columns (labels)
     cfg: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # path relative to the --slides folder: pair ids hash it, never the path as spelled ("" = file name)
+    group: str = ""  # split group (slide_group): the patient when known
 
 
 # ---------------------------------------------------------------- pixel checks
@@ -362,7 +380,7 @@ def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig) -> 
         name = path.relative_to(slides_dir).as_posix()
         identity = f"{params_digest}:{name}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(row, sort_keys=True)}"
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-        job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg), name)
+        job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg), name, slide_group(sid, row))
         units.append(WorkUnit(key=f"pathology-slide:{os.path.abspath(path)}:{digest}", payload=job, inputs=[str(path)]))
     for sid in rows:
         if sid not in used:
@@ -445,7 +463,7 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             result.pairs.append(
                 Pair(
                     id=f"{job.slide_id}-{tag}-x{x}-y{y}",
-                    group=job.slide_id,
+                    group=job.group or f"slide:{job.slide_id}",
                     image=rgb,
                     caption=job.caption,
                     source=job.path,

@@ -110,6 +110,7 @@ class VideoJob:
     transcript: str
     config: dict[str, Any]  # VideoConfig as a dict
     video_id: str = ""  # from the path relative to the --videos folder (see `video_id`); "" = from the file name
+    group: str = ""  # split group from the --video-groups table (e.g. a course or lecturer); "" = the video itself
 
 
 # ---------------------------------------------------------------- decoding
@@ -433,7 +434,7 @@ def process_video(unit: WorkUnit) -> UnitResult:
         result.pairs.append(
             Pair(
                 id=pair_id,
-                group=vid,
+                group=job.group or vid,
                 image=image,
                 caption=cleaned.text,
                 source=job.video,
@@ -477,12 +478,13 @@ def _files_by_stem(videos_dir: Path) -> dict[tuple[Path, str], list[Path]]:
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0] / kv[0][1]).as_posix()))
 
 
-def plan_video_units(videos_dir: Path, cfg: VideoConfig) -> tuple[list[WorkUnit], list[Reject]]:
+def plan_video_units(videos_dir: Path, cfg: VideoConfig, groups: dict[str, str] | None = None) -> tuple[list[WorkUnit], list[Reject]]:
     """One unit per video paired with the transcript of its stem (sorted by path); rejects for files that cannot be paired.
 
     A video's transcript is the first of .vtt, .srt, .json found; a second one is a reject row. So is
     a video without a transcript, a transcript without a video and every video of a stem that
-    several videos share.
+    several videos share. `groups` maps a video's path relative to `videos_dir` (or its file name,
+    or stem) to its split group, so videos of one course or speaker share a split.
     """
     videos_dir = Path(videos_dir)
     params_hash = hashlib.sha256(json.dumps(output_params(cfg), sort_keys=True).encode()).hexdigest()[:12]
@@ -507,7 +509,8 @@ def plan_video_units(videos_dir: Path, cfg: VideoConfig) -> tuple[list[WorkUnit]
         transcript = transcripts[0]
         rejects += [Reject(f"{t} (using {transcript.name})", STAGE_TRANSCRIPT, REASON_SECOND_TRANSCRIPT) for t in transcripts[1:]]
         relative = video.relative_to(videos_dir).as_posix()
-        job = VideoJob(str(video), str(transcript), asdict(cfg), video_id(relative))
+        group = next((groups[k] for k in (relative, video.name, video.stem) if groups and k in groups), "")
+        job = VideoJob(str(video), str(transcript), asdict(cfg), video_id(relative), f"group:{group}" if group else "")
         units.append(WorkUnit(f"pathology-video:{video}:{relative}:{params_hash}", job, inputs=[str(video), str(transcript)]))
     return units, rejects
 
