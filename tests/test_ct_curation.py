@@ -11,19 +11,24 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from bad_inputs.ct import EHR_HEADER, REPORT_HEADER, ehr_rows, regular, report_rows, write_csv, write_dicom_series, write_nifti
 
 from domains.ct.curation.curate import CTCurateConfig, curate, patient_hash
+from domains.ct.curation.dates import parse_dates
 from domains.ct.curation.ehr import (
+    clean_codes,
     code_phenotypes,
     is_valid_code,
     load_phecode_map,
     normalise_code,
     phecode_lineage,
-    read_table,
 )
 from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
-from domains.ct.curation.reports import report_views, scrub, split_organs
+from domains.ct.curation.reports import html_to_text, markup_kind, report_views, scrub, split_organs
+from domains.ct.curation.volumes import VolumeError, check_slice_positions, load_dicom_series
 from domains.ct.demo.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
+from pipelines.errors import InputError
+from pipelines.io.text import read_table
 
 SMALL = dict(pixdim=[4.0, 4.0, 6.0], spatial_size=[48, 48, 32], min_positive=3)
 DEMO = dict(n_patients=10, n_studies=14, shape=[64, 64, 40], spacing=[4.5, 4.5, 8.0], finding_probability=0.5)
@@ -193,7 +198,7 @@ def test_bad_volumes_rejected_with_reasons(tmp_path: Path) -> None:
     cfg = CTCurateConfig(pixdim=[3, 3, 3], spatial_size=[32, 32, 16], min_positive=1, min_slices=10)
     summary = curate(vols, tmp_path / "ehr.csv", tmp_path / "reports.csv", None, tmp_path / "out", cfg)
     rejects = pd.read_csv(tmp_path / "out" / "rejects.csv")
-    by_input = {Path(i).name: r for i, r in zip(rejects["input"], rejects["reason"])}
+    by_input = {Path(i.split(" (")[0]).name: r for i, r in zip(rejects["input"], rejects["reason"])}  # "path (detail)"
     assert by_input["mr.nii.gz"] == "not CT (no air near -1000 HU)"
     assert by_input["thin.nii.gz"] == "too few slices"
     assert by_input["flat.nii"] == "2D image, not a volume"
@@ -212,7 +217,7 @@ def test_bad_volumes_rejected_with_reasons(tmp_path: Path) -> None:
 
 def test_missing_columns_named(tmp_path: Path) -> None:
     (tmp_path / "ehr.csv").write_text("patient_id,code,date\np,K76.89,2020-01-01\n")
-    with pytest.raises(ValueError, match="study_id, code_system"):
+    with pytest.raises(InputError, match="ehr.csv lacks column.s. study_id, code_system"):
         read_table(tmp_path / "ehr.csv", ("patient_id", "study_id", "code", "code_system", "date"), "EHR")
 
 
@@ -273,3 +278,114 @@ def test_demo_data_fast_and_complete(tmp_path: Path) -> None:
     assert hu.min() <= -950 and hu.max() >= 600  # air and bone present
     codes = set(nib.aff2axcodes(nib.load(str(p)).affine) for p in (tmp_path / "volumes").glob("*.nii.gz"))
     assert codes == {("R", "A", "S"), ("L", "P", "S")}
+
+
+# ---------------------------------------------------------------- issue 10: DICOM geometry, dates, tables, paths
+
+
+def test_slice_positions_gap_uneven_duplicate_and_tolerance() -> None:
+    names = [f"IM{i}" for i in range(1, 13)]
+    assert check_slice_positions(np.arange(12) * 2.0, names, 0.05) == pytest.approx(2.0)
+    jitter = np.arange(12) * 2.0 + np.tile([0.0, 0.04], 6)  # 2% rounding noise passes
+    assert check_slice_positions(jitter, names, 0.05) == pytest.approx(2.0, abs=0.05)
+    cases = {
+        "missing slices": np.delete(np.arange(12) * 2.0, 5),
+        "non-uniform slice spacing": np.array([0, 2, 4, 6, 8, 10, 13, 16, 19, 22.0]),
+        "duplicate slice positions": np.array([0, 2, 4, 4, 6, 8.0]),
+    }
+    for reason, offsets in cases.items():
+        with pytest.raises(VolumeError) as err:
+            check_slice_positions(offsets, names, 0.05)
+        assert err.value.reason == reason
+    with pytest.raises(VolumeError, match=r"gap of 4.00 mm after slice 5 of 11, IM5; spacing 2.00 mm"):
+        check_slice_positions(cases["missing slices"], names, 0.05)
+    with pytest.raises(VolumeError):  # 2% jitter fails a 1% tolerance
+        check_slice_positions(jitter, names, 0.01)
+
+
+def test_dicom_series_gap_refused_and_regular_series_spacing(tmp_path: Path) -> None:
+    write_dicom_series(tmp_path / "ok", regular(12))
+    vol = load_dicom_series(tmp_path / "ok")
+    assert vol.data.shape == (24, 24, 12) and vol.warnings == []
+    np.testing.assert_allclose(np.sqrt((vol.affine[:3, :3] ** 2).sum(axis=0)), [2.0, 2.0, 2.0])
+    write_dicom_series(tmp_path / "gap", [z for z in regular(12) if z != 10.0])
+    with pytest.raises(VolumeError) as err:
+        load_dicom_series(tmp_path / "gap")
+    assert err.value.reason == "missing slices" and "after slice 5" in err.value.detail
+
+
+def test_dicom_slice_with_cut_pixel_data_is_named(tmp_path: Path) -> None:
+    files = write_dicom_series(tmp_path / "s", regular(12))
+    raw = files[6].read_bytes()
+    files[6].write_bytes(raw[: len(raw) - 200])  # header whole, pixel data short
+    with pytest.raises(VolumeError) as err:
+        load_dicom_series(tmp_path / "s")
+    assert err.value.reason == "unreadable DICOM slice" and err.value.member == files[6].name
+
+
+def test_dicom_warnings_survive_the_cache(tmp_path: Path) -> None:
+    write_dicom_series(tmp_path / "s", regular(12))
+    (tmp_path / "s" / "notes.txt").write_text("PACS export")
+    cfg = PreprocessConfig(pixdim=[6, 6, 6], spatial_size=[8, 8, 8], min_slices=4)
+    _, meta, hit = preprocess_volume(tmp_path / "s", cfg, tmp_path / "cache")
+    _, again, hit2 = preprocess_volume(tmp_path / "s", cfg, tmp_path / "cache")
+    assert not hit and hit2
+    assert meta["warnings"] == again["warnings"] == [["notes.txt", "not a DICOM file; skipped"]]
+
+
+def test_dates_one_order_per_file() -> None:
+    day = parse_dates(["12/04/2021", "25/03/2021", "01/02/21 10:30"], "ehr.csv", "date")
+    assert day.order == "day-first" and [str(d.date()) for d in day.dates] == ["2021-04-12", "2021-03-25", "2021-02-01"]
+    assert "row 2 '25/03/2021'" in day.warnings[0]
+    month = parse_dates(["12/04/2021", "03/25/2021"], "ehr.csv", "date")
+    assert month.order == "month-first" and str(month.dates[0].date()) == "2021-12-04"
+    with pytest.raises(InputError, match=r"ehr.csv: dates in column 'date' are ambiguous.*row 1 '12/04/2021'.*date_order"):
+        parse_dates(["12/04/2021", "03/04/2021"], "ehr.csv", "date")
+    with pytest.raises(InputError, match=r"mixes day-first and month-first.*'13/04/2021'.*'04/13/2021'"):
+        parse_dates(["13/04/2021", "04/13/2021"], "ehr.csv", "date")
+    fixed = parse_dates(["12/04/2021", "03/04/2021"], "ehr.csv", "date", "month-first")
+    assert [str(d.date()) for d in fixed.dates] == ["2021-12-04", "2021-03-04"]
+    assert parse_dates(["05/05/2021"], "f", "date").warnings == []  # both orders agree: nothing to say
+    zoned = parse_dates(["2021-03-04T23:30:00-05:00", "2021-03-04T10:00:00Z", "2021-03-04", "20210304", "4 March 2021",
+                         "", "soon", "2021-02-30"], "ehr.csv", "date")
+    assert [str(d.date()) for d in zoned.dates[:5]] == ["2021-03-04"] * 5  # the calendar date as written
+    assert zoned.dates[5:].isna().all() and zoned.empty == [5] and "time zone" in zoned.warnings[0]
+
+
+def test_ehr_rows_with_bad_dates_are_named(tmp_path: Path) -> None:
+    ehr = pd.DataFrame({"patient_id": ["p", "p", "p"], "study_id": ["s", "s", "s"], "code": ["R18.8"] * 3,
+                        "code_system": ["ICD10CM"] * 3, "date": ["2021-01-01", "", "2021-13-01"]})
+    codes, rejects = clean_codes(ehr, None)
+    assert len(codes) == 1 and [(r.row, r.reason) for r in rejects] == [(2, "missing date"), (3, "unparseable date")]
+
+
+def test_report_markup() -> None:
+    html = "<p>LIVER: Normal&nbsp;size.</p><p>KIDNEYS: No calculi &amp; no cysts.<br>Bladder normal.</p>"
+    assert markup_kind(html) == "html" and markup_kind(r"{\rtf1\ansi LIVER: ok.\par}") == "rtf"
+    assert markup_kind("Lesion <5 mm, density > 20 HU.") is None
+    organs, _ = split_organs(html_to_text(html))
+    assert organs == {"liver": "Normal size.", "kidneys": "No calculi & no cysts. Bladder normal."}
+
+
+def _tiny_studies(root: Path) -> None:
+    vols = root / "inputs" / "volumes"
+    vols.mkdir(parents=True)
+    for sid in ("A", "B", "C"):
+        write_nifti(vols / f"{sid}.nii.gz")
+    write_dicom_series(vols / "D", regular(12))
+    write_csv(root / "inputs" / "ehr.csv", EHR_HEADER, ehr_rows(["A", "B", "C", "D"]))
+    write_csv(root / "inputs" / "reports.csv", REPORT_HEADER, report_rows(["A", "B", "C", "D"]))
+
+
+def test_relative_and_absolute_paths_give_identical_manifests(tmp_path: Path, monkeypatch) -> None:
+    _tiny_studies(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cfg = CTCurateConfig(pixdim=[6, 6, 6], spatial_size=[8, 8, 8], min_slices=4, min_positive=1)
+    inputs = tmp_path / "inputs"
+    curate(Path("inputs/volumes"), Path("inputs/ehr.csv"), Path("inputs/reports.csv"), None, Path("rel"), cfg)
+    curate(inputs / "volumes", inputs / "ehr.csv", inputs / "reports.csv", None, tmp_path / "abs", cfg)
+    rel, abs_ = pd.read_parquet(tmp_path / "rel" / "manifest.parquet"), pd.read_parquet(tmp_path / "abs" / "manifest.parquet")
+    assert len(rel) == 4
+    pd.testing.assert_frame_equal(rel, abs_)
+    assert set(rel["group"]) == {patient_hash(f"P{s}", cfg.patient_salt) for s in "ABCD"}  # from the EHR, not a path
+    assert (tmp_path / "rel" / "rejects.csv").read_text() == (tmp_path / "abs" / "rejects.csv").read_text()

@@ -4,16 +4,28 @@ r"""`domainfm curate ct`: CT volumes + radiology reports + EHR phenotype labels 
 
 Inputs
 - `--volumes DIR`: NIfTI files (`<study_id>.nii[.gz]`), DICOM series folders (`<study_id>/`, the
-  series with most slices is used) or single `.dcm` files (`<study_id>.dcm`).
-- `--ehr` CSV `patient_id, study_id, code, code_system, date` (code_system ICD9CM | ICD10CM |
+  series with most slices is used, with a warning when there are several; volumes.py lists the
+  series checks) or single `.dcm` files (`<study_id>.dcm`). Two volumes with one study id are both
+  refused.
+- `--ehr` table `patient_id, study_id, code, code_system, date` (code_system ICD9CM | ICD10CM |
   ICD10 (WHO)); the study -> patient link comes from here. Rows with an empty study_id are
   patient-level codes.
-- `--reports` CSV `study_id, findings, impression` and an optional `study_date` column.
-- `--phecode-map` CSV `vocabulary_id, code, phecode` (PheWAS phecode map 1.2 format). Without it,
+- `--reports` table `study_id, findings, impression` and an optional `study_date` column. HTML in a
+  cell is reduced to text (a warning), RTF refuses the study, different reports for one study
+  refuse it; a report without a volume is a rejects row.
+- `--phecode-map` table `vocabulary_id, code, phecode` (PheWAS phecode map 1.2 format). Without it,
   ICD-10 three-character categories are the phenotypes.
+Tables are read by pipelines.io.text.read_table: any of , ; tab | as delimiter, UTF-8 (BOM or not),
+UTF-16 with a BOM, else cp1252/Latin-1 with a warning; a missing column or an empty file stops the
+run naming the file. Dates follow dates.py: one day/month order per file (`date_order`), time zones
+dropped to the calendar date as written; an unreadable date is a rejects row naming file and row.
 
 Study date (the centre of the code window): the reports' `study_date` when given, else the DICOM
 StudyDate, else the earliest EHR date on rows carrying that study_id. The date is used, never written.
+
+Paths: inputs are made absolute before anything is named, so `--volumes data/x` and
+`--volumes /abs/data/x` give identical manifests (sources are absolute paths); groups come from the
+EHR's patient_id, never from a path.
 
 Output contract (OUT, besides the common manifest.parquet / rejects.csv / summary.json):
 - `shards/{split}-NNNNNN.tar`, one sample per study, key `ct-<study_id>` (sanitised):
@@ -44,11 +56,12 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import pandas as pd
 import typer
 
+from domains.ct.curation.dates import parse_dates
 from domains.ct.curation.ehr import (
     EHR_COLUMNS,
     PhecodeMap,
@@ -56,19 +69,20 @@ from domains.ct.curation.ehr import (
     label_space,
     load_phecode_map,
     phenotype_name,
-    read_table,
     study_phenotypes,
 )
 from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
-from domains.ct.curation.reports import caption_variants, report_caption, scrub, split_organs
+from domains.ct.curation.reports import caption_variants, html_to_text, markup_kind, report_caption, scrub, split_organs
 from domains.ct.curation.volumes import VolumeError, read_dicom_header, study_id_of, volume_kind
 from pipelines.curation import CurationConfig, Pair, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_json
 from pipelines.io.manifest import read_manifest
+from pipelines.io.text import read_table
 from pipelines.params import read
 
 REPORT_COLUMNS = ("study_id", "findings", "impression")
-STAGE_VOLUME, STAGE_STUDY, STAGE_EHR = "volume", "study", "ehr"
+STAGE_VOLUME, STAGE_STUDY, STAGE_EHR, STAGE_REPORT = "volume", "study", "ehr", "report"
 
 
 @dataclass
@@ -84,11 +98,15 @@ class CTCurateConfig(CurationConfig):
     min_slices: int = 10  # fewer voxels than this along any axis: rejected
     air_hu: float = -900.0  # no-Modality volumes are CT only if >= min_air_fraction voxels are below air_hu
     min_air_fraction: float = 0.01
+    slice_spacing_tolerance: float = 0.05  # a DICOM slice step may differ this fraction from the median step (volumes.py)
     cache_dir: Optional[str] = None  # None: OUT/../cache (a sibling of the curated folder)
     # Labels
     days_before: int = 365  # codes dated up to this many days before the study count
     days_after: int = 30  # ... and up to this many days after
     min_positive: int = 5  # phenotypes with fewer positive studies are dropped
+    # Day/month order of numeric dates (EHR `date`, reports `study_date`), one per file: "auto" infers
+    # it from all the file's values and refuses a file where both orders read every value differently.
+    date_order: Literal["auto", "day-first", "month-first"] = "auto"
     patient_salt: str = "domainfm-ct-v1"  # change per deployment; keep secret for real data
     # the shared settings, with CT's defaults
     shard_size: int = 64
@@ -104,6 +122,7 @@ class CTCurateConfig(CurationConfig):
             min_slices=int(self.min_slices),
             air_hu=float(self.air_hu),
             min_air_fraction=float(self.min_air_fraction),
+            slice_spacing_tolerance=float(self.slice_spacing_tolerance),
         )
 
     def curation(self) -> CurationConfig:
@@ -128,13 +147,17 @@ def process(unit: WorkUnit) -> UnitResult:
     job: dict[str, Any] = unit.payload
     result = UnitResult()
     cfg = PreprocessConfig(**job["preprocess"])
+    source = job["source"]
     try:
-        array, meta, hit = preprocess_volume(Path(job["source"]), cfg, job["cache_dir"])
+        array, meta, hit = preprocess_volume(Path(source), cfg, job["cache_dir"])
     except VolumeError as exc:
-        result.rejects.append(Reject(job["source"], STAGE_VOLUME, exc.reason))
+        where = f"{source}/{exc.member}" if exc.member else source
+        result.rejects.append(Reject(f"{where} ({exc.detail})" if exc.detail else where, STAGE_VOLUME, exc.reason))
         result.counts["volumes_rejected"] += 1
         return result
     result.counts["volumes_cache_hit" if hit else "volumes_preprocessed"] += 1
+    for member, note in meta.get("warnings", []):
+        result.warnings.append(f"{source}/{member}: {note}" if member else f"{source}: {note}")
     result.counts["pairs_written"] += 1
     provenance = {
         "study_id": job["study_id"],
@@ -174,9 +197,14 @@ def _identity(path: Path) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
 
 
-def discover_volumes(folder: Path) -> tuple[dict[str, Path], list[Reject]]:
-    """study_id -> volume path for everything under `folder` (top level), rejects for the rest."""
-    found: dict[str, Path] = {}
+def discover_volumes(folder: Path) -> tuple[dict[str, Path], list[Reject], set[str]]:
+    """study_id -> volume path for everything under `folder` (top level), rejects for the rest.
+
+    Also returns the study ids whose volumes were refused here (duplicates): their reports are
+    accounted for by those rejects. Two volumes claiming one study id are both refused: which one
+    the report describes cannot be told.
+    """
+    claims: dict[str, list[Path]] = {}
     rejects: list[Reject] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
@@ -188,80 +216,179 @@ def discover_volumes(folder: Path) -> tuple[dict[str, Path], list[Reject]]:
         if kind == "image2d":
             rejects.append(Reject(str(path), STAGE_VOLUME, "2D image, not a volume"))
             continue
-        sid = study_id_of(path)
-        if sid in found:
-            rejects.append(Reject(str(path), STAGE_VOLUME, "duplicate study id"))
+        claims.setdefault(study_id_of(path), []).append(path)
+    found: dict[str, Path] = {}
+    duplicated: set[str] = set()
+    for sid, paths in claims.items():
+        if len(paths) == 1:
+            found[sid] = paths[0]
             continue
-        found[sid] = path
-    return found, rejects
+        duplicated.add(sid)
+        for path in paths:
+            others = ", ".join(p.name for p in paths if p != path)
+            rejects.append(Reject(f"{path} (also {others})", STAGE_VOLUME, "duplicate study id"))
+    return found, rejects, duplicated
 
 
-def _study_date(sid: str, path: Path, reports: pd.DataFrame, ehr: pd.DataFrame) -> Optional[pd.Timestamp]:
-    if "study_date" in reports.columns:
-        given = reports.loc[reports["study_id"] == sid, "study_date"]
-        for value in given:
-            date = pd.to_datetime(value, errors="coerce", format="mixed")
-            if not pd.isna(date):
-                return date
+@dataclass
+class StudyReport:
+    """One study's report as read from the reports table."""
+
+    where: str  # "<reports file>:row N (study S)": how rejects and warnings name it
+    findings: str = ""  # scrubbed
+    impression: str = ""  # scrubbed
+    date: Optional[pd.Timestamp] = None  # the table's study_date, when given
+    refused: Optional[str] = None  # reject reason when the report cannot be used
+
+
+def read_reports(
+    table: pd.DataFrame, path: Path, date_order: str
+) -> tuple[dict[str, StudyReport], list[Reject], list[str]]:
+    """study_id -> report, rejects for unusable rows, and warnings for rows used with a caveat.
+
+    Rows repeating a study's report are used once (a warning); rows giving one study different
+    reports refuse it ("conflicting reports"). HTML in a cell is reduced to its text (a warning),
+    RTF refuses the study. A `study_date` that is given but is no date refuses the study.
+    """
+    warnings: list[str] = []
+    rejects: list[Reject] = []
+    dates = None
+    if "study_date" in table.columns:
+        parsed = parse_dates(list(table["study_date"]), str(path), "study_date", date_order)
+        warnings += parsed.warnings
+        dates = parsed.dates
+    rows_of: dict[str, list[int]] = {}
+    for i, sid in enumerate(table["study_id"], start=1):
+        sid = str(sid).strip()
+        if not sid:
+            rejects.append(Reject(f"{path}:row {i}", STAGE_REPORT, "missing study id"))
+            continue
+        rows_of.setdefault(sid, []).append(i)
+    columns = ["findings", "impression"] + (["study_date"] if dates is not None else [])
+    reports: dict[str, StudyReport] = {}
+    for sid, rows in rows_of.items():
+        where = f"{path}:row {rows[0]} (study {sid})" if len(rows) == 1 else f"{path}:rows {', '.join(map(str, rows))} (study {sid})"
+        texts = {tuple(str(table[c].iloc[i - 1]).strip() for c in columns) for i in rows}
+        report = StudyReport(where=where)
+        reports[sid] = report
+        if len(texts) > 1:
+            report.refused = "conflicting reports"
+            continue
+        if len(rows) > 1:
+            warnings.append(f"{where}: the same report repeated; used once")
+        i = rows[0]
+        parts = {}
+        for column in ("findings", "impression"):
+            text = str(table[column].iloc[i - 1])
+            kind = markup_kind(text)
+            if kind == "rtf":
+                report.refused = "report is RTF markup (convert it to plain text)"
+                break
+            if kind == "html":
+                text = html_to_text(text)
+                warnings.append(f"{where}: HTML markup in {column} reduced to its text")
+            parts[column] = scrub(text).strip()
+        if report.refused:
+            continue
+        report.findings, report.impression = parts["findings"], parts["impression"]
+        if dates is not None:
+            raw = str(table["study_date"].iloc[i - 1]).strip()
+            if raw and pd.isna(dates.iloc[i - 1]):
+                report.refused = "unparseable study date"
+            elif raw:
+                report.date = dates.iloc[i - 1]
+    return reports, rejects, warnings
+
+
+def _study_date(path: Path, report: StudyReport, first_ehr_date: Optional[pd.Timestamp]) -> Optional[pd.Timestamp]:
+    """The report's study_date, else the DICOM StudyDate, else the earliest EHR date on the study's rows."""
+    if report.date is not None:
+        return report.date
     if volume_kind(path) == "dicom":
         header = read_dicom_header(path)
         date = pd.to_datetime(str(header.get("StudyDate", "")) if header else "", errors="coerce", format="%Y%m%d")
         if not pd.isna(date):
             return date
-    dates = pd.to_datetime(ehr.loc[ehr["study_id"] == sid, "date"], errors="coerce", format="mixed").dropna()
-    return dates.min() if len(dates) else None
+    return None if first_ehr_date is None or pd.isna(first_ehr_date) else first_ehr_date
+
+
+@dataclass
+class Plan:
+    """What curation will do: work units, rejects and warnings found while planning, counts, labels."""
+
+    units: list[WorkUnit]
+    rejects: list[Reject]
+    counts: Counter
+    labels: dict[str, Any]  # the label space, for write_phenotypes
+    warnings: list[str]
 
 
 def plan(
     volumes: Path, ehr_path: Path, reports_path: Path, phecode_map: Optional[Path], out: Path, cfg: CTCurateConfig
-) -> tuple[list[WorkUnit], list[Reject], Counter, dict[str, Any]]:
-    """Plan the curation: work units, rejects, counts and the phenotype label space.
+) -> Plan:
+    """Plan the curation: work units, rejects, counts, warnings and the phenotype label space.
 
-    Units are the studies that have a volume, a report and EHR rows; rejects cover the rest. The
-    label space (last item) is what write_phenotypes turns into phenotypes.json.
+    Units are the studies that have a volume, a usable report and EHR rows; rejects cover the rest.
+    Input paths are made absolute first, so how they were spelled never reaches an output.
     """
-    ehr = read_table(ehr_path, EHR_COLUMNS, "EHR")
-    reports = read_table(reports_path, REPORT_COLUMNS, "reports")
-    phemap: Optional[PhecodeMap] = load_phecode_map(phecode_map) if phecode_map else None
-    if not Path(volumes).is_dir():
-        raise FileNotFoundError(f"volumes folder not found: {volumes}")
+    volumes, ehr_path, reports_path = (Path(os.path.abspath(p)) for p in (volumes, ehr_path, reports_path))
+    warnings: list[str] = []
+    ehr, notes = read_table(ehr_path, EHR_COLUMNS, "EHR")
+    warnings += notes
+    reports_table, notes = read_table(reports_path, REPORT_COLUMNS, "reports")
+    warnings += notes
+    phemap: Optional[PhecodeMap] = load_phecode_map(Path(os.path.abspath(phecode_map)), warnings) if phecode_map else None
+    if not volumes.is_dir():
+        raise InputError(f"volumes folder not found: {volumes}")
     counts: Counter = Counter()
     rejects: list[Reject] = []
 
-    codes, row_rejects = clean_codes(ehr, phemap)
+    ehr_dates = parse_dates(list(ehr["date"]), str(ehr_path), "date", cfg.date_order)
+    warnings += ehr_dates.warnings
+    codes, row_rejects = clean_codes(ehr, phemap, ehr_dates.dates)
     counts["ehr_rows"] = len(ehr)
     counts["ehr_rows_kept"] = len(codes)
     rejects += [Reject(f"{ehr_path}:row {r.row}", STAGE_EHR, r.reason) for r in row_rejects]
+    ehr_study = ehr["study_id"].str.strip()
+    patients_of = {sid: sorted(set(g) - {""}) for sid, g in ehr["patient_id"].str.strip().groupby(ehr_study)}
+    first_date_of = ehr_dates.dates.groupby(ehr_study.to_numpy()).min()  # NaT where no row has a date
 
-    found, vol_rejects = discover_volumes(Path(volumes))
+    reports, report_rejects, notes = read_reports(reports_table, reports_path, cfg.date_order)
+    rejects += report_rejects
+    warnings += notes
+
+    found, vol_rejects, duplicated = discover_volumes(volumes)
     rejects += vol_rejects
     counts["volumes_seen"] = len(found) + len(vol_rejects)
 
     studies: dict[str, dict[str, Any]] = {}
     for sid, path in found.items():
-        patients = sorted({p.strip() for p in ehr.loc[ehr["study_id"] == sid, "patient_id"] if p.strip()})
+        report = reports.get(sid)
+        if report is not None and report.refused:
+            rejects.append(Reject(f"{report.where}; volume {path}", STAGE_REPORT, report.refused))
+            continue
+        patients = patients_of.get(sid, [])
         if not patients:
             rejects.append(Reject(str(path), STAGE_STUDY, "no EHR rows"))
             continue
         if len(patients) > 1:
             rejects.append(Reject(str(path), STAGE_STUDY, "conflicting patient ids"))
             continue
-        rows = reports[reports["study_id"] == sid]
-        findings = scrub(str(rows["findings"].iloc[0])).strip() if len(rows) else ""
-        impression = scrub(str(rows["impression"].iloc[0])).strip() if len(rows) else ""
-        if not findings and not impression:
+        if report is None or (not report.findings and not report.impression):
             rejects.append(Reject(str(path), STAGE_STUDY, "no report"))
             continue
-        date = _study_date(sid, path, reports, ehr)
+        date = _study_date(path, report, first_date_of.get(sid))
         if date is None:
             rejects.append(Reject(str(path), STAGE_STUDY, "no study date"))
             continue
         phenos, n_in, n_out = study_phenotypes(codes, patients[0], date, cfg.days_before, cfg.days_after)
         counts["codes_in_window"] += n_in
         counts["codes_out_of_window"] += n_out
-        studies[sid] = {"path": path, "patient": patients[0], "findings": findings, "impression": impression,
+        studies[sid] = {"path": path, "patient": patients[0], "findings": report.findings, "impression": report.impression,
                         "phenos": phenos, "n_in": n_in, "n_out": n_out}
-    counts["reports_without_volume"] = int((~reports["study_id"].isin(list(found))).sum())
+    orphans = [r for sid, r in reports.items() if sid not in found and sid not in duplicated]
+    rejects += [Reject(r.where, STAGE_REPORT, r.refused or "no volume") for r in orphans]
+    counts["reports_without_volume"] = len(orphans)
 
     kept, dropped = label_space({s: v["phenos"] for s, v in studies.items()}, cfg.min_positive)
     counts["phenotypes_kept"] = len(kept)
@@ -303,8 +430,8 @@ def plan(
         }
         digest_src = {k: v for k, v in payload.items() if k != "cache_dir"} | {"identity": _identity(s["path"])}
         digest = hashlib.sha256(json.dumps(digest_src, sort_keys=True).encode()).hexdigest()[:16]
-        units.append(WorkUnit(key=f"ct:{os.path.abspath(s['path'])}:{digest}", payload=payload, inputs=[str(s['path'])]))
-    return units, rejects, counts, labels
+        units.append(WorkUnit(key=f"ct:{s['path']}:{digest}", payload=payload, inputs=[str(s['path'])]))
+    return Plan(units, rejects, counts, labels, warnings)
 
 
 def write_phenotypes(out: Path, labels: dict[str, Any]) -> dict[str, Any]:
@@ -337,9 +464,10 @@ def curate(
 ) -> dict[str, Any]:
     """The whole curation (the CLI's body, callable from tests and other code)."""
     out = Path(out)
-    units, rejects, counts, labels = plan(volumes, ehr, reports, phecode_map, out, cfg)
-    summary = run_curation(units, process, out, cfg.curation(), pre_rejects=rejects, pre_counts=dict(counts))
-    write_phenotypes(out, labels)
+    planned = plan(volumes, ehr, reports, phecode_map, out, cfg)
+    summary = run_curation(planned.units, process, out, cfg.curation(), pre_rejects=planned.rejects,
+                           pre_counts=dict(planned.counts), pre_warnings=planned.warnings)
+    write_phenotypes(out, planned.labels)
     return summary
 
 
@@ -356,14 +484,19 @@ def curate_command(
     out: Path = typer.Option(..., "--out", help="Output folder (shards/, manifest.parquet, phenotypes.json, ...)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section ct.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0 = in process); overrides params."),
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")
+    ] = False,
 ) -> dict[str, Any]:
     """Curate CT volume-report pairs with EHR phenotype labels."""
-    cfg = load_config(params, workers, allow_empty)
     try:
+        cfg = load_config(params, workers, allow_empty)
         summary = curate(Path(volumes), Path(ehr), Path(reports), phecode_map, Path(out), cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except InputError as exc:
+        # Said here, not left to pipelines/cli.py: its click.ClickException is not the class typer's vendored
+        # click catches (typer >= 0.2x), so there it would end in a traceback.
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(
         f"ct: {summary['pairs']['kept']} pairs {summary['pairs']['per_split']}, "
         f"{sum(summary['rejected'].values())} rejects -> {out}"

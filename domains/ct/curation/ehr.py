@@ -16,9 +16,12 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import pandas as pd
+
+from domains.ct.curation.dates import parse_dates
+from pipelines.io.text import read_table
 
 CODE_SYSTEMS = ("ICD9CM", "ICD10CM", "ICD10")
 _CODE_PATTERNS = {
@@ -30,22 +33,6 @@ PHECODE_NAMES = Path(__file__).with_name("phecode_names.csv")  # Merlin's phenot
 
 EHR_COLUMNS = ("patient_id", "study_id", "code", "code_system", "date")
 MAP_COLUMNS = ("vocabulary_id", "code", "phecode")
-
-
-def read_table(path: Path | str, required: Iterable[str], what: str) -> pd.DataFrame:
-    """A CSV as strings (empty cells = ""), or a ValueError naming the missing columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} CSV not found: {path}")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise ValueError(
-            f"{what} CSV {path} lacks column(s) {', '.join(missing)}; "
-            f"required: {', '.join(required)}; found: {', '.join(table.columns)}"
-        )
-    return table
 
 
 def normalise_code(code: str) -> str:
@@ -116,9 +103,15 @@ class PhecodeMap:
         return set()
 
 
-def load_phecode_map(path: Path | str) -> PhecodeMap:
-    """Read a `vocabulary_id, code, phecode` CSV; rows with an empty code or phecode are skipped."""
-    table = read_table(path, MAP_COLUMNS, "phecode map")
+def load_phecode_map(path: Path | str, warnings: Optional[list[str]] = None) -> PhecodeMap:
+    """Read a `vocabulary_id, code, phecode` table; rows with an empty code or phecode are skipped.
+
+    The table is read by pipelines.io.text.read_table (encoding, delimiter; InputError naming the
+    file and the missing columns); its decoding warnings are appended to `warnings` when given.
+    """
+    table, notes = read_table(path, MAP_COLUMNS, "phecode map")
+    if warnings is not None:
+        warnings.extend(notes)
     mapping: dict[tuple[str, str], set[str]] = {}
     for vocab, code, phe in zip(table["vocabulary_id"], table["code"], table["phecode"]):
         if code and phe:
@@ -150,19 +143,26 @@ def code_phenotypes(system: str, code: str, phemap: Optional[PhecodeMap]) -> tup
     return {p for phe in direct for p in phecode_lineage(phe)}, None
 
 
-def clean_codes(ehr: pd.DataFrame, phemap: Optional[PhecodeMap]) -> tuple[pd.DataFrame, list[CodeRowReject]]:
-    """Valid rows as (patient_id, study_id, date, phenotypes); row-level rejects for the others."""
+def clean_codes(
+    ehr: pd.DataFrame, phemap: Optional[PhecodeMap], dates: Optional[pd.Series] = None
+) -> tuple[pd.DataFrame, list[CodeRowReject]]:
+    """Valid rows as (patient_id, study_id, date, phenotypes); row-level rejects for the others.
+
+    `dates` are the `date` column already read with the file's one day/month order
+    (dates.parse_dates), aligned by position; without it the column is read here.
+    """
     rejects: list[CodeRowReject] = []
     rows = []
-    dates = pd.to_datetime(ehr["date"], errors="coerce", format="mixed")
-    for i, (pid, sid, code, system, date) in enumerate(
-        zip(ehr["patient_id"], ehr["study_id"], ehr["code"], ehr["code_system"], dates), start=1
+    if dates is None:
+        dates = parse_dates(list(ehr["date"]), "EHR", "date").dates
+    for i, (pid, sid, code, system, raw_date, date) in enumerate(
+        zip(ehr["patient_id"], ehr["study_id"], ehr["code"], ehr["code_system"], ehr["date"], dates), start=1
     ):
         if not str(pid).strip():
             rejects.append(CodeRowReject(i, "missing patient id"))
             continue
         if pd.isna(date):
-            rejects.append(CodeRowReject(i, "unparseable date"))
+            rejects.append(CodeRowReject(i, "missing date" if not str(raw_date).strip() else "unparseable date"))
             continue
         phenos, reason = code_phenotypes(normalise_system(system), normalise_code(code), phemap)
         if reason:

@@ -9,7 +9,9 @@ Cache: `cache_dir/<key[:2]>/<key>.npy` plus `<key>.json` (metadata), where key =
 input bytes (a file, or every file of a DICOM folder in path order) + the preprocessing and
 validation parameters + a format version. Changing a parameter or a byte of the input gives a new
 key, so the cache never serves stale tensors; entries are written atomically so parallel workers
-and interrupted runs cannot leave a partial file. Only volumes that passed validation are cached.
+and interrupted runs cannot leave a partial file. Only volumes that passed validation are cached,
+with the loader's warnings (files skipped in a DICOM folder, the series chosen), so a cache hit
+reports them too.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleInt
 
 from domains.ct.curation.volumes import Volume, load_volume, validate_volume
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: DICOM series geometry checked (v1 entries may hold series with missing slices)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PreprocessConfig:
     min_slices: int = 10
     air_hu: float = -900.0
     min_air_fraction: float = 0.01
+    slice_spacing_tolerance: float = 0.05  # DICOM slice steps may differ this fraction from the median step
 
 
 def build_transforms(cfg: PreprocessConfig) -> Compose:
@@ -108,7 +111,7 @@ def preprocess_volume(
         if arr_path.is_file() and meta_path.is_file():  # meta is written last: marks the entry complete
             return np.load(arr_path, allow_pickle=False), json.loads(meta_path.read_text()), True
 
-    vol = load_volume(path)
+    vol = load_volume(path, cfg.slice_spacing_tolerance)
     validate_volume(vol, cfg.min_slices, cfg.air_hu, cfg.min_air_fraction)
     array, out_affine = apply_transforms(vol, cfg)
     zooms = np.sqrt((vol.affine[:3, :3] ** 2).sum(axis=0))
@@ -121,6 +124,7 @@ def preprocess_volume(
         "output_shape": [int(s) for s in array.shape],
         "output_affine": out_affine.round(4).tolist(),
         "study_date": vol.study_date,  # for the time window only; curate never copies it out
+        "warnings": [list(w) for w in vol.warnings],  # [file inside the input or "", note]: cached with the tensor
     }
     if cache_dir is not None:
         _atomic_save(arr_path, lambda f: np.save(f, array, allow_pickle=False))

@@ -1,4 +1,4 @@
-"""Radiology report text: scrubbing of identifiers, organ sections, and caption views.
+r"""Radiology report text: scrubbing of identifiers, organ sections, and caption views.
 
 Scrubbing replaces dates with "[DATE]", MRN/accession-like identifiers with "[ID]", and names
 after a title (Dr./Mr./Mrs./Ms./Miss/Prof.) with "[NAME]" (the title is kept so the sentence still
@@ -7,10 +7,17 @@ reads). It is pattern based: a safety net for the common leaks, not a certified 
 Organ sections: in the findings, a line that starts with capitalised word(s) and a colon
 ("LIVER:", "Kidneys:", "Gallbladder and bile ducts:") opens a section that runs to the next such
 line. Keys are lower case with spaces as underscores ("liver", "gallbladder_and_bile_ducts").
+
+Markup: report cells exported from a RIS sometimes hold HTML or RTF. HTML (a known tag such as
+<p>, <br>, <b>, <div>, or an entity like &nbsp;) is reduced to its text, block tags becoming line
+breaks so organ sections still split (the curation records a warning); RTF ({\rtf1 ...}) is not
+converted (its control words, font tables and escapes need a real RTF reader): the study is refused.
 """
 from __future__ import annotations
 
+import html
 import re
+from html.parser import HTMLParser
 
 _MONTHS = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
@@ -32,6 +39,57 @@ _ID_LABELLED = re.compile(
 _ID_DIGITS = re.compile(r"\b\d{6,}\b")
 _NAME = re.compile(r"\b(Dr|Mr|Mrs|Ms|Miss|Prof)(\.?)\s+[A-Z][A-Za-z'-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][A-Za-z'-]+)*")
 _HEADING = re.compile(r"^\s*([A-Z][A-Za-z]*(?:[ /&-]+[A-Za-z]+){0,4})\s*:\s*(.*)$")
+
+
+_HTML_TAGS = ("a|b|i|u|p|br|hr|div|span|font|strong|em|ul|ol|li|table|thead|tbody|tr|td|th|html|head|body|"
+              "h[1-6]|sup|sub|pre|blockquote|center|small|big|meta|style|title")
+_HTML = re.compile(rf"</?(?:{_HTML_TAGS})\b[^<>]*/?>|&(?:nbsp|amp|lt|gt|quot|apos|#\d+|#x[0-9a-f]+);", re.I)
+_HTML_BLOCK = {"p", "br", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "ul", "ol", "pre", "blockquote"}
+_RTF = re.compile(r"^\s*\{\\rtf", re.I)
+
+
+def markup_kind(text: str) -> str | None:
+    """'rtf' or 'html' when a report cell holds that markup, else None (plain text)."""
+    if not text:
+        return None
+    if _RTF.match(text):
+        return "rtf"
+    if _HTML.search(text):
+        return "html"
+    return None
+
+
+class _TextOfHTML(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip = 0  # inside <style>/<head> etc.
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("style", "script", "head", "title"):
+            self.skip += 1
+        elif tag in _HTML_BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "head", "title"):
+            self.skip = max(0, self.skip - 1)
+        elif tag in _HTML_BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.parts.append(data)
+
+
+def html_to_text(text: str) -> str:
+    """The text of an HTML fragment: tags dropped, entities decoded, block tags as line breaks."""
+    parser = _TextOfHTML()
+    parser.feed(text)
+    parser.close()
+    plain = html.unescape("".join(parser.parts)).replace("\xa0", " ")
+    lines = [" ".join(line.split()) for line in plain.splitlines()]
+    return "\n".join(line for line in lines if line)
 
 
 def scrub(text: str) -> str:
