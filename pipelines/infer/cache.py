@@ -1,0 +1,46 @@
+"""Embeddings kept on disk per (model, input content, tiling), so the next query over the same input is instant."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipelines.curation.fingerprint import Fingerprints
+from pipelines.io.atomic import atomic_write_bytes
+
+DEFAULT_CACHE = Path.home() / ".cache" / "domainfm" / "embeddings"
+
+
+class EmbeddingCache:
+    """An .npz per key under `folder`: `embeddings` and a JSON list of window records."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else DEFAULT_CACHE
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fingerprints = Fingerprints(self.folder / "fingerprints.json")
+
+    def key(self, model_fingerprint: str, inputs: Sequence[str | Path], settings: dict[str, Any]) -> str:
+        """A key from the model's weights, the inputs' content and the settings that shape the windows."""
+        digests = [self.fingerprints.digest(p) for p in inputs]
+        self.fingerprints.save()
+        blob = json.dumps({"model": model_fingerprint, "inputs": digests, "settings": settings}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def load(self, key: str) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+        """(embeddings, window records) stored under `key`, or None."""
+        path = self.folder / f"{key}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return data["embeddings"], json.loads(str(data["windows"]))
+
+    def save(self, key: str, embeddings: np.ndarray, windows: list[dict[str, Any]]) -> None:
+        """Store embeddings with their window records (atomically)."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, embeddings=np.asarray(embeddings, np.float32), windows=np.asarray(json.dumps(windows)))
+        atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())

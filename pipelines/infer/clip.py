@@ -1,0 +1,117 @@
+"""An exported open_clip model (a `local-dir:` folder written by `domainfm export`) at work.
+
+```python
+encoder = ClipEncoder.load("exports/remote_sensing")
+classifier = encoder.zero_shot(["water", "forest"], ["a satellite image of {c}."])
+probabilities = classifier.probabilities(encoder.embed_images(images))  # (n, 2), rows sum to 1
+```
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines.errors import InputError
+from pipelines.infer.device import inference_autocast, resolve_device
+from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
+
+
+def export_kind(folder: Path) -> str:
+    """"open_clip" for a local-dir folder, "volume" for a 3D dual encoder folder; InputError otherwise."""
+    folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return "open_clip"
+    config = folder / "config.json"
+    if config.is_file() and "phenotypes" in json.loads(config.read_text()):
+        return "volume"
+    raise InputError(f"{folder} is not an exported model (no {CONFIG_FILE} + {WEIGHTS_FILE}, no volume config.json)")
+
+
+@dataclass
+class ZeroShotClassifier:
+    """Class embeddings (from class names and prompt templates) and the model's temperature."""
+
+    classnames: list[str]
+    weights: torch.Tensor  # (embed_dim, n_classes), columns L2-normalised
+    logit_scale: float
+
+    def probabilities(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """Softmax over classes of the scaled cosine similarities, (n, n_classes) float32."""
+        logits = torch.from_numpy(np.asarray(image_embeddings, np.float32)) @ self.weights * self.logit_scale
+        return torch.softmax(logits, dim=1).numpy()
+
+
+class ClipEncoder:
+    """Batched image and text embeddings of an exported open_clip model, on the best device."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Any,
+                 device: torch.device, fingerprint: str) -> None:
+        self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
+        self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it)
+
+    @classmethod
+    def load(cls, export_dir: str | Path, device: str = "auto") -> ClipEncoder:
+        """Load `export_dir` (open_clip's local-dir format); InputError when it is another kind of model."""
+        import open_clip
+
+        folder = Path(export_dir)
+        if export_kind(folder) != "open_clip":
+            raise InputError(f"{folder} holds a volume model; this command needs an image (open_clip) export")
+        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+        digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+        return cls(model, preprocess, tokenizer, resolve_device(device), digest)
+
+    def to_tensor(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        """The model input for one RGB image (HxWx3 uint8 array or PIL image)."""
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+        return self.preprocess(pil.convert("RGB"))
+
+    @torch.no_grad()
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """L2-normalised embeddings (n, embed_dim) of preprocessed images (n, 3, H, W)."""
+        with inference_autocast(self.device):
+            emb = self.model.encode_image(batch.to(self.device, non_blocking=True), normalize=True)
+        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def embed_images(self, images: Sequence[np.ndarray | Image.Image], batch_size: int = 64) -> np.ndarray:
+        """L2-normalised embeddings of RGB images, batch by batch."""
+        chunks = [self.embed_tensors(torch.stack([self.to_tensor(im) for im in images[i:i + batch_size]]))
+                  for i in range(0, len(images), batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """L2-normalised text embeddings (n, embed_dim)."""
+        chunks = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+            with inference_autocast(self.device):
+                emb = self.model.encode_text(tokens, normalize=True)
+            chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+
+    @functools.cached_property
+    def embed_dim(self) -> int:
+        """Size of the shared embedding space."""
+        return int(self.embed_texts(["x"]).shape[1])
+
+    def zero_shot(self, classnames: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
+        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe)."""
+        from pipelines.evaluate.zero_shot import build_zero_shot_classifier
+
+        if not classnames:
+            raise InputError("no class names given: pass --classes a,b,c or --classes-file")
+        if len(set(classnames)) != len(classnames):
+            raise InputError(f"class names repeat: {', '.join(c for c in classnames if list(classnames).count(c) > 1)}")
+        weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
+        scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
+        return ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
