@@ -26,6 +26,9 @@ COMMANDS: dict[str, str] = {
     "evaluate": "pipelines.evaluate.cli:evaluate_command",
     "export": "pipelines.export.cli:export_command",
     "scaling": "pipelines.scaling.cli:scaling_app",
+    "map": "pipelines.analyst_cli:map_app",
+    "search": "pipelines.analyst_cli:search_app",
+    "predict": "pipelines.analyst_cli:predict_app",
 }
 
 
