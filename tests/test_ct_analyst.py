@@ -1,0 +1,200 @@
+"""`domainfm predict ct`: phenotypes and zero-shot findings of one volume, refusals that name the input and write nothing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bad_inputs.ct import STUDY_DATE, regular, write_dicom_series, write_dicom_slice, write_nifti
+from PIL import Image
+from typer.testing import CliRunner
+
+from domains.ct.analyst import DEMO_NOTE, predict_ct
+from domains.ct.loader import CTModel, load_ct_model
+from domains.ct.prompts import FINDING_PROMPTS
+from pipelines.errors import InputError
+from pipelines.models import volume as M
+from pipelines.models.report_text import train_wordpiece_tokenizer
+
+TINY = dict(input_size=[16, 16, 12], image_width=8, embed_dim=16, text_hidden=32, text_layers=1, text_heads=2,
+            vocab_size=200, context_length=24)
+PHENOTYPES = ["572", "250.2", "ICD-X"]  # two phecodes with names in the shipped table, one code without
+PREPROCESS = {"pixdim": [6.0, 6.0, 6.0], "spatial_size": [16, 16, 12], "a_min": -1000.0, "a_max": 1000.0, "min_slices": 4}
+SERIES_A, SERIES_B = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.20"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("export") / "ct"
+    folder.mkdir()
+    corpus = [t for p in FINDING_PROMPTS.values() for t in (*p["positive"], *p["negative"])] * 2
+    tokenizer = train_wordpiece_tokenizer(corpus, TINY["vocab_size"], TINY["context_length"])
+    torch.manual_seed(0)
+    M.save_model_dir(M.build_model(M.VolumeModelConfig(**TINY), PHENOTYPES, tokenizer), PHENOTYPES, tokenizer, folder)
+    (folder / "preprocess.json").write_text(json.dumps(PREPROCESS))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(export: Path) -> CTModel:
+    return load_ct_model(export, "cpu")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    write_nifti(root / "study.nii.gz")
+    write_nifti(root / "mr.nii.gz", np.full((24, 24, 16), 300, np.int16))  # MR-like: no air near -1000 HU
+    whole = (root / "study.nii.gz").read_bytes()
+    (root / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])  # a truncated download
+    write_dicom_series(root / "one_series", regular(12), SERIES_A)
+    write_dicom_series(root / "two_series", regular(12), SERIES_A, prefix="A")
+    write_dicom_series(root / "two_series", regular(8), SERIES_B, prefix="B")
+    for k, z in enumerate(regular(12)):
+        write_dicom_slice(root / "mr_series" / f"IM{k:04d}.dcm", z, SERIES_A, modality="MR")
+    return root
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_nifti_prediction_json_and_picture(model: CTModel, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = predict_ct(model, inputs / "study.nii.gz", out)
+    assert result.json_path == out / "study.json" and result.png_path == out / "study.png"
+    doc = json.loads(result.json_path.read_text())
+    # every phenotype of the model, named from the shipped phecode table, else by its code
+    names = {p["code"]: p["name"] for p in doc["phenotypes"]}
+    assert names == {"572": "Ascites (non malignant)", "250.2": "Type 2 diabetes", "ICD-X": "ICD-X"}
+    probs = [p["probability"] for p in doc["phenotypes"]]
+    assert probs == sorted(probs, reverse=True) and all(0 < p < 1 for p in probs)
+    assert all(p["predicted"] == (p["probability"] > 0.5) for p in doc["phenotypes"])
+    # the findings' probability is the documented softmax over the two mean similarities, scaled
+    assert {f["finding"] for f in doc["findings"]} == set(FINDING_PROMPTS)
+    prepared = model.prepare(inputs / "study.nii.gz")
+    embedding, direct = model.predict_volume(prepared.tensor())
+    assert {p["code"]: p["probability"] for p in doc["phenotypes"]} == pytest.approx(direct, abs=1e-5)
+    for f in doc["findings"]:
+        prompts = FINDING_PROMPTS[f["finding"]]
+        pos = float((model.embed_text(prompts["positive"]) @ embedding).mean())
+        neg = float((model.embed_text(prompts["negative"]) @ embedding).mean())
+        expected = torch.softmax(torch.tensor([pos, neg]) * doc["model"]["logit_scale"], 0)[0].item()
+        assert f["probability"] == pytest.approx(expected, abs=1e-5)
+        assert f["present"] == (f["probability"] > 0.5) == (pos > neg)  # Merlin's rule at 0.5
+    assert "softmax" in doc["finding_rule"] and doc["threshold"] == 0.5
+    assert doc["input"]["shape"] == [24, 24, 16] and doc["input"]["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert doc["preprocessing"]["shape"] == [16, 16, 12] and doc["preprocessing"]["spacing_mm"] == [6.0, 6.0, 6.0]
+    assert doc["model"]["path"] == str(model.export_dir.resolve())
+    assert doc["note"] == DEMO_NOTE.format(size="16x16x12")  # a demo-family model says its scores are a plumbing check
+    assert set(doc["timing_s"]) == {"load_model", "preprocess", "model"}
+    with Image.open(result.png_path) as png:
+        assert png.format == "PNG" and png.width > 1000 and png.height > 400
+    assert result.png_path.stat().st_size < 300_000
+    assert _listing(out) == ["study.json", "study.png"]  # no temp files left
+
+
+def test_threshold_and_prompts_file(model: CTModel, inputs: Path, tmp_path: Path) -> None:
+    low = predict_ct(model, inputs / "study.nii.gz", tmp_path / "low", threshold=0.001)
+    assert all(f["present"] for f in low.findings) and all(p["predicted"] for p in low.phenotypes)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"ascites": {"positive": ["free fluid"], "negative": ["no free fluid"]}}))
+    custom = predict_ct(model, inputs / "study.nii.gz", tmp_path / "custom", prompts=prompts)
+    assert [f["finding"] for f in custom.findings] == ["ascites"]
+    assert json.loads(custom.json_path.read_text())["prompts"] == str(prompts)
+    for bad in ('{"ascites": {"positive": []}}', "not json", "{}"):
+        prompts.write_text(bad)
+        with pytest.raises(InputError, match="prompts.json"):
+            predict_ct(model, inputs / "study.nii.gz", tmp_path / "bad", prompts=prompts)
+    with pytest.raises(InputError, match="threshold 1.5"):
+        predict_ct(model, inputs / "study.nii.gz", tmp_path / "bad", threshold=1.5)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_dicom_series_named_after_folder_without_header_values(model: CTModel, inputs: Path, tmp_path: Path) -> None:
+    result = predict_ct(model, inputs / "one_series", tmp_path / "out")
+    assert result.json_path.name == "one_series.json"
+    text = result.json_path.read_text()
+    doc = json.loads(text)
+    assert doc["input"]["modality"] == "CT" and doc["input"]["shape"] == [24, 24, 12]
+    for header_value in (SERIES_A, "1.2.826.0.1.3680043.8.498.1", STUDY_DATE.replace("-", "")):
+        assert header_value not in text
+
+
+def test_several_series_refused_with_the_list_unless_one_is_picked(model: CTModel, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as err:
+        predict_ct(model, inputs / "two_series", out)
+    message = str(err.value)
+    assert "two_series" in message and "2 DICOM series" in message
+    assert f"{SERIES_A} (CT, 12 slices)" in message and f"{SERIES_B} (CT, 8 slices)" in message and "--series" in message
+    assert not out.exists()
+    picked = predict_ct(model, inputs / "two_series", out, series=SERIES_B)
+    assert json.loads(picked.json_path.read_text())["input"]["shape"] == [24, 24, 8]  # the 8-slice series, not the larger one
+    with pytest.raises(InputError, match="no DICOM series 9.9.9"):
+        predict_ct(model, inputs / "two_series", out, series="9.9.9")
+    with pytest.raises(InputError, match="NIfTI file, not a DICOM folder"):
+        predict_ct(model, inputs / "study.nii.gz", out, series=SERIES_A)
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("mr.nii.gz", r"not CT \(no air near -1000 HU\)"),
+    ("mr_series", r"not CT \(DICOM modality\): MR"),
+    ("cut.nii.gz", "truncated or unreadable NIfTI"),
+    ("missing.nii.gz", "no such file or folder"),
+])
+def test_bad_volumes_refused_naming_the_input_and_nothing_written(model: CTModel, inputs: Path, tmp_path: Path,
+                                                                  name: str, reason: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.json").write_text("{}")  # an earlier prediction in the same folder stays as it was
+    with pytest.raises(InputError, match=reason) as err:
+        predict_ct(model, inputs / name, out)
+    assert str(inputs / name) in str(err.value)
+    assert _listing(out) == ["earlier.json"] and (out / "earlier.json").read_text() == "{}"
+
+
+def test_other_kinds_of_export_refused(export: Path, inputs: Path, tmp_path: Path) -> None:
+    from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
+
+    clip_export = tmp_path / "remote_sensing"
+    clip_export.mkdir()
+    (clip_export / CONFIG_FILE).write_text("{}")
+    (clip_export / WEIGHTS_FILE).write_bytes(b"")
+    out = tmp_path / "out"
+    for folder, reason in ((clip_export, "open_clip"), (tmp_path / "nowhere", "no such model folder"),
+                           (inputs, "not an exported model")):
+        with pytest.raises(InputError, match=reason) as err:
+            predict_ct(folder, inputs / "study.nii.gz", out)
+        assert str(folder) in str(err.value)
+    with pytest.raises(InputError, match="device 'tpu9'"):
+        predict_ct(export, inputs / "study.nii.gz", out, device="tpu9")
+    assert not out.exists()
+
+
+def test_cli_writes_outputs_and_prints_errors_without_traceback(export: Path, inputs: Path, tmp_path: Path) -> None:
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "out"
+    ok = runner.invoke(app, ["predict", "ct", "--model", str(export), "--volume", str(inputs / "study.nii.gz"),
+                             "--out", str(out), "--threshold", "0.4", "--device", "cpu"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((out / "study.json").read_text())["threshold"] == 0.4 and (out / "study.png").is_file()
+    bad = runner.invoke(app, ["predict", "ct", "--model", str(export), "--volume", str(inputs / "mr.nii.gz"), "--out", str(out)])
+    assert bad.exit_code == 1 and "Error:" in bad.output and "mr.nii.gz" in bad.output and "Traceback" not in bad.output
+    assert _listing(out) == ["study.json", "study.png"]
+
+
+@pytest.mark.realdata
+def test_real_mr_refused_and_real_dicom_predicted(realdata: Path, model: CTModel, tmp_path: Path) -> None:
+    examples = realdata / "ct" / "totalsegmentator"
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"example_mr_sm.nii.gz: refused as curation refuses it: not CT \(no air"):
+        predict_ct(model, examples / "example_mr_sm.nii.gz", out)
+    assert not out.exists()
+    result = predict_ct(model, examples / "example_ct_dicom", out)
+    text = result.json_path.read_text()
+    assert json.loads(text)["input"]["shape"] == [512, 512, 20] and "20221208" not in text  # StudyDate not copied
