@@ -45,10 +45,12 @@ def test_csv_with_open_clip_columns(tmp_path):
 
 def test_csv_missing_column_is_a_clear_error(tmp_path):
     pd.DataFrame([{"path": "a.png", "text": "x"}]).to_csv(tmp_path / "t.csv", index=False)
-    result = CliRunner().invoke(app, ["--csv", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out")])
-    assert result.exit_code != 0
+    from pipelines.cli import app as domainfm
+
+    result = CliRunner().invoke(domainfm, ["curate", "pairs", "--csv", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
     text = " ".join(result.output.replace("│", " ").split())
-    assert "missing column(s) filepath, title" in text
+    assert "t.csv lacks column(s) filepath, title" in text and "found: path, text" in text
 
 
 def test_existing_shards_are_recurated(tmp_path):

@@ -1,5 +1,7 @@
-"""Zero-shot defaults for captioned images: class names come from params (`pairs.evaluate.classnames`)
-or the zero-shot set's classnames.txt, since only the user knows them.
+"""Zero-shot defaults for captioned images.
+
+Class names come from params (`pairs.evaluate.classnames`) or the zero-shot set's classnames.txt,
+since only the user knows them.
 """
 from __future__ import annotations
 
