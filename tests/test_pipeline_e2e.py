@@ -39,9 +39,14 @@ TINY = {
         "train": {"batch_size": 4, "epochs": 2, "checkpoint_every": 0, "warmup_steps": 1},
         "evaluate": {"bootstrap": 50},
     },
+    "pairs": {
+        "demo": {"n_images": 60, "zeroshot_per_class": 4},
+        "curate": {"workers": 1},
+        "train": {"batch_size": 16, "epochs": 1, "warmup_steps": 1, "checkpoint_every": 0},
+    },
     "scaling": {"fractions": [0.25, 0.5, 1.0], "seeds": [0], "quality_keep": [0.5], "n_boot": 50},
 }
-DOMAINS = ("remote_sensing", "pathology", "ct")
+DOMAINS = ("remote_sensing", "pathology", "ct", "pairs")
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -159,3 +164,12 @@ def test_ct_metrics_and_export_load_through_the_documented_loader(project):
         assert len(probs) > 0 and all(0.0 <= p <= 1.0 for p in probs.values())
     finally:
         sys.path.remove(str(project))
+
+
+def test_pairs_is_a_domain_like_the_others_with_classes_from_params(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    zs = json.loads((project / "metrics/pairs/zeroshot_adapted.json").read_text())
+    assert zs["classnames"] == params["pairs"]["evaluate"]["classnames"]
+    assert zs["templates"] == params["pairs"]["evaluate"]["templates"]
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{project / 'exports/pairs'}")
+    assert model.visual is not None
