@@ -1,20 +1,27 @@
 """Map independent work units over workers, surviving workers that die.
 
-Curation only calls `map_unordered`; a distributed engine (Ray, Dask, Spark) can replace
-LocalExecutor by providing the same method, without touching domain code.
+Curation only calls `map_unordered`, so the engine is a setting (`curate.executor`, or
+`--executor`): `LocalExecutor` (processes on this machine) or `RayExecutor` (Ray tasks on a
+cluster, or on a local Ray started for the run). Domain code never knows which.
 
 A unit that kills its worker (the out-of-memory killer, a segfault in a native reader) must not
-sink the run: LocalExecutor runs every unit in its own forked process, so a death is pinned on the
-unit that caused it. The unit is retried `retries` times, then `on_crash(item, reason)` stands in
-for its result and the run goes on.
+sink the run: each unit runs in its own process (LocalExecutor) or Ray worker, so a death is
+pinned on the unit that caused it. The unit is retried `retries` times, then `on_crash(item,
+reason)` stands in for its result and the run goes on.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import socket
 import traceback
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
+
+from pipelines.errors import InputError
+
+ExecutorName = Literal["local", "ray"]
 
 CrashHandler = Callable[[Any, str], Any]
 
@@ -90,3 +97,66 @@ class LocalExecutor:
                     queue.append((index, attempts + 1))
                 else:
                     yield on_crash(items[index], f"{_describe_exit(process.exitcode)}; tried {attempts + 1} times")
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+class RayExecutor:
+    """Units as Ray tasks on the cluster at RAY_ADDRESS (or `address`), else on a Ray started on this machine.
+
+    Each task declares its resource needs (`num_cpus`, `num_gpus`); results stream back as tasks
+    finish. Units write their staged results to the unit cache, so on a multi-node cluster that
+    folder must be on storage every node sees (a shared filesystem); a rerun after a worker or the
+    driver dies reuses every unit that finished.
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, retries: int = 1,
+                 local_cpus: int | None = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus, self.num_gpus, self.retries, self.local_cpus = num_cpus, num_gpus, max(0, retries), local_cpus
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.address and self.address != "auto":
+            host, _, port = self.address.rpartition(":")
+            try:  # Ray itself keeps retrying an address where nothing listens; say so at once instead
+                socket.create_connection((host.removeprefix("ray://") or "127.0.0.1", int(port)), timeout=5).close()
+            except (OSError, ValueError) as exc:
+                raise InputError(f"no Ray cluster answers at RAY_ADDRESS={self.address} ({exc})") from None
+        ray.init(address=self.address, num_cpus=None if self.address else self.local_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any], on_crash: CrashHandler) -> Iterator[Any]:
+        """Yield `fn(item)` as tasks finish; a task whose worker died after its retries yields `on_crash(item, reason)`."""
+        import ray
+        from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
+
+        items = list(items)
+        if not items:
+            return
+        self._connect()
+        task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.retries, retry_exceptions=False)(_apply)
+        shared = ray.put(fn)  # one copy of the function (a partial carrying the domain's `process`) for every task
+        pending = {task.remote(shared, item): item for item in items}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            item = pending.pop(done[0])
+            try:
+                yield ray.get(done[0])
+            except (WorkerCrashedError, OutOfMemoryError) as exc:
+                kind = "killed for lack of memory" if isinstance(exc, OutOfMemoryError) else "died"
+                yield on_crash(item, f"Ray worker {kind} while running the unit; tried {self.retries + 1} times")
+            except RayTaskError as exc:
+                raise RuntimeError(f"a work unit failed in its Ray worker:\n{exc}") from None
+
+
+def make_executor(name: ExecutorName, workers: int) -> Executor:
+    """The executor a curation config names: local processes (`workers` at once) or Ray."""
+    if name == "ray":
+        return RayExecutor(local_cpus=workers or None)
+    return LocalExecutor(workers)

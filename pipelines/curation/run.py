@@ -34,7 +34,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from pipelines.curation.executor import Executor, LocalExecutor
+from pipelines.curation.executor import Executor, ExecutorName, make_executor
 from pipelines.curation.fingerprint import Fingerprints, code_version, unit_cache_name
 from pipelines.curation.quality import QualityScorer
 from pipelines.curation.splits import SPLITS, GroupSplitter, Splitter
@@ -104,6 +104,7 @@ class CurationConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     allow_empty: bool = False  # let a run that curates no pair replace an output that has pairs
+    executor: ExecutorName = "local"  # local: processes on this machine; ray: Ray tasks (RAY_ADDRESS, else a local Ray)
 
     def curation(self) -> "CurationConfig":
         """Just the shared settings (what run_curation takes), from a domain's config."""
@@ -254,7 +255,7 @@ def run_curation(
     out = Path(out)
     staging = unit_cache_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
-    executor = executor or LocalExecutor(config.workers)
+    executor = executor or make_executor(config.executor, config.workers)
     keys = [u.key for u in units]
     if len(set(keys)) != len(keys):
         raise ValueError("work unit keys must be unique")
