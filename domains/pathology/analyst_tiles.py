@@ -1,0 +1,171 @@
+"""Tissue tiles of a whole-slide image for the analyst commands: where they are and how to read them.
+
+The geometry is the curation's (`domains/pathology/curation/slides.py`): the slide's level-0 MPP
+(from `openslide.mpp-x/y`, else the objective power, else `--slide-mpp`), the tissue mask on a
+low-resolution image, a grid of tiles of `tile_size` pixels at the target MPP laid in level-0
+coordinates, and the cells whose tissue fraction is at least `min_tissue`. Tiles are read at the
+coarsest pyramid level that is not coarser than the target (never upsampling more than the slide
+forces) and resized to `tile_size`, as the curation read its training tiles.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from domains.pathology.curation.slides import (
+    REASON_NO_MPP,
+    REASON_READ_FAILED,
+    REASON_UNREADABLE,
+    SlideConfig,
+    _mask_image,
+    _read_level,
+    _to_rgb,
+    grid_candidates,
+    slide_mpp,
+    tissue_mask,
+)
+from pipelines.errors import InputError
+
+# The tissue mask (and the heatmap's background) at the curation's resolution, so tiles are the ones it would keep.
+MASK_MAX_DIM = SlideConfig().mask_level_max_dim
+
+
+class SlideReadError(Exception):
+    """OpenSlide failed on a region of a slide that opened (damaged or truncated tiles)."""
+
+
+@dataclass
+class SlideTiling:
+    """The tissue tiles of one slide at a target resolution, and how to read them.
+
+    Tiles are squares of `size0` level-0 pixels with their top-left corner at level-0 (x, y); each is
+    read as `read_px` pixels at pyramid `level` and resized to `tile_size`.
+    """
+
+    path: Path
+    dimensions: tuple[int, int]  # level-0 width, height
+    slide_mpp: float  # level-0 micrometres per pixel
+    mpp_source: str  # "mpp", "objective-power" or "--slide-mpp"
+    target_mpp: float
+    tile_size: int
+    size0: float
+    level: int
+    level_downsample: float
+    read_px: int
+    n_grid: int  # grid cells over the whole slide, tissue or not
+    tiles: list[tuple[int, int, float]] = field(default_factory=list)  # level-0 x, y, mask tissue fraction
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))  # the mask's RGB image
+
+    @property
+    def upsampling(self) -> float:
+        """How much tiles are enlarged (> 1 only when the slide is coarser than the target MPP)."""
+        return max(1.0, self.tile_size / self.read_px)
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes the tiles (for embedding cache keys and the JSON summaries)."""
+        return {"target_mpp": self.target_mpp, "tile_size": self.tile_size, "slide_mpp": self.slide_mpp,
+                "size0": round(self.size0, 4), "level": self.level, "read_px": self.read_px}
+
+
+def open_slide(path: Path) -> Any:
+    """An OpenSlide handle; InputError naming the file when it is missing or openslide cannot open it."""
+    import openslide
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such slide file")
+    try:
+        return openslide.OpenSlide(str(path))
+    except (openslide.OpenSlideUnsupportedFormatError, openslide.OpenSlideError, OSError):
+        raise InputError(f"{path}: {REASON_UNREADABLE} (not a whole-slide image openslide reads, or damaged)") from None
+
+
+def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_mpp_override: float | None = None,
+               min_tissue: float = 0.5, find_tissue: bool = True) -> SlideTiling:
+    """The tissue tiles of the slide at `path` (possibly none); InputError naming the slide when it cannot be used.
+
+    Args:
+        path: a whole-slide image openslide reads.
+        target_mpp: micrometres per pixel of the tiles the model sees.
+        tile_size: tile side in pixels at `target_mpp`.
+        slide_mpp_override: the slide's level-0 micrometres per pixel, used when the file records
+            neither MPP nor objective power (the file's own value wins otherwise).
+        min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue in the mask.
+        find_tissue: False skips the tissue mask (the slide's geometry only: `tiles` empty, `n_grid` 0),
+            e.g. when the tiles are known from an embedding cache.
+    """
+    import openslide
+
+    if target_mpp <= 0 or tile_size < 8 or not 0 < min_tissue <= 1:
+        raise InputError(f"settings out of range: mpp={target_mpp} (> 0), tile size={tile_size} (>= 8), "
+                         f"min tissue={min_tissue} (in (0, 1])")
+    path = Path(path)
+    slide = open_slide(path)
+    with slide:
+        resolution = slide_mpp(dict(slide.properties))
+        if resolution is None and slide_mpp_override:
+            resolution = (float(slide_mpp_override), "--slide-mpp")
+        if resolution is None:
+            raise InputError(f"{path}: {REASON_NO_MPP}; pass --slide-mpp (micrometres per level-0 pixel)")
+        mpp0, source = resolution
+        downsample = target_mpp / mpp0
+        size0 = tile_size * downsample
+        level = _read_level(slide, downsample)
+        level_ds = float(slide.level_downsamples[level])
+        tiling = SlideTiling(path=path, dimensions=tuple(slide.dimensions), slide_mpp=mpp0, mpp_source=source, target_mpp=target_mpp,
+                             tile_size=tile_size, size0=size0, level=level, level_downsample=level_ds,
+                             read_px=max(1, int(math.ceil(size0 / level_ds))), n_grid=0)
+        if find_tissue:
+            try:
+                tiling.thumbnail = _mask_image(slide, MASK_MAX_DIM)
+            except openslide.OpenSlideError:
+                raise InputError(f"{path}: {REASON_READ_FAILED}") from None
+            tiling.tiles, tiling.n_grid = grid_candidates(tissue_mask(tiling.thumbnail), slide.dimensions, size0, size0, min_tissue)
+        return tiling
+
+
+class TileReader:
+    """Reads one tile (level-0 x, y) of a slide as `tile_size`^2 RGB; picklable, one OpenSlide handle per process.
+
+    A region openslide fails to decode raises SlideReadError (openslide is unusable after an error,
+    so the caller stops there).
+    """
+
+    def __init__(self, path: Path, level: int, read_px: int, tile_size: int) -> None:
+        self.path, self.level, self.read_px, self.tile_size = str(path), level, read_px, tile_size
+        self._slide: Any = None
+
+    @classmethod
+    def of(cls, tiling: SlideTiling) -> TileReader:
+        """The reader of a planned slide's tiles."""
+        return cls(tiling.path, tiling.level, tiling.read_px, tiling.tile_size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_slide": None}  # worker processes open their own handle
+
+    def __call__(self, window: tuple[int, int]) -> np.ndarray:
+        """The RGB pixels of the tile whose level-0 top-left corner is `window`."""
+        import openslide
+
+        if self._slide is None:
+            self._slide = openslide.OpenSlide(self.path)
+        x, y = int(window[0]), int(window[1])
+        try:
+            region = self._slide.read_region((x, y), self.level, (self.read_px, self.read_px))
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(f"{self.path}#x{x}-y{y}: {exc}") from None
+        image = Image.fromarray(_to_rgb(region))
+        if image.size != (self.tile_size, self.tile_size):
+            image = image.resize((self.tile_size, self.tile_size), Image.LANCZOS)
+        return np.asarray(image)
+
+    def close(self) -> None:
+        """Close this process's handle (if any)."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
