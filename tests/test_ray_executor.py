@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_curation import CFG, make_pairs, units
 
 from pipelines.curation import run_curation
 from pipelines.curation.executor import RayExecutor
 from pipelines.errors import InputError
 from pipelines.io.manifest import read_manifest
-from test_curation import CFG, make_pairs, units
 
 pytestmark = pytest.mark.slow
 
