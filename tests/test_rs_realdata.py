@@ -95,64 +95,85 @@ def tile_bounds_3857(x: int, y: int, z: int) -> tuple[float, float, float, float
     return (-half + x * size, half - (y + 1) * size, -half + (x + 1) * size, half - y * size)
 
 
-def mosaic_geotiff(tiles: dict[tuple[int, int], Path], z: int, out: Path) -> Path:
-    """Web-map tiles are plain images: their place is their z/x/y. Write them as one EPSG:3857
-    GeoTIFF (missing tiles are nodata)."""
-    xs = [x for x, _ in tiles]
-    ys = [y for _, y in tiles]
-    side = Image.open(next(iter(tiles.values()))).size[0]
-    nx, ny = max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
-    data = np.zeros((3, ny * side, nx * side), np.uint8)
-    for (x, y), path in tiles.items():
-        rgb = np.asarray(Image.open(path).convert("RGB"))
-        rgb = np.where(rgb == 0, 1, rgb)  # keep real black pixels apart from nodata 0
-        r, c = (y - min(ys)) * side, (x - min(xs)) * side
-        data[:, r : r + side, c : c + side] = rgb.transpose(2, 0, 1)
-    left, _, _, top = tile_bounds_3857(min(xs), min(ys), z)
-    _, bottom, right, _ = tile_bounds_3857(max(xs), max(ys), z)
-    transform = from_bounds(left, bottom, right, top, nx * side, ny * side)
-    with rasterio.open(out, "w", driver="GTiff", width=nx * side, height=ny * side, count=3, dtype="uint8", crs="EPSG:3857",
-                       transform=transform, nodata=0) as dst:
-        dst.write(data)
+def tile_geotiff(path: Path, x: int, y: int, z: int, out: Path) -> Path:
+    """A web-map tile is a plain image: its place is its z/x/y. Write it as an EPSG:3857 GeoTIFF."""
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    rgb = np.where(rgb == 0, 1, rgb)  # keep real black pixels apart from nodata 0
+    h, w, _ = rgb.shape
+    with rasterio.open(out, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs="EPSG:3857",
+                       transform=from_bounds(*tile_bounds_3857(x, y, z), w, h), nodata=0) as dst:
+        dst.write(rgb.transpose(2, 0, 1))
     return out
 
 
-def test_robosat_parking_tiles_give_parking_lot_captions(tmp_path):
+def josm_osm(features: list[dict], path: Path) -> Path:
+    """Polygons as JOSM saves objects drawn in it: negative ids, nodes before ways."""
+    nodes, ways, next_id = [], [], 0
+    for way_id, feat in enumerate(features, start=1):
+        refs = []
+        for lon, lat in feat["geometry"]["coordinates"][0][:-1]:
+            next_id -= 1
+            nodes.append(f'  <node id="{next_id}" action="modify" visible="true" lat="{lat}" lon="{lon}" />')
+            refs.append(next_id)
+        ways.append(f'  <way id="{-1000 - way_id}" action="modify" visible="true">' + "".join(f'<nd ref="{r}" />' for r in refs + refs[:1])
+                    + '<tag k="amenity" v="parking" /></way>')
+    path.write_text("<?xml version='1.0' encoding='UTF-8'?>\n<osm version='0.6' upload='false' generator='JOSM'>\n"
+                    + "\n".join(nodes + ways) + "\n</osm>\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def parking(tmp_path_factory) -> dict:
+    """The robosat parking tiles, each its own GeoTIFF, and the OSM parking polygons as GeoJSON and as JOSM's .osm."""
     root = need("robosat_tiles_osm", "parking")
-    found = {tuple(int(v) for v in (p.parent.name, p.stem)): p for p in (root / "images" / "18").glob("*/*.webp")}
-    assert found
-    near = {k: v for k, v in found.items() if k[0] >= 70000}  # the South Carolina lot, three tiles
-    far = {k: v for k, v in found.items() if k[0] < 70000}  # Georgia: no parking polygon there
-    mosaic = mosaic_geotiff(near, 18, tmp_path / "parking.tif")
-    lone = mosaic_geotiff(far, 18, tmp_path / "lone.tif")
-
+    tmp = tmp_path_factory.mktemp("parking")
+    tiles = {}
+    for p in sorted((root / "images" / "18").glob("*/*.webp")):
+        x, y = int(p.parent.name), int(p.stem)
+        tiles[(x, y)] = tile_geotiff(p, x, y, 18, tmp / f"18-{x}-{y}.tif")
+    assert len(tiles) == 4
     # The OSM parking polygons carry no properties in this fixture; they are amenity=parking.
-    # The lot straddles a tile the fixture lacks, so it is cut to the tiles present, one piece each.
     features = json.loads((root / "features.geojson").read_text())["features"]
-    pieces = []
-    for i, feat in enumerate(features):
-        poly = shape(feat["geometry"])
-        for (x, y) in sorted(near):
-            left, bottom, right, top = tile_bounds_3857(x, y, 18)
-            lons, lats = warp_transform("EPSG:3857", "EPSG:4326", [left, right], [bottom, top])
-            part = poly.intersection(box(lons[0], lats[0], lons[1], lats[1]))
-            if part.area > 0:
-                pieces.append({"type": "Feature", "properties": {"osm_id": f"way/{i}{x}{y}", "amenity": "parking"},
-                               "geometry": mapping(part)})
-    assert len(pieces) == 3
-    osm = tmp_path / "parking.geojson"
-    osm.write_text(json.dumps({"type": "FeatureCollection", "features": pieces}))
+    geojson = tmp / "parking.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"amenity": "parking"}, "geometry": f["geometry"]} for f in features]}))
+    return dict(tmp=tmp, tiles=tiles, geojson=geojson, osm=josm_osm(features, tmp / "parking.osm"))
 
-    cfg = build(RSCurateConfig, dict(tile_size=64, target_gsd_m=0.5, max_nodata_fraction=0.3))
-    summary = curate([mosaic, lone], osm, tmp_path / "out", cfg)
-    manifest = read_manifest(tmp_path / "out")
-    assert len(manifest) >= 2 and set(manifest.caption) == {"parking lot"}
-    assert {p["tile_crs"] for p in manifest.provenance} == {"EPSG:32617"}  # UTM 17N, not Web Mercator
-    assert all(0.5 <= p["gsd_m"] <= 5.0 for p in manifest.provenance)
-    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv")
+
+# The lot spans five tiles; the fixture has three of them (two meeting at an edge, one at a corner) and lacks the one with its
+# centre and 60% of its area. A tile around the lot is then at best a quarter to a half covered: 0.8 lets it through.
+PARKING_CFG = dict(max_nodata_fraction=0.8)
+
+
+@pytest.mark.parametrize("map_file", ["geojson", "osm"])
+def test_parking_lot_across_adjacent_tiles_is_curated_once_from_all_of_them(parking, map_file):
+    near = [path for (x, _), path in sorted(parking["tiles"].items()) if x >= 70000]  # South Carolina
+    lone = next(path for (x, _), path in parking["tiles"].items() if x < 70000)  # Georgia: no parking polygon there
+    out = parking["tmp"] / f"out-{map_file}"
+    summary = curate([lone, *near], parking[map_file], out, build(RSCurateConfig, PARKING_CFG))
+    manifest = read_manifest(out)
+    assert len(manifest) == 1 and list(manifest.caption) == ["parking lot"]  # once, not once per tile
+    prov = manifest.provenance[0]
+    assert sorted(prov["rasters"]) == sorted(map(str, near))  # all three tiles give pixels
+    assert prov["tile_crs"] == "EPSG:32617"  # UTM 17N, not Web Mercator
+    assert prov["osm_id"] == ("way/-1001" if map_file == "osm" else "feature/0")
+    assert prov["nodata_fraction"] < 0.8
+    assert shape(manifest.footprint[0]).intersects(shape(json.loads(parking["geojson"].read_text())["features"][0]["geometry"]))
+    rejects = pd.read_csv(out / "rejects.csv")
     assert (str(lone), "raster", "no OSM features intersect the raster footprint") in set(zip(rejects.input, rejects.stage, rejects.reason))
-    assert summary["steps"]["rasters_seen"] == 2
-    assert all(im.std() > 5 for im in images(tmp_path / "out"))
+    assert summary["steps"]["rasters_seen"] == 4 and summary["steps"]["mosaics"] == 1
+    assert all(im.std() > 5 for im in images(out))
+    if map_file == "osm":
+        assert any("negative ids" in w for w in summary["warnings"])
+
+
+def test_parking_lot_from_any_one_tile_alone_is_too_empty(parking):
+    """What each tile gave before mosaics: the same lot cut three times, each mostly outside its tile, and refused."""
+    for (x, y), path in parking["tiles"].items():
+        if x < 70000:
+            continue
+        summary = curate([path], parking["geojson"], parking["tmp"] / f"alone-{x}-{y}", build(RSCurateConfig, PARKING_CFG))
+        assert summary["pairs"]["kept"] == 0 and summary["rejected"] == {"tile: too much nodata": 1}
 
 
 # ---------------------------------------------------------------- Sentinel-2 over Ghent (uint16, EPSG:3857)
@@ -176,8 +197,10 @@ def test_sentinel2_parks_visibility_and_stretch(tmp_path):
     manifest = read_manifest(tmp_path / "out")
     assert len(manifest) > 20 and set(manifest.caption) == {"park"}
     assert {p["tile_crs"] for p in manifest.provenance} == {"EPSG:32631"}
-    stretched = [im for im in images(tmp_path / "out")]
-    assert sum(im.min() == 0 and im.max() == 255 for im in stretched) > 0.8 * len(stretched)
+    # one stretch for the scene: every tile has the same limits, and parks are neither black nor white
+    assert len({json.dumps(p["stretch_limits"]) for p in manifest.provenance}) == 1
+    stretched = images(tmp_path / "out")
+    assert all(20 < im.mean() < 235 and im.std() > 5 for im in stretched)
 
 
 # ---------------------------------------------------------------- real OSM extracts through pyosmium

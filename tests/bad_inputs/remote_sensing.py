@@ -19,6 +19,7 @@ from bad_inputs import Case
 from bad_inputs.files import (
     SIZE,
     X0,
+    Y0,
     features_geojson,
     good_raster,
     scene_lonlat,
@@ -29,7 +30,9 @@ from bad_inputs.files import (
     write_raster,
 )
 
-PARAMS = {"tile_size": 32, "target_gsd_m": 2.0, "max_shift_fraction": 0.1, "block_size_m": 128.0}
+# Every pair in train: the scene is a cell or two, and the corpus is about inputs, not splits (tests/test_rs_splits.py).
+# Only keys every version of the project knows, so the same cases measure the code before and after a change.
+PARAMS = {"tile_size": 32, "target_gsd_m": 2.0, "max_shift_fraction": 0.1, "val_fraction": 0.0, "test_fraction": 0.0}
 RS = "remote_sensing"
 
 
@@ -249,15 +252,16 @@ def _flat_stays_flat(out: Path) -> str | None:
 
 
 def _geographic(folder: Path) -> list[str]:
-    """A small EPSG:4326 scene (24 px, about 48 m, on the first park) beside a whole one in degrees."""
+    """Two EPSG:4326 scenes in degrees: the west half of the scene, and a small one (24 px, about 48 m) apart from it on
+    the parking lot, whose tile is mostly empty. No UTM raster: nothing else is there to fill the small one's tile."""
     data = texture(3, 30, 220, 10).round().astype(np.uint8)
     west, north = scene_lonlat(0, 0)
-    east, south = scene_lonlat(1, 1)
-    deg = ((east - west) / SIZE, (north - south) / SIZE)
-    whole = write_raster(folder / "geo.tif", data, crs="EPSG:4326", x0=west, y0=north, gsd=deg[0])
-    lon, lat = scene_lonlat(0.3 - 0.06, 0.3 - 0.06)
-    small = write_raster(folder / "geo_small.tif", data[:, :24, :24], crs="EPSG:4326", x0=lon, y0=lat, gsd=deg[0])
-    return _inputs(folder, whole, small)
+    east, _ = scene_lonlat(1, 1)
+    deg = (east - west) / SIZE
+    whole = write_raster(folder / "geo.tif", data[:, :, : SIZE // 2], crs="EPSG:4326", x0=west, y0=north, gsd=deg)
+    lon, lat = scene_lonlat(0.7 - 0.06, 0.3 - 0.06)
+    small = write_raster(folder / "geo_small.tif", data[:, :24, :24], crs="EPSG:4326", x0=lon, y0=lat, gsd=deg)
+    return ["--raster", str(whole), "--raster", str(small), "--osm", str(write_geojson(folder / "map.geojson"))]
 
 
 def _geographic_cut_in_metres(out: Path) -> str | None:
@@ -274,7 +278,88 @@ def _band_selection(folder: Path) -> list[str]:
     return _inputs(folder, write_raster(folder / "grey.tif", texture(1, 30, 220, 11).round().astype(np.uint8)))
 
 
+# ---------------------------------------------------------------- mosaics: the scene as two rasters meeting at its middle
+
+
+def _halves(east_writer):
+    """west.tif (good) and east.tif from `east_writer(folder, pixels, x0)`; the parks are on the west half."""
+    def build(folder: Path) -> list[str]:
+        data = texture(3, 30, 220, 1).round().astype(np.uint8)
+        half = SIZE // 2
+        west = write_raster(folder / "west.tif", data[:, :, :half])
+        east = east_writer(folder, data[:, :, half:], X0 + half * 2.0)
+        return ["--raster", str(west), "--raster", str(east), "--osm", str(write_geojson(folder / "map.geojson"))]
+    return build
+
+
+def _east_truncated(folder: Path, data: np.ndarray, x0: float) -> Path:
+    return truncate(write_raster(folder / "east.tif", data, x0=x0), 1 / 3)
+
+
+def _east_without_crs(folder: Path, data: np.ndarray, x0: float) -> Path:
+    return write_raster(folder / "east.tif", data, crs=None)
+
+
+def _east_one_band(folder: Path, data: np.ndarray, x0: float) -> Path:
+    return write_raster(folder / "east.tif", data[:1], x0=x0)
+
+
+def _east_sixteen_bit(folder: Path, data: np.ndarray, x0: float) -> Path:
+    return write_raster(folder / "east.tif", data.astype(np.uint16) * 16, x0=x0)
+
+
+def _west_parks_curated(out: Path) -> str | None:
+    """The parks on west.tif are curated from it, with no empty pixels."""
+    images = {prov["osm_id"]: (prov, image) for prov, image in _images(out, "west.tif")}
+    missing = {"way/1", "way/3"} - set(images)
+    if missing:
+        return f"parks on west.tif not curated: {sorted(missing)}"
+    for osm_id in ("way/1", "way/3"):
+        prov, image = images[osm_id]
+        if prov["nodata_fraction"] > 0 or (image.max(axis=2) == 0).mean() > 0.01:
+            return f"{osm_id}: empty pixels in a tile inside west.tif"
+    return None
+
+
+def _coarse_over_good(folder: Path) -> list[str]:
+    """A 10 m scene over the whole 2 m one: both are curated, apart."""
+    coarse = write_raster(folder / "coarse.tif", texture(3, 30, 220, 13, size=SIZE // 5 + 8).round().astype(np.uint8), x0=X0 - 40,
+                          y0=Y0 + 40, gsd=10.0)
+    return _inputs(folder, coarse)
+
+
 # ---------------------------------------------------------------- OSM files
+
+
+def _josm_xml(extra_ways: str = "") -> str:
+    """The standard map as JOSM saves objects drawn in it: negative ids, action="modify", no versions."""
+    import re
+
+    text = _osm_xml(extra_ways=extra_ways).replace(' version="1"', ' action="modify" visible="true"')
+    return re.sub(r'(id|ref)="(\d+)"', r'\1="-\2"', text).replace('generator="corpus"', 'generator="JOSM"')
+
+
+def _josm(extra_ways: str = ""):
+    def build(folder: Path) -> list[str]:
+        (folder / "map.osm").write_text(_josm_xml(extra_ways))
+        return _inputs(folder, osm=folder / "map.osm")
+    return build
+
+
+def _ways_before_nodes(folder: Path) -> list[str]:
+    nodes, ways = _osm_elements()
+    (folder / "map.osm").write_text("<?xml version='1.0' encoding='UTF-8'?>\n<osm version=\"0.6\">\n" + "\n".join(ways + nodes)
+                                    + "\n</osm>\n")
+    return _inputs(folder, osm=folder / "map.osm")
+
+
+def _josm_parks_curated(out: Path) -> str | None:
+    import pandas as pd
+
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    ids = {(json.loads(p) if isinstance(p, str) else p)["osm_id"] for p in manifest["provenance"]}
+    missing = {"way/-1", "way/-2", "way/-3", "way/-4"} - ids
+    return f"features not curated: {sorted(missing)}" if missing else None
 
 
 def _corrupt_pbf(folder: Path) -> list[str]:
@@ -408,7 +493,7 @@ CASES = [
     Case("rs-16bit-raster-flat-water", RS, _sixteen_bit_flat_water, bad="deep.tif", reason=r"uint16.*stretched",
          good=["good.tif", "deep.tif"], expect="warning", params=PARAMS, check=_flat_stays_flat),
     Case("rs-small-geographic-raster", RS, _geographic, bad="geo_small.tif#", reason=r"tile: too much nodata",
-         good=["good.tif", "geo.tif"], params=PARAMS, check=_geographic_cut_in_metres),
+         good=["geo.tif"], params=PARAMS, check=_geographic_cut_in_metres),
     Case("rs-bands-do-not-fit-raster", RS, _band_selection, bad="grey.tif", reason=r"band selection", good=["good.tif"],
          params={**PARAMS, "bands": [1, 2, 3]}),
     # OSM files: the one map of the run, so a broken one stops the run
@@ -469,4 +554,25 @@ CASES = [
          good=["good.tif"], params=PARAMS, check=_parks_curated),
     Case("rs-geojson-feature-not-an-object", RS, _geojson_extra("way/9 park"), bad="map.geojson#feature/4",
          reason=r"not a GeoJSON Feature", good=["good.tif"], params=PARAMS, check=_parks_curated),
+    # mosaics: rasters that touch are curated as one; one that cannot join is named, the rest still curated
+    Case("rs-mosaic-member-truncated", RS, _halves(_east_truncated), bad="east.tif", reason=r"raster: .*(unreadable|corrupt|truncat)",
+         good=["west.tif"], params=PARAMS, check=_west_parks_curated),
+    Case("rs-mosaic-member-without-crs", RS, _halves(_east_without_crs), bad="east.tif", reason=r"raster: .*no CRS",
+         good=["west.tif"], params=PARAMS, check=_west_parks_curated),
+    Case("rs-mosaic-member-other-band-count", RS, _halves(_east_one_band), bad="east.tif",
+         reason=r"mosaic: cannot join the mosaic \(different band count\)", good=["west.tif", "east.tif"], params=PARAMS,
+         check=_west_parks_curated),
+    Case("rs-mosaic-member-other-dtype", RS, _halves(_east_sixteen_bit), bad="east.tif",
+         reason=r"mosaic: cannot join the mosaic \(different data type\)", good=["west.tif", "east.tif"], params=PARAMS,
+         check=_west_parks_curated),
+    Case("rs-overlapping-rasters-other-resolution", RS, _coarse_over_good, bad="coarse.tif",
+         reason=r"mosaic: cannot join the mosaic \(different resolution\)", good=["good.tif"], params=PARAMS, check=_parks_curated),
+    # OSM files as editors save them
+    Case("rs-josm-negative-ids", RS, _josm(), bad="map.osm", reason=r"negative ids", good=["good.tif"], expect="warning",
+         params=PARAMS, check=_josm_parks_curated),
+    Case("rs-josm-way-missing-nodes", RS, _josm('<way id="50" version="1"><nd ref="1"/><nd ref="999"/>'
+                                                '<tag k="highway" v="service"/></way>\n'),
+         bad="map.osm#way/-50", reason=r"missing node", good=["good.tif"], params=PARAMS, check=_josm_parks_curated),
+    Case("rs-osm-ways-before-nodes", RS, _ways_before_nodes, bad="map.osm", reason=r"not in OSM order", good=["good.tif"],
+         expect="warning", params=PARAMS, check=_parks_curated),
 ]

@@ -1,9 +1,19 @@
 """`domainfm curate remote_sensing`: SkyScript-style pairs from GeoTIFFs and OpenStreetMap.
 
 For every OSM object with a tag visible from above, a tile centred on the object (with a
-seeded random shift) is cut from each raster it falls on, at a GSD at which the tag is still
+seeded random shift) is cut from the rasters under it, at a GSD at which the tag is still
 recognisable, and captioned from the tags of the object and its visible neighbours.
-One work unit per raster; the features it gets are those intersecting its footprint.
+
+Rasters form mosaics (mosaic.py): a tile is read from every raster of its mosaic that it touches,
+so an object on a raster edge is curated once, from all the pixels that cover it. Work units are
+spatial chunks of a mosaic (squares of `CHUNK_TILES` largest tiles on the equal-area grid of
+pipelines/curation/splits.py); an object belongs to the chunk holding its centre, so it is curated
+once per mosaic, and a unit's `inputs` are the rasters its tiles can reach.
+
+Splits are by ground (pipelines.curation.splits.SpatialSplitter): cells of `split_cell_m` on an
+equal-area grid, and a val/test tile within `split_buffer_m` of another split's cell is dropped,
+so no evaluation tile shares ground with a training tile. Every pair carries its tile's lon/lat
+footprint.
 """
 from __future__ import annotations
 
@@ -11,7 +21,8 @@ import hashlib
 import json
 import math
 import os
-from collections import Counter
+from collections import Counter, defaultdict
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,6 +30,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import rasterio
 import typer
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform as warp_transform
@@ -26,32 +38,40 @@ from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import Point, box, mapping, shape
 from shapely.strtree import STRtree
 
+from domains.remote_sensing.curation.mosaic import Mosaic, RasterInfo, group_mosaics
 from domains.remote_sensing.curation.osm import Feature, OSMFileError, osm_format, read_features
 from domains.remote_sensing.curation.tiles import (
     WGS84,
-    default_bands,
+    MemberReadError,
+    acquisition_time,
+    mosaic_limits,
     native_gsd_m,
-    overview_mask,
-    raster_ranges,
-    read_tile,
-    tile_crs,
+    overview_sample,
+    read_mosaic_tile,
+    select_bands,
     tile_problem,
     to_rgb8,
+    utm_crs,
 )
 from domains.remote_sensing.curation.visibility import TagTable, captions, dedupe, join_phrases, load_tag_table, table_from_dicts
-from pipelines.curation import CurationConfig, Pair, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.curation import EXECUTOR_HELP, CurationConfig, ExecutorName, Pair, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.curation.splits import SpatialSplitter, equal_area_xy
+from pipelines.errors import InputError
 from pipelines.params import read
 
 STAGE_RASTER = "raster"
 STAGE_TILE = "tile"
+CHUNK_TILES = 4  # a work unit's chunk side, in largest tiles
+SPLIT_CELL_TILES = 4  # automatic split cell side, in largest tiles
+_COS_30 = math.cos(math.radians(30.0))  # the equal-area grid's standard parallel (pipelines/curation/splits.py)
 
 
 @dataclass
 class RSCurateConfig(CurationConfig):
-    """params.yaml `remote_sensing.curate`: the shared curation settings plus tiling, captions and the quality filter."""
+    """params.yaml `remote_sensing.curate`: the shared curation settings plus tiling, captions, splits and the quality filter."""
 
     # Tiles
-    target_gsd_m: float = 1.0  # finest output GSD; never finer than the raster's own GSD
+    target_gsd_m: float = 1.0  # finest output GSD; never finer than the rasters' own GSD
     tile_size: int = 224  # output pixels a side
     point_tile_m: Optional[float] = None  # ground size for points and lines; None = tile_size * GSD
     polygon_margin: float = 0.1  # bbox grows by this fraction on each side
@@ -59,18 +79,24 @@ class RSCurateConfig(CurationConfig):
     max_tile_m: Optional[float] = None  # polygon tiles; None = 4 * min size (also capped by tag visibility)
     max_shift_fraction: float = 0.2  # random off-centre shift, as a fraction of the tile size
     seed: int = 0
-    bands: Optional[list[int]] = None  # 1-based; None = first three (or the single band as grey)
+    # Bands and radiometry
+    bands: Optional[list[int]] = None  # 1-based; None = red/green/blue as the file names them, else the first three (or one grey)
+    # Data that is not 8-bit is stretched linearly to 0..255 with one (low, high) per band for a whole mosaic, never per
+    # tile: `stretch_limits` ([low, high] for every band, or one pair per band), else these percentiles of the valid
+    # pixels of all the mosaic's rasters (a decimated read of each).
     stretch_percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
-    # non-8-bit data: a tile whose percentile range is below this fraction of the raster's own range is stretched
-    # with the raster's range (a near-flat tile would otherwise show sensor noise at full contrast)
-    min_stretch_fraction: float = 0.25
+    stretch_limits: Optional[list[float] | list[list[float]]] = None
     max_nodata_fraction: float = 0.1
     min_std: float = 2.0  # tiles with a smaller pixel std (0..255 scale) are blank
     # Captions
     max_surrounding: int = 3
     extra_visible_tags: list[dict[str, Any]] = field(default_factory=list)
-    # Splits
-    block_size_m: float = 2000.0
+    # Splits (pipelines.curation.splits.SpatialSplitter): square cells of this side on the equal-area grid (metres at
+    # 30 degrees of latitude); None = SPLIT_CELL_TILES times the largest tile. Must be larger than the largest tile.
+    split_cell_m: Optional[float] = None
+    # val/test tiles whose footprint comes within this distance of a cell holding another split's tiles are dropped;
+    # None = the farthest any tile reaches from its centre, which guarantees no shared ground (a smaller one does not)
+    split_buffer_m: Optional[float] = None
     # Quality filter (pipelines.curation.quality), applied only when keep fraction < 1 and a model is named
     quality_model: Optional[str] = None
     quality_pretrained: Optional[str] = None
@@ -78,22 +104,59 @@ class RSCurateConfig(CurationConfig):
 
     def output_params(self) -> dict[str, Any]:
         """The options that change what a unit produces (its resume key hashes these)."""
-        skip = {"workers", "shard_size", "val_fraction", "test_fraction", "split_seed",
+        skip = {"workers", "shard_size", "val_fraction", "test_fraction", "split_seed", "split_cell_m", "split_buffer_m",
                 "quality_model", "quality_pretrained", "quality_keep_fraction"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
-# ---------------------------------------------------------------- one raster
+@dataclass
+class TileSizes:
+    """Ground sizes of the tiles cut from one mosaic (metres), from the settings and the mosaic's GSD."""
+
+    base_gsd: float
+    min_tile: float
+    max_tile: float
+    point_tile: float
+
+    @property
+    def largest(self) -> float:
+        """The largest tile side these settings allow."""
+        return max(self.min_tile, self.max_tile, self.point_tile)
+
+
+def tile_sizes(cfg: RSCurateConfig, native_gsd: float) -> TileSizes:
+    """Tile sizes for a mosaic whose coarsest member has `native_gsd` metres per pixel."""
+    base_gsd = max(cfg.target_gsd_m, native_gsd)
+    min_tile = cfg.min_tile_m or cfg.tile_size * base_gsd
+    return TileSizes(base_gsd, min_tile, cfg.max_tile_m or 4 * min_tile, cfg.point_tile_m or cfg.tile_size * base_gsd)
+
+
+def grid_scale(south: float, north: float) -> float:
+    """How much larger than on the ground a tile between these latitudes can measure on the equal-area grid.
+
+    The grid stretches east-west by cos(30)/cos(lat) and shrinks north-south by the inverse; 10% more
+    allows for tiles cut in a CRS turned against lon/lat (UTM's grid convergence).
+    """
+    far = min(89.0, max(abs(south), abs(north)))
+    near = 0.0 if south <= 0.0 <= north else min(abs(south), abs(north))
+    return 1.1 * max(_COS_30 / math.cos(math.radians(far)), math.cos(math.radians(near)) / _COS_30)
+
+
+# ---------------------------------------------------------------- one unit: a chunk of a mosaic
 
 
 @dataclass
-class RasterJob:
-    """The payload of one raster's work unit: the raster, the OSM features on it and the settings."""
+class MosaicJob:
+    """The payload of one unit: the mosaic's rasters its tiles can reach, the objects to tile and the settings."""
 
-    raster: str
-    features: list[Feature]
+    members: list[RasterInfo]  # priority order
+    features: list[Feature]  # the objects this unit tiles (centre in its chunk)
+    context: list[Feature]  # every object its tiles may show, for the captions' neighbours
     config: dict[str, Any]  # RSCurateConfig as a dict
     tag_rows: list[dict[str, Any]]  # the full visibility table, extras merged
+    gsd_m: float  # the mosaic's GSD (its coarsest member)
+    tile_crs: Optional[str]  # the mosaic's own CRS for tiles, or None for the UTM zone of each tile
+    limits: Optional[list[tuple[float, float]]]  # per-band stretch for data that is not 8-bit
 
 
 def _stable_int(*parts: Any) -> int:
@@ -109,78 +172,100 @@ def _centre(feature: Feature) -> Point:
     return g.centroid
 
 
+def _raster_stem(path: str) -> str:
+    tag = hashlib.sha256(os.path.normpath(path).encode()).hexdigest()[:6]  # the path as given: ids stay the same in any checkout
+    return f"{Path(path).stem}-{tag}"
+
+
+class _Unreadable(Exception):
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
 def process(unit: WorkUnit) -> UnitResult:
-    """Tiles and captions for one raster (module level, so worker processes can run it)."""
-    job: RasterJob = unit.payload
+    """Tiles and captions for one chunk of a mosaic (module level, so worker processes can run it).
+
+    A member whose pixels cannot be read gets a rejects row and the chunk is cut again without it:
+    its neighbours still give what they cover.
+    """
+    job: MosaicJob = unit.payload
     cfg = RSCurateConfig(**job.config)
     table = table_from_dicts(job.tag_rows)
-    result = UnitResult()
-    result.counts["objects_in_footprint"] += len(job.features)
-    try:
-        with rasterio.open(job.raster) as src:
-            _process_raster(src, job, cfg, table, result)
-    except RasterioError:  # truncated or corrupt data often shows only when pixels are read
-        result.rejects.append(Reject(job.raster, STAGE_RASTER, "unreadable raster data (corrupt or truncated)"))
-        result.counts["rasters_unreadable"] += 1
-        result.pairs.clear()  # all or nothing: a half-read raster is not a curated one
-    return result
+    members = list(job.members)
+    unreadable: list[Reject] = []
+    while True:
+        result = UnitResult()
+        result.rejects.extend(unreadable)
+        if unreadable:
+            result.counts["rasters_unreadable"] += len(unreadable)
+        result.counts["objects_in_footprint"] += len(job.features)
+        try:
+            with ExitStack() as stack:
+                sources = []
+                for member in members:
+                    try:
+                        sources.append(stack.enter_context(rasterio.open(member.path)))
+                    except RasterioError:
+                        raise _Unreadable(member.path) from None
+                _cut_tiles(job, cfg, table, members, sources, result)
+            return result
+        except _Unreadable as bad:
+            unreadable.append(Reject(bad.path, STAGE_RASTER, "unreadable raster data (corrupt or truncated)"))
+            members = [m for m in members if m.path != bad.path]
 
 
-def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurateConfig, table: TagTable, result: UnitResult) -> None:
-    bands = cfg.bands or default_bands(src.count)
-    if any(b < 1 or b > src.count for b in bands) or len(bands) not in (1, 3):
-        result.rejects.append(Reject(f"{job.raster} bands={bands}", STAGE_RASTER, "band selection does not fit the raster"))
-        return
-    if not overview_mask(src).any():
-        result.rejects.append(Reject(job.raster, STAGE_RASTER, "raster has no valid pixels"))
-        result.counts["rasters_all_nodata"] += 1
-        return
-    result.warnings.extend(raster_caveats(src, job.raster, bands, cfg.bands is None, cfg.stretch_percentiles))
-    native_gsd = native_gsd_m(src)
-    base_gsd = max(cfg.target_gsd_m, native_gsd)
+def _cut_tiles(job: MosaicJob, cfg: RSCurateConfig, table: TagTable, members: list[RasterInfo], sources: list[Any],
+               result: UnitResult) -> None:
+    sizes = tile_sizes(cfg, job.gsd_m)
     size = cfg.tile_size
-    min_tile = cfg.min_tile_m or size * base_gsd
-    max_tile = cfg.max_tile_m or 4 * min_tile
-    point_tile = cfg.point_tile_m or size * base_gsd
-    low_pct, high_pct = cfg.stretch_percentiles
-    needs_stretch = any(src.dtypes[b - 1] != "uint8" for b in bands)
-    ranges = raster_ranges(src, bands, low_pct, high_pct) if needs_stretch else None
-    tag = hashlib.sha256(os.path.normpath(job.raster).encode()).hexdigest()[:6]  # the path as given: ids stay the same in any checkout
-    stem = f"{Path(job.raster).stem}-{tag}"
+    member_boxes = [box(*m.bounds_ll) for m in members]
+    context = sorted(job.context, key=lambda f: f.osm_id)
+    tree = STRtree([f.geometry for f in context])
+    own_crs = CRS.from_user_input(job.tile_crs) if job.tile_crs else None
 
-    features = sorted(job.features, key=lambda f: f.osm_id)
-    tree = STRtree([f.geometry for f in features])
-    src_crs_str = src.crs.to_string()
-    result.counts["rasters_curated"] += 1
-
-    for i, feat in enumerate(features):
-        focus = table.visible(feat.tags, base_gsd)
+    for feat in sorted(job.features, key=lambda f: f.osm_id):
+        focus = table.visible(feat.tags, sizes.base_gsd)
         if not focus:
             result.counts["objects_not_visible_at_gsd"] += 1
             continue
         primary = focus[0]
         centre = _centre(feat)
         lon, lat = centre.x, centre.y
-        crs = tile_crs(src.crs, lon, lat)
+        crs = own_crs or utm_crs(lon, lat)
         (cx,), (cy,) = warp_transform(WGS84, crs, [lon], [lat])
         if feat.kind == "polygon":
             minx, miny, maxx, maxy = shape(transform_geom(WGS84, crs, mapping(feat.geometry))).bounds
             ground = max(maxx - minx, maxy - miny) * (1 + 2 * cfg.polygon_margin)
             # never so coarse that the focus tag stops being visible
-            ground = min(max(ground, min_tile), max(min_tile, min(max_tile, primary.max_gsd_m * size)))
+            ground = min(max(ground, sizes.min_tile), max(sizes.min_tile, min(sizes.max_tile, primary.max_gsd_m * size)))
         else:
-            ground = point_tile
+            ground = sizes.point_tile
         gsd = ground / size
         rng = np.random.default_rng(_stable_int(cfg.seed, feat.osm_type, feat.osm_id))
         shift = rng.uniform(-cfg.max_shift_fraction, cfg.max_shift_fraction, size=2) * ground
         tx, ty = cx + shift[0], cy + shift[1]
         bounds = (tx - ground / 2, ty - ground / 2, tx + ground / 2, ty + ground / 2)
-        where = f"{job.raster}#{feat.osm_id}"
+        tile_ll = shape(transform_geom(crs, WGS84, mapping(box(*bounds))))
         result.counts["tiles_attempted"] += 1
 
-        resampling = Resampling.average if gsd > 1.5 * native_gsd else Resampling.bilinear
-        tile = read_tile(src, crs, bounds, size, bands, resampling)
-        rgb = to_rgb8(tile, low_pct, high_pct, ranges, cfg.min_stretch_fraction)
+        touching = [i for i, b in enumerate(member_boxes) if b.intersects(tile_ll)]
+        resampling = Resampling.average if gsd > 1.5 * job.gsd_m else Resampling.bilinear
+        if touching:
+            try:
+                tile, given = read_mosaic_tile([(sources[i], members[i].bands) for i in touching], crs, bounds, size, resampling)
+            except MemberReadError as exc:
+                raise _Unreadable(members[touching[exc.index]].path) from None
+            used = [members[i] for i, n in sorted(zip(touching, given), key=lambda t: -t[1]) if n > 0]
+        else:
+            tile, used = None, []
+        main = used[0] if used else members[touching[0]] if touching else members[0]
+        where = f"{main.path}#{feat.osm_id}"
+        if tile is None:
+            result.rejects.append(Reject(where, STAGE_TILE, "too much nodata"))
+            result.counts["tiles_rejected_too_much_nodata"] += 1
+            continue
+        rgb = to_rgb8(tile, job.limits)
         problem = tile_problem(tile, rgb, cfg.max_nodata_fraction, cfg.min_std)
         if problem:
             result.rejects.append(Reject(where, STAGE_TILE, problem))
@@ -188,12 +273,11 @@ def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurat
             continue
 
         title = primary.phrase
-        tile_ll = shape(transform_geom(crs, WGS84, mapping(box(*bounds))))
         neighbours = sorted(
-            (j for j in tree.query(tile_ll, predicate="intersects") if j != i),
-            key=lambda j: (features[j].geometry.distance(centre), features[j].osm_id),
+            (j for j in tree.query(tile_ll, predicate="intersects") if context[j].osm_id != feat.osm_id),
+            key=lambda j: (context[j].geometry.distance(centre), context[j].osm_id),
         )
-        others = [m[0].phrase for j in neighbours if (m := table.visible(features[j].tags, gsd))]
+        others = [m[0].phrase for j in neighbours if (m := table.visible(context[j].tags, gsd))]
         variants = captions(title, others, cfg.max_surrounding)
         all_tags = dedupe(m.phrase for m in table.visible(feat.tags, gsd))
         if len(all_tags) > 1:
@@ -201,53 +285,56 @@ def _process_raster(src: rasterio.io.DatasetReader, job: RasterJob, cfg: RSCurat
 
         epsg = crs.to_epsg()
         crs_name = f"EPSG:{epsg}" if epsg else crs.to_string()
-        group = f"{crs_name}:{math.floor(tx / cfg.block_size_m)}:{math.floor(ty / cfg.block_size_m)}"
+        in_order = [m.path for m in members if m in used]  # priority order
+        provenance = {
+            "osm_id": feat.osm_id,
+            "osm_type": feat.osm_type,
+            "osm_kind": feat.kind,
+            "tags": feat.tags,
+            "tile_bounds": [float(b) for b in bounds],
+            "tile_crs": crs_name,
+            "raster_crs": main.crs,
+            "rasters": in_order,
+            "bands": main.bands,
+            "gsd_m": float(gsd),
+            "centre_lonlat": [float(lon), float(lat)],
+            "shift_m": [float(shift[0]), float(shift[1])],
+            "nodata_fraction": float(1.0 - tile.valid.mean()),
+        }
+        if job.limits and main.needs_stretch:
+            provenance["stretch_limits"] = [[float(lo), float(hi)] for lo, hi in job.limits]
         result.pairs.append(
             Pair(
-                id=f"{stem}-{feat.osm_type}-{feat.osm_id.split('/')[-1]}",
-                group=group,
+                id=f"{_raster_stem(main.path)}-{feat.osm_type}-{feat.osm_id.split('/')[-1]}",
+                group="",  # the spatial splitter sets it: the pair's cell
                 image=rgb,
                 caption=variants["title"],
-                source=job.raster,
+                source=" + ".join(in_order),
                 caption_variants=_sorted(variants),
-                provenance=_sorted({
-                    "osm_id": feat.osm_id,
-                    "osm_type": feat.osm_type,
-                    "osm_kind": feat.kind,
-                    "tags": feat.tags,
-                    "tile_bounds": [float(b) for b in bounds],
-                    "tile_crs": crs_name,
-                    "raster_crs": src_crs_str,
-                    "gsd_m": float(gsd),
-                    "centre_lonlat": [float(lon), float(lat)],
-                    "shift_m": [float(shift[0]), float(shift[1])],
-                    "nodata_fraction": float(1.0 - tile.valid.mean()),
-                }),
+                provenance=_sorted(provenance),
+                footprint=json.loads(json.dumps(mapping(tile_ll))),  # lists, not tuples: as the staged record reads back
             )
         )
         result.counts["tiles_written"] += 1
 
 
-def raster_caveats(src: rasterio.io.DatasetReader, raster: str, bands: list[int], default: bool, percentiles: list[float]) -> list[str]:
-    """Warnings for a raster curated in a way its owner may not expect: grey tiles, bands left out, a per-tile stretch."""
+def raster_caveats(src: rasterio.io.DatasetReader, raster: str, bands: list[int], rule: str) -> list[str]:
+    """Warnings for a raster curated in a way its owner may not expect: grey tiles, or bands shown as RGB on no evidence."""
     from rasterio.enums import ColorInterp
 
-    caveats = []
+    if rule != "default":
+        return []
     alpha = [i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha]
     unused = [b for b in range(1, src.count + 1) if b not in bands and b not in alpha]
-    if default and len(bands) == 1:
+    if len(bands) == 1:
         left_out = f", band{'s' if len(unused) > 1 else ''} {', '.join(map(str, unused))} not used (set `bands` to choose)"
-        caveats.append(f"{raster}: {src.count} band{'s' if src.count > 1 else ''}; tiles are grey from band {bands[0]}"
-                       + (left_out if unused else ""))
-    elif default and unused and [src.colorinterp[b - 1] for b in bands] != [ColorInterp.red, ColorInterp.green, ColorInterp.blue]:
+        return [f"{raster}: {src.count} band{'s' if src.count > 1 else ''}; tiles are grey from band {bands[0]}"
+                + (left_out if unused else "")]
+    if unused:
         shown = ", ".join(map(str, bands))
-        caveats.append(f"{raster}: {src.count} bands; tiles show bands {shown} as red, green, blue (set `bands` to choose)")
-    dtypes = {src.dtypes[b - 1] for b in bands}
-    if dtypes != {"uint8"}:
-        low, high = percentiles
-        caveats.append(f"{raster}: {'/'.join(sorted(dtypes))} values stretched to 8 bits per tile and band "
-                       f"(percentiles {low:g}-{high:g} of its valid pixels; the raster's own range for near-flat tiles)")
-    return caveats
+        return [f"{raster}: {src.count} bands, none named red, green or blue; tiles show bands {shown} as red, green, blue "
+                "(set `bands` to choose)"]
+    return []
 
 
 def _sorted(obj: Any) -> Any:
@@ -309,36 +396,219 @@ def _features_digest(features: list[Feature]) -> str:
     return h.hexdigest()[:16]
 
 
+def inspect_raster(path: Path, order: int, cfg: RSCurateConfig) -> tuple[RasterInfo | None, Reject | None, Any, list[str]]:
+    """A raster's place in the footprint index, or the reason it cannot be used.
+
+    Returns (info, reject, sample of valid values for the stretch or None, warnings). The whole
+    raster is read once, decimated: empty rasters and most truncated ones are found here.
+    """
+    fp, reject = raster_footprint(path)
+    if reject:
+        return None, reject, None, []
+    try:
+        with rasterio.open(path) as src:
+            bands, rule = select_bands(src, cfg.bands)
+            if any(b < 1 or b > src.count for b in bands) or len(bands) not in (1, 3):
+                return None, Reject(f"{path} bands={bands}", STAGE_RASTER, "band selection does not fit the raster"), None, []
+            wants_values = cfg.stretch_limits is None and any(src.dtypes[b - 1] != "uint8" for b in bands)
+            mask, values = overview_sample(src, bands, wants_values)
+            if not mask.any():
+                return None, Reject(str(path), STAGE_RASTER, "raster has no valid pixels"), None, []
+            gsd = native_gsd_m(src)
+            info = RasterInfo(
+                path=str(path), bounds_ll=fp.bounds_ll, identity=fp.identity, crs=src.crs.to_string(), count=src.count,
+                dtypes=tuple(src.dtypes), gsd_m=gsd, bands=bands, band_rule=rule, acquired=acquisition_time(src), order=order,
+                valid_area_m2=float(mask.mean()) * src.width * src.height * gsd * gsd,
+            )
+            return info, None, values, raster_caveats(src, str(path), bands, rule)
+    except RasterioError:  # truncated or corrupt data often shows only when pixels are read
+        return None, Reject(str(path), STAGE_RASTER, "unreadable raster data (corrupt or truncated)"), None, []
+
+
+@dataclass
+class Plan:
+    """The work units of a run and what planning found on the way."""
+
+    units: list[WorkUnit] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+    largest_tile_grid_m: float = 0.0  # the largest tile any unit may cut, measured on the equal-area grid
+
+
+def _limit_pairs(cfg: RSCurateConfig) -> list[Any]:
+    raw = cfg.stretch_limits or []
+    pairs = [raw] if raw and all(isinstance(v, (int, float)) for v in raw) else list(raw)
+    if not pairs or any(not isinstance(p, (list, tuple)) or len(p) != 2 or not p[0] < p[1] for p in pairs):
+        raise InputError(f"remote_sensing.curate.stretch_limits: {cfg.stretch_limits!r} must be [low, high] with low < high, "
+                         "or a list of such pairs, one per band shown")
+    return pairs
+
+
+def configured_limits(cfg: RSCurateConfig, n_bands: int) -> list[tuple[float, float]]:
+    """`stretch_limits` as one (low, high) per band shown; InputError when it does not fit."""
+    pairs = _limit_pairs(cfg)
+    if len(pairs) == 1:
+        pairs = pairs * n_bands
+    if len(pairs) != n_bands:
+        raise InputError(f"remote_sensing.curate.stretch_limits: {len(pairs)} pairs for {n_bands} band{'s' if n_bands > 1 else ''} "
+                         "shown; give one pair for every band, or a single [low, high]")
+    return [(float(lo), float(hi)) for lo, hi in pairs]
+
+
+def _mosaic_limits(mosaic: Mosaic, samples: dict[str, Any], cfg: RSCurateConfig, plan: Plan) -> list[tuple[float, float]] | None:
+    """One (low, high) per shown band for the whole mosaic, when any member is not 8-bit; warns for each such member."""
+    stretched = [m for m in mosaic.members if m.needs_stretch]
+    if not stretched:
+        return None
+    n_bands = len(mosaic.members[0].bands)
+    if cfg.stretch_limits is not None:
+        return configured_limits(cfg, n_bands)
+    limits = mosaic_limits([(samples[m.path], m.valid_area_m2) for m in mosaic.members], *cfg.stretch_percentiles)
+    low, high = cfg.stretch_percentiles
+    ranges = ", ".join(f"{lo:.6g}-{hi:.6g}" for lo, hi in limits)
+    whole = f"the mosaic of {len(mosaic.members)} rasters" if len(mosaic.members) > 1 else "the raster"
+    for m in stretched:
+        dtypes = "/".join(sorted({m.dtypes[b - 1] for b in m.bands}))
+        plan.warnings.append(f"{m.path}: {dtypes} values stretched to 8 bits with one range per band for {whole} ({ranges}: "
+                             f"percentiles {low:g}-{high:g} of its valid pixels; set `stretch_limits` to choose)")
+    return limits
+
+
+def _reach_box(feature: Feature, reach_m: float) -> Any:
+    """A lon/lat box around the object's centre holding any tile cut for it."""
+    c = _centre(feature)
+    dlat = reach_m / 110_574.0
+    dlon = reach_m / (111_320.0 * max(0.01, math.cos(math.radians(min(89.0, abs(c.y) + dlat)))))
+    return box(c.x - dlon, c.y - dlat, c.x + dlon, c.y + dlat)
+
+
 def plan_units(
     rasters: list[Path], features: list[Feature], cfg: RSCurateConfig, table: TagTable
-) -> tuple[list[WorkUnit], list[Reject], Counter]:
-    """One unit per usable raster with the features over its footprint; rejects for the rest."""
-    rejects: list[Reject] = []
-    counts: Counter = Counter()
+) -> Plan:
+    """Mosaics of the usable rasters, cut into chunk units holding the objects whose centre they contain; rejects for the rest."""
+    plan = Plan()
+    infos: list[RasterInfo] = []
+    samples: dict[str, Any] = {}
+    for order, path in enumerate(dict.fromkeys(Path(r) for r in rasters)):
+        plan.counts["rasters_seen"] += 1
+        info, reject, values, caveats = inspect_raster(path, order, cfg)
+        if reject:
+            plan.rejects.append(reject)
+            if reject.reason == "raster has no valid pixels":
+                plan.counts["rasters_all_nodata"] += 1
+            elif reject.reason.startswith("unreadable"):
+                plan.counts["rasters_unreadable"] += 1
+            continue
+        infos.append(info)
+        samples[info.path] = values
+        plan.warnings.extend(caveats)
+    mosaics, mosaic_rejects = group_mosaics(infos)
+    plan.rejects.extend(mosaic_rejects)
+    if mosaic_rejects:
+        plan.counts["rasters_apart_from_their_mosaic"] += len(mosaic_rejects)
+
     tree = STRtree([f.geometry for f in features])
     params_digest = hashlib.sha256(json.dumps([cfg.output_params(), table.as_dicts()], sort_keys=True).encode()).hexdigest()[:16]
-    units: list[WorkUnit] = []
-    for path in dict.fromkeys(Path(r) for r in rasters):
-        counts["rasters_seen"] += 1
-        fp, reject = raster_footprint(path)
-        if reject:
-            rejects.append(reject)
+    for mosaic in mosaics:
+        hits: set[int] = set()
+        for m in mosaic.members:
+            if features:
+                hits.update(int(j) for j in tree.query(box(*m.bounds_ll), predicate="intersects"))
+        if not hits:
+            for m in mosaic.members:
+                plan.rejects.append(Reject(m.path, STAGE_RASTER, "no OSM features intersect the raster footprint"))
+                plan.counts["rasters_without_features"] += 1
             continue
-        west, south, east, north = fp.bounds_ll
-        hits = tree.query(box(west, south, east, north), predicate="intersects") if features else []
-        mine = [features[j] for j in sorted(hits)]
-        if not mine:
-            rejects.append(Reject(str(path), STAGE_RASTER, "no OSM features intersect the raster footprint"))
-            counts["rasters_without_features"] += 1
-            continue
-        digest = hashlib.sha256(f"{params_digest}:{fp.identity}:{_features_digest(mine)}".encode()).hexdigest()[:16]
-        job = RasterJob(str(path), mine, asdict(cfg), table.as_dicts())
-        units.append(WorkUnit(key=f"remote_sensing:{os.path.abspath(path)}:{digest}", payload=job, inputs=[str(path)]))
-    return units, rejects, counts
+        sizes = tile_sizes(cfg, mosaic.gsd_m)
+        south = min(m.bounds_ll[1] for m in mosaic.members)
+        north = max(m.bounds_ll[3] for m in mosaic.members)
+        scale = grid_scale(south, north)
+        plan.largest_tile_grid_m = max(plan.largest_tile_grid_m, sizes.largest * scale)
+        limits = _mosaic_limits(mosaic, samples, cfg, plan)
+        plan.counts["mosaics"] += 1
+        plan.counts["rasters_curated"] += len(mosaic.members)
+        plan.units.extend(_chunk_units(mosaic, [features[j] for j in sorted(hits)], tree, features, sizes, scale, limits, cfg,
+                                       table, params_digest))
+    return plan
+
+
+def _chunk_units(mosaic: Mosaic, mine: list[Feature], tree: STRtree, features: list[Feature], sizes: TileSizes, scale: float,
+                 limits: list[tuple[float, float]] | None, cfg: RSCurateConfig, table: TagTable, params_digest: str) -> list[WorkUnit]:
+    """The units of one mosaic: objects grouped by the chunk holding their centre, each with the members its tiles can reach."""
+    chunk_m = CHUNK_TILES * sizes.largest * scale
+    chunks: dict[tuple[int, int], list[Feature]] = defaultdict(list)
+    for feat in mine:
+        c = _centre(feat)
+        x, y = equal_area_xy(c.x, c.y)
+        chunks[(math.floor(x / chunk_m), math.floor(y / chunk_m))].append(feat)
+    # the farthest a tile's corner can be from its object's centre, with the shift, and a margin for the CRS's turn
+    reach_m = sizes.largest * (0.5 + cfg.max_shift_fraction) * math.sqrt(2) * 1.1
+    member_boxes = STRtree([box(*m.bounds_ll) for m in mosaic.members])
+    mosaic_id = hashlib.sha256("\n".join(os.path.abspath(m.path) for m in mosaic.members).encode()).hexdigest()[:12]
+    units = []
+    for (i, j), own in sorted(chunks.items()):
+        reach = [_reach_box(f, reach_m) for f in own]
+        touched = {int(k) for r in reach for k in member_boxes.query(r, predicate="intersects")}
+        if not touched:  # objects whose tiles fall outside every raster: read one anyway, so the tile is refused as empty
+            touched = {int(k) for f in own for k in member_boxes.query(f.geometry, predicate="intersects")}
+        inputs = [m for k, m in enumerate(mosaic.members) if k in touched]
+        context_ids = {int(k) for r in reach for k in tree.query(r, predicate="intersects")}
+        context = [features[k] for k in sorted(context_ids)]
+        digest = hashlib.sha256(json.dumps([
+            params_digest, [(m.path, m.identity, m.bands, m.gsd_m) for m in inputs], mosaic.gsd_m, mosaic.tile_crs, limits,
+            _features_digest(own), _features_digest(context),
+        ], default=str).encode()).hexdigest()[:16]
+        job = MosaicJob(inputs, own, context, asdict(cfg), table.as_dicts(), mosaic.gsd_m, mosaic.tile_crs, limits)
+        units.append(WorkUnit(key=f"remote_sensing:{mosaic_id}:{i}:{j}:{digest}", payload=job, inputs=[m.path for m in inputs]))
+    return units
+
+
+class _CheckedSplitter:
+    """SpatialSplitter whose refusals (a cell not larger than a tile) stop the run as an input error naming the setting."""
+
+    def __init__(self, splitter: SpatialSplitter):
+        self.splitter = splitter
+
+    def assign(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]], Counter]:
+        """SpatialSplitter.assign, with its ValueError as an InputError."""
+        try:
+            return self.splitter.assign(rows)
+        except ValueError as exc:
+            raise InputError(f"remote_sensing.curate.split_cell_m: {exc}") from None
+
+
+def split_cell(cfg: RSCurateConfig, largest_tile_grid_m: float) -> float:
+    """The split cell side: `split_cell_m`, or SPLIT_CELL_TILES largest tiles; InputError when not larger than the largest tile."""
+    automatic = float(math.ceil(SPLIT_CELL_TILES * max(largest_tile_grid_m, 1.0) / 10.0) * 10)
+    if cfg.split_cell_m is None:
+        return automatic
+    if cfg.split_cell_m <= largest_tile_grid_m:
+        raise InputError(
+            f"remote_sensing.curate.split_cell_m: {cfg.split_cell_m:g} m is not larger than the largest tile these settings "
+            f"can cut ({largest_tile_grid_m:.0f} m across on the equal-area grid); a cell must hold whole tiles and its "
+            f"neighbours' buffer: leave it unset ({automatic:g} m here) or choose more"
+        )
+    return float(cfg.split_cell_m)
+
+
+def check_config(cfg: RSCurateConfig) -> None:
+    """InputError for settings that cannot work, before anything is read."""
+    low, high = (list(cfg.stretch_percentiles) + [None, None])[:2]
+    if len(cfg.stretch_percentiles) != 2 or not 0 <= low < high <= 100:
+        raise InputError(f"remote_sensing.curate.stretch_percentiles: {cfg.stretch_percentiles!r} must be [low, high] "
+                         "with 0 <= low < high <= 100")
+    if cfg.stretch_limits is not None:
+        _limit_pairs(cfg)
+    if cfg.split_cell_m is not None and cfg.split_cell_m <= 0:
+        raise InputError(f"remote_sensing.curate.split_cell_m: {cfg.split_cell_m:g} must be positive")
+    if cfg.split_buffer_m is not None and cfg.split_buffer_m < 0:
+        raise InputError(f"remote_sensing.curate.split_buffer_m: {cfg.split_buffer_m:g} must not be negative")
 
 
 def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> dict[str, Any]:
     """The whole curation (the CLI's body, callable from tests and other code)."""
+    check_config(cfg)
     table = load_tag_table(cfg.extra_visible_tags)
     read = read_features(osm, keep=table.has_visible)
     pre_rejects = list(read.rejects)
@@ -348,11 +618,14 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
         # when features with visible tags were all refused, their rows say why; this one says the map is empty because of them
         reason = "no usable features: every feature with visible tags was rejected" if read.rejects else "no features with visible tags"
         pre_rejects.append(Reject(str(osm), "osm", reason))
-    units, plan_rejects, plan_counts = plan_units(rasters, read.features, cfg, table)
-    pre_rejects += plan_rejects
-    pre_counts.update(plan_counts)
-    if read.features and not units and plan_counts["rasters_without_features"]:
+    plan = plan_units(rasters, read.features, cfg, table)
+    pre_rejects += plan.rejects
+    pre_counts.update(plan.counts)
+    if read.features and not plan.units and plan.counts["rasters_without_features"]:
         pre_rejects.append(Reject(str(osm), "osm", "no features intersect any raster"))
+    cell_m = split_cell(cfg, plan.largest_tile_grid_m)
+    pre_counts["split_cell_m"] = int(round(cell_m))
+    splitter = SpatialSplitter(cell_m, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.split_buffer_m)
 
     scorer = None
     if cfg.quality_keep_fraction < 1.0 and cfg.quality_model:
@@ -361,21 +634,24 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
 
         scorer = make_clip_scorer(ModelSpec(name=cfg.quality_model, pretrained=cfg.quality_pretrained))
     return run_curation(
-        units,
+        plan.units,
         process,
         out,
         cfg.curation(),
         pre_rejects=pre_rejects,
         pre_counts=dict(pre_counts),
-        pre_warnings=read.warnings,
+        pre_warnings=read.warnings + plan.warnings,
         quality_scorer=scorer,
         quality_keep_fraction=cfg.quality_keep_fraction,
+        splitter=_CheckedSplitter(splitter),
     )
 
 
-def load_config(params: Optional[Path], workers: Optional[int] = None, allow_empty: bool = False) -> RSCurateConfig:
-    """Params `remote_sensing.curate`, typed; `workers` and `allow_empty` override it when given."""
-    return read(params, RSCurateConfig, "remote_sensing", "curate", workers=workers, allow_empty=allow_empty or None)
+def load_config(params: Optional[Path], workers: Optional[int] = None, allow_empty: bool = False,
+                executor: Optional[ExecutorName] = None) -> RSCurateConfig:
+    """Params `remote_sensing.curate`, typed; `workers`, `allow_empty` and `executor` override it when given."""
+    return read(params, RSCurateConfig, "remote_sensing", "curate", workers=workers, allow_empty=allow_empty or None,
+                executor=executor)
 
 
 def curate_command(
@@ -387,6 +663,7 @@ def curate_command(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")
     ] = False,
+    executor: Annotated[Optional[ExecutorName], typer.Option("--executor", help=EXECUTOR_HELP)] = None,
 ) -> dict[str, Any]:
     """Curate SkyScript-style image-caption pairs from rasters and OpenStreetMap tags."""
     osm = Path(osm)
@@ -396,7 +673,7 @@ def curate_command(
         osm_format(osm)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--osm") from exc
-    cfg = load_config(params, workers, allow_empty)
+    cfg = load_config(params, workers, allow_empty, executor)
     try:
         summary = curate([Path(r) for r in raster], osm, Path(out), cfg)
     except OSMFileError as exc:  # the one map of the run: nothing can be curated without it

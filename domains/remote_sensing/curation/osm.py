@@ -15,6 +15,8 @@ range in a file that names no CRS (metres exported without reprojection) are ref
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,32 +181,144 @@ class _Collector:
 
 
 def read_osm(path: Path, keep: TagFilter | None = None) -> ReadResult:
-    """Tagged nodes, ways and multipolygon/boundary relations of an OSM file (XML or PBF), through pyosmium."""
+    """Tagged nodes, ways and multipolygon/boundary relations of an OSM file (XML or PBF), through pyosmium.
+
+    osmium's node location index takes positive ids only and fills way geometries in one pass, so a
+    file with negative ids (new objects, as JOSM and ogr2osm save them) or with ways before their
+    nodes is first copied, sorted and with negative ids moved above the file's positive ones, into a
+    temporary PBF; features keep their ids as the file gives them ("way/-5").
+    """
+    layout = _scan_osm(path)
+    if not layout.needs_copy:
+        return _read_osm_objects(path, str(path), keep, lambda _type, osm_id: osm_id)
+    with tempfile.TemporaryDirectory(prefix="domainfm-osm-") as tmp:
+        copy = Path(tmp) / "sorted.osm.pbf"
+        _write_sorted_copy(path, copy, layout)
+        result = _read_osm_objects(copy, str(path), keep, layout.original_id)
+    if layout.negative:
+        counts = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in sorted(layout.negative.items()))
+        result.warnings.append(f"{path}: {counts} with negative ids (new objects not uploaded to OpenStreetMap, as JOSM saves them); "
+                               "their ids are local to this file")
+    if layout.unsorted:
+        result.warnings.append(f"{path}: objects not in OSM order ({layout.unsorted}); read sorted")
+    return result
+
+
+@dataclass
+class _Layout:
+    """What a first pass over an OSM file found: negative ids, objects out of order, the largest positive id per type."""
+
+    negative: Counter = field(default_factory=Counter)  # object type -> objects with a negative id
+    unsorted: str = ""  # e.g. "way 5 before its nodes"
+    max_id: dict[str, int] = field(default_factory=lambda: {"n": 0, "w": 0, "r": 0})
+
+    @property
+    def needs_copy(self) -> bool:
+        """Whether osmium can read the file as it is."""
+        return bool(self.negative) or bool(self.unsorted)
+
+    def sorted_id(self, osm_type: str, osm_id: int) -> int:
+        """The id in the sorted copy: positive ids unchanged, negative ones above the file's largest."""
+        return osm_id if osm_id > 0 else self.max_id[osm_type] - osm_id
+
+    def original_id(self, osm_type: str, osm_id: int) -> int:
+        """The file's own id for an id of the sorted copy."""
+        top = self.max_id[osm_type]
+        return osm_id if osm_id <= top else -(osm_id - top)
+
+
+_TYPE_NAMES = {"n": "node", "w": "way", "r": "relation"}
+_TYPE_RANK = {"n": 0, "w": 1, "r": 2}
+
+
+def _osm_type(obj: Any) -> str:
+    return "n" if obj.is_node() else "w" if obj.is_way() else "r"
+
+
+def _scan_osm(path: Path) -> _Layout:
+    """One pass over the ids: negative ones, and the first object that comes before one of a type osmium expects first."""
+    import osmium
+
+    layout = _Layout()
+    rank = 0
+    for obj in _osm_objects(osmium.FileProcessor(str(path)), path):
+        kind = _osm_type(obj)
+        if obj.id < 0:
+            layout.negative[_TYPE_NAMES[kind]] += 1
+        else:
+            layout.max_id[kind] = max(layout.max_id[kind], obj.id)
+        if _TYPE_RANK[kind] < rank and not layout.unsorted:
+            layout.unsorted = f"{_TYPE_NAMES[kind]} {obj.id} after {'ways' if rank == 1 else 'relations'}"
+        rank = max(rank, _TYPE_RANK[kind])
+    return layout
+
+
+def _write_sorted_copy(path: Path, copy: Path, layout: _Layout) -> None:
+    """Nodes, then ways, then relations of `path`, each sorted by id and with positive ids only, as PBF at `copy`."""
+    import osmium
+    from osmium.osm import Location, mutable
+
+    undefined = Location().x
+    nodes, ways, relations = [], [], []
+    for obj in _osm_objects(osmium.FileProcessor(str(path)), path):
+        tags = dict(obj.tags)
+        if obj.is_node():
+            loc = obj.location
+            # kept as read, valid or not: the reader rejects invalid locations with the node named
+            where = Location() if loc.x == undefined else Location(loc.x / 1e7, loc.y / 1e7)
+            nodes.append(mutable.Node(id=layout.sorted_id("n", obj.id), location=where, tags=tags))
+        elif obj.is_way():
+            refs = [layout.sorted_id("n", n.ref) for n in obj.nodes]
+            ways.append(mutable.Way(id=layout.sorted_id("w", obj.id), nodes=refs, tags=tags))
+        elif obj.is_relation():
+            members = [(m.type, layout.sorted_id(m.type, m.ref), m.role) for m in obj.members]
+            relations.append(mutable.Relation(id=layout.sorted_id("r", obj.id), members=members, tags=tags))
+    writer = osmium.SimpleWriter(str(copy))
+    try:
+        for node in sorted(nodes, key=lambda o: o.id):
+            writer.add_node(node)
+        for way in sorted(ways, key=lambda o: o.id):
+            writer.add_way(way)
+        for relation in sorted(relations, key=lambda o: o.id):
+            writer.add_relation(relation)
+    finally:
+        writer.close()
+
+
+def _read_osm_objects(path: Path, source: str, keep: TagFilter | None, original: Callable[[str, int], int]) -> ReadResult:
+    """The features of a sorted OSM file with positive ids; `original(type, id)` gives the id to name them by."""
     import osmium
     from osmium.geom import WKBFactory
 
     wkb = WKBFactory()
-    c = _Collector(str(path), keep)
+    c = _Collector(source, keep)
     # Closed ways with area tags wait for osmium's assembled area; if osmium finds the ring
     # invalid, the way's own coordinates are repaired instead.
     pending_ways: dict[int, tuple[dict[str, str], list[tuple[float, float]]]] = {}
     pending_relations: dict[int, dict[str, str]] = {}
 
+    def way_id(osm_id: int) -> str:
+        return f"way/{original('w', osm_id)}"
+
+    def relation_id(osm_id: int) -> str:
+        return f"relation/{original('r', osm_id)}"
+
     processor = osmium.FileProcessor(str(path)).with_locations().with_areas()
-    for obj in _osm_objects(processor, path):
+    for obj in _osm_objects(processor, Path(source)):
         if obj.is_node():
             tags = dict(obj.tags)
             if c.wanted(tags):
                 loc = obj.location
+                osm_id = f"node/{original('n', obj.id)}"
                 if loc.valid():
-                    c.add(f"node/{obj.id}", "node", tags, Point(loc.lon, loc.lat), "point")
+                    c.add(osm_id, "node", tags, Point(loc.lon, loc.lat), "point")
                 else:
-                    c.reject(f"node/{obj.id}", "invalid node location")
+                    c.reject(osm_id, "invalid node location")
         elif obj.is_way():
             tags = dict(obj.tags)
             if not c.wanted(tags):
                 continue
-            osm_id = f"way/{obj.id}"
+            osm_id = way_id(obj.id)
             try:
                 coords = [(n.lon, n.lat) for n in obj.nodes]
             except osmium.InvalidLocationError:
@@ -235,21 +349,21 @@ def read_osm(path: Path, keep: TagFilter | None = None) -> ReadResult:
                 except RuntimeError:  # osmium could not build a valid area: repair the ring below
                     continue
                 tags, _ = pending_ways.pop(obj.orig_id())
-                c.add(f"way/{obj.orig_id()}", "way", tags, _single(geom), "polygon")
+                c.add(way_id(obj.orig_id()), "way", tags, _single(geom), "polygon")
             elif obj.orig_id() in pending_relations:
                 tags = pending_relations.pop(obj.orig_id())
                 try:
                     geom = shapely.from_wkb(wkb.create_multipolygon(obj))
                 except RuntimeError:
-                    c.reject(f"relation/{obj.orig_id()}", "invalid multipolygon")
+                    c.reject(relation_id(obj.orig_id()), "invalid multipolygon")
                     continue
-                c.add(f"relation/{obj.orig_id()}", "relation", tags, _single(geom), "polygon")
+                c.add(relation_id(obj.orig_id()), "relation", tags, _single(geom), "polygon")
 
-    for way_id, (tags, coords) in sorted(pending_ways.items()):
-        c.add(f"way/{way_id}", "way", tags, Polygon(coords), "polygon")
-    for rel_id in sorted(pending_relations):
+    for osm_id, (tags, coords) in sorted(pending_ways.items()):
+        c.add(way_id(osm_id), "way", tags, Polygon(coords), "polygon")
+    for osm_id in sorted(pending_relations):
         # osmium emits no area when members are missing (cut by the extract) or rings do not close
-        c.reject(f"relation/{rel_id}", "multipolygon could not be assembled")
+        c.reject(relation_id(osm_id), "multipolygon could not be assembled")
     return c.result
 
 
@@ -278,18 +392,78 @@ def _single(geom: BaseGeometry) -> BaseGeometry:
 # ---------------------------------------------------------------- GeoJSON
 
 
+OSM_TYPES = ("node", "way", "relation")
+# Properties that say which object a feature is, never tags: ours and overpass-turbo's ("@id"), GDAL's OSM driver's
+# ("osm_id", "osm_way_id"), osmtogeojson's ("id", "type"); other "@" keys are overpass-turbo metadata.
+_IDENTITY_KEYS = frozenset({"id", "osm_id", "osm_type", "osm_way_id", "@id", "@type"})
+_HSTORE_PAIR = re.compile(r'"((?:[^"\\]|\\.)*)"\s*=>\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _id_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _geojson_identity(feature: Mapping[str, Any], props: Mapping[str, Any], index: int) -> tuple[str, str]:
-    raw = props.get("osm_id", props.get("id", feature.get("id")))
-    osm_type = str(props.get("osm_type", props.get("@type", "")) or "")
+    """("way/123", "way") from whichever convention the file follows; ("feature/<id or index>", "feature") otherwise."""
+    if props.get("osm_way_id") not in (None, ""):  # GDAL's multipolygons layer: an area drawn as a closed way
+        return f"way/{_id_text(props['osm_way_id'])}", "way"
+    raw = next((props[k] for k in ("osm_id", "@id", "id") if props.get(k) not in (None, "")), feature.get("id"))
+    osm_type = str(props.get("osm_type") or props.get("@type") or "")
+    if not osm_type and str(props.get("type", "")) in OSM_TYPES:  # osmtogeojson's non-flat properties
+        osm_type = str(props["type"])
+    if not osm_type and "osm_way_id" in props:  # GDAL's multipolygons layer without a way id: a relation
+        osm_type = "relation"
     if raw is None:
         return f"feature/{index}", osm_type or "feature"
-    raw = str(raw)
+    raw = _id_text(raw)
     if "/" in raw:  # overpass-turbo style "way/123"
         t, _, n = raw.partition("/")
         return f"{t}/{n}", t
     if osm_type:
         return f"{osm_type}/{raw}", osm_type
     return f"feature/{raw}", "feature"
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _id_text(value)
+
+
+def _hstore(text: str) -> dict[str, str]:
+    """GDAL's `other_tags` column ('"k"=>"v","k2"=>"v2"') as a dict."""
+    def unescape(v: str) -> str:
+        return v.replace('\\"', '"').replace("\\\\", "\\")
+
+    return {unescape(k): unescape(v) for k, v in _HSTORE_PAIR.findall(text)}
+
+
+def _geojson_tags(props: Mapping[str, Any]) -> dict[str, str]:
+    """OSM tags from a feature's properties, whatever tool wrote them.
+
+    Flat properties are tags (numbers and booleans written as OSM writes them: 3, yes/no); a nested
+    `tags` object (osmtogeojson) and GDAL's `other_tags` hstore text are unpacked; identity keys,
+    "@" metadata, nulls and other nested values (osmtogeojson's `meta`, `relations`) are not tags.
+    """
+    tags: dict[str, str] = {}
+    for key, value in props.items():
+        key = str(key)
+        if key in _IDENTITY_KEYS or key.startswith("@") or value is None:
+            continue
+        if key == "type" and str(value) in OSM_TYPES:
+            continue
+        if key == "other_tags" and isinstance(value, str):
+            tags.update(_hstore(value))
+            continue
+        if isinstance(value, (dict, list)):
+            continue
+        tags[key] = _tag_value(value)
+    nested = props.get("tags")
+    if isinstance(nested, dict):
+        tags.update({str(k): _tag_value(v) for k, v in nested.items() if v is not None and not isinstance(v, (dict, list))})
+    return tags
 
 
 def _rings_closed(geometry: Mapping[str, Any]) -> bool:
@@ -401,7 +575,7 @@ def read_geojson(path: Path, keep: TagFilter | None = None) -> ReadResult:
         if not isinstance(props, dict):
             c.reject(osm_id, "properties is not an object")
             continue
-        tags = {str(k): str(v) for k, v in props.items() if k not in ("id", "osm_id", "osm_type", "@type") and v is not None}
+        tags = _geojson_tags(props)
         if not c.wanted(tags):
             continue
         geometry = feat.get("geometry")

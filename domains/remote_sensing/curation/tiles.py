@@ -9,15 +9,28 @@ tile centre, since EPSG:3857 metres are ground metres only at the equator (scale
 NaN and +-inf in float rasters are empty pixels wherever validity is decided (tile masks, the
 all-empty check, the stretch), whether or not the raster declares a nodata value: float products
 commonly mark "no data" with NaN alone.
+
+Several rasters form a mosaic (domains/remote_sensing/curation/mosaic.py): a tile is read from every
+raster it touches, each warped onto the tile's grid, and each pixel comes from the first raster in
+the mosaic's priority order that has data there (`read_mosaic_tile`).
+
+Bands: `bands` in params, else red/green/blue as the file names them (band descriptions such as
+"red" or Sentinel-2's "B4"/"B04", Landsat numbering when the file says it is Landsat, GDAL colour
+interpretation), else bands 1-3 (or band 1 alone). Data that is not 8-bit is stretched to 0..255
+with one (low, high) pair per band for the whole mosaic (`to_rgb8`), never per tile: a per-tile
+stretch would make calm water and snow the same grey.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import from_bounds
@@ -79,6 +92,98 @@ def default_bands(count: int) -> list[int]:
     return [1, 2, 3] if count >= 3 else [1]
 
 
+_COLOURS = ("red", "green", "blue")
+# Sentinel-2 and Landsat 8/9 OLI number red, green and blue 4, 3, 2; Landsat 4-7 TM/ETM+ 3, 2, 1.
+_OLI_NUMBERS = {4: "red", 3: "green", 2: "blue"}
+_TM_NUMBERS = {3: "red", 2: "green", 1: "blue"}
+_LANDSAT_OLI = re.compile(r"landsat[_ ]?[89]\b|\bl[co]0?[89]\b|\bl[co]0?[89]_", re.I)
+_LANDSAT_TM = re.compile(r"landsat[_ ]?[457]\b|\bl[te]0?[457]\b|\bl[te]0?[457]_", re.I)
+
+
+def landsat_generation(src: rasterio.io.DatasetReader) -> str | None:
+    """"oli" (Landsat 8/9) or "tm" (Landsat 4-7) when the file's metadata or name says so, else None."""
+    text = " ".join([Path(src.name).name, *(f"{k}={v}" for k, v in src.tags().items())])
+    if _LANDSAT_OLI.search(text):
+        return "oli"
+    if _LANDSAT_TM.search(text):
+        return "tm"
+    return None
+
+
+def _described_colour(description: str | None, numbers: dict[int, str]) -> str | None:
+    """The colour a band description names ("Red", "B04", "blue (B2)"), or None."""
+    if not description:
+        return None
+    words = re.findall(r"[a-z]+|\d+", description.lower())
+    if any(w in ("edge", "nir", "infrared", "swir") for w in words) or "rededge" in words:
+        return None
+    named = [w for w in words if w in _COLOURS]
+    if named:
+        return named[0]
+    # Sentinel-2 style "B4"/"B04" only: a generic "Band 4" is a position, not a wavelength
+    match = re.fullmatch(r"\s*b0?(\d{1,2})\s*", description.lower())
+    return numbers.get(int(match.group(1))) if match else None
+
+
+def select_bands(src: rasterio.io.DatasetReader, override: Sequence[int] | None = None) -> tuple[list[int], str]:
+    """The 1-based bands to show as red, green, blue (or one grey band), and the rule that chose them.
+
+    Rules, first that applies: "params" (`override`), "description" (every colour named by exactly
+    one band's description), "landsat" (the file says it is Landsat and has the bands: 4/3/2 for
+    Landsat 8/9, 3/2/1 for Landsat 4-7), "colorinterp" (GDAL colour interpretation red, green, blue),
+    "default" (bands 1-3, or band 1 when there are fewer than three).
+    """
+    from rasterio.enums import ColorInterp
+
+    if override:
+        return list(override), "params"
+    generation = landsat_generation(src)
+    numbers = _TM_NUMBERS if generation == "tm" else _OLI_NUMBERS
+    found: dict[str, list[int]] = {c: [] for c in _COLOURS}
+    for index, description in enumerate(src.descriptions, start=1):
+        colour = _described_colour(description, numbers)
+        if colour:
+            found[colour].append(index)
+    if all(len(found[c]) == 1 for c in _COLOURS):
+        return [found[c][0] for c in _COLOURS], "description"
+    if generation and src.count >= 4:
+        by_colour = {c: n for n, c in numbers.items()}
+        return [by_colour[c] for c in _COLOURS], "landsat"
+    interp = list(src.colorinterp)
+    wanted = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(interp.count(c) == 1 for c in wanted):
+        return [interp.index(c) + 1 for c in wanted], "colorinterp"
+    return default_bands(src.count), "default"
+
+
+# Metadata naming when a raster was acquired, most specific first. TIFFTAG_DATETIME is the file's
+# creation time by the TIFF standard, but many exporters write the acquisition time there.
+_ACQUISITION_TAGS = (("IMAGERY", "ACQUISITIONDATETIME"), (None, "ACQUISITIONDATETIME"), (None, "DATE_ACQUIRED"),
+                     (None, "SENSING_TIME"), (None, "PRODUCT_START_TIME"), (None, "DATATAKE_1_DATATAKE_SENSING_START"),
+                     (None, "TIFFTAG_DATETIME"))
+
+
+def acquisition_time(src: rasterio.io.DatasetReader) -> str | None:
+    """When the raster was acquired, as ISO text ("2020-09-17T10:30:00"), from the first metadata item that parses."""
+    from datetime import datetime
+
+    for namespace, key in _ACQUISITION_TAGS:
+        try:
+            value = src.tags(ns=namespace).get(key) if namespace else src.tags().get(key)
+        except Exception:  # a metadata domain the driver does not have
+            value = None
+        if not value:
+            continue
+        text = value.strip().replace("Z", "+00:00")
+        text = re.sub(r"^(\d{4}):(\d{2}):(\d{2})", r"\1-\2-\3", text)  # TIFF's "YYYY:MM:DD HH:MM:SS"
+        try:
+            when = datetime.fromisoformat(text[:26] if "+" not in text else text)
+        except ValueError:
+            continue
+        return when.replace(tzinfo=None, microsecond=0).isoformat()
+    return None
+
+
 def has_validity_info(src: rasterio.io.DatasetReader) -> bool:
     """True when the raster says which pixels are empty (nodata, alpha or a mask band)."""
     flags = src.mask_flag_enums[0]
@@ -118,20 +223,12 @@ def finite_pixels(data: np.ndarray) -> np.ndarray:
     return np.isfinite(data).all(axis=0)
 
 
-def to_rgb8(
-    tile: Tile,
-    low_pct: float = 2.0,
-    high_pct: float = 98.0,
-    raster_ranges: Sequence[tuple[float, float]] | None = None,
-    min_range_fraction: float = 0.0,
-) -> np.ndarray:
+def to_rgb8(tile: Tile, limits: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
     """An HxWx3 uint8 image of a tile.
 
-    uint8 passes through, other types get a per-band percentile stretch computed on valid pixels
-    only; one band becomes grey RGB; empty pixels are black. A band whose tile range is narrower
-    than `min_range_fraction` of its `raster_ranges` entry (the raster's own percentile range) is
-    stretched with the raster's range instead: a near-flat tile (calm water, a roof) would
-    otherwise come out as full-contrast sensor noise.
+    uint8 bands pass through; any other band is stretched linearly from its `limits` pair (low ->
+    0, high -> 255, clipped), the same pair for every tile of a mosaic; one band becomes grey RGB;
+    empty pixels are black. Raises ValueError when a band that is not uint8 has no limits.
     """
     data = tile.data
     out = np.zeros(data.shape, dtype=np.uint8)
@@ -139,37 +236,105 @@ def to_rgb8(
         if band.dtype == np.uint8:
             out[i] = band
             continue
-        values = band[tile.valid & np.isfinite(band)].astype(np.float64)
-        if values.size == 0:
-            continue
-        lo, hi = np.percentile(values, [low_pct, high_pct])
-        if raster_ranges is not None:
-            raster_lo, raster_hi = raster_ranges[i]
-            if hi - lo < min_range_fraction * (raster_hi - raster_lo):
-                lo, hi = raster_lo, raster_hi
+        if limits is None:
+            raise ValueError(f"{band.dtype} band {i + 1} needs stretch limits")
+        lo, hi = (float(v) for v in limits[i])
         if hi <= lo:  # flat band: anything above the floor is full scale
             hi = lo + 1.0
         scaled = (band.astype(np.float64) - lo) / (hi - lo) * 255.0
-        out[i] = np.clip(np.nan_to_num(scaled, nan=0.0), 0, 255).round().astype(np.uint8)
+        out[i] = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0, 255).round().astype(np.uint8)
     out[:, ~tile.valid] = 0
     if out.shape[0] == 1:
         out = np.repeat(out, 3, axis=0)
     return np.ascontiguousarray(out[:3].transpose(1, 2, 0))
 
 
-def raster_ranges(
-    src: rasterio.io.DatasetReader, bands: Sequence[int], low_pct: float, high_pct: float, max_side: int = 1024
-) -> list[tuple[float, float]]:
-    """Each band's (low, high) percentiles over the raster's valid, finite pixels, read at most `max_side` a side."""
+def overview_sample(
+    src: rasterio.io.DatasetReader, bands: Sequence[int], with_values: bool, max_side: int = 512, max_values: int = 50_000
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decimated read of the whole raster: its valid-pixel mask, and (when asked) a sample of its valid values.
+
+    Returns (mask at most `max_side` a side, NaN and inf counted empty; values as (bands, n) float64,
+    n <= `max_values`, drawn evenly from the valid pixels, or None).
+    """
     scale = max(1.0, max(src.width, src.height) / max_side)
     shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
+    mask = src.dataset_mask(out_shape=shape) > 0
+    floating = any(np.issubdtype(np.dtype(src.dtypes[b - 1]), np.floating) for b in bands)
+    if not with_values and not floating:
+        return mask, None
     data = src.read(indexes=list(bands), out_shape=(len(bands), *shape))
-    valid = (src.dataset_mask(out_shape=shape) > 0) & finite_pixels(data)
-    ranges = []
-    for band in data:
-        values = band[valid].astype(np.float64)
-        ranges.append(tuple(float(v) for v in np.percentile(values, [low_pct, high_pct])) if values.size else (0.0, 0.0))
-    return ranges
+    mask &= finite_pixels(data)
+    if not with_values:
+        return mask, None
+    values = data[:, mask].astype(np.float64)
+    step = max(1, values.shape[1] // max_values)
+    return mask, values[:, ::step]
+
+
+def mosaic_limits(samples: Sequence[tuple[np.ndarray, float]], low_pct: float, high_pct: float) -> list[tuple[float, float]]:
+    """Per-band (low, high) percentiles over several rasters' samples, each weighted by the ground area it stands for.
+
+    `samples` holds (values (bands, n), area): every raster counts by its area, not by how many
+    values were drawn from it.
+    """
+    used = [(v, a) for v, a in samples if v is not None and v.shape[1]]
+    if not used:
+        return []
+    limits = []
+    for band in range(used[0][0].shape[0]):
+        values = np.concatenate([v[band] for v, _ in used])
+        weights = np.concatenate([np.full(v.shape[1], a / v.shape[1]) for v, a in used])
+        order = np.argsort(values, kind="stable")
+        cumulative = np.cumsum(weights[order])
+        cumulative /= cumulative[-1]
+        lo, hi = (float(values[order][min(len(values) - 1, np.searchsorted(cumulative, q / 100.0))]) for q in (low_pct, high_pct))
+        limits.append((lo, hi))
+    return limits
+
+
+class MemberReadError(Exception):
+    """A mosaic member's pixels could not be read; `index` is its place in the sources given."""
+
+    def __init__(self, index: int):
+        super().__init__(f"mosaic member {index} unreadable")
+        self.index = index
+
+
+def read_mosaic_tile(
+    sources: Sequence[tuple[rasterio.io.DatasetReader, Sequence[int]]],
+    crs: CRS,
+    bounds: tuple[float, float, float, float],
+    size: int,
+    resampling: Resampling = Resampling.bilinear,
+) -> tuple[Tile, list[int]]:
+    """One tile from several rasters (priority order), and how many of its pixels each one gave.
+
+    Each raster is warped onto the tile's grid; a pixel comes from the first raster with data there,
+    so later rasters fill only what earlier ones leave empty (rasterio.merge's "first" rule).
+    Raises MemberReadError naming the source whose pixels cannot be read.
+    """
+    tile: Tile | None = None
+    given = []
+    for index, (src, bands) in enumerate(sources):
+        if tile is not None and tile.valid.all():
+            given.append(0)
+            continue
+        try:
+            part = read_tile(src, crs, bounds, size, bands, resampling)
+        except rasterio.errors.RasterioError as exc:  # truncated or corrupt data often shows only when pixels are read
+            raise MemberReadError(index) from exc
+        if tile is None:
+            tile = Tile(part.data.copy(), part.valid.copy())
+            given.append(int(part.valid.sum()))
+            continue
+        fill = part.valid & ~tile.valid
+        tile.data[:, fill] = part.data[:, fill]
+        tile.valid |= fill
+        given.append(int(fill.sum()))
+    if tile is None:
+        raise ValueError("a mosaic tile needs at least one raster")
+    return tile, given
 
 
 def tile_problem(tile: Tile, rgb: np.ndarray, max_nodata_fraction: float, min_std: float) -> str | None:
@@ -181,13 +346,3 @@ def tile_problem(tile: Tile, rgb: np.ndarray, max_nodata_fraction: float, min_st
     if pixels.size == 0 or float(pixels.astype(np.float32).std()) < min_std:
         return "blank tile"
     return None
-
-
-def overview_mask(src: rasterio.io.DatasetReader, max_side: int = 1024) -> np.ndarray:
-    """The dataset mask at most `max_side` pixels a side, NaN and inf counted empty (cheap check for all-empty rasters)."""
-    scale = max(1.0, max(src.width, src.height) / max_side)
-    shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
-    mask = src.dataset_mask(out_shape=shape) > 0
-    if any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes):
-        mask &= finite_pixels(src.read(out_shape=(src.count, *shape)))
-    return mask
