@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from bad_inputs.ct import EHR_HEADER, REPORT_HEADER, ehr_rows, regular, report_rows, write_csv, write_dicom_series, write_nifti
 
-from domains.ct.curation.curate import CTCurateConfig, curate, patient_hash
+from domains.ct.curation.curate import CTCurateConfig, curate
 from domains.ct.curation.dates import parse_dates
 from domains.ct.curation.ehr import (
     clean_codes,
@@ -24,13 +24,16 @@ from domains.ct.curation.ehr import (
     phecode_lineage,
 )
 from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume
-from domains.ct.curation.reports import html_to_text, markup_kind, report_views, scrub, split_organs
+from domains.ct.curation.reports import html_to_text, markup_kind, report_views, split_organs, split_report
 from domains.ct.curation.volumes import VolumeError, check_slice_positions, load_dicom_series
-from domains.ct.demo.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, phantom, write_demo_data
+from domains.ct.demo.demo_data import FINDINGS, LIVER_HU, CTDemoConfig, demo_key_text, phantom, write_demo_data
+from pipelines.deid import key_from_text, scrub
 from pipelines.errors import InputError
 from pipelines.io.text import read_table
 
+KEY = key_from_text("test-key-0123456789abcdef", "tests")
 SMALL = dict(pixdim=[4.0, 4.0, 6.0], spatial_size=[48, 48, 32], min_positive=3)
+DEMO_SEED = 0
 DEMO = dict(n_patients=10, n_studies=14, shape=[64, 64, 40], spacing=[4.5, 4.5, 8.0], finding_probability=0.5)
 
 
@@ -45,7 +48,8 @@ def demo(tmp_path_factory) -> Path:
 def curated(demo: Path) -> tuple[Path, dict]:
     out = demo.parent / "curated"
     cfg = CTCurateConfig(**SMALL, test_fraction=0.3)
-    summary = curate(demo / "volumes", demo / "ehr.csv", demo / "reports.csv", demo / "phecode_map.csv", out, cfg)
+    key = key_from_text((demo / "demo.key").read_text(), "demo")
+    summary = curate(demo / "volumes", demo / "ehr.csv", demo / "reports.csv", demo / "phecode_map.csv", out, cfg, key)
     return out, summary
 
 
@@ -82,13 +86,16 @@ def test_demo_end_to_end_contract(demo: Path, curated) -> None:
         assert set(prov["phenotypes"]) <= set(ids)
         assert "liver" in prov["organ_sections"] and "organ:liver" in meta["caption_variants"]
         caption = s["txt"].decode()
-        assert caption.startswith("FINDINGS:") and "[NAME]" in caption and "[ID]" in caption
-    # Patient ids never reach any output; groups are the salted hash.
-    raw_ids = set(pd.read_csv(demo / "ehr.csv")["patient_id"])
+        assert caption.startswith("FINDINGS:") and "Dr. [NAME]" in caption and "[DATE+0d]" in caption
+        assert "PATIENT" not in caption and "Electronically signed" not in caption  # header and signature lines dropped
+    # Patient and study ids never reach any output; groups are keyed pseudonyms.
+    raw_ids = set(pd.read_csv(demo / "ehr.csv")["patient_id"]) | set(pd.read_csv(demo / "ehr.csv")["study_id"])
     blob = b"".join(s["json"] + s["txt"] for s in samples).decode() + (out / "manifest.parquet").read_bytes().decode("latin-1")
     assert not any(pid in blob for pid in raw_ids)
     manifest = pd.read_parquet(out / "manifest.parquet")
-    assert set(manifest["group"]) <= {patient_hash(p, CTCurateConfig().patient_salt) for p in raw_ids}
+    key = key_from_text(demo_key_text(DEMO_SEED), "demo")
+    assert set(manifest["group"]) <= {key.pseudonym("patient", p) for p in raw_ids}
+    assert set(manifest["id"]) <= {f"ct-{key.pseudonym('study', s)}" for s in raw_ids}
     assert manifest.groupby("group")["split"].nunique().max() == 1  # a patient never straddles splits
 
 
@@ -106,7 +113,8 @@ def test_labels_follow_the_drawn_findings(demo: Path, curated) -> None:
 def test_rerun_hits_cache_and_resumes(demo: Path, curated, tmp_path: Path) -> None:
     out, _ = curated
     cfg = CTCurateConfig(**SMALL, test_fraction=0.3, cache_dir=str(out.parent / "cache"))
-    summary = curate(demo / "volumes", demo / "ehr.csv", demo / "reports.csv", demo / "phecode_map.csv", tmp_path / "again", cfg)
+    key = key_from_text((demo / "demo.key").read_text(), "demo")
+    summary = curate(demo / "volumes", demo / "ehr.csv", demo / "reports.csv", demo / "phecode_map.csv", tmp_path / "again", cfg, key)
     assert summary["steps"]["volumes_cache_hit"] == 12
     assert "volumes_preprocessed" not in summary["steps"]
 
@@ -196,9 +204,11 @@ def test_bad_volumes_rejected_with_reasons(tmp_path: Path) -> None:
             w.writerow([s, "LIVER: ok.", "Ascites."])
     _nifti(vols / "orphan.nii.gz", ct)  # has a report, no EHR rows
     cfg = CTCurateConfig(pixdim=[3, 3, 3], spatial_size=[32, 32, 16], min_positive=1, min_slices=10)
-    summary = curate(vols, tmp_path / "ehr.csv", tmp_path / "reports.csv", None, tmp_path / "out", cfg)
+    summary = curate(vols, tmp_path / "ehr.csv", tmp_path / "reports.csv", None, tmp_path / "out", cfg, KEY)
     rejects = pd.read_csv(tmp_path / "out" / "rejects.csv")
-    by_input = {Path(i.split(" (")[0]).name: r for i, r in zip(rejects["input"], rejects["reason"])}  # "path (detail)"
+    by_input = {Path(i.split(" (")[0]).name: r for i, r in zip(rejects["input"], rejects["reason"])}  # "volumes/st-... (detail)"
+    by_input = {_named(name): reason for name, reason in by_input.items()}
+    assert not any(s in " ".join(rejects["input"]) for s in studies)  # volumes are named by pseudonym only
     assert by_input["mr.nii.gz"] == "not CT (no air near -1000 HU)"
     assert by_input["thin.nii.gz"] == "too few slices"
     assert by_input["flat.nii"] == "2D image, not a volume"
@@ -213,6 +223,14 @@ def test_bad_volumes_rejected_with_reasons(tmp_path: Path) -> None:
     phenos = json.loads((tmp_path / "out" / "phenotypes.json").read_text())
     assert phenos["label_source"] == "icd10_category"
     assert [p["id"] for p in phenos["phenotypes"]] == ["R18"]
+
+
+def _named(pseudonymous: str) -> str:
+    """The test's own file name for a pseudonymous volume name (the test knows its study ids)."""
+    for sid in ("good", "mr", "thin", "flat", "nan", "singular", "trunc", "orphan", "notes"):
+        if pseudonymous.startswith(KEY.pseudonym("study", sid)):
+            return sid + pseudonymous[len(KEY.pseudonym("study", sid)):]
+    return pseudonymous
 
 
 def test_missing_columns_named(tmp_path: Path) -> None:
@@ -264,6 +282,22 @@ def test_scrub_and_organ_sections() -> None:
     }
     views = report_views(s, organs)
     assert views[0] == s.strip() and "Liver: Hypodense lesion, measuring 2 cm." in views and len(views) == 4
+
+
+def test_whole_report_split_into_sections() -> None:
+    report = ("PATIENT: DOE, JANE  MRN: 00123456\nCLINICAL INFORMATION: Pain.\nComparison: CT of 2020.\n"
+              "Findings:\nLiver: normal. Spleen: enlarged, 15 cm. Technique: venous phase. Kidneys: no calculi.\n"
+              "Conclusion: Splenomegaly. Note: follow up.\nElectronically signed: X, MD")
+    findings, impression = split_report(report)
+    assert impression == "Splenomegaly. Note: follow up."
+    assert "PATIENT" not in findings and "Pain" not in findings and "2020" not in findings
+    organs, headings = split_organs(findings)
+    # inline organ headings split; Technique is no organ, closes the spleen section and is no caption
+    assert organs == {"liver": "normal.", "spleen": "enlarged, 15 cm.", "kidneys": "no calculi."}
+    for variant in ("FINDINGS AND IMPRESSION", "Opinion", "Summary", "IMPRESSION"):
+        f, i = split_report(f"{variant}:\nLiver: normal.")
+        assert (f or i) == "Liver: normal."
+    assert split_report("Liver: normal.\nSpleen: ok.") == ("Liver: normal.\nSpleen: ok.", "")  # no heading: all findings
 
 
 def test_demo_data_fast_and_complete(tmp_path: Path) -> None:
@@ -336,12 +370,12 @@ def test_dicom_warnings_survive_the_cache(tmp_path: Path) -> None:
 def test_dates_one_order_per_file() -> None:
     day = parse_dates(["12/04/2021", "25/03/2021", "01/02/21 10:30"], "ehr.csv", "date")
     assert day.order == "day-first" and [str(d.date()) for d in day.dates] == ["2021-04-12", "2021-03-25", "2021-02-01"]
-    assert "row 2 '25/03/2021'" in day.warnings[0]
+    assert "row 2 is only valid that way" in day.warnings[0] and "25/03" not in day.warnings[0]  # values never quoted
     month = parse_dates(["12/04/2021", "03/25/2021"], "ehr.csv", "date")
     assert month.order == "month-first" and str(month.dates[0].date()) == "2021-12-04"
-    with pytest.raises(InputError, match=r"ehr.csv: dates in column 'date' are ambiguous.*row 1 '12/04/2021'.*date_order"):
+    with pytest.raises(InputError, match=r"ehr.csv: dates in column 'date' are ambiguous.*row 1, row 2\).*date_order"):
         parse_dates(["12/04/2021", "03/04/2021"], "ehr.csv", "date")
-    with pytest.raises(InputError, match=r"mixes day-first and month-first.*'13/04/2021'.*'04/13/2021'"):
+    with pytest.raises(InputError, match=r"mixes day-first and month-first.*only valid day-first: row 1;.*month-first: row 2"):
         parse_dates(["13/04/2021", "04/13/2021"], "ehr.csv", "date")
     fixed = parse_dates(["12/04/2021", "03/04/2021"], "ehr.csv", "date", "month-first")
     assert [str(d.date()) for d in fixed.dates] == ["2021-12-04", "2021-03-04"]
@@ -382,10 +416,10 @@ def test_relative_and_absolute_paths_give_identical_manifests(tmp_path: Path, mo
     monkeypatch.chdir(tmp_path)
     cfg = CTCurateConfig(pixdim=[6, 6, 6], spatial_size=[8, 8, 8], min_slices=4, min_positive=1)
     inputs = tmp_path / "inputs"
-    curate(Path("inputs/volumes"), Path("inputs/ehr.csv"), Path("inputs/reports.csv"), None, Path("rel"), cfg)
-    curate(inputs / "volumes", inputs / "ehr.csv", inputs / "reports.csv", None, tmp_path / "abs", cfg)
+    curate(Path("inputs/volumes"), Path("inputs/ehr.csv"), Path("inputs/reports.csv"), None, Path("rel"), cfg, KEY)
+    curate(inputs / "volumes", inputs / "ehr.csv", inputs / "reports.csv", None, tmp_path / "abs", cfg, KEY)
     rel, abs_ = pd.read_parquet(tmp_path / "rel" / "manifest.parquet"), pd.read_parquet(tmp_path / "abs" / "manifest.parquet")
     assert len(rel) == 4
     pd.testing.assert_frame_equal(rel, abs_)
-    assert set(rel["group"]) == {patient_hash(f"P{s}", cfg.patient_salt) for s in "ABCD"}  # from the EHR, not a path
+    assert set(rel["group"]) == {KEY.pseudonym("patient", f"P{s}") for s in "ABCD"}  # from the EHR, not a path
     assert (tmp_path / "rel" / "rejects.csv").read_text() == (tmp_path / "abs" / "rejects.csv").read_text()

@@ -59,7 +59,7 @@ def test_demo_slide_tiles_at_target_mpp_inside_tissue(demo_slides: Path) -> None
     regions = json.loads((demo_slides / "slide_00.regions.json").read_text())
     for pair in result.pairs:
         p = pair.provenance
-        assert pair.image.shape == (64, 64, 3) and pair.group == "slide_00"
+        assert pair.image.shape == (64, 64, 3) and pair.group == "slide:slide_00"
         assert p["mpp"] == 1.0 and p["slide_mpp"] == pytest.approx(0.5) and p["size_level0"] == pytest.approx(128)
         assert p["level"] == 1  # downsample 2 level read directly, not level 0 shrunk
         assert p["columns"] == {"label": "x"}
@@ -178,6 +178,7 @@ def test_slide_ids_do_not_depend_on_how_the_folder_is_spelled(demo_slides: Path,
 
 def test_slides_of_one_patient_never_straddle_splits(demo_slides: Path, tmp_path: Path) -> None:
     from domains.pathology.curation.curate import PathologyCurateConfig, curate
+    from pipelines.deid import key_from_text
     from pipelines.io.manifest import read_manifest
 
     # 6 slides of 3 patients: by patient_id for some, by TCGA barcode for others. Split by slide,
@@ -200,9 +201,11 @@ def test_slides_of_one_patient_never_straddle_splits(demo_slides: Path, tmp_path
     (folder / "captions.csv").write_text("\n".join(rows) + "\n")
     cfg = PathologyCurateConfig(val_fraction=0.3, test_fraction=0.3,
                                 slides=SlideConfig(target_mpp=1.0, tile_size=64, stride=64, max_tiles_per_slide=1))
-    curate(None, folder, folder / "captions.csv", tmp_path / "out", cfg)
+    key = key_from_text("k" * 32, "test")
+    curate(None, folder, folder / "captions.csv", tmp_path / "out", cfg, key=key)
     manifest = read_manifest(tmp_path / "out")
-    assert set(manifest["group"]) == {"patient:ANNA", "patient:BORIS", "patient:TCGA-AB-1234"}
+    # patients are keyed pseudonyms: neither the name nor the TCGA participant reaches the manifest
+    assert set(manifest["group"]) == {f"patient:{key.pseudonym('patient', p)}" for p in ("ANNA", "BORIS", "TCGA-AB-1234")}
     assert (manifest.groupby("group")["split"].nunique() == 1).all()
     by_slide = {sid: assign_split(f"slide:{sid}", 0.3, 0.3) for sid in manifest["provenance"].map(lambda p: p["slide_id"])}
     assert len(set(by_slide.values())) > 1  # the same slides split one by one would have straddled

@@ -1,8 +1,13 @@
 """Bad CT inputs: volumes (NIfTI, DICOM series), EHR, reports and phecode-map tables as users have them.
 
 Every case writes two good NIfTI studies (G1, G2: patients PG1, PG2, an R18.8 code two weeks
-before the scan) next to its one bad input. Volumes are 24x24x16 voxels of 2 mm and the params
-make preprocessing cheap (6 mm voxels, an 8x8x8 output, min_slices 4, min_positive 1).
+before the scan) next to its one bad input, and a pseudonym key file (`--key-file`). Volumes are
+24x24x16 voxels of 2 mm and the params make preprocessing cheap (6 mm voxels, an 8x8x8 output,
+min_slices 4, min_positive 1).
+
+Curation names studies by keyed pseudonym only (pipelines/deid), so cases name a bad volume as
+`st(study id)` + its suffix, computed with the same test key; the de-identification cases also
+check that no identifier of the bad input reaches any file of the output (`no_leak`).
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bad_inputs import Case
+from pipelines.deid import key_from_text
+from pipelines.deid.audit import find_leaks
 
 PARAMS = {"pixdim": [6.0, 6.0, 6.0], "spatial_size": [8, 8, 8], "min_positive": 1, "min_slices": 4}
 SHAPE = (24, 24, 16)
@@ -25,6 +32,16 @@ GOOD = ["G1", "G2"]
 EHR_HEADER = ["patient_id", "study_id", "code", "code_system", "date"]
 REPORT_HEADER = ["study_id", "study_date", "findings", "impression"]
 FINDINGS = "LIVER: Normal size, no focal lesion.\nKIDNEYS: No calculi."
+KEY_TEXT = "bad-inputs-test-key-0123456789"  # a test key: the cases compute the pseudonyms curation writes
+KEY = key_from_text(KEY_TEXT, "tests")
+
+
+def st(sid: str) -> str:
+    """The pseudonym curation gives study `sid` under the test key."""
+    return KEY.pseudonym("study", sid)
+
+
+GOOD_NAMES = [st(s) for s in GOOD]
 
 
 # ---------------------------------------------------------------- writers
@@ -131,7 +148,8 @@ def inputs(folder: Path, extra: Sequence[str] = (), ehr: Optional[list[list[str]
     reports_path = folder / "reports.csv"
     if not reports_path.exists():
         write_csv(reports_path, REPORT_HEADER, reports if reports is not None else report_rows(sids))
-    return ["--volumes", str(vols), "--ehr", str(ehr_path), "--reports", str(reports_path)]
+    (folder / "pseudonym.key").write_text(KEY_TEXT + "\n")
+    return ["--volumes", str(vols), "--ehr", str(ehr_path), "--reports", str(reports_path), "--key-file", str(folder / "pseudonym.key")]
 
 
 def with_volume(name: str, write: Callable[[Path], object]) -> Callable[[Path], list[str]]:
@@ -156,7 +174,7 @@ def provenance(out: Path) -> dict[str, dict]:
 def labelled(sid: str, phenotype: str = "R18") -> Callable[[Path], Optional[str]]:
     """A check that study `sid` carries `phenotype` (its code dated inside the window)."""
     def check(out: Path) -> Optional[str]:
-        found = provenance(out).get(sid, {}).get("phenotypes")
+        found = provenance(out).get(st(sid), {}).get("phenotypes")
         return None if found and phenotype in found else f"{sid} lost phenotype {phenotype} (has {found})"
     return check
 
@@ -172,18 +190,28 @@ def captions_hold(text: str, absent: Sequence[str] = ()) -> Callable[[Path], Opt
     return check
 
 
-def not_curated(fragment: str) -> Callable[[Path], Optional[str]]:
-    """A check that no manifest source contains `fragment`."""
+def not_curated(sid: str) -> Callable[[Path], Optional[str]]:
+    """A check that study `sid` (by its pseudonym) is not among the manifest's sources."""
     def check(out: Path) -> Optional[str]:
-        sources = [s for s in pd.read_parquet(out / "manifest.parquet")["source"] if fragment in s]
+        sources = [s for s in pd.read_parquet(out / "manifest.parquet")["source"] if st(sid) in s]
         return f"curated although refused: {sources}" if sources else None
+    return check
+
+
+def no_leak(*needles: str, also: Optional[Callable[[Path], Optional[str]]] = None) -> Callable[[Path], Optional[str]]:
+    """A check that none of `needles` occurs (case-insensitively) in any file of the output, tar members included."""
+    def check(out: Path) -> Optional[str]:
+        leaks = find_leaks(out, needles)
+        if leaks:
+            return f"identifiers in the output: {leaks}"
+        return also(out) if also is not None else None
     return check
 
 
 def slices_of(sid: str, n: int) -> Callable[[Path], Optional[str]]:
     """A check that study `sid` was curated from an input of `n` slices."""
     def check(out: Path) -> Optional[str]:
-        shape = provenance(out).get(sid, {}).get("input_shape")
+        shape = provenance(out).get(st(sid), {}).get("input_shape")
         return None if shape and shape[2] == n else f"{sid}: input shape {shape}, expected {n} slices"
     return check
 
@@ -353,71 +381,162 @@ def _gzip_text(path: Path) -> None:
     path.write_bytes(gzip.compress(b"not a volume\n"))
 
 
+# ---------------------------------------------------------------- identifiers in the inputs (issue 12)
+
+PATIENT_NAME, MRN = "QUINCE, BARTHOLOMEW", "00482913"
+WHOLE_HEADER = ["study_id", "study_date", "report"]
+
+
+def _whole_reports(extra: list[list[str]]) -> list[list[str]]:
+    good = [[sid, STUDY_DATE, f"FINDINGS:\n{FINDINGS}\nIMPRESSION: Ascites."] for sid in GOOD]
+    return [*good, *extra]
+
+
+def _cp1252_identifiers(folder: Path) -> list[str]:
+    rows = [["G1", STUDY_DATE, "LIVER: Lésion hépatique de 2 cm, vue par Dr. Quince.", f"Ascite. MRN: {MRN}."], *report_rows(["G2"])]
+    write_csv(folder / "reports.csv", REPORT_HEADER, rows, encoding="cp1252")
+    return inputs(folder)
+
+
+def _html_identifiers(folder: Path) -> list[str]:
+    html = f"<p><b>Patient:</b> {PATIENT_NAME}</p><p>LIVER: Normal size.</p><p>KIDNEYS: No calculi.</p>"
+    return inputs(folder, reports=[["G1", STUDY_DATE, html, "Ascites."], *report_rows(["G2"])])
+
+
+def _rtf_identifiers(folder: Path) -> list[str]:
+    (folder / "volumes").mkdir()
+    write_nifti(folder / "volumes" / "S_rtfname.nii.gz")
+    rtf = r"{\rtf1\ansi Patient: QUINCE, BARTHOLOMEW\par MRN: 00482913\par LIVER: Normal.\par}"
+    return inputs(folder, extra=["S_rtfname"], reports=[*report_rows(GOOD), ["S_rtfname", STUDY_DATE, rtf, "Ascites."]])
+
+
+def _empty_whole_report(folder: Path) -> list[str]:
+    (folder / "volumes").mkdir()
+    write_nifti(folder / "volumes" / "S_empty.nii.gz")
+    write_csv(folder / "reports.csv", WHOLE_HEADER, _whole_reports([["S_empty", STUDY_DATE, ""]]))
+    return inputs(folder, extra=["S_empty"])
+
+
+def _header_only_report(folder: Path) -> list[str]:
+    (folder / "volumes").mkdir()
+    write_nifti(folder / "volumes" / "S_hdr.nii.gz")
+    header = f"PATIENT: {PATIENT_NAME}    MRN: {MRN}\nEXAM DATE: April 14, 2021\nElectronically signed: Chidi Okonkwo, MD"
+    write_csv(folder / "reports.csv", WHOLE_HEADER, _whole_reports([["S_hdr", STUDY_DATE, header]]))
+    return inputs(folder, extra=["S_hdr"])
+
+
+def _name_as_patient_id(folder: Path) -> list[str]:
+    (folder / "volumes").mkdir()
+    write_nifti(folder / "volumes" / "S_named.nii.gz")
+    return inputs(folder, extra=["S_named"], ehr=[*ehr_rows(GOOD), [PATIENT_NAME, "S_named", "R18.8", "ICD10CM", CODE_DATE]])
+
+
+def _no_key(folder: Path) -> list[str]:
+    args = inputs(folder)
+    return args[: args.index("--key-file")]
+
+
+def _link_table_in_out(folder: Path) -> list[str]:
+    return [*inputs(folder), "--link-table", str(folder.parent / "out" / "links.csv")]
+
+
+def _reports_without_header_row(folder: Path) -> list[str]:
+    write_csv(folder / "reports.csv", ["G1", STUDY_DATE, f"Patient {PATIENT_NAME}", "Ascites."], report_rows(["G2"]))
+    return inputs(folder)
+
+
 CASES = [
     # DICOM series
-    Case("ct-dicom-missing-slice", "ct", with_volume("S_gap", _gap), bad="S_gap", reason=r"missing slices", good=GOOD, params=PARAMS),
-    Case("ct-dicom-uneven-spacing", "ct", with_volume("S_uneven", _uneven), bad="S_uneven", reason=r"non-uniform slice spacing",
-         good=GOOD, params=PARAMS),
-    Case("ct-dicom-duplicate-position", "ct", with_volume("S_dupz", _duplicate), bad="S_dupz", reason=r"duplicate slice position",
-         good=GOOD, params=PARAMS),
-    Case("ct-dicom-mixed-orientation", "ct", with_volume("S_orient", _mixed_orientation), bad="S_orient", reason=r"mixed orientation",
-         good=GOOD, params=PARAMS),
-    Case("ct-dicom-mixed-size", "ct", with_volume("S_size", _mixed_size), bad="S_size", reason=r"differ in size", good=GOOD,
+    Case("ct-dicom-missing-slice", "ct", with_volume("S_gap", _gap), bad=st("S_gap"),
+         reason=r"missing slices", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-dicom-uneven-spacing", "ct", with_volume("S_uneven", _uneven), bad=st("S_uneven"), reason=r"non-uniform slice spacing",
+         good=GOOD_NAMES, params=PARAMS),
+    Case("ct-dicom-duplicate-position", "ct", with_volume("S_dupz", _duplicate), bad=st("S_dupz"), reason=r"duplicate slice position",
+         good=GOOD_NAMES, params=PARAMS),
+    Case("ct-dicom-mixed-orientation", "ct", with_volume("S_orient", _mixed_orientation), bad=st("S_orient"), reason=r"mixed orientation",
+         good=GOOD_NAMES, params=PARAMS),
+    Case("ct-dicom-mixed-size", "ct", with_volume("S_size", _mixed_size), bad=st("S_size"), reason=r"differ in size", good=GOOD_NAMES,
          params=PARAMS),
-    Case("ct-dicom-two-series", "ct", with_volume("S_two", _two_series), bad="S_two", reason=r"2 DICOM series.*used",
-         good=[*GOOD, "S_two"], expect="warning", params=PARAMS, check=slices_of("S_two", 12)),
-    Case("ct-dicom-unreadable-slice", "ct", with_volume("S_trunc", _truncated_slice), bad="S_trunc/IM0006.dcm",
-         reason=r"unreadable DICOM slice", good=GOOD, params=PARAMS),
-    Case("ct-dicom-non-dicom-file", "ct", with_volume("S_notes", _notes_in_series), bad="S_notes/notes.txt",
-         reason=r"not a DICOM file", good=[*GOOD, "S_notes"], expect="warning", params=PARAMS, check=slices_of("S_notes", 12)),
+    Case("ct-dicom-two-series", "ct", with_volume("S_two", _two_series), bad=st("S_two"), reason=r"2 DICOM series.*used",
+         good=[*GOOD_NAMES, st("S_two")], expect="warning", params=PARAMS, check=slices_of("S_two", 12)),
+    Case("ct-dicom-unreadable-slice", "ct", with_volume("S_trunc", _truncated_slice), bad=st("S_trunc") + "/IM0006.dcm",
+         reason=r"unreadable DICOM slice", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-dicom-non-dicom-file", "ct", with_volume("S_notes", _notes_in_series), bad=st("S_notes") + "/notes.txt",
+         reason=r"not a DICOM file", good=[*GOOD_NAMES, st("S_notes")], expect="warning", params=PARAMS, check=slices_of("S_notes", 12)),
     # NIfTI and other volume files
-    Case("ct-nifti-truncated", "ct", with_volume("S_cut.nii.gz", _truncated_nifti), bad="S_cut.nii.gz", reason=r"truncated|unreadable",
-         good=GOOD, params=PARAMS),
-    Case("ct-nifti-nan-voxel", "ct", with_volume("S_nan.nii.gz", _nan_voxel), bad="S_nan.nii.gz", reason=r"NaN voxel", good=GOOD,
+    Case("ct-nifti-truncated", "ct", with_volume("S_cut.nii.gz", _truncated_nifti), bad=st("S_cut") + ".nii.gz",
+         reason=r"truncated|unreadable",
+         good=GOOD_NAMES, params=PARAMS),
+    Case("ct-nifti-nan-voxel", "ct", with_volume("S_nan.nii.gz", _nan_voxel), bad=st("S_nan") + ".nii.gz",
+         reason=r"NaN voxel", good=GOOD_NAMES,
          params=PARAMS),
-    Case("ct-nifti-zero-affine", "ct", with_volume("S_zero.nii.gz", lambda p: write_nifti_affine(p, 0.0)), bad="S_zero.nii.gz",
-         reason=r"broken affine", good=GOOD, params=PARAMS),
-    Case("ct-nifti-nan-affine", "ct", with_volume("S_nanaff.nii.gz", lambda p: write_nifti_affine(p, np.nan)), bad="S_nanaff.nii.gz",
-         reason=r"broken affine", good=GOOD, params=PARAMS),
-    Case("ct-nifti-mr", "ct", with_volume("S_mr.nii.gz", _mr), bad="S_mr.nii.gz", reason=r"not CT", good=GOOD, params=PARAMS),
+    Case("ct-nifti-zero-affine", "ct", with_volume("S_zero.nii.gz", lambda p: write_nifti_affine(p, 0.0)), bad=st("S_zero") + ".nii.gz",
+         reason=r"broken affine", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-nifti-nan-affine", "ct", with_volume("S_nanaff.nii.gz", lambda p: write_nifti_affine(p, np.nan)),
+         bad=st("S_nanaff") + ".nii.gz",
+         reason=r"broken affine", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-nifti-mr", "ct", with_volume("S_mr.nii.gz", _mr), bad=st("S_mr") + ".nii.gz",
+         reason=r"not CT", good=GOOD_NAMES, params=PARAMS),
     Case("ct-nifti-too-few-slices", "ct", with_volume("S_thin.nii.gz", lambda p: write_nifti(p, ct_array((24, 24, 2)))),
-         bad="S_thin.nii.gz", reason=r"too few slices", good=GOOD, params=PARAMS),
-    Case("ct-nifti-2d", "ct", with_volume("S_flat.nii.gz", lambda p: write_nifti(p, ct_array((24, 24)))), bad="S_flat.nii.gz",
-         reason=r"2D image", good=GOOD, params=PARAMS),
-    Case("ct-volume-not-nifti", "ct", with_volume("S_png.nii.gz", _png_as_nifti), bad="S_png.nii.gz", reason=r"unreadable",
-         good=GOOD, params=PARAMS),
-    Case("ct-volume-gzip-text", "ct", with_volume("S_text.nii.gz", _gzip_text), bad="S_text.nii.gz", reason=r"unreadable",
-         good=GOOD, params=PARAMS),
+         bad=st("S_thin") + ".nii.gz", reason=r"too few slices", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-nifti-2d", "ct", with_volume("S_flat.nii.gz", lambda p: write_nifti(p, ct_array((24, 24)))), bad=st("S_flat") + ".nii.gz",
+         reason=r"2D image", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-volume-not-nifti", "ct", with_volume("S_png.nii.gz", _png_as_nifti), bad=st("S_png") + ".nii.gz", reason=r"unreadable",
+         good=GOOD_NAMES, params=PARAMS),
+    Case("ct-volume-gzip-text", "ct", with_volume("S_text.nii.gz", _gzip_text), bad=st("S_text") + ".nii.gz", reason=r"unreadable",
+         good=GOOD_NAMES, params=PARAMS),
     Case("ct-volume-unsupported-type", "ct", with_volume("S_meta.mha", lambda p: p.write_bytes(b"ObjectType = Image\n")),
-         bad="S_meta.mha", reason=r"unsupported file type", good=GOOD, params=PARAMS),
-    Case("ct-duplicate-study-id", "ct", _duplicate_study_id, bad="S_twin.nii", reason=r"duplicate study id", good=GOOD,
+         bad=st("S_meta") + ".mha", reason=r"unsupported file type", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-duplicate-study-id", "ct", _duplicate_study_id, bad=st("S_twin") + ".nii", reason=r"duplicate study id", good=GOOD_NAMES,
          params=PARAMS, check=not_curated("S_twin")),
-    Case("ct-volume-without-report", "ct", _volume_without_report, bad="S_norep", reason=r"no report", good=GOOD, params=PARAMS),
-    Case("ct-volume-without-ehr", "ct", _volume_without_ehr, bad="S_noehr", reason=r"no EHR rows", good=GOOD, params=PARAMS),
+    Case("ct-volume-without-report", "ct", _volume_without_report, bad=st("S_norep"), reason=r"no report", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-volume-without-ehr", "ct", _volume_without_ehr, bad=st("S_noehr"), reason=r"no EHR rows", good=GOOD_NAMES, params=PARAMS),
     # EHR table
-    Case("ct-ehr-day-first-dates", "ct", _day_first, bad="ehr.csv", reason=r"read day-first", good=GOOD, expect="warning",
+    Case("ct-ehr-day-first-dates", "ct", _day_first, bad="ehr.csv", reason=r"read day-first", good=GOOD_NAMES, expect="warning",
          params=PARAMS, check=labelled("G1")),
     Case("ct-ehr-ambiguous-dates", "ct", _ambiguous, bad="ehr.csv", reason=r"ambiguous.*date_order", expect="error", params=PARAMS),
-    Case("ct-ehr-date-order-param", "ct", _ambiguous, bad="ehr.csv", reason=r"read day-first.*date_order", good=GOOD,
+    Case("ct-ehr-date-order-param", "ct", _ambiguous, bad="ehr.csv", reason=r"read day-first.*date_order", good=GOOD_NAMES,
          expect="warning", params={**PARAMS, "date_order": "day-first"}, check=labelled("G1")),
-    Case("ct-ehr-timezone-dates", "ct", _time_zones, bad="ehr.csv", reason=r"time zone", good=GOOD, expect="warning",
+    Case("ct-ehr-timezone-dates", "ct", _time_zones, bad="ehr.csv", reason=r"time zone", good=GOOD_NAMES, expect="warning",
          params=PARAMS, check=labelled("G2")),
-    Case("ct-ehr-unparseable-date", "ct", _bad_date_row, bad="ehr.csv:row 3", reason=r"unparseable date", good=GOOD, params=PARAMS),
-    Case("ct-ehr-semicolons", "ct", _semicolons, bad="ehr.csv:row 3", reason=r"malformed code", good=GOOD, params=PARAMS),
+    Case("ct-ehr-unparseable-date", "ct", _bad_date_row, bad="ehr.csv:row 3", reason=r"unparseable date", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-ehr-semicolons", "ct", _semicolons, bad="ehr.csv:row 3", reason=r"malformed code", good=GOOD_NAMES, params=PARAMS),
     Case("ct-ehr-missing-column", "ct", _missing_column, bad="ehr.csv", reason=r"code_system", expect="error", params=PARAMS),
     Case("ct-ehr-empty-file", "ct", _empty_ehr, bad="ehr.csv", reason=r"empty|cannot be parsed|no columns", expect="error",
          params=PARAMS),
     # reports table
-    Case("ct-reports-latin1", "ct", _latin1_reports, bad="reports.csv", reason=r"not UTF-8", good=GOOD, expect="warning",
+    Case("ct-reports-latin1", "ct", _latin1_reports, bad="reports.csv", reason=r"not UTF-8", good=GOOD_NAMES, expect="warning",
          params=PARAMS, check=captions_hold("Lésion hépatique", absent=["\ufffd", "Ã©"])),
-    Case("ct-report-html", "ct", _html_report, bad="reports.csv:row 1", reason=r"HTML", good=GOOD, expect="warning", params=PARAMS,
+    Case("ct-report-html", "ct", _html_report, bad="reports.csv:row 1", reason=r"HTML", good=GOOD_NAMES, expect="warning", params=PARAMS,
          check=captions_hold("No calculi & no hydronephrosis", absent=["<p>", "<b>", "&amp;"])),
-    Case("ct-report-rtf", "ct", _rtf_report, bad="study S_rtf", reason=r"RTF", good=GOOD, params=PARAMS, check=not_curated("S_rtf")),
-    Case("ct-report-conflicting", "ct", _conflicting_reports, bad="study S_dup", reason=r"conflicting reports", good=GOOD,
+    Case("ct-report-rtf", "ct", _rtf_report, bad="study " + st("S_rtf"),
+         reason=r"RTF", good=GOOD_NAMES, params=PARAMS, check=not_curated("S_rtf")),
+    Case("ct-report-conflicting", "ct", _conflicting_reports, bad="study " + st("S_dup"), reason=r"conflicting reports", good=GOOD_NAMES,
          params=PARAMS, check=not_curated("S_dup")),
-    Case("ct-report-without-volume", "ct", _report_without_volume, bad="study S_novol", reason=r"no volume", good=GOOD, params=PARAMS),
-    Case("ct-report-bad-study-date", "ct", _bad_study_date, bad="study S_when", reason=r"unparseable study date", good=GOOD,
+    Case("ct-report-without-volume", "ct", _report_without_volume, bad="study " + st("S_novol"),
+         reason=r"no volume", good=GOOD_NAMES, params=PARAMS),
+    Case("ct-report-bad-study-date", "ct", _bad_study_date, bad="study " + st("S_when"), reason=r"unparseable study date", good=GOOD_NAMES,
          params=PARAMS, check=not_curated("S_when")),
     # phecode map
     Case("ct-phecode-map-missing-column", "ct", _map_without_phecode, bad="map.csv", reason=r"phecode", expect="error", params=PARAMS),
+    # identifiers in the inputs: handled as above, and nothing identifying in any output file
+    Case("ct-deid-cp1252-report", "ct", _cp1252_identifiers, bad="reports.csv", reason=r"not UTF-8", good=GOOD_NAMES,
+         expect="warning", params=PARAMS, check=no_leak("Quince", MRN, also=captions_hold("Lésion hépatique de 2 cm"))),
+    Case("ct-deid-html-report", "ct", _html_identifiers, bad="reports.csv:row 1", reason=r"HTML", good=GOOD_NAMES, expect="warning",
+         params=PARAMS, check=no_leak("QUINCE", "BARTHOLOMEW", also=captions_hold("Normal size"))),
+    Case("ct-deid-rtf-report", "ct", _rtf_identifiers, bad="study " + st("S_rtfname"), reason=r"RTF", good=GOOD_NAMES,
+         params=PARAMS, check=no_leak("QUINCE", "BARTHOLOMEW", MRN, "S_rtfname")),
+    Case("ct-deid-empty-report", "ct", _empty_whole_report, bad=st("S_empty"), reason=r"no report", good=GOOD_NAMES,
+         params=PARAMS, check=no_leak("S_empty", also=captions_hold("No calculi"))),
+    Case("ct-deid-header-only-report", "ct", _header_only_report, bad=st("S_hdr"), reason=r"no report", good=GOOD_NAMES,
+         params=PARAMS, check=no_leak("QUINCE", "BARTHOLOMEW", MRN, "Okonkwo", "S_hdr")),
+    Case("ct-deid-name-as-patient-id", "ct", _name_as_patient_id, bad="ehr.csv:row 3", reason=r"patient id looks like a name",
+         good=GOOD_NAMES, params=PARAMS, check=no_leak("QUINCE", "BARTHOLOMEW", "S_named")),
+    Case("ct-deid-no-key", "ct", _no_key, bad="DOMAINFM_PSEUDONYM_KEY", reason=r"no pseudonym key.*--key-file", expect="error",
+         params=PARAMS),
+    Case("ct-deid-link-table-in-output", "ct", _link_table_in_out, bad="--link-table", reason=r"inside the output folder",
+         expect="error", params=PARAMS),
+    # the error names the file but quotes none of its cells (the header row is data here): no name in the message
+    Case("ct-deid-reports-without-header", "ct", _reports_without_header_row, bad="reports.csv", reason=r"^(?!.*quince).*header row",
+         expect="error", params=PARAMS),
 ]

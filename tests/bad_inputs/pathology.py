@@ -336,7 +336,9 @@ SLIDE_CASES = [
                bad="captions.csv", reason=r"slide_id", expect="error"),
     slide_case("path-captions-latin1-semicolons",
                lambda s, r: write_captions(s / "captions.csv", [r[0], (r[1][0], ACCENTED_CAPTION, "tumeur")], sep=";", encoding="latin-1"),
-               bad="captions.csv", reason=r"not UTF-8.*(cp1252|latin)", expect="warning", check=_captions_contain(ACCENTED_CAPTION)),
+               bad="captions.csv", reason=r"not UTF-8.*(cp1252|latin)", expect="warning",
+               # the accents, not the whole caption: the scrubber takes "Coupe" for a surname (philter's dictionary)
+               check=_captions_contain("ad\u00e9nocarcinome du c\u00f4lon")),
     slide_case("path-duplicate-slide-id", _copy_slide, bad="slide_01.svs", reason=r"slide: duplicate slide id", good=["slide_00.tiff"]),
     slide_case("path-captions-conflicting-rows", _rows(lambda r: [*r, (r[1][0], "H&E section of normal liver.", "liver")]),
                bad="captions.csv#slide_01", reason=r"caption: .*(conflicting|duplicate)", good=["slide_00.tiff"]),

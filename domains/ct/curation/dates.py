@@ -11,9 +11,10 @@ The day/month order of numeric dates is decided once per file, never per row (a 
 reads "12/04/2021" as 4 December next to "25/03/2021" read as 25 March). With `date_order: auto`:
 the order under which every numeric value is a valid date wins; when both orders read every value
 and some value reads differently (12/04 with 12 != 04), the file is refused with an InputError
-naming it and example rows, unless `date_order` (day-first | month-first) says which; when no order
-reads every value (one row only valid day-first, another only month-first), the file mixes orders
-and is refused the same way. A value that is a date under no order is an unparseable row.
+naming it and example rows (by number: values are dates of care, never quoted), unless
+`date_order` (day-first | month-first) says which; when no order reads every value (one row only
+valid day-first, another only month-first), the file mixes orders and is refused the same way. A
+value that is a date under no order is an unparseable row.
 
 Time zones: the calendar date as written is kept ("2021-03-04T23:30:00-05:00" is 4 March), as the
 place of care recorded it; converting to UTC would move late-evening events to the next day.
@@ -106,7 +107,8 @@ def _read(value: str) -> _Reading:
 
 
 def _examples(rows: Sequence[tuple[int, str]], limit: int = 3) -> str:
-    return ", ".join(f"row {r} {v!r}" for r, v in rows[:limit])
+    # row numbers only: a value is a date of care, an identifier that messages must not copy
+    return ", ".join(f"row {r}" for r, _ in rows[:limit])
 
 
 def parse_dates(values: Sequence[str], source: str, column: str, order: str = "auto") -> ParsedDates:
@@ -142,7 +144,7 @@ def parse_dates(values: Sequence[str], source: str, column: str, order: str = "a
             chosen = "day-first" if only_day else "month-first"
             proof = (only_day or only_month)[0]
             warnings.append(f"{source}: dates in column {column!r} read {chosen} ({'DD/MM' if only_day else 'MM/DD'}/YYYY; "
-                            f"row {proof[0]} {proof[1]!r} is only valid that way)")
+                            f"row {proof[0]} is only valid that way)")
         elif differ:
             raise DateFormatError(
                 f"{source}: dates in column {column!r} are ambiguous: every one reads both day-first and month-first, "

@@ -119,6 +119,27 @@ def load_phecode_map(path: Path | str, warnings: Optional[list[str]] = None) -> 
     return PhecodeMap(mapping)
 
 
+_NAME_WORDS = re.compile(r"^[A-Za-z][A-Za-z'.-]*(?:[\s,^]+[A-Za-z][A-Za-z'.-]*)+$")
+REASON_NAME_ID = "patient id looks like a name (the column must hold record numbers)"
+
+
+def looks_like_name(patient_id: str) -> bool:
+    """Whether a patient id reads as a person's name: two or more words of letters, or one listed first or last name.
+
+    The column is then not the record number the curation expects (a name is no unique key, and a
+    name-shaped id is usually a column mix-up); the names list is philter-lite's (pipelines.deid).
+    """
+    text = str(patient_id).strip()
+    if not text or any(c.isdigit() for c in text):
+        return False
+    if _NAME_WORDS.match(text):
+        return True
+    from pipelines.deid.text import name_dictionaries
+
+    first, last = name_dictionaries()
+    return text.isalpha() and len(text) > 2 and (text.lower() in first or text.lower() in last)
+
+
 @dataclass
 class CodeRowReject:
     """An EHR row refused by clean_codes, and why."""
@@ -160,6 +181,9 @@ def clean_codes(
     ):
         if not str(pid).strip():
             rejects.append(CodeRowReject(i, "missing patient id"))
+            continue
+        if looks_like_name(pid):
+            rejects.append(CodeRowReject(i, REASON_NAME_ID))
             continue
         if pd.isna(date):
             rejects.append(CodeRowReject(i, "missing date" if not str(raw_date).strip() else "unparseable date"))

@@ -124,6 +124,7 @@ def preprocess_volume(
         "output_shape": [int(s) for s in array.shape],
         "output_affine": out_affine.round(4).tolist(),
         "study_date": vol.study_date,  # for the time window only; curate never copies it out
+        "dicom": vol.header,  # the allow-listed header attributes (pipelines.deid.dicom.ALLOWED); {} for NIfTI
         "warnings": [list(w) for w in vol.warnings],  # [file inside the input or "", note]: cached with the tensor
     }
     if cache_dir is not None:

@@ -1,12 +1,23 @@
-r"""Radiology report text: scrubbing of identifiers, organ sections, and caption views.
+r"""Radiology report text: sections, organ sections, markup, and caption views.
 
-Scrubbing replaces dates with "[DATE]", MRN/accession-like identifiers with "[ID]", and names
-after a title (Dr./Mr./Mrs./Ms./Miss/Prof.) with "[NAME]" (the title is kept so the sentence still
-reads). It is pattern based: a safety net for the common leaks, not a certified de-identifier.
+De-identification is not done here: curate.py passes every section it writes through
+pipelines.deid (`scrub`), with the study's known identifiers and its date.
 
-Organ sections: in the findings, a line that starts with capitalised word(s) and a colon
-("LIVER:", "Kidneys:", "Gallbladder and bile ducts:") opens a section that runs to the next such
-line. Keys are lower case with spaces as underscores ("liver", "gallbladder_and_bile_ducts").
+Whole reports (a `report` column) are split into sections by their headings (`split_report`):
+FINDINGS ("Findings:", "FINDINGS AND IMPRESSION", "Report", "Body"), IMPRESSION ("Conclusion(s)",
+"Opinion", "Summary", "Assessment", "Diagnosis"), and the sections that are neither (Comparison,
+Technique, History, Indication, Clinical information, Procedure, Exam, Protocol, Addendum,
+Recommendation ...) or header fields (Patient, MRN, DOB, Accession ...). A heading is a word or a few
+words at a line start followed by a colon, or alone on its line in capitals; FINDINGS and IMPRESSION
+headings also count inline, after a sentence.
+Only findings and impression are kept. A report with no findings or impression heading is all
+findings, less its header lines.
+
+Organ sections: in the findings, a heading ("LIVER:", "Kidneys:", "Gallbladder and bile ducts:")
+at a line start or inline after a sentence ("Liver: normal. Spleen: enlarged.") opens a section that
+runs to the next heading. Non-organ headings (NON_ORGAN_HEADINGS: Comparison, Technique, History,
+Indication, Clinical information, ...) close the current section and open none: they are not organs
+and not captions. Keys are lower case with spaces as underscores ("gallbladder_and_bile_ducts").
 
 Markup: report cells exported from a RIS sometimes hold HTML or RTF. HTML (a known tag such as
 <p>, <br>, <b>, <div>, or an entity like &nbsp;) is reduced to its text, block tags becoming line
@@ -18,28 +29,6 @@ from __future__ import annotations
 import html
 import re
 from html.parser import HTMLParser
-
-_MONTHS = (
-    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
-    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
-)
-_DATE_PATTERNS = [
-    re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?)?\b"),  # 2021-03-04
-    re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"),  # 03/04/2021, 4.3.21
-    re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTHS}\.?,?\s+\d{{4}}\b", re.I),  # 4 March 2021
-    re.compile(rf"\b{_MONTHS}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", re.I),  # March 4, 2021
-    re.compile(rf"\b{_MONTHS}\.?\s+\d{{4}}\b", re.I),  # March 2021
-    re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),  # 20210304
-]
-_ID_LABELLED = re.compile(
-    r"\b(?:MRN|MR#|Medical\s+record(?:\s+(?:number|no\.?))?|Acc(?:ession)?(?:\s*(?:#|No\.?|number))?|Patient\s+ID)"
-    r"\s*[:#]?\s*[A-Z0-9][A-Z0-9-]*",
-    re.I,
-)
-_ID_DIGITS = re.compile(r"\b\d{6,}\b")
-_NAME = re.compile(r"\b(Dr|Mr|Mrs|Ms|Miss|Prof)(\.?)\s+[A-Z][A-Za-z'-]+(?:\s+[A-Z]\.)?(?:\s+[A-Z][A-Za-z'-]+)*")
-_HEADING = re.compile(r"^\s*([A-Z][A-Za-z]*(?:[ /&-]+[A-Za-z]+){0,4})\s*:\s*(.*)$")
-
 
 _HTML_TAGS = ("a|b|i|u|p|br|hr|div|span|font|strong|em|ul|ol|li|table|thead|tbody|tr|td|th|html|head|body|"
               "h[1-6]|sup|sub|pre|blockquote|center|small|big|meta|style|title")
@@ -92,31 +81,90 @@ def html_to_text(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def scrub(text: str) -> str:
-    """Report text with dates, identifiers and titled names replaced by placeholders."""
-    if not text:
-        return ""
-    for pattern in _DATE_PATTERNS:
-        text = pattern.sub("[DATE]", text)
-    text = _ID_LABELLED.sub("[ID]", text)
-    text = _ID_DIGITS.sub("[ID]", text)
-    text = _NAME.sub(lambda m: f"{m.group(1)}{m.group(2)} [NAME]", text)
-    return text
-
-
 def organ_key(heading: str) -> str:
     """A section heading as a snake_case key: "Liver/Gallbladder" -> "liver_gallbladder"."""
     return re.sub(r"[^a-z0-9]+", "_", heading.lower()).strip("_")
 
 
+FINDINGS_HEADINGS = ("findings", "finding", "findings and impression", "findings/impression", "report", "body", "results")
+IMPRESSION_HEADINGS = ("impression", "impressions", "conclusion", "conclusions", "opinion", "summary", "assessment", "diagnosis",
+                       "final impression", "summary of findings")
+NON_ORGAN_HEADINGS = frozenset((
+    "comparison", "comparisons", "technique", "techniques", "history", "clinical history", "indication", "indications",
+    "clinical indication", "clinical information", "clinical info", "clinical details", "clinical data", "reason for exam",
+    "reason for study", "reason", "procedure", "exam", "examination", "study", "protocol", "contrast", "dose", "radiation dose",
+    "addendum", "recommendation", "recommendations", "note", "notes", "prior", "priors", "patient", "patient name", "name",
+    "mrn", "dob", "date of birth", "age", "sex", "accession", "acc", "exam date", "date", "study date", "referring",
+    "referring physician", "ordering physician", "attending", "radiologist", "physician", "signed", "electronically signed",
+    "dictated", "dictated by", "transcribed", "read by", "address", "phone", "fax", "email", "ssn", "location", "site",
+    "facility", "institution", "account", "health plan id", "portal", "photo", "fingerprint id", "driver license",
+    "workstation", "time", "critical result", "communication",
+))
+_LINE_HEADING = re.compile(r"^\s*([A-Z][A-Za-z]*(?:[ /&-]+[A-Za-z]+){0,4})\s*:\s*(.*)$")
+_INLINE_HEADING = re.compile(r"(?<=[.;!?])[ \t]+(?=[A-Z][A-Za-z]*(?:[ /&-]+[A-Za-z]+){0,4}[ \t]*:(?!\d))")
+# Inside a section only FINDINGS/IMPRESSION headings start a new section ("... normal. IMPRESSION: ..."); other
+# headings count at line starts only, so "MRN: 123" in an impression sentence stays (and is scrubbed) there.
+_MAIN_INLINE_HEADING = re.compile(r"(?<=[.;!?])[ \t]+(?=(?i:" + "|".join(
+    re.escape(h).replace("\\ ", r"[ \t]+") for h in sorted(FINDINGS_HEADINGS + IMPRESSION_HEADINGS, key=len, reverse=True))
+    + r")[ \t]*:)")
+_CAPS_LINE = re.compile(r"^\s*([A-Z][A-Z /&-]{2,40}?)\s*:?\s*$")
+
+
+def heading_kind(heading: str) -> str:
+    """'findings', 'impression', 'other' (a non-organ section or header field) or 'organ' for a heading's words."""
+    key = " ".join(heading.lower().replace("_", " ").split())
+    if key in FINDINGS_HEADINGS:
+        return "findings"
+    if key in IMPRESSION_HEADINGS:
+        return "impression"
+    if key in NON_ORGAN_HEADINGS:
+        return "other"
+    return "organ"
+
+
+def _lines_with_inline_headings(text: str) -> list[str]:
+    """Lines, with an inline heading ("... normal. Spleen: enlarged.") moved to a line of its own."""
+    return _INLINE_HEADING.sub("\n", text or "").splitlines()
+
+
+def split_report(text: str) -> tuple[str, str]:
+    """(findings, impression) of a whole report; other sections and header fields are dropped (module docstring)."""
+    sections: dict[str, list[str]] = {"findings": [], "impression": [], "other": [], "none": []}
+    current = "none"
+    seen_main = False
+    for line in _MAIN_INLINE_HEADING.sub("\n", text or "").splitlines():
+        caps = _CAPS_LINE.match(line)
+        m = _LINE_HEADING.match(line)
+        heading = m.group(1) if m else (caps.group(1) if caps else None)
+        kind = heading_kind(heading) if heading else None
+        if kind in ("findings", "impression", "other"):
+            seen_main |= kind != "other"
+            current = kind
+            line = m.group(2) if m else ""
+        elif kind == "organ" and current in ("other", "none") and not seen_main and m is not None:
+            current = "findings"  # organ headings before any FINDINGS heading: the findings started unlabelled
+            seen_main = True
+        if line.strip():
+            sections[current].append(line.strip())
+    if not seen_main:  # no FINDINGS or IMPRESSION heading: the unlabelled text is the findings
+        return "\n".join(sections["none"]), ""
+    return "\n".join(sections["findings"]), "\n".join(sections["impression"])
+
+
 def split_organs(findings: str) -> tuple[dict[str, str], dict[str, str]]:
-    """({organ key: section text}, {organ key: heading as written}) from findings text."""
+    """({organ key: section text}, {organ key: heading as written}) from findings text.
+
+    Headings at a line start or inline after a sentence open a section; non-organ headings close it.
+    """
     sections: dict[str, list[str]] = {}
     headings: dict[str, str] = {}
     current: str | None = None
-    for line in (findings or "").splitlines():
-        m = _HEADING.match(line)
+    for line in _lines_with_inline_headings(findings):
+        m = _LINE_HEADING.match(line)
         if m:
+            if heading_kind(m.group(1)) != "organ":
+                current = None
+                continue
             current = organ_key(m.group(1))
             headings.setdefault(current, m.group(1).strip())
             sections.setdefault(current, [])

@@ -32,6 +32,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from pipelines.deid.dicom import allowed_attributes
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -55,6 +57,7 @@ class Volume:
     affine: np.ndarray  # 4x4 voxel -> RAS mm
     modality: Optional[str]  # DICOM Modality; None for NIfTI (no such tag)
     study_date: Optional[str] = None  # DICOM StudyDate (YYYYMMDD), never written to outputs
+    header: dict = field(default_factory=dict)  # the allow-listed DICOM attributes (pipelines.deid.dicom.allowed_attributes)
     # (file relative to the study folder or "" for the study, note): inputs used with a caveat
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
@@ -231,7 +234,8 @@ def load_dicom_series(path: Path, spacing_tolerance: float = 0.05) -> Volume:
     files = [f for f, _ in series[uid]]
     slices = [ds for _, ds in series[uid]]
     first = slices[0]
-    modality = str(first.get("Modality", "")) or None
+    header = allowed_attributes(first)  # all that may leave this function of the header, besides geometry and StudyDate
+    modality = str(header.get("Modality", "")) or None
     if modality is not None and modality.upper() != "CT":
         raise VolumeError("not CT (DICOM modality)", modality)
 
@@ -289,7 +293,7 @@ def load_dicom_series(path: Path, spacing_tolerance: float = 0.05) -> Volume:
     affine = LPS_TO_RAS @ lps
     check_affine(affine)
     date = str(first.get("StudyDate", "")) or None
-    return Volume(data=np.ascontiguousarray(data), affine=affine, modality=modality, study_date=date, warnings=warnings)
+    return Volume(data=np.ascontiguousarray(data), affine=affine, modality=modality, study_date=date, header=header, warnings=warnings)
 
 
 def load_volume(path: Path, spacing_tolerance: float = 0.05) -> Volume:

@@ -8,16 +8,22 @@ map. Everything is procedural (no downloads).
   (same anatomy in the world, different voxel order) to exercise reorientation;
 - `ehr.csv` (patient_id, study_id, code, code_system, date): finding codes near the study date,
   unrelated noise codes (some outside the time window), a few malformed codes / unknown systems;
-- `reports.csv` (study_id, study_date, findings, impression): organ-headed findings with names,
-  dates and MRNs for the scrubber; one study has an empty report and one volume has no EHR rows;
+- `reports.csv` (study_id, study_date, report): whole reports as a RIS exports them, for the
+  de-identification to work on: a header (patient name, MRN, DOB with the age, accession number,
+  exam date, referring physician), clinical information, technique, comparison with a dated prior,
+  organ-headed FINDINGS, an IMPRESSION naming the clinician it was discussed with (a date and an
+  MRN) and the radiologist's signature; one study has an empty report and one volume has no EHR rows;
 - `phecode_map.csv` (vocabulary_id, code, phecode): our own map for the codes used;
+- `demo.key`: the demo's pseudonym key (`curate ct --key-file data/ct/raw/demo.key`). It is derived
+  from the seed, so it is public: fine for synthetic data, never for real data;
 - `labels.csv` (study_id + FINDINGS columns, 1/0/-1 unknown): ground truth drawn into the volumes,
-  for zero-shot evaluation. The held-out set is the curated `test` split (patient-hash split);
-  join it to labels.csv on provenance.study_id.
+  for zero-shot evaluation, keyed by the study's pseudonym under demo.key (what curation writes as
+  provenance.study_id). The held-out set is the curated `test` split (split by patient pseudonym).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -25,6 +31,8 @@ from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
+
+from pipelines.deid import key_from_text
 
 FINDINGS = ("liver_lesion", "kidney_stone", "pleural_effusion", "splenomegaly", "ascites")
 # ICD-10-CM codes a positive finding is coded with (one is drawn per positive study).
@@ -62,6 +70,16 @@ ABNORMAL = {
 }
 LIVER_HU = 100  # portal venous phase, as the reports say "with contrast"
 NAMES = ("Alan Grant", "Ellie Sattler", "Ian Malcolm", "John Hammond", "Ray Arnold")
+# Fictional patients and radiologists for the report headers.
+FIRST_NAMES = ("Bartholomew", "Delphine", "Oswin", "Marisol", "Thaddeus", "Ingrid", "Cornelius", "Philippa", "Leopold", "Rosalind")
+LAST_NAMES = ("Quince", "Harrow", "Pemberton", "Okafor", "Lindqvist", "Abernathy", "Castellanos", "Whitfield", "Nakamura", "Osei")
+RADIOLOGISTS = ("Chidi Okonkwo", "Helena Marchetti", "Samuel Adeyemi", "Ines Duarte")
+REPORT_KEY_FILE = "demo.key"
+
+
+def demo_key_text(seed: int) -> str:
+    """The demo's pseudonym key: derived from the seed, so the demo is reproducible (and its key public)."""
+    return hashlib.sha256(f"domainfm-ct-demo-key:{seed}".encode()).hexdigest()
 
 
 @dataclass
@@ -154,6 +172,24 @@ def _report(positives: set[str], rng: np.random.Generator, study_date: date) -> 
     return findings, impression
 
 
+def _whole_report(findings: str, impression: str, study_date: date, mrn: str, sid: str, rng: np.random.Generator) -> str:
+    """A report as a RIS exports it: identifying header, clinical sections, findings, impression, signature.
+
+    `rng` is a generator of its own, so the header draws leave the volumes' and findings' draws as they were.
+    """
+    first, last = FIRST_NAMES[int(rng.integers(len(FIRST_NAMES)))], LAST_NAMES[int(rng.integers(len(LAST_NAMES)))]
+    born = date(int(rng.integers(1925, 2000)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
+    age = study_date.year - born.year - ((study_date.month, study_date.day) < (born.month, born.day))
+    referring = RADIOLOGISTS[int(rng.integers(len(RADIOLOGISTS)))]
+    signer = RADIOLOGISTS[int(rng.integers(len(RADIOLOGISTS)))]
+    phone = f"({int(rng.integers(200, 999))}) 555-{int(rng.integers(0, 10000)):04d}"
+    header = (f"PATIENT: {last.upper()}, {first.upper()}    MRN: {mrn}    DOB: {born:%m/%d/%Y} (age {age})\n"
+              f"ACCESSION: ACC{sid[1:]}{int(rng.integers(10**5, 10**6))}    EXAM DATE: {study_date:%B %d, %Y}\n"
+              f"REFERRING: Dr. {referring}, phone {phone}\n")
+    return (f"{header}CLINICAL INFORMATION: {age}-year-old with abdominal pain.\nTECHNIQUE: Portal venous phase.\n"
+            f"FINDINGS:\n{findings}\nIMPRESSION: {impression}\nElectronically signed: {signer}, MD")
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -173,6 +209,9 @@ def write_demo_data(out: Path, cfg: CTDemoConfig) -> None:
     report_rows: list[list[Any]] = []
     label_rows: list[list[Any]] = []
     base = date(2019, 1, 1)
+    header_rng = np.random.default_rng([cfg.seed, 1])
+    mrns = {p: f"{int(header_rng.integers(10**7, 10**8)):08d}" for p in patients}
+    key = key_from_text(demo_key_text(cfg.seed), "the demo key")
     for k, patient in enumerate(owners):
         sid = f"S{k:04d}"
         positives = {f for f in FINDINGS if rng.random() < cfg.finding_probability}
@@ -181,11 +220,12 @@ def write_demo_data(out: Path, cfg: CTDemoConfig) -> None:
         if rng.random() < cfg.lps_fraction:
             data, affine = _flip_xy(data, affine)
         nib.save(nib.Nifti1Image(data, affine), str(vol_dir / f"{sid}.nii.gz"))
-        label_rows.append([sid, *(int(f in positives) for f in FINDINGS)])
+        label_rows.append([key.pseudonym("study", sid), *(int(f in positives) for f in FINDINGS)])
         findings, impression = _report(positives, rng, study_date)
+        report = _whole_report(findings, impression, study_date, mrns[patient], sid, header_rng)
         if k == 3:
-            findings, impression = "", ""  # a study without a report: rejected "no report"
-        report_rows.append([sid, study_date.isoformat(), findings, impression])
+            report = ""  # a study without a report: rejected "no report"
+        report_rows.append([sid, study_date.isoformat(), report])
         if k == 5:
             continue  # a volume without EHR rows: rejected "no EHR rows"
         for finding in sorted(positives):
@@ -202,6 +242,7 @@ def write_demo_data(out: Path, cfg: CTDemoConfig) -> None:
         ehr_rows.append([owners[m], f"S{m:04d}", code, system, base.isoformat()])
 
     _write_csv(out / "ehr.csv", ["patient_id", "study_id", "code", "code_system", "date"], ehr_rows)
-    _write_csv(out / "reports.csv", ["study_id", "study_date", "findings", "impression"], report_rows)
+    _write_csv(out / "reports.csv", ["study_id", "study_date", "report"], report_rows)
+    (out / REPORT_KEY_FILE).write_text(demo_key_text(cfg.seed) + "\n")
     _write_csv(out / "phecode_map.csv", ["vocabulary_id", "code", "phecode"], [list(r) for r in PHECODE_MAP])
     _write_csv(out / "labels.csv", ["study_id", *FINDINGS], label_rows)

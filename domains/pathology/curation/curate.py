@@ -3,6 +3,11 @@
 Videos and slides are independent work units of one run: video units go to
 `video.process_video`, slide units to `slides.process_slide`. Near-duplicate images across videos
 (which Quilt does not remove) are dropped after all units finish, by perceptual hash.
+
+De-identification (pipelines/deid): transcript cues and slide captions are scrubbed before use;
+patient ids and slide ids holding identifiers (the patient part of a TCGA barcode unless
+`slides.tcga_keep` keeps it) become keyed pseudonyms (`--key-file` or $DOMAINFM_PSEUDONYM_KEY; an
+error without one only when there is something to pseudonymise).
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from domains.pathology.curation.video import (
     plan_video_units,
     process_video,
 )
-from pipelines.curation import CurationConfig, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.curation import EXECUTOR_HELP, CurationConfig, ExecutorName, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.deid import PseudonymKey, load_key, warm_up
 from pipelines.errors import InputError
 from pipelines.io.text import read_table
 from pipelines.params import read
@@ -64,11 +70,15 @@ def read_video_groups(path: Path) -> tuple[dict[str, str], list[Reject], list[st
 
 
 def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optional[Path], out: Path, cfg: PathologyCurateConfig,
-           video_groups: Optional[Path] = None) -> dict:
+           video_groups: Optional[Path] = None, key: Optional[PseudonymKey] = None) -> dict:
     """Curate videos and/or captioned slides into OUT, dropping near-duplicate frames across videos; returns the summary.
 
     `slide_captions` is required when `slides` is given; `video_groups` optionally groups videos for splits.
+    Transcripts and captions are de-identified (pipelines.deid); `key` (default: $DOMAINFM_PSEUDONYM_KEY,
+    if set) pseudonymises patient ids and identifying slide ids, and is required only when there are some.
     """
+    key = key or load_key(None, required=False)
+    warm_up()  # load the de-identification filters once, before workers fork
     video_cfg = cfg.video
     units: list[WorkUnit] = []
     rejects: list[Reject] = []
@@ -85,7 +95,7 @@ def curate(videos: Optional[Path], slides: Optional[Path], slide_captions: Optio
         if not video_units and not video_rejects:
             warnings.append(f"{videos}: no video files ({', '.join(VIDEO_SUFFIXES)}) found")
     if slides is not None:
-        slide_units, slide_rejects, slide_warnings = plan_slide_units(slides, slide_captions, cfg.slides)
+        slide_units, slide_rejects, slide_warnings = plan_slide_units(slides, slide_captions, cfg.slides, key)
         units += [WorkUnit(u.key, (SLIDE, u.payload), u.inputs) for u in slide_units]
         rejects += slide_rejects
         warnings += slide_warnings
@@ -118,6 +128,9 @@ def curate_command(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")
     ] = False,
+    key_file: Annotated[Optional[Path], typer.Option(
+        "--key-file", help="File holding the secret pseudonym key (else $DOMAINFM_PSEUDONYM_KEY); needed for patient ids.")] = None,
+    executor: Annotated[Optional[ExecutorName], typer.Option("--executor", help=EXECUTOR_HELP)] = None,
 ) -> dict:
     """Curate histopathology image-text pairs from narrated videos and/or captioned whole-slide images."""
     if videos is None and slides is None:
@@ -131,8 +144,9 @@ def curate_command(
     if slides is None and slide_captions is not None:
         raise typer.BadParameter("--slide-captions needs --slides, the folder of the slides it captions")
     try:
-        cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers, allow_empty=allow_empty or None)
-        summary = curate(videos, slides, slide_captions, out, cfg, video_groups)
+        cfg = read(params, PathologyCurateConfig, "pathology", "curate", workers=workers, allow_empty=allow_empty or None,
+                   executor=executor)
+        summary = curate(videos, slides, slide_captions, out, cfg, video_groups, load_key(key_file, required=False))
     except InputError as exc:
         # Said here: pipelines/cli.py turns InputError into a click.ClickException that typer's vendored
         # click does not catch (typer >= 0.2x), so there it ends in a traceback.

@@ -11,7 +11,7 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur).
 
 Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
-(`slide_group`): the captions table's `patient_id` column when it has one, else the patient part of
+(`SlideNames.group`): the captions table's `patient_id` column when it has one, else the patient part of
 a TCGA barcode slide id (TCGA-XX-XXXX), else the slide itself, so a patient's slides never straddle
 splits. Pair ids hash the slide's path relative to the `--slides` folder, never the folder as
 spelled on the command line.
@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -38,6 +38,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
+from pipelines.deid import KEY_ENV, Context, MissingKeyError, PseudonymKey, scrub, scrub_name
+from pipelines.errors import InputError
 from pipelines.io.text import read_table
 
 # Suffixes OpenSlide 4 reads (the folder may hold other files, e.g. the captions CSV).
@@ -92,20 +94,64 @@ class SlideConfig:
     pen_max_fraction: float = 0.02
     fallback_mpp: float | None = None  # used when a slide has neither MPP nor objective power
     seed: int = 0
+    # Fields of a TCGA barcode slide id (TCGA-TSS-PARTICIPANT-SAMPLE-PORTION-SLIDE) written as they are;
+    # the others are replaced by the keyed pseudonym of the patient part (pipelines.deid). Listing both
+    # "tss" and "participant" keeps the patient part (TCGA barcodes are public) and needs no key.
+    tcga_keep: list[str] = field(default_factory=lambda: ["project", "sample", "portion", "slide"])
 
 
 TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(?:-|$)", re.IGNORECASE)
+TCGA_FIELDS = ("project", "tss", "participant", "sample", "portion", "slide")
 
 
-def slide_group(slide_id: str, row: dict[str, str]) -> str:
-    """The split group of a slide: its patient when known (patient_id column, or a TCGA barcode), else the slide."""
-    patient = (row.get("patient_id") or "").strip()
-    if patient:
-        return f"patient:{patient}"
-    tcga = TCGA_PATIENT.match(slide_id)
-    if tcga:
-        return f"patient:{tcga.group(1).upper()}"
-    return f"slide:{slide_id}"
+class SlideNames:
+    """How outputs name slides and patients: TCGA barcodes cut to `tcga_keep`, identifying ids and patients pseudonymised.
+
+    A slide id is written as it is unless it holds an identifier: the patient part of a TCGA barcode
+    (unless kept), or anything pipelines.deid finds in it (a name, a record number). Those, and any
+    `patient_id` column value, become keyed pseudonyms, which need the key: MissingKeyError when none
+    was given (the message names the captions row, not the id).
+    """
+
+    def __init__(self, key: Optional[PseudonymKey], tcga_keep: list[str]) -> None:
+        unknown = sorted(set(tcga_keep) - set(TCGA_FIELDS))
+        if unknown:
+            raise InputError(f"pathology.curate.slides.tcga_keep: unknown field(s) {', '.join(unknown)}; "
+                             f"fields: {', '.join(TCGA_FIELDS)}")
+        self.key = key
+        self.keep = set(tcga_keep)
+
+    def _pseudonym(self, kind: str, value: str, where: str) -> str:
+        if self.key is None:
+            raise MissingKeyError(f"{where}: the slide id or patient holds an identifier to pseudonymise, and no pseudonym "
+                                  f"key was given: set {KEY_ENV} or pass --key-file (or list the TCGA fields to keep in "
+                                  "pathology.curate.slides.tcga_keep)")
+        return self.key.pseudonym(kind, value)
+
+    def slide(self, sid: str, where: str) -> str:
+        """The slide id as outputs write it."""
+        tcga = TCGA_PATIENT.match(sid)
+        if tcga:
+            parts = sid.split("-")
+            values = dict(zip(TCGA_FIELDS, parts))
+            keep_patient = {"tss", "participant"} <= self.keep
+            head = tcga.group(1).upper() if keep_patient else self._pseudonym("patient", tcga.group(1).upper(), where)
+            tail = [values[f] for f in TCGA_FIELDS[3:] if f in values and f in self.keep]
+            return "-".join([head, *tail]) + ("-" + "-".join(parts[6:]) if len(parts) > 6 and "slide" in self.keep else "")
+        if scrub_name(sid) != sid:
+            return self._pseudonym("slide", sid, where)
+        return sid
+
+    def group(self, sid: str, row: dict[str, str], where: str) -> str:
+        """The split group: the patient's pseudonym when known (patient_id column, TCGA barcode), else the slide's public id."""
+        patient = (row.get("patient_id") or "").strip()
+        if patient:
+            return f"patient:{self._pseudonym('patient', patient, where)}"
+        tcga = TCGA_PATIENT.match(sid)
+        if tcga:
+            keep_patient = {"tss", "participant"} <= self.keep
+            return f"patient:{tcga.group(1).upper() if keep_patient else self._pseudonym('patient', tcga.group(1).upper(), where)}"
+        return f"slide:{self.slide(sid, where)}"
 
 
 @dataclass
@@ -119,6 +165,7 @@ class SlideJob:
     cfg: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # path relative to the --slides folder: pair ids hash it, never the path as spelled ("" = file name)
     group: str = ""  # split group (slide_group): the patient when known
+    source: str = ""  # how outputs name the file ("" = path): `<folder>/<public id><suffix>` when the id was pseudonymised
 
 
 # ---------------------------------------------------------------- pixel checks
@@ -302,13 +349,15 @@ def grid_candidates(
 # ---------------------------------------------------------------- planning
 
 
-def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[Reject], list[str]]:
+def read_captions(captions_csv: Path, public: Optional[Callable[[str, str], str]] = None
+                  ) -> tuple[dict[str, dict[str, str]], list[Reject], list[str]]:
     """slide_id -> row (caption plus extra columns), rejects for unusable rows, and decoding warnings.
 
     The table is read by `pipelines.io.text.read_table` (any common encoding and delimiter). A slide
     id with an empty caption, or with rows whose captions disagree, maps to {} (the slide is not
     curated; its rows are rejected); an exact duplicate row is rejected and the slide kept. Raises
-    InputError naming the file and its columns when slide_id or caption is missing.
+    InputError naming the file and its columns when slide_id or caption is missing. `public(slide_id,
+    where)` gives the slide id rejects may write (SlideNames.slide; the id itself when not given).
     """
     table, warnings = read_table(captions_csv, ("slide_id", "caption"), "slide captions")
     rows: dict[str, dict[str, str]] = {}
@@ -317,7 +366,8 @@ def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[R
     for number, raw in enumerate(table.to_dict("records"), start=1):
         row = {str(k): str(v).strip() for k, v in raw.items()}
         sid = row["slide_id"]
-        where = f"{captions_csv}#{sid} (row {number})"
+        shown = public(sid, f"{captions_csv.name} row {number}") if public and sid else sid
+        where = f"{captions_csv}#{shown} (row {number})"
         if not sid:
             rejects.append(Reject(f"{captions_csv}#row{number}", STAGE_CAPTION, REASON_NO_SLIDE_ID))
             continue
@@ -325,7 +375,7 @@ def read_captions(captions_csv: Path) -> tuple[dict[str, dict[str, str]], list[R
             row_numbers[sid].append(number)
             if rows[sid] and rows[sid] != row:
                 # Which caption is right is unknowable: refuse the slide rather than pick one.
-                rejects.extend(Reject(f"{captions_csv}#{sid} (row {n})", STAGE_CAPTION, REASON_CONFLICTING_CAPTIONS)
+                rejects.extend(Reject(f"{captions_csv}#{shown} (row {n})", STAGE_CAPTION, REASON_CONFLICTING_CAPTIONS)
                                for n in row_numbers[sid])
                 rows[sid] = {}
             elif rows[sid]:
@@ -347,44 +397,61 @@ def find_slides(slides_dir: Path) -> list[Path]:
     return sorted(p for p in Path(slides_dir).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
 
 
-def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig) -> tuple[list[WorkUnit], list[Reject], list[str]]:
+def plan_slide_units(slides_dir: Path, captions_csv: Path, cfg: SlideConfig, key: Optional[PseudonymKey] = None
+                     ) -> tuple[list[WorkUnit], list[Reject], list[str]]:
     """One unit per slide that has a caption; rejects for slides without one and captions without a slide; warnings.
 
     A caption row's slide_id is the slide's file stem (or its file name). Slides sharing a stem are
     all rejected: which one the caption describes is ambiguous. Raises InputError when the captions
-    table lacks the slide_id or caption column.
+    table lacks the slide_id or caption column. Captions pass pipelines.deid.scrub (with the slide
+    id and patient id as known identifiers); slide ids, groups and a patient_id column are written
+    as SlideNames says (`key`: the pseudonym key, needed only when something must be pseudonymised).
     """
     slides_dir = Path(slides_dir)
-    rows, rejects, warnings = read_captions(Path(captions_csv))
+    captions_csv = Path(captions_csv)
+    namer = SlideNames(key, list(cfg.tcga_keep))
+    rows, rejects, warnings = read_captions(captions_csv, namer.slide)
     params_digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
     units: list[WorkUnit] = []
     by_stem: dict[str, list[Path]] = {}
     for path in find_slides(slides_dir):
         by_stem.setdefault(path.stem, []).append(path)
     used: set[str] = set()
-    for sid, paths in by_stem.items():
+    for number, (sid, paths) in enumerate(by_stem.items(), start=1):
         used.update(k for p in paths for k in (sid, p.name) if k in rows)
+        public = namer.slide(sid, f"slide file {number} of {slides_dir.name}")
+
+        def shown(p: Path) -> str:
+            return str(p) if public == sid else f"{slides_dir.name}/{public}{p.suffix}"
+
         if len(paths) > 1:
-            rejects += [Reject(str(p), STAGE_SLIDE, REASON_DUPLICATE_SLIDE) for p in paths]
+            rejects += [Reject(shown(p), STAGE_SLIDE, REASON_DUPLICATE_SLIDE) for p in paths]
             continue
         path = paths[0]
-        key = sid if sid in rows else path.name
-        row = rows.get(key)
+        row_key = sid if sid in rows else path.name
+        row = rows.get(row_key)
         if row is None:
-            rejects.append(Reject(str(path), STAGE_SLIDE, REASON_NO_CAPTION))
+            rejects.append(Reject(shown(path), STAGE_SLIDE, REASON_NO_CAPTION))
             continue
         if not row:  # empty or conflicting caption, already rejected
             continue
+        where = f"{captions_csv.name} row for {public}"
         extra = {k: v for k, v in row.items() if k not in ("slide_id", "caption")}
+        if extra.get("patient_id"):
+            extra["patient_id"] = namer.group(sid, row, where).removeprefix("patient:")
+        known = [sid, row.get("patient_id", ""), *(m.group(1) for m in [TCGA_PATIENT.match(sid)] if m)]
+        caption = scrub(row["caption"], Context(known=[k for k in known if k]))
         stat = path.stat()
         name = path.relative_to(slides_dir).as_posix()
         identity = f"{params_digest}:{name}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(row, sort_keys=True)}"
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-        job = SlideJob(str(path), sid, row["caption"], extra, asdict(cfg), name, slide_group(sid, row))
-        units.append(WorkUnit(key=f"pathology-slide:{os.path.abspath(path)}:{digest}", payload=job, inputs=[str(path)]))
+        job = SlideJob(str(path), public, caption, extra, asdict(cfg), name if public == sid else public + path.suffix,
+                       namer.group(sid, row, where), "" if public == sid else shown(path))
+        unit_name = os.path.abspath(path) if public == sid else public
+        units.append(WorkUnit(key=f"pathology-slide:{unit_name}:{digest}", payload=job, inputs=[str(path)]))
     for sid in rows:
         if sid not in used:
-            rejects.append(Reject(f"{captions_csv}#{sid}", STAGE_CAPTION, REASON_NO_SLIDE))
+            rejects.append(Reject(f"{captions_csv}#{namer.slide(sid, captions_csv.name)}", STAGE_CAPTION, REASON_NO_SLIDE))
     return units, rejects, warnings
 
 
@@ -401,7 +468,7 @@ def process_slide(unit: WorkUnit) -> UnitResult:
     result.counts["slides_seen"] += 1
 
     def reject_slide(reason: str) -> UnitResult:
-        result.rejects.append(Reject(job.path, STAGE_SLIDE, reason))
+        result.rejects.append(Reject(job.source or job.path, STAGE_SLIDE, reason))
         result.counts[f"slides_rejected_{_slug(reason)}"] += 1
         return result
 
@@ -445,14 +512,14 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             except openslide.OpenSlideError:
                 # A damaged file can open and fail on its first tile read; openslide is unusable after an
                 # error, so the slide stops here and keeps the tiles read before it.
-                result.rejects.append(Reject(f"{job.path}#x{x}-y{y}", STAGE_SLIDE, REASON_READ_FAILED))
+                result.rejects.append(Reject(f"{job.source or job.path}#x{x}-y{y}", STAGE_SLIDE, REASON_READ_FAILED))
                 result.counts["slides_read_failed"] += 1
                 break
             img = Image.fromarray(_to_rgb(region))
             if img.size != (cfg.tile_size, cfg.tile_size):
                 img = img.resize((cfg.tile_size, cfg.tile_size), Image.LANCZOS)
             rgb = np.asarray(img)
-            where = f"{job.path}#x{x}-y{y}"
+            where = f"{job.source or job.path}#x{x}-y{y}"
             problem = tile_check(rgb, cfg)
             if problem:
                 result.rejects.append(Reject(where, STAGE_TILE, problem))
@@ -466,7 +533,7 @@ def process_slide(unit: WorkUnit) -> UnitResult:
                     group=job.group or f"slide:{job.slide_id}",
                     image=rgb,
                     caption=job.caption,
-                    source=job.path,
+                    source=job.source or job.path,
                     provenance={
                         "columns": dict(sorted(job.columns.items())),
                         "level": int(level),

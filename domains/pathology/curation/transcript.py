@@ -9,6 +9,8 @@ Bad cues do not sink a transcript: each becomes a reject row (stage "transcript"
 "end before start", "overlapping cue", "beyond video duration". A transcript with no usable cue
 raises `TranscriptError`, whose `reason` is one of "cannot read transcript", "not a text file",
 "empty transcript", "invalid JSON", "JSON transcript without segments", "no usable cue".
+
+Good cues are de-identified (`deidentify_cues`, pipelines.deid) before anything uses their text.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipelines.curation import Reject
+from pipelines.deid import Context, scrub
+from pipelines.deid.text import identifiers_in
 from pipelines.errors import InputError
 from pipelines.io.text import read_text
 
@@ -198,7 +202,23 @@ def parse_transcript(path: Path, duration_s: Optional[float] = None) -> Transcri
             cues.append(Cue(start, min(end, duration_s) if duration_s is not None else end, cue.text))
     if not cues:
         raise TranscriptError(REASON_NO_USABLE_CUE, str(path), rejects)
-    return Transcript(cues, rejects, decoded.warnings)
+    return Transcript(deidentify_cues(cues), rejects, decoded.warnings)
+
+
+def deidentify_cues(cues: list[Cue]) -> list[Cue]:
+    """Cues with identifiers replaced (pipelines.deid.scrub): a narrated case can name its patient.
+
+    Names and ids our rules find anywhere in the transcript are removed from every cue ("Mrs. Harrow"
+    in one cue, "Harrow's slides" in the next). The transcript is scrubbed as one text, a cue a line,
+    so philter-lite runs once per transcript; if a replacement swallowed a line break, cue by cue.
+    """
+    whole = "\n".join(c.text.replace("\n", " ") for c in cues)
+    ids, names = identifiers_in(whole)
+    context = Context(known=ids, names=names)
+    lines = scrub(whole, context).split("\n")
+    if len(lines) != len(cues):
+        lines = [scrub(c.text, context) for c in cues]
+    return [Cue(c.start, c.end, text) for c, text in zip(cues, lines)]
 
 
 def cues_in_window(cues: list[Cue], start: float, end: float, margin: float) -> list[Cue]:
