@@ -1,0 +1,135 @@
+"""Windows per second of `domainfm map remote_sensing` versus a plain loop that reads and scores one window at a time.
+
+On one scene and one exported model (loaded once), the same windows (the grid is planned once) are
+scored three ways, interleaved, `--repeats` times:
+
+- plain:    one set of raster handles in this process; for each window, read it (the same mosaic
+            read, stretch and resampling), preprocess it, embed it alone (batch of 1) and score it;
+- batched:  `domains.remote_sensing.analyst.embed_grid` (worker processes read ahead, `--batch-size`
+            windows per model call) and the same scoring;
+- map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON).
+
+Prints windows, median seconds, windows and pixels per second and the ratio batched / plain
+(medians). The probabilities of plain and batched are checked to agree. Without `--raster`, a
+synthetic `--size` x `--size` px scene at 1 m (EPSG:32631) is written first: a procedural landscape
+of the demo (`render_landscape`, 1024 px) repeated and mirrored to size.
+
+Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT] [--size 4096] [--tile-m M] [--repeats 3] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster, window_grid
+from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
+from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
+from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
+
+MODEL = Path("/work/baseline/exports/remote_sensing")
+
+
+def synthetic_scene(size: int, folder: Path) -> Path:
+    """A size x size px, 1 m, 3-band uint8 tiled GeoTIFF (EPSG:32631) of a demo landscape, mirrored to size."""
+    from domains.remote_sensing.demo.demo_data import render_landscape
+
+    block = min(size, 1024)
+    rgb, _, _ = render_landscape(block, 1.0, 0)
+    reps = -(-size // block)
+    rows = [np.concatenate([rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps)], axis=1) for i in range(reps)]
+    image = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)[:size, :size]
+    path = folder / f"synthetic-{size}.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+                       transform=rasterio.transform.from_origin(372_000, 4_834_000, 1.0, 1.0), nodata=0, tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", photometric="RGB") as dst:
+        dst.write(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return path
+
+
+def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, grid: WindowGrid) -> np.ndarray:
+    """Read, preprocess, embed and score each window alone (windows without data are skipped, as in the map)."""
+    read = WindowReader.of(grid)
+    rows = []
+    for window in grid.windows:
+        pixels = read(window)
+        if pixels is None:
+            continue
+        rows.append(classifier.probabilities(encoder.embed_tensors(encoder.to_tensor(pixels).unsqueeze(0)))[0])
+    read.close()
+    return np.asarray(rows)
+
+
+def score_batched(encoder: ClipEncoder, classifier: ZeroShotClassifier, grid: WindowGrid, batch_size: int, workers: int) -> np.ndarray:
+    """The map command's reading and scoring."""
+    _, embeddings = embed_grid(encoder, grid, batch_size, workers)
+    return classifier.probabilities(embeddings)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raster", type=Path, default=None, help="scene to map (default: a synthetic --size px scene)")
+    ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--tile-m", type=float, default=None, help="window side in metres (default: the model's training tiles)")
+    ap.add_argument("--stride-m", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); on a busy machine 1 "
+                    "spares a batch of one the threads' synchronisation")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        raster = args.raster or synthetic_scene(args.size, Path(tmp))
+        prepare_s = time.perf_counter() - started
+        encoder = load_encoder(args.model, args.device)
+        classifier = encoder.zero_shot(list(CLASSNAMES), list(TEMPLATES))
+        scene = open_scene([raster])
+        grid = window_grid(args.model, encoder, scene, args.tile_m, args.stride_m, 0.5)
+        n = len(grid.windows)
+        methods = {
+            "plain": lambda: score_plain(encoder, classifier, grid),
+            "batched": lambda: score_batched(encoder, classifier, grid, args.batch_size, args.workers),
+            "map": lambda: map_raster(encoder, raster, Path(tmp) / "out", tile_m=grid.tile_m, stride_m=grid.stride_m,
+                                      batch_size=args.batch_size, workers=args.workers),
+        }
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        outputs = {}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits every method alike
+            for name, fn in methods.items():
+                if encoder.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                outputs[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+        agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
+        with rasterio.open(raster) as src:
+            shape = [src.height, src.width]
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    pixels = n * (grid.stride_m / scene.gsd_m) ** 2
+    result = {
+        "raster": str(args.raster or f"synthetic {args.size} x {args.size} px, 1 m (written in {prepare_s:.1f} s, not timed)"),
+        "pixels": shape, "model": str(args.model), "device": str(encoder.device), "torch_threads": torch.get_num_threads(),
+        "tile_m": grid.tile_m, "stride_m": grid.stride_m, "window_px": grid.window_px, "windows": n, "grid": [grid.rows, grid.cols],
+        "batch_size": args.batch_size, "workers": args.workers, "repeats": args.repeats,
+        "max_probability_difference_plain_vs_batched": agree,
+        **{name: {"median_s": round(t, 3), "windows_per_s": round(n / t, 1), "megapixels_per_s": round(pixels / t / 1e6, 2),
+                  "runs_s": [round(v, 3) for v in times[name]]} for name, t in medians.items()},
+        "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
+        "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

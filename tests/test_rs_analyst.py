@@ -1,0 +1,459 @@
+"""`domainfm map|search remote_sensing`: scenes classified window by window (class and probability GeoTIFFs, class
+regions as RFC 7946 GeoJSON, a quick-look) and searched by text with cached embeddings; adjacent rasters read as one
+mosaic; bad inputs named, nothing partial written."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_bounds, from_origin
+from rasterio.warp import transform_bounds
+from shapely.geometry import LinearRing, shape
+from typer.testing import CliRunner
+
+from domains.remote_sensing.analyst import map_raster, read_classnames, search_rasters
+from domains.remote_sensing.analyst_windows import WindowReader, open_scene, plan_grid
+from domains.remote_sensing.prompts import TEMPLATES
+from pipelines.cli import app
+from pipelines.errors import InputError
+from pipelines.infer.clip import ClipEncoder
+from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
+
+RS = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "rs"
+CLASSES = ["water", "forest", "farmland"]
+CRS = "EPSG:32633"  # UTM 33N: (500000, 5000000) is at 15 E, 45.15 N
+ORIGIN = (500_000.0, 5_000_000.0)
+FAST = {"tile_m": 32.0, "workers": 0, "device": "cpu"}  # 16 px windows of the 2 m scenes, read at the model's 64 px
+
+
+def write_raster(path: Path, data: np.ndarray, crs: str | None = CRS, origin: tuple[float, float] = ORIGIN, res: float = 2.0,
+                 nodata: float | None = None) -> Path:
+    bands, height, width = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype=data.dtype, crs=crs,
+                       transform=from_origin(*origin, res, res), nodata=nodata) as dst:
+        dst.write(data)
+    return path
+
+
+def landscape() -> np.ndarray:
+    """3 x 128 x 128 uint8: water above, forest and fields below, with texture (256 m at 2 m)."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((3, 128, 128), np.float32)
+    image[:, :64] = np.array([30, 60, 140])[:, None, None]
+    image[:, 64:, :64] = np.array([40, 110, 40])[:, None, None]
+    image[:, 64:, 64:] = np.array([200, 185, 100])[:, None, None]
+    image[:, 64:, 64:] += 30 * (np.arange(64) % 8 < 4)[None, None, :]  # furrows
+    image += rng.normal(0, 8, image.shape)
+    return np.clip(image, 1, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("export") / "model"
+    torch.manual_seed(0)
+    save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def encoder(export: Path) -> ClipEncoder:
+    return ClipEncoder.load(export, "cpu")
+
+
+def carded_export(export: Path, folder: Path, card: str) -> Path:
+    """The test export with a model card (as `domainfm export` writes it)."""
+    folder.mkdir()
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        (folder / name).symlink_to(export / name)
+    (folder / "README.md").write_text(card)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("scenes")
+    image = landscape()
+    found = {"scene": write_raster(folder / "scene.tif", image, nodata=0)}
+    # float32 with NaN (no declared nodata) over the top-left 64 x 64 px = 4 x 4 windows of 32 m
+    floats = image.astype(np.float32) / 255
+    floats[:, :64, :64] = np.nan
+    found["nan"] = write_raster(folder / "nan.tif", floats)
+    # 16-bit, declared nodata 0 over the bottom-right 32 x 64 px = 2 x 4 windows
+    sixteen = image.astype(np.uint16) * 40 + 500
+    sixteen[:, 96:, 64:] = 0
+    found["uint16"] = write_raster(folder / "uint16.tif", sixteen, nodata=0)
+    # the scene in two adjacent pieces, west and east of x = 500128
+    found["west"] = write_raster(folder / "west.tif", np.ascontiguousarray(image[:, :, :64]), nodata=0)
+    found["east"] = write_raster(folder / "east.tif", np.ascontiguousarray(image[:, :, 64:]), origin=(ORIGIN[0] + 128, ORIGIN[1]), nodata=0)
+    return found
+
+
+def lonlat_bounds(path: Path) -> tuple[float, float, float, float]:
+    with rasterio.open(path) as src:
+        return transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+
+
+def assert_lonlat_polygons(collection: dict, bounds: tuple[float, float, float, float]) -> None:
+    """RFC 7946: a FeatureCollection without "crs", polygons in lon/lat inside `bounds`, exterior rings counter-clockwise."""
+    assert collection["type"] == "FeatureCollection" and "crs" not in collection
+    west, south, east, north = bounds
+    for feature in collection["features"]:
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        rings = feature["geometry"]["coordinates"]
+        for i, ring in enumerate(rings):
+            assert ring[0] == ring[-1] and len(ring) >= 4
+            assert LinearRing(ring).is_ccw == (i == 0)  # exterior counter-clockwise, holes clockwise
+            for lon, lat in ring:
+                assert west - 1e-6 <= lon <= east + 1e-6 and south - 1e-6 <= lat <= north + 1e-6
+
+
+def _assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no staging left beside it
+
+
+# ---------------------------------------------------------------- map
+
+
+def test_map_writes_class_and_probability_rasters_regions_and_quicklook(encoder: ClipEncoder, scenes: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    (out / "other.tif").parent.mkdir(parents=True)
+    (out / "other.tif").write_bytes(b"another scene's map")  # stays
+    result = map_raster(encoder, scenes["scene"], out, classes=CLASSES, batch_size=5, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == ["other.tif", "scene.classes.tif", "scene.geojson", "scene.json", "scene.png",
+                                                     "scene.probs.tif"]
+    assert (out / "other.tif").read_bytes() == b"another scene's map"
+    assert result.cells == (8, 8) and result.n_windows == result.n_scored == 64 and result.crs == CRS
+
+    with rasterio.open(scenes["scene"]) as src:
+        scene_bounds = src.bounds
+    with rasterio.open(result.classes_tif) as src:
+        assert src.crs.to_string() == CRS and src.dtypes == ("uint8",) and src.nodata == 255 and src.res == (32, 32)
+        assert tuple(src.bounds) == tuple(scene_bounds)  # 256 m = 8 windows of 32 m
+        assert all(name in src.descriptions[0] for name in CLASSES)
+        assert json.loads(src.tags()["CLASSES"]) == CLASSES and src.colormap(1)[0][:3] == (31, 119, 180)  # water blue
+        classes = src.read(1)
+    with rasterio.open(result.probs_tif) as src:
+        assert src.crs.to_string() == CRS and src.count == 3 and src.dtypes == ("float32",) * 3 and math.isnan(src.nodata)
+        assert list(src.descriptions) == CLASSES and src.transform == rasterio.open(result.classes_tif).transform
+        probs = src.read()
+    np.testing.assert_allclose(probs.sum(axis=0), 1, atol=1e-5)
+    assert (classes == probs.argmax(axis=0)).all()
+
+    collection = json.loads(result.geojson.read_text())
+    assert_lonlat_polygons(collection, lonlat_bounds(scenes["scene"]))
+    assert len(collection["features"]) == result.n_regions >= 1
+    cells = {name: 0 for name in CLASSES}
+    for feature in collection["features"]:
+        props = feature["properties"]
+        assert set(props) == {"class", "class_index", "mean_score", "area_m2", "cells"}
+        assert props["class"] == CLASSES[props["class_index"]] and 0 < props["mean_score"] <= 1
+        # a region's area is its cells' (32 m x 32 m on the ground; UTM shrinks ground by 0.9996 at its central meridian)
+        assert props["area_m2"] == pytest.approx(props["cells"] * 32 * 32 / 0.9996**2, rel=1e-3)
+        cells[props["class"]] += props["cells"]
+    assert sum(f["properties"]["area_m2"] for f in collection["features"]) == pytest.approx(256 * 256, rel=2e-3)
+    for k, name in enumerate(CLASSES):
+        assert cells[name] == (classes == k).sum()
+        if cells[name]:  # mean_score: the class's probability averaged over the region's cells
+            weighted = sum(f["properties"]["mean_score"] * f["properties"]["cells"] for f in collection["features"]
+                           if f["properties"]["class"] == name)
+            assert weighted / cells[name] == pytest.approx(probs[k][classes == k].mean(), abs=1e-3)
+
+    summary = json.loads(result.summary.read_text())
+    assert summary["classes"] == CLASSES and sum(summary["shares"].values()) == pytest.approx(1, abs=1e-3)
+    assert summary["grid"]["rows"] == 8 and summary["windows"] == {"read": 64, "scored": 64, "without_data": 0, "cells": 64}
+    assert result.windows_per_second > 0 and result.pixels_per_second == pytest.approx(result.windows_per_second * 256, rel=1e-3)
+    with Image.open(result.quicklook) as png:
+        assert png.format == "PNG" and png.width >= 500
+    assert result.quicklook.stat().st_size < 300_000
+
+
+@pytest.mark.parametrize("name, empty", [("nan", (slice(0, 4), slice(0, 4))), ("uint16", (slice(6, 8), slice(4, 8)))])
+def test_nodata_and_nan_cells_are_255_and_valid_area_is_mapped(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path,
+                                                               name: str, empty: tuple[slice, slice]) -> None:
+    result = map_raster(encoder, scenes[name], tmp_path, classes=CLASSES, **FAST)
+    expected = np.zeros((8, 8), bool)
+    expected[empty] = True
+    with rasterio.open(result.classes_tif) as src:
+        classes = src.read(1)
+    with rasterio.open(result.probs_tif) as src:
+        probs = src.read()
+    assert ((classes == 255) == expected).all()
+    assert np.isnan(probs[:, expected]).all() and not np.isnan(probs[:, ~expected]).any()
+    np.testing.assert_allclose(probs[:, ~expected].sum(axis=0), 1, atol=1e-5)
+    assert result.n_windows == 64 and result.n_scored == 64 - expected.sum()
+    valid_m2 = (~expected).sum() * 16 * 16 * 4  # valid pixels x 4 m2
+    regions = json.loads(result.geojson.read_text())["features"]
+    assert sum(f["properties"]["area_m2"] for f in regions) == pytest.approx(valid_m2, rel=2e-3)
+    summary = json.loads(result.summary.read_text())
+    assert summary["stretch_limits"] is not None and len(summary["stretch_limits"]) == 3  # one range per band for the scene
+    assert any("stretched to 8 bits" in w and name in w for w in result.warnings)
+
+
+def test_adjacent_pieces_map_as_one_mosaic_like_the_whole(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path) -> None:
+    whole = map_raster(encoder, scenes["scene"], tmp_path / "whole", classes=CLASSES, **FAST)
+    pieces = map_raster(encoder, [scenes["west"], scenes["east"]], tmp_path / "pieces", classes=CLASSES, **FAST)
+    assert pieces.classes_tif.name == "west.classes.tif" and pieces.cells == whole.cells and pieces.n_scored == 64
+    with rasterio.open(whole.probs_tif) as a, rasterio.open(pieces.probs_tif) as b:
+        assert a.transform == b.transform and a.crs == b.crs
+        one, two = a.read(), b.read()
+    away = np.r_[0:3, 5:8]  # windows beside the seam (x = 500128 m, between columns 3 and 4) resample their edge pixels
+    np.testing.assert_allclose(one[:, :, away], two[:, :, away], atol=1e-5)  # from one piece only: close, not equal
+    np.testing.assert_allclose(one, two, atol=0.02)
+    assert json.loads(pieces.summary.read_text())["rasters"] == [str(scenes["west"]), str(scenes["east"])]
+
+
+def test_overlapping_windows_batched_equal_one_window_at_a_time(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path) -> None:
+    """Stride < tile: cells of 16 m scored from 32 m windows; read-ahead batches give what one window at a time gives."""
+    result = map_raster(encoder, scenes["nan"], tmp_path, classes=CLASSES, stride_m=16, batch_size=7,
+                        **{**FAST, "workers": 2})
+    assert result.cells == (16, 16) and result.stride_m == 16
+    grid = plan_grid(open_scene([scenes["nan"]]), 32, 16, 64)
+    read = WindowReader.of(grid)
+    classifier = encoder.zero_shot(CLASSES, list(TEMPLATES))
+    with rasterio.open(result.probs_tif) as src:
+        probs = src.read()
+    alone = {window: read(window) for window in grid.windows}  # each window read by itself, in this process
+    for (row, col), pixels in alone.items():
+        if pixels is None:  # under half of the window holds data
+            assert np.isnan(probs[:, row, col]).all()
+    scored = [w for w, pixels in alone.items() if pixels is not None]
+    assert len(scored) == result.n_scored and 0 < len(scored) < 256
+    expected = classifier.probabilities(encoder.embed_images([alone[w] for w in scored]))
+    np.testing.assert_allclose(np.stack([probs[:, r, c] for r, c in scored]), expected, atol=1e-4)
+
+
+def test_default_window_is_the_models_training_tile(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    card = "# domainfm: remote_sensing\n\n| Key | Value |\n|---|---|\n| curate.target_gsd_m | 2.0000 |\n| curate.tile_size | 64 |\n"
+    model = carded_export(export, tmp_path / "rs_model", card)
+    result = map_raster(model, scenes["scene"], tmp_path / "out", classes=CLASSES, workers=0, device="cpu")
+    assert result.tile_m == result.stride_m == 128 and result.cells == (2, 2)  # 64 px at 2 m
+
+
+def test_map_command_prints_and_writes(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    for verb in ("map", "search"):
+        shown = CliRunner().invoke(app, [verb, "remote_sensing", "--help"], terminal_width=200)
+        assert shown.exit_code == 0 and "--raster" in shown.output and "--tile-m" in shown.output
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_text("lake\n\nwoodland\n")
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["map", "remote_sensing", "--model", str(export), "--raster", str(scenes["west"]),
+                                      "--raster", str(scenes["east"]), "--classes-file", str(classes_file), "--tile-m", "64",
+                                      "--stride-m", "32", "--workers", "0", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "windows/s" in result.output and "Mpx/s" in result.output and (out / "west.geojson").is_file()
+    summary = json.loads((out / "west.json").read_text())
+    assert summary["classes"] == ["lake", "woodland"] and summary["grid"]["tile_m"] == 64 and summary["grid"]["cols"] == 8
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_search_ranks_windows_and_second_query_reads_the_cache(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    rasters = [scenes["west"], scenes["east"]]
+    first = search_rasters(encoder, rasters, "a lake", tmp_path / "q1", top_k=5, cache=cache, **FAST)
+    collection = json.loads(first.geojson.read_text())
+    assert_lonlat_polygons(collection, lonlat_bounds(scenes["scene"]))
+    props = [f["properties"] for f in collection["features"]]
+    assert [p["rank"] for p in props] == [1, 2, 3, 4, 5]
+    assert all(a["score"] >= b["score"] for a, b in zip(props, props[1:]))
+    assert {p["raster"] for p in props} <= {"west.tif", "east.tif"} and props == first.best
+    for feature in collection["features"]:  # each footprint is its 32 m window
+        assert shape(feature["geometry"]).area == pytest.approx(32 * 32 / (111_320**2 * math.cos(math.radians(45.15))), rel=0.02)
+    assert not first.cached and first.n_windows == 64 and len(list(cache.glob("*.npz"))) == 1
+    with Image.open(first.contact_sheet) as sheet:
+        assert sheet.format == "PNG" and sheet.height > 160
+    assert json.loads(first.summary.read_text())["best"] == first.best
+
+    calls = []
+    embed = ClipEncoder.embed_tensors
+    monkeypatch.setattr(ClipEncoder, "embed_tensors", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
+    again = search_rasters(encoder, rasters, "a lake", tmp_path / "q2", top_k=5, cache=cache, **FAST)
+    assert calls == [] and again.cached and again.best == first.best  # no window read nor embedded
+    other = search_rasters(encoder, rasters, "fields with furrows", tmp_path / "q3", top_k=3, cache=cache, **FAST)
+    assert calls == [] and other.cached and len(other.best) == 3
+    search_rasters(encoder, rasters, "a lake", tmp_path / "q4", top_k=3, cache=cache, **{**FAST, "tile_m": 64.0})
+    assert sum(calls) == 16 and len(list(cache.glob("*.npz"))) == 2  # other windows are embedded anew
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _geographic(folder: Path, scenes: dict[str, Path]) -> Path:
+    return write_raster(folder / "lonlat.tif", landscape(), crs="EPSG:4326", origin=(15.0, 45.2), res=0.00003)
+
+
+def _no_crs(folder: Path, scenes: dict[str, Path]) -> Path:
+    return write_raster(folder / "nocrs.tif", landscape(), crs=None)
+
+
+def _not_a_raster(folder: Path, scenes: dict[str, Path]) -> Path:
+    (folder / "notes.tif").write_text("not a GeoTIFF\n")
+    return folder / "notes.tif"
+
+
+def _truncated(folder: Path, scenes: dict[str, Path]) -> Path:
+    data = scenes["uint16"].read_bytes()
+    (folder / "cut.tif").write_bytes(data[: len(data) // 3])
+    return folder / "cut.tif"
+
+
+def _missing(folder: Path, scenes: dict[str, Path]) -> Path:
+    return folder / "nowhere.tif"
+
+
+def _other_crs(folder: Path, scenes: dict[str, Path]) -> list[Path]:
+    with rasterio.open(scenes["east"]) as src:
+        data = src.read()
+    return [scenes["west"], write_raster(folder / "east_34n.tif", data, crs="EPSG:32634", origin=(ORIGIN[0] + 128, ORIGIN[1]))]
+
+
+@pytest.mark.parametrize("make, message", [
+    (_geographic, r"geographic \(degrees\).*gdalwarp -t_srs EPSG:32633"),
+    (_no_crs, "no CRS.*gdal"),
+    (_not_a_raster, "not a raster file"),
+    (_truncated, "unreadable raster|corrupt or truncated"),
+    (_missing, "not found"),
+    (_other_crs, "differs from .*west.tif.*gdalwarp -t_srs EPSG:32633"),
+])
+def test_bad_raster_is_named_and_nothing_is_written(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path, make,
+                                                    message: str) -> None:
+    made = make(tmp_path, scenes)
+    bad = made[-1] if isinstance(made, list) else made
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=message) as caught:
+        map_raster(encoder, made, out, classes=CLASSES, **FAST)
+    assert str(bad) in str(caught.value)
+    _assert_nothing_written(out)
+    kept = tmp_path / "kept"  # an earlier map in the folder stays as it was
+    kept.mkdir()
+    (kept / "scene.png").write_bytes(b"earlier")
+    with pytest.raises(InputError, match=message):
+        search_rasters(encoder, made, "water", kept, cache=tmp_path / "cache", **FAST)
+    assert [p.name for p in kept.iterdir()] == ["scene.png"] and (kept / "scene.png").read_bytes() == b"earlier"
+
+
+def test_bad_model_or_classes_are_named_and_nothing_is_written(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    scene = scenes["scene"]
+    pathology = carded_export(export, tmp_path / "pathology_model", "# domainfm: pathology\n\nH&E tiles.\n")
+    with pytest.raises(InputError, match="export of the pathology domain") as caught:
+        map_raster(pathology, scene, out, **FAST)
+    assert str(pathology) in str(caught.value)
+    volume = tmp_path / "ct_model"
+    volume.mkdir()
+    (volume / "config.json").write_text(json.dumps({"model": {}, "phenotypes": ["emphysema"]}))
+    with pytest.raises(InputError, match="volume model") as caught:
+        search_rasters(volume, scene, "water", out, **FAST)
+    assert str(volume) in str(caught.value)
+    with pytest.raises(InputError, match="not an exported model"):
+        map_raster(tmp_path, scene, out, **FAST)
+    with pytest.raises(InputError, match="no class names"):
+        map_raster(export, scene, out, classes=[], **FAST)
+    with pytest.raises(InputError, match="repeat: water"):
+        map_raster(export, scene, out, classes=["water", "road", "water"], **FAST)
+    with pytest.raises(InputError, match="stride 64 m"):
+        map_raster(export, scene, out, classes=CLASSES, stride_m=64, **FAST)
+    with pytest.raises(InputError, match="smaller than one 512 m cell"):
+        map_raster(export, scene, out, classes=CLASSES, **{**FAST, "tile_m": 512.0})
+    with pytest.raises(InputError, match="empty --query"):
+        search_rasters(export, scene, " ", out, **FAST)
+    _assert_nothing_written(out)
+
+    empty = tmp_path / "classes.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(InputError, match="classes.txt: no class names"):
+        read_classnames(classes_file=empty)
+
+    result = CliRunner().invoke(app, ["map", "remote_sensing", "--model", str(export), "--raster", str(scene), "--classes", "",
+                                      "--out", str(out)])
+    assert result.exit_code == 1 and "no class names" in result.output and "Traceback" not in result.output
+    lonlat = _geographic(tmp_path, scenes)
+    result = CliRunner().invoke(app, ["map", "remote_sensing", "--model", str(export), "--raster", str(lonlat), "--out", str(out)])
+    assert result.exit_code == 1 and "Error:" in result.output and str(lonlat) in result.output
+    _assert_nothing_written(out)
+
+
+def test_unreadable_window_in_a_reader_process_is_named(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from domains.remote_sensing import analyst_windows
+
+    real = analyst_windows.read_mosaic_tile
+
+    def damaged_after_two(sources, *args, **kwargs):
+        damaged_after_two.calls = getattr(damaged_after_two, "calls", 0) + 1
+        if damaged_after_two.calls > 2:
+            raise analyst_windows.MemberReadError(0)  # as a truncated strip fails when read
+        return real(sources, *args, **kwargs)
+
+    monkeypatch.setattr(analyst_windows, "read_mosaic_tile", damaged_after_two)  # worker processes fork with it
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="scene.tif: unreadable raster data"):
+        map_raster(encoder, scenes["scene"], out, classes=CLASSES, batch_size=4, **{**FAST, "workers": 2})
+    _assert_nothing_written(out)
+
+
+# ---------------------------------------------------------------- real rasters
+
+
+def _need(*parts: str) -> Path:
+    path = RS.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real sample data not found: {path}")
+    return path
+
+
+def _web_tile(path: Path, x: int, y: int, z: int, out: Path) -> Path:
+    """A z/x/y web-map tile written as the EPSG:3857 GeoTIFF it stands for."""
+    half = math.pi * 6378137.0
+    size = 2 * half / 2**z
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    with rasterio.open(out, "w", driver="GTiff", width=rgb.shape[1], height=rgb.shape[0], count=3, dtype="uint8", crs="EPSG:3857",
+                       transform=from_bounds(-half + x * size, half - (y + 1) * size, -half + (x + 1) * size, half - y * size,
+                                             rgb.shape[1], rgb.shape[0])) as dst:
+        dst.write(rgb.transpose(2, 0, 1))
+    return out
+
+
+@pytest.mark.realdata
+def test_real_landsat_scene_map(encoder: ClipEncoder, tmp_path: Path) -> None:
+    """RGB.byte.tif: Landsat 7, EPSG:32618, 300 m pixels, a nodata border around a tilted swath."""
+    path = _need("rasterio", "RGB.byte.tif")
+    result = map_raster(encoder, path, tmp_path, classes=["water", "land", "clouds"], tile_m=20000, workers=0, device="cpu")
+    with rasterio.open(result.classes_tif) as src, rasterio.open(path) as scene:
+        assert src.crs == scene.crs and src.res == (20000, 20000)
+        classes = src.read(1)
+        left, bottom, right, top = src.bounds
+        assert scene.bounds.left <= left and right <= scene.bounds.right and scene.bounds.bottom <= bottom and top <= scene.bounds.top
+        corner = scene.dataset_mask(window=((0, 30), (0, 30)))
+    assert not corner.any() and classes[0, 0] == 255  # the border's corner is nodata, so is its cell
+    assert 0 < result.n_scored < result.n_windows == classes.size and (classes != 255).sum() == result.n_scored
+    assert_lonlat_polygons(json.loads(result.geojson.read_text()), lonlat_bounds(path))  # around 77-79 W, 23.5-25.5 N
+
+
+@pytest.mark.realdata
+def test_real_web_mercator_tiles_as_one_mosaic(encoder: ClipEncoder, tmp_path: Path) -> None:
+    """Three adjacent aerial z18 tiles (EPSG:3857, ~0.5 m on the ground): windows of ground metres, areas on the ground."""
+    root = _need("robosat_tiles_osm", "parking", "images", "18")
+    tiles = [_web_tile(p, int(p.parent.name), int(p.stem), 18, tmp_path / f"{p.parent.name}-{p.stem}.tif")
+             for p in sorted(root.glob("*/*.webp")) if int(p.parent.name) >= 70000]
+    assert len(tiles) == 3
+    result = map_raster(encoder, tiles, tmp_path / "out", classes=["parking lot", "road", "trees"], tile_m=40, workers=0, device="cpu")
+    summary = json.loads(result.summary.read_text())
+    scale = summary["grid"]["crs_units_per_m"]
+    assert result.crs == "EPSG:3857" and 1.15 < scale < 1.30  # 1 / cos(latitude) at about 34 N
+    with rasterio.open(result.classes_tif) as src:
+        assert src.res[0] == pytest.approx(40 * scale)
+        classes = src.read(1)
+    assert (classes == 255).any() and (classes != 255).sum() == result.n_scored > 0  # the 3 x 2 tile box lacks three tiles
+    regions = json.loads(result.geojson.read_text())["features"]
+    assert sum(f["properties"]["area_m2"] for f in regions) == pytest.approx(result.n_scored * 40 * 40, rel=0.02)
