@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "map": "pipelines.analyst_cli:map_app",
     "search": "pipelines.analyst_cli:search_app",
     "predict": "pipelines.analyst_cli:predict_app",
+    "notebooks": "pipelines.notebooks:notebooks_command",
 }
 
 
