@@ -261,7 +261,10 @@ def test_evaluate_skips_missing_tasks_with_a_message(tmp_path, tiny_models, caps
     assert "skipping zero-shot" in printed and "skipping retrieval" in printed
     assert json.loads((out / "metrics.json").read_text()) == {"base": {}}
     assert (out / "per_class.csv").read_text() == "model,classname,accuracy\n"
-    assert not (out / "zeroshot_base.json").exists()
+    # the declared result files exist (DVC needs them) and hold the reason, no metrics
+    skipped = json.loads((out / "zeroshot_base.json").read_text())
+    assert skipped["metrics"] == {} and "no .tar shards" in skipped["skipped"]
+    assert json.loads((out / "retrieval_base.json").read_text())["metrics"] == {}
 
 
 def test_evaluate_rejects_label_outside_classnames(tmp_path, tiny_models):

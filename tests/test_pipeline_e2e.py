@@ -22,13 +22,15 @@ TINY = {
     "pretrain": {"n_samples": 384, "train": {"batch_size": 32, "epochs": 1, "warmup_steps": 2}},
     "remote_sensing": {
         "demo": {"scene_size_px": 1024, "zeroshot_per_class": 3, "zeroshot_size_px": 512},
-        "curate": {"workers": 1, "block_size_m": 128},
+        # a 1 km scene: tiles up to 160 m and 400 m ground cells; seed 6 gives both train and test ground
+        "curate": {"workers": 1, "max_tile_m": 160, "split_cell_m": 400, "split_seed": 6},
         "train": {"batch_size": 32, "epochs": 2, "checkpoint_every": 5, "warmup_steps": 2},
         "scaling": {"train": {"batch_size": 16, "max_steps": 3, "warmup_steps": 1}},
     },
     "pathology": {
         "demo": {"n_videos": 2, "video_seconds": 24.0, "n_slides": 2, "slide_size": 2048, "zeroshot_per_class": 4},
-        "curate": {"workers": 1, "slides": {"max_tiles_per_slide": 12}},
+        # seed 2: both slides train, one lecture test (which retrieval needs), one val
+        "curate": {"workers": 1, "slides": {"max_tiles_per_slide": 12}, "split_seed": 2},
         "train": {"batch_size": 4, "epochs": 1, "checkpoint_every": 0, "warmup_steps": 1},
     },
     "ct": {

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 from pipelines.errors import InputError
 
 ExecutorName = Literal["local", "ray"]
+EXECUTOR_HELP = "local: worker processes here; ray: Ray tasks on $RAY_ADDRESS, else a local Ray. Overrides params."
 
 CrashHandler = Callable[[Any, str], Any]
 

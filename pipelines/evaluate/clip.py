@@ -287,6 +287,11 @@ def _remove_stale(paths: Sequence[Path]) -> None:
             path.unlink()
 
 
+def _write_skipped(path: Path, dataset: str, model: str, pretrained: str, task: str, reason: str) -> None:
+    # The result file is a declared DVC output, so a skipped task still writes it: no metrics, the reason.
+    atomic_write_json(path, _benchmark_record(dataset, model, pretrained, task, {}, skipped=reason))
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -317,24 +322,30 @@ def evaluate(
     model_names = model_names or {}
 
     zeroshot: ZeroShotSet | None = None
+    zeroshot_skipped = ""
     if zeroshot_dir is None:
-        print("evaluate: skipping zero-shot classification: no zero-shot folder given")
+        zeroshot_skipped = "no zero-shot folder given"
     elif not Path(zeroshot_dir).is_dir() or not zeroshot_shards(Path(zeroshot_dir)):
-        print(f"evaluate: skipping zero-shot classification: no .tar shards in {zeroshot_dir}")
+        zeroshot_skipped = f"no .tar shards in {zeroshot_dir}"
     else:
         zeroshot = load_zeroshot_set(Path(zeroshot_dir), classnames, templates)
         if not zeroshot.images:
-            print(f"evaluate: skipping zero-shot classification: the shards in {zeroshot_dir} hold no samples")
+            zeroshot_skipped = f"the shards in {zeroshot_dir} hold no samples"
             zeroshot = None
+    if zeroshot_skipped:
+        print(f"evaluate: skipping zero-shot classification: {zeroshot_skipped}")
 
     retrieval: RetrievalSet | None = None
+    retrieval_skipped = ""
     if not retrieval_shards:
-        print("evaluate: skipping retrieval: no retrieval shards given")
+        retrieval_skipped = "no retrieval shards (the split holds no pairs)"
     else:
         retrieval = load_retrieval_set(retrieval_shards)
         if not retrieval.images:
-            print(f"evaluate: skipping retrieval: no captioned images in {len(retrieval_shards)} shard(s)")
+            retrieval_skipped = f"no captioned images in {len(retrieval_shards)} shard(s)"
             retrieval = None
+    if retrieval_skipped:
+        print(f"evaluate: skipping retrieval: {retrieval_skipped}")
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     per_class_rows: list[tuple[str, str, float]] = []
@@ -369,7 +380,8 @@ def evaluate(
             title = f"{dataset_name}: {role}" + (f" ({name})" if name != role else "")
             write_confusion_png(confusion_png, zs["confusion_matrix"], zeroshot.classnames, title)
         else:
-            _remove_stale([zs_json, confusion_png, confusion_csv])
+            _remove_stale([confusion_png, confusion_csv])
+            _write_skipped(zs_json, dataset_name, name, role, "zeroshot_classification", zeroshot_skipped)
 
         if retrieval is not None:
             image_emb = encode_images(model, preprocess, retrieval.images, device, batch_size)
@@ -384,7 +396,7 @@ def evaluate(
                 ),
             )
         else:
-            _remove_stale([rt_json])
+            _write_skipped(rt_json, dataset_name, name, role, "zeroshot_retrieval", retrieval_skipped)
         model.train(was_training)
 
     summary = _summary(results)

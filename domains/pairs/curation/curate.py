@@ -32,7 +32,7 @@ import numpy as np
 import typer
 from PIL import Image, ImageOps
 
-from pipelines.curation import CurationConfig, Pair, Reject, UnitResult, WorkUnit, run_curation
+from pipelines.curation import EXECUTOR_HELP, CurationConfig, ExecutorName, Pair, Reject, UnitResult, WorkUnit, run_curation
 from pipelines.io.shards import member_key_ext
 from pipelines.io.text import read_table
 from pipelines.params import read
@@ -216,9 +216,11 @@ def curate_pairs_command(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Replace an output that has pairs even when this run curates none.")
     ] = False,
+    executor: Annotated[Optional[ExecutorName], typer.Option("--executor", help=EXECUTOR_HELP)] = None,
 ) -> None:
     """Curate already-captioned images (a CSV/TSV table or WebDataset shards)."""
-    cfg = read(params, PairsConfig, "pairs", "curate", workers=workers, allow_empty=allow_empty or None)
+    cfg = read(params, PairsConfig, "pairs", "curate", workers=workers, allow_empty=allow_empty or None,
+               executor=executor)
     if (csv is None) == (not shards):
         raise typer.BadParameter("give exactly one of --csv or --shards")
     units: list[WorkUnit] = []
