@@ -60,6 +60,28 @@ def test_a_failing_cell_is_named_and_nothing_is_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_remote_sensing_notebook_runs_on_a_tiny_export_and_raster(tmp_path: Path) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    export = tmp_path / "export"
+    torch.manual_seed(0)
+    save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), export)
+    raster = tmp_path / "scene.tif"
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 256, 256), dtype=np.uint8)
+    with rasterio.open(raster, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 1.0, 1.0)) as dst:
+        dst.write(pixels)
+    values = {"EXPORT": str(export), "RASTERS": [str(raster)], "CLASSES": ["forest", "water"], "TILE_M": 64,
+              "OUT": str(tmp_path / "work")}
+    ipynb, html = run_notebook(ROOT / "notebooks/remote_sensing.ipynb", tmp_path / "out", values, cwd=ROOT)
+    outputs = [o for c in nbformat.read(ipynb, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the quick-look and the contact sheet
+    assert any("folium" in o.get("data", {}).get("text/html", "") for o in outputs)  # the web map
+    assert (tmp_path / "work/scene.classes.tif").is_file() and (tmp_path / "work/search/search.geojson").is_file()
+
+
+@pytest.mark.slow
 def test_pathology_notebook_runs_on_a_tiny_export_and_slide(tmp_path: Path) -> None:
     export = tmp_path / "export"
     torch.manual_seed(0)
