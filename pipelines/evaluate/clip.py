@@ -13,6 +13,8 @@ Outputs (all written atomically):
 - OUT/zeroshot_<model>.json, OUT/retrieval_<model>.json: CLIP_benchmark's result format;
 - OUT/metrics.json: scalars per model and task, plus "delta" (adapted minus base), for `dvc metrics`;
 - OUT/per_class.csv: model,classname,accuracy, for `dvc plots`;
+- OUT/hubness.json, OUT/linear_probe.json when asked (analyses.py): hubness and modality gap on the
+  retrieval set, linear probes on the zero-shot set; their scalars also go into metrics.json;
 - PLOTS/confusion_<model>.png and PLOTS/confusion_<model>.csv (actual,predicted, one row per sample,
   for DVC's confusion template);
 - OUT/clip_benchmark/{zeroshot,retrieval}/: the sets as scored (images, labels, captions, class names,
@@ -33,6 +35,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines.evaluate import clip_benchmark as cb
+from pipelines.evaluate.hubness import HubnessConfig
+from pipelines.evaluate.linear_probe import LinearProbeConfig
 from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -54,6 +58,8 @@ class ClipEvaluateConfig:
     retrieval_split: Split = "test"
     classnames: Optional[list[str]] = None  # default: the zero-shot set's classnames.txt, else the domain's
     templates: Optional[list[str]] = None   # default: the domain's prompts.TEMPLATES
+    hubness: HubnessConfig = field(default_factory=HubnessConfig)  # hubness and modality gap on the retrieval set
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)  # linear probes on the zero-shot set
 
 
 # ---------------------------------------------------------------- reading the sets
@@ -350,12 +356,17 @@ def evaluate(
     model_names: dict[str, str] | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    hubness: HubnessConfig | None = None,
+    linear_probe: LinearProbeConfig | None = None,
+    bank_shards: Sequence[str] = (),
 ) -> dict:
     """Score every model on the same zero-shot set and retrieval shards; returns metrics.json's content.
 
     `models` maps a role ("base", "adapted", ...) to (model, preprocess_val, tokenizer).
     `model_names` maps a role to the name written as "model" in the CLIP_benchmark JSONs (the
     role itself goes in "pretrained"); roles without an entry use the role as the name.
+    `hubness` and `linear_probe` (None: not run, no file) ask for analyses.py's analyses; the
+    hubness banks are drawn from `bank_shards` (the curated train split).
     """
     if not models:
         raise ValueError("evaluate needs at least one model")
@@ -392,6 +403,9 @@ def evaluate(
     # Before scoring: a class name or template CLIP_benchmark cannot read back stops the run early.
     write_benchmark_sets(out_dir / "clip_benchmark", dataset_name, zeroshot, zeroshot_skipped, retrieval, retrieval_skipped)
 
+    from pipelines.evaluate.analyses import Analyses  # here: analyses.py imports this module
+
+    analyses = Analyses(hubness, linear_probe, bank_shards, device, batch_size)
     results: dict[str, dict[str, dict[str, float]]] = {}
     per_class_rows: list[tuple[str, str, float]] = []
     for role, (model, preprocess, tokenizer) in models.items():
@@ -409,6 +423,7 @@ def evaluate(
             zs = zero_shot_metrics(logits, zeroshot.labels, zeroshot.classnames)
             scalars = {k: zs[k] for k in ZEROSHOT_SCALARS}
             results[role]["zeroshot"] = scalars
+            results[role].update(analyses.on_zeroshot(role, features, zeroshot.labels))
             atomic_write_json(
                 zs_json,
                 _benchmark_record(
@@ -433,6 +448,7 @@ def evaluate(
             text_emb = encode_texts(model, tokenizer, retrieval.texts, device, batch_size)
             rt = retrieval_metrics(image_emb, text_emb, retrieval.text_to_image)
             results[role]["retrieval"] = rt
+            results[role].update(analyses.on_retrieval(role, model, preprocess, tokenizer, image_emb, text_emb, retrieval.text_to_image))
             atomic_write_json(
                 rt_json,
                 _benchmark_record(
@@ -444,6 +460,7 @@ def evaluate(
             _write_skipped(rt_json, dataset_name, name, role, "zeroshot_retrieval", retrieval_skipped)
         model.train(was_training)
 
+    analyses.write(out_dir, list(models), retrieval_skipped, zeroshot_skipped)
     summary = _summary(results)
     atomic_write_json(out_dir / "metrics.json", summary)
     # Written even when zero-shot was skipped, so a declared DVC plots file always exists.
