@@ -181,12 +181,13 @@ def run_params(params: dict, domain: str, seed: int) -> dict:
     The evaluate stage's hubness and linear-probe analyses are switched off: a sweep compares
     zero-shot and retrieval across data sizes, and the analyses would add about a minute per run.
     """
-    from pipelines.domain import get
+    from pipelines.domain import available
 
     merged = copy.deepcopy(params)
     overrides = section(params, domain, "scaling").get("train") or {}
     merged[domain]["train"] = {**section(params, domain, "train"), **overrides, "seed": seed}
-    if get(domain).modality != "volume":  # the volume evaluation has neither analysis
+    image_domain = domain in available() and available()[domain].modality != "volume"  # volumes have neither analysis
+    if image_domain:
         evaluate = merged[domain].setdefault("evaluate", {}) or {}
         merged[domain]["evaluate"] = {**evaluate, "hubness": {**(evaluate.get("hubness") or {}), "enabled": False},
                                       "linear_probe": {**(evaluate.get("linear_probe") or {}), "enabled": False}}
@@ -219,7 +220,6 @@ def sweep_run(
     domain: str, data: Path, zeroshot: Optional[Path], out: Path, params_path: Path, fraction: float, seed: int, quality_keep: float = 1.0
 ) -> dict[str, Any]:
     """Subset -> train -> evaluate in a scratch folder beside `out`; keeps only RUN_FILES in `out`."""
-    from pipelines.domain import get
     from pipelines.evaluate.stage import evaluate_domain
     from pipelines.train.stage import train_domain
 
