@@ -135,5 +135,5 @@ def test_top_quality_and_run_params():
     assert merged["rs"]["train"] == {"epochs": 30, "lr": 0.1, "seed": 4, "max_steps": 60}
     assert params["rs"]["train"]["seed"] == 0  # the caller's params are not modified
     # sweep runs of an image domain skip the evaluate stage's hubness and linear-probe analyses
-    evaluate = run_params({"remote_sensing": {"train": {}, "evaluate": {"batch_size": 8}}}, "remote_sensing", 0)["remote_sensing"]["evaluate"]
-    assert evaluate == {"batch_size": 8, "hubness": {"enabled": False}, "linear_probe": {"enabled": False}}
+    rs = run_params({"remote_sensing": {"train": {}, "evaluate": {"batch_size": 8}}}, "remote_sensing", 0)["remote_sensing"]
+    assert rs["evaluate"] == {"batch_size": 8, "hubness": {"enabled": False}, "linear_probe": {"enabled": False}}

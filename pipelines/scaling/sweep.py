@@ -220,6 +220,7 @@ def sweep_run(
     domain: str, data: Path, zeroshot: Optional[Path], out: Path, params_path: Path, fraction: float, seed: int, quality_keep: float = 1.0
 ) -> dict[str, Any]:
     """Subset -> train -> evaluate in a scratch folder beside `out`; keeps only RUN_FILES in `out`."""
+    from pipelines.domain import get
     from pipelines.evaluate.stage import evaluate_domain
     from pipelines.train.stage import train_domain
 
