@@ -181,12 +181,15 @@ def run_params(params: dict, domain: str, seed: int) -> dict:
     The evaluate stage's hubness and linear-probe analyses are switched off: a sweep compares
     zero-shot and retrieval across data sizes, and the analyses would add about a minute per run.
     """
-    from pipelines.domain import available
+    from pipelines.domain import get
 
     merged = copy.deepcopy(params)
     overrides = section(params, domain, "scaling").get("train") or {}
     merged[domain]["train"] = {**section(params, domain, "train"), **overrides, "seed": seed}
-    image_domain = domain in available() and available()[domain].modality != "volume"  # volumes have neither analysis
+    try:
+        image_domain = get(domain).modality != "volume"  # the volume evaluation has neither analysis
+    except KeyError:  # not a registered domain: nothing to switch off
+        image_domain = False
     if image_domain:
         evaluate = merged[domain].setdefault("evaluate", {}) or {}
         merged[domain]["evaluate"] = {**evaluate, "hubness": {**(evaluate.get("hubness") or {}), "enabled": False},
