@@ -117,7 +117,7 @@ def test_evaluate_writes_every_declared_output(trained):
     out, plots = trained["root"] / "metrics", trained["root"] / "plots"
     evaluate_domain("ct", trained["model"], trained["raw"] / "zeroshot", trained["data"], out, plots, trained["params"])
     for name in ("metrics.json", "zeroshot_base.json", "zeroshot_adapted.json", "retrieval_base.json",
-                 "retrieval_adapted.json", "per_class.csv"):
+                 "retrieval_adapted.json", "per_class.csv", "hubness.json", "linear_probe.json"):
         assert (out / name).is_file(), name
     assert (plots / "phenotype_auroc.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())

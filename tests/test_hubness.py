@@ -1,10 +1,31 @@
 """Hubness measures and corrections, checked against the papers' formulas on hand-made similarities."""
 from __future__ import annotations
 
+import copy
+import io
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
+import webdataset as wds
+from PIL import Image
 
-from pipelines.evaluate.hubness import corrected_scores, db_norm, hubness, k_occurrence, modality_gap, qb_norm
+from pipelines.evaluate.analyses import sample_bank, write_skipped
+from pipelines.evaluate.hubness import (
+    CORRECTIONS,
+    HubnessConfig,
+    corrected_scores,
+    db_norm,
+    hubness,
+    hubness_summary,
+    k_occurrence,
+    modality_gap,
+    qb_norm,
+    retrieval_hubness,
+)
+from pipelines.evaluate.linear_probe import LinearProbeConfig
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -83,3 +104,171 @@ def test_modality_gap_alignment_and_uniformity() -> None:
     same = modality_gap(np.tile(img[:1], (5, 1)), np.tile(img[:1], (5, 1)))
     assert same["uniformity_image"] == pytest.approx(0.0) and same["alignment"] == 0.0
     assert modality_gap(img, img)["uniformity_image"] < -1  # spread points are more uniform than one point
+
+
+# ---------------------------------------------------------------- on a retrieval set, and in the evaluate stage
+
+
+def planted_hub(seed: int = 5, n: int = 150, d: int = 32) -> dict[str, np.ndarray]:
+    """Captions share a direction; one image in `n` lies along it (test image 0: a hub); the banks are drawn like the test set."""
+    rng = np.random.default_rng(seed)
+    common = unit(rng.standard_normal(d))
+
+    def pairs(m: int) -> tuple[np.ndarray, np.ndarray]:
+        images = unit(rng.standard_normal((m, d)))
+        texts = unit(images + 1.2 * rng.standard_normal((m, d)) / np.sqrt(d) + 0.8 * common)
+        images[::n] = unit(images[::n] + 3 * common)
+        return images, texts
+
+    images, texts = pairs(n)
+    bank_images, bank_texts = pairs(4 * n)
+    return {"images": images, "texts": texts, "owner": np.arange(n), "bank_images": bank_images, "bank_texts": bank_texts}
+
+
+def test_corrections_lower_a_planted_hubs_k_occurrence_and_the_skewness() -> None:
+    s = planted_hub()
+    cfg = HubnessConfig(beta=20.0)
+    report = retrieval_hubness(s["images"], s["texts"], s["owner"], s["bank_images"], s["bank_texts"], cfg)
+    t2i = report["text_to_image"]
+    hub_count = {}
+    for name, correction in CORRECTIONS.items():
+        scores = corrected_scores(correction, s["texts"], s["images"], s["bank_texts"], s["bank_images"], 20.0, 20.0)
+        hub_count[name] = k_occurrence(scores, 10)[0]
+    assert hub_count["plain"] > 0.5 * len(s["texts"])  # the plant worked: the hub is in most top 10s
+    assert hub_count["qb_norm"] < 0.5 * hub_count["plain"] and hub_count["db_norm"] < 0.5 * hub_count["plain"]
+    for name in ("qb_norm", "db_norm"):
+        assert t2i[name]["n10_skewness"] < t2i["plain"]["n10_skewness"] - 1
+        assert t2i[name]["never_in_top10"] <= t2i["plain"]["never_in_top10"]
+        assert t2i[name]["recall@1"] > t2i["plain"]["recall@1"] + 0.1  # measured: 0.75 plain, 0.93 qb_norm, 0.92 db_norm
+    assert report["bank"] == {"images": 600, "texts": 600}
+    summary = hubness_summary(report, 10)
+    assert summary["n10_skewness"] == t2i["plain"]["n10_skewness"] and summary["r1_qb_norm"] == t2i["qb_norm"]["recall@1"]
+    assert summary["modality_gap"] == pytest.approx(np.linalg.norm(s["images"].mean(0) - s["texts"].mean(0)), rel=1e-5)
+
+
+def test_without_banks_the_corrected_metrics_are_the_plain_ones() -> None:
+    s = planted_hub(n=40)
+    empty = np.zeros((0, s["images"].shape[1]))
+    report = retrieval_hubness(s["images"], s["texts"], s["owner"], empty, empty, HubnessConfig(bank_size=0))
+    for direction in ("text_to_image", "image_to_text"):
+        assert report[direction]["qb_norm"] == report[direction]["plain"] == report[direction]["db_norm"]
+    assert report["bank"] == {"images": 0, "texts": 0}
+
+
+def test_plain_recall_equals_the_retrieval_metrics() -> None:
+    from pipelines.evaluate.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(7)
+    images, texts = unit(rng.standard_normal((30, 8))), unit(rng.standard_normal((70, 8)))
+    owner = np.concatenate([np.arange(30), rng.integers(0, 30, 40)])  # several captions for some images
+    report = retrieval_hubness(images, texts, owner, np.zeros((0, 8)), np.zeros((0, 8)), HubnessConfig())
+    reference = retrieval_metrics(torch.as_tensor(images), torch.as_tensor(texts), owner.tolist())
+    for k in (1, 5, 10):
+        assert report["text_to_image"]["plain"][f"recall@{k}"] == pytest.approx(reference[f"image_retrieval_recall@{k}"])
+        assert report["image_to_text"]["plain"][f"recall@{k}"] == pytest.approx(reference[f"text_retrieval_recall@{k}"])
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_pairs(path: Path, n: int, first: int, uncaptioned: int = 0) -> None:
+    with wds.TarWriter(str(path)) as w:
+        for i in range(first, first + n):
+            variants = {"title": f"picture {i}.", "title_multi_objects": f"picture {i} with things."}
+            w.write({"__key__": f"p{i:03d}", "png": _png(i), "txt": f"picture {i}.",
+                     "json": json.dumps({"caption_variants": variants}).encode()})
+        for i in range(uncaptioned):
+            w.write({"__key__": f"u{i:03d}", "png": _png(900 + i)})
+
+
+def test_bank_is_a_seeded_uniform_sample_of_captioned_train_pairs(tmp_path) -> None:
+    shards = [tmp_path / "train-000000.tar", tmp_path / "train-000001.tar"]
+    _write_pairs(shards[0], 6, 0, uncaptioned=2)
+    _write_pairs(shards[1], 4, 6)
+    bank = sample_bank([str(p) for p in shards], 4, seed=0)
+    assert bank.n_available == 10 and len(bank.images) == len(bank.texts) == 4
+    assert bank == sample_bank([str(p) for p in shards], 4, seed=0)
+    index = {_png(i): i for i in range(10)}
+    picked = [index[img] for img in bank.images]
+    assert picked == sorted(set(picked))  # distinct, in shard order
+    assert all(text in (f"picture {i}.", f"picture {i} with things.") for i, text in zip(picked, bank.texts))
+    everything = sample_bank([str(p) for p in shards], 50, seed=0)
+    assert [index[img] for img in everything.images] == list(range(10))
+    # reservoir sampling: every pair is kept with probability 4/10, wherever it sits in the shards
+    counts = np.zeros(10)
+    for seed in range(300):
+        counts[[index[img] for img in sample_bank([str(p) for p in shards], 4, seed=seed).images]] += 1
+    assert np.all(np.abs(counts / 300 - 0.4) < 0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    from pipelines.models.clip import ModelSpec, load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelSpec("domainfm-tiny"))
+    triple = (loaded.model, loaded.preprocess_val, loaded.tokenizer)
+    return {"base": triple, "adapted": (copy.deepcopy(loaded.model), loaded.preprocess_val, loaded.tokenizer)}
+
+
+def test_evaluate_writes_hubness_and_linear_probe_records(tmp_path, tiny_pair) -> None:
+    from pipelines.evaluate.clip import evaluate
+    from pipelines.export.clip import render_card
+    from pipelines.models.adapt import AdaptConfig
+    from pipelines.models.clip import ModelSpec
+
+    zs = tmp_path / "zeroshot"
+    zs.mkdir()
+    (zs / "classnames.txt").write_text("water\nforest\nroad\n")
+    with wds.TarWriter(str(zs / "test-000000.tar")) as w:
+        for i in range(18):
+            w.write({"__key__": f"z{i:03d}", "png": _png(500 + i), "cls": str(i % 3).encode()})
+    (tmp_path / "shards").mkdir()
+    test_shard, train_shard = tmp_path / "shards" / "test-000000.tar", tmp_path / "shards" / "train-000000.tar"
+    _write_pairs(test_shard, 4, 0)
+    _write_pairs(train_shard, 6, 100)
+    out = tmp_path / "eval"
+    args = (tiny_pair, zs, [str(test_shard)], None, ["a photo of {c}."], out, tmp_path / "plots", "demo")
+
+    metrics = evaluate(*args, batch_size=8, hubness=HubnessConfig(bank_size=4), linear_probe=LinearProbeConfig(shots=[1, 2, 4], seeds=2),
+                       bank_shards=[str(train_shard)])
+
+    hub = json.loads((out / "hubness.json").read_text())
+    probe = json.loads((out / "linear_probe.json").read_text())
+    assert set(hub) == set(probe) == {"base", "adapted"}
+    record = hub["base"]
+    assert set(record) == {"settings", "text_to_image", "image_to_text", "modality_gap", "bank", "n_images", "n_texts"}
+    assert record["bank"] == {"images": 4, "texts": 4, "drawn_from": 6} and record["settings"]["bank_size"] == 4
+    for direction in ("text_to_image", "image_to_text"):
+        assert set(record[direction]) == {"plain", "qb_norm", "db_norm"}
+        assert set(record[direction]["qb_norm"]) == {"n10_skewness", "never_in_top10", "recall@1", "recall@5", "recall@10"}
+    assert set(record["modality_gap"]) == {"gap", "alignment", "uniformity_image", "uniformity_text"}
+    assert hub["adapted"] == hub["base"]  # the same weights: the same analyses
+
+    # 6 images per class: 3 probe-test, 1 probe-val, 2 to draw shots from
+    assert set(probe["base"]["shots"]) == {"1", "2", "4"} and "skipped" in probe["base"]["shots"]["4"]
+    assert probe["base"]["split"]["test"] == 9 and probe["base"]["full"]["n_train"] == 9
+
+    assert set(metrics["base"]["hubness"]) == {"n10_skewness", "never_retrieved", "r1_plain", "r1_qb_norm", "r1_db_norm", "modality_gap"}
+    assert metrics["base"]["hubness"]["r1_plain"] == metrics["base"]["retrieval"]["image_retrieval_recall@1"]
+    assert set(metrics["adapted"]["linear_probe"]) == {"k1", "k2", "full"}
+    assert all(v == 0.0 for task in ("hubness", "linear_probe") for v in metrics["delta"][task].values())
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    card = render_card({"metrics": metrics}, ModelSpec("domainfm-tiny"), AdaptConfig(mode="frozen"), "demo")
+    assert "### Hubness" in card and "| modality_gap |" in card and "### Linear Probe" in card
+
+    # switched off: the declared files hold the reason, metrics.json has no such group
+    off = evaluate(*args, batch_size=8, hubness=HubnessConfig(enabled=False), linear_probe=LinearProbeConfig(enabled=False))
+    assert json.loads((out / "hubness.json").read_text())["base"] == {"skipped": "evaluate.hubness.enabled is false"}
+    assert json.loads((out / "linear_probe.json").read_text())["adapted"] == {"skipped": "evaluate.linear_probe.enabled is false"}
+    assert "hubness" not in off["base"] and "linear_probe" not in off["base"]
+
+    # not asked (library callers): no files at all; a model family without them: files that say so
+    evaluate(*args[:5], tmp_path / "bare", tmp_path / "plots", "demo", batch_size=8)
+    assert not (tmp_path / "bare" / "hubness.json").exists() and not (tmp_path / "bare" / "linear_probe.json").exists()
+    write_skipped(tmp_path / "ct", ["base", "adapted"], "open_clip only")
+    assert json.loads((tmp_path / "ct" / "linear_probe.json").read_text()) == {"base": {"skipped": "open_clip only"},
+                                                                               "adapted": {"skipped": "open_clip only"}}

@@ -79,7 +79,8 @@ def test_zeroshot_set_complete_and_separable(demo: Path) -> None:
     assert images.shape[1:] == (64, 64, 3)
     assert set(labels.tolist()) == set(range(len(CLASSNAMES)))
     assert (demo / "zeroshot" / "classnames.txt").read_text().split("\n")[:5] == list(CLASSNAMES)
-    assert "{c}" in (demo / "zeroshot" / "templates.txt").read_text()
+    # No templates file (it used to disagree with prompts.py): evaluation writes the templates it used.
+    assert not (demo / "zeroshot" / "templates.txt").exists()
     feats = np.stack([_features(i) for i in images])
     feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
     train = np.arange(len(labels)) % 2 == 0

@@ -134,3 +134,6 @@ def test_top_quality_and_run_params():
     merged = run_params(params, "rs", seed=4)
     assert merged["rs"]["train"] == {"epochs": 30, "lr": 0.1, "seed": 4, "max_steps": 60}
     assert params["rs"]["train"]["seed"] == 0  # the caller's params are not modified
+    # sweep runs of an image domain skip the evaluate stage's hubness and linear-probe analyses
+    rs = run_params({"remote_sensing": {"train": {}, "evaluate": {"batch_size": 8}}}, "remote_sensing", 0)["remote_sensing"]
+    assert rs["evaluate"] == {"batch_size": 8, "hubness": {"enabled": False}, "linear_probe": {"enabled": False}}

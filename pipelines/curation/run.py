@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -41,7 +40,7 @@ from pipelines.curation.splits import SPLITS, GroupSplitter, Splitter
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_dir, atomic_write_json, json_default
 from pipelines.io.manifest import write_manifest, write_rejects
-from pipelines.io.shards import add_member, sample_key
+from pipelines.io.shards import SampleTarWriter, add_member, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -359,15 +358,15 @@ def _write_shards(rows: list[dict], staging: Path, out: Path, shard_size: int) -
     by_unit: dict[str, list[dict]] = {}
     for r in rows:
         by_unit.setdefault(r["unit"], []).append(r)
-    writers: dict[str, tuple[wds.TarWriter, int, int]] = {}  # split -> (writer, shard index, count)
+    writers: dict[str, tuple[SampleTarWriter, int, int]] = {}  # split -> (writer, shard index, count)
 
-    def writer_for(split: str) -> wds.TarWriter:
+    def writer_for(split: str) -> SampleTarWriter:
         w, idx, n = writers.get(split, (None, -1, shard_size))
         if w is None or n >= shard_size:
             if w is not None:
                 w.close()
             idx += 1
-            w = wds.TarWriter(str(fresh / f"{split}-{idx:06d}.tar"), mtime=0)  # fixed mtime: byte-identical reruns
+            w = SampleTarWriter(fresh / f"{split}-{idx:06d}.tar")  # fixed mtime: byte-identical reruns
             n = 0
         writers[split] = (w, idx, n + 1)
         return w

@@ -2,23 +2,31 @@
 
 Tasks, each skipped with a message when its data is absent:
 - zero-shot classification on WebDataset shards with `png`/`jpg` + integer `cls`, plus
-  `classnames.txt` (and optionally `templates.txt`) beside them;
+  `classnames.txt` (and optionally prompt templates) beside them: our layout (`test-*.tar` or `*.tar`
+  in the folder, `templates.txt`) or CLIP_benchmark's (`test/0.tar..`, `test/nshards.txt`,
+  `zeroshot_classification_templates.txt`);
 - image-text retrieval on curated shards, where an image's positives are the unique non-empty
-  strings among its `txt` caption and its json["caption_variants"] values.
+  strings among its `txt` caption and its json["caption_variants"] values (line breaks in a caption
+  read as spaces, so every caption is one line).
 
 Outputs (all written atomically):
 - OUT/zeroshot_<model>.json, OUT/retrieval_<model>.json: CLIP_benchmark's result format;
 - OUT/metrics.json: scalars per model and task, plus "delta" (adapted minus base), for `dvc metrics`;
 - OUT/per_class.csv: model,classname,accuracy, for `dvc plots`;
+- OUT/hubness.json, OUT/linear_probe.json when asked (analyses.py): hubness and modality gap on the
+  retrieval set, linear probes on the zero-shot set; their scalars also go into metrics.json;
 - PLOTS/confusion_<model>.png and PLOTS/confusion_<model>.csv (actual,predicted, one row per sample,
-  for DVC's confusion template).
+  for DVC's confusion template);
+- OUT/clip_benchmark/{zeroshot,retrieval}/: the sets as scored (images, labels, captions, class names,
+  templates) in CLIP_benchmark's WebDataset layout, plus a README.txt with the `clip_benchmark eval`
+  commands that re-score them (pipelines/evaluate/clip_benchmark.py); replaced as a whole.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -26,10 +34,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipelines.evaluate import clip_benchmark as cb
+from pipelines.evaluate.hubness import HubnessConfig
+from pipelines.evaluate.linear_probe import LinearProbeConfig
 from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
-from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pipelines.io.shards import image_bytes, iter_tar_samples
+from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.io.shards import IMAGE_EXTS, image_bytes, iter_tar_samples
 
 ZEROSHOT_SCALARS = ("acc1", "acc5", "mean_per_class_recall")
 Split = Literal["train", "val", "test"]
@@ -47,6 +58,8 @@ class ClipEvaluateConfig:
     retrieval_split: Split = "test"
     classnames: Optional[list[str]] = None  # default: the zero-shot set's classnames.txt, else the domain's
     templates: Optional[list[str]] = None   # default: the domain's prompts.TEMPLATES
+    hubness: HubnessConfig = field(default_factory=HubnessConfig)  # hubness and modality gap on the retrieval set
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)  # linear probes on the zero-shot set
 
 
 # ---------------------------------------------------------------- reading the sets
@@ -60,6 +73,7 @@ class ZeroShotSet:
     labels: list[int]
     classnames: list[str]
     templates: list[str]
+    image_exts: list[str] = field(default_factory=list)  # each image's member extension (png, jpg, ...)
 
 
 @dataclass
@@ -69,14 +83,27 @@ class RetrievalSet:
     images: list[bytes]
     texts: list[str]
     text_to_image: list[int]
+    image_exts: list[str] = field(default_factory=list)  # each image's member extension (png, jpg, ...)
 
 
 def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _image_member(sample: dict[str, Any]) -> tuple[str, bytes]:
+    data = image_bytes(sample)  # raises, naming the sample, when it has no image
+    return next(ext for ext in IMAGE_EXTS if ext in sample), data  # the member image_bytes returned
+
+
 def zeroshot_shards(zeroshot_dir: Path) -> list[str]:
-    """`test-*.tar` in the folder, else every `*.tar` (a set may be packed under another split name)."""
+    """The set's shards: CLIP_benchmark's layout, else `test-*.tar`, else every `*.tar` in the folder.
+
+    CLIP_benchmark's layout is `test/0.tar..` counted by `test/nshards.txt`; `*.tar` because a set
+    may be packed under another split name.
+    """
+    nshards = zeroshot_dir / cb.SPLIT / "nshards.txt"
+    if nshards.is_file():
+        return [str(zeroshot_dir / cb.SPLIT / f"{i}.tar") for i in range(int(nshards.read_text().strip()))]
     shards = sorted(zeroshot_dir.glob("test-*.tar")) or sorted(zeroshot_dir.glob("*.tar"))
     return [str(p) for p in shards]
 
@@ -87,9 +114,11 @@ def load_zeroshot_set(
     """Read a zero-shot set. Explicit classnames/templates win over the folder's text files.
 
     Explicit classnames only rename classes for the prompts: their count must match
-    classnames.txt when that file exists, since `cls` indexes its lines.
+    classnames.txt when that file exists, since `cls` indexes its lines. Templates without explicit
+    ones: CLIP_benchmark's zeroshot_classification_templates.txt (str.format form), else templates.txt.
     """
     names_file, templates_file = zeroshot_dir / "classnames.txt", zeroshot_dir / "templates.txt"
+    benchmark_templates = zeroshot_dir / cb.TEMPLATES_FILE
     file_names = _read_lines(names_file) if names_file.is_file() else None
     if classnames is None:
         if file_names is None:
@@ -97,12 +126,14 @@ def load_zeroshot_set(
         classnames = file_names
     elif file_names is not None and len(file_names) != len(classnames):
         raise ValueError(f"{len(classnames)} class names given but {names_file} lists {len(file_names)}")
+    if templates is None and benchmark_templates.is_file():
+        templates = [cb.from_benchmark_template(t, benchmark_templates) for t in _read_lines(benchmark_templates)]
     if templates is None:
         templates = _read_lines(templates_file) if templates_file.is_file() else None
         if not templates:
             raise FileNotFoundError(f"no prompt templates: pass them or write {templates_file}")
 
-    images, labels = [], []
+    images, labels, exts = [], [], []
     for shard in zeroshot_shards(zeroshot_dir):
         for sample in iter_tar_samples(shard):
             if "cls" not in sample:
@@ -113,20 +144,23 @@ def load_zeroshot_set(
                     f"{shard}: sample {sample['__key__']!r} has cls={label}, outside the "
                     f"{len(classnames)} class names (0..{len(classnames) - 1})"
                 )
-            images.append(image_bytes(sample))
+            ext, data = _image_member(sample)
+            images.append(data)
+            exts.append(ext)
             labels.append(label)
-    return ZeroShotSet(images, labels, list(classnames), list(templates))
+    return ZeroShotSet(images, labels, list(classnames), list(templates), exts)
 
 
 def caption_positives(sample: dict[str, Any]) -> list[str]:
-    """Unique non-empty captions of a curated sample: `txt` first, then the caption variants."""
+    """Unique non-empty one-line captions of a curated sample: `txt` first, then the caption variants."""
     candidates = [sample["txt"].decode("utf-8")] if "txt" in sample else []
     if "json" in sample:
         variants = json.loads(sample["json"].decode("utf-8")).get("caption_variants") or {}
         candidates += [v for v in variants.values() if isinstance(v, str)]
     out: list[str] = []
     for text in candidates:
-        text = text.strip()
+        # One line each, so the retrieval set CLIP_benchmark reads (captions one per line) holds these very strings.
+        text = " ".join(text.splitlines()).strip()
         if text and text not in out:
             out.append(text)
     return out
@@ -135,6 +169,7 @@ def caption_positives(sample: dict[str, Any]) -> list[str]:
 def load_retrieval_set(shards: Sequence[str]) -> RetrievalSet:
     """Read curated shards into a retrieval set; images without any caption are left out."""
     images: list[bytes] = []
+    exts: list[str] = []
     texts: list[str] = []
     owner: list[int] = []
     for shard in shards:
@@ -144,8 +179,10 @@ def load_retrieval_set(shards: Sequence[str]) -> RetrievalSet:
                 continue
             texts += captions
             owner += [len(images)] * len(captions)
-            images.append(image_bytes(sample))
-    return RetrievalSet(images, texts, owner)
+            ext, data = _image_member(sample)
+            images.append(data)
+            exts.append(ext)
+    return RetrievalSet(images, texts, owner, exts)
 
 
 # ---------------------------------------------------------------- embedding
@@ -292,6 +329,18 @@ def _write_skipped(path: Path, dataset: str, model: str, pretrained: str, task: 
     atomic_write_json(path, _benchmark_record(dataset, model, pretrained, task, {}, skipped=reason))
 
 
+def write_benchmark_sets(folder: Path, dataset: str, zeroshot: ZeroShotSet | None, zeroshot_skipped: str,
+                         retrieval: RetrievalSet | None, retrieval_skipped: str) -> None:
+    """Replace `folder` with the sets as scored in CLIP_benchmark's wds layout (zeroshot/, retrieval/) and a README.txt."""
+    with atomic_dir(folder) as tmp:
+        if zeroshot is not None:
+            cb.write_zeroshot_set(tmp / "zeroshot", zeroshot.images, zeroshot.image_exts, zeroshot.labels,
+                                  zeroshot.classnames, zeroshot.templates)
+        if retrieval is not None:
+            cb.write_retrieval_set(tmp / "retrieval", retrieval.images, retrieval.image_exts, retrieval.texts, retrieval.text_to_image)
+        (tmp / "README.txt").write_text(cb.readme_text(dataset, folder, zeroshot_skipped, retrieval_skipped), encoding="utf-8")
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -307,12 +356,17 @@ def evaluate(
     model_names: dict[str, str] | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    hubness: HubnessConfig | None = None,
+    linear_probe: LinearProbeConfig | None = None,
+    bank_shards: Sequence[str] = (),
 ) -> dict:
     """Score every model on the same zero-shot set and retrieval shards; returns metrics.json's content.
 
     `models` maps a role ("base", "adapted", ...) to (model, preprocess_val, tokenizer).
     `model_names` maps a role to the name written as "model" in the CLIP_benchmark JSONs (the
     role itself goes in "pretrained"); roles without an entry use the role as the name.
+    `hubness` and `linear_probe` (None: not run, no file) ask for analyses.py's analyses; the
+    hubness banks are drawn from `bank_shards` (the curated train split).
     """
     if not models:
         raise ValueError("evaluate needs at least one model")
@@ -346,7 +400,12 @@ def evaluate(
             retrieval = None
     if retrieval_skipped:
         print(f"evaluate: skipping retrieval: {retrieval_skipped}")
+    # Before scoring: a class name or template CLIP_benchmark cannot read back stops the run early.
+    write_benchmark_sets(out_dir / "clip_benchmark", dataset_name, zeroshot, zeroshot_skipped, retrieval, retrieval_skipped)
 
+    from pipelines.evaluate.analyses import Analyses  # here: analyses.py imports this module
+
+    analyses = Analyses(hubness, linear_probe, bank_shards, device, batch_size)
     results: dict[str, dict[str, dict[str, float]]] = {}
     per_class_rows: list[tuple[str, str, float]] = []
     for role, (model, preprocess, tokenizer) in models.items():
@@ -364,6 +423,7 @@ def evaluate(
             zs = zero_shot_metrics(logits, zeroshot.labels, zeroshot.classnames)
             scalars = {k: zs[k] for k in ZEROSHOT_SCALARS}
             results[role]["zeroshot"] = scalars
+            results[role].update(analyses.on_zeroshot(role, features, zeroshot.labels))
             atomic_write_json(
                 zs_json,
                 _benchmark_record(
@@ -388,6 +448,7 @@ def evaluate(
             text_emb = encode_texts(model, tokenizer, retrieval.texts, device, batch_size)
             rt = retrieval_metrics(image_emb, text_emb, retrieval.text_to_image)
             results[role]["retrieval"] = rt
+            results[role].update(analyses.on_retrieval(role, model, preprocess, tokenizer, image_emb, text_emb, retrieval.text_to_image))
             atomic_write_json(
                 rt_json,
                 _benchmark_record(
@@ -399,6 +460,7 @@ def evaluate(
             _write_skipped(rt_json, dataset_name, name, role, "zeroshot_retrieval", retrieval_skipped)
         model.train(was_training)
 
+    analyses.write(out_dir, list(models), retrieval_skipped, zeroshot_skipped)
     summary = _summary(results)
     atomic_write_json(out_dir / "metrics.json", summary)
     # Written even when zero-shot was skipped, so a declared DVC plots file always exists.

@@ -26,12 +26,39 @@ rows are queries and columns gallery items.
 """
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 
 Correction = Literal["none", "qb_norm", "db_norm"]
+CORRECTIONS: dict[str, Correction] = {"plain": "none", "qb_norm": "qb_norm", "db_norm": "db_norm"}  # report name -> correction
+UNIFORMITY_MAX_ITEMS = 2048  # uniformity is quadratic in the items: a larger set is subsampled (seeded)
+
+
+@dataclass
+class HubnessConfig:
+    """params.yaml `<domain>.evaluate.hubness`: hubness, its corrections and the modality gap on the retrieval set.
+
+    The banks are `bank_size` image-caption pairs drawn (seeded) from the curated train split: the
+    query bank is of the queries' modality, the gallery bank of the gallery's, in each direction.
+    """
+
+    enabled: bool = True
+    bank_size: int = 1024  # train pairs in the banks; 0: no banks, and the corrected scores are the plain ones
+    beta: float = 20.0  # inverse temperature of QB-Norm and of DBNorm's query-bank term (QB-Norm's setting for CLIP-like models)
+    beta_gallery: Optional[float] = None  # DBNorm's gallery-bank term; None: beta
+    k: int = 10  # the k of the k-occurrence N_k (and of the never-retrieved share)
+    seed: int = 0  # which train pairs form the banks, and the subsample for uniformity
+
+    def __post_init__(self) -> None:
+        if self.bank_size < 0:
+            raise ValueError(f"bank_size must be >= 0, got {self.bank_size}")
+        if self.beta <= 0 or (self.beta_gallery is not None and self.beta_gallery <= 0):
+            raise ValueError("beta and beta_gallery must be > 0")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
 
 
 def k_occurrence(similarity: np.ndarray, k: int = 10) -> np.ndarray:
@@ -127,3 +154,84 @@ def modality_gap(image_emb: np.ndarray, text_emb: np.ndarray) -> dict[str, float
 
     out["uniformity_image"], out["uniformity_text"] = uniformity(img), uniformity(txt)
     return out
+
+
+# ---------------------------------------------------------------- on a retrieval set
+
+
+def recall_at_k(scores: np.ndarray, positive: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Share of queries (rows of `scores`) with a positive gallery item (True in `positive`) among their top k.
+
+    k is clipped to the gallery size; the key keeps the asked-for k (as metrics.retrieval_metrics does).
+    """
+    scores_t = torch.as_tensor(np.asarray(scores, np.float64))
+    positive_t = torch.as_tensor(np.asarray(positive, bool))
+    out = {}
+    for k in ks:
+        top = scores_t.topk(min(k, scores_t.shape[1]), dim=1).indices
+        out[f"recall@{k}"] = positive_t.gather(1, top).any(dim=1).sum().item() / scores_t.shape[0]
+    return out
+
+
+def _direction(queries: np.ndarray, gallery: np.ndarray, positive: np.ndarray, query_bank: np.ndarray, gallery_bank: np.ndarray,
+               cfg: HubnessConfig) -> dict[str, dict[str, float]]:
+    """Hubness and recall of one retrieval direction, plain and under each correction."""
+    out = {}
+    beta_gallery = cfg.beta if cfg.beta_gallery is None else cfg.beta_gallery
+    for name, correction in CORRECTIONS.items():
+        if correction != "none" and len(query_bank) == 0:
+            correction = "none"  # no bank, nothing to normalise by: the corrected scores are the plain ones
+        scores = corrected_scores(correction, queries, gallery, query_bank, gallery_bank, cfg.beta, beta_gallery)
+        stats = hubness(scores, cfg.k)
+        out[name] = {f"n{cfg.k}_skewness": stats[f"n{cfg.k}_skewness"], f"never_in_top{cfg.k}": stats[f"never_in_top{cfg.k}"],
+                     **recall_at_k(scores, positive)}
+    return out
+
+
+def retrieval_hubness(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: Sequence[int], bank_images: np.ndarray,
+                      bank_texts: np.ndarray, cfg: HubnessConfig) -> dict[str, Any]:
+    """Hubness, recall with and without QB-Norm/DBNorm, and the modality gap of one model on a retrieval set.
+
+    image_emb, text_emb: the set's L2-normalised embeddings, caption t belonging to image
+    text_to_image[t]; bank_images, bank_texts: embeddings of the train pairs drawn for the banks
+    (may be empty). text_to_image: text queries, image gallery, query bank = bank_texts, gallery bank
+    = bank_images; image_to_text the reverse, an image's positives being all its captions.
+
+    modality_gap: gap and alignment over the set's (image, caption) pairs, an image counted once per
+    caption; uniformity per modality over the distinct items (at most UNIFORMITY_MAX_ITEMS, seeded).
+    """
+    img, txt = np.asarray(image_emb, np.float32), np.asarray(text_emb, np.float32)
+    owner = np.asarray(list(text_to_image), dtype=np.int64)
+    dim = img.shape[1]
+    qimg = np.asarray(bank_images, np.float32).reshape(-1, dim)
+    qtxt = np.asarray(bank_texts, np.float32).reshape(-1, dim)
+    positive = np.zeros((len(txt), len(img)), dtype=bool)
+    positive[np.arange(len(txt)), owner] = True
+
+    gap = modality_gap(img[owner], txt)
+    rng = np.random.default_rng(cfg.seed)
+
+    def subsample(x: np.ndarray) -> np.ndarray:
+        return x if len(x) <= UNIFORMITY_MAX_ITEMS else x[np.sort(rng.choice(len(x), UNIFORMITY_MAX_ITEMS, replace=False))]
+
+    distinct = modality_gap(subsample(img), subsample(txt))
+    return {
+        "text_to_image": _direction(txt, img, positive, qtxt, qimg, cfg),
+        "image_to_text": _direction(img, txt, positive.T, qimg, qtxt, cfg),
+        "modality_gap": {"gap": gap["gap"], "alignment": gap["alignment"],
+                         "uniformity_image": distinct["uniformity_image"], "uniformity_text": distinct["uniformity_text"]},
+        "bank": {"images": len(qimg), "texts": len(qtxt)},
+        "n_images": len(img),
+        "n_texts": len(txt),
+    }
+
+
+def hubness_summary(report: dict[str, Any], k: int) -> dict[str, float]:
+    """metrics.json's compact view of a retrieval_hubness report: text-to-image hubness and R@1, and the modality gap."""
+    t2i = report["text_to_image"]
+    return {
+        f"n{k}_skewness": t2i["plain"][f"n{k}_skewness"],
+        "never_retrieved": t2i["plain"][f"never_in_top{k}"],
+        **{f"r1_{name}": t2i[name]["recall@1"] for name in CORRECTIONS},
+        "modality_gap": report["modality_gap"]["gap"],
+    }

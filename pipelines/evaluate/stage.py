@@ -13,10 +13,13 @@ def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Op
     """Score `domain`'s base and trained model; write OUT (metrics, CLIP_benchmark JSON) and PLOTS."""
     d = get(domain)
     if d.modality == "volume":
+        from pipelines.evaluate.analyses import write_skipped
         from pipelines.evaluate.volume import VolumeEvaluateConfig, evaluate_volume
 
         vcfg = params.read(params_path, VolumeEvaluateConfig, domain, "evaluate")
-        return evaluate_volume(model, data, zeroshot, out, plots, vcfg, vcfg.prompts or d.prompts().FINDING_PROMPTS, domain)
+        result = evaluate_volume(model, data, zeroshot, out, plots, vcfg, vcfg.prompts or d.prompts().FINDING_PROMPTS, domain)
+        write_skipped(out, ["base", "adapted"], "hubness and linear probes are computed for open_clip domains only")
+        return result
 
     from pipelines.evaluate.clip import ClipEvaluateConfig, evaluate
     from pipelines.io.shards import shard_paths
@@ -41,4 +44,7 @@ def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Op
         dataset_name=domain,
         model_names={"base": loaded.spec.name, "adapted": str(model)},
         batch_size=cfg.batch_size,
+        hubness=cfg.hubness,
+        linear_probe=cfg.linear_probe,
+        bank_shards=shard_paths(data, "train") if data else [],
     )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 import numpy as np
 import torch
 
+from pipelines.evaluate.clip_benchmark import write_not_applicable
 from pipelines.evaluate.metrics import retrieval_metrics
 from pipelines.io import volume_shards as DS
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -303,7 +304,7 @@ def base_model_like(trained_dir: Path) -> M.VolumeCLIP:
 
 def evaluate_volume(model_dir: Path, data: Optional[Path], zeroshot: Optional[Path], out: Path, plots: Path,
                     cfg: VolumeEvaluateConfig, prompts: FindingPrompts, dataset: str) -> dict[str, Any]:
-    """Score base and adapted; write OUT (metrics.json, zeroshot_*, retrieval_*, per_class.csv, phenotypes_*) and PLOTS."""
+    """Score base and adapted; write OUT (metrics.json, zeroshot_*, retrieval_*, per_class.csv, phenotypes_*, clip_benchmark/) and PLOTS."""
     torch.set_grad_enabled(False)
     try:
         adapted, tokenizer, phenotypes = M.load_model_dir(model_dir)
@@ -340,4 +341,7 @@ def evaluate_volume(model_dir: Path, data: Optional[Path], zeroshot: Optional[Pa
     atomic_write_json(out / "metrics.json", s)
     plots.mkdir(parents=True, exist_ok=True)
     write_auroc_png(plots / "phenotype_auroc.png", results)
+    # OUT/clip_benchmark is a declared output of every domain's evaluate stage.
+    write_not_applicable(out / "clip_benchmark", dataset, "CLIP_benchmark scores 2D image-text models; this is a 3D volume model, "
+                         "scored on its own test split (zeroshot_*.json, retrieval_*.json, phenotypes_*.json beside this folder).")
     return s

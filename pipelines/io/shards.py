@@ -39,6 +39,43 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class SampleTarWriter:
+    """Write samples ({"__key__": key, ext: bytes or str, ...}) to a tar as webdataset's TarWriter(mtime=0) does.
+
+    Byte for byte the same tar (USTAR, members of a sample sorted by extension, mode 0o444, owner
+    "bigdata", mtime 0), without importing webdataset, whose package import loads torch: curation
+    that runs no model then starts without torch (about 0.7 GB less per worker process).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = open(path, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Add one sample's members; str values are written as UTF-8."""
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            value = sample[ext]
+            data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        """Finish the tar and close the file."""
+        self._tar.close()
+        self._file.close()
+
+    def __enter__(self) -> "SampleTarWriter":
+        """The writer itself."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close on leaving the block."""
+        self.close()
+
+
 def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Samples of one tar, in file order: {"__key__", "__url__", ext: bytes, ...}."""
     sample: dict[str, Any] = {}

@@ -176,10 +176,24 @@ def subset_command(
 
 
 def run_params(params: dict, domain: str, seed: int) -> dict:
-    """Params with `<domain>.scaling.train` merged over `<domain>.train` and the run's seed."""
+    """Params with `<domain>.scaling.train` merged over `<domain>.train` and the run's seed.
+
+    The evaluate stage's hubness and linear-probe analyses are switched off: a sweep compares
+    zero-shot and retrieval across data sizes, and the analyses would add about a minute per run.
+    """
+    from pipelines.domain import get
+
     merged = copy.deepcopy(params)
     overrides = section(params, domain, "scaling").get("train") or {}
     merged[domain]["train"] = {**section(params, domain, "train"), **overrides, "seed": seed}
+    try:
+        image_domain = get(domain).modality != "volume"  # the volume evaluation has neither analysis
+    except KeyError:  # not a registered domain: nothing to switch off
+        image_domain = False
+    if image_domain:
+        evaluate = merged[domain].setdefault("evaluate", {}) or {}
+        merged[domain]["evaluate"] = {**evaluate, "hubness": {**(evaluate.get("hubness") or {}), "enabled": False},
+                                      "linear_probe": {**(evaluate.get("linear_probe") or {}), "enabled": False}}
     return merged
 
 

@@ -6,8 +6,9 @@
 - `slides/slide_XX.tiff` + `slides/captions.csv`: small pyramidal whole-slide images (tiled generic
   TIFF, one page per level; OpenSlide 4 reads MPP from XResolution in pixels per centimetre, so
   `openslide.mpp-x` is exact) with class regions on glass and a pen stroke;
-- `zeroshot/test-000000.tar` (png, cls, json) + `classnames.txt` + `templates.txt`: labelled
-  patches from a different seed.
+- `zeroshot/test-000000.tar` (png, cls, json) + `classnames.txt`: labelled patches from a different
+  seed. No templates file: the evaluation takes its templates from params `pathology.evaluate.templates`
+  or prompts.py and writes the ones it used beside its metrics (metrics/pathology/clip_benchmark/zeroshot/).
 
 `render_tissue` draws every image, so videos, slides and the zero-shot set share one visual
 vocabulary without sharing pixels. Feature sizes scale with `scale` (1.0 = slide pixels at
@@ -31,7 +32,6 @@ from scipy.spatial import cKDTree
 # Must match CLASSNAMES in domains/pathology/__init__.py (not imported: that module imports this one).
 CLASSNAMES = ("adipose tissue", "lymphocytes", "mucus", "stroma", "adenocarcinoma")
 ADIPOSE, LYMPHOCYTES, MUCUS, STROMA, ADENOCARCINOMA = range(5)
-TEMPLATES = ("a histopathology image of {c}.", "an H&E stained image of {c}.", "a microscopy image of {c}.", "{c} under the microscope.")
 
 
 @dataclass
@@ -202,7 +202,7 @@ def render_tissue(cls: int, size: int, rng: np.random.Generator, scale: float | 
 
 
 def write_zeroshot(out: Path, cfg: PathologyDemoConfig) -> int:
-    """out/test-000000.tar (png, cls, json) + classnames.txt + templates.txt; returns the count."""
+    """out/test-000000.tar (png, cls, json) + classnames.txt; returns the count."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.zeroshot_seed)
     scale = cfg.tissue_scale * cfg.slide_mpp / cfg.zeroshot_mpp
@@ -222,7 +222,6 @@ def write_zeroshot(out: Path, cfg: PathologyDemoConfig) -> int:
                 "json": json.dumps(meta).encode(),
             })
     (out / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
-    (out / "templates.txt").write_text("\n".join(TEMPLATES) + "\n")
     return len(items)
 
 

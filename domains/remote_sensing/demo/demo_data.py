@@ -655,10 +655,12 @@ def zeroshot_tiles(cfg: RSDemoConfig) -> list[tuple[np.ndarray, int, dict]]:
     return [t for c in sorted(chosen) for t in chosen[c]]
 
 
-def write_zeroshot(out: Path, cfg: RSDemoConfig, templates: tuple[str, ...] | None = None) -> int:
-    """WebDataset shard out/test-000000.tar (png, cls, json) plus classnames.txt and templates.txt."""
-    if templates is None:
-        from domains.remote_sensing.prompts import TEMPLATES as templates
+def write_zeroshot(out: Path, cfg: RSDemoConfig) -> int:
+    """WebDataset shard out/test-000000.tar (png, cls, json) plus classnames.txt; returns the sample count.
+
+    No templates file: the evaluation takes its templates from params or prompts.py and writes the
+    ones it used beside its metrics (metrics/<domain>/clip_benchmark/zeroshot/).
+    """
     out.mkdir(parents=True, exist_ok=True)
     tiles = zeroshot_tiles(cfg)
     order = np.random.default_rng(cfg.zeroshot_seed).permutation(len(tiles))  # mixed classes in the shard
@@ -669,7 +671,6 @@ def write_zeroshot(out: Path, cfg: RSDemoConfig, templates: tuple[str, ...] | No
             Image.fromarray(img).save(buf, format="PNG")
             sink.write({"__key__": f"zs{i:06d}", "png": buf.getvalue(), "cls": str(c).encode(), "json": json.dumps(meta).encode()})
     (out / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
-    (out / "templates.txt").write_text("\n".join(templates) + "\n")
     return len(tiles)
 
 

@@ -1,0 +1,33 @@
+"""Curation that runs no model starts without torch, and its tar writer matches webdataset's byte for byte."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from pipelines.io.shards import SampleTarWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module", ["domains.remote_sensing.curation.curate", "domains.pathology.curation.curate",
+                                    "domains.pairs.curation.curate", "pipelines.curation.cli"])
+def test_curation_without_a_model_does_not_import_torch(module: str) -> None:
+    # torch costs every worker process ~0.6 GB and seconds of start-up; only model code may import it
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'webdataset', 'open_clip') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
+def test_sample_tar_writer_writes_what_webdataset_writes(tmp_path: Path) -> None:
+    samples = [{"__key__": f"s{i}", "png": bytes([i]) * 700, "txt": "caption \u00e9", "json": b'{"a": 1}'} for i in range(4)]
+    with wds.TarWriter(str(tmp_path / "wds.tar"), mtime=0) as writer:
+        for sample in samples:
+            writer.write(dict(sample))
+    with SampleTarWriter(tmp_path / "ours.tar") as writer:
+        for sample in samples:
+            writer.write(dict(sample))
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "wds.tar").read_bytes()
