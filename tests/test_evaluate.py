@@ -272,3 +272,16 @@ def test_evaluate_rejects_label_outside_classnames(tmp_path, tiny_models):
     _write_zeroshot_set(zs_dir, [0, 5])
     with pytest.raises(ValueError, match=r"cls=5, outside the 3 class names"):
         evaluate({"base": tiny_models["base"]}, zs_dir, [], None, TEMPLATES, tmp_path / "eval", tmp_path / "plots", "rs")
+
+
+def test_evaluate_device_comes_from_params_and_is_checked(tmp_path):
+    from pipelines.evaluate.clip import ClipEvaluateConfig
+    from pipelines.params import ParamsError, read
+
+    path = tmp_path / "params.yaml"
+    path.write_text("remote_sensing:\n  evaluate: {device: cpu}\n")
+    assert read(path, ClipEvaluateConfig, "remote_sensing", "evaluate").device == "cpu"
+    assert ClipEvaluateConfig().device == "auto"  # the GPU when there is one
+    path.write_text("remote_sensing:\n  evaluate: {device: tpu}\n")
+    with pytest.raises(ParamsError, match="remote_sensing.evaluate.device"):
+        read(path, ClipEvaluateConfig, "remote_sensing", "evaluate")

@@ -39,6 +39,7 @@ from pipelines.evaluate.hubness import HubnessConfig
 from pipelines.evaluate.linear_probe import LinearProbeConfig
 from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
+from pipelines.infer.device import DeviceChoice, inference_autocast
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.shards import IMAGE_EXTS, image_bytes, iter_tar_samples
 
@@ -60,6 +61,7 @@ class ClipEvaluateConfig:
     templates: Optional[list[str]] = None   # default: the domain's prompts.TEMPLATES
     hubness: HubnessConfig = field(default_factory=HubnessConfig)  # hubness and modality gap on the retrieval set
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)  # linear probes on the zero-shot set
+    device: DeviceChoice = "auto"  # auto: the GPU when there is one (bf16 autocast), else the CPU
 
 
 # ---------------------------------------------------------------- reading the sets
@@ -195,9 +197,12 @@ def encode_images(
     device: str | torch.device,
     batch_size: int,
 ) -> torch.Tensor:
-    """L2-normalised float32 image embeddings (N, D) on the CPU, decoding and preprocessing batch by batch."""
+    """L2-normalised float32 image embeddings (N, D) on the CPU, decoding and preprocessing batch by batch.
+
+    On a GPU the forward pass runs under bf16 autocast (pipelines.infer.device); on the CPU in fp32.
+    """
     chunks = []
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(torch.device(device)):
         for start in range(0, len(images), batch_size):
             batch = [preprocess(Image.open(io.BytesIO(b))) for b in images[start : start + batch_size]]
             emb = model.encode_image(torch.stack(batch).to(device), normalize=True)
@@ -214,7 +219,7 @@ def encode_texts(
 ) -> torch.Tensor:
     """L2-normalised float32 text embeddings (N, D) on the CPU."""
     chunks = []
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(torch.device(device)):
         for start in range(0, len(texts), batch_size):
             tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
             emb = model.encode_text(tokens, normalize=True)

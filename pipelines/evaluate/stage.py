@@ -22,6 +22,7 @@ def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Op
         return result
 
     from pipelines.evaluate.clip import ClipEvaluateConfig, evaluate
+    from pipelines.infer.device import resolve_device
     from pipelines.io.shards import shard_paths
     from pipelines.models.adapt import load_trained
     from pipelines.models.clip import load_model
@@ -43,6 +44,7 @@ def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Op
         plots_dir=plots,
         dataset_name=domain,
         model_names={"base": loaded.spec.name, "adapted": str(model)},
+        device=resolve_device(cfg.device),
         batch_size=cfg.batch_size,
         hubness=cfg.hubness,
         linear_probe=cfg.linear_probe,
