@@ -19,14 +19,10 @@ result.prediction, result.probabilities  # slide-level class and softmax over cl
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 import numpy as np
 import typer
@@ -36,13 +32,11 @@ from domains.pathology.analyst_tiles import SlideReadError, SlideTiling, TileRea
 from domains.pathology.curation.slides import REASON_READ_FAILED, SLIDE_SUFFIXES, find_slides
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
+from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
-from pipelines.infer.device import resolve_device
 from pipelines.infer.sheets import contact_sheet
 from pipelines.infer.stream import embed_windows
-from pipelines.io.atomic import json_default
-from pipelines.io.text import read_text
 
 # Columns of the tile table besides one probability column per class (class names may not take them).
 TILE_COLUMNS = ("x", "y", "size", "tissue_fraction", "class")
@@ -93,54 +87,18 @@ class SlideSearch:
 
 
 def read_classnames(classes: str | Sequence[str] | None = None, classes_file: Path | None = None) -> list[str]:
-    """Class names from "a,b,c" (or a list), or from a file with one per line; the demo's CLASSNAMES when neither is given.
-
-    Raises InputError when both are given, or when they hold no class name (naming the file).
-    """
-    if classes is not None and classes_file is not None:
-        raise InputError("give either --classes or --classes-file, not both")
-    if classes_file is not None:
-        names = [line.strip() for line in read_text(classes_file).text.splitlines() if line.strip()]
-        if not names:
-            raise InputError(f"{classes_file}: no class names (one per line expected)")
-    elif classes is None:
-        names = list(CLASSNAMES)
-    else:
-        names = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes) if c.strip()]
-        if not names:
-            raise InputError(f"no class names given (--classes {classes!r}): pass --classes a,b,c or --classes-file")
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:
-        raise InputError(f"class names repeat{f' in {classes_file}' if classes_file else ''}: {', '.join(repeated)}")
-    return names
+    """Class names from "a,b,c" (or a list), or a file with one per line; the pathology CLASSNAMES when neither is given."""
+    return outputs.read_classnames(classes, classes_file, CLASSNAMES)
 
 
 def read_templates(templates_file: Path | None = None) -> list[str]:
     """Prompt templates ("{c}" stands for the class name), one per line; the pathology TEMPLATES when no file is given."""
-    if templates_file is None:
-        return list(TEMPLATES)
-    lines = [line.strip() for line in read_text(templates_file).text.splitlines()]
-    templates = [t for t in lines if t]
-    if not templates:
-        raise InputError(f"{templates_file}: no prompt templates (one per line, with {{c}} for the class name)")
-    for number, line in enumerate(lines, start=1):
-        if line and "{c}" not in line:
-            raise InputError(f"{templates_file} line {number}: template {line!r} has no {{c}} for the class name")
-    return templates
+    return outputs.read_templates(templates_file, TEMPLATES)
 
 
-def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipEncoder:
-    """An exported open_clip model as an encoder; InputError naming the folder when it is not one (e.g. the CT volume model)."""
-    if isinstance(model, ClipEncoder):
-        return model
-    try:
-        resolve_device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {device}: {exc}") from None
-    folder = Path(model)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such model folder (an export written by `domainfm export`)")
-    return ClipEncoder.load(folder, device)
+load_encoder = outputs.load_encoder
+publish = outputs.publish
+_json_bytes = outputs.json_bytes
 
 
 # ---------------------------------------------------------------- scoring
@@ -180,35 +138,6 @@ def topk_pool(logits: np.ndarray, k: int) -> np.ndarray:
     """
     k = max(1, min(int(k), len(logits)))
     return np.sort(logits, axis=0)[-k:].mean(axis=0)
-
-
-# ---------------------------------------------------------------- writing
-
-
-def publish(out: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(staging)` in a temp folder beside `out`, then move each file it wrote into `out`.
-
-    Nothing lands in `out` unless `write` finishes: a failure leaves `out` as it was (and no folder
-    when it did not exist). Files of other runs in `out` (other slides' maps) stay.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        write(staging)
-        out.mkdir(exist_ok=True)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _json_bytes(obj: Any, compact: bool = False) -> bytes:
-    if compact:  # a GeoJSON of a large slide holds tens of thousands of features
-        return json.dumps(obj, separators=(",", ":"), default=json_default, ensure_ascii=False).encode("utf-8")
-    return (json.dumps(obj, indent=2, default=json_default, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 # ---------------------------------------------------------------- map

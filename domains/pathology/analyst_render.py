@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from pipelines.infer.sheets import palette_png
+
 DISPLAY_PX = 800  # the slide picture's larger side, in pixels
 
 TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -112,21 +114,7 @@ def heatmap_png(thumbnail: np.ndarray, dimensions: tuple[int, int], xs: np.ndarr
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     fixed = [(0, 0, 0), (255, 255, 255), *class_colours(n_classes)]
-    return _palette_png(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), fixed)
-
-
-def _palette_png(image: Image.Image, fixed: Sequence[tuple[int, int, int]]) -> bytes:
-    """PNG bytes of `image` in 256 colours: the `fixed` ones exactly (legend, text), the rest fitted to the image.
-
-    A photo-like slide picture in full RGB is megabytes; a palette without dithering keeps it at a
-    few hundred KB with no visible loss, and the legend's swatches keep their exact colours.
-    """
-    fitted = image.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT).getpalette()[: 3 * (256 - len(fixed))]
-    palette = Image.new("P", (1, 1))
-    palette.putpalette([v for colour in fixed for v in colour] + fitted)
-    out = io.BytesIO()
-    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", optimize=True)
-    return out.getvalue()
+    return palette_png(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), fixed)
 
 
 def _scale_bar(ax: Any, width: int, height: int, um_per_px: float) -> None:

@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 import numpy as np
 import typer
@@ -49,13 +46,11 @@ from domains.remote_sensing.analyst_windows import (
 )
 from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
+from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
-from pipelines.infer.device import resolve_device
-from pipelines.infer.sheets import contact_sheet
+from pipelines.infer.sheets import contact_sheet, palette_png
 from pipelines.infer.stream import embed_windows
-from pipelines.io.atomic import json_default
-from pipelines.io.text import read_text
 
 DOMAIN = "remote_sensing"
 NODATA_CLASS = 255  # <stem>.classes.tif: cells without data (so at most 255 classes)
@@ -115,26 +110,11 @@ class RasterSearch:
 
 
 def read_classnames(classes: str | Sequence[str] | None = None, classes_file: Path | None = None) -> list[str]:
-    """Class names from "a,b,c" (or a list), or from a file with one per line; the demo's CLASSNAMES when neither is given.
+    """Class names from "a,b,c" (or a list), or a file with one per line; the remote-sensing CLASSNAMES when neither is given.
 
-    Raises InputError when both are given, when they hold no class name (naming the file), when
-    names repeat, or when there are more than 255.
+    Raises InputError as `pipelines.infer.outputs.read_classnames` does, and for more than 255 names.
     """
-    if classes is not None and classes_file is not None:
-        raise InputError("give either --classes or --classes-file, not both")
-    if classes_file is not None:
-        names = [line.strip() for line in read_text(classes_file).text.splitlines() if line.strip()]
-        if not names:
-            raise InputError(f"{classes_file}: no class names (one per line expected)")
-    elif classes is None:
-        names = list(CLASSNAMES)
-    else:
-        names = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes) if c.strip()]
-        if not names:
-            raise InputError(f"no class names given (--classes {classes!r}): pass --classes a,b,c or --classes-file")
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:
-        raise InputError(f"class names repeat{f' in {classes_file}' if classes_file else ''}: {', '.join(repeated)}")
+    names = outputs.read_classnames(classes, classes_file, CLASSNAMES)
     if len(names) > NODATA_CLASS:
         raise InputError(f"{len(names)} classes{f' in {classes_file}' if classes_file else ''}: at most {NODATA_CLASS} "
                          "(the class raster is 8-bit, 255 marks cells without data)")
@@ -143,16 +123,7 @@ def read_classnames(classes: str | Sequence[str] | None = None, classes_file: Pa
 
 def read_templates(templates_file: Path | None = None) -> list[str]:
     """Prompt templates ("{c}" stands for the class name), one per line; the remote-sensing TEMPLATES when no file is given."""
-    if templates_file is None:
-        return list(TEMPLATES)
-    lines = [line.strip() for line in read_text(templates_file).text.splitlines()]
-    templates = [t for t in lines if t]
-    if not templates:
-        raise InputError(f"{templates_file}: no prompt templates (one per line, with {{c}} for the class name)")
-    for number, line in enumerate(lines, start=1):
-        if line and "{c}" not in line:
-            raise InputError(f"{templates_file} line {number}: template {line!r} has no {{c}} for the class name")
-    return templates
+    return outputs.read_templates(templates_file, TEMPLATES)
 
 
 def read_bands(bands: str | Sequence[int] | None) -> list[int] | None:
@@ -202,13 +173,7 @@ def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipE
     """
     if isinstance(model, ClipEncoder):
         return model
-    try:
-        resolve_device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {device}: {exc}") from None
-    folder = Path(model)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such model folder (an export written by `domainfm export`)")
+    folder = outputs.export_folder(model, device)
     domain = export_domain(folder)
     if domain is not None and domain != DOMAIN:
         raise InputError(f"{folder} is an export of the {domain} domain; this command needs a {DOMAIN} export "
@@ -268,30 +233,8 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64,
 # ---------------------------------------------------------------- writing
 
 
-def publish(out: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(staging)` in a temp folder beside `out`, then move each file it wrote into `out`.
-
-    Nothing lands in `out` unless `write` finishes: a failure leaves `out` as it was (and no folder
-    when it did not exist). Files of other runs in `out` (other scenes' maps) stay.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        write(staging)
-        out.mkdir(exist_ok=True)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _json_bytes(obj: Any, compact: bool = False) -> bytes:
-    if compact:  # a map of a large scene holds thousands of regions
-        return json.dumps(obj, separators=(",", ":"), default=json_default, ensure_ascii=False).encode("utf-8")
-    return (json.dumps(obj, indent=2, default=json_default, ensure_ascii=False) + "\n").encode("utf-8")
+publish = outputs.publish
+_json_bytes = outputs.json_bytes
 
 
 def class_colours(classnames: Sequence[str]) -> list[tuple[int, int, int]]:
@@ -426,20 +369,7 @@ def quicklook_png(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[str
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.12)
     plt.close(fig)
-    return _palette_png(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), [(0, 0, 0), (255, 255, 255), *colours])
-
-
-def _palette_png(image: Any, fixed: Sequence[tuple[int, int, int]]) -> bytes:
-    """PNG bytes in 256 colours: the `fixed` ones exactly (legend, text), the rest fitted to the picture (a few hundred KB at most)."""
-    from PIL import Image
-
-    fixed = list(dict.fromkeys(tuple(c) for c in fixed))[:128]
-    fitted = image.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT).getpalette()[: 3 * (256 - len(fixed))]
-    palette = Image.new("P", (1, 1))
-    palette.putpalette([v for colour in fixed for v in colour] + fitted)
-    out = io.BytesIO()
-    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", optimize=True)
-    return out.getvalue()
+    return palette_png(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), [(0, 0, 0), (255, 255, 255), *colours])
 
 
 def _scale_bar(ax: Any, width: int, height: int, metres_per_px: float) -> None:

@@ -1,6 +1,7 @@
 """Contact sheets: the best matches of a search side by side, with their rank and score."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -31,3 +32,18 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], path: Pat
     sheet.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
+
+
+def palette_png(image: Image.Image, fixed: Sequence[tuple[int, int, int]]) -> bytes:
+    """PNG bytes of `image` in 256 colours: the `fixed` ones exactly (legend, text), the rest fitted to the image.
+
+    A photo-like map or heatmap in full RGB is megabytes; a palette without dithering keeps it at a
+    few hundred KB with no visible loss, and the legend's swatches keep their exact colours.
+    """
+    fixed = list(dict.fromkeys(tuple(c) for c in fixed))[:128]
+    fitted = image.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT).getpalette()[: 3 * (256 - len(fixed))]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([v for colour in fixed for v in colour] + fitted)
+    out = io.BytesIO()
+    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", optimize=True)
+    return out.getvalue()

@@ -1,0 +1,102 @@
+"""What every analyst command shares around the model: class names, prompt templates, the export, the output folder.
+
+Domains wrap these with their own defaults (`domains/<name>/analyst.py`: their CLASSNAMES and
+TEMPLATES, and any domain check on the export).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipelines.errors import InputError
+from pipelines.infer.clip import ClipEncoder
+from pipelines.infer.device import resolve_device
+from pipelines.io.atomic import json_default
+from pipelines.io.text import read_text
+
+
+def read_classnames(classes: str | Sequence[str] | None, classes_file: Path | None, default: Sequence[str]) -> list[str]:
+    """Class names from "a,b,c" (or a list), or from a file with one per line; `default` when neither is given.
+
+    Raises InputError when both are given, when they hold no class name (naming the file), or when names repeat.
+    """
+    if classes is not None and classes_file is not None:
+        raise InputError("give either --classes or --classes-file, not both")
+    if classes_file is not None:
+        names = [line.strip() for line in read_text(classes_file).text.splitlines() if line.strip()]
+        if not names:
+            raise InputError(f"{classes_file}: no class names (one per line expected)")
+    elif classes is None:
+        names = list(default)
+    else:
+        names = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes) if c.strip()]
+        if not names:
+            raise InputError(f"no class names given (--classes {classes!r}): pass --classes a,b,c or --classes-file")
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise InputError(f"class names repeat{f' in {classes_file}' if classes_file else ''}: {', '.join(repeated)}")
+    return names
+
+
+def read_templates(templates_file: Path | None, default: Sequence[str]) -> list[str]:
+    """Prompt templates ("{c}" stands for the class name), one per line; `default` when no file is given."""
+    if templates_file is None:
+        return list(default)
+    lines = [line.strip() for line in read_text(templates_file).text.splitlines()]
+    templates = [t for t in lines if t]
+    if not templates:
+        raise InputError(f"{templates_file}: no prompt templates (one per line, with {{c}} for the class name)")
+    for number, line in enumerate(lines, start=1):
+        if line and "{c}" not in line:
+            raise InputError(f"{templates_file} line {number}: template {line!r} has no {{c}} for the class name")
+    return templates
+
+
+def export_folder(model: str | Path, device: str) -> Path:
+    """The export folder `model`, after checking it exists and `device` can be used; InputError otherwise."""
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:
+        raise InputError(f"--device {device}: {exc}") from None
+    folder = Path(model)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such model folder (an export written by `domainfm export`)")
+    return folder
+
+
+def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipEncoder:
+    """An exported open_clip model as an encoder; InputError naming the folder when it is not one (e.g. the CT volume model)."""
+    if isinstance(model, ClipEncoder):
+        return model
+    return ClipEncoder.load(export_folder(model, device), device)
+
+
+def publish(out: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(staging)` in a temp folder beside `out`, then move each file it wrote into `out`.
+
+    Nothing lands in `out` unless `write` finishes: a failure leaves `out` as it was (and no folder
+    when it did not exist). Files of other runs in `out` (other inputs' maps) stay.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        write(staging)
+        out.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def json_bytes(obj: Any, compact: bool = False) -> bytes:
+    """UTF-8 JSON; `compact` for large GeoJSON (a map holds thousands of features), else indented."""
+    if compact:
+        return json.dumps(obj, separators=(",", ":"), default=json_default, ensure_ascii=False).encode("utf-8")
+    return (json.dumps(obj, indent=2, default=json_default, ensure_ascii=False) + "\n").encode("utf-8")
