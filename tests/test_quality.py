@@ -40,6 +40,16 @@ def test_scorer_is_cosine_similarity_of_image_and_caption(scorer_model):
         img = loaded.model.encode_image(pixels, normalize=True)
         txt = loaded.model.encode_text(loaded.tokenizer(captions), normalize=True)
     np.testing.assert_allclose(scores, (img * txt).sum(-1).numpy(), atol=1e-5)
+    small_batches = make_clip_scorer(ModelSpec(scorer_model), batch_size=2, device="cpu")(images, captions)
+    np.testing.assert_allclose(small_batches, scores, atol=1e-6)  # batching does not change a score
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_scorer_device_auto_is_the_cpu_here_and_cuda_is_refused_without_a_gpu(scorer_model):
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        make_clip_scorer(ModelSpec(scorer_model), device="cuda")
+    cfg = load_config(None)
+    assert cfg.quality_device == "auto"
 
 
 def test_remote_sensing_keeps_top_fraction_by_score(tmp_path, scorer_model):

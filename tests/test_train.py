@@ -180,3 +180,15 @@ def test_grad_accumulation_counts_optimizer_steps(family: Family, data: Path, tm
 def test_too_little_data_for_one_step_is_refused(family: Family, data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fewer than one step"):
         run(family, data, tmp_path / "m", family.config(batch_size=family.samples + 1, max_steps=1))
+
+
+def test_precision_auto_is_bf16_on_a_bf16_gpu_and_fp32_on_the_cpu(monkeypatch) -> None:
+    from pipelines.train.loop import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"  # CPU results stay those of fp32
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"

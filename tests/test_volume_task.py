@@ -71,7 +71,7 @@ def test_params_sections_hold_objectives_and_loop_apart(tmp_path: Path) -> None:
                                              "train": {"batch_size": 2, "lr": 0.01}}}))
     adapt, train = P.read(params, VolumeAdaptConfig, "ct", "adapt"), P.read(params, VolumeTrainConfig, "ct", "train")
     assert (adapt.schedule, adapt.contrastive_weight, train.batch_size, train.lr) == ("multitask", 0.5, 2, 0.01)
-    assert train.precision == "bf16" and train.grad_checkpointing  # the real-size defaults
+    assert train.precision == "auto" and train.grad_checkpointing  # the real-size defaults (auto: bf16 on the GPU)
     params.write_text(yaml.safe_dump({"ct": {"adapt": {"lr": 0.01}, "train": {"schedule": "staged"}}}))
     with pytest.raises(P.ParamsError, match=r"ct\.adapt\.lr: unknown key"):
         P.read(params, VolumeAdaptConfig, "ct", "adapt")

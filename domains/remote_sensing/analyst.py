@@ -27,7 +27,7 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Optional, Sequence
 
 import numpy as np
@@ -51,6 +51,7 @@ from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.sheets import contact_sheet, palette_png
 from pipelines.infer.stream import embed_windows
+from pipelines.io.remote import as_location
 
 DOMAIN = "remote_sensing"
 NODATA_CLASS = 255  # <stem>.classes.tif: cells without data (so at most 255 classes)
@@ -139,9 +140,9 @@ def read_bands(bands: str | Sequence[int] | None) -> list[int] | None:
     return numbers
 
 
-def raster_files(raster: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The rasters given (one path or several); InputError when none."""
-    paths = [Path(raster)] if isinstance(raster, (str, Path)) else [Path(p) for p in raster]
+def raster_files(raster: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    """The rasters given (one path or URL, or several); InputError when none."""
+    paths = [as_location(raster)] if isinstance(raster, (str, Path)) else [as_location(p) for p in raster]
     if not paths:
         raise InputError("no raster given: pass --raster FILE (several for a mosaic of adjacent rasters)")
     return paths
@@ -468,7 +469,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
     total_area = sum(areas.values())
     shares = {name: round(areas[name] / total_area, 4) if total_area else 0.0 for name in classnames}
     pixels = len(grid.windows) * (grid.stride_m / scene.gsd_m) ** 2
-    stem = scene.inputs[0].stem
+    stem = PurePosixPath(str(scene.inputs[0])).stem
     summary = {
         "rasters": [str(p) for p in scene.inputs],
         "mosaic_order": [m.path for m in scene.members],
@@ -631,7 +632,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
             images = [reader.read(grid.window_bounds(r["row"], r["col"]), reader.size)[0] for r in rows]
         finally:
             reader.close()
-        labels = [f"{r['rank']}. {Path(r['raster']).stem[:12]} {r['score']:.3f}" for r in rows]
+        labels = [f"{r['rank']}. {PurePosixPath(r['raster']).stem[:12]} {r['score']:.3f}" for r in rows]
         contact_sheet(images, labels, staging / "search.png",
                       title=f"\"{query.strip()}\": best {len(rows)} of {len(windows)} windows of {grid.tile_m:g} m in {scene.name}")
         summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -651,7 +652,9 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
 
 def map_command(
     model: Annotated[Path, typer.Option(help="Exported remote-sensing model folder (`domainfm export`), e.g. exports/remote_sensing.")],
-    raster: Annotated[list[Path], typer.Option(help="GeoTIFF/COG in a projected CRS; repeat for adjacent rasters read as one mosaic.")],
+    raster: Annotated[list[str], typer.Option(
+        metavar="PATH|URL", help="GeoTIFF/COG in a projected CRS, a path or a URL read in place; repeat for adjacent rasters "
+        "read as one mosaic.")],
     out: Annotated[Path, typer.Option(help="Output folder: <stem>.classes.tif, .probs.tif, .geojson (EPSG:4326), .png, .json.")],
     classes: Annotated[Optional[str], typer.Option(help="Class names, comma-separated (default: the remote-sensing demo's).")] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
@@ -668,7 +671,7 @@ def map_command(
     result = map_raster(model, raster, out, read_classnames(classes, classes_file), read_templates(templates_file), tile_m, stride_m,
                         batch_size, workers, read_bands(bands), min_valid, device)
     shares = ", ".join(f"{name} {share:.0%}" for name, share in sorted(result.shares.items(), key=lambda kv: -kv[1]) if share > 0)
-    typer.echo(f"{raster[0].name}{f' and {len(raster) - 1} more' if len(raster) > 1 else ''}: {result.n_scored} of "
+    typer.echo(f"{PurePosixPath(raster[0]).name}{f' and {len(raster) - 1} more' if len(raster) > 1 else ''}: {result.n_scored} of "
                f"{result.n_windows} windows of {result.tile_m:g} m (stride {result.stride_m:g} m, {result.cells[0]}x{result.cells[1]} "
                f"cells, {result.crs}) in {result.seconds:.1f} s: {result.windows_per_second:.1f} windows/s, "
                f"{result.pixels_per_second / 1e6:.2f} Mpx/s; classes: {shares}")
@@ -680,7 +683,9 @@ def map_command(
 
 def search_command(
     model: Annotated[Path, typer.Option(help="Exported remote-sensing model folder (`domainfm export`).")],
-    raster: Annotated[list[Path], typer.Option(help="GeoTIFF/COG in a projected CRS; repeat for adjacent rasters read as one mosaic.")],
+    raster: Annotated[list[str], typer.Option(
+        metavar="PATH|URL", help="GeoTIFF/COG in a projected CRS, a path or a URL read in place; repeat for adjacent rasters "
+        "read as one mosaic.")],
     query: Annotated[str, typer.Option(help="What to look for, in words.")],
     out: Annotated[Path, typer.Option(help="Output folder: search.geojson (EPSG:4326), search.png (contact sheet), search.json.")],
     top_k: Annotated[int, typer.Option(help="Best windows to keep.")] = 8,

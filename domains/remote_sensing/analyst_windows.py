@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,6 +42,7 @@ from domains.remote_sensing.curation.tiles import (
     utm_crs,
 )
 from pipelines.errors import InputError
+from pipelines.io.remote import as_location, gdal_url_defaults, is_url
 
 TILING_VERSION = "rs-window-grid-v1"  # in embedding cache keys: bump when windows are cut differently
 CURATION = RSCurateConfig()  # the curation's defaults: stretch percentiles, training tile size and GSD
@@ -56,7 +57,7 @@ class RasterReadError(Exception):
 class Scene:
     """Rasters read as one mosaic in one projected CRS, and how their pixels become RGB."""
 
-    inputs: list[Path]  # as given
+    inputs: list[str | Path]  # as given: paths, or URLs read in place (pipelines/io/remote.py)
     members: list[RasterInfo]  # priority order (newest acquisition first, then input order)
     crs: CRS
     bounds: tuple[float, float, float, float]  # union of the members' bounds, in `crs`
@@ -74,7 +75,7 @@ class Scene:
     def name(self) -> str:
         """The first raster's name, and how many more there are."""
         more = len(self.inputs) - 1
-        return self.inputs[0].name + (f" and {more} more" if more else "")
+        return PurePosixPath(str(self.inputs[0])).name + (f" and {more} more" if more else "")
 
     @property
     def crs_name(self) -> str:
@@ -118,7 +119,9 @@ def open_scene(paths: Sequence[Path], bands: Sequence[int] | None = None) -> Sce
     warnings: list[str] = []
     crss: list[CRS] = []
     bounds: list[tuple[float, float, float, float]] = []
-    paths = list(dict.fromkeys(Path(p) for p in paths))  # a raster given twice is read once
+    paths = list(dict.fromkeys(as_location(p) for p in paths))  # a raster given twice is read once
+    if any(is_url(p) for p in paths):
+        gdal_url_defaults()
     for order, path in enumerate(paths):
         info, reject, values, caveats = inspect_raster(path, order, cfg)
         if reject is not None:
@@ -157,7 +160,7 @@ def open_scene(paths: Sequence[Path], bands: Sequence[int] | None = None) -> Sce
                 warnings.append(f"{m.path}: {'/'.join(sorted({m.dtypes[b - 1] for b in m.bands}))} values stretched to 8 bits "
                                 f"with one range per band for the scene ({ranges}: percentiles {low:g}-{high:g} of its valid pixels)")
     centre = ((union[0] + union[2]) / 2, (union[1] + union[3]) / 2)
-    return Scene(inputs=[Path(p) for p in paths], members=members, crs=crss[0], bounds=union,
+    return Scene(inputs=paths, members=members, crs=crss[0], bounds=union,
                  units_per_m=units_per_metre(crss[0], *centre), limits=limits,
                  member_bounds={info.path: b for info, b in zip(infos, bounds)}, warnings=warnings)
 

@@ -6,7 +6,9 @@ replaced under the same name, a changed parameter or an edited reader each inval
 units they touch, and a rerun never reuses a stale result.
 
 Hashing a large raster or slide on every rerun would be slow, so content digests are remembered per
-file with its (size, mtime, inode) and recomputed only when one of those changes.
+file with its (size, mtime, inode) and recomputed only when one of those changes. A remote input
+(a URL: pipelines/io/remote.py) is identified by its size and the server's validator (ETag or
+Last-Modified), asked once per run.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_json
+from pipelines.io.remote import is_url, remote_identity
 
 _CHUNK = 1 << 20
 CODE_SUFFIXES = (".py", ".csv", ".txt", ".json", ".yaml")  # code and the tables it reads (tag lists, vocabularies)
@@ -47,9 +51,21 @@ class Fingerprints:
         self.store = Path(store)
         self.known: dict[str, list] = json.loads(self.store.read_text()) if self.store.is_file() else {}
         self.changed = False
+        self.remote: dict[str, str] = {}
 
     def digest(self, path: str | Path) -> str:
-        """sha256 of a file's content, or of a folder's files (names and content); "missing" if absent."""
+        """sha256 of a file's content, or of a folder's files (names and content); "missing" if absent.
+
+        A URL's digest is that of its remote identity (size and validator), asked once per run.
+        """
+        if is_url(path):
+            url = str(path)
+            if url not in self.remote:
+                try:
+                    self.remote[url] = hashlib.sha256(remote_identity(url).encode()).hexdigest()
+                except InputError:
+                    self.remote[url] = "missing"
+            return self.remote[url]
         path = Path(path)
         if path.is_dir():
             h = hashlib.sha256()

@@ -13,26 +13,35 @@ if TYPE_CHECKING:
 QualityScorer = Callable[[list[bytes], list[str]], np.ndarray]
 
 
-def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "cpu") -> QualityScorer:
-    """A scorer returning the cosine similarity of each encoded image with its caption under `spec`."""
+def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "auto") -> QualityScorer:
+    """A scorer returning the cosine similarity of each encoded image with its caption under `spec`.
+
+    `device` auto runs on the GPU when there is one (bf16 autocast, pipelines/infer/device.py), else the
+    CPU; batches of `batch_size` pairs, with a progress bar on a terminal.
+    """
     # torch and open_clip only when a curation actually scores: plain curation runs no model.
     import torch
+    from tqdm import tqdm
 
+    from pipelines.infer.device import inference_autocast, resolve_device
     from pipelines.models.clip import load_model
 
-    loaded = load_model(spec, device=device)
+    where = resolve_device(device)
+    loaded = load_model(spec, device=where)
     model = loaded.model.eval()
 
     @torch.no_grad()
     def score(images: list[bytes], captions: list[str]) -> np.ndarray:
         scores: list[np.ndarray] = []
-        for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc="quality", unit="batch", disable=None if len(starts) > 1 else True):
             batch = images[start : start + batch_size]
-            pixels = torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch]).to(device)
-            tokens = loaded.tokenizer(captions[start : start + batch_size]).to(device)
-            image_emb = model.encode_image(pixels, normalize=True)
-            text_emb = model.encode_text(tokens, normalize=True)
-            scores.append((image_emb * text_emb).sum(-1).float().cpu().numpy())
+            pixels = torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch]).to(where)
+            tokens = loaded.tokenizer(captions[start : start + batch_size]).to(where)
+            with inference_autocast(where):
+                image_emb = model.encode_image(pixels, normalize=True)
+                text_emb = model.encode_text(tokens, normalize=True)
+            scores.append((image_emb.float() * text_emb.float()).sum(-1).cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
     return score

@@ -49,7 +49,7 @@ from pipelines.train.task import Progress, TrainingTask
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "train_steps.csv"
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass
@@ -63,7 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 10
     grad_accum: int = 1           # micro-batches per optimizer step
-    precision: Precision = "fp32"  # bf16: autocast on CPU and CUDA where supported
+    precision: Precision = "auto"  # auto: bf16 autocast on a GPU that supports it, fp32 elsewhere; bf16 also on CPU
     grad_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 50    # steps; 0 keeps only the final checkpoint
@@ -105,6 +105,13 @@ def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}) if g["params"]]
 
 
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
+    """`auto` is bf16 on a CUDA device that supports it (where it pays) and fp32 elsewhere (CPU results unchanged)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
     """bf16 autocast on `device`, or nothing for fp32."""
     if precision != "bf16":
@@ -135,7 +142,7 @@ def fit(task: TrainingTask, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, r
     out_dir = Path(out_dir)
     metrics_path = Path(metrics_path) if metrics_path is not None else out_dir / METRICS_FILE
     device = info.device
-    precision = cfg.precision
+    precision = resolve_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         log.warning("bf16 is not supported on this GPU; training in fp32")
         precision = "fp32"

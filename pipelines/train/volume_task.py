@@ -57,7 +57,7 @@ class VolumeTrainConfig(TrainConfig):
     lr: float = 1e-4
     weight_decay: float = 0.05
     warmup_steps: int = 100
-    precision: Precision = "bf16"
+    precision: Precision = "auto"  # bf16 on the GPU
     grad_checkpointing: bool = True
     checkpoint_every: int = 200
 

@@ -94,6 +94,7 @@ from pipelines.deid.text import identifiers_in
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_json
 from pipelines.io.manifest import read_manifest, write_rejects
+from pipelines.io.remote import fetch, fetch_folder
 from pipelines.io.text import read_table
 from pipelines.params import read
 
@@ -638,10 +639,14 @@ def load_config(params: Optional[Path], workers: Optional[int] = None, allow_emp
 
 
 def curate_command(
-    volumes: Path = typer.Option(..., "--volumes", help="Folder of NIfTI files, DICOM series folders or .dcm files."),
-    ehr: Path = typer.Option(..., "--ehr", help="CSV: patient_id, study_id, code, code_system, date."),
-    reports: Path = typer.Option(..., "--reports", help="CSV: study_id, findings and impression or report [, study_date]."),
-    phecode_map: Optional[Path] = typer.Option(None, "--phecode-map", help="CSV: vocabulary_id, code, phecode (PheWAS 1.2)."),
+    volumes: str = typer.Option(..., "--volumes", metavar="PATH|URL", help=(
+        "Folder of NIfTI files, DICOM series folders or .dcm files; a URL (https://, s3://, ...) is mirrored into the "
+        "local cache ($DOMAINFM_CACHE) and refreshed file by file.")),
+    ehr: str = typer.Option(..., "--ehr", metavar="PATH|URL", help="CSV: patient_id, study_id, code, code_system, date."),
+    reports: str = typer.Option(
+        ..., "--reports", metavar="PATH|URL", help="CSV: study_id, findings and impression or report [, study_date]."),
+    phecode_map: Optional[str] = typer.Option(
+        None, "--phecode-map", metavar="PATH|URL", help="CSV: vocabulary_id, code, phecode (PheWAS 1.2)."),
     out: Path = typer.Option(..., "--out", help="Output folder (shards/, manifest.parquet, phenotypes.json, ...)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section ct.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0 = in process); overrides params."),
@@ -658,7 +663,9 @@ def curate_command(
     try:
         cfg = load_config(params, workers, allow_empty, executor)
         key = load_key(key_file)
-        summary = curate(Path(volumes), Path(ehr), Path(reports), phecode_map, Path(out), cfg, key, link_table)
+        local = {"volumes": fetch_folder(volumes), "ehr": fetch(ehr), "reports": fetch(reports)}
+        phecodes = fetch(phecode_map) if phecode_map else None
+        summary = curate(local["volumes"], local["ehr"], local["reports"], phecodes, Path(out), cfg, key, link_table)
     except InputError as exc:
         # Said here, not left to pipelines/cli.py: its click.ClickException is not the class typer's vendored
         # click catches (typer >= 0.2x), so there it would end in a traceback.

@@ -57,6 +57,8 @@ from domains.remote_sensing.curation.visibility import TagTable, captions, dedup
 from pipelines.curation import EXECUTOR_HELP, CurationConfig, ExecutorName, Pair, Reject, UnitResult, WorkUnit, run_curation
 from pipelines.curation.splits import SpatialSplitter, equal_area_xy
 from pipelines.errors import InputError
+from pipelines.infer.device import DeviceChoice
+from pipelines.io.remote import as_location, fetch, gdal_url_defaults, is_url, remote_identity
 from pipelines.params import read
 
 STAGE_RASTER = "raster"
@@ -101,11 +103,13 @@ class RSCurateConfig(CurationConfig):
     quality_model: Optional[str] = None
     quality_pretrained: Optional[str] = None
     quality_keep_fraction: float = 1.0
+    quality_device: DeviceChoice = "auto"  # auto: the GPU when there is one (bf16 autocast), else the CPU
+    quality_batch_size: int = 64
 
     def output_params(self) -> dict[str, Any]:
         """The options that change what a unit produces (its resume key hashes these)."""
         skip = {"workers", "shard_size", "val_fraction", "test_fraction", "split_seed", "split_cell_m", "split_buffer_m",
-                "quality_model", "quality_pretrained", "quality_keep_fraction"}
+                "quality_model", "quality_pretrained", "quality_keep_fraction", "quality_device", "quality_batch_size"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -359,14 +363,30 @@ class Footprint:
     identity: str  # size and mtime: a changed raster is curated again
 
 
-def raster_footprint(path: Path) -> tuple[Footprint | None, Reject | None]:
-    """The raster's lon/lat bounds, or the reason it cannot be used."""
+def _identity(path: str | Path) -> tuple[str | None, Reject | None]:
+    """What identifies the raster's current content (size and mtime, or a URL's size and validator)."""
+    if is_url(path):
+        try:
+            identity = remote_identity(str(path))
+        except InputError as exc:
+            return None, Reject(str(path), STAGE_RASTER, f"raster URL cannot be read: {str(exc).removeprefix(f'{path}: ')}")
+        return (None, Reject(str(path), STAGE_RASTER, "empty file")) if json.loads(identity).get("size") == 0 else (identity, None)
+    path = Path(path)
     if path.is_dir():
         return None, Reject(str(path), STAGE_RASTER, "raster path is a folder, not a file (give each raster with --raster)")
     if not path.is_file():
         return None, Reject(str(path), STAGE_RASTER, "raster file not found")
-    if path.stat().st_size == 0:
+    stat = path.stat()
+    if stat.st_size == 0:
         return None, Reject(str(path), STAGE_RASTER, "empty file")
+    return f"{stat.st_size}:{stat.st_mtime_ns}", None
+
+
+def raster_footprint(path: str | Path) -> tuple[Footprint | None, Reject | None]:
+    """The raster's lon/lat bounds, or the reason it cannot be used; `path` may be a URL (read in place by GDAL)."""
+    identity, reject = _identity(path)
+    if reject:
+        return None, reject
     try:
         with rasterio.open(path) as src:
             if src.crs is None:
@@ -384,8 +404,7 @@ def raster_footprint(path: Path) -> tuple[Footprint | None, Reject | None]:
         return None, Reject(str(path), STAGE_RASTER, "raster CRS cannot be transformed to lon/lat")
     if not all(math.isfinite(b) for b in bounds):
         return None, Reject(str(path), STAGE_RASTER, "raster bounds cannot be placed on the globe")
-    stat = path.stat()
-    return Footprint(str(path), tuple(bounds), f"{stat.st_size}:{stat.st_mtime_ns}"), None
+    return Footprint(str(path), tuple(bounds), identity), None
 
 
 def _features_digest(features: list[Feature]) -> str:
@@ -396,7 +415,7 @@ def _features_digest(features: list[Feature]) -> str:
     return h.hexdigest()[:16]
 
 
-def inspect_raster(path: Path, order: int, cfg: RSCurateConfig) -> tuple[RasterInfo | None, Reject | None, Any, list[str]]:
+def inspect_raster(path: str | Path, order: int, cfg: RSCurateConfig) -> tuple[RasterInfo | None, Reject | None, Any, list[str]]:
     """A raster's place in the footprint index, or the reason it cannot be used.
 
     Returns (info, reject, sample of valid values for the stretch or None, warnings). The whole
@@ -484,13 +503,13 @@ def _reach_box(feature: Feature, reach_m: float) -> Any:
 
 
 def plan_units(
-    rasters: list[Path], features: list[Feature], cfg: RSCurateConfig, table: TagTable
+    rasters: list[str | Path], features: list[Feature], cfg: RSCurateConfig, table: TagTable
 ) -> Plan:
     """Mosaics of the usable rasters, cut into chunk units holding the objects whose centre they contain; rejects for the rest."""
     plan = Plan()
     infos: list[RasterInfo] = []
     samples: dict[str, Any] = {}
-    for order, path in enumerate(dict.fromkeys(Path(r) for r in rasters)):
+    for order, path in enumerate(dict.fromkeys(as_location(r) for r in rasters)):
         plan.counts["rasters_seen"] += 1
         info, reject, values, caveats = inspect_raster(path, order, cfg)
         if reject:
@@ -606,9 +625,11 @@ def check_config(cfg: RSCurateConfig) -> None:
         raise InputError(f"remote_sensing.curate.split_buffer_m: {cfg.split_buffer_m:g} must not be negative")
 
 
-def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> dict[str, Any]:
-    """The whole curation (the CLI's body, callable from tests and other code)."""
+def curate(rasters: list[str | Path], osm: Path, out: Path, cfg: RSCurateConfig) -> dict[str, Any]:
+    """The whole curation (the CLI's body, callable from tests and other code); rasters may be URLs."""
     check_config(cfg)
+    if any(is_url(r) for r in rasters):
+        gdal_url_defaults()
     table = load_tag_table(cfg.extra_visible_tags)
     read = read_features(osm, keep=table.has_visible)
     pre_rejects = list(read.rejects)
@@ -632,7 +653,8 @@ def curate(rasters: list[Path], osm: Path, out: Path, cfg: RSCurateConfig) -> di
         from pipelines.curation.quality import make_clip_scorer
         from pipelines.models.clip import ModelSpec
 
-        scorer = make_clip_scorer(ModelSpec(name=cfg.quality_model, pretrained=cfg.quality_pretrained))
+        scorer = make_clip_scorer(ModelSpec(name=cfg.quality_model, pretrained=cfg.quality_pretrained),
+                                  cfg.quality_batch_size, cfg.quality_device)
     return run_curation(
         plan.units,
         process,
@@ -655,8 +677,13 @@ def load_config(params: Optional[Path], workers: Optional[int] = None, allow_emp
 
 
 def curate_command(
-    raster: list[Path] = typer.Option(..., "--raster", metavar="PATH", help="GeoTIFF/COG raster (any CRS); repeat for several."),
-    osm: Path = typer.Option(..., "--osm", help="OpenStreetMap data: .osm, .osm.pbf, .osm.bz2 or .geojson."),
+    raster: list[str] = typer.Option(
+        ..., "--raster", metavar="PATH|URL",
+        help="GeoTIFF/COG raster (any CRS), a path or a URL read in place (https://, s3://, ...); repeat for several.",
+    ),
+    osm: str = typer.Option(
+        ..., "--osm", metavar="PATH|URL", help="OpenStreetMap data: .osm, .osm.pbf, .osm.bz2 or .geojson (a URL is fetched once)."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder (shards/, manifest.parquet, rejects.csv, summary.json)."),
     params: Optional[Path] = typer.Option(None, "--params", help="params.yaml; section remote_sensing.curate."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (0 = in process); overrides params."),
@@ -666,7 +693,10 @@ def curate_command(
     executor: Annotated[Optional[ExecutorName], typer.Option("--executor", help=EXECUTOR_HELP)] = None,
 ) -> dict[str, Any]:
     """Curate SkyScript-style image-caption pairs from rasters and OpenStreetMap tags."""
-    osm = Path(osm)
+    try:
+        osm = fetch(osm)
+    except InputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--osm") from None
     if not osm.is_file():
         raise typer.BadParameter(f"OSM file not found: {osm}", param_hint="--osm")
     try:
@@ -675,7 +705,7 @@ def curate_command(
         raise typer.BadParameter(str(exc), param_hint="--osm") from exc
     cfg = load_config(params, workers, allow_empty, executor)
     try:
-        summary = curate([Path(r) for r in raster], osm, Path(out), cfg)
+        summary = curate([as_location(r) for r in raster], osm, Path(out), cfg)
     except OSMFileError as exc:  # the one map of the run: nothing can be curated without it
         raise typer.BadParameter(str(exc), param_hint="--osm") from None
     typer.echo(
