@@ -221,3 +221,35 @@ def test_preprocess_config_defaults_for_bare_models(tiny) -> None:
 def test_model_config_of_unknown_name() -> None:
     with pytest.raises(ValueError, match="unknown"):
         model_config_of(ModelSpec(name="no-such-model"))
+
+
+def test_export_ships_the_hubness_bank_embedded_by_the_exported_weights(base_spec, tiny, tmp_path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.evaluate.analyses import Bank
+    from pipelines.evaluate.hubness import HubnessConfig
+    from pipelines.infer.hubness import read_bank
+
+    adapted, trained = _trained_dir(base_spec, tmp_path, AdaptConfig(mode="lora", lora_r=4))
+    rng = np.random.default_rng(3)
+    pngs = []
+    for _ in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    out = tmp_path / "banked"
+    export(trained, out, {"domain": "aerial", "hubness_bank": 3}, Bank(pngs, TEXTS, 10), HubnessConfig(beta=12.0))
+    bank = read_bank(out)
+    model, preprocess, _, want_txt = _stock_embeddings(out, torch.zeros(1, 3, 64, 64))
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in pngs])
+        want_img = model.encode_image(pixels, normalize=True)
+    assert bank.beta == bank.beta_gallery == 12.0
+    np.testing.assert_allclose(bank.text, torch.nn.functional.normalize(want_txt, dim=-1).numpy(), atol=TOL)
+    np.testing.assert_allclose(bank.image, want_img.numpy(), atol=TOL)
+    assert "--correction qb_norm" in (out / "README.md").read_text()
+    export(trained, tmp_path / "plain", {"domain": "aerial"})
+    assert read_bank(tmp_path / "plain") is None

@@ -306,6 +306,8 @@ def test_search_bad_inputs_are_named(export: Path, volume_export: Path, slides: 
         search_slides(volume_export, slides, "tumour", out, cache=tmp_path / "c", **FAST)
     with pytest.raises(InputError, match="empty --query"):
         search_slides(export, slides, "  ", out, cache=tmp_path / "c", **FAST)
+    with pytest.raises(InputError, match=f"{export} ships no hubness bank"):
+        search_slides(export, slides, "tumour", out, cache=tmp_path / "c", correction="db_norm", **FAST)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="empty: no slide files"):

@@ -35,6 +35,7 @@ from pipelines.errors import InputError
 from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
+from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet
 from pipelines.infer.stream import embed_windows
 
@@ -304,7 +305,7 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
 def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence[str | Path], query: str, out: str | Path,
                   top_k: int = 20, mpp: float = 0.5, tile_size: int = 224, slide_mpp: float | None = None, min_tissue: float = 0.5,
                   batch_size: int = 64, workers: int = 2, cache: str | Path | None = None, device: str = "auto",
-                  skip_unreadable: bool = False) -> SlideSearch:
+                  skip_unreadable: bool = False, correction: Correction = "none") -> SlideSearch:
     """The tissue tiles of the slides that best match a text query, by cosine similarity; writes a table and a contact sheet.
 
     Args:
@@ -324,6 +325,9 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         device: "auto", "cpu" or "cuda".
         skip_unreadable: leave out (and list in `skipped`) the slides that cannot be used (openslide
             cannot open or read them, unknown resolution) instead of stopping at the first.
+        correction: "none" ranks by cosine similarity; "qb_norm" or "db_norm" rescore it against the
+            hubness bank the export ships (pipelines/infer/hubness.py), so tiles near every caption
+            (hubs) stop crowding the top.
 
     Returns:
         The paths written and the best matches.
@@ -342,6 +346,8 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
     paths = slide_files(slides)
     encoder = load_encoder(model, device)
+    bank = encoder.hubness_bank()
+    check_bank(correction, bank, str(encoder.folder))
     embedding_cache = EmbeddingCache(Path(cache) if cache is not None else None)
 
     tilings: list[SlideTiling] = []
@@ -368,10 +374,9 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         raise InputError(f"no tissue found in any of the {len(paths)} slides ({'; '.join(skipped[:5])})")
 
     text = encoder.embed_texts([query.strip()])[0]
-    scores = [emb @ text for emb in per_slide]
-    owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
-    index = np.concatenate([np.arange(len(s)) for s in scores])
-    flat = np.concatenate(scores)
+    owner = np.concatenate([np.full(len(e), i) for i, e in enumerate(per_slide)])
+    index = np.concatenate([np.arange(len(e)) for e in per_slide])
+    flat = search_scores(text, np.concatenate(per_slide), correction, bank, str(encoder.folder))
     order = np.argsort(-flat, kind="stable")[:top_k]
     rows = []
     for rank, j in enumerate(order, start=1):
@@ -379,7 +384,8 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         x, y, _ = tiling.tiles[index[j]]
         rows.append({"rank": rank, "slide": tiling.path.name, "path": str(tiling.path), "x": int(x), "y": int(y),
                      "size": float(tiling.size0), "score": float(flat[j])})
-    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k), "score": "cosine similarity",
+    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k),
+               "score": describe(correction, bank),
                "tiling": {"mpp": mpp, "tile_size": tile_size, "min_tissue": min_tissue, "slide_mpp": slide_mpp},
                "slides": listing, "skipped": skipped, "tissue_tiles": int(len(flat)), "cached_slides": int(cached),
                "cache": str(embedding_cache.folder), "best": rows}
@@ -455,10 +461,11 @@ def search_command(
     cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default ~/.cache/domainfm/embeddings).")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
+    correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:
     """Find the tissue tiles of a folder of slides that best match a text query (embeddings cached per slide)."""
     result = search_slides(model, slides, query, out, top_k, mpp, tile_size, slide_mpp, min_tissue, batch_size, workers, cache, device,
-                           skip_unreadable)
+                           skip_unreadable, correction)
     typer.echo(f"{result.n_tiles} tissue tiles in {result.n_slides - len(result.skipped)} slides "
                f"({result.cached_slides} from the cache) in {result.seconds:.1f} s; best: "
                + (f"{result.best[0]['slide']} x={result.best[0]['x']} y={result.best[0]['y']} ({result.best[0]['score']:.3f})"))

@@ -49,6 +49,7 @@ from pipelines.errors import InputError
 from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
+from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet, palette_png
 from pipelines.infer.stream import embed_windows
 from pipelines.io.remote import as_location
@@ -564,7 +565,7 @@ def _raster_at(grid: WindowGrid, row: int, col: int) -> str:
 def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequence[str | Path], query: str, out: str | Path,
                    top_k: int = 8, tile_m: float | None = None, stride_m: float | None = None, batch_size: int = 64, workers: int = 2,
                    bands: Sequence[int] | None = None, min_valid: float = 0.5, cache: str | Path | None = None,
-                   device: str = "auto") -> RasterSearch:
+                   device: str = "auto", correction: Correction = "none") -> RasterSearch:
     """The windows of a scene that best match a text query, by cosine similarity; writes their footprints and a contact sheet.
 
     Args:
@@ -582,6 +583,9 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
         cache: embedding cache folder (default ~/.cache/domainfm/embeddings); rasters already embedded
             by the same model with the same windows are not read again.
         device: "auto", "cpu" or "cuda".
+        correction: "none" ranks by cosine similarity; "qb_norm" or "db_norm" rescore it against the
+            hubness bank the export ships (pipelines/infer/hubness.py), so windows near every caption
+            (hubs) stop crowding the top.
 
     Returns:
         The paths written and the best matches.
@@ -599,6 +603,8 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
         raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
     bands = read_bands(bands)
     encoder = load_encoder(model, device)
+    bank = encoder.hubness_bank()
+    check_bank(correction, bank, str(encoder.folder))
     scene = open_scene(paths, bands)
     grid = window_grid(model, encoder, scene, tile_m, stride_m, min_valid)
     embedding_cache = EmbeddingCache(Path(cache) if cache is not None else None)
@@ -608,7 +614,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
                          f"is {min_valid:.0%} valid pixels)")
 
     text = encoder.embed_texts([query.strip()])[0]
-    scores = embeddings @ text
+    scores = search_scores(text, embeddings, correction, bank, str(encoder.folder))
     order = np.argsort(-scores, kind="stable")[:top_k]
     rows, features = [], []
     for rank, j in enumerate(order, start=1):
@@ -618,7 +624,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
                   "bounds": [round(v, 3) for v in grid.window_bounds(row, col)], "centre_lonlat": centre}
         rows.append(record)
         features.append({"type": "Feature", "geometry": geometry, "properties": record})
-    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k), "score": "cosine similarity",
+    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k), "score": describe(correction, bank),
                "rasters": [str(p) for p in scene.inputs], "crs": scene.crs_name,
                "tiling": {"tile_m": grid.tile_m, "stride_m": grid.stride_m, "window_px": grid.window_px, "min_valid": min_valid,
                           "rows": grid.rows, "cols": grid.cols},
@@ -697,10 +703,11 @@ def search_command(
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default ~/.cache/domainfm/embeddings).")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:
     """Find the windows of a scene that best match a text query (window embeddings cached per scene and tiling)."""
     result = search_rasters(model, raster, query, out, top_k, tile_m, stride_m, batch_size, workers, read_bands(bands), min_valid,
-                            cache, device)
+                            cache, device, correction)
     best = result.best[0]
     typer.echo(f"{result.n_windows} windows in {result.n_rasters} raster{'s' if result.n_rasters > 1 else ''} "
                f"({'from the cache' if result.cached else 'embedded'}) in {result.seconds:.1f} s; best: {best['raster']} "

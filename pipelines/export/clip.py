@@ -17,6 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pipelines.evaluate.analyses import Bank
+from pipelines.evaluate.clip import encode_images, encode_texts
+from pipelines.evaluate.hubness import HubnessConfig
+from pipelines.infer.hubness import BANK_FILE, HubnessBank, write_bank
 from pipelines.io.atomic import atomic_dir
 from pipelines.models.adapt import ADAPT_SPEC_FILE, TRAINABLE_FILE, AdaptConfig, load_trained, merged_clip, read_adapt_spec
 from pipelines.models.clip import ModelSpec, model_config_of, preprocess_config_of, write_open_clip_files
@@ -128,6 +132,9 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
         f"tokenizer = open_clip.get_tokenizer('local-dir:exports/{export_name}')",
         "```", "",
     ]
+    if card.get("hubness_bank"):
+        lines += [f"`{BANK_FILE}` holds {card['hubness_bank']} training captions and images embedded by these weights: "
+                  "`domainfm search <domain> --correction qb_norm|db_norm` ranks with it (hubness correction).", ""]
     if cfg.mode == "lora":
         lines += [f"The unmerged LoRA adapter (peft format, on top of open_clip attention rewritten into "
                   f"explicit q/k/v/out linears by `pipelines.models.adapt.explicit_attention`) is in `{ADAPTER_DIR}/`.", ""]
@@ -137,14 +144,24 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
 # --------------------------------------------------------------------------------------------
 
 
-def export(trained_dir: Path, out_dir: Path, card: dict) -> None:
-    """Write out_dir/ = merged model (local-dir format) + adapter/ (lora only) + README.md, atomically."""
+def export(trained_dir: Path, out_dir: Path, card: dict, bank: Bank | None = None, hubness: HubnessConfig | None = None) -> None:
+    """Write out_dir/ = merged model (local-dir format) + adapter/ (lora only) + README.md, atomically.
+
+    With a `bank` of training pairs, also hubness_bank.safetensors: their embeddings under the exported
+    weights, with `hubness`'s betas, for the search commands' `--correction` (pipelines/infer/hubness.py).
+    """
     trained_dir, out_dir = Path(trained_dir), Path(out_dir)
     base, cfg = read_adapt_spec(trained_dir)
-    model, _ = load_trained(trained_dir, device="cpu")
+    model, loaded = load_trained(trained_dir, device="cpu")
     merged = merged_clip(model, cfg).eval()
     with atomic_dir(out_dir) as tmp:
         write_open_clip_files(merged, model_config_of(base), tmp, preprocess_config_of(merged))
+        if bank is not None and bank.images:
+            hubness = hubness or HubnessConfig()
+            write_bank(tmp, HubnessBank(
+                text=encode_texts(merged, loaded.tokenizer, bank.texts, "cpu", 64).numpy(),
+                image=encode_images(merged, loaded.preprocess_val, bank.images, "cpu", 64).numpy(),
+                beta=hubness.beta, beta_gallery=hubness.beta_gallery or hubness.beta))
         if cfg.mode == "lora":
             adapter = tmp / ADAPTER_DIR
             model.save_pretrained(str(adapter))

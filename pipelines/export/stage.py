@@ -51,5 +51,20 @@ def export_domain(domain: str, model: Path, out: Path, metrics: Optional[Path], 
         "prompt_templates": templates,
         "limitations": notes["limitations"],
     }
-    export(model, out, card)
+    hubness, bank = _hubness_bank(evaluate, data)
+    card["hubness_bank"] = len(bank.images) if bank else 0
+    export(model, out, card, bank, hubness)
     return Path(out)
+
+
+def _hubness_bank(evaluate: dict[str, Any], data: Optional[Path]) -> tuple[Any, Any]:
+    """`evaluate.hubness` typed, and the training pairs of the search commands' hubness bank (drawn as evaluation draws them)."""
+    from pipelines.evaluate.analyses import sample_bank
+    from pipelines.evaluate.hubness import HubnessConfig
+    from pipelines.io.shards import shard_paths
+
+    hubness = params.build(HubnessConfig, evaluate.get("hubness") or {}, "evaluate.hubness")
+    if data is None or not hubness.enabled or not hubness.bank_size:
+        return hubness, None
+    shards = shard_paths(Path(data), "train")
+    return hubness, (sample_bank(shards, hubness.bank_size, hubness.seed) if shards else None)

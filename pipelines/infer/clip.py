@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipelines.errors import InputError
 from pipelines.infer.device import inference_autocast, resolve_device
+from pipelines.infer.hubness import HubnessBank, read_bank
 from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
 
 
@@ -53,9 +54,14 @@ class ClipEncoder:
     """Batched image and text embeddings of an exported open_clip model, on the best device."""
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Any,
-                 device: torch.device, fingerprint: str) -> None:
+                 device: torch.device, fingerprint: str, folder: Path | None = None) -> None:
         self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
         self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it)
+        self.folder = folder  # the export it was loaded from, if any
+
+    def hubness_bank(self) -> HubnessBank | None:
+        """The hubness bank the export ships (pipelines/infer/hubness.py), or None."""
+        return read_bank(self.folder) if self.folder is not None else None
 
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "auto") -> ClipEncoder:
@@ -68,7 +74,7 @@ class ClipEncoder:
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
         digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
-        return cls(model, preprocess, tokenizer, resolve_device(device), digest)
+        return cls(model, preprocess, tokenizer, resolve_device(device), digest, folder)
 
     def to_tensor(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """The model input for one RGB image (HxWx3 uint8 array or PIL image)."""
