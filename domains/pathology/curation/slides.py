@@ -173,12 +173,13 @@ class SlideJob:
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue in degrees, saturation and value in [0, 1] (fast; skimage's rgb2hsv is float64-heavy)."""
-    a = rgb[..., :3].astype(np.float32) / 255.0
-    mx = a.max(-1)
-    mn = a.min(-1)
+    # one contiguous plane per channel: element-wise max/min are the same values as a reduction over
+    # the channel axis, without its slow length-3 inner loop
+    r, g, b = (rgb[..., c].astype(np.float32) / 255.0 for c in range(3))
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
     delta = mx - mn
     sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
-    r, g, b = a[..., 0], a[..., 1], a[..., 2]
     d = np.maximum(delta, 1e-6)
     hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
     hue = np.where(delta > 0, hue, 0.0)
@@ -226,7 +227,7 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
     # Saturated (stained) or clearly darker than glass: pale membranes of fat cells are grey, not pink.
     # A 3x3 median first: scanner/JPEG noise on glass is pixel-sized, membranes are continuous lines,
     # so closing cannot knit noise into a net.
-    sat, grey = ndimage.median_filter(sat, size=3), ndimage.median_filter(grey, size=3)
+    sat, grey = median3x3(sat), median3x3(grey)
     mask = ((sat > t) | (grey < DARK_GREY)) & ~pen
     min_size = max(4, int(mask.size * 2e-4))
     radius = max(1, min(mask.shape) // 128)
@@ -236,6 +237,25 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
     # cells and lumina cut by a tile edge are not enclosed, glass background is one large region.
     mask = ~_drop_small(~mask, max(1, int(mask.size * max_hole_fraction)))
     return _drop_small(mask, min_size)
+
+
+# Devillard's 19-exchange network: after it, p[4] holds the median of p[0..8]
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7), (3, 6), (1, 4),
+            (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def median3x3(image: np.ndarray) -> np.ndarray:
+    """`ndimage.median_filter(image, size=3)` (edges reflected), exactly, by a sorting network over the 9 shifted views.
+
+    A median picks one of the nine values, so min/max exchanges give it bit for bit (no NaN here:
+    saturation and grey are finite), several times faster than scipy's rank filter.
+    """
+    padded = np.pad(image, 1, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    h, w = image.shape
+    p = [padded[r : r + h, c : c + w] for r in range(3) for c in range(3)]
+    for a, b in _MEDIAN9:
+        p[a], p[b] = np.minimum(p[a], p[b]), np.maximum(p[a], p[b])
+    return np.ascontiguousarray(p[4])
 
 
 def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
