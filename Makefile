@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint clean
+.PHONY: setup repro test test-fast lint clean bench bench-setup
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,22 @@ test-fast: lint
 
 clean:
 	rm -rf data models metrics plots exports .dvc/tmp
+
+# Benchmarks against peer libraries (reports/benchmarks.md). The peers live in .venv-bench, which sees the
+# project's .venv through a .pth file (benchmarks/bench_env.py) and is pinned to its exact versions, so the
+# project's own environment stays lean and no second torch is installed.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+
+$(BENCH_BIN)/.installed: $(BIN)/.installed benchmarks/bench_env.py benchmarks/requirements-peers.txt benchmarks/requirements-peers-nodeps.txt
+	test -x $(BENCH_BIN)/python || $(BIN)/python -m venv $(BENCH_VENV)
+	$(BIN)/python benchmarks/bench_env.py $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install --quiet -c constraints.txt -c $(BENCH_VENV)/project-versions.txt -r benchmarks/requirements-peers.txt
+	$(BENCH_BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements-peers-nodeps.txt
+	touch $@
+
+bench-setup: setup $(BENCH_BIN)/.installed
+
+# every benchmarks/*.py that takes --json, one after another, then reports/benchmarks.md
+bench: bench-setup
+	$(BENCH_BIN)/python benchmarks/run_all.py

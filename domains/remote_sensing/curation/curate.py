@@ -43,6 +43,7 @@ from domains.remote_sensing.curation.osm import Feature, OSMFileError, osm_forma
 from domains.remote_sensing.curation.tiles import (
     WGS84,
     MemberReadError,
+    TileSource,
     acquisition_time,
     mosaic_limits,
     native_gsd_m,
@@ -227,6 +228,7 @@ def _cut_tiles(job: MosaicJob, cfg: RSCurateConfig, table: TagTable, members: li
     context = sorted(job.context, key=lambda f: f.osm_id)
     tree = STRtree([f.geometry for f in context])
     own_crs = CRS.from_user_input(job.tile_crs) if job.tile_crs else None
+    tile_sources = [TileSource.of(src, m.bands) for src, m in zip(sources, members)]  # metadata checks once per raster
 
     for feat in sorted(job.features, key=lambda f: f.osm_id):
         focus = table.visible(feat.tags, sizes.base_gsd)
@@ -257,7 +259,7 @@ def _cut_tiles(job: MosaicJob, cfg: RSCurateConfig, table: TagTable, members: li
         resampling = Resampling.average if gsd > 1.5 * job.gsd_m else Resampling.bilinear
         if touching:
             try:
-                tile, given = read_mosaic_tile([(sources[i], members[i].bands) for i in touching], crs, bounds, size, resampling)
+                tile, given = read_mosaic_tile([tile_sources[i] for i in touching], crs, bounds, size, resampling)
             except MemberReadError as exc:
                 raise _Unreadable(members[touching[exc.index]].path) from None
             used = [members[i] for i, n in sorted(zip(touching, given), key=lambda t: -t[1]) if n > 0]

@@ -26,16 +26,18 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import rasterio
 import rasterio.errors
+import rasterio.windows
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
 
 WGS84 = CRS.from_epsg(4326)
 # Mercator-family projections: metres on the map are not metres on the ground away from the equator.
@@ -198,20 +200,85 @@ class Tile:
     valid: np.ndarray  # (H, W) bool: pixels with data
 
 
+@dataclass(frozen=True)
+class TileSource:
+    """An open raster, the bands shown, and how its empty pixels are told apart: found once per raster, not per tile.
+
+    `validity` is "alpha" when nothing in an integer raster marks empty pixels (an alpha band is
+    added to the warp and read with the bands: mask = alpha > 0, the mask `dataset_mask` reads), else
+    "mask" (nodata, alpha or mask bands, float data): the mask is warped apart with `dataset_mask`,
+    unless every source pixel the tile can draw on holds data (`covers_only_data`).
+    """
+
+    src: Any  # rasterio DatasetReader
+    bands: tuple[int, ...]  # 1-based
+    validity: str  # alpha | mask
+    crs: CRS
+
+    @classmethod
+    def of(cls, src: rasterio.io.DatasetReader, bands: Sequence[int]) -> TileSource:
+        """The source of `bands` of `src`, its validity rule decided from its metadata."""
+        integer = all(np.issubdtype(np.dtype(d), np.integer) for d in src.dtypes)
+        validity = "alpha" if integer and not has_validity_info(src) else "mask"
+        return cls(src, tuple(int(b) for b in bands), validity, src.crs)
+
+
+# Source pixels around a tile's footprint that a resampling kernel may reach, in multiples of the
+# output-to-source pixel ratio (GDAL's widest kernel, Lanczos, has radius 3), plus 2 for rounding.
+_KERNEL_REACH = 3
+_REACH_EXTRA = 2
+
+
+def covers_only_data(source: TileSource, crs: CRS, bounds: tuple[float, float, float, float], size: int) -> bool:
+    """Whether every source pixel the warp of `bounds` can draw on lies inside the raster and holds data in every band.
+
+    Then the warped tile has data everywhere, and its mask needs no second warp. A generous margin
+    (more than any kernel reaches) keeps the answer safe; False only means "warp the mask".
+    """
+    src = source.src
+    t = src.transform
+    if t.b != 0 or t.d != 0:  # a rotated grid: no simple window
+        return False
+    left, bottom, right, top = bounds if crs == source.crs else transform_bounds(crs, source.crs, *bounds, densify_pts=21)
+    window = rasterio.windows.from_bounds(left, bottom, right, top, transform=t)
+    ratio = max(1.0, window.width / size, window.height / size)
+    margin = int(math.ceil(_KERNEL_REACH * ratio)) + _REACH_EXTRA
+    c0, r0 = int(math.floor(window.col_off)) - margin, int(math.floor(window.row_off)) - margin
+    c1 = int(math.ceil(window.col_off + window.width)) + margin
+    r1 = int(math.ceil(window.row_off + window.height)) + margin
+    if c0 < 0 or r0 < 0 or c1 > src.width or r1 > src.height:
+        return False
+    return bool(src.read_masks(window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)).all())
+
+
 def read_tile(
-    src: rasterio.io.DatasetReader,
+    src: rasterio.io.DatasetReader | TileSource,
     crs: CRS,
     bounds: tuple[float, float, float, float],
     size: int,
-    bands: Sequence[int],
+    bands: Sequence[int] | None = None,
     resampling: Resampling = Resampling.bilinear,
 ) -> Tile:
-    """The square `bounds` (left, bottom, right, top in `crs`) as a size x size tile."""
+    """The square `bounds` (left, bottom, right, top in `crs`) as a size x size tile.
+
+    `src` is an open raster (then `bands` says which to read) or a TileSource (its bands; built once
+    per raster, it spares every tile the metadata checks). Pixels and mask are what one warp of the
+    bands and a second of `dataset_mask` give; the second is skipped when it cannot find an empty
+    pixel (an added alpha band read with the bands, or `covers_only_data`).
+    """
+    source = src if isinstance(src, TileSource) else TileSource.of(src, bands or default_bands(src.count))
     transform = from_bounds(*bounds, width=size, height=size)
     # Without nodata or a mask, an alpha band is the only way to tell "outside the raster" from 0.
-    add_alpha = not has_validity_info(src)
-    with WarpedVRT(src, crs=crs, transform=transform, width=size, height=size, resampling=resampling, add_alpha=add_alpha) as vrt:
-        data = vrt.read(indexes=list(bands))
+    add_alpha = not has_validity_info(source.src)
+    shown = list(source.bands)
+    with WarpedVRT(source.src, crs=crs, transform=transform, width=size, height=size, resampling=resampling,
+                   add_alpha=add_alpha) as vrt:
+        if source.validity == "alpha":
+            read = vrt.read(indexes=[*shown, vrt.count])  # the added alpha band is the VRT's last
+            return Tile(read[:-1], read[-1] > 0)
+        data = vrt.read(indexes=shown)
+        if covers_only_data(source, crs, bounds, size):
+            return Tile(data, finite_pixels(data))
         valid = (vrt.dataset_mask() > 0) & finite_pixels(data)
     return Tile(data, valid)
 
@@ -231,22 +298,26 @@ def to_rgb8(tile: Tile, limits: Sequence[tuple[float, float]] | None = None) -> 
     empty pixels are black. Raises ValueError when a band that is not uint8 has no limits.
     """
     data = tile.data
-    out = np.zeros(data.shape, dtype=np.uint8)
-    for i, band in enumerate(data):
+    if data.dtype != np.uint8 and limits is None:
+        raise ValueError(f"{data.dtype} band 1 needs stretch limits")
+    shown = data[:3]
+    # built as H x W x C at once: no band-first copy to transpose afterwards
+    out = np.empty((*data.shape[1:], 3 if len(shown) == 1 else len(shown)), dtype=np.uint8)
+    for i, band in enumerate(shown):
         if band.dtype == np.uint8:
-            out[i] = band
+            out[..., i] = band
             continue
-        if limits is None:
-            raise ValueError(f"{band.dtype} band {i + 1} needs stretch limits")
         lo, hi = (float(v) for v in limits[i])
         if hi <= lo:  # flat band: anything above the floor is full scale
             hi = lo + 1.0
         scaled = (band.astype(np.float64) - lo) / (hi - lo) * 255.0
-        out[i] = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0, 255).round().astype(np.uint8)
-    out[:, ~tile.valid] = 0
-    if out.shape[0] == 1:
-        out = np.repeat(out, 3, axis=0)
-    return np.ascontiguousarray(out[:3].transpose(1, 2, 0))
+        out[..., i] = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0, 255).round().astype(np.uint8)
+    if len(shown) == 1:
+        out[..., 1] = out[..., 0]
+        out[..., 2] = out[..., 0]
+    if not tile.valid.all():
+        out[~tile.valid] = 0
+    return out
 
 
 def overview_sample(
@@ -302,7 +373,7 @@ class MemberReadError(Exception):
 
 
 def read_mosaic_tile(
-    sources: Sequence[tuple[rasterio.io.DatasetReader, Sequence[int]]],
+    sources: Sequence[TileSource | tuple[rasterio.io.DatasetReader, Sequence[int]]],
     crs: CRS,
     bounds: tuple[float, float, float, float],
     size: int,
@@ -312,20 +383,23 @@ def read_mosaic_tile(
 
     Each raster is warped onto the tile's grid; a pixel comes from the first raster with data there,
     so later rasters fill only what earlier ones leave empty (rasterio.merge's "first" rule).
+    A source is a TileSource (built once per raster) or an (open raster, bands) pair.
     Raises MemberReadError naming the source whose pixels cannot be read.
     """
     tile: Tile | None = None
     given = []
-    for index, (src, bands) in enumerate(sources):
+    for index, source in enumerate(sources):
         if tile is not None and tile.valid.all():
             given.append(0)
             continue
         try:
-            part = read_tile(src, crs, bounds, size, bands, resampling)
+            if not isinstance(source, TileSource):
+                source = TileSource.of(*source)
+            part = read_tile(source, crs, bounds, size, resampling=resampling)
         except rasterio.errors.RasterioError as exc:  # truncated or corrupt data often shows only when pixels are read
             raise MemberReadError(index) from exc
         if tile is None:
-            tile = Tile(part.data.copy(), part.valid.copy())
+            tile = part  # read_tile's arrays are this call's own: later members fill them in place
             given.append(int(part.valid.sum()))
             continue
         fill = part.valid & ~tile.valid

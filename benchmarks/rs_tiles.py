@@ -1,0 +1,239 @@
+"""Remote-sensing tiles per second: our tile reader next to torchgeo's RasterDataset on the same windows.
+
+One scene, one grid of windows (torchgeo's GridGeoSampler over the scene, `--size` px at `--gsd`
+metres, stride = size), the same output (`--size` x `--size` px, the scene's CRS, the target GSD,
+average resampling, uint8 RGB), read three ways, interleaved, `--repeats` times:
+
+- ours:      `domains.remote_sensing.curation.tiles.read_mosaic_tile` (what curation calls for every
+             tile: pixels and the valid-pixel mask, its TileSource built once per raster) and `to_rgb8`;
+- baseline:  the reader as it was on main at 430160d (one WarpedVRT per tile and a second warp for the
+             mask), kept here so before and after are measured in the same command;
+- torchgeo:  `RasterDataset` (resampling average, file handles cached) indexed by the sampler's
+             windows; its float image is the output.
+
+Outputs are compared: ours against the baseline (must be identical) and against torchgeo where both
+have data (max abs difference in 0-255 grey levels; tolerance `TORCHGEO_TOLERANCE`, the two read
+through different GDAL paths; torchgeo gives no mask, its 0 is "no data"). Without `--raster` a
+synthetic `--scene-px` square scene at 1 m (EPSG:32631, 3-band uint8, 256 px tiles, deflate, a
+nodata strip along the right edge) is written first.
+
+Usage: python benchmarks/rs_tiles.py [--raster R.tif] [--gsd 2] [--size 224] [--repeats 5] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.transform import from_bounds
+from rasterio.vrt import WarpedVRT
+
+from domains.remote_sensing.curation.tiles import Tile, TileSource, finite_pixels, has_validity_info, read_mosaic_tile, to_rgb8
+
+TORCHGEO_TOLERANCE = 1  # grey levels: GDAL's warper (ours) and its RasterIO (torchgeo's merge) average the same pixels, rounding apart
+BAR = 1.5  # issue 16: ours >= torchgeo, aim 1.5x
+
+
+def machine() -> str:
+    """CPU model, cores and torch version, for the JSON contract."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "absent"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch_version}"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` to `path` atomically (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def synthetic_scene(size: int, folder: Path) -> Path:
+    """A size x size px, 1 m, 3-band uint8 tiled GeoTIFF of the demo landscape (mirrored to size), nodata 0 along the right edge."""
+    from domains.remote_sensing.demo.demo_data import render_landscape
+
+    block = min(size, 1024)
+    rgb, _, _ = render_landscape(block, 1.0, 0)
+    rgb = np.maximum(rgb, 1)  # 0 is nodata
+    reps = -(-size // block)
+    rows = [np.concatenate([rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps)], axis=1) for i in range(reps)]
+    image = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)[:size, :size].copy()
+    image[:, size - 24:] = 0
+    path = folder / f"synthetic-{size}.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+                       transform=rasterio.transform.from_origin(372_000, 4_834_000, 1.0, 1.0), nodata=0, tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", photometric="RGB") as dst:
+        dst.write(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return path
+
+
+def baseline_read(src: Any, crs: Any, bounds: tuple[float, float, float, float], size: int, bands: list[int],
+                  resampling: Resampling) -> Tile:
+    """tiles.read_tile as on main at 430160d: a WarpedVRT per tile, then a second warp for the mask."""
+    transform = from_bounds(*bounds, width=size, height=size)
+    add_alpha = not has_validity_info(src)
+    with WarpedVRT(src, crs=crs, transform=transform, width=size, height=size, resampling=resampling, add_alpha=add_alpha) as vrt:
+        data = vrt.read(indexes=list(bands))
+        valid = (vrt.dataset_mask() > 0) & finite_pixels(data)
+    return Tile(data, valid)
+
+
+def baseline_rgb8(tile: Tile) -> np.ndarray:
+    """tiles.to_rgb8 as on main at 430160d, for uint8 tiles (all this benchmark reads)."""
+    out = np.zeros(tile.data.shape, dtype=np.uint8)
+    for i, band in enumerate(tile.data):
+        out[i] = band
+    out[:, ~tile.valid] = 0
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return np.ascontiguousarray(out[:3].transpose(1, 2, 0))
+
+
+def grid_windows(src: Any, gsd: float, size: int) -> list[tuple[float, float, float, float]]:
+    """The windows torchgeo's GridGeoSampler lays over one scene (size px at gsd, stride = size), as (left, bottom, right, top).
+
+    Like its `tile_to_chips`, the last row and column cover the scene's edge and reach past it.
+    """
+    side = gsd * size
+    left, bottom, right, top = src.bounds
+    cols = math.ceil((right - left - side) / side) + 1
+    rows = math.ceil((top - bottom - side) / side) + 1
+    return [(left + j * side, bottom + i * side, left + (j + 1) * side, bottom + (i + 1) * side)
+            for i in range(rows) for j in range(cols)]
+
+
+def torchgeo_reader(raster: Path, gsd: float, size: int) -> tuple[Any, list[tuple[float, float, float, float]], str]:
+    """(RasterDataset over the scene with average resampling, the sampler's windows, "torchgeo X RasterDataset")."""
+    import torchgeo
+    from torchgeo.datasets import RasterDataset
+    from torchgeo.samplers import GridGeoSampler
+
+    class Scene(RasterDataset):
+        filename_glob = raster.name
+        is_image = True
+
+        @property
+        def resampling(self) -> Resampling:
+            return Resampling.average
+
+    with rasterio.open(raster) as src:
+        crs = src.crs
+    dataset = Scene(paths=[str(raster.parent)], crs=crs, res=gsd)
+    sampler = GridGeoSampler(dataset, size=size, stride=size)
+    windows = [(float(x.start), float(y.start), float(x.stop), float(y.stop)) for x, y, _ in sampler]
+    return dataset, windows, f"torchgeo {torchgeo.__version__} RasterDataset"
+
+
+def main() -> None:
+    """Measure, compare, print and (with --json) write the figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raster", type=Path, help="a GeoTIFF in a projected metric CRS (default: a synthetic scene)")
+    ap.add_argument("--scene-px", type=int, default=4096, help="synthetic scene side, px at 1 m")
+    ap.add_argument("--gsd", type=float, default=2.0, help="output metres per pixel (coarser than the scene: average resampling)")
+    ap.add_argument("--size", type=int, default=224, help="output px a side")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks' JSON contract)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raster = args.raster or synthetic_scene(args.scene_px, Path(tmp))
+        with rasterio.open(raster) as src:
+            crs, bands = src.crs, [1, 2, 3] if src.count >= 3 else [1]
+            windows = grid_windows(src, args.gsd, args.size)
+        try:
+            dataset, peer_windows, peer_name = torchgeo_reader(raster, args.gsd, args.size)
+        except ImportError as exc:
+            dataset, peer_windows, peer_name = None, windows, f"torchgeo missing ({exc}); run `make bench`"
+            print(f"torchgeo is not installed here ({exc}): only ours and the baseline are measured", file=sys.stderr)
+        if dataset is not None and not np.allclose(peer_windows, windows):
+            raise SystemExit(f"torchgeo's sampler laid {len(peer_windows)} windows, ours {len(windows)}: not the same grid")
+        windows = peer_windows
+
+        def ours() -> list[np.ndarray]:
+            with rasterio.open(raster) as src:
+                source = TileSource.of(src, bands)  # as curation does: once per raster
+                return [to_rgb8(read_mosaic_tile([source], crs, w, args.size, Resampling.average)[0]) for w in windows]
+
+        def baseline() -> list[np.ndarray]:
+            with rasterio.open(raster) as src:
+                return [baseline_rgb8(baseline_read(src, crs, w, args.size, bands, Resampling.average)) for w in windows]
+
+        def peer() -> list[np.ndarray]:
+            return [dataset[slice(w[0], w[2]), slice(w[1], w[3])]["image"].numpy() for w in windows]
+
+        runs: dict[str, list[float]] = {"ours": [], "baseline": [], "torchgeo": []}
+        outputs: dict[str, list[np.ndarray]] = {}
+        for _ in range(args.repeats):  # interleaved: machine noise hits all alike
+            for name, fn in (("ours", ours), ("baseline", baseline), ("torchgeo", peer)):
+                if name == "torchgeo" and dataset is None:
+                    continue
+                t0 = time.perf_counter()
+                outputs[name] = fn()
+                runs[name].append(time.perf_counter() - t0)
+
+    n = len(windows)
+    rate = {k: n / statistics.median(v) for k, v in runs.items() if v}
+    same_as_baseline = all(np.array_equal(a, b) for a, b in zip(outputs["ours"], outputs["baseline"]))
+    notes = [f"{n} windows of {args.size} px at {args.gsd:g} m (average resampling) from "
+             f"{args.raster or f'a synthetic {args.scene_px} px 1 m scene'}; ours == baseline (main 430160d): {same_as_baseline}"]
+    if "torchgeo" in outputs:
+        # torchgeo's image is (bands, H, W) float with 0 where it has no data (it gives no mask); ours (H, W, 3) uint8
+        worst, differ, values, one_sided, pixels = 0, 0, 0, 0, 0
+        for o, p in zip(outputs["ours"], outputs["torchgeo"]):
+            theirs = np.clip(p, 0, 255).round().astype(np.int16)
+            mine = o.transpose(2, 0, 1)[: theirs.shape[0]].astype(np.int16)
+            both = (mine.max(0) > 0) & (theirs.max(0) > 0)
+            diff = np.abs(mine - theirs)[:, both]
+            worst = max(worst, int(diff.max(initial=0)))
+            differ += int((diff > 0).sum())
+            values += diff.size
+            one_sided += int(((mine.max(0) > 0) != (theirs.max(0) > 0)).sum())
+            pixels += both.size
+        notes.append(f"vs torchgeo where both have data: max abs difference {worst} grey levels (tolerance {TORCHGEO_TOLERANCE}: "
+                     f"{'within' if worst <= TORCHGEO_TOLERANCE else 'OUTSIDE'}), {differ / max(values, 1):.3%} of values differ; "
+                     f"{one_sided / pixels:.3%} of pixels have data in one output only (windows past the scene's edge)")
+    if not same_as_baseline:
+        notes.append("WARNING: ours differs from the baseline reader")
+    for name, value in rate.items():
+        print(f"{name:9s} {value:8.1f} tiles/s  (median of {len(runs[name])}: {statistics.median(runs[name]):.3f} s for {n})")
+    rows = [{"figure": f"RS tiles read ({args.size} px at {args.gsd:g} m, average resampling, uint8 RGB + valid mask)",
+             "unit": "tiles/s", "ours": rate["ours"], "peer": peer_name, "peer_value": rate.get("torchgeo"),
+             "ratio": rate["ours"] / rate["torchgeo"] if "torchgeo" in rate else None, "bar": BAR,
+             "repeats": args.repeats, "notes": "; ".join(notes)},
+            {"figure": "RS tiles read, before (main 430160d reader) -> after", "unit": "tiles/s", "ours": rate["ours"],
+             "peer": "our reader on main 430160d (WarpedVRT per tile + mask warp)", "peer_value": rate["baseline"],
+             "ratio": rate["ours"] / rate["baseline"], "bar": None, "repeats": args.repeats,
+             "notes": f"identical outputs: {same_as_baseline}"}]
+    for note in notes:
+        print(note)
+    if args.json:
+        write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                               "machine": machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

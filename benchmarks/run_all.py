@@ -1,0 +1,73 @@
+"""Run every benchmark that follows the JSON contract and render reports/benchmarks.md (`make bench`).
+
+    .venv-bench/bin/python benchmarks/run_all.py [--out reports/benchmarks] [--only rs_tiles wsi_tiles] [--list]
+
+A benchmark follows the contract when its script takes `--json PATH` (docs: /work/notes/benchschema.md
+and benchmarks/report.py). Each runs as `<python> benchmarks/<stem>.py [EXTRA_ARGS] --json <out>/<stem>.json`
+from the repository root, with the root first on PYTHONPATH (the checkout's code is what is measured),
+one after another (they time themselves; running two at once would time each other). A failure is
+reported and the others still run; the report is rendered from every JSON file present; the exit
+status is 1 when any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Arguments a benchmark needs beyond its defaults (the default sizes are meant for this command).
+EXTRA_ARGS: dict[str, list[str]] = {}
+
+
+def contract_scripts(folder: Path) -> list[Path]:
+    """benchmarks/*.py whose argument parser has a --json option, sorted by name (this runner and report.py excluded)."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        if path.stem in ("run_all", "report", "bench_env"):
+            continue
+        if re.search(r"""add_argument\(\s*["']--json["']""", path.read_text(encoding="utf-8")):
+            found.append(path)
+    return found
+
+
+def main() -> None:
+    """Run the benchmarks, then the report."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks", help="folder of the JSON files")
+    ap.add_argument("--report", type=Path, default=ROOT / "reports" / "benchmarks.md")
+    ap.add_argument("--only", nargs="*", help="script stems to run (default: all that follow the contract)")
+    ap.add_argument("--list", action="store_true", help="print the scripts that would run and stop")
+    args = ap.parse_args()
+    scripts = contract_scripts(ROOT / "benchmarks")
+    if args.only:
+        unknown = sorted(set(args.only) - {p.stem for p in scripts})
+        if unknown:
+            raise SystemExit(f"--only: {', '.join(unknown)} not among the contract's benchmarks ({', '.join(p.stem for p in scripts)})")
+        scripts = [p for p in scripts if p.stem in args.only]
+    if args.list:
+        print("\n".join(p.stem for p in scripts))
+        return
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    failed = []
+    for path in scripts:
+        json_path = os.path.relpath(args.out.resolve() / f"{path.stem}.json", ROOT)
+        cmd = [sys.executable, str(path.relative_to(ROOT)), *EXTRA_ARGS.get(path.stem, []), "--json", json_path]
+        print(f"== {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, env=env)
+        print(f"== {path.stem}: exit {done.returncode} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if done.returncode:
+            failed.append(path.stem)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--json-dir", str(args.out), "--out", str(args.report)],
+                   cwd=ROOT, check=True)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)} (their previous JSON, if any, is what the report shows)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Whole-slide tissue tiles per second: our slide tiler next to histolab's and TIAToolbox's, same slide, MPP and tile size.
+
+Each tiler goes from the slide file to the tissue tiles as RGB arrays in memory (nothing written),
+`--repeats` times, interleaved; the figure is tissue tiles out per second (median):
+
+- ours:       `domains.pathology.curation.slides.process_slide` (tissue mask at low resolution, grid
+              cells with >= `--tissue` mask tissue, read at the level nearest the MPP, resized, each tile
+              checked again: pen ink, tissue, blur), every cell kept (max_tiles_per_slide unlimited);
+- baseline:   the same function as on main at `--baseline-rev` (read from git), so before and after
+              are measured in the same command; skipped when git cannot show it;
+- histolab:   `GridTiler(tile_size, level, check_tissue=True, tissue_percent=100 * --tissue)` (the level
+              nearest the MPP, within 5%: its `mpp` option needs large_image) over a
+              `TissueMask()` (its whole tissue mask, not the default biggest box); its tile generator, as
+              `extract` runs it, without writing PNGs;
+- TIAToolbox: `SlidingWindowPatchExtractor` (patch size, stride = size, resolution in mpp, Otsu
+              tissue mask, `min_mask_ratio` = --tissue); no per-tile check;
+- ours with `--mask-dim`: the tissue mask computed on a smaller image (params
+              pathology.curate.slides.mask_level_max_dim), a setting that keeps other tiles, reported
+              without a bar.
+
+Tissue semantics differ: ours and TIAToolbox keep a cell by the fraction of a low-resolution mask
+under it (then ours checks each tile again at full resolution); histolab checks each tile's own
+pixels only. The numbers of tiles kept are printed and recorded.
+
+Usage: python benchmarks/wsi_tiles.py [--slide S] [--mpp 0.5] [--tile-size 224] [--tissue 0.5] [--repeats 3] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines.curation import WorkUnit
+
+SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
+BASELINE_REV = "430160d"  # main before issue 16's changes
+BAR = 1.0  # issue 16: tissue tiles per second >= histolab's and TIAToolbox's
+
+
+def machine() -> str:
+    """CPU model, cores and torch version, for the JSON contract."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "absent"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch_version}"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` to `path` atomically (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def baseline_module(rev: str, folder: Path) -> Any | None:
+    """domains/pathology/curation/slides.py as at `rev`, imported as a module of its own, or None without git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:domains/pathology/curation/slides.py"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = folder / "slides_baseline.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("slides_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["slides_baseline"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def our_tiler(module: Any, slide: Path, mpp: float, size: int, tissue: float, **settings: Any) -> Callable[[], int]:
+    """Our slide tiler from `module` (this checkout's or the baseline's): tissue tiles of one slide."""
+    cfg = module.SlideConfig(target_mpp=mpp, tile_size=size, stride=size, min_tissue_fraction=tissue, max_tiles_per_slide=10**9,
+                             **settings)
+    unit = WorkUnit("bench", module.SlideJob(str(slide), "bench", "a caption", {}, asdict(cfg)))
+
+    def run() -> int:
+        result = module.process_slide(unit)
+        run.cells_read = result.counts["tiles_read"]  # type: ignore[attr-defined]
+        run.ids = sorted((p.id, hashlib.sha256(p.image.tobytes()).hexdigest()) for p in result.pairs)  # type: ignore[attr-defined]
+        return len(result.pairs)
+
+    return run
+
+
+def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple[Callable[[], int], str]:
+    """Histolab's GridTiler over its tissue mask, tiles as arrays."""
+    import numpy as np
+    from histolab import __version__
+    from histolab.masks import TissueMask
+    from histolab.slide import Slide
+    from histolab.tiler import GridTiler
+
+    out = Path(tempfile.mkdtemp(prefix="histolab-"))
+    # GridTiler's `mpp` needs the large_image package; without it, it tiles a pyramid level: the one nearest the MPP
+    probe = Slide(str(slide), str(out))
+    level_mpps = [float(probe._wsi.properties["openslide.mpp-x"]) * d for d in probe._wsi.level_downsamples]
+    level = min(range(len(level_mpps)), key=lambda i: abs(level_mpps[i] - mpp))
+    if abs(level_mpps[level] / mpp - 1) > 0.05:
+        raise SystemExit(f"histolab: no level of {slide.name} within 5% of {mpp} um/px (levels: {level_mpps}); "
+                         "its mpp option needs large_image")
+
+    def run() -> int:
+        tiler = GridTiler(tile_size=(size, size), level=level, check_tissue=True, tissue_percent=100 * tissue, pixel_overlap=0)
+        found = [np.asarray(tile.image.convert("RGB")) for tile, _ in tiler._tiles_generator(Slide(str(slide), str(out)), TissueMask())]
+        return len(found)
+
+    return run, f"histolab {__version__} GridTiler"
+
+
+def tiatoolbox_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple[Callable[[], int], str]:
+    """TIAToolbox's sliding-window patch extractor with its Otsu tissue mask."""
+    import tiatoolbox
+    from tiatoolbox.tools.patchextraction import get_patch_extractor
+    from tiatoolbox.wsicore.wsireader import WSIReader
+
+    def run() -> int:
+        reader = WSIReader.open(str(slide))
+        extractor = get_patch_extractor("slidingwindow", input_img=reader, patch_size=(size, size), stride=(size, size),
+                                        resolution=mpp, units="mpp", input_mask="otsu", min_mask_ratio=tissue)
+        return len([patch for patch in extractor])
+
+    return run, f"TIAToolbox {tiatoolbox.__version__} SlidingWindowPatchExtractor"
+
+
+def main() -> None:
+    """Measure, print and (with --json) write the figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slide", type=Path, default=SLIDE)
+    ap.add_argument("--mpp", type=float, default=0.5)
+    ap.add_argument("--tile-size", type=int, default=224)
+    ap.add_argument("--tissue", type=float, default=0.5, help="tissue fraction a tile needs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision whose slide tiler is the 'before'")
+    ap.add_argument("--mask-dim", type=int, default=512,
+                    help="also run ours with pathology.curate.slides.mask_level_max_dim at this value (0: not)")
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks' JSON contract)")
+    args = ap.parse_args()
+    if not args.slide.is_file():
+        raise SystemExit(f"{args.slide}: slide not found (see /work/shared/realdata/MANIFEST.md or pass --slide)")
+
+    import domains.pathology.curation.slides as ours_module
+
+    tilers: dict[str, Callable[[], int]] = {"ours": our_tiler(ours_module, args.slide, args.mpp, args.tile_size, args.tissue)}
+    names = {"ours": "ours"}
+    default_mask_dim = ours_module.SlideConfig().mask_level_max_dim
+    if args.mask_dim and args.mask_dim != default_mask_dim:
+        tilers["ours_mask_dim"] = our_tiler(ours_module, args.slide, args.mpp, args.tile_size, args.tissue,
+                                            mask_level_max_dim=args.mask_dim)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = baseline_module(args.baseline_rev, Path(tmp))
+        if base is not None:
+            tilers["baseline"] = our_tiler(base, args.slide, args.mpp, args.tile_size, args.tissue)
+            names["baseline"] = f"our slide tiler on main {args.baseline_rev}"
+        for key, make in (("histolab", histolab_tiler), ("tiatoolbox", tiatoolbox_tiler)):
+            try:
+                tilers[key], names[key] = make(args.slide, args.mpp, args.tile_size, args.tissue)
+            except ImportError as exc:
+                names[key] = f"{key} missing ({exc}); run `make bench`"
+                print(f"{key} is not installed here ({exc}): not measured", file=sys.stderr)
+
+        seconds: dict[str, list[float]] = {k: [] for k in tilers}
+        tiles: dict[str, int] = {}
+        for _ in range(args.repeats):  # interleaved: machine noise hits all alike
+            for key, run in tilers.items():
+                t0 = time.perf_counter()
+                tiles[key] = run()
+                seconds[key].append(time.perf_counter() - t0)
+
+    rate = {k: tiles[k] / statistics.median(v) for k, v in seconds.items()}
+    for key in tilers:
+        print(f"{key:10s} {rate[key]:7.1f} tissue tiles/s  ({tiles[key]} tiles, median {statistics.median(seconds[key]):.2f} s)")
+    where = (f"{args.slide.name}, {args.tile_size} px at {args.mpp:g} um/px, tissue >= {args.tissue:g}; tiles kept: "
+             + ", ".join(f"{k} {n}" for k, n in tiles.items())
+             + f"; ours keeps {tiles['ours']} of the {tilers['ours'].cells_read} cells its mask passes after its per-tile checks "
+               "(pen, tissue, blur), TIAToolbox checks no tile, histolab each tile's own tissue")
+    figure = f"WSI tissue tiles ({args.tile_size} px at {args.mpp:g} um/px, {args.slide.name})"
+    rows = []
+    for key in ("histolab", "tiatoolbox"):
+        rows.append({"figure": figure, "unit": "tissue tiles/s", "ours": rate["ours"], "peer": names[key],
+                     "peer_value": rate.get(key), "ratio": rate["ours"] / rate[key] if key in rate else None, "bar": BAR,
+                     "repeats": args.repeats, "notes": where})
+    if "baseline" in rate:
+        same = ("identical tiles (ids and pixels)" if tilers["baseline"].ids == tilers["ours"].ids
+                else "WARNING: the tiles differ from the baseline's")
+        rows.append({"figure": f"{figure}, before -> after", "unit": "tissue tiles/s", "ours": rate["ours"],
+                     "peer": names["baseline"], "peer_value": rate["baseline"], "ratio": rate["ours"] / rate["baseline"],
+                     "bar": None, "repeats": args.repeats, "notes": f"{same} ({tiles['ours']})"})
+    if "ours_mask_dim" in rate:
+        same_ids = tilers["ours_mask_dim"].ids == tilers["ours"].ids
+        for key in ("histolab", "tiatoolbox"):
+            if key in rate:
+                rows.append({"figure": f"{figure}, ours with mask_level_max_dim {args.mask_dim} (default {default_mask_dim})",
+                             "unit": "tissue tiles/s", "ours": rate["ours_mask_dim"], "peer": names[key], "peer_value": rate[key],
+                             "ratio": rate["ours_mask_dim"] / rate[key], "bar": None, "repeats": args.repeats,
+                             "notes": f"a different setting, which may keep other tiles: {tiles['ours_mask_dim']} kept, "
+                                      f"{'the same tiles as' if same_ids else 'not the same tiles as'} the default "
+                                      f"setting's {tiles['ours']} on this slide"})
+    if args.json:
+        write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                               "machine": machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The tile reader's one-warp masks (TileSource) give exactly what a second warp of `dataset_mask` gives.
+
+The reference here is the reader as it was before (one WarpedVRT for the bands, `dataset_mask` of it
+for the mask) and `to_rgb8` as it was: curated tiles must not change by a single value.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.transform import from_bounds, from_origin
+from rasterio.vrt import WarpedVRT
+
+from domains.remote_sensing.curation.tiles import (
+    Tile,
+    TileSource,
+    covers_only_data,
+    finite_pixels,
+    has_validity_info,
+    read_mosaic_tile,
+    read_tile,
+    to_rgb8,
+)
+
+X0, Y0, RES, SIDE = 500_000.0, 4_000_000.0, 1.0, 300
+
+
+def two_warp_read(src, crs, bounds, size, bands, resampling) -> Tile:
+    """The reader before TileSource: pixels from one warp, the mask from a second (dataset_mask)."""
+    transform = from_bounds(*bounds, width=size, height=size)
+    with WarpedVRT(src, crs=crs, transform=transform, width=size, height=size, resampling=resampling,
+                   add_alpha=not has_validity_info(src)) as vrt:
+        data = vrt.read(indexes=list(bands))
+        valid = (vrt.dataset_mask() > 0) & finite_pixels(data)
+    return Tile(data, valid)
+
+
+def old_to_rgb8(tile: Tile, limits=None) -> np.ndarray:
+    """to_rgb8 before it built H x W x C directly."""
+    data = tile.data
+    out = np.zeros(data.shape, dtype=np.uint8)
+    for i, band in enumerate(data):
+        if band.dtype == np.uint8:
+            out[i] = band
+            continue
+        lo, hi = (float(v) for v in limits[i])
+        hi = lo + 1.0 if hi <= lo else hi
+        scaled = (band.astype(np.float64) - lo) / (hi - lo) * 255.0
+        out[i] = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0), 0, 255).round().astype(np.uint8)
+    out[:, ~tile.valid] = 0
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return np.ascontiguousarray(out[:3].transpose(1, 2, 0))
+
+
+def write(path: Path, data: np.ndarray, nodata=None, mask: np.ndarray | None = None) -> Path:
+    """A tiled GeoTIFF (EPSG:32631, 1 m) of (bands, H, W) `data`, with a nodata value or an internal mask."""
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                           dtype=data.dtype, crs="EPSG:32631", transform=from_origin(X0, Y0, RES, RES), nodata=nodata,
+                           tiled=True, blockxsize=128, blockysize=128) as dst:
+            dst.write(data)
+            if mask is not None:
+                dst.write_mask(mask.astype(np.uint8) * 255)
+    return path
+
+
+def scene(rng: np.random.Generator, count: int, dtype: str, hole_value) -> np.ndarray:
+    """Random smooth-ish pixels with a hole of `hole_value` in every band, and one in the first band only."""
+    base = rng.integers(1, 250, size=(count, SIDE // 10, SIDE // 10)).repeat(10, 1).repeat(10, 2)
+    data = (base + rng.integers(0, 5, size=(count, SIDE, SIDE))).astype(dtype)
+    if dtype == "uint16":
+        data = data * 40
+    data[:, 100:140, 60:200] = hole_value
+    data[0, 200:230, 30:90] = hole_value  # empty in one band only: the pixel still holds data
+    return data
+
+
+# inside, away from the holes (rows 0-100 and columns 200-300 hold data in every band), and a window whose
+# margin reaches the hole at row 100
+CLEAN = [(X0 + 10, Y0 - 90, X0 + 90, Y0 - 10), (X0 + 210, Y0 - 190, X0 + 290, Y0 - 110), (X0 + 205, Y0 - 80, X0 + 245, Y0 - 40)]
+NEAR_HOLE = (X0 + 70, Y0 - 98, X0 + 150, Y0 - 18)
+
+
+def windows(rng: np.random.Generator) -> list[tuple[float, float, float, float]]:
+    """Square bounds inside, across the edge of and around the holes of the scene, at 1x to 3x the pixel size."""
+    out = [*CLEAN, NEAR_HOLE]
+    for ground in (60.0, 150.0, 290.0):
+        for _ in range(4):
+            cx = X0 + rng.uniform(-0.2, 1.2) * SIDE * RES
+            cy = Y0 - rng.uniform(-0.2, 1.2) * SIDE * RES
+            out.append((cx - ground / 2, cy - ground / 2, cx + ground / 2, cy + ground / 2))
+    return out
+
+
+CASES = {
+    # name: (bands, dtype, nodata or None, internal mask, validity rule expected)
+    "uint8 nodata": (3, "uint8", 0, False, "mask"),
+    "uint8 nodata bands reversed": (3, "uint8", 0, False, "mask"),
+    "uint16 nodata": (3, "uint16", 0, False, "mask"),
+    "uint8 no validity info": (3, "uint8", None, False, "alpha"),
+    "uint16 four bands nodata, three shown": (4, "uint16", 0, False, "mask"),
+    "uint8 internal mask": (3, "uint8", None, True, "mask"),
+    "float32 NaN nodata": (3, "float32", float("nan"), False, "mask"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
+    count, dtype, nodata, internal_mask, rule = CASES[case]
+    rng = np.random.default_rng(sorted(CASES).index(case))
+    hole = np.nan if dtype == "float32" else 0
+    data = scene(rng, count, dtype, hole)
+    mask = (data != hole).any(0) if internal_mask else None
+    bands = [3, 2, 1] if count == 4 or "reversed" in case else [1, 2, 3]
+    with rasterio.open(write(tmp_path / "scene.tif", data, nodata, mask)) as src:
+        source = TileSource.of(src, bands)
+        assert source.validity == rule
+        targets = [src.crs, CRS.from_epsg(32632)]  # the raster's own CRS, and a warp to the next UTM zone
+        compared = 0
+        for crs in targets:
+            for bounds in windows(rng):
+                if crs != src.crs:
+                    from rasterio.warp import transform_bounds
+
+                    bounds = transform_bounds(src.crs, crs, *bounds)
+                    side = max(bounds[2] - bounds[0], bounds[3] - bounds[1])
+                    bounds = (bounds[0], bounds[1], bounds[0] + side, bounds[1] + side)
+                for resampling in (Resampling.average, Resampling.bilinear, Resampling.nearest):
+                    want = two_warp_read(src, crs, bounds, 64, bands, resampling)
+                    got = read_tile(source, crs, bounds, 64, resampling=resampling)
+                    np.testing.assert_array_equal(got.valid, want.valid)
+                    np.testing.assert_array_equal(got.data, want.data)
+                    assert got.data.dtype == want.data.dtype
+                    compared += 1
+                    if want.valid.any() and not want.valid.all():
+                        limits = [(0.0, 200.0 * (40 if dtype == "uint16" else 1))] * len(bands) if dtype != "uint8" else None
+                        np.testing.assert_array_equal(to_rgb8(got, limits), old_to_rgb8(want, limits))
+        assert compared == len(targets) * (12 + len(CLEAN) + 1) * 3
+
+
+def test_mosaic_tile_from_tile_sources_equals_pairs(tmp_path: Path) -> None:
+    """read_mosaic_tile takes TileSources or (raster, bands) pairs alike; the second raster fills the first's holes."""
+    rng = np.random.default_rng(5)
+    first = scene(rng, 3, "uint8", 0)
+    second = scene(rng, 3, "uint8", 0)
+    second[:, 100:140, 60:200] = 77  # data where the first has its hole
+    with rasterio.open(write(tmp_path / "a.tif", first, 0)) as a, rasterio.open(write(tmp_path / "b.tif", second, 0)) as b:
+        bounds = (X0 + 40, Y0 - 180, X0 + 220, Y0)
+        by_pairs, given_pairs = read_mosaic_tile([(a, [1, 2, 3]), (b, [1, 2, 3])], a.crs, bounds, 90, Resampling.average)
+        by_sources, given = read_mosaic_tile([TileSource.of(a, [1, 2, 3]), TileSource.of(b, [1, 2, 3])], a.crs, bounds, 90,
+                                             Resampling.average)
+        first_only = two_warp_read(a, a.crs, bounds, 90, [1, 2, 3], Resampling.average)
+    np.testing.assert_array_equal(by_sources.data, by_pairs.data)
+    np.testing.assert_array_equal(by_sources.valid, by_pairs.valid)
+    assert given == given_pairs and given[1] > 0  # the second raster gave the first one's hole
+    assert given[0] == int(first_only.valid.sum())
+    assert by_sources.valid.sum() > first_only.valid.sum()
+
+
+def test_to_rgb8_grey_and_stretch_match_the_band_first_version() -> None:
+    rng = np.random.default_rng(1)
+    valid = rng.random((40, 50)) > 0.2
+    grey = Tile(rng.integers(0, 3000, size=(1, 40, 50)).astype("uint16"), valid)
+    np.testing.assert_array_equal(to_rgb8(grey, [(100.0, 2500.0)]), old_to_rgb8(grey, [(100.0, 2500.0)]))
+    rgb = Tile(rng.integers(0, 256, size=(3, 40, 50)).astype("uint8"), valid)
+    image = to_rgb8(rgb)
+    np.testing.assert_array_equal(image, old_to_rgb8(rgb))
+    assert image.flags["C_CONTIGUOUS"] and image.shape == (40, 50, 3) and not image[~valid].any()
+    with pytest.raises(ValueError, match="uint16 band 1 needs stretch limits"):
+        to_rgb8(grey)
+
+
+@pytest.mark.parametrize("case", ["uint8 nodata", "uint8 internal mask", "float32 NaN nodata"])
+def test_covers_only_data_skips_the_mask_warp_only_far_from_empty_pixels(tmp_path: Path, case: str) -> None:
+    count, dtype, nodata, internal_mask, _ = CASES[case]
+    data = scene(np.random.default_rng(0), count, dtype, np.nan if dtype == "float32" else 0)
+    mask = (data == data).all(0) & (data != 0).all(0) if internal_mask else None
+    with rasterio.open(write(tmp_path / "scene.tif", data, nodata, mask)) as src:
+        source = TileSource.of(src, [1, 2, 3])
+        for bounds in CLEAN:
+            assert covers_only_data(source, src.crs, bounds, 40)
+            assert read_tile(source, src.crs, bounds, 40, resampling=Resampling.average).valid.all()
+        assert not covers_only_data(source, src.crs, NEAR_HOLE, 40)  # the tile misses the hole, the kernel's margin does not
+        assert not covers_only_data(source, src.crs, (X0 - 20, Y0 - 80, X0 + 60, Y0), 40)  # past the raster's edge
+        assert not covers_only_data(source, src.crs, (X0 + 20, Y0 - 250, X0 + 100, Y0 - 170), 40)  # band 1's own hole
+        # the margin grows with the output pixel: 8 px clear of the hole at row 100 is enough at 1.5 source pixels per
+        # output pixel, not at 6
+        assert covers_only_data(source, src.crs, (X0 + 120, Y0 - 90, X0 + 180, Y0 - 30), 40)
+        assert not covers_only_data(source, src.crs, (X0 + 120, Y0 - 90, X0 + 180, Y0 - 30), 10)
