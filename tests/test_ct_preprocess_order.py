@@ -112,3 +112,26 @@ def test_real_ct_same_output_as_the_monai_chain(name: str, cfg: PreprocessConfig
     ours, meta, hit = preprocess_volume(REAL_CT / name, cfg, tmp_path)
     assert not hit and float(np.abs(ours - ref).max()) <= TOLERANCE and ref.max() > 0.9
     assert nib.aff2axcodes(np.asarray(meta["output_affine"])) == ("R", "A", "S")
+
+
+@pytest.mark.parametrize("slope, inter", [(None, None), (2.0, -1024.0)], ids=["stored HU", "scaled (slope, intercept)"])
+def test_nifti_first_pass_matches_the_chain_and_the_float_loader(tmp_path: Path, slope, inter) -> None:
+    """preprocess_volume reads the file once and keeps stored integer HU as they are: same output and metadata."""
+    vol = _volume((70, 60, 24), _affine((2.0, 2.0, 5.0), flips=(-1, -1, 1)))
+    stored = np.round(vol.data if slope is None else (vol.data - inter) / slope).astype(np.int16)
+    img = nib.Nifti1Image(stored, vol.affine)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(img, str(path))
+    as_float = load_volume(path)
+    as_stored = load_volume(path, contents=path.read_bytes(), stored=True)
+    assert as_float.data.dtype == np.float32
+    assert as_stored.data.dtype == (np.int16 if slope is None else np.float32)
+    assert np.array_equal(as_stored.data, as_float.data)
+    cfg = _cfg([3.0, 3.0, 4.0], [40, 40, 36])
+    ours, meta, _ = preprocess_volume(path, cfg, None)
+    ref, _ = apply_monai_chain(as_float, cfg)
+    assert float(np.abs(ours - ref).max()) <= TOLERANCE and ref.std() > 0.05
+    assert meta["input_hu_range"] == [float(as_float.data.min()), float(as_float.data.max())]
+    assert meta["input_shape"] == [70, 60, 24]

@@ -38,7 +38,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing
 
-from domains.ct.curation.volumes import Volume, load_volume, validate_volume
+from domains.ct.curation.volumes import Volume, load_volume, validate_volume, volume_kind
 
 CACHE_VERSION = 3  # 2: DICOM series geometry checked; 3: reordered resampling (apply_transforms)
 
@@ -190,13 +190,19 @@ def _input_files(path: Path) -> list[Path]:
     return [path]
 
 
-def cache_key(path: Path, cfg: PreprocessConfig) -> str:
-    """Sha256 of the settings, the cache format version and every input file's relative path and bytes."""
+def cache_key(path: Path, cfg: PreprocessConfig, contents: Optional[bytes] = None) -> str:
+    """Sha256 of the settings, the cache format version and every input file's relative path and bytes.
+
+    `contents`: the bytes of `path` (a file) when the caller has read them already.
+    """
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, "params": asdict(cfg)}, sort_keys=True).encode())
     root = path if path.is_dir() else path.parent
     for f in _input_files(path):
         h.update(str(f.relative_to(root)).encode() + b"\0")
+        if contents is not None and f == path:
+            h.update(contents)
+            continue
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -220,14 +226,18 @@ def preprocess_volume(
     `cache_dir=None` disables the cache.
     """
     path = Path(path)
-    key = cache_key(path, cfg)
+    # a NIfTI file is read once: hashed, then decompressed from the same bytes
+    contents = path.read_bytes() if volume_kind(path) == "nifti" and path.is_file() else None
+    key = cache_key(path, cfg, contents)
     if cache_dir is not None:
         arr_path = Path(cache_dir) / key[:2] / f"{key}.npy"
         meta_path = arr_path.with_suffix(".json")
         if arr_path.is_file() and meta_path.is_file():  # meta is written last: marks the entry complete
             return np.load(arr_path, allow_pickle=False), json.loads(meta_path.read_text()), True
 
-    vol = load_volume(path, cfg.slice_spacing_tolerance)
+    # stored integer HU stay integers: only the box the output samples is converted to float32
+    vol = load_volume(path, cfg.slice_spacing_tolerance, contents, stored=True)
+    del contents
     validate_volume(vol, cfg.min_slices, cfg.air_hu, cfg.min_air_fraction)
     array, out_affine = apply_transforms(vol, cfg)
     zooms = np.sqrt((vol.affine[:3, :3] ** 2).sum(axis=0))
