@@ -114,15 +114,16 @@ def test_real_ct_same_output_as_the_monai_chain(name: str, cfg: PreprocessConfig
     assert nib.aff2axcodes(np.asarray(meta["output_affine"])) == ("R", "A", "S")
 
 
-@pytest.mark.parametrize("slope, inter", [(None, None), (2.0, -1024.0)], ids=["stored HU", "scaled (slope, intercept)"])
-def test_nifti_first_pass_matches_the_chain_and_the_float_loader(tmp_path: Path, slope, inter) -> None:
+@pytest.mark.parametrize("slope, inter, suffix", [(None, None, ".nii.gz"), (2.0, -1024.0, ".nii.gz"), (None, None, ".nii")],
+                         ids=["stored HU", "scaled (slope, intercept)", "uncompressed"])
+def test_nifti_first_pass_matches_the_chain_and_the_float_loader(tmp_path: Path, slope, inter, suffix) -> None:
     """preprocess_volume reads the file once and keeps stored integer HU as they are: same output and metadata."""
     vol = _volume((70, 60, 24), _affine((2.0, 2.0, 5.0), flips=(-1, -1, 1)))
     stored = np.round(vol.data if slope is None else (vol.data - inter) / slope).astype(np.int16)
     img = nib.Nifti1Image(stored, vol.affine)
     if slope is not None:
         img.header.set_slope_inter(slope, inter)
-    path = tmp_path / "ct.nii.gz"
+    path = tmp_path / f"ct{suffix}"
     nib.save(img, str(path))
     as_float = load_volume(path)
     as_stored = load_volume(path, contents=path.read_bytes(), stored=True)
