@@ -24,6 +24,7 @@ from domains.pathology.curation.video import (
     REASON_NO_VIDEO,
     REASON_SAME_STEM,
     REASON_SECOND_TRANSCRIPT,
+    DecodeError,
     DecodeStats,
     VideoConfig,
     VideoJob,
@@ -34,6 +35,7 @@ from domains.pathology.curation.video import (
     process_video,
     resize_crop,
     sample_frames,
+    sample_frames_seeking,
     video_id,
 )
 from pipelines.curation import WorkUnit
@@ -180,6 +182,91 @@ def test_seeking_decodes_far_fewer_frames(lecture):
     frames = dict((round(t), f) for t, f in sampled)
     assert np.abs(frames[17].astype(int) - B).mean() < 6
     assert np.abs(frames[7].astype(int) - A).mean() < 10
+
+
+def write_panning_video(path: Path, frames: int, fps: int, gop: int, fmt: str | None = None) -> None:
+    """Every frame different (a pan over noise), B-frames on (veryfast): reordering and skippable frames."""
+    rng = np.random.default_rng(1)
+    strip = rng.integers(0, 255, (48, 64 + frames, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=fps, options={"g": str(gop), "bf": "3", "crf": "20", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for i in range(frames):
+            img = np.ascontiguousarray(strip[:, 2 * i: 2 * i + 128])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def expected_picks(all_frames: list[tuple[float, np.ndarray]], fps: float, frame_dt: float) -> list[int]:
+    """Indices (presentation order) of the first frame at or after each target t - frame_dt/2, each once."""
+    picks: list[int] = []
+    duration = len(all_frames) * frame_dt
+    k = 0
+    while k / fps < duration - 1e-6:
+        index = next((i for i, (t, _) in enumerate(all_frames) if t >= k / fps - frame_dt / 2), None)
+        if index is None:
+            break
+        if not picks or index > picks[-1]:
+            picks.append(index)
+        k += 1
+    return picks
+
+
+@pytest.mark.parametrize("gop,fps", [(10, 0.5), (10, 1.0), (25, 1.0), (25, 2.0), (7, 3.0), (250, 2.0)])
+def test_sampler_delivers_exactly_the_frames_at_the_requested_times(tmp_path, gop, fps):
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=80, fps=10, gop=gop)
+    full = DecodeStats()
+    all_frames = list(decode_all_frames(video, full))
+    assert full.frames_decoded == 80 and len({t for t, _ in all_frames}) == 80
+    picks = expected_picks(all_frames, fps, 0.1)
+    stats, seek_stats = DecodeStats(), DecodeStats()
+    sampled = list(sample_frames(video, fps, stats))
+    seeking = list(sample_frames_seeking(video, fps, seek_stats))
+    # the same presentation times (pts) and the same pixels as decoding everything, and as the seeking sampler
+    assert [t for t, _ in sampled] == [all_frames[i][0] for i in picks] == [t for t, _ in seeking]
+    for (_, got), i, (_, old) in zip(sampled, picks, seeking):
+        assert np.array_equal(got, all_frames[i][1]) and np.array_equal(got, old)
+    assert stats.frames_decoded <= seek_stats.frames_decoded and stats.frames_decoded < full.frames_decoded
+    assert stats.last_t == sampled[-1][0]
+
+
+def test_sampler_decodes_only_the_keyframes_it_needs(tmp_path):
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=80, fps=10, gop=10)  # a keyframe a second
+    stats = DecodeStats()
+    sampled = list(sample_frames(video, 0.5, stats))  # every other keyframe: the GOPs between are never decoded
+    assert [t for t, _ in sampled] == [0.0, 2.0, 4.0, 6.0]
+    assert stats.frames_decoded == 4 and stats.seeks == 0
+
+
+def test_sampler_on_the_demo_videos_matches_the_seeking_sampler(tmp_path):
+    from domains.pathology.demo.demo_data import PathologyDemoConfig
+    from domains.pathology.demo.demo_data import write_video as write_demo_video
+
+    cfg = PathologyDemoConfig(video_seconds=20.0)
+    write_demo_video(tmp_path / "demo.mp4", tmp_path / "demo.vtt", cfg, 0)
+    for fps in (2.0, 1.0):  # the demo's sample_fps (params.yaml), and the default
+        stats, seek_stats = DecodeStats(), DecodeStats()
+        new = list(sample_frames(tmp_path / "demo.mp4", fps, stats))
+        old = list(sample_frames_seeking(tmp_path / "demo.mp4", fps, seek_stats))
+        assert len(new) == len(old) == int(20 * fps)
+        assert all(a == c and np.array_equal(b, d) for (a, b), (c, d) in zip(new, old))
+        assert stats.frames_decoded < seek_stats.frames_decoded
+
+
+def test_sampler_without_packet_timestamps_falls_back_to_seeking(tmp_path):
+    video = tmp_path / "pan.h264"  # a raw H.264 stream: packets carry no pts, so nothing can be planned
+    write_panning_video(video, frames=30, fps=10, gop=10, fmt="h264")
+    with pytest.raises(DecodeError) as new:
+        list(sample_frames(video, 1.0))
+    with pytest.raises(DecodeError) as old:
+        list(sample_frames_seeking(video, 1.0))
+    assert str(new.value) == str(old.value)  # the same path: the seeking sampler (raw streams cannot seek)
+    with pytest.raises(ValueError, match="fps must be > 0"):
+        list(sample_frames(video, 0.0))
 
 
 # ---------------------------------------------------------------- one video end to end

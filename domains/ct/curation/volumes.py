@@ -53,7 +53,7 @@ class VolumeError(Exception):
 class Volume:
     """A loaded volume in HU with its voxel-to-RAS affine, before any preprocessing."""
 
-    data: np.ndarray  # (I, J, K) float32 HU
+    data: np.ndarray  # (I, J, K) float32 HU (integer HU as stored, from load_nifti(stored=True))
     affine: np.ndarray  # 4x4 voxel -> RAS mm
     modality: Optional[str]  # DICOM Modality; None for NIfTI (no such tag)
     study_date: Optional[str] = None  # DICOM StudyDate (YYYYMMDD), never written to outputs
@@ -92,11 +92,32 @@ def check_affine(affine: np.ndarray) -> None:
         raise VolumeError("broken affine")
 
 
-def load_nifti(path: Path) -> Volume:
-    """Read a NIfTI file as a 3D HU volume; VolumeError for unreadable, non-3D or badly placed ones."""
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image:
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)  # scl_slope/inter applied by nibabel
+        return nib.Nifti1Image.from_bytes(raw)
+    except nib.spatialimages.HeaderDataError:
+        return nib.Nifti2Image.from_bytes(raw)
+
+
+def load_nifti(path: Path, contents: Optional[bytes] = None, stored: bool = False) -> Volume:
+    """Read a NIfTI file as a 3D HU volume; VolumeError for unreadable, non-3D or badly placed ones.
+
+    `contents`: the file's bytes when the caller has read them already (they are decompressed in one
+    call instead of read again). `stored=True`: when the file stores integer HU without scaling (no
+    scl_slope/scl_inter), `data` keeps the stored integer array: the same numbers float32 would hold
+    (|HU| < 2**24) without converting the whole volume; otherwise, and by default, float32 HU.
+    """
+    try:
+        if contents is None:
+            img = nib.load(str(path))
+        else:
+            img = _nifti_from_bytes(gzip.decompress(contents) if path.name.lower().endswith(".gz") else contents)
+        proxy = img.dataobj
+        unscaled = float(getattr(proxy, "slope", np.nan)) == 1.0 and float(getattr(proxy, "inter", np.nan)) == 0.0
+        if stored and unscaled and np.issubdtype(img.get_data_dtype(), np.integer):
+            data = np.asanyarray(proxy.get_unscaled())
+        else:
+            data = np.asarray(proxy, dtype=np.float32)  # scl_slope/inter applied by nibabel
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise VolumeError("truncated or unreadable NIfTI", str(exc)) from exc
     except Exception as exc:  # nibabel raises several types for garbage headers
@@ -296,11 +317,11 @@ def load_dicom_series(path: Path, spacing_tolerance: float = 0.05) -> Volume:
     return Volume(data=np.ascontiguousarray(data), affine=affine, modality=modality, study_date=date, header=header, warnings=warnings)
 
 
-def load_volume(path: Path, spacing_tolerance: float = 0.05) -> Volume:
-    """Load a NIfTI file or DICOM series by its kind; VolumeError for anything else."""
+def load_volume(path: Path, spacing_tolerance: float = 0.05, contents: Optional[bytes] = None, stored: bool = False) -> Volume:
+    """Load a NIfTI file or DICOM series by its kind; VolumeError for anything else (`contents`, `stored`: see load_nifti)."""
     kind = volume_kind(path)
     if kind == "nifti":
-        return load_nifti(path)
+        return load_nifti(path, contents, stored)
     if kind == "dicom":
         return load_dicom_series(path, spacing_tolerance)
     if kind == "image2d":

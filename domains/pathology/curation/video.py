@@ -2,8 +2,9 @@
 
 Per video (one work unit):
 
-1. sample frames at `sample_fps` with PyAV by seeking (keyframe backoff, decode forward to the
-   target) rather than decoding every frame (`sample_frames`; `decode_all_frames` for comparison);
+1. sample frames at `sample_fps` with PyAV, decoding only the groups of pictures that hold a picked
+   frame, up to it, and skipping unreferenced frames, rather than decoding every frame
+   (`sample_frames`; `sample_frames_seeking` and `decode_all_frames` for comparison);
 2. cut scenes where the mean absolute difference of consecutive downsampled grey samples exceeds
    `scene_threshold`; classify each sample as histology or not (stain.py rules, or a learned
    classifier from `classifier_checkpoint`); non-histology runs become reject rows with the reason;
@@ -74,7 +75,7 @@ _ANALYSIS = 64  # side of the grey thumbnails used for scene cuts and SSIM
 class VideoConfig:
     """params.yaml section pathology.curate.video."""
 
-    sample_fps: float = 1.0  # frames examined per second of video (by seeking)
+    sample_fps: float = 1.0  # frames examined per second of video
     scene_threshold: float = 0.12  # mean |diff| of 64x64 grey thumbnails (0..1) that cuts a scene
     ssim_threshold: float = 0.8  # consecutive histology samples with SSIM >= this share a window
     min_window_s: float = 2.0  # shorter stable windows are dropped (Quilt: brief glimpses are noise)
@@ -159,8 +160,13 @@ def video_duration(path: str | Path) -> Optional[float]:
         return _duration(container, _video_stream(container))
 
 
-def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
-    """(t_seconds, HxWx3 uint8) at t = 0, 1/fps, 2/fps, ... by seeking.
+def sample_frames_seeking(
+    path: str | Path, fps: float = 1.0, stats: Optional[DecodeStats] = None, first_target: int = 0
+) -> Iterator[tuple[float, np.ndarray]]:
+    """(t_seconds, HxWx3 uint8) at t = first_target/fps, (first_target+1)/fps, ... by seeking.
+
+    The previous sampler, kept as `sample_frames`' fallback for streams it cannot plan (packets
+    without timestamps, open GOPs) and as the benchmark's "before".
 
     For each target the decoder seeks to the keyframe at or before it (backward seek on the
     stream) and decodes forward to the first frame at the target; when the target is closer
@@ -185,7 +191,7 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
         cur_t = -np.inf  # time of the last decoded frame
         gop = 0.0  # keyframe interval estimate: seek only when a keyframe is expected past cur_t
         last_key = -np.inf
-        k = 0
+        k = first_target
         try:
             while duration is None or k * step < duration - 1e-6:
                 target = k * step
@@ -224,6 +230,132 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
                 yield cur_t, frame.to_ndarray(format="rgb24")
         except av.FFmpegError as exc:
             raise DecodeError(f"decode failed after {stats.last_t}s: {exc}") from exc
+
+
+def _gop_frames(
+    gop: list[av.Packet], pending: list[int], ctx: av.codec.context.CodecContext
+) -> Iterator[av.VideoFrame]:
+    """Decode only what the frames with pts in `pending` need; yields every frame the decoder outputs.
+
+    Packets after the last wanted one (in decode order) are never sent; before it, frames that
+    nothing references (B-frames mostly) are skipped unless wanted (`skip_frame` is read per
+    packet, frame threads included).
+    """
+    wanted = set(pending)
+    last = max(i for i, p in enumerate(gop) if p.pts in wanted)
+    for packet in gop[: last + 1]:
+        ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+        yield from ctx.decode(packet)
+    ctx.skip_frame = "DEFAULT"
+
+
+def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(t_seconds, HxWx3 uint8) at t = 0, 1/fps, 2/fps, ...: the first frame at or after each target.
+
+    The frame for target t is the first frame (in presentation order) whose time is at least
+    t - half a frame; a target whose frame was already delivered for the previous target is
+    skipped (sparse frames). One pass over the packets, one group of pictures (keyframe to next
+    keyframe) at a time: from packet timestamps alone it knows which frames the targets pick, so a
+    GOP without one is never decoded, decoding stops at the last picked frame of its GOP, and
+    frames no other frame references are skipped. The frames are those `sample_frames_seeking`
+    and `decode_all_frames` give at the same times (tests/test_pathology_video.py compares pts and
+    pixels). Streams it cannot plan (packets without pts, open GOPs whose frames precede their
+    keyframe) continue with `sample_frames_seeking` from the next target.
+
+    Raises DecodeError when decoding fails midway or the stream ends before its stated duration;
+    the frames already yielded stand.
+    """
+    if not fps > 0:
+        raise ValueError(f"sample fps must be > 0, got {fps}")
+    stats = stats if stats is not None else DecodeStats()
+    step = 1.0 / fps
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise DecodeError(f"cannot open: {exc}") from exc
+    with container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"
+        ctx = stream.codec_context
+        duration = _duration(container, stream)
+        stats.duration_s = duration
+        frame_dt = float(1 / stream.average_rate) if stream.average_rate else 0.0
+        start = stream.start_time or 0
+
+        def seconds(pts: int) -> float:
+            return float((pts - start) * stream.time_base)
+
+        k = 0  # next target index
+        delivered = -np.inf  # time of the last yielded frame
+        queue: list[int] = []  # pts picked but not yet output by the decoder, ascending
+        fallback = False
+
+        def outputs(frames: Iterable[av.VideoFrame]) -> Iterator[tuple[float, np.ndarray]]:
+            for frame in frames:
+                stats.frames_decoded += 1
+                if not queue or frame.pts is None or frame.pts < queue[0]:
+                    continue  # a reference frame decoded on the way
+                if frame.pts != queue[0]:
+                    raise DecodeError(f"the frame at {seconds(queue[0]):.2f}s did not decode")
+                queue.pop(0)
+                stats.last_t = seconds(frame.pts)
+                yield stats.last_t, frame.to_ndarray(format="rgb24")
+
+        def plan(times: list[tuple[float, int]], next_key: float) -> list[int]:
+            """Pts of the GOP's frames the targets pick (advances k); `times` sorted (seconds, pts)."""
+            nonlocal k, delivered
+            picks: list[int] = []
+            while duration is None or k * step < duration - 1e-6:
+                threshold = k * step - frame_dt / 2
+                if delivered >= threshold:
+                    k += 1  # sparse frames: the last delivered one already lies past this target
+                    continue
+                pick = next(((t, pts) for t, pts in times if t >= threshold), None)
+                if pick is None or pick[0] >= next_key:
+                    break  # this target's frame lies in a later GOP
+                picks.append(pick[1])
+                delivered = pick[0]
+                k += 1
+            return picks
+
+        gop: list[av.Packet] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if packet.pts is None:
+                    fallback = True
+                    break
+                if packet.is_keyframe and gop:
+                    times = sorted((seconds(p.pts), p.pts) for p in gop)
+                    if times[0][1] != gop[0].pts or seconds(packet.pts) <= times[-1][0]:
+                        fallback = True  # frames shown before their keyframe: an open GOP
+                        break
+                    picks = plan(times, seconds(packet.pts))
+                    if picks:
+                        queue.extend(picks)
+                        yield from outputs(_gop_frames(gop, picks, ctx))
+                    gop = []
+                gop.append(packet)
+            if not fallback and gop:
+                times = sorted((seconds(p.pts), p.pts) for p in gop)
+                if times[0][1] != gop[0].pts:
+                    fallback = True
+                else:
+                    picks = plan(times, np.inf)
+                    if picks:
+                        queue.extend(picks)
+                        yield from outputs(_gop_frames(gop, picks, ctx))
+            yield from outputs(ctx.decode(None))  # drain the decoder's delayed frames
+        except av.FFmpegError as exc:
+            raise DecodeError(f"decode failed after {stats.last_t}s: {exc}") from exc
+        if queue:
+            raise DecodeError(f"the frame at {seconds(queue[0]):.2f}s did not decode")
+    if fallback:  # k is the first target not planned yet; every planned one was delivered above
+        yield from sample_frames_seeking(path, fps, stats, first_target=k)
+        return
+    if duration is not None and k * step < duration - max(step, 1.0):
+        raise DecodeError(f"stream ended at {max(delivered, 0):.2f}s of {duration:.2f}s")
 
 
 def decode_all_frames(path: str | Path, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
