@@ -2,7 +2,7 @@
 
     .venv-bench/bin/python benchmarks/run_all.py [--out reports/benchmarks] [--only rs_tiles wsi_tiles] [--list]
 
-A benchmark follows the contract when its script takes `--json PATH` (docs: /work/notes/benchschema.md
+A benchmark follows the contract when its script takes `--json PATH` (the contract is in
 and benchmarks/report.py). Each runs as `<python> benchmarks/<stem>.py [EXTRA_ARGS] --json <out>/<stem>.json`
 from the repository root, with the root first on PYTHONPATH (the checkout's code is what is measured),
 one after another (they time themselves; running two at once would time each other). A failure is
