@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+RETRIEVAL_KS = (1, 5, 10)  # recall@k reported by default (mean_recall averages them, both ways)
+
 
 def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], classnames: Sequence[str]) -> dict:
     """acc1, acc5, mean_per_class_recall (balanced accuracy), per-class accuracy and confusion.
@@ -64,7 +66,7 @@ def retrieval_metrics(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
     text_to_image: Sequence[int],
-    ks: Sequence[int] = (1, 5, 10),
+    ks: Sequence[int] = RETRIEVAL_KS,
 ) -> dict[str, float]:
     """Recall@k both ways; every image may own several captions.
 
@@ -106,3 +108,27 @@ def retrieval_metrics(
         out[f"text_retrieval_recall@{k}"] = image_hit.sum().item() / n_images
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
+
+
+def retrieval_ranks(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """The 1-based rank of the first correct item for every query, both ways (per-example retrieval).
+
+    "text_to_image": one rank per caption (where its own image ranks among all images);
+    "image_to_text": one rank per image (where the best-ranked of its captions ranks among all
+    captions). recall@k of a direction is the share of its ranks <= k, as in `retrieval_metrics`
+    (ties: a candidate scoring exactly as the positive does not push it down).
+    """
+    image_emb = torch.as_tensor(image_emb).float()
+    text_emb = torch.as_tensor(text_emb).float()
+    owner = torch.as_tensor(list(text_to_image), dtype=torch.long)
+    if owner.numel() != text_emb.shape[0]:
+        raise ValueError(f"text_to_image has {owner.numel()} entries for {text_emb.shape[0]} texts")
+    scores = text_emb @ image_emb.T  # [T, I]
+    own = scores[torch.arange(len(owner)), owner]  # each caption's score with its own image
+    text_to_image_rank = (scores > own[:, None]).sum(dim=1) + 1
+    # best positive score of each image among its captions, then how many captions beat it
+    best = torch.full((image_emb.shape[0],), float("-inf")).scatter_reduce(0, owner, own, reduce="amax")
+    image_to_text_rank = (scores.T > best[:, None]).sum(dim=1) + 1
+    return {"text_to_image": text_to_image_rank, "image_to_text": image_to_text_rank}
