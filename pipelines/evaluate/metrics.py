@@ -72,7 +72,9 @@ def retrieval_metrics(
 
     image_retrieval_recall@k (text -> image): share of captions whose own image is in the top k
     images. text_retrieval_recall@k (image -> text): share of images with *any* of their captions
-    in the top k captions. k is clipped to the candidate count (the key keeps the asked-for k).
+    in the top k captions. k larger than the candidate count finds everything (the key keeps the
+    asked-for k). A candidate scoring exactly as the positive does not push it down, so an image
+    whose caption is shared word for word by other images' captions still finds it at rank 1.
     mean_recall is the mean of all recall values.
     """
     image_emb = torch.as_tensor(image_emb).float()
@@ -90,22 +92,16 @@ def retrieval_metrics(
     if not captioned.all():
         raise ValueError(f"{int((~captioned).sum())} image(s) have no caption; drop them before scoring")
 
-    scores = text_emb @ image_emb.T  # [T, I]
-    # positive[t, i]: caption t belongs to image i
-    positive = torch.zeros(n_texts, n_images, dtype=torch.bool)
-    positive[torch.arange(n_texts), owner] = True
-
+    # Recall from each query's first-hit rank (retrieval_ranks), so the per-example ranks the scaling
+    # report resamples give back exactly these numbers, ties included.
+    ranks = retrieval_ranks(image_emb, text_emb, owner.tolist())
     out: dict[str, float] = {}
     for k in ks:
         if k < 1:
             raise ValueError(f"recall@k needs k >= 1, got {k}")
-        top_images = scores.topk(min(k, n_images), dim=1).indices  # [T, k]
-        text_hit = positive.gather(1, top_images).any(dim=1)
-        out[f"image_retrieval_recall@{k}"] = text_hit.sum().item() / n_texts
+        out[f"image_retrieval_recall@{k}"] = (ranks["text_to_image"] <= k).sum().item() / n_texts
     for k in ks:
-        top_texts = scores.T.topk(min(k, n_texts), dim=1).indices  # [I, k]
-        image_hit = positive.T.gather(1, top_texts).any(dim=1)
-        out[f"text_retrieval_recall@{k}"] = image_hit.sum().item() / n_images
+        out[f"text_retrieval_recall@{k}"] = (ranks["image_to_text"] <= k).sum().item() / n_images
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
 
