@@ -61,6 +61,11 @@ def test_data_needs_inversion_exact_on_noiseless_curves():
     assert pairs_needed("log_linear", ll, 0.05 + 0.06 * math.log(777.0)) == pytest.approx(777.0, rel=1e-6)
 
 
+def test_nearly_flat_power_law_needs_infinitely_many_pairs_without_overflow():
+    assert pairs_needed("power_law", {"a": 0.5, "b": 1e-6, "c": 0.0}, 0.9) == math.inf
+    assert pairs_needed("power_law", {"a": 0.5, "b": 0.5, "c": 0.0}, 0.9) == pytest.approx(25.0)
+
+
 def test_target_above_asymptote_is_not_reachable():
     obs = power_law_obs(np.random.default_rng(2), noise=0.0, seeds=2)
     fit = fit_scaling(obs, "acc1", targets=[0.8, 0.95], n_boot=50)

@@ -328,7 +328,8 @@ def pairs_needed(family: str, params: dict[str, float], target: float) -> float:
             return math.inf
         if a <= 0 or b <= 0:  # a flat curve: reached from the first pair or never
             return 1.0 if c + a <= err else math.inf
-        return float((a / (err - c)) ** (1.0 / b))
+        log_n = (math.log(a) - math.log(err - c)) / b  # in logs: a nearly flat curve (b -> 0) needs astronomically many
+        return float(math.exp(log_n)) if log_n < 700 else math.inf
     if family == "log_linear":
         alpha, beta = params["alpha"], params["beta"]
         if target > 1.0 or beta <= 0:
