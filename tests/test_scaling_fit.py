@@ -66,6 +66,14 @@ def test_nearly_flat_power_law_needs_infinitely_many_pairs_without_overflow():
     assert pairs_needed("power_law", {"a": 0.5, "b": 0.5, "c": 0.0}, 0.9) == pytest.approx(25.0)
 
 
+def test_error_that_does_not_fall_has_no_power_law_exponent():
+    n = SIZES.astype(float)
+    with pytest.raises(FitRefused, match="flat"):
+        fit_power_law(n, 0.6 - 0.02 * np.log(n))  # the metric falls as N grows
+    fit = fit_scaling(Observations(n, np.zeros(len(n)), 0.6 - 0.02 * np.log(n)), "m", n_boot=20)
+    assert not fit.fits["power_law"].ok and fit.selected == "log_linear"
+
+
 def test_target_above_asymptote_is_not_reachable():
     obs = power_law_obs(np.random.default_rng(2), noise=0.0, seeds=2)
     fit = fit_scaling(obs, "acc1", targets=[0.8, 0.95], n_boot=50)

@@ -294,6 +294,9 @@ def fit_power_law(n: Sequence[float], metric: Sequence[float]) -> dict[str, floa
                           options={"xatol": 1e-7})
     b = float(res.x) if res.fun <= sse[i] else float(B_GRID[i])
     a_ref, c, _ = (float(v[0]) for v in profile(np.array([b])))
+    if a_ref * float(np.max(np.power(x, -b))) <= 1e-9:
+        # a = 0: the best curve is a constant (the error does not fall with N) and b could be anything
+        raise FitRefused("the best power law is flat (the error does not fall with N): it has no exponent")
     return {"a": a_ref * n_ref**b, "b": b, "c": c}
 
 
