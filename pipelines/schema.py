@@ -102,10 +102,11 @@ def check(raw: dict[str, Any]) -> list[str]:
                 continue
             built = collect(sections[section_name], section_value, where)
             if section_name == "scaling" and built is not None:
-                valid = {f.name for f in fields(sections["train"])}
-                for override in built.train:
-                    if override not in valid:
-                        problems.append(f"{where}.train.{override}: not a {key}.train key")
+                for overridden in ("train", "adapt", "evaluate"):
+                    valid = {f.name for f in fields(sections[overridden])}
+                    for override in getattr(built, overridden):
+                        if override not in valid:
+                            problems.append(f"{where}.{overridden}.{override}: not a {key}.{overridden} key")
     return problems
 
 

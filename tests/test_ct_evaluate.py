@@ -193,3 +193,77 @@ def test_loader_embeds_a_nifti_file(trained, tmp_path):
     assert emb.shape == (16,) and abs(np.linalg.norm(emb) - 1) < 1e-5
     probs = model.phenotype_probabilities(path)
     assert list(probs) == DS.read_phenotypes(trained["data"]) and all(0 < p < 1 for p in probs.values())
+
+
+def _manifest_for_fixture(data):
+    """A manifest for the synthetic shards: two studies per patient (the group)."""
+    from pipelines.io.manifest import write_manifest
+    from pipelines.io.shards import iter_tar_samples
+
+    rows = []
+    for shard in sorted((data / "shards").glob("*.tar")):
+        for i, sample in enumerate(iter_tar_samples(shard)):
+            meta = json.loads(sample["json"])
+            key = sample["__key__"]
+            rows.append({"id": key, "split": shard.name.split("-")[0], "shard": shard.name, "key": key,
+                         "caption": sample["txt"].decode(), "caption_variants": meta["caption_variants"], "source": key,
+                         "group": f"pt{int(key[-4:]) // 2}", "provenance": meta["provenance"]})
+    write_manifest(rows, data)
+
+
+def test_evaluate_writes_per_example_outcomes_that_give_back_its_metrics(trained, tmp_path):
+    from pipelines.scaling import examples as X
+
+    per_example = tmp_path / "per_example"
+    evaluate_domain("ct", trained["model"], trained["raw"] / "zeroshot", trained["data"], tmp_path / "m", tmp_path / "p",
+                    trained["params"], per_example_dir=per_example)
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    run = tmp_path / "run"
+    run.mkdir()
+    for table in ("phenotypes", "findings", "retrieval"):
+        (run / f"per_example_{table}.csv").write_bytes((per_example / f"{table}_adapted.csv").read_bytes())
+    pheno = X.phenotype_examples([run])
+    assert pheno.statistic(pheno.values, np.arange(pheno.n_examples))[0] == pytest.approx(
+        metrics["adapted"]["phenotypes"]["macro_auroc"], abs=1e-6)
+    findings = X.findings_examples([run])
+    assert findings.statistic(findings.values, np.arange(findings.n_examples))[0] == pytest.approx(
+        metrics["adapted"]["zeroshot"]["macro_f1"], abs=1e-9)
+    with (per_example / "retrieval_adapted.csv").open() as f:
+        ranks = [r for r in csv.DictReader(f) if r["direction"] == "image_to_findings"]
+    r_at_5 = np.mean([int(r["rank"]) <= 5 for r in ranks])
+    assert r_at_5 == pytest.approx(metrics["adapted"]["retrieval"]["findings_R@5"])
+
+
+def test_scaling_run_trains_the_volume_task_with_its_phenotypes(trained, tmp_path):
+    from pipelines.scaling.sweep import sweep_run, write_subset
+
+    data = tmp_path / "curated"
+    import shutil
+
+    shutil.copytree(trained["data"], data)
+    _manifest_for_fixture(data)
+    subset = write_subset(data, tmp_path / "subset", 0.5, seed=0)
+    assert "phenotypes.json" in subset["copied"]  # the label space travels with the subset
+    assert DS.read_phenotypes(tmp_path / "subset") == DS.read_phenotypes(data)
+    train_keys = {s.key for s in DS.split_index(tmp_path / "subset", "train")}
+    patients = {f"pt{int(k[-4:]) // 2}" for k in train_keys}
+    all_train = {s.key for s in DS.split_index(data, "train")}
+    assert train_keys == {k for k in all_train if f"pt{int(k[-4:]) // 2}" in patients}  # whole patients only
+    assert len(train_keys) < len(all_train)
+
+    params = yaml.safe_load(trained["params"].read_text())
+    params["ct"]["scaling"] = {"train": {"max_steps": 4}, "adapt": {"stage1_steps": 2}, "evaluate": {"bootstrap": 10}}
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
+    out = tmp_path / "runs" / "f0.5-q1.0-s0"
+    record = sweep_run("ct", data, trained["raw"] / "zeroshot", out, params_path, 0.5, 0)
+    assert record["n_pairs"] == len(train_keys) and record["max_steps"] == 4
+    files = {p.name for p in out.iterdir()}
+    assert {"run.json", "metrics.json", "phenotypes_adapted.json", "zeroshot_adapted.json", "per_example_phenotypes.csv",
+            "per_example_findings.csv", "per_example_retrieval.csv"} <= files
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "macro_auroc" in metrics["adapted"]["phenotypes"] and "macro_f1" in metrics["adapted"]["zeroshot"]
+    with (out / "per_example_phenotypes.csv").open() as f:
+        phenotypes = {r["phenotype"] for r in csv.DictReader(f)}
+    assert phenotypes == set(DS.read_phenotypes(data))  # trained and scored with its phenotype heads
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no scratch left behind

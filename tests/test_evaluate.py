@@ -249,6 +249,33 @@ def test_evaluate_end_to_end_writes_every_output(tmp_path, tiny_models, capsys):
     assert "delta" in table and "zeroshot/acc1" in table and "retrieval/mean_recall" in table
 
 
+def test_evaluate_per_example_outcomes_give_back_the_metrics(tmp_path, tiny_models):
+    from pipelines.scaling import examples as X
+
+    zs_dir = tmp_path / "zeroshot"
+    _write_zeroshot_set(zs_dir, [0, 0, 0, 1, 2, 2, 1])
+    shard = tmp_path / "curated" / "test-000000.tar"
+    shard.parent.mkdir()
+    _write_curated_shard(shard)
+    out, per_example = tmp_path / "eval", tmp_path / "per_example"
+    summary = evaluate({"adapted": tiny_models["adapted"]}, zs_dir, [str(shard)], CLASSNAMES, TEMPLATES, out, tmp_path / "plots",
+                       "rs", batch_size=4, per_example_dir=per_example)
+    run = tmp_path / "run"
+    run.mkdir()
+    for table in ("zeroshot", "retrieval"):
+        (run / f"per_example_{table}.csv").write_bytes((per_example / f"{table}_adapted.csv").read_bytes())
+    for reader, task, key in ((X.zeroshot_examples(False), "zeroshot", "acc1"),
+                              (X.zeroshot_examples(True), "zeroshot", "mean_per_class_recall"),
+                              (X.retrieval_examples, "retrieval", "mean_recall")):
+        examples = reader([run])
+        got = examples.statistic(examples.values, np.arange(examples.n_examples))[0]
+        assert got == pytest.approx(summary["adapted"][task][key], abs=1e-12), key
+    rows = list(csv.DictReader((per_example / "retrieval_adapted.csv").open()))
+    assert {r["direction"] for r in rows} == {"image_to_text", "text_to_image"}
+    assert all(int(r["rank"]) >= 1 for r in rows)
+    assert not (out / "per_example").exists()  # only where asked
+
+
 def test_evaluate_skips_missing_tasks_with_a_message(tmp_path, tiny_models, capsys):
     empty = tmp_path / "zeroshot"
     empty.mkdir()

@@ -32,6 +32,7 @@ TINY = {
         # seed 2: both slides train, one lecture test (which retrieval needs), one val
         "curate": {"workers": 1, "slides": {"max_tiles_per_slide": 12}, "split_seed": 2},
         "train": {"batch_size": 4, "epochs": 1, "checkpoint_every": 0, "warmup_steps": 1},
+        "scaling": {"train": {"batch_size": 4, "max_steps": 3, "warmup_steps": 1}},
     },
     "ct": {
         "base_model": {"input_size": [32, 32, 24], "image_width": 8, "embed_dim": 32, "vocab_size": 400, "context_length": 64},
@@ -40,13 +41,16 @@ TINY = {
         "adapt": {"stage1_epochs": 1},
         "train": {"batch_size": 4, "epochs": 2, "checkpoint_every": 0, "warmup_steps": 1},
         "evaluate": {"bootstrap": 50},
+        "scaling": {"train": {"batch_size": 4, "max_steps": 3, "warmup_steps": 1}, "adapt": {"stage1_steps": 1},
+                    "evaluate": {"bootstrap": 10}},
     },
     "pairs": {
         "demo": {"n_images": 60, "zeroshot_per_class": 4},
         "curate": {"workers": 1},
         "train": {"batch_size": 16, "epochs": 1, "warmup_steps": 1, "checkpoint_every": 0},
     },
-    "scaling": {"fractions": [0.25, 0.5, 1.0], "seeds": [0], "quality_keep": [0.5], "n_boot": 50},
+    "scaling": {"fractions": [0.25, 0.5, 1.0], "seeds": [0], "quality_keep": [0.5], "quality_fractions": [0.5, 1.0],
+                "quality_seeds": [0], "n_boot": 50},
 }
 DOMAINS = ("remote_sensing", "pathology", "ct", "pairs")
 
@@ -88,7 +92,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_and_is_then_up_to_date(project):
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    stages = ["pretrain", "scaling-report@remote_sensing", "scaling-index"]
+    stages = ["pretrain", "scaling-report@remote_sensing", "scaling-report@pathology", "scaling-report@ct", "scaling-index"]
     stages += [f"{s}@{d}" for d in DOMAINS for s in ("demo-data", "curate", "train", "evaluate", "export")]
     for stage in stages:
         assert stage in lock["stages"], stage
@@ -135,7 +139,15 @@ def test_scaling_report_is_written(project):
     assert (report / "scaling.md").read_text().strip()
     assert "remote_sensing" in (project / "reports/index.html").read_text()
     runs = sorted(p.name for p in (project / "metrics/remote_sensing/scaling").iterdir())
-    assert runs == ["f0.25-q1.0-s0", "f0.5-q1.0-s0", "f1.0-q0.5-s0", "f1.0-q1.0-s0"]
+    assert runs == ["f0.25-q1.0-s0", "f0.5-q0.5-s0", "f0.5-q1.0-s0", "f1.0-q0.5-s0", "f1.0-q1.0-s0"]
+    for run in runs:
+        assert (project / "metrics/remote_sensing/scaling" / run / "per_example_zeroshot.csv").is_file()
+    ct_runs = project / "metrics/ct/scaling"
+    for run in ct_runs.iterdir():
+        assert {"per_example_phenotypes.csv", "per_example_findings.csv"} <= {p.name for p in run.iterdir()}
+    ct_fits = json.loads((project / "metrics/scaling/ct.json").read_text())
+    assert set(ct_fits["intervals"]) == {"phenotypes/macro_auroc", "zeroshot/macro_f1"}
+    assert (project / "reports/remote_sensing/quality_fits.csv").is_file()
 
 
 def test_pathology_pairs_from_videos_and_slides_and_its_export_loads(project):

@@ -17,6 +17,10 @@ Outputs (all written atomically):
   retrieval set, linear probes on the zero-shot set; their scalars also go into metrics.json;
 - PLOTS/confusion_<model>.png and PLOTS/confusion_<model>.csv (actual,predicted, one row per sample,
   for DVC's confusion template);
+- PER_EXAMPLE/zeroshot_<model>.csv (example,label,classname,predicted,correct) and
+  PER_EXAMPLE/retrieval_<model>.csv (direction,query,image,rank: the 1-based rank of the first
+  correct item, one row per image and one per caption) when a per-example folder is given (the
+  scaling sweep bootstraps its intervals over these);
 - OUT/clip_benchmark/{zeroshot,retrieval}/: the sets as scored (images, labels, captions, class names,
   templates) in CLIP_benchmark's WebDataset layout, plus a README.txt with the `clip_benchmark eval`
   commands that re-score them (pipelines/evaluate/clip_benchmark.py); replaced as a whole.
@@ -37,7 +41,7 @@ from PIL import Image
 from pipelines.evaluate import clip_benchmark as cb
 from pipelines.evaluate.hubness import HubnessConfig
 from pipelines.evaluate.linear_probe import LinearProbeConfig
-from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
+from pipelines.evaluate.metrics import retrieval_metrics, retrieval_ranks, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.infer.device import DeviceChoice, inference_autocast
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -364,6 +368,7 @@ def evaluate(
     hubness: HubnessConfig | None = None,
     linear_probe: LinearProbeConfig | None = None,
     bank_shards: Sequence[str] = (),
+    per_example_dir: Path | None = None,
 ) -> dict:
     """Score every model on the same zero-shot set and retrieval shards; returns metrics.json's content.
 
@@ -371,7 +376,8 @@ def evaluate(
     `model_names` maps a role to the name written as "model" in the CLIP_benchmark JSONs (the
     role itself goes in "pretrained"); roles without an entry use the role as the name.
     `hubness` and `linear_probe` (None: not run, no file) ask for analyses.py's analyses; the
-    hubness banks are drawn from `bank_shards` (the curated train split).
+    hubness banks are drawn from `bank_shards` (the curated train split). With `per_example_dir`,
+    every model's per-example outcomes are written there too.
     """
     if not models:
         raise ValueError("evaluate needs at least one model")
@@ -444,6 +450,10 @@ def evaluate(
             atomic_write_text(confusion_csv, _csv_text(["actual", "predicted"], pairs))
             title = f"{dataset_name}: {role}" + (f" ({name})" if name != role else "")
             write_confusion_png(confusion_png, zs["confusion_matrix"], zeroshot.classnames, title)
+            if per_example_dir is not None:
+                rows = [(i, a, zeroshot.classnames[a], p, int(a == p)) for i, (a, p) in enumerate(zip(zeroshot.labels, predicted))]
+                atomic_write_text(Path(per_example_dir) / f"zeroshot_{role}.csv",
+                                  _csv_text(["example", "label", "classname", "predicted", "correct"], rows))
         else:
             _remove_stale([confusion_png, confusion_csv])
             _write_skipped(zs_json, dataset_name, name, role, "zeroshot_classification", zeroshot_skipped)
@@ -452,6 +462,13 @@ def evaluate(
             image_emb = encode_images(model, preprocess, retrieval.images, device, batch_size)
             text_emb = encode_texts(model, tokenizer, retrieval.texts, device, batch_size)
             rt = retrieval_metrics(image_emb, text_emb, retrieval.text_to_image)
+            if per_example_dir is not None:
+                ranks = retrieval_ranks(image_emb, text_emb, retrieval.text_to_image)
+                rows = [("image_to_text", i, i, int(r)) for i, r in enumerate(ranks["image_to_text"].tolist())]
+                rows += [("text_to_image", t, owner, int(r))
+                         for t, (owner, r) in enumerate(zip(retrieval.text_to_image, ranks["text_to_image"].tolist()))]
+                atomic_write_text(Path(per_example_dir) / f"retrieval_{role}.csv",
+                                  _csv_text(["direction", "query", "image", "rank"], rows))
             results[role]["retrieval"] = rt
             results[role].update(analyses.on_retrieval(role, model, preprocess, tokenizer, image_emb, text_emb, retrieval.text_to_image))
             atomic_write_json(

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+RETRIEVAL_KS = (1, 5, 10)  # recall@k reported by default (mean_recall averages them, both ways)
+
 
 def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], classnames: Sequence[str]) -> dict:
     """acc1, acc5, mean_per_class_recall (balanced accuracy), per-class accuracy and confusion.
@@ -64,13 +66,15 @@ def retrieval_metrics(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
     text_to_image: Sequence[int],
-    ks: Sequence[int] = (1, 5, 10),
+    ks: Sequence[int] = RETRIEVAL_KS,
 ) -> dict[str, float]:
     """Recall@k both ways; every image may own several captions.
 
     image_retrieval_recall@k (text -> image): share of captions whose own image is in the top k
     images. text_retrieval_recall@k (image -> text): share of images with *any* of their captions
-    in the top k captions. k is clipped to the candidate count (the key keeps the asked-for k).
+    in the top k captions. k larger than the candidate count finds everything (the key keeps the
+    asked-for k). A candidate scoring exactly as the positive does not push it down, so an image
+    whose caption is shared word for word by other images' captions still finds it at rank 1.
     mean_recall is the mean of all recall values.
     """
     image_emb = torch.as_tensor(image_emb).float()
@@ -88,21 +92,39 @@ def retrieval_metrics(
     if not captioned.all():
         raise ValueError(f"{int((~captioned).sum())} image(s) have no caption; drop them before scoring")
 
-    scores = text_emb @ image_emb.T  # [T, I]
-    # positive[t, i]: caption t belongs to image i
-    positive = torch.zeros(n_texts, n_images, dtype=torch.bool)
-    positive[torch.arange(n_texts), owner] = True
-
+    # Recall from each query's first-hit rank (retrieval_ranks), so the per-example ranks the scaling
+    # report resamples give back exactly these numbers, ties included.
+    ranks = retrieval_ranks(image_emb, text_emb, owner.tolist())
     out: dict[str, float] = {}
     for k in ks:
         if k < 1:
             raise ValueError(f"recall@k needs k >= 1, got {k}")
-        top_images = scores.topk(min(k, n_images), dim=1).indices  # [T, k]
-        text_hit = positive.gather(1, top_images).any(dim=1)
-        out[f"image_retrieval_recall@{k}"] = text_hit.sum().item() / n_texts
+        out[f"image_retrieval_recall@{k}"] = (ranks["text_to_image"] <= k).sum().item() / n_texts
     for k in ks:
-        top_texts = scores.T.topk(min(k, n_texts), dim=1).indices  # [I, k]
-        image_hit = positive.T.gather(1, top_texts).any(dim=1)
-        out[f"text_retrieval_recall@{k}"] = image_hit.sum().item() / n_images
+        out[f"text_retrieval_recall@{k}"] = (ranks["image_to_text"] <= k).sum().item() / n_images
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
+
+
+def retrieval_ranks(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """The 1-based rank of the first correct item for every query, both ways (per-example retrieval).
+
+    "text_to_image": one rank per caption (where its own image ranks among all images);
+    "image_to_text": one rank per image (where the best-ranked of its captions ranks among all
+    captions). recall@k of a direction is the share of its ranks <= k, as in `retrieval_metrics`
+    (ties: a candidate scoring exactly as the positive does not push it down).
+    """
+    image_emb = torch.as_tensor(image_emb).float()
+    text_emb = torch.as_tensor(text_emb).float()
+    owner = torch.as_tensor(list(text_to_image), dtype=torch.long)
+    if owner.numel() != text_emb.shape[0]:
+        raise ValueError(f"text_to_image has {owner.numel()} entries for {text_emb.shape[0]} texts")
+    scores = text_emb @ image_emb.T  # [T, I]
+    own = scores[torch.arange(len(owner)), owner]  # each caption's score with its own image
+    text_to_image_rank = (scores > own[:, None]).sum(dim=1) + 1
+    # best positive score of each image among its captions, then how many captions beat it
+    best = torch.full((image_emb.shape[0],), float("-inf")).scatter_reduce(0, owner, own, reduce="amax")
+    image_to_text_rank = (scores.T > best[:, None]).sum(dim=1) + 1
+    return {"text_to_image": text_to_image_rank, "image_to_text": image_to_text_rank}

@@ -9,15 +9,20 @@ from pipelines.domain import classes_and_templates, get
 
 
 def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Optional[Path], out: Path, plots: Path,
-                    params_path: Optional[Path]) -> dict[str, Any]:
-    """Score `domain`'s base and trained model; write OUT (metrics, CLIP_benchmark JSON) and PLOTS."""
+                    params_path: Optional[Path], per_example_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Score `domain`'s base and trained model; write OUT (metrics, CLIP_benchmark JSON) and PLOTS.
+
+    With `per_example_dir`, each model's per-example outcomes go there as CSV files (what they hold
+    depends on the model family: see pipelines/evaluate/clip.py and volume.py).
+    """
     d = get(domain)
     if d.modality == "volume":
         from pipelines.evaluate.analyses import write_skipped
         from pipelines.evaluate.volume import VolumeEvaluateConfig, evaluate_volume
 
         vcfg = params.read(params_path, VolumeEvaluateConfig, domain, "evaluate")
-        result = evaluate_volume(model, data, zeroshot, out, plots, vcfg, vcfg.prompts or d.prompts().FINDING_PROMPTS, domain)
+        result = evaluate_volume(model, data, zeroshot, out, plots, vcfg, vcfg.prompts or d.prompts().FINDING_PROMPTS, domain,
+                                 per_example_dir)
         write_skipped(out, ["base", "adapted"], "hubness and linear probes are computed for open_clip domains only")
         return result
 
@@ -49,4 +54,5 @@ def evaluate_domain(domain: str, model: Path, zeroshot: Optional[Path], data: Op
         hubness=cfg.hubness,
         linear_probe=cfg.linear_probe,
         bank_shards=shard_paths(data, "train") if data else [],
+        per_example_dir=per_example_dir,
     )

@@ -10,6 +10,12 @@
 * Retrieval: image -> findings and image -> impression R@1/5/10 (one text per image; the
   pipelines.evaluate.metrics implementation).
 
+Per-example outcomes (when a folder is given; the scaling sweep bootstraps over them), per model:
+phenotypes_<model>.csv (study, group, phenotype, target, score), findings_<model>.csv (study, group,
+finding, label, margin = positive minus negative prompt similarity, predicted) and
+retrieval_<model>.csv (direction, query, image, rank of the first correct item, both ways, for
+findings and impressions); `group` is the study's patient, the unit a bootstrap resamples.
+
 "base" is the model the trainer starts from (same seed, same tokenizer, untrained heads), so the
 delta measures what training added.
 """
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from pipelines.evaluate.clip_benchmark import write_not_applicable
-from pipelines.evaluate.metrics import retrieval_metrics
+from pipelines.evaluate.metrics import retrieval_metrics, retrieval_ranks
 from pipelines.io import volume_shards as DS
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.models import volume as M
@@ -144,7 +150,7 @@ def zero_shot_findings(image_emb: torch.Tensor, prompt_emb: dict[str, tuple[torc
     prompt_emb: {finding: (positive embeddings [P, D], negative embeddings [Q, D])}, normalised;
     labels: {finding: per-image 1/0/-1}; -1 is ignored. Findings with no labelled image are skipped.
     """
-    f1, acc, support = {}, {}, {}
+    f1, acc, support, margins = {}, {}, {}, {}
     for finding, (pos, neg) in prompt_emb.items():
         y = np.asarray(labels.get(finding, []), dtype=int)
         if y.size == 0:
@@ -155,10 +161,12 @@ def zero_shot_findings(image_emb: torch.Tensor, prompt_emb: dict[str, tuple[torc
         score_pos = (image_emb @ pos.T).mean(dim=1).numpy()
         score_neg = (image_emb @ neg.T).mean(dim=1).numpy()
         pred = (score_pos > score_neg).astype(int)
+        margins[finding] = score_pos - score_neg
         f1[finding] = f1_binary(pred[keep], y[keep])
         acc[finding] = float((pred[keep] == y[keep]).mean())
         support[finding] = int(keep.sum())
-    out: dict[str, Any] = {"f1": f1, "accuracy": acc, "support": support}
+    # margins: per image, positive minus negative prompt similarity (positive iff > 0), for per-example outputs
+    out: dict[str, Any] = {"f1": f1, "accuracy": acc, "support": support, "margins": margins}
     if f1:
         out["macro_f1"] = float(np.mean(list(f1.values())))
     return out
@@ -212,8 +220,8 @@ def _prompt_embeddings(
 
 def score_model(model: M.VolumeCLIP, tokenizer: PreTrainedTokenizerBase, phenotypes: list[str], samples: Sequence[DS.VolumeSample],
                 labels: dict[str, dict[str, int]], prompts: dict[str, dict[str, list[str]]], batch_size: int = 4,
-                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """All three tasks for one model on `samples`."""
+                n_boot: int = 1000, seed: int = 0, per_example: bool = False) -> dict[str, Any]:
+    """All three tasks for one model on `samples` (and, asked, the per-example rows under "per_example")."""
     model.eval()
     enc, samples = _encode_split(model, samples, tokenizer, batch_size)
     result: dict[str, Any] = {}
@@ -229,7 +237,37 @@ def score_model(model: M.VolumeCLIP, tokenizer: PreTrainedTokenizerBase, phenoty
     for kind in ("findings", "impression"):
         r = retrieval_metrics(enc["image"], enc[kind], list(range(len(samples))), RETRIEVAL_KS)
         result["retrieval"].update({f"{kind}_R@{k}": r[f"text_retrieval_recall@{k}"] for k in RETRIEVAL_KS})
+    if per_example:
+        result["per_example"] = _per_example(samples, enc, phenotypes, rows, zs_labels, result["zeroshot"]["margins"])
     return result
+
+
+def _per_example(samples: Sequence[DS.VolumeSample], enc: dict[str, torch.Tensor], phenotypes: list[str], rows: list[int],
+                 zs_labels: dict[str, list[int]], margins: dict[str, np.ndarray]) -> dict[str, list[tuple]]:
+    """Rows of the per-example tables (see the module docstring): phenotypes, findings, retrieval."""
+    study = [s.study_id for s in samples]
+    group = [str(s.meta.get("group") or s.study_id) for s in samples]
+    out: dict[str, list[tuple]] = {"phenotypes": [], "findings": [], "retrieval": []}
+    if phenotypes:
+        probs = enc["probs"].numpy()
+        targets = M.phenotype_targets(samples, phenotypes).numpy()
+        out["phenotypes"] = [(study[i], group[i], name, int(targets[i, j]), float(probs[i, j]))
+                             for i in range(len(samples)) for j, name in enumerate(phenotypes)]
+    for finding, margin in margins.items():
+        out["findings"] += [(study[i], group[i], finding, int(zs_labels[finding][r]), float(margin[r]), int(margin[r] > 0))
+                            for r, i in enumerate(rows)]
+    for kind in ("findings", "impression"):
+        ranks = retrieval_ranks(enc["image"], enc[kind], list(range(len(samples))))
+        for direction, name in (("image_to_text", f"image_to_{kind}"), ("text_to_image", f"{kind}_to_image")):
+            out["retrieval"] += [(name, i, i, int(r)) for i, r in enumerate(ranks[direction].tolist())]
+    return out
+
+
+PER_EXAMPLE_HEADERS = {
+    "phenotypes": ["study", "group", "phenotype", "target", "score"],
+    "findings": ["study", "group", "finding", "label", "margin", "predicted"],
+    "retrieval": ["direction", "query", "image", "rank"],
+}
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -303,8 +341,12 @@ def base_model_like(trained_dir: Path) -> M.VolumeCLIP:
 
 
 def evaluate_volume(model_dir: Path, data: Optional[Path], zeroshot: Optional[Path], out: Path, plots: Path,
-                    cfg: VolumeEvaluateConfig, prompts: FindingPrompts, dataset: str) -> dict[str, Any]:
-    """Score base and adapted; write OUT (metrics.json, zeroshot_*, retrieval_*, per_class.csv, phenotypes_*, clip_benchmark/) and PLOTS."""
+                    cfg: VolumeEvaluateConfig, prompts: FindingPrompts, dataset: str,
+                    per_example_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Score base and adapted; write OUT (metrics.json, zeroshot_*, retrieval_*, per_class.csv, phenotypes_*, clip_benchmark/) and PLOTS.
+
+    With `per_example_dir`, each model's per-example tables go there (module docstring).
+    """
     torch.set_grad_enabled(False)
     try:
         adapted, tokenizer, phenotypes = M.load_model_dir(model_dir)
@@ -316,7 +358,7 @@ def evaluate_volume(model_dir: Path, data: Optional[Path], zeroshot: Optional[Pa
     if len(samples) == 0:
         raise FileNotFoundError(f"no {split} samples under {data}/shards to evaluate on")
     labels = read_labels(zeroshot, list(prompts))
-    kw = dict(batch_size=cfg.batch_size, n_boot=cfg.bootstrap, seed=cfg.seed)
+    kw = dict(batch_size=cfg.batch_size, n_boot=cfg.bootstrap, seed=cfg.seed, per_example=per_example_dir is not None)
     results = {"base": score_model(base, tokenizer, phenotypes, samples, labels, prompts, **kw),
                "adapted": score_model(adapted, tokenizer, phenotypes, samples, labels, prompts, **kw)}
     names = {"base": f"{dataset}-init", "adapted": str(model_dir)}
@@ -334,6 +376,11 @@ def evaluate_volume(model_dir: Path, data: Optional[Path], zeroshot: Optional[Pa
         atomic_write_json(out / f"phenotypes_{name}.json",
                           _record(dataset, "phenotype_classification", names[name], r.get("phenotypes", {})))
         rows += [[name, f, f"{a:.6f}"] for f, a in zs["accuracy"].items()]
+        for table, header in PER_EXAMPLE_HEADERS.items():
+            if per_example_dir is not None:
+                buf = io.StringIO()
+                csv.writer(buf, lineterminator="\n").writerows([header, *r["per_example"][table]])
+                atomic_write_text(Path(per_example_dir) / f"{table}_{name}.csv", buf.getvalue())
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([["model", "classname", "accuracy"], *rows])
     atomic_write_text(out / "per_class.csv", buf.getvalue())  # zero-shot accuracy per finding

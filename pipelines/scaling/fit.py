@@ -1,8 +1,8 @@
 """Data-scaling-law fits: how a metric grows with the number of training pairs N.
 
 Two curve families, both fitted to one point per run (every seed at every size):
-- `power_law`: a saturating power law for the error, err(N) = c + a * N^(-b), by bounded non-linear
-  least squares (a >= 0, 0 <= b <= 3, 0 <= c <= 1: an error rate cannot leave [0, 1]);
+- `power_law`: a saturating power law for the error, err(N) = c + a * N^(-b), by bounded least
+  squares (a >= 0, 0 <= b <= 3, 0 <= c <= 1: an error rate cannot leave [0, 1]), profiled over b;
 - `log_linear`: the metric itself, m(N) = alpha + beta * ln N, by ordinary least squares.
 
 Every fit carries its parameters with 95% bootstrap intervals, R^2 and an extrapolation check (fit
@@ -11,8 +11,11 @@ without the largest size, predict it). The family with the smaller extrapolation
 
 Intervals come from a bootstrap that, in each replicate, resamples the seeds (a seed is one nested
 chain of subsets, so it is the independent unit) and, where runs saved per-example results on a
-shared evaluation set, also resamples the evaluation examples (the same indices for every run, as
-the runs are paired on that set) and recomputes each run's metric from them.
+shared evaluation set (`PerExample`), also resamples the evaluation examples by unit (an image, a
+query's image, a patient's studies; the same draw for every run, as the runs are paired on that
+set) and recomputes each run's metric from them with the metric's own statistic (accuracy,
+balanced accuracy, mean recall from first-hit ranks, macro AUROC, macro F1). With one seed the
+interval is the evaluation set's sampling noise alone.
 
 Degenerate inputs (fewer than 3 sizes, a constant metric, non-finite values) raise `FitRefused`
 with the reason; callers record that message instead of drawing a curve.
@@ -24,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import minimize_scalar
+from scipy.stats import rankdata
 
 FAMILIES = ("power_law", "log_linear")
 MIN_SIZES = 3
@@ -35,39 +39,169 @@ class FitRefused(ValueError):
     """The data cannot support this fit; the message says why."""
 
 
-# ---------------------------------------------------------------- per-example statistics
+# ---------------------------------------------------------------- per-example outcomes
 
 
-def accuracy(correct: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
-    """Per-run accuracy from a runs x examples 0/1 matrix."""
-    return correct.mean(axis=1)
+# (runs x examples [x ...] outcomes, the resampled example indices) -> one metric per run
+PerExampleStatistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def balanced_accuracy(correct: np.ndarray, labels: Optional[np.ndarray]) -> np.ndarray:
-    """Per-run mean per-class recall (classes absent from the resample are skipped, as in metrics.py)."""
-    if labels is None:
-        raise ValueError("balanced accuracy needs the example labels")
-    recalls = [correct[:, labels == k].mean(axis=1) for k in np.unique(labels)]
-    return np.mean(recalls, axis=0)
+@dataclass
+class PerExample:
+    """Every run's outcome on each example of a shared evaluation set, and how to score them.
+
+    `values` has one row per run and one column per example (trailing axes are the statistic's
+    business: a study's phenotypes, say). `statistic(values[:, idx], idx)` gives each run's metric
+    on the examples `idx` (with repeats); it must reproduce the run's recorded metric for
+    idx = all examples. `clusters` names each example's resampling unit (the image a caption
+    belongs to, the patient of a study); None: every example is its own unit.
+    """
+
+    values: np.ndarray
+    statistic: PerExampleStatistic
+    clusters: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=float)
+        if self.values.ndim < 2 or self.values.shape[1] == 0:
+            raise ValueError(f"per-example values must be runs x examples (x ...), got shape {self.values.shape}")
+        if self.clusters is not None:
+            self.clusters = np.asarray(self.clusters)
+            if self.clusters.shape != (self.values.shape[1],):
+                raise ValueError(f"{len(self.clusters)} cluster ids for {self.values.shape[1]} examples")
+
+    @property
+    def n_examples(self) -> int:
+        """Examples in the shared evaluation set."""
+        return int(self.values.shape[1])
+
+    def units(self) -> list[np.ndarray]:
+        """The example indices of each resampling unit."""
+        if self.clusters is None:
+            return [np.array([i]) for i in range(self.n_examples)]
+        _, inverse = np.unique(self.clusters, return_inverse=True)
+        return [np.flatnonzero(inverse == k) for k in range(int(inverse.max()) + 1)]
+
+    def rows(self, rows: np.ndarray) -> "PerExample":
+        """The same examples for the runs `rows` (an index array or boolean mask)."""
+        return PerExample(self.values[rows], self.statistic, self.clusters)
 
 
-PerExampleStatistic = Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
+def resample_examples(units: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Example indices of one bootstrap draw: as many units as there are, with replacement, all their examples."""
+    drawn = rng.integers(0, len(units), size=len(units))
+    return np.concatenate([units[k] for k in drawn])
+
+
+def accuracy() -> PerExampleStatistic:
+    """Share correct, from a runs x examples 0/1 matrix."""
+    return lambda correct, idx: correct.mean(axis=1)
+
+
+def balanced_accuracy(labels: np.ndarray) -> PerExampleStatistic:
+    """Mean per-class recall (classes absent from the resample are skipped, as in metrics.py)."""
+    labels = np.asarray(labels)
+
+    def statistic(correct: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        drawn = labels[idx]
+        return np.mean([correct[:, drawn == k].mean(axis=1) for k in np.unique(drawn)], axis=0)
+
+    return statistic
+
+
+def mean_recall(direction: np.ndarray, ks: Sequence[int]) -> PerExampleStatistic:
+    """Mean of recall@k over `ks` and both retrieval directions, from runs x queries first-hit ranks.
+
+    `direction[q]` tells which direction query q belongs to (e.g. image->text, text->image);
+    recall@k of a direction is the share of its queries whose first correct item ranks <= k, so
+    the mean over every (direction, k) is retrieval_metrics' mean_recall.
+    """
+    direction = np.asarray(direction)
+
+    def statistic(ranks: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        drawn = direction[idx]
+        recalls = [(ranks[:, drawn == d] <= k).mean(axis=1) for d in np.unique(drawn) for k in ks]
+        return np.mean(recalls, axis=0)
+
+    return statistic
+
+
+def _auroc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """AUROC of each row of `scores` (runs x examples) for one shared 0/1 label vector; NaN with one class."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return np.full(scores.shape[0], np.nan)
+    ranks = rankdata(scores, axis=1)  # ties get their average rank: the Mann-Whitney U with ties counted half
+    return (ranks[:, positive].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def macro_auroc(targets: np.ndarray) -> PerExampleStatistic:
+    """Mean AUROC over labels, from runs x examples x labels scores and examples x labels 0/1 `targets`.
+
+    Labels with one class only in the full set are left out (as evaluate does), and so are those
+    with one class in a resample.
+    """
+    targets = np.asarray(targets).astype(bool)
+    kept = [j for j in range(targets.shape[1]) if 0 < targets[:, j].sum() < targets.shape[0]]
+
+    def statistic(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        drawn = targets[idx]
+        per = np.array([_auroc_rows(scores[:, :, j], drawn[:, j]) for j in kept])  # labels x runs
+        return np.nanmean(per, axis=0) if len(per) else np.full(scores.shape[0], np.nan)
+
+    return statistic
+
+
+def macro_f1(labels: np.ndarray) -> PerExampleStatistic:
+    """Mean F1 over labels, from runs x examples x labels 0/1 predictions and examples x labels 1/0/-1 `labels`.
+
+    -1 (unknown) is ignored; a label with no known example in the draw is left out; F1 is 0 when
+    there are no true positives, false positives or false negatives (as evaluate's f1_binary).
+    """
+    labels = np.asarray(labels, dtype=int)
+
+    def statistic(predicted: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        drawn = labels[idx]
+        per = []
+        for j in range(drawn.shape[1]):
+            known = drawn[:, j] >= 0
+            if not known.any():
+                continue
+            pred, truth = predicted[:, known, j] > 0.5, drawn[known, j] == 1
+            tp = (pred & truth).sum(axis=1)
+            fp = (pred & ~truth).sum(axis=1)
+            fn = (~pred & truth).sum(axis=1)
+            denom = 2 * tp + fp + fn
+            per.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        return np.mean(per, axis=0) if per else np.full(predicted.shape[0], np.nan)
+
+    return statistic
+
+
+def example_interval(examples: PerExample, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> np.ndarray:
+    """Each run's metric with a percentile interval over resampled examples: runs x (point, low, high)."""
+    rng = np.random.default_rng(seed)
+    units = examples.units()
+    point = examples.statistic(examples.values, np.arange(examples.n_examples))
+    draws = np.array([examples.statistic(examples.values[:, idx], idx)
+                      for idx in (resample_examples(units, rng) for _ in range(n_boot))])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return np.column_stack([point, np.nanpercentile(draws, lo, axis=0), np.nanpercentile(draws, hi, axis=0)])
 
 
 @dataclass
 class Observations:
     """One row per run: pairs used, seed, metric (higher is better, in [0, 1]).
 
-    `per_example` (runs x examples) and `labels` (examples), when given, let the bootstrap
-    resample evaluation examples; `statistic` turns a resampled matrix back into per-run metrics.
+    `examples`, when given, holds every run's per-example outcomes on the shared evaluation set,
+    so the bootstrap can resample evaluation examples as well as seeds.
     """
 
     n: np.ndarray
     seed: np.ndarray
     value: np.ndarray
-    per_example: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
-    statistic: Optional[PerExampleStatistic] = None
+    examples: Optional[PerExample] = None
 
     def __post_init__(self) -> None:
         self.n = np.asarray(self.n, dtype=float)
@@ -75,15 +209,13 @@ class Observations:
         self.value = np.asarray(self.value, dtype=float)
         if not (len(self.n) == len(self.seed) == len(self.value)):
             raise ValueError("n, seed and value must have the same length")
-        if self.per_example is not None:
-            self.per_example = np.asarray(self.per_example, dtype=float)
-            if self.per_example.shape[0] != len(self.n):
-                raise ValueError("per_example needs one row per run")
+        if self.examples is not None and self.examples.values.shape[0] != len(self.n):
+            raise ValueError("per-example values need one row per run")
 
     def subset(self, mask: np.ndarray) -> "Observations":
-        """The runs selected by boolean `mask` (per-example rows with them; labels and statistic shared)."""
-        pe = self.per_example[mask] if self.per_example is not None else None
-        return Observations(self.n[mask], self.seed[mask], self.value[mask], pe, self.labels, self.statistic)
+        """The runs selected by boolean `mask` (their per-example rows with them)."""
+        examples = self.examples.rows(mask) if self.examples is not None else None
+        return Observations(self.n[mask], self.seed[mask], self.value[mask], examples)
 
 
 # ---------------------------------------------------------------- the two families
@@ -103,32 +235,68 @@ def check_points(n: np.ndarray, y: np.ndarray) -> None:
         raise FitRefused(f"the metric is constant ({y[0]:.4g}) across sizes: nothing to fit")
 
 
-def _power_law_error(params: np.ndarray, x: np.ndarray) -> np.ndarray:
-    a, b, c = params
-    return c + a * np.power(x, -b)
+B_GRID = np.linspace(0.0, B_MAX, 121)  # the profile over b is scanned here, then refined
+
+
+def _best_a_c(xb: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of `xb` (= x^-b for one b), the least-squares a >= 0, 0 <= c <= 1 of err ~ c + a * xb, and its SSE.
+
+    A convex quadratic in two variables with box constraints: its minimum is the unconstrained
+    one when feasible, else the best of the minima along the edges (a = 0; c = 0; c = 1), each a
+    one-variable problem solved in closed form and clipped.
+    """
+    mx, me = xb.mean(axis=1), err.mean()
+    dx = xb - mx[:, None]
+    var = (dx**2).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_free = np.where(var > 1e-15, (dx * (err - me)).mean(axis=1) / var, 0.0)
+        sxx = (xb**2).sum(axis=1)
+        a_c0 = np.maximum(0.0, (xb * err).sum(axis=1) / sxx)
+        a_c1 = np.maximum(0.0, (xb * (err - 1.0)).sum(axis=1) / sxx)
+    zeros = np.zeros(len(xb))
+    candidates = [
+        (a_free, me - a_free * mx),
+        (zeros, np.full(len(xb), min(max(me, 0.0), 1.0))),
+        (a_c0, zeros),
+        (a_c1, np.ones(len(xb))),
+    ]
+    best_a, best_c, best_sse = zeros.copy(), zeros.copy(), np.full(len(xb), np.inf)
+    for a, c in candidates:
+        feasible = (a >= 0) & (c >= 0) & (c <= 1) & np.isfinite(a) & np.isfinite(c)
+        sse = np.where(feasible, ((c[:, None] + a[:, None] * xb - err) ** 2).sum(axis=1), np.inf)
+        better = sse < best_sse
+        best_a, best_c, best_sse = np.where(better, a, best_a), np.where(better, c, best_c), np.where(better, sse, best_sse)
+    return best_a, best_c, best_sse
 
 
 def fit_power_law(n: Sequence[float], metric: Sequence[float]) -> dict[str, float]:
-    """Err = 1 - metric = c + a * N^(-b); returns {a, b, c} with a in units of pairs."""
+    """Err = 1 - metric = c + a * N^(-b); returns {a, b, c} with a in units of pairs.
+
+    Variable projection: for a fixed b the model is linear in (a, c), solved exactly under the
+    bounds, so only the profile SSE(b) is searched (a grid over [0, B_MAX], then a bounded scalar
+    minimisation around the best grid point). The search is global in b, and ~10x faster
+    than multi-start non-linear least squares (benchmarks/power_law_fit.py): it runs in every bootstrap replicate.
+    """
     n, m = np.asarray(n, dtype=float), np.asarray(metric, dtype=float)
     check_points(n, m)
     err = 1.0 - m
     # Fit on N / n_ref so `a` is of order one whatever the scale of N, then convert back.
     n_ref = float(np.exp(np.mean(np.log(n))))
     x = n / n_ref
-    best = None
-    for b0 in (0.1, 0.5, 1.0, 2.0):  # a few starts: the loss surface is not convex in b
-        c0 = max(0.0, min(float(err.min()) * 0.5, 1.0))
-        a0 = max(float(np.mean(err)) - c0, 1e-3)
-        res = least_squares(
-            lambda p: _power_law_error(p, x) - err,
-            x0=[a0, b0, c0],
-            bounds=([0.0, 0.0, 0.0], [np.inf, B_MAX, 1.0]),
-            method="trf",
-        )
-        if best is None or res.cost < best.cost:
-            best = res
-    a_ref, b, c = (float(v) for v in best.x)  # type: ignore[union-attr]
+
+    def profile(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _best_a_c(np.power(x[None, :], -np.atleast_1d(b)[:, None]), err)
+
+    sse = profile(B_GRID)[2]
+    i = int(np.argmin(sse))
+    lo, hi = B_GRID[max(i - 1, 0)], B_GRID[min(i + 1, len(B_GRID) - 1)]
+    res = minimize_scalar(lambda b: float(profile(np.array([b]))[2][0]), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-7})
+    b = float(res.x) if res.fun <= sse[i] else float(B_GRID[i])
+    a_ref, c, _ = (float(v[0]) for v in profile(np.array([b])))
+    if a_ref * float(np.max(np.power(x, -b))) <= 1e-9:
+        # a = 0: the best curve is a constant (the error does not fall with N) and b could be anything
+        raise FitRefused("the best power law is flat (the error does not fall with N): it has no exponent")
     return {"a": a_ref * n_ref**b, "b": b, "c": c}
 
 
@@ -163,7 +331,8 @@ def pairs_needed(family: str, params: dict[str, float], target: float) -> float:
             return math.inf
         if a <= 0 or b <= 0:  # a flat curve: reached from the first pair or never
             return 1.0 if c + a <= err else math.inf
-        return float((a / (err - c)) ** (1.0 / b))
+        log_n = (math.log(a) - math.log(err - c)) / b  # in logs: a nearly flat curve (b -> 0) needs astronomically many
+        return float(math.exp(log_n)) if log_n < 700 else math.inf
     if family == "log_linear":
         alpha, beta = params["alpha"], params["beta"]
         if target > 1.0 or beta <= 0:
@@ -252,18 +421,23 @@ def extrapolation_check(family: str, obs: Observations) -> Extrapolation:
 
 
 def bootstrap_samples(obs: Observations, n_boot: int, seed: int) -> list[Observations]:
-    """Replicates resampling seeds and, where available, evaluation examples."""
+    """Replicates resampling seeds and, where per-example outcomes exist, evaluation examples.
+
+    Seeds are drawn with replacement (every run of a drawn seed comes along). Examples are drawn
+    by unit (`PerExample.clusters`) with replacement, the same draw for every run of a replicate,
+    since all runs are scored on the same set; each run's metric is then recomputed from them.
+    """
     rng = np.random.default_rng(seed)
     seeds = np.unique(obs.seed)
+    units = obs.examples.units() if obs.examples is not None else []
     out = []
     for _ in range(n_boot):
         drawn = rng.choice(seeds, size=len(seeds), replace=True)
         rows = np.concatenate([np.flatnonzero(obs.seed == s) for s in drawn])
         value = obs.value[rows]
-        if obs.per_example is not None and obs.statistic is not None:
-            idx = rng.integers(0, obs.per_example.shape[1], size=obs.per_example.shape[1])
-            labels = obs.labels[idx] if obs.labels is not None else None
-            value = obs.statistic(obs.per_example[rows][:, idx], labels)
+        if obs.examples is not None:
+            idx = resample_examples(units, rng)
+            value = obs.examples.statistic(obs.examples.values[rows][:, idx], idx)
         out.append(Observations(obs.n[rows], obs.seed[rows], value))
     return out
 

@@ -1,14 +1,23 @@
 """The data-scaling report of one domain, from the sweep's run folders.
 
 Reads every `run.json` under RUNS (written by `pipelines.scaling.sweep`), fits each metric's curve
-(`pipelines.scaling.fit`), estimates the pairs needed for the targets in
-`<domain>.scaling.targets`, relates concept frequency in the training captions to per-class
-zero-shot accuracy (`pipelines.scaling.concepts`), and writes into OUT:
+(`pipelines.scaling.fit`) on the unfiltered runs, fits one power law per quality level (the share
+of pairs kept by image-caption score; 1.0 = unfiltered) so filtered and random data compare as
+curves, estimates the pairs needed for the targets in `<domain>.scaling.targets`, relates concept
+frequency in the training captions to per-class zero-shot accuracy (`pipelines.scaling.concepts`),
+and writes into OUT:
 
 - scaling.md and a self-contained scaling.html (plots embedded as base64 PNG);
-- plots/scaling_<metric>.png, plots/concepts.png: the same plots as files;
-- scaling.csv: one row per run (fraction, quality_keep, n_pairs, seed, metrics) for `dvc plots`;
-- concepts.csv: classname, mentions, accuracy; fits.json: every number of the tables.
+- plots/scaling_<metric>.png, plots/quality_<metric>.png, plots/concepts.png: the plots as files;
+- scaling.csv: one row per run (fraction, quality_keep, n_pairs, seed, each metric with its
+  interval over evaluation examples) for `dvc plots`;
+- quality_fits.csv: per metric and quality level, the power law's exponent b with its interval, a,
+  c, R² and the runs it rests on; quality_curves.csv: each fitted curve and band on a grid of N;
+- concepts.csv: classname, mentions, accuracy (header only when the domain has no per-class
+  zero-shot accuracies); fits.json: every number of the tables.
+
+Intervals: see pipelines/scaling/fit.py. Runs that saved per-example outcomes
+(pipelines/scaling/examples.py) are bootstrapped over evaluation examples, by unit, and over seeds.
 
 `index_command` writes REPORTS/index.html linking every domain's scaling.html.
 """
@@ -19,7 +28,7 @@ import html
 import io
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -30,14 +39,17 @@ import typer
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.manifest import read_manifest
 from pipelines.params import build, load_params, section
+from pipelines.scaling import examples as E
 from pipelines.scaling.concepts import ConceptFit, count_mentions, fit_concept_frequency, long_tail
 from pipelines.scaling.config import DomainScalingConfig, ScalingConfig
 from pipelines.scaling.fit import (
+    FamilyFit,
     FitRefused,
     Observations,
     ScalingFit,
-    accuracy,
-    balanced_accuracy,
+    bootstrap_samples,
+    example_interval,
+    fit_family,
     fit_scaling,
     predict,
 )
@@ -46,13 +58,26 @@ if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-# metric name -> (metrics.json task, key, per-example statistic or None)
-METRICS: dict[str, tuple[str, str, Any]] = {
-    "zeroshot/acc1": ("zeroshot", "acc1", accuracy),
-    "zeroshot/mean_per_class_recall": ("zeroshot", "mean_per_class_recall", balanced_accuracy),
-    "retrieval/mean_recall": ("retrieval", "mean_recall", None),
+
+@dataclass(frozen=True)
+class Metric:
+    """Where a scaling metric is in a run's metrics.json, and how its per-example outcomes are read."""
+
+    task: str
+    key: str
+    examples: E.ExampleReader
+    unit: str  # what one bootstrap draw of the evaluation set resamples
+
+
+METRICS: dict[str, Metric] = {
+    "zeroshot/acc1": Metric("zeroshot", "acc1", E.zeroshot_examples(False), "zero-shot images"),
+    "zeroshot/mean_per_class_recall": Metric("zeroshot", "mean_per_class_recall", E.zeroshot_examples(True), "zero-shot images"),
+    "retrieval/mean_recall": Metric("retrieval", "mean_recall", E.retrieval_examples, "retrieval images, each with its captions"),
+    "phenotypes/macro_auroc": Metric("phenotypes", "macro_auroc", E.phenotype_examples, "patients, each with their test studies"),
+    "zeroshot/macro_f1": Metric("zeroshot", "macro_f1", E.findings_examples, "patients, each with their test studies"),
 }
-DEFAULT_METRICS = tuple(METRICS)
+DEFAULT_METRICS = ("zeroshot/acc1", "zeroshot/mean_per_class_recall", "retrieval/mean_recall")
+CONSISTENCY_TOLERANCE = 1e-6  # the per-example statistic must give back each run's recorded metric
 
 
 # ---------------------------------------------------------------- reading the runs
@@ -66,9 +91,9 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
         metrics = json.loads((run_json.parent / "metrics.json").read_text())
         row = {k: run[k] for k in ("fraction", "seed", "quality_keep", "n_pairs")}
         row["run_dir"] = str(run_json.parent)
-        for name, (task, key, _) in METRICS.items():
-            row[name] = metrics.get("adapted", {}).get(task, {}).get(key, math.nan)
-            row[f"base:{name}"] = metrics.get("base", {}).get(task, {}).get(key, math.nan)
+        for name, spec in METRICS.items():
+            row[name] = metrics.get("adapted", {}).get(spec.task, {}).get(spec.key, math.nan)
+            row[f"base:{name}"] = metrics.get("base", {}).get(spec.task, {}).get(spec.key, math.nan)
         rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no run.json under {runs_dir}: run the scaling sweep first")
@@ -80,26 +105,30 @@ def quantity_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[np.isclose(runs["quality_keep"], 1.0)].reset_index(drop=True)
 
 
-def quality_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs of the quality-filter sweep: all the data, top-k% by score."""
-    return runs[np.isclose(runs["fraction"], 1.0)].reset_index(drop=True)
+def quality_levels(runs: pd.DataFrame) -> list[float]:
+    """The quality levels swept, 1.0 (unfiltered) included, highest first."""
+    return sorted({float(q) for q in runs["quality_keep"]}, reverse=True)
 
 
-def observations(runs: pd.DataFrame, metric: str) -> Observations:
-    """Observations for one metric, with per-example correctness where every run saved it."""
-    _, _, statistic = METRICS[metric]
+def observations(runs: pd.DataFrame, metric: str) -> tuple[Observations, str]:
+    """Observations for one metric, with per-example outcomes where every run saved them; and how its interval is made.
+
+    The note says what the bootstrap resamples, or why it falls back to seeds only.
+    """
+    spec = METRICS[metric]
     obs = Observations(runs["n_pairs"].to_numpy(), runs["seed"].to_numpy(), runs[metric].to_numpy())
-    if statistic is None:
-        return obs
-    files = [Path(d) / "per_example_zeroshot.csv" for d in runs["run_dir"]]
-    if not files or not all(f.is_file() for f in files):
-        return obs  # bootstrap over seeds only
-    tables = [pd.read_csv(f).sort_values("example") for f in files]
-    labels = tables[0]["label"].to_numpy()
-    if any(len(t) != len(labels) or not np.array_equal(t["label"].to_numpy(), labels) for t in tables):
-        raise ValueError("runs were scored on different zero-shot sets: cannot resample examples jointly")
-    correct = np.stack([t["correct"].to_numpy(dtype=float) for t in tables])
-    return Observations(obs.n, obs.seed, obs.value, correct, labels, statistic)
+    seeds = f"{runs['seed'].nunique()} seed(s)"
+    examples = spec.examples([Path(d) for d in runs["run_dir"]])
+    if examples is None:
+        return obs, f"resampling {seeds} only (some runs saved no per-example outcomes)"
+    recomputed = examples.statistic(examples.values, np.arange(examples.n_examples))
+    off = np.abs(recomputed - obs.value)
+    if not np.all(off <= CONSISTENCY_TOLERANCE):
+        worst = int(np.nanargmax(np.where(np.isfinite(off), off, np.inf)))
+        return obs, (f"resampling {seeds} only: the per-example outcomes of {runs['run_dir'].iloc[worst]} give "
+                     f"{recomputed[worst]:.6g}, not its recorded {obs.value[worst]:.6g}")
+    return (Observations(obs.n, obs.seed, obs.value, examples),
+            f"resampling {seeds} and {len(examples.units())} {spec.unit} (the same draw for every run)")
 
 
 # ---------------------------------------------------------------- concept frequency
@@ -123,6 +152,8 @@ def concept_table(runs: pd.DataFrame, data: Path, synonyms: dict[str, list[str]]
                 per_class.setdefault(name, []).append(float(acc))
     if not classnames:
         raise FitRefused("no zero-shot results with class names in the full-data runs")
+    if not per_class:
+        raise FitRefused("the zero-shot results hold no per-class accuracies (not a classification set)")
     manifest = read_manifest(data)
     train = manifest[manifest["split"] == "train"]
     texts = [
@@ -155,20 +186,32 @@ def _figure() -> tuple[Figure, Axes]:
     return fig, fig.add_subplot()
 
 
-def scaling_plot(domain: str, metric: str, quantity: pd.DataFrame, quality: pd.DataFrame, fit: Optional[ScalingFit]) -> bytes:
-    """PNG of `metric` against training pairs: the runs, the base model, and each fitted curve with its band."""
+def _points(ax: Axes, rows: pd.DataFrame, metric: str, **style: Any) -> None:
+    """Runs as points, with their interval over evaluation examples as error bars where known."""
+    y = rows[metric].to_numpy(dtype=float)
+    lo, hi = rows.get(f"{metric}:low"), rows.get(f"{metric}:high")
+    if lo is not None and hi is not None and np.isfinite(lo).all() and np.isfinite(hi).all():
+        err = np.vstack([np.clip(y - lo.to_numpy(), 0, None), np.clip(hi.to_numpy() - y, 0, None)])
+        ax.errorbar(rows["n_pairs"], y, yerr=err, fmt="o", ms=4, capsize=2, elinewidth=0.8, zorder=3, **style)
+    else:
+        ax.scatter(rows["n_pairs"], y, s=22, zorder=3, **style)
+
+
+def _grid(n: pd.Series) -> np.ndarray:
+    # a little beyond the data: the curve is for extrapolating
+    return np.geomspace(float(n.min()) / 1.5, float(n.max()) * 4, 200)
+
+
+def scaling_plot(domain: str, metric: str, quantity: pd.DataFrame, fit: Optional[ScalingFit]) -> bytes:
+    """PNG of `metric` against training pairs: the unfiltered runs, the base model, and each fitted curve with its band."""
     fig, ax = _figure()
     for seed, rows in quantity.groupby("seed"):
-        ax.scatter(rows["n_pairs"], rows[metric], s=22, label=f"random subset, seed {seed}", zorder=3)
-    filtered = quality[~np.isclose(quality["quality_keep"], 1.0)]
-    if not filtered.empty:
-        ax.scatter(filtered["n_pairs"], filtered[metric], marker="^", s=30, color="black", label="top-k% by quality score", zorder=3)
+        _points(ax, rows, metric, label=f"random subset, seed {seed}")
     base = quantity[f"base:{metric}"].dropna()
     if len(base):
         ax.axhline(float(base.iloc[0]), color="grey", lw=1, ls=":", label="base model")
     if fit is not None and fit.selected is not None:
-        lo_n, hi_n = float(quantity["n_pairs"].min()), float(quantity["n_pairs"].max())
-        grid = np.geomspace(lo_n / 1.5, hi_n * 4, 200)  # a little beyond the data: the curve is for extrapolating
+        grid = _grid(quantity["n_pairs"])
         for family, style in (("power_law", "-"), ("log_linear", "--")):
             f = fit.fits[family]
             if not f.ok:
@@ -178,14 +221,39 @@ def scaling_plot(domain: str, metric: str, quantity: pd.DataFrame, quality: pd.D
                            label=f"{family}{' (selected)' if chosen else ''}, R²={f.r2:.2f}")
             lo, hi = f.band(grid)
             ax.fill_between(grid, lo, hi, color=line[0].get_color(), alpha=0.2 if chosen else 0.1, lw=0)
+    _finish(ax, domain, metric)
+    return _png(fig)
+
+
+def quality_plot(domain: str, metric: str, runs: pd.DataFrame, curves: dict[float, FamilyFit]) -> bytes:
+    """PNG of `metric` against training pairs, one power law (and band) per quality level, with its runs."""
+    fig, ax = _figure()
+    for level in quality_levels(runs):
+        rows = runs[np.isclose(runs["quality_keep"], level)]
+        name = "all pairs (random subsets)" if level == 1.0 else f"top {level:.0%} by quality score"
+        fit = curves.get(level)
+        if fit is not None and fit.ok:
+            grid = _grid(rows["n_pairs"])
+            lo_b, hi_b = fit.intervals.get("b", (math.nan, math.nan))
+            line = ax.plot(grid, predict("power_law", fit.params, grid), lw=1.6,
+                           label=f"{name}: b={fit.params['b']:.2f} [{lo_b:.2f}, {hi_b:.2f}]")
+            lo, hi = fit.band(grid)
+            ax.fill_between(grid, lo, hi, color=line[0].get_color(), alpha=0.15, lw=0)
+            _points(ax, rows, metric, color=line[0].get_color())
+        else:
+            _points(ax, rows, metric, label=f"{name}: no curve ({fit.refused if fit is not None else 'not fitted'})")
+    _finish(ax, domain, f"{metric} by quality level")
+    return _png(fig)
+
+
+def _finish(ax: Axes, domain: str, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("training pairs N (log scale)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{domain}: {metric}")
+    ax.set_ylabel(title.split(" ")[0])
+    ax.set_title(f"{domain}: {title}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return _png(fig)
+    ax.figure.tight_layout()
 
 
 def concept_plot(domain: str, table: pd.DataFrame, fit: Optional[ConceptFit]) -> bytes:
@@ -270,6 +338,68 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# ---------------------------------------------------------------- quality levels
+
+
+QUALITY_HEADER = ["metric", "quality keep", "runs", "sizes", "exponent b [95% interval]", "error floor c [95% interval]", "R²"]
+
+
+def quality_curves(runs: pd.DataFrame, obs: Observations, main: Optional[ScalingFit], n_boot: int,
+                   seed: int = 0) -> dict[float, FamilyFit]:
+    """One power law per quality level, fitted to that level's runs with the same bootstrap as the main fit.
+
+    `obs` holds every run (rows as in `runs`); the unfiltered level reuses the main fit's power law.
+    """
+    curves: dict[float, FamilyFit] = {}
+    for level in quality_levels(runs):
+        if level == 1.0 and main is not None:
+            curves[level] = main.fits["power_law"]
+            continue
+        level_obs = obs.subset(np.isclose(runs["quality_keep"].to_numpy(dtype=float), level))
+        curves[level] = fit_family("power_law", level_obs, bootstrap_samples(level_obs, n_boot, seed))
+    return curves
+
+
+def quality_table(metric: str, runs: pd.DataFrame, curves: dict[float, FamilyFit]) -> pd.DataFrame:
+    """quality_fits.csv rows of one metric: the exponent with its interval per quality level."""
+    rows = []
+    for level, fit in curves.items():
+        level_runs = runs[np.isclose(runs["quality_keep"], level)]
+        b_lo, b_hi = fit.intervals.get("b", (math.nan, math.nan))
+        c_lo, c_hi = fit.intervals.get("c", (math.nan, math.nan))
+        rows.append({"metric": metric, "quality_keep": level, "runs": len(level_runs), "sizes": level_runs["n_pairs"].nunique(),
+                     "b": fit.params.get("b", math.nan), "b_low": b_lo, "b_high": b_hi, "a": fit.params.get("a", math.nan),
+                     "c": fit.params.get("c", math.nan), "c_low": c_lo, "c_high": c_hi, "r2": fit.r2,
+                     "bootstrap_fits": len(fit.boot_params), "refused": fit.refused or ""})
+    return pd.DataFrame(rows)
+
+
+def quality_curve_points(metric: str, runs: pd.DataFrame, curves: dict[float, FamilyFit]) -> pd.DataFrame:
+    """quality_curves.csv rows of one metric: each level's fitted curve and band on a grid of N."""
+    frames = []
+    for level, fit in curves.items():
+        if not fit.ok:
+            continue
+        grid = _grid(runs.loc[np.isclose(runs["quality_keep"], level), "n_pairs"])
+        lo, hi = fit.band(grid)
+        frames.append(pd.DataFrame({"metric": metric, "quality_keep": level, "n_pairs": grid,
+                                    "predicted": predict("power_law", fit.params, grid), "lower": lo, "upper": hi}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["metric", "quality_keep", "n_pairs", "predicted", "lower", "upper"])
+
+
+def _quality_rows(table: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for r in table.to_dict(orient="records"):
+        if r["refused"]:
+            rows.append([r["metric"], _num(r["quality_keep"], 3), str(r["runs"]), str(r["sizes"]), f"refused: {r['refused']}", "-", "-"])
+        else:
+            rows.append([r["metric"], _num(r["quality_keep"], 3), str(r["runs"]), str(r["sizes"]),
+                         f"{_num(r['b'], 3)} [{_num(r['b_low'], 3)}, {_num(r['b_high'], 3)}]",
+                         f"{_num(r['c'], 3)} [{_num(r['c_low'], 3)}, {_num(r['c_high'], 3)}]", _num(r["r2"], 3)])
+    return rows
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -291,52 +421,69 @@ def build_report(
     out_dir = Path(out_dir)
 
     runs = load_runs(runs_dir)
-    quantity, quality = quantity_runs(runs), quality_runs(runs)
-    csv_cols = ["fraction", "quality_keep", "n_pairs", "seed", *metric_names]
-    atomic_write_text(out_dir / "scaling.csv", runs[csv_cols].to_csv(index=False))
+    unfiltered = np.isclose(runs["quality_keep"].to_numpy(dtype=float), 1.0)
+    quantity = runs[unfiltered].reset_index(drop=True)
 
     fits: dict[str, ScalingFit] = {}
     refusals: dict[str, str] = {}
+    interval_notes: dict[str, str] = {}
     plots: dict[str, bytes] = {}
+    quality_fits, curve_points = [], []
+    quality_json: dict[str, dict[str, Any]] = {}
     for metric in metric_names:
+        obs, interval_notes[metric] = observations(runs, metric)
+        if obs.examples is not None:
+            per_run = example_interval(obs.examples, n_boot)
+            runs[f"{metric}:low"], runs[f"{metric}:high"] = per_run[:, 1], per_run[:, 2]
+            quantity[f"{metric}:low"], quantity[f"{metric}:high"] = per_run[unfiltered, 1], per_run[unfiltered, 2]
         try:
-            fit = fit_scaling(observations(quantity, metric), metric, targets.get(metric, []), n_boot=n_boot)
+            fit = fit_scaling(obs.subset(unfiltered), metric, targets.get(metric, []), n_boot=n_boot)
             if fit.refused:
                 refusals[metric] = fit.refused
             fits[metric] = fit
         except FitRefused as exc:
             refusals[metric] = str(exc)
-        png = scaling_plot(domain, metric, quantity, quality, fits.get(metric))
-        plots[f"scaling_{metric.replace('/', '_')}.png"] = png
+        plots[f"scaling_{metric.replace('/', '_')}.png"] = scaling_plot(domain, metric, quantity, fits.get(metric))
+        curves = quality_curves(runs, obs, fits.get(metric), n_boot)
+        quality_fits.append(quality_table(metric, runs, curves))
+        curve_points.append(quality_curve_points(metric, runs, curves))
+        quality_json[metric] = {str(level): _family_json(f) for level, f in curves.items()}
+        if len(curves) > 1:
+            plots[f"quality_{metric.replace('/', '_')}.png"] = quality_plot(domain, metric, runs, curves)
+
+    interval_cols = [c for m in metric_names for c in (m, f"{m}:low", f"{m}:high") if c in runs]
+    atomic_write_text(out_dir / "scaling.csv", runs[["fraction", "quality_keep", "n_pairs", "seed", *interval_cols]].to_csv(index=False))
+    quality_fit_table = pd.concat(quality_fits, ignore_index=True)
+    atomic_write_text(out_dir / "quality_fits.csv", quality_fit_table.to_csv(index=False))
+    atomic_write_text(out_dir / "quality_curves.csv", pd.concat(curve_points, ignore_index=True).to_csv(index=False))
 
     concepts: Optional[pd.DataFrame] = None
     concept_fit: Optional[ConceptFit] = None
-    concept_note = ""
+    concept_note = "no curated data given: skipped"
     if data is not None:
         try:
             concepts = concept_table(runs, data, cfg.synonyms)
-            atomic_write_text(out_dir / "concepts.csv", concepts.to_csv(index=False))
+            concept_note = ""
             concept_fit = fit_concept_frequency(dict(zip(concepts["classname"], concepts["mentions"])),
                                                 dict(zip(concepts["classname"], concepts["accuracy"])))
         except FitRefused as exc:
             concept_note = f"refused: {exc}"
         if concepts is not None:
             plots["concepts.png"] = concept_plot(domain, concepts, concept_fit)
+    # always written (header only without per-class accuracies): it is a declared output of the stage
+    concept_csv = concepts if concepts is not None else pd.DataFrame(columns=["classname", "mentions", "accuracy"])
+    atomic_write_text(out_dir / "concepts.csv", concept_csv.to_csv(index=False))
     for name, png in plots.items():
         atomic_write_bytes(out_dir / "plots" / name, png)  # one folder: one DVC out
 
-    quality_summary = (
-        quality.groupby("quality_keep")
-        .agg(n_pairs=("n_pairs", "mean"), **{m: (m, "mean") for m in metric_names}, seeds=("seed", "nunique"))
-        .reset_index()
-        if not quality.empty else pd.DataFrame()
-    )
     fits_json = {
         "domain": domain,
         "runs": len(runs),
+        "n_boot": n_boot,
         "metrics": {m: _fit_json(f) for m, f in fits.items()},
         "refusals": refusals,
-        "quality_sweep": quality_summary.to_dict(orient="records"),
+        "intervals": interval_notes,
+        "quality_curves": quality_json,
         "concepts": {
             "fit": asdict(concept_fit) if concept_fit else None,
             "note": concept_note,
@@ -346,20 +493,32 @@ def build_report(
         },
     }
     atomic_write_json(Path(fits_path) if fits_path else out_dir / "fits.json", fits_json)
-    _write_documents(domain, out_dir, runs, fits, refusals, quality_summary, metric_names, concepts, concept_fit, concept_note,
+    _write_documents(domain, out_dir, runs, fits, refusals, quality_fit_table, metric_names, concepts, concept_fit, concept_note,
                      fits_json, plots)
     return fits_json
 
 
+def _family_json(f: FamilyFit) -> dict[str, Any]:
+    return {
+        "params": f.params, "intervals": f.intervals, "r2": f.r2, "refused": f.refused,
+        "extrapolation": asdict(f.extrapolation) if f.extrapolation else None,
+        "extrapolation_refused": f.extrapolation_refused, "bootstrap_fits": len(f.boot_params), "bootstrap_failed": f.n_boot_failed,
+    }
+
+
 def _fit_json(fit: ScalingFit) -> dict[str, Any]:
-    out: dict[str, Any] = {"selected": fit.selected, "refused": fit.refused, "families": {}, "needs": [asdict(n) for n in fit.needs]}
-    for family, f in fit.fits.items():
-        out["families"][family] = {
-            "params": f.params, "intervals": f.intervals, "r2": f.r2, "refused": f.refused,
-            "extrapolation": asdict(f.extrapolation) if f.extrapolation else None,
-            "extrapolation_refused": f.extrapolation_refused, "bootstrap_fits": len(f.boot_params), "bootstrap_failed": f.n_boot_failed,
-        }
-    return out
+    return {"selected": fit.selected, "refused": fit.refused, "needs": [asdict(n) for n in fit.needs],
+            "families": {family: _family_json(f) for family, f in fit.fits.items()}}
+
+
+def interval_text(n_boot: int, notes: dict[str, str]) -> str:
+    """How the report's intervals are computed, with each metric's resampling units."""
+    per_metric = "; ".join(f"{m}: {note}" for m, note in notes.items())
+    return (f"95% intervals are percentile intervals over {n_boot} bootstrap replicates. Each replicate draws the seeds "
+            "with replacement (a seed is one nested chain of subsets) and, where every run saved its per-example outcomes, "
+            "the units of the shared evaluation set with replacement (the same draw for every run, since all runs are scored "
+            "on the same set); every run's metric is recomputed from the drawn examples and the curves are refitted. "
+            f"Per-run intervals (error bars, scaling.csv) resample the examples only. Per metric: {per_metric}.")
 
 
 def _write_documents(
@@ -368,7 +527,7 @@ def _write_documents(
     runs: pd.DataFrame,
     fits: dict[str, ScalingFit],
     refusals: dict[str, str],
-    quality_summary: pd.DataFrame,
+    quality_fit_table: pd.DataFrame,
     metric_names: list[str],
     concepts: Optional[pd.DataFrame],
     concept_fit: Optional[ConceptFit],
@@ -384,29 +543,30 @@ def _write_documents(
         f"{len(runs)} runs: data fractions {sorted(runs['fraction'].unique().tolist())}, "
         f"seeds {sorted(runs['seed'].unique().tolist())}, "
         f"quality keep {sorted(runs['quality_keep'].unique().tolist())}. "
-        "Curves fitted on the random-subset runs (one point per seed); "
-        "95% intervals from a bootstrap over seeds and, for zero-shot metrics, over evaluation examples. "
-        "The selected family (✓) is the one that best predicts the largest size when fitted without it."
+        "The main curves are fitted on the unfiltered random-subset runs (one point per run); "
+        "the selected family (✓) is the one that best predicts the largest size when fitted without it."
     )
-    q_rows = [
-        [_num(r["quality_keep"], 3), f"{r['n_pairs']:.0f}", *[_num(r[m], 3) for m in metric_names], str(r["seeds"])]
-        for r in quality_summary.to_dict(orient="records")
-    ] if len(quality_summary) else []
-    q_header = ["quality keep", "pairs", *metric_names, "seeds"]
+    intervals = interval_text(int(fits_json["n_boot"]), fits_json["intervals"])
+    levels = sorted({float(q) for q in runs["quality_keep"]})
+    q_rows = _quality_rows(quality_fit_table) if len(levels) > 1 else []
+    q_text = ("Quality levels keep the top share of each subset's train pairs by image-caption score under the base model "
+              "(1.0 = all pairs). One power law err(N) = c + a·N^(-b) per level, fitted to that level's runs with the bootstrap "
+              "above: at equal N, a curve above another means its data is worth more per pair.")
     tail = fits_json["concepts"]["long_tail"]
     tail_rows = [[c, str(n), _num(a, 3)] for c, n, a in tail]
     concept_text = (
         f"accuracy = {concept_fit.alpha:.3f} + {concept_fit.beta:.3f} · ln(1 + mentions) over {concept_fit.n_classes} classes; "
         f"Pearson r = {concept_fit.pearson_r:.3f} (p = {concept_fit.p_value:.3g})."
-        if concept_fit else (concept_note or "no curated data given: skipped")
+        if concept_fit else concept_note
     )
 
-    md = [f"# Data scaling: {domain}", "", intro, "", "## Fits", "", _md_table(FIT_HEADER, fit_table), "",
+    md = [f"# Data scaling: {domain}", "", intro, "", intervals, "", "## Fits", "", _md_table(FIT_HEADER, fit_table), "",
           "## Data needs", "",
           _md_table(NEED_HEADER, need_table) if need_table else "No targets in params (`<domain>.scaling.targets`).", ""]
     md += [f"![{name}](plots/{name})" for name in plots if name.startswith("scaling_")]
     if q_rows:
-        md += ["", "## Quality filter (all data, top-k% by image-caption score)", "", _md_table(q_header, q_rows)]
+        md += ["", "## Quality vs quantity: one curve per quality level", "", q_text, "", _md_table(QUALITY_HEADER, q_rows), ""]
+        md += [f"![{name}](plots/{name})" for name in plots if name.startswith("quality_")]
     md += ["", "## Concept frequency", "", concept_text, ""]
     if tail_rows:
         md += ["Long-tail classes (fewest mentions):", "", _md_table(["class", "mentions", "accuracy"], tail_rows), ""]
@@ -415,12 +575,14 @@ def _write_documents(
     atomic_write_text(out_dir / "scaling.md", "\n".join(md) + "\n")
 
     img = lambda b: f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(b).decode()}">'  # noqa: E731
-    body = [f"<h1>Data scaling: {html.escape(domain)}</h1>", f"<p>{html.escape(intro)}</p>",
+    body = [f"<h1>Data scaling: {html.escape(domain)}</h1>", f"<p>{html.escape(intro)}</p>", f"<p>{html.escape(intervals)}</p>",
             "<h2>Fits</h2>", _html_table(FIT_HEADER, fit_table),
             "<h2>Data needs</h2>", _html_table(NEED_HEADER, need_table) if need_table else "<p>No targets in params.</p>"]
     body += [img(png) for name, png in plots.items() if name.startswith("scaling_")]
     if q_rows:
-        body += ["<h2>Quality filter (all data, top-k% by image-caption score)</h2>", _html_table(q_header, q_rows)]
+        body += ["<h2>Quality vs quantity: one curve per quality level</h2>", f"<p>{html.escape(q_text)}</p>",
+                 _html_table(QUALITY_HEADER, q_rows)]
+        body += [img(png) for name, png in plots.items() if name.startswith("quality_")]
     body += ["<h2>Concept frequency</h2>", f"<p>{html.escape(concept_text)}</p>"]
     if tail_rows:
         body += ["<p>Long-tail classes (fewest mentions):</p>", _html_table(["class", "mentions", "accuracy"], tail_rows)]

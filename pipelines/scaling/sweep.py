@@ -1,15 +1,18 @@
 """One run of the data-scaling sweep: a nested subset of a domain's curated pairs, trained and evaluated.
 
-- `subset_command` writes a curated-format folder (shards, manifest, summary) whose train split is a
-  nested subset: train groups are ordered by a seeded hash and taken until `fraction` of the train
+- `subset_command` writes a curated-format folder (shards, manifest, summary, and every other file
+  at the top of the curated folder, such as a label space) whose train split is a nested subset:
+  train groups are ordered by a seeded hash and taken until `fraction` of the train
   pairs is covered, so for one seed every smaller subset lies inside every larger one and no group
   is split. With `quality_keep` < 1 only the top share of those pairs by image-caption score stays
   (scores are computed with the domain's base model when the manifest has none, and stored).
   Validation and test splits are copied unchanged, so every run is scored on the same retrieval set.
 - `sweep_run_command` chains subset -> `domainfm train` -> `domainfm evaluate` through the same
-  command functions the main pipeline runs, with `<domain>.scaling.train` merged over
-  `<domain>.train`, and leaves in OUT only small result files:
-  run.json, metrics.json, zeroshot_adapted.json, retrieval_adapted.json, per_example_zeroshot.csv.
+  command functions the main pipeline runs, for either model family, with `<domain>.scaling.train`,
+  `.adapt` and `.evaluate` merged over `<domain>.train`, `.adapt` and `.evaluate`, and leaves in OUT
+  only small result files: run.json, metrics.json, the adapted model's `*_adapted.json` records and
+  its per-example outcomes `per_example_<table>.csv` (image domains: zeroshot, retrieval; volume
+  domains: phenotypes, findings, retrieval), over which the report bootstraps.
 """
 from __future__ import annotations
 
@@ -23,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import numpy as np
 import pandas as pd
 import typer
 import yaml
@@ -33,7 +35,10 @@ from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_wr
 from pipelines.io.manifest import read_manifest
 from pipelines.params import build, load_params, section
 
-RUN_FILES = ("run.json", "metrics.json", "zeroshot_adapted.json", "retrieval_adapted.json", "per_example_zeroshot.csv")
+RUN_FILES = ("run.json", "metrics.json")  # plus *_adapted.json and per_example_*.csv
+PER_EXAMPLE_PREFIX = "per_example_"
+# written by write_subset itself; every other regular file at the top of a curated folder is copied
+SUBSET_OWN_FILES = ("manifest.parquet", "summary.json")
 
 
 # ---------------------------------------------------------------- choosing the subset
@@ -143,6 +148,8 @@ def write_subset(
     table = rows.copy()
     table["caption_variants"] = table["caption_variants"].map(lambda v: json.dumps(v, sort_keys=True))
     table["provenance"] = table["provenance"].map(lambda v: json.dumps(v, sort_keys=True))
+    if "footprint" in table:  # read_manifest decoded it; stored as GeoJSON text like the other JSON columns
+        table["footprint"] = table["footprint"].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, dict) else None)
     atomic_write_bytes(out / "manifest.parquet", table.to_parquet(index=False))
     n_train = int((rows["split"] == "train").sum())
     summary = {
@@ -154,6 +161,14 @@ def write_subset(
         "n_groups": int(rows.loc[rows["split"] == "train", "group"].nunique()),
         "pairs": {"per_split": {s: int((rows["split"] == s).sum()) for s in SPLITS}},
     }
+    copied = []
+    for side in sorted(Path(data).iterdir()):
+        # e.g. a volume domain's phenotypes.json: the label space stays the full set's, so every run
+        # trains and is scored with the same heads
+        if side.is_file() and side.name not in SUBSET_OWN_FILES:
+            atomic_write_bytes(out / side.name, side.read_bytes())
+            copied.append(side.name)
+    summary["copied"] = copied
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -176,16 +191,22 @@ def subset_command(
 
 
 def run_params(params: dict, domain: str, seed: int) -> dict:
-    """Params with `<domain>.scaling.train` merged over `<domain>.train` and the run's seed.
+    """Params with `<domain>.scaling.{train,adapt,evaluate}` merged over `<domain>.{train,adapt,evaluate}`, and the run's seed.
 
-    The evaluate stage's hubness and linear-probe analyses are switched off: a sweep compares
-    zero-shot and retrieval across data sizes, and the analyses would add about a minute per run.
+    The evaluate stage's hubness and linear-probe analyses are switched off for image domains: a
+    sweep compares zero-shot and retrieval across data sizes, and the analyses would add about a
+    minute per run.
     """
     from pipelines.domain import get
 
     merged = copy.deepcopy(params)
-    overrides = section(params, domain, "scaling").get("train") or {}
-    merged[domain]["train"] = {**section(params, domain, "train"), **overrides, "seed": seed}
+    scaling = section(params, domain, "scaling")
+    merged.setdefault(domain, {})
+    for name in ("train", "adapt", "evaluate"):
+        overrides = scaling.get(name) or {}
+        if overrides or name == "train":
+            merged[domain][name] = {**section(params, domain, name), **overrides}
+    merged[domain]["train"]["seed"] = seed
     try:
         image_domain = get(domain).modality != "volume"  # the volume evaluation has neither analysis
     except KeyError:  # not a registered domain: nothing to switch off
@@ -197,33 +218,10 @@ def run_params(params: dict, domain: str, seed: int) -> dict:
     return merged
 
 
-def per_example_zeroshot(model_dir: Path, zeroshot: Path, domain: str, params: dict) -> pd.DataFrame:
-    """example, label, predicted, correct for the adapted model, scored as `evaluate` scores it."""
-    from pipelines.domain import classes_and_templates, get
-    from pipelines.evaluate.clip import ClipEvaluateConfig, encode_images, load_zeroshot_set
-    from pipelines.evaluate.zero_shot import build_zero_shot_classifier
-    from pipelines.models.adapt import load_trained
-
-    eval_cfg = build(ClipEvaluateConfig, section(params, domain, "evaluate"), f"{domain}.evaluate")
-    classnames, templates = classes_and_templates(get(domain), zeroshot, eval_cfg.classnames, eval_cfg.templates)
-    zs = load_zeroshot_set(zeroshot, classnames, templates)
-    model, loaded = load_trained(model_dir)
-    model.eval()
-    batch = eval_cfg.batch_size
-    weights = build_zero_shot_classifier(model, loaded.tokenizer, zs.classnames, zs.templates, "cpu", batch)
-    predicted = (encode_images(model, loaded.preprocess_val, zs.images, "cpu", batch) @ weights).argmax(dim=1).numpy()
-    labels = np.asarray(zs.labels)
-    return pd.DataFrame(
-        {"example": np.arange(len(labels)), "label": labels, "classname": [zs.classnames[i] for i in labels],
-         "predicted": predicted, "correct": (predicted == labels).astype(int)}
-    )
-
-
 def sweep_run(
     domain: str, data: Path, zeroshot: Optional[Path], out: Path, params_path: Path, fraction: float, seed: int, quality_keep: float = 1.0
 ) -> dict[str, Any]:
-    """Subset -> train -> evaluate in a scratch folder beside `out`; keeps only RUN_FILES in `out`."""
-    from pipelines.domain import get
+    """Subset -> train -> evaluate in a scratch folder beside `out`; keeps only the result files in `out`."""
     from pipelines.evaluate.stage import evaluate_domain
     from pipelines.train.stage import train_domain
 
@@ -240,24 +238,27 @@ def sweep_run(
         start = time.time()
         train_domain(domain, tmp / "data", tmp / "model", tmp / "params.yaml")
         train_seconds = time.time() - start
-        evaluate_domain(domain, tmp / "model", zeroshot, tmp / "data", tmp / "metrics", tmp / "plots", tmp / "params.yaml")
-        out.mkdir(parents=True)
-        for name in RUN_FILES[1:4]:
-            if (tmp / "metrics" / name).is_file():
-                shutil.copy2(tmp / "metrics" / name, out / name)
-        # Per-example correctness lets the report bootstrap over evaluation examples. Volume
-        # domains (no open_clip zero-shot set) are bootstrapped over seeds only.
-        if zeroshot is not None and get(domain).modality == "image":
-            table = per_example_zeroshot(tmp / "model", zeroshot, domain, merged)
-            atomic_write_text(out / "per_example_zeroshot.csv", table.to_csv(index=False))
+        start = time.time()
+        evaluate_domain(domain, tmp / "model", zeroshot, tmp / "data", tmp / "metrics", tmp / "plots", tmp / "params.yaml",
+                        per_example_dir=tmp / "per_example")
+        evaluate_seconds = time.time() - start
+        results = tmp / "results"  # assembled beside, then renamed: OUT appears complete or not at all
+        results.mkdir()
+        shutil.copy2(tmp / "metrics" / "metrics.json", results / "metrics.json")
+        for record in sorted((tmp / "metrics").glob("*_adapted.json")):
+            shutil.copy2(record, results / record.name)
+        # Per-example outcomes of the adapted model: the report bootstraps over these examples.
+        for table in sorted((tmp / "per_example").glob("*_adapted.csv")):
+            shutil.copy2(table, results / f"{PER_EXAMPLE_PREFIX}{table.name.removesuffix('_adapted.csv')}.csv")
         train_cfg = merged[domain]["train"]
         record = {
             "domain": domain, "fraction": fraction, "seed": seed, "quality_keep": quality_keep,
             "n_pairs": summary["n_pairs"], "n_groups": summary["n_groups"],
             "max_steps": train_cfg.get("max_steps"), "epochs": train_cfg.get("epochs"),
-            "train_seconds": round(train_seconds, 2),
+            "train_seconds": round(train_seconds, 2), "evaluate_seconds": round(evaluate_seconds, 2),
         }
-        atomic_write_json(out / "run.json", record)
+        atomic_write_json(results / "run.json", record)
+        results.rename(out)
     return record
 
 
