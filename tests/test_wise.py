@@ -252,8 +252,11 @@ def test_forgetting_stage_puts_the_full_twin_beside_lora(general_dir, base_spec,
     params.write_text(f"pairs:\n  evaluate: {{general: {general_dir}, wise: {{alphas: [0.0, 1.0]}}}}\n")
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    evaluated = {"base": {"zeroshot": {"acc1": 0.2, "mean_per_class_recall": 0.2}, "general": {"acc1": 0.9, "mean_per_class_recall": 0.9}},
-                 "adapted": {"zeroshot": {"acc1": 0.8, "mean_per_class_recall": 0.8}, "general": {"acc1": 0.7, "mean_per_class_recall": 0.7}}}
+    def scores(zeroshot: float, general: float) -> dict:
+        return {"zeroshot": {"acc1": zeroshot, "mean_per_class_recall": zeroshot},
+                "general": {"acc1": general, "mean_per_class_recall": general}}
+
+    evaluated = {"base": scores(0.2, 0.9), "adapted": scores(0.8, 0.7)}
     (metrics / "metrics.json").write_text(json.dumps(evaluated))
     (metrics / "wise.json").write_text(json.dumps([{"alpha": 0.0, "general_acc1": 0.9}, {"alpha": 1.0, "general_acc1": 0.7}]))
     report = tmp_path / "reports" / "forgetting.md"
@@ -281,3 +284,17 @@ def test_forgetting_stage_puts_the_full_twin_beside_lora(general_dir, base_spec,
         forgetting_domain("pairs", full_dir, lora_dir, metrics, None, metrics, report, params)
     with pytest.raises(InputError, match="3D|volume"):
         forgetting_domain("ct", lora_dir, full_dir, metrics, None, metrics, report, params)
+
+
+def test_params_check_knows_the_forgetting_section() -> None:
+    from pipelines.params import load_params
+    from pipelines.schema import check
+
+    raw = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert check(raw) == []
+    assert raw["forgetting"]["domains"] and all(raw[d]["evaluate"]["general"] for d in raw["forgetting"]["domains"])
+    problems = check({**raw, "forgetting": {"domains": ["ct", "nowhere"], "alphas": [0.5]}})
+    assert problems == ["forgetting.alphas: unknown key; valid keys: domains"]  # the domain checks wait for a valid section
+    problems = check({**raw, "forgetting": {"domains": ["ct", "nowhere"]}})
+    assert any("'ct' is a volume domain" in p for p in problems)
+    assert any("'nowhere' is not listed under domains" in p for p in problems)
