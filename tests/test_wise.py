@@ -177,11 +177,15 @@ def test_general_set_draws_are_disjoint_from_the_pretraining_corpus() -> None:
     assert not general & {corpus.make_sample(0, i, 32)[0].tobytes() for i in range(300)}
 
 
-def test_general_set_is_in_clip_benchmark_layout_with_balanced_shape_classes(general_dir) -> None:
+def test_general_set_is_in_clip_benchmark_layout_with_balanced_colour_classes(general_dir) -> None:
     assert (general_dir / cb.SPLIT / "nshards.txt").read_text().strip() == "1"
     found = load_benchmark_zeroshot_set(general_dir)
-    assert found.classnames == list(corpus.SHAPES)
-    assert np.bincount(found.labels).tolist() == [3] * len(corpus.SHAPES)
+    assert found.classnames == list(corpus.COLOURS)
+    assert np.bincount(found.labels).tolist() == [3] * len(corpus.COLOURS)
+    for index in range(len(corpus.COLOURS)):  # the class is the shape's colour: its pixels are there
+        image, label = general_sample(0, index, 64)
+        rgb = np.array(corpus.COLOURS[found.classnames[label]])
+        assert (np.abs(image.astype(int) - rgb).max(axis=2) <= 2).sum() > 20
     assert all(t.count("{c}") == 1 for t in found.templates)
     for word in corpus.FORBIDDEN_WORDS:  # as generic as the corpus: no domain word in its prompts
         assert all(word not in t.split() for t in found.templates)
@@ -206,7 +210,7 @@ def test_general_reader_refuses_a_folder_not_in_the_layout(general_dir, tmp_path
         load_benchmark_zeroshot_set(short)
     fewer = tmp_path / "fewer"
     shutil.copytree(general_dir, fewer)
-    (fewer / "classnames.txt").write_text("circle\nsquare\n")  # labels reach 7
+    (fewer / "classnames.txt").write_text("red\ngreen\n")  # labels reach 12
     with pytest.raises(InputError, match="outside the 2 class names"):
         load_benchmark_zeroshot_set(fewer)
 
