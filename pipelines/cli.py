@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "pipelines.train.cli:train_command",
     "evaluate": "pipelines.evaluate.cli:evaluate_command",
     "export": "pipelines.export.cli:export_command",
+    "forgetting": "pipelines.forgetting.cli:forgetting_command",
     "scaling": "pipelines.scaling.cli:scaling_app",
     "map": "pipelines.analyst_cli:map_app",
     "search": "pipelines.analyst_cli:search_app",

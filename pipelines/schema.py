@@ -1,7 +1,7 @@
 """What params.yaml holds, section by section, and `domainfm params check` / `domainfm domains`.
 
 Top level: `domains` (the domains `dvc repro` runs, with their curate inputs), `pretrain`,
-`scaling`, and one section per domain. A domain's sections are typed by its model family
+`scaling`, `forgetting`, and one section per domain. A domain's sections are typed by its model family
 (`base_model`, `adapt`, `train`, `evaluate`) and by the domain itself (`demo`, `curate`);
 `scaling` is the same for every domain. Each type is the dataclass the stage reads the section
 into, so `check_file` applies exactly the rules the stages apply, all at once.
@@ -17,6 +17,8 @@ import typer
 
 from pipelines import params as P
 from pipelines.domain import get, names
+
+TOP_LEVEL = ("domains", "pretrain", "scaling", "forgetting")  # sections that are not a domain's
 
 
 @dataclass
@@ -54,6 +56,7 @@ def domain_sections(name: str) -> dict[str, type]:
 
 def check(raw: dict[str, Any]) -> list[str]:
     """Every problem of a params mapping, each naming its key path; [] when it is valid."""
+    from pipelines.forgetting.stage import ForgettingConfig
     from pipelines.pretrain.pretrain import PretrainConfig
     from pipelines.scaling.config import ScalingConfig
 
@@ -83,11 +86,18 @@ def check(raw: dict[str, Any]) -> list[str]:
             for name in getattr(scaling, key):
                 if name not in listed:
                     problems.append(f"scaling.{key}: {name!r} is not listed under domains, so it has no curated data")
+    forgetting = collect(ForgettingConfig, raw.get("forgetting"), "forgetting")
+    for name in forgetting.domains if forgetting is not None else []:
+        if name not in listed:
+            problems.append(f"forgetting.domains: {name!r} is not listed under domains, so it has no trained model")
+        elif get(name).modality != "image":
+            problems.append(f"forgetting.domains: {name!r} is a {get(name).modality} domain; the full fine-tuning "
+                            "twin is for open_clip domains")
     for key, value in raw.items():
-        if key in ("domains", "pretrain", "scaling"):
+        if key in TOP_LEVEL:
             continue
         if key not in known:
-            close = difflib.get_close_matches(str(key), [*known, "domains", "pretrain", "scaling"], n=1)
+            close = difflib.get_close_matches(str(key), [*known, *TOP_LEVEL], n=1)
             problems.append(f"{key}: unknown section{'; did you mean ' + close[0] + '?' if close else ''}")
             continue
         if not isinstance(value, dict):

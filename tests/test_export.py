@@ -241,7 +241,7 @@ def test_export_ships_the_hubness_bank_embedded_by_the_exported_weights(base_spe
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     out = tmp_path / "banked"
-    export(trained, out, {"domain": "aerial", "hubness_bank": 3}, Bank(pngs, TEXTS, 10), HubnessConfig(beta=12.0))
+    export(trained, out, {"domain": "aerial", "hubness_bank": 3}, bank=Bank(pngs, TEXTS, 10), hubness=HubnessConfig(beta=12.0))
     bank = read_bank(out)
     model, preprocess, _, want_txt = _stock_embeddings(out, torch.zeros(1, 3, 64, 64))
     with torch.no_grad():

@@ -232,9 +232,11 @@ def test_top_quality_and_run_params():
     merged = run_params(params, "rs", seed=4)
     assert merged["rs"]["train"] == {"epochs": 30, "lr": 0.1, "seed": 4, "max_steps": 60}
     assert params["rs"]["train"]["seed"] == 0  # the caller's params are not modified
-    # sweep runs of an image domain skip the evaluate stage's hubness and linear-probe analyses
-    rs = run_params({"remote_sensing": {"train": {}, "evaluate": {"batch_size": 8}}}, "remote_sensing", 0)["remote_sensing"]
-    assert rs["evaluate"] == {"batch_size": 8, "hubness": {"enabled": False}, "linear_probe": {"enabled": False}}
+    # sweep runs of an image domain skip the evaluate stage's analyses, the general set and the WiSE-FT curve
+    rs = run_params({"remote_sensing": {"train": {}, "evaluate": {"batch_size": 8, "general": "data/general/shapes"}}},
+                    "remote_sensing", 0)["remote_sensing"]
+    assert rs["evaluate"] == {"batch_size": 8, "hubness": {"enabled": False}, "linear_probe": {"enabled": False}, "general": None,
+                              "wise": {"alphas": [], "export_alpha": None}}
 
 
 def test_run_params_merge_adapt_and_evaluate_overrides_which_the_schema_checks():

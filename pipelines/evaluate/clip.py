@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipelines.errors import InputError
 from pipelines.evaluate import clip_benchmark as cb
 from pipelines.evaluate.hubness import HubnessConfig
 from pipelines.evaluate.linear_probe import LinearProbeConfig
@@ -46,6 +47,7 @@ from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.infer.device import DeviceChoice, inference_autocast
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.shards import IMAGE_EXTS, image_bytes, iter_tar_samples
+from pipelines.models.wise import WiseConfig
 
 ZEROSHOT_SCALARS = ("acc1", "acc5", "mean_per_class_recall")
 Split = Literal["train", "val", "test"]
@@ -66,6 +68,10 @@ class ClipEvaluateConfig:
     hubness: HubnessConfig = field(default_factory=HubnessConfig)  # hubness and modality gap on the retrieval set
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)  # linear probes on the zero-shot set
     device: DeviceChoice = "auto"  # auto: the GPU when there is one (bf16 autocast), else the CPU
+    # A generic, out-of-domain zero-shot set in CLIP_benchmark's wds layout (null: off). Base and adapted
+    # are scored on it as `general`: delta.general is what adaptation cost in general ability.
+    general: Optional[str] = None
+    wise: WiseConfig = field(default_factory=WiseConfig)  # WiSE-FT sweep (wise.json) and the exported alpha
 
 
 # ---------------------------------------------------------------- reading the sets
@@ -157,6 +163,39 @@ def load_zeroshot_set(
     return ZeroShotSet(images, labels, list(classnames), list(templates), exts)
 
 
+def load_benchmark_zeroshot_set(folder: Path) -> ZeroShotSet:
+    """A zero-shot set in CLIP_benchmark's wds layout and nothing else (the `general` set, any user's folder).
+
+    Unlike load_zeroshot_set, which also reads our own layouts, every file of the layout must be there
+    (test/nshards.txt and the shards it counts, classnames.txt, zeroshot_classification_templates.txt) and
+    the set must hold images: an InputError names the folder and what is wrong, since a wrong path would
+    otherwise score nothing or another layout's files.
+    """
+    folder = Path(folder)
+    hint = ("expected CLIP_benchmark's zero-shot wds layout: test/nshards.txt, test/0.tar.., "
+            f"{cb.CLASSNAMES_FILE}, {cb.TEMPLATES_FILE}")
+    if not folder.is_dir():
+        raise InputError(f"general set {folder}: not a folder; {hint}")
+    missing = [name for name in (f"{cb.SPLIT}/nshards.txt", cb.CLASSNAMES_FILE, cb.TEMPLATES_FILE)
+               if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"general set {folder}: no {', '.join(missing)}; {hint}")
+    count = (folder / cb.SPLIT / "nshards.txt").read_text().strip()
+    if not count.isdigit() or int(count) < 1:
+        raise InputError(f"general set {folder}: {cb.SPLIT}/nshards.txt holds {count!r}, not a shard count >= 1")
+    absent = [s for s in zeroshot_shards(folder) if not Path(s).is_file()]
+    if absent:
+        raise InputError(f"general set {folder}: {cb.SPLIT}/nshards.txt counts {count} shards but {', '.join(absent)} "
+                         "is missing")
+    try:
+        found = load_zeroshot_set(folder)
+    except ValueError as exc:  # a label outside the class names, a sample without `cls`
+        raise InputError(f"general set {folder}: {exc}") from exc
+    if not found.images:
+        raise InputError(f"general set {folder}: its shards hold no samples")
+    return found
+
+
 def caption_positives(sample: dict[str, Any]) -> list[str]:
     """Unique non-empty one-line captions of a curated sample: `txt` first, then the caption variants."""
     candidates = [sample["txt"].decode("utf-8")] if "txt" in sample else []
@@ -229,6 +268,21 @@ def encode_texts(
             emb = model.encode_text(tokens, normalize=True)
             chunks.append(F.normalize(emb.float(), dim=-1).cpu())
     return torch.cat(chunks)
+
+
+def score_zeroshot(
+    model: torch.nn.Module,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    zeroshot: ZeroShotSet,
+    device: str | torch.device,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(image features, logits, zero_shot_metrics) of `model` on a zero-shot set."""
+    weights = build_zero_shot_classifier(model, tokenizer, zeroshot.classnames, zeroshot.templates, device, batch_size)
+    features = encode_images(model, preprocess, zeroshot.images, device, batch_size)
+    logits = features @ weights.cpu()
+    return features, logits, zero_shot_metrics(logits, zeroshot.labels, zeroshot.classnames)
 
 
 # ---------------------------------------------------------------- outputs
@@ -369,6 +423,7 @@ def evaluate(
     linear_probe: LinearProbeConfig | None = None,
     bank_shards: Sequence[str] = (),
     per_example_dir: Path | None = None,
+    general_dir: Path | None = None,
 ) -> dict:
     """Score every model on the same zero-shot set and retrieval shards; returns metrics.json's content.
 
@@ -377,7 +432,8 @@ def evaluate(
     role itself goes in "pretrained"); roles without an entry use the role as the name.
     `hubness` and `linear_probe` (None: not run, no file) ask for analyses.py's analyses; the
     hubness banks are drawn from `bank_shards` (the curated train split). With `per_example_dir`,
-    every model's per-example outcomes are written there too.
+    every model's per-example outcomes are written there too. `general_dir`, a zero-shot set in
+    CLIP_benchmark's layout (load_benchmark_zeroshot_set), is scored as each model's `general` task.
     """
     if not models:
         raise ValueError("evaluate needs at least one model")
@@ -411,6 +467,7 @@ def evaluate(
             retrieval = None
     if retrieval_skipped:
         print(f"evaluate: skipping retrieval: {retrieval_skipped}")
+    general = load_benchmark_zeroshot_set(Path(general_dir)) if general_dir is not None else None
     # Before scoring: a class name or template CLIP_benchmark cannot read back stops the run early.
     write_benchmark_sets(out_dir / "clip_benchmark", dataset_name, zeroshot, zeroshot_skipped, retrieval, retrieval_skipped)
 
@@ -428,10 +485,7 @@ def evaluate(
         confusion_png, confusion_csv = plots_dir / f"confusion_{role}.png", plots_dir / f"confusion_{role}.csv"
 
         if zeroshot is not None:
-            weights = build_zero_shot_classifier(model, tokenizer, zeroshot.classnames, zeroshot.templates, device, batch_size)
-            features = encode_images(model, preprocess, zeroshot.images, device, batch_size)
-            logits = features @ weights.cpu()
-            zs = zero_shot_metrics(logits, zeroshot.labels, zeroshot.classnames)
+            features, logits, zs = score_zeroshot(model, preprocess, tokenizer, zeroshot, device, batch_size)
             scalars = {k: zs[k] for k in ZEROSHOT_SCALARS}
             results[role]["zeroshot"] = scalars
             results[role].update(analyses.on_zeroshot(role, features, zeroshot.labels))
@@ -457,6 +511,10 @@ def evaluate(
         else:
             _remove_stale([confusion_png, confusion_csv])
             _write_skipped(zs_json, dataset_name, name, role, "zeroshot_classification", zeroshot_skipped)
+
+        if general is not None:
+            results[role]["general"] = {k: v for k, v in score_zeroshot(model, preprocess, tokenizer, general, device,
+                                                                       batch_size)[2].items() if k in ZEROSHOT_SCALARS}
 
         if retrieval is not None:
             image_emb = encode_images(model, preprocess, retrieval.images, device, batch_size)

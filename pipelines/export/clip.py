@@ -23,9 +23,11 @@ from pipelines.evaluate.hubness import HubnessConfig
 from pipelines.infer.hubness import BANK_FILE, HubnessBank, write_bank
 from pipelines.io.atomic import atomic_dir
 from pipelines.models.adapt import ADAPT_SPEC_FILE, TRAINABLE_FILE, AdaptConfig, load_trained, merged_clip, read_adapt_spec
-from pipelines.models.clip import ModelSpec, model_config_of, preprocess_config_of, write_open_clip_files
+from pipelines.models.clip import ModelSpec, load_model, model_config_of, preprocess_config_of, write_open_clip_files
+from pipelines.models.wise import wise_clip
 
 ADAPTER_DIR = "adapter"
+GENERAL_TASK = "general"  # evaluate's task on the generic held-out set
 CARD_FILE = "README.md"
 
 
@@ -76,12 +78,44 @@ def _bullets(items: Any) -> list[str]:
     return [f"- {_fmt(x) if not isinstance(x, str) else x}" for x in items]
 
 
+def _general_section(metrics: dict[str, Any], general_set: Any) -> list[str]:
+    """"What adaptation cost in general ability": base and adapted on the generic held-out set."""
+    base, adapted = (metrics.get(m, {}).get(GENERAL_TASK) for m in ("base", "adapted"))
+    if not isinstance(base, dict) or not isinstance(adapted, dict):
+        return []
+    where = f" (`{general_set}`)" if general_set else ""
+    return ["## What adaptation cost in general ability", "",
+            f"Base and adapted scored zero-shot on a generic, out-of-domain held-out set{where}. "
+            "A negative Δ is forgetting: general ability the adaptation gave up for the domain.", "",
+            *_metrics_table(base, adapted), ""]
+
+
+def _wise_section(metrics: dict[str, Any], alpha: Any) -> list[str]:
+    """The exported WiSE-FT interpolation's scores beside base and adapted (evaluate scores it as `wise`)."""
+    if alpha is None:
+        return []
+    lines = ["## Exported weights: WiSE-FT interpolation", "",
+             f"These weights are (1 - a) * base + a * adapted with a = {alpha:g} (Wortsman et al., 2022), "
+             "exported instead of the adapted model (params `<domain>.evaluate.wise.export_alpha`); "
+             "the alpha sweep is in the evaluation's `wise.json`.", ""]
+    wise = metrics.get("wise")
+    if not isinstance(wise, dict):
+        return [*lines, "_The evaluation did not score this alpha._", ""]
+    lines += ["| Metric | Base | Adapted | Exported (WiSE) |", "|---|---:|---:|---:|"]
+    fb, fa, fw = (_flatten(metrics.get(m) or {}) for m in ("base", "adapted", "wise"))
+    for key in fw:
+        lines.append(f"| {_fmt(key)} | {_fmt(fb[key]) if key in fb else '–'} | {_fmt(fa[key]) if key in fa else '–'} "
+                     f"| {_fmt(fw[key])} |")
+    return [*lines, ""]
+
+
 def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_name: str) -> str:
     """Markdown model card.
 
     Known `card` keys: domain, description, data {summary, sources, licences}, training,
-    metrics {base, adapted} (each e.g. {zero_shot: {...}, retrieval: {...}}), prompt_templates,
-    limitations. Missing keys are rendered as 'not provided'.
+    metrics {base, adapted[, wise]} (each e.g. {zero_shot: {...}, retrieval: {...}, general: {...}}),
+    general_set (where the generic set came from), wise_alpha (the exported interpolation, None: the
+    adapted model), prompt_templates, limitations. Missing keys are rendered as 'not provided'.
     """
     domain = card.get("domain", export_name)
     lines = [f"# domainfm: {domain}", ""]
@@ -102,10 +136,10 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
     lines += ["## Training parameters", ""]
     lines += (_kv_table(card["training"], ("Parameter", "Value")) if card.get("training") else ["_not provided_"]) + [""]
 
-    metrics = card.get("metrics", {})
+    metrics = card.get("metrics") or {}
     lines += ["## Evaluation", ""]
     base_m, adapted_m = metrics.get("base", {}), metrics.get("adapted", {})
-    groups = list(dict.fromkeys([*base_m, *adapted_m]))
+    groups = [g for g in dict.fromkeys([*base_m, *adapted_m]) if g != GENERAL_TASK]
     if not groups:
         lines += ["_not provided_", ""]
     for group in groups:
@@ -116,6 +150,9 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
         else:
             lines += _metrics_table({group: b}, {group: a}) + [""]
 
+    lines += _general_section(metrics, card.get("general_set"))
+    lines += _wise_section(metrics, card.get("wise_alpha"))
+
     lines += ["## Prompt templates", ""]
     templates = card.get("prompt_templates") or []
     lines += ([f"- `{t}`" for t in templates] if templates else ["_not provided_"]) + [""]
@@ -125,7 +162,9 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
 
     lines += [
         "## How to load", "",
-        "The weights are a stock open_clip model (LoRA, if any, merged in):", "",
+        ("The weights are a stock open_clip model (LoRA, if any, merged in):" if card.get("wise_alpha") is None else
+         f"The weights are a stock open_clip model, the WiSE-FT interpolation at alpha = {card['wise_alpha']:g} "
+         "(LoRA, if any, merged in scaled by alpha):"), "",
         "```python",
         "import open_clip",
         f"model, _, preprocess = open_clip.create_model_and_transforms('local-dir:exports/{export_name}')",
@@ -144,16 +183,23 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
 # --------------------------------------------------------------------------------------------
 
 
-def export(trained_dir: Path, out_dir: Path, card: dict, bank: Bank | None = None, hubness: HubnessConfig | None = None) -> None:
+def export(trained_dir: Path, out_dir: Path, card: dict, wise_alpha: float | None = None, bank: Bank | None = None,
+           hubness: HubnessConfig | None = None) -> None:
     """Write out_dir/ = merged model (local-dir format) + adapter/ (lora only) + README.md, atomically.
 
-    With a `bank` of training pairs, also hubness_bank.safetensors: their embeddings under the exported
-    weights, with `hubness`'s betas, for the search commands' `--correction` (pipelines/infer/hubness.py).
+    With `wise_alpha`, the weights are the WiSE-FT interpolation of base and adapted at that alpha
+    (pipelines/models/wise.py); the adapter/ folder still holds the unscaled adaptation. With a `bank`
+    of training pairs, also hubness_bank.safetensors: their embeddings under the exported weights, with
+    `hubness`'s betas, for the search commands' `--correction` (pipelines/infer/hubness.py).
     """
     trained_dir, out_dir = Path(trained_dir), Path(out_dir)
     base, cfg = read_adapt_spec(trained_dir)
     model, loaded = load_trained(trained_dir, device="cpu")
-    merged = merged_clip(model, cfg).eval()
+    if wise_alpha is None:
+        merged = merged_clip(model, cfg).eval()
+    else:
+        merged = wise_clip(model, cfg, load_model(base).model, wise_alpha).eval()
+    card = {**card, "wise_alpha": wise_alpha}
     with atomic_dir(out_dir) as tmp:
         write_open_clip_files(merged, model_config_of(base), tmp, preprocess_config_of(merged))
         if bank is not None and bank.images:

@@ -30,9 +30,11 @@ def export_domain(domain: str, model: Path, out: Path, metrics: Optional[Path], 
         return export_volume(model, out, metrics, data, notes)
 
     from pipelines.export.clip import export
+    from pipelines.models.wise import WiseConfig
 
     raw = params.load_params(params_path)
     evaluate = params.section(raw, domain, "evaluate")
+    wise = params.build(WiseConfig, params.section(raw, domain, "evaluate", "wise"), f"{domain}.evaluate.wise")
     templates = list(evaluate.get("templates") or d.prompts().TEMPLATES)
     card = {
         "domain": d.name,
@@ -48,12 +50,13 @@ def export_domain(domain: str, model: Path, out: Path, metrics: Optional[Path], 
             **{f"train.{k}": v for k, v in params.section(raw, domain, "train").items()},
         },
         "metrics": _read_json(Path(metrics) / "metrics.json") if metrics else None,
+        "general_set": evaluate.get("general"),
         "prompt_templates": templates,
         "limitations": notes["limitations"],
     }
     hubness, bank = _hubness_bank(evaluate, data)
     card["hubness_bank"] = len(bank.images) if bank else 0
-    export(model, out, card, bank, hubness)
+    export(model, out, card, wise.export_alpha, bank, hubness)
     return Path(out)
 
 

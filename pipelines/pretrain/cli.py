@@ -12,6 +12,8 @@ def pretrain_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the base model (open_clip local-dir format).")],
     work: Annotated[Path, typer.Option("--work", help="Folder for the synthetic corpus and run state.")] = Path("data/pretrain"),
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="CSV of per-step training metrics.")] = None,
+    general: Annotated[Optional[Path], typer.Option(
+        "--general", help="Also write the held-out generic zero-shot set here (CLIP_benchmark wds layout).")] = None,
     params: Annotated[Path, typer.Option("--params", help="params.yaml holding the stage's settings.")] = Path("params.yaml"),
 ) -> None:
     """Train the demo's generic base model on an out-of-domain synthetic corpus."""
@@ -19,4 +21,9 @@ def pretrain_command(
     from pipelines.pretrain.pretrain import PretrainConfig, pretrain
 
     cfg = P.read(params, PretrainConfig, "pretrain")
+    if general is not None:
+        from pipelines.pretrain.general_set import write_general_set
+
+        n = write_general_set(general, cfg.general_set, cfg.image_size)
+        typer.echo(f"general set: {n} images in {general}")
     typer.echo(json.dumps(pretrain(cfg, out, work, metrics), indent=2))

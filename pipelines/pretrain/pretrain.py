@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pipelines.models.clip import ModelSpec, load_model, model_config_of, preprocess_config_of, save_open_clip_dir
+from pipelines.pretrain.general_set import GeneralSetConfig
 from pipelines.pretrain.synthetic_corpus import write_corpus
 from pipelines.train import distributed as D
 from pipelines.train.clip_task import ClipTask, ClipTrainConfig
@@ -29,6 +30,8 @@ class PretrainConfig:
     image_size: int = 64
     seed: int = 0
     train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+    # the held-out generic zero-shot set (`--general`), scored to measure what adaptation costs
+    general_set: GeneralSetConfig = field(default_factory=GeneralSetConfig)
 
 
 def pretrain(cfg: PretrainConfig, out: Path, work: Path, metrics_path: Path | None = None) -> dict[str, Any]:

@@ -193,9 +193,9 @@ def subset_command(
 def run_params(params: dict, domain: str, seed: int) -> dict:
     """Params with `<domain>.scaling.{train,adapt,evaluate}` merged over `<domain>.{train,adapt,evaluate}`, and the run's seed.
 
-    The evaluate stage's hubness and linear-probe analyses are switched off for image domains: a
-    sweep compares zero-shot and retrieval across data sizes, and the analyses would add about a
-    minute per run.
+    The evaluate stage's hubness and linear-probe analyses, the generic held-out set and the WiSE-FT
+    curve are switched off for image domains: a sweep compares zero-shot and retrieval across data
+    sizes, and the analyses would add about a minute per run.
     """
     from pipelines.domain import get
 
@@ -214,7 +214,8 @@ def run_params(params: dict, domain: str, seed: int) -> dict:
     if image_domain:
         evaluate = merged[domain].setdefault("evaluate", {}) or {}
         merged[domain]["evaluate"] = {**evaluate, "hubness": {**(evaluate.get("hubness") or {}), "enabled": False},
-                                      "linear_probe": {**(evaluate.get("linear_probe") or {}), "enabled": False}}
+                                      "linear_probe": {**(evaluate.get("linear_probe") or {}), "enabled": False},
+                                      "general": None, "wise": {"alphas": [], "export_alpha": None}}
     return merged
 
 

@@ -14,9 +14,11 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the trained model.")],
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="CSV of per-step training metrics.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    adapt_mode: Annotated[Optional[str], typer.Option(
+        "--adapt-mode", help="Override <domain>.adapt.mode (lora, full, frozen), e.g. a full fine-tuning twin.")] = None,
     params: Annotated[Path, typer.Option("--params", help="params.yaml holding the stage's settings.")] = Path("params.yaml"),
 ) -> None:
     """Train the domain's model on its curated pairs (open_clip adaptation or the 3D dual encoder)."""
     from pipelines.train.stage import train_domain
 
-    typer.echo(json.dumps(train_domain(domain, data, out, params, metrics, resume), indent=2))
+    typer.echo(json.dumps(train_domain(domain, data, out, params, metrics, resume, adapt_mode), indent=2))
