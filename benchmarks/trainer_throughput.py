@@ -1,7 +1,8 @@
 """Training samples/s of domainfm's trainer next to stock `open_clip_train`, same model, data, batch and threads.
 
-Every run is a fresh process with the same torch thread count (`--threads`, also OMP_NUM_THREADS),
-fp32, one process, no data workers, `--steps` optimizer steps on the curated train shards:
+Every run is a fresh process with the same torch thread count (`--threads`, also OMP_NUM_THREADS)
+and data workers (`--workers`, default none), fp32, one process, `--steps` optimizer steps on the
+curated train shards:
 
 - peer:   `python -m open_clip_train.main` (open_clip_torch[training]), full fine-tuning, its
           per-step samples/s read from its log;
@@ -45,7 +46,7 @@ DEFAULT_DATA = Path("data/remote_sensing/curated")
 # ---------------------------------------------------------------- one run of ours (child process)
 
 
-def run_ours(data: Path, model: str, batch: int, steps: int, mode: str, lora_forward: str) -> dict:
+def run_ours(data: Path, model: str, batch: int, steps: int, mode: str, lora_forward: str, workers: int) -> dict:
     """Train `steps` steps in this process; per-step samples/s and the first step's loss.
 
     The config is the code's defaults, plus `lora_forward` where the code has that knob (older
@@ -66,7 +67,7 @@ def run_ours(data: Path, model: str, batch: int, steps: int, mode: str, lora_for
     net = loaded.model if mode == "full" else prepare(loaded.model, AdaptConfig(mode="lora", **knobs))
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "steps.csv"
-        cfg = ClipTrainConfig(batch_size=batch, max_steps=steps, checkpoint_every=0, warmup_steps=2)
+        cfg = ClipTrainConfig(batch_size=batch, max_steps=steps, checkpoint_every=0, warmup_steps=2, workers=workers)
         info = D.DistInfo()
         t0 = time.perf_counter()
         task = ClipTask(net, loaded.preprocess_train, loaded.tokenizer, shard_paths(data, "train"), cfg, info)
@@ -90,7 +91,7 @@ def ours(code_root: Path, args: argparse.Namespace, mode: str) -> dict:
     """One run of our trainer with the code under `code_root`, in a fresh process."""
     cmd = [sys.executable, __file__, "--child", mode, "--data", str(args.data), "--model", args.model,
            "--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads),
-           "--lora-forward", args.lora_forward]
+           "--lora-forward", args.lora_forward, "--workers", str(args.workers)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(args.threads, code_root), cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"domainfm trainer ({mode}, code {code_root}) failed:\n{out.stderr[-3000:]}")
@@ -103,7 +104,7 @@ def stock(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "open_clip_train.main", "--model", args.model, "--train-data", "::".join(shards),
                "--dataset-type", "webdataset", "--train-num-samples", str(args.batch * args.steps),
-               "--batch-size", str(args.batch), "--epochs", "1", "--workers", "0", "--lr", "5e-4", "--warmup", "2",
+               "--batch-size", str(args.batch), "--epochs", "1", "--workers", str(args.workers), "--lr", "5e-4", "--warmup", "2",
                "--precision", "fp32", "--save-frequency", "0", "--logs", tmp, "--name", "bench",
                "--log-every-n-steps", "1", "--report-to", "", "--seed", "0"]
         t0 = time.perf_counter()
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every run (the same for all)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of every run (the same for all)")
     parser.add_argument("--lora-forward", choices=["peft", "merged"], default="merged",
                         help="adapt.lora_forward of our LoRA runs (the demo's params.yaml: merged)")
     parser.add_argument("--before", default=None, help="git revision whose trainer to measure as well (e.g. main)")
@@ -186,7 +188,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(run_ours(args.data, args.model, args.batch, args.steps, args.child, args.lora_forward)))
+        print(json.dumps(run_ours(args.data, args.model, args.batch, args.steps, args.child, args.lora_forward, args.workers)))
         return
 
     import open_clip
@@ -213,8 +215,9 @@ def main() -> None:
 
     value = {name: statistics.median(r["samples_per_s"] for r in rs) for name, rs in runs.items()}
     wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
-    peer_name = f"open_clip_train {open_clip.__version__} (full fine-tuning, --workers 0)"
+    peer_name = f"open_clip_train {open_clip.__version__} (full fine-tuning, --workers {args.workers})"
     sizes = (f"batch {args.batch}, {args.steps} steps ({WARMUP_STEPS} warm-up), fp32, {args.threads} torch thread(s), "
+             f"{args.workers} data workers, "
              f"model {args.model}, data {args.data}")
 
     def loss_note(mode: str) -> str:
