@@ -10,16 +10,23 @@ scored three ways, interleaved, `--repeats` times:
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON).
 
 Prints windows, median seconds, windows and pixels per second and the ratio batched / plain
-(medians). The probabilities of plain and batched are checked to agree. Without `--raster`, a
-synthetic `--size` x `--size` px scene at 1 m (EPSG:32631) is written first: a procedural landscape
-of the demo (`render_landscape`, 1024 px) repeated and mirrored to size.
+(medians); `--json PATH` writes the benchmark contract's rows (batched and map, each against plain).
+The probabilities of plain and batched are checked to agree. Without `--raster`, a synthetic
+`--size` x `--size` px scene at 1 m (EPSG:32631) is written first: a procedural landscape of the
+demo (`render_landscape`, 1024 px) repeated and mirrored to size. Without `--model`, the export
+`exports/remote_sensing` when there is one, else the demo's tiny architecture randomly initialised
+(throughput does not depend on the weights) with the demo's windows (64 px at 2 m: `--tile-m 128`).
 
-Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT] [--size 4096] [--tile-m M] [--repeats 3] [--threads N]
+Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT] [--size 4096] [--tile-m M] [--repeats 3] [--threads 1] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +40,37 @@ from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, ope
 from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
 
-MODEL = Path("/work/baseline/exports/remote_sensing")
+MODEL = Path("exports/remote_sensing")
+DEMO_TILE_M = 128.0  # the demo's curated tiles: 64 px at 2 m
+
+
+def random_model(folder: Path) -> Path:
+    """The demo's tiny architecture, randomly initialised (seed 0), as an open_clip local-dir (an export without a card)."""
+    from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
+
+    torch.manual_seed(0)
+    spec = ModelSpec("domainfm-tiny")
+    save_open_clip_dir(load_model(spec).model, model_config_of(spec), folder / "model")
+    return folder / "model"
+
+
+def machine() -> str:
+    """CPU model, cores and torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write `doc` to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def synthetic_scene(size: int, folder: Path) -> Path:
@@ -75,7 +112,8 @@ def score_batched(encoder: ClipEncoder, classifier: ZeroShotClassifier, grid: Wi
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raster", type=Path, default=None, help="scene to map (default: a synthetic --size px scene)")
-    ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--model", type=Path, default=None, help=f"export to map with (default: {MODEL} when present, "
+                    "else the tiny demo architecture, random init)")
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tile-m", type=float, default=None, help="window side in metres (default: the model's training tiles)")
     ap.add_argument("--stride-m", type=float, default=None)
@@ -83,12 +121,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); on a busy machine 1 "
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); on a busy machine 1 "
                     "spares a batch of one the threads' synchronisation")
+    ap.add_argument("--json", type=Path, default=None, help="write the benchmark contract's JSON here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None:
+            args.model = MODEL if MODEL.is_dir() else random_model(Path(tmp))
+            if args.model != MODEL and args.tile_m is None:
+                args.tile_m = DEMO_TILE_M
         started = time.perf_counter()
         raster = args.raster or synthetic_scene(args.size, Path(tmp))
         prepare_s = time.perf_counter() - started
@@ -129,6 +172,18 @@ def main() -> None:
         "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
     }
     print(json.dumps(result, indent=2))
+    if args.json:
+        peer = "plain loop: read, preprocess, embed (batch of 1) and score one window at a time"
+        notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
+                 f"{result['torch_threads']} torch thread(s), batch {args.batch_size}, {args.workers} reader processes; "
+                 f"max |p_plain - p_batched| = {agree:.2e}")
+        rows = [{"figure": figure, "unit": "windows/s", "ours": round(n / medians[key], 2), "peer": peer,
+                 "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
+                 "bar": 3.0, "repeats": args.repeats, "notes": notes}
+                for key, figure in (("batched", "scene mapping: reading and scoring the windows (embed_grid)"),
+                                    ("map", "scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look)"))]
+        write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
+                               "machine": machine(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -383,3 +383,42 @@ def test_load_trained_rejects_mismatched_keys(base_checkpoint, tmp_path) -> None
 def test_adapt_spec_without_base_weights_warns(tmp_path) -> None:
     with pytest.warns(UserWarning, match="random"):
         write_adapt_spec(tmp_path, ModelSpec(name="domainfm-tiny"), AdaptConfig())
+
+
+# ---------------------------------------------------------------------------- lora_forward: merged
+
+
+def test_merged_lora_forward_matches_peft_in_outputs_gradients_and_export(tiny, batch) -> None:
+    images, texts = batch
+    models, grads = {}, {}
+    for how in ("peft", "merged"):
+        torch.manual_seed(0)
+        cfg = AdaptConfig(mode="lora", lora_r=4, lora_alpha=8.0, lora_forward=how)
+        model = prepare(copy.deepcopy(tiny.model), cfg)
+        randomise_lora(model)
+        model.train()
+        image_f, text_f, scale = model(images, texts)[:3]
+        (image_f @ text_f.T * scale).logsumexp(dim=1).mean().backward()
+        models[how] = (model, cfg)
+        grads[how] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    kinds = {how: {type(m).__name__ for m in model.modules()} for how, (model, _) in models.items()}
+    assert "MergedLoraLinear" in kinds["merged"] and "MergedLoraLinear" not in kinds["peft"]
+    out = {how: embeddings(model.eval(), batch) for how, (model, _) in models.items()}
+    assert max_diff(out["merged"], out["peft"]) <= TOL
+    assert grads["merged"].keys() == grads["peft"].keys() and any("lora_A" in n for n in grads["merged"])
+    for name, g in grads["peft"].items():  # A and B receive the same gradients through W + s B A
+        torch.testing.assert_close(grads["merged"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    # the export folds in the same update whichever forward trained it
+    merged_export = merged_clip(*models["merged"]).eval()
+    assert type(merged_export) is open_clip.CLIP and max_diff(embeddings(merged_export, batch), out["peft"]) <= TOL
+    # a disabled adapter falls back to peft's path: the base model's outputs
+    peft_model = models["merged"][0]
+    with peft_model.disable_adapter():
+        assert max_diff(embeddings(peft_model, batch), embeddings(tiny.model.eval(), batch)) <= TOL
+
+
+def test_merged_lora_forward_refuses_dropout() -> None:
+    with pytest.raises(ParamsError, match="lora_dropout"):
+        build(AdaptConfig, {"mode": "lora", "lora_dropout": 0.1, "lora_forward": "merged"}, "adapt")
+    with pytest.raises(ParamsError, match=r"adapt\.lora_forward: 'fast' is not one of 'peft', 'merged'"):
+        build(AdaptConfig, {"lora_forward": "fast"}, "adapt")

@@ -69,3 +69,51 @@ def test_loader_splits_ranks_disjointly_and_resumes(tmp_path: Path) -> None:
     assert not all(torch.equal(x, y) for x, y in zip(epoch(0, 1), epoch(0, 1, ep=1)))
     full = epoch(0, 1, workers=2)
     assert all(torch.equal(x, y) for x, y in zip(full[5:], epoch(0, 1, workers=2, skip=5)))
+
+
+def test_batched_preprocess_equals_the_per_sample_transform_bit_for_bit(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipelines.train.clip_data import BatchedPreprocess
+
+    lm = tiny_clip()
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64 + 7 * i, 60, 3), dtype=np.uint8)) for i in range(5)]
+    per_sample, pixels = [], []
+    batched = BatchedPreprocess(lm.preprocess_train)
+    assert batched.head is not None  # open_clip's train transform ends in ToTensor + Normalize
+    for i, image in enumerate(images):  # the random crop draws the same parameters from the same seed
+        torch.manual_seed(i)
+        per_sample.append(lm.preprocess_train(image))
+        torch.manual_seed(i)
+        pixels.append(batched.sample(image))
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.uint8 for p in pixels)
+    out = batched.collate(pixels)
+    assert out.is_contiguous() and torch.equal(out, torch.stack(per_sample))
+    # a grey image comes out of the head in mode L; it takes the per-sample tail, in the same batch
+    torch.manual_seed(9)
+    grey = Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    mixed = batched.collate([pixels[0], batched.sample(grey.convert("RGB"))])
+    torch.manual_seed(9)
+    assert torch.equal(mixed[1], lm.preprocess_train(grey.convert("RGB")))
+    # any other transform runs whole, per sample
+    plain = BatchedPreprocess(lambda im: torch.ones(2))
+    assert plain.head is None and torch.equal(plain.collate([plain.sample(images[0])]), torch.ones(1, 2))
+
+
+def test_augmentation_is_seeded_per_sample_and_leaves_the_trainers_rng_alone(tmp_path: Path) -> None:
+    shard = write_shard(tmp_path / "train-000000.tar", 8)
+    lm = tiny_clip()
+
+    def first_batch() -> torch.Tensor:
+        loader, _ = make_train_loader([shard], lm.preprocess_train, lm.tokenizer, 8, 0, 0, 0)
+        iterator = iter(loader)  # the DataLoader draws its base seed here, before any sample
+        torch.manual_seed(123)
+        images, _ = next(iterator)
+        after = torch.rand(4)
+        torch.manual_seed(123)
+        assert torch.equal(after, torch.rand(4))  # decoding the batch drew nothing from the global RNG
+        return images
+
+    a, b = first_batch(), first_batch()
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])

@@ -21,6 +21,7 @@ and `base_model.model.logit_scale`; in full/frozen mode they are plain CLIP name
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import warnings
@@ -43,6 +44,7 @@ TRAINABLE_FILE = "trainable.safetensors"
 AdaptMode = Literal["lora", "full", "frozen"]
 Tower = Literal["visual", "text"]
 LoraModule = Literal["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+LoraForward = Literal["peft", "merged"]
 
 
 
@@ -61,10 +63,17 @@ class AdaptConfig:
     lora_dropout: float = 0.0
     lora_modules: list[LoraModule] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"])
     train_logit_scale: bool = True
+    # peft: W x + s B (A x), peft's own forward, fewest FLOPs for wide layers (ViT-B and up);
+    # merged: (W + s B A) x, one matmul per layer, faster where layers are narrow (the demo's 128-wide
+    # model), where the rank-r matmuls cost more than they save. Same function, float rounding apart.
+    lora_forward: LoraForward = "peft"
 
     def __post_init__(self) -> None:
         if self.mode != "frozen" and not self.towers:
             raise ValueError(f"mode {self.mode!r} needs at least one tower to adapt")
+        if self.mode == "lora" and self.lora_forward == "merged" and self.lora_dropout > 0:
+            raise ValueError("lora_forward 'merged' applies LoRA through the weights, so it cannot drop out LoRA's "
+                             f"input: set lora_dropout 0 (is {self.lora_dropout}) or lora_forward 'peft'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,11 +350,33 @@ def projection_parameters(model: nn.Module) -> list[str]:
     return visual + text
 
 
+@functools.cache
+def _merged_lora_linear_type() -> type:
+    """The LoRA Linear of peft with a forward through the merged weight W + s B A (see AdaptConfig.lora_forward)."""
+    from peft.tuners.lora.layer import Linear  # peft is imported on first use, as elsewhere in this module
+
+    class MergedLoraLinear(Linear):
+        """A LoRA Linear computing x (W + s B A)^T + b: one matmul; autograd reaches A and B through the sum."""
+
+        def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+            """The forward of peft, except the plain case (one active adapter, not merged or disabled) in one matmul."""
+            active = [a for a in self.active_adapters if a in self.lora_A]
+            if self.disable_adapters or self.merged or args or kwargs or len(active) != 1 or active[0] in self.lora_variant:
+                return super().forward(x, *args, **kwargs)
+            name, base = active[0], self.get_base_layer()
+            delta = self.lora_B[name].weight @ self.lora_A[name].weight
+            weight = base.weight + delta.to(base.weight.dtype) * self.scaling[name]
+            return F.linear(x, weight, base.bias)
+
+    return MergedLoraLinear
+
+
 def prepare(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
     """Return `model` ready to train with requires_grad set per cfg.mode / cfg.towers.
 
     lora:   LoRA on the chosen towers' block linears (everything else frozen) -> peft.PeftModel.
             Works on open_clip's own, timm (ViT, ConvNeXt) and Hugging Face BERT-style towers.
+            With lora_forward 'merged' each LoRA Linear computes through W + s B A.
     full:   every parameter of the chosen towers trains -> the CLIP itself.
     frozen: only the towers' projections train (see projection_parameters) -> the CLIP itself.
     logit_scale (and logit_bias, if any) train in every mode when cfg.train_logit_scale.
@@ -366,6 +397,13 @@ def prepare(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
         )
         # get_peft_model freezes every non-LoRA parameter.
         prepared = get_peft_model(model, lora_cfg)
+        if cfg.lora_forward == "merged":
+            from peft.tuners.lora.layer import Linear
+
+            merged_type = _merged_lora_linear_type()
+            for module in prepared.modules():
+                if type(module) is Linear:
+                    module.__class__ = merged_type  # same state, a forward through the merged weight
     else:
         projections = set(projection_parameters(model)) if cfg.mode == "frozen" else set()
         for name, p in model.named_parameters():

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "train_steps.csv"
 Precision = Literal["auto", "fp32", "bf16"]
+AdamWImpl = Literal["fused", "foreach", "single-tensor"]
 
 
 @dataclass
@@ -68,6 +69,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50    # steps; 0 keeps only the final checkpoint
     log_every: int = 1
+    # fused: AdamW's whole update in one kernel per step (CPU and CUDA); foreach: batched tensor ops;
+    # single-tensor: a Python loop over parameters (torch's CPU default). Same update up to float rounding.
+    adamw_impl: AdamWImpl = "fused"
 
     def validate(self) -> None:
         """Refuse values the loop cannot run with."""
@@ -110,6 +114,12 @@ def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def make_adamw(groups: list[dict[str, Any]], lr: float, impl: AdamWImpl) -> torch.optim.AdamW:
+    """AdamW with open_clip's betas and eps for ViT CLIP training, in the chosen implementation."""
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single-tensor": {"foreach": False}}[impl]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, **flags)
 
 
 def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
@@ -155,8 +165,7 @@ def fit(task: TrainingTask, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, r
     named = task.trainable_named()
     if not named:
         raise ValueError("the model has no parameters with requires_grad=True")
-    # betas/eps as open_clip's defaults for ViT CLIP training
-    optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = make_adamw(param_groups(named, cfg.weight_decay), cfg.lr, cfg.adamw_impl)
 
     n_samples = task.num_samples()
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
