@@ -107,8 +107,13 @@ def test_every_stage_declares_the_code_it_imports(project):
 def test_metrics_compare_base_and_adapted(project):
     metrics = json.loads((project / "metrics/remote_sensing/metrics.json").read_text())
     for role in ("base", "adapted"):
-        assert set(metrics[role]) == {"zeroshot", "retrieval", "hubness", "linear_probe"}
-    assert {"hubness.json", "linear_probe.json", "clip_benchmark"} <= {p.name for p in (project / "metrics/remote_sensing").iterdir()}
+        assert set(metrics[role]) == {"zeroshot", "retrieval", "hubness", "linear_probe", "general"}
+    general = {role: metrics[role]["general"]["acc1"] for role in ("base", "adapted")}
+    assert metrics["delta"]["general"]["acc1"] == pytest.approx(general["adapted"] - general["base"])  # what adaptation cost
+    written = {p.name for p in (project / "metrics/remote_sensing").iterdir()}
+    assert {"hubness.json", "linear_probe.json", "clip_benchmark", "wise.json"} <= written
+    wise = json.loads((project / "metrics/remote_sensing/wise.json").read_text())
+    assert [row["alpha"] for row in wise] == [0.0, 0.25, 0.5, 0.75, 1.0]
     delta = metrics["delta"]["zeroshot"]["acc1"]
     assert delta == pytest.approx(metrics["adapted"]["zeroshot"]["acc1"] - metrics["base"]["zeroshot"]["acc1"])
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
@@ -130,6 +135,7 @@ def test_export_loads_in_stock_open_clip(project):
     card = (export / "README.md").read_text()
     assert "## Evaluation" in card and "acc1" in card and "ODbL" in card
     assert (export / "adapter" / "adapter_config.json").is_file()
+    assert (export / "hubness_bank.safetensors").is_file()  # the search commands' --correction
 
 
 def test_scaling_report_is_written(project):
