@@ -167,6 +167,25 @@ def test_parking_lot_across_adjacent_tiles_is_curated_once_from_all_of_them(park
         assert any("negative ids" in w for w in summary["warnings"])
 
 
+def test_parking_lot_from_tiles_served_over_http_equals_the_local_run(parking, tmp_path, monkeypatch):
+    """The same real mosaic read in place over HTTP (GDAL byte ranges) and the map fetched: the same pair, the same pixels."""
+    from http_server import serve
+
+    from pipelines.io.remote import fetch
+
+    monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "cache"))
+    near = [path for (x, _), path in sorted(parking["tiles"].items()) if x >= 70000]
+    cfg = build(RSCurateConfig, PARKING_CFG)
+    curate(near, parking["geojson"], tmp_path / "local", cfg)
+    with serve(parking["tmp"]) as (base, requests):
+        curate([f"{base}/{p.name}" for p in near], fetch(f"{base}/{parking['geojson'].name}"), tmp_path / "remote", cfg)
+    local, remote = read_manifest(tmp_path / "local"), read_manifest(tmp_path / "remote")
+    assert list(remote.caption) == list(local.caption) == ["parking lot"]
+    assert sorted(remote.provenance[0]["rasters"]) == sorted(f"{base}/{p.name}" for p in near)
+    assert all(np.array_equal(a, b) for a, b in zip(images(tmp_path / "local"), images(tmp_path / "remote"), strict=True))
+    assert not [p for m, p, r in requests if m == "GET" and p.endswith(".tif") and r is None]  # byte ranges only
+
+
 def test_parking_lot_from_any_one_tile_alone_is_too_empty(parking):
     """What each tile gave before mosaics: the same lot cut three times, each mostly outside its tile, and refused."""
     for (x, y), path in parking["tiles"].items():
