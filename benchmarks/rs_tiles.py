@@ -22,10 +22,7 @@ Usage: python benchmarks/rs_tiles.py [--raster R.tif] [--gsd 2] [--size 224] [--
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from contract import machine, write_json
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
@@ -43,33 +41,6 @@ from domains.remote_sensing.curation.tiles import Tile, TileSource, finite_pixel
 
 TORCHGEO_TOLERANCE = 1  # grey levels: GDAL's warper (ours) and its RasterIO (torchgeo's merge) average the same pixels, rounding apart
 BAR = 1.5  # issue 16: ours >= torchgeo, aim 1.5x
-
-
-def machine() -> str:
-    """CPU model, cores and torch version, for the JSON contract."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "absent"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch_version}"
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` atomically (a temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def synthetic_scene(size: int, folder: Path) -> Path:

@@ -27,7 +27,6 @@ import csv
 import importlib.util
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -37,6 +36,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from contract import machine, random_model, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_STEPS = 3
@@ -134,36 +135,8 @@ def extract_code(rev: str, folder: Path) -> Path:
 
 
 def default_model(folder: Path) -> str:
-    """The demo's tiny architecture, randomly initialised (seed 0), as an open_clip local-dir."""
-    import torch
-
-    from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
-
-    torch.manual_seed(0)
-    spec = ModelSpec("domainfm-tiny")
-    save_open_clip_dir(load_model(spec).model, model_config_of(spec), folder / "model")
-    return f"local-dir:{folder / 'model'}"
-
-
-def machine() -> str:
-    """CPU model, cores and torch version."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def write_json(path: Path, doc: dict) -> None:
-    """Write `doc` to `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    """The demo's tiny architecture, randomly initialised (seed 0), as the `local-dir:` spec both trainers load."""
+    return f"local-dir:{random_model(folder)}"
 
 
 def main() -> None:

