@@ -180,3 +180,24 @@ def test_a_volume_domain_gets_the_folder_with_a_readme_alone(tmp_path):
     write_not_applicable(folder, "ct", "a 3D model")
     assert [p.name for p in folder.iterdir()] == ["README.txt"]
     assert (folder / "README.txt").read_text() == "No CLIP_benchmark sets for ct: a 3D model\n"
+
+
+def test_retrieval_recall_equals_clip_benchmarks_when_captions_repeat_word_for_word() -> None:
+    """Captions repeat across images ("a parking lot"): tied scores must fall as CLIP_benchmark's topk lets them fall."""
+    import torch
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k
+
+    from pipelines.evaluate.metrics import retrieval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=-1)
+    vocabulary = torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=-1)  # six distinct captions
+    owner = [i // 2 for i in range(80)]  # two captions per image
+    texts = vocabulary[torch.randint(0, 6, (80,), generator=g)]  # ... drawn from six: exact ties everywhere
+    ours = retrieval_metrics(images, texts, owner, (1, 5, 10))
+    scores = texts @ images.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(80), owner] = True
+    for k in (1, 5, 10):
+        assert ours[f"image_retrieval_recall@{k}"] == pytest.approx((recall_at_k(scores, positive, k) > 0).float().mean().item())
+        assert ours[f"text_retrieval_recall@{k}"] == pytest.approx((recall_at_k(scores.T, positive.T, k) > 0).float().mean().item())

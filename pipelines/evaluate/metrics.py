@@ -72,9 +72,9 @@ def retrieval_metrics(
 
     image_retrieval_recall@k (text -> image): share of captions whose own image is in the top k
     images. text_retrieval_recall@k (image -> text): share of images with *any* of their captions
-    in the top k captions. k larger than the candidate count finds everything (the key keeps the
-    asked-for k). A candidate scoring exactly as the positive does not push it down, so an image
-    whose caption is shared word for word by other images' captions still finds it at rank 1.
+    in the top k captions. k is clipped to the candidate count (the key keeps the asked-for k).
+    Top k as CLIP_benchmark takes it (torch.topk), so `clip_benchmark eval` on the exported sets gives
+    these numbers; ties (captions shared word for word by several images) fall as topk orders them.
     mean_recall is the mean of all recall values.
     """
     image_emb = torch.as_tensor(image_emb).float()
@@ -92,16 +92,22 @@ def retrieval_metrics(
     if not captioned.all():
         raise ValueError(f"{int((~captioned).sum())} image(s) have no caption; drop them before scoring")
 
-    # Recall from each query's first-hit rank (retrieval_ranks), so the per-example ranks the scaling
-    # report resamples give back exactly these numbers, ties included.
-    ranks = retrieval_ranks(image_emb, text_emb, owner.tolist())
+    scores = text_emb @ image_emb.T  # [T, I]
+    # positive[t, i]: caption t belongs to image i
+    positive = torch.zeros(n_texts, n_images, dtype=torch.bool)
+    positive[torch.arange(n_texts), owner] = True
+
     out: dict[str, float] = {}
     for k in ks:
         if k < 1:
             raise ValueError(f"recall@k needs k >= 1, got {k}")
-        out[f"image_retrieval_recall@{k}"] = (ranks["text_to_image"] <= k).sum().item() / n_texts
+        top_images = scores.topk(min(k, n_images), dim=1).indices  # [T, k]
+        text_hit = positive.gather(1, top_images).any(dim=1)
+        out[f"image_retrieval_recall@{k}"] = text_hit.sum().item() / n_texts
     for k in ks:
-        out[f"text_retrieval_recall@{k}"] = (ranks["image_to_text"] <= k).sum().item() / n_images
+        top_texts = scores.T.topk(min(k, n_texts), dim=1).indices  # [I, k]
+        image_hit = positive.T.gather(1, top_texts).any(dim=1)
+        out[f"text_retrieval_recall@{k}"] = image_hit.sum().item() / n_images
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
 
@@ -113,8 +119,10 @@ def retrieval_ranks(
 
     "text_to_image": one rank per caption (where its own image ranks among all images);
     "image_to_text": one rank per image (where the best-ranked of its captions ranks among all
-    captions). recall@k of a direction is the share of its ranks <= k, as in `retrieval_metrics`
-    (ties: a candidate scoring exactly as the positive does not push it down).
+    captions). recall@k of a direction is the share of its ranks <= k; this equals `retrieval_metrics`
+    when no candidate ties a positive's score, and is the optimistic count when one does (a candidate
+    scoring exactly as the positive does not push it down; topk breaks such ties in no set order). The
+    scaling report checks the two agree before it resamples these ranks.
     """
     image_emb = torch.as_tensor(image_emb).float()
     text_emb = torch.as_tensor(text_emb).float()
