@@ -47,3 +47,31 @@ def random_model(folder: Path) -> Path:
     spec = ModelSpec("domainfm-tiny")
     save_open_clip_dir(load_model(spec).model, model_config_of(spec), Path(folder) / "model")
     return Path(folder) / "model"
+
+
+def synthetic_scene(size: int, folder: Path, edge_nodata_px: int = 0) -> Path:
+    """A size x size px, 1 m, 3-band uint8 tiled GeoTIFF (EPSG:32631) of the demo landscape, mirrored to size.
+
+    With `edge_nodata_px`, that many columns on the right are nodata (0) and the landscape itself never
+    is (its zeros become 1), as at a swath edge.
+    """
+    import numpy as np
+    import rasterio
+
+    from domains.remote_sensing.demo.demo_data import render_landscape
+
+    block = min(size, 1024)
+    rgb, _, _ = render_landscape(block, 1.0, 0)
+    if edge_nodata_px:
+        rgb = np.maximum(rgb, 1)  # 0 is nodata
+    reps = -(-size // block)
+    rows = [np.concatenate([rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps)], axis=1) for i in range(reps)]
+    image = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)[:size, :size].copy()
+    if edge_nodata_px:
+        image[:, size - edge_nodata_px:] = 0
+    path = Path(folder) / f"synthetic-{size}.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
+                       transform=rasterio.transform.from_origin(372_000, 4_834_000, 1.0, 1.0), nodata=0, tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", photometric="RGB") as dst:
+        dst.write(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return path

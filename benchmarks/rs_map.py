@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from contract import machine, random_model, write_json
+from contract import machine, random_model, synthetic_scene, write_json
 
 from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster, window_grid
 from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
@@ -41,23 +41,6 @@ from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
 
 MODEL = Path("exports/remote_sensing")
 DEMO_TILE_M = 128.0  # the demo's curated tiles: 64 px at 2 m
-
-
-def synthetic_scene(size: int, folder: Path) -> Path:
-    """A size x size px, 1 m, 3-band uint8 tiled GeoTIFF (EPSG:32631) of a demo landscape, mirrored to size."""
-    from domains.remote_sensing.demo.demo_data import render_landscape
-
-    block = min(size, 1024)
-    rgb, _, _ = render_landscape(block, 1.0, 0)
-    reps = -(-size // block)
-    rows = [np.concatenate([rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps)], axis=1) for i in range(reps)]
-    image = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)[:size, :size]
-    path = folder / f"synthetic-{size}.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
-                       transform=rasterio.transform.from_origin(372_000, 4_834_000, 1.0, 1.0), nodata=0, tiled=True,
-                       blockxsize=256, blockysize=256, compress="deflate", photometric="RGB") as dst:
-        dst.write(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return path
 
 
 def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, grid: WindowGrid) -> np.ndarray:

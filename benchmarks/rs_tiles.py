@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from contract import machine, write_json
+from contract import machine, synthetic_scene, write_json
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
@@ -41,25 +41,6 @@ from domains.remote_sensing.curation.tiles import Tile, TileSource, finite_pixel
 
 TORCHGEO_TOLERANCE = 1  # grey levels: GDAL's warper (ours) and its RasterIO (torchgeo's merge) average the same pixels, rounding apart
 BAR = 1.5  # issue 16: ours >= torchgeo, aim 1.5x
-
-
-def synthetic_scene(size: int, folder: Path) -> Path:
-    """A size x size px, 1 m, 3-band uint8 tiled GeoTIFF of the demo landscape (mirrored to size), nodata 0 along the right edge."""
-    from domains.remote_sensing.demo.demo_data import render_landscape
-
-    block = min(size, 1024)
-    rgb, _, _ = render_landscape(block, 1.0, 0)
-    rgb = np.maximum(rgb, 1)  # 0 is nodata
-    reps = -(-size // block)
-    rows = [np.concatenate([rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps)], axis=1) for i in range(reps)]
-    image = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)[:size, :size].copy()
-    image[:, size - 24:] = 0
-    path = folder / f"synthetic-{size}.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32631",
-                       transform=rasterio.transform.from_origin(372_000, 4_834_000, 1.0, 1.0), nodata=0, tiled=True,
-                       blockxsize=256, blockysize=256, compress="deflate", photometric="RGB") as dst:
-        dst.write(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return path
 
 
 def baseline_read(src: Any, crs: Any, bounds: tuple[float, float, float, float], size: int, bands: list[int],
@@ -131,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        raster = args.raster or synthetic_scene(args.scene_px, Path(tmp))
+        raster = args.raster or synthetic_scene(args.scene_px, Path(tmp), edge_nodata_px=24)
         with rasterio.open(raster) as src:
             crs, bands = src.crs, [1, 2, 3] if src.count >= 3 else [1]
             windows = grid_windows(src, args.gsd, args.size)
