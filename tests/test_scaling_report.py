@@ -1,5 +1,6 @@
 """The scaling report builds from a fixture set of sweep results; subsets are nested and group-wise."""
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -223,6 +224,21 @@ def test_subsets_are_nested_groupwise_and_seeded():
     assert set(nested_train_ids(manifest, 0.25, 0)) != set(nested_train_ids(manifest, 0.25, 1))
     with pytest.raises(ValueError, match="fraction"):
         nested_train_ids(manifest, 0.0, 0)
+
+
+def test_pair_subsets_are_nested_and_may_split_groups():
+    manifest = _manifest()
+    train = manifest[manifest["split"] == "train"]
+    previous: set = set()
+    for fraction in FRACTIONS:
+        ids = set(nested_train_ids(manifest, fraction, seed=3, unit="pair"))
+        assert previous <= ids  # nested
+        assert len(ids) == math.ceil(fraction * len(train))  # single pairs: exactly the share asked for
+        previous = ids
+    assert previous == set(train["id"])
+    smallest = set(nested_train_ids(manifest, FRACTIONS[0], seed=3, unit="pair"))
+    groups = set(train[train["id"].isin(smallest)]["group"])
+    assert set(train[train["group"].isin(groups)]["id"]) != smallest  # some group was split: pairs, not groups
 
 
 def test_top_quality_and_run_params():

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 MetricName = str  # "zeroshot/acc1", ...: checked against pipelines.scaling.report.METRICS
+# What a nested subset takes whole: the split group (a ground cell, a slide, a patient) or single pairs.
+SubsetUnit = Literal["group", "pair"]
 
 
 @dataclass
@@ -25,6 +27,10 @@ class ScalingConfig:
     quality_seeds: list[int] = field(default_factory=lambda: [0])
     n_boot: int = 500
     metrics: Optional[list[MetricName]] = None
+    # "group" keeps each split group (ground cell, slide, patient) whole in every subset; "pair" nests single
+    # pairs, for a domain whose train split has too few groups to give several sizes (the test split stays
+    # group-disjoint from every subset either way, so nothing leaks into the scores)
+    subset_unit: SubsetUnit = "group"
 
 
 @dataclass
@@ -39,3 +45,7 @@ class DomainScalingConfig:
     targets: dict[MetricName, list[float]] = field(default_factory=dict)  # metric values to estimate the pairs for
     synonyms: dict[str, list[str]] = field(default_factory=dict)          # class name -> words counted as mentions
     metrics: Optional[list[MetricName]] = None
+    # "group" keeps each split group (ground cell, slide, patient) whole in every subset; "pair" nests single
+    # pairs, for a domain whose train split has too few groups to give several sizes (the test split stays
+    # group-disjoint from every subset either way, so nothing leaks into the scores)
+    subset_unit: SubsetUnit = "group"

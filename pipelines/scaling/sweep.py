@@ -2,10 +2,11 @@
 
 - `subset_command` writes a curated-format folder (shards, manifest, summary, and every other file
   at the top of the curated folder, such as a label space) whose train split is a nested subset:
-  train groups are ordered by a seeded hash and taken until `fraction` of the train
-  pairs is covered, so for one seed every smaller subset lies inside every larger one and no group
-  is split. With `quality_keep` < 1 only the top share of those pairs by image-caption score stays
-  (scores are computed with the domain's base model when the manifest has none, and stored).
+  train groups (or single pairs, with `<domain>.scaling.subset_unit: pair`) are ordered by a seeded
+  hash and taken until `fraction` of the train pairs is covered, so for one seed every smaller subset
+  lies inside every larger one and (by default) no group is split. With `quality_keep` < 1 only the
+  top share of those pairs by image-caption score stays (scores are computed with the domain's base
+  model when the manifest has none, and stored).
   Validation and test splits are copied unchanged, so every run is scored on the same retrieval set.
 - `sweep_run_command` chains subset -> `domainfm train` -> `domainfm evaluate` through the same
   command functions the main pipeline runs, for either model family, with `<domain>.scaling.train`,
@@ -34,6 +35,7 @@ from pipelines.curation.splits import SPLITS
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.manifest import read_manifest
 from pipelines.params import build, load_params, section
+from pipelines.scaling.config import DomainScalingConfig, SubsetUnit
 
 RUN_FILES = ("run.json", "metrics.json")  # plus *_adapted.json and per_example_*.csv
 PER_EXAMPLE_PREFIX = "per_example_"
@@ -48,27 +50,29 @@ def _group_rank(group: str, seed: int) -> str:
     return hashlib.sha256(f"scaling:{seed}:{group}".encode()).hexdigest()
 
 
-def nested_train_ids(manifest: pd.DataFrame, fraction: float, seed: int) -> list[str]:
+def nested_train_ids(manifest: pd.DataFrame, fraction: float, seed: int, unit: SubsetUnit = "group") -> list[str]:
     """Ids of the train pairs in the nested subset for (fraction, seed).
 
-    Groups are ordered by a seeded hash and taken whole until at least `fraction` of the train
-    pairs is covered: a prefix of one fixed order, hence nested across fractions.
+    Units (split groups, or single pairs with unit "pair") are ordered by a seeded hash and taken
+    whole until at least `fraction` of the train pairs is covered: a prefix of one fixed order, hence
+    nested across fractions.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     train = manifest[manifest["split"] == "train"]
     if train.empty:
         raise ValueError("the curated set has no train pairs")
-    sizes = train.groupby("group", sort=False).size()
+    units = train["group"] if unit == "group" else train["id"]
+    sizes = units.value_counts(sort=False)
     order = sorted(sizes.index, key=lambda g: _group_rank(str(g), seed))
     target = math.ceil(fraction * len(train) - 1e-9)
     chosen, covered = set(), 0
-    for group in order:
+    for name in order:
         if covered >= target:
             break
-        chosen.add(group)
-        covered += int(sizes[group])
-    return train.loc[train["group"].isin(chosen), "id"].tolist()
+        chosen.add(name)
+        covered += int(sizes[name])
+    return train.loc[units.isin(chosen), "id"].tolist()
 
 
 def top_quality_ids(scores: pd.Series, keep: float) -> list[str]:
@@ -106,13 +110,14 @@ def _score_quality(samples: dict[str, dict[str, Any]], rows: pd.DataFrame, param
 
 
 def write_subset(
-    data: Path, out: Path, fraction: float, seed: int, quality_keep: float = 1.0, params: Optional[dict] = None, domain: str = ""
+    data: Path, out: Path, fraction: float, seed: int, quality_keep: float = 1.0, params: Optional[dict] = None, domain: str = "",
+    unit: SubsetUnit = "group",
 ) -> dict[str, Any]:
     """Write the subset as a curated folder under `out`; returns its summary."""
     import webdataset as wds
 
     manifest = read_manifest(data)
-    train_ids = set(nested_train_ids(manifest, fraction, seed))
+    train_ids = set(nested_train_ids(manifest, fraction, seed, unit))
     rows = manifest[(manifest["split"] != "train") | manifest["id"].isin(train_ids)].copy()
     samples = _read_samples(data, set(rows["shard"].dropna()), set(rows["key"]))
     missing = sorted(set(rows["key"]) - set(samples))
@@ -157,6 +162,7 @@ def write_subset(
         "fraction": fraction,
         "seed": seed,
         "quality_keep": quality_keep,
+        "subset_unit": unit,
         "n_pairs": n_train,  # training pairs: the N of the scaling law
         "n_groups": int(rows.loc[rows["split"] == "train", "group"].nunique()),
         "pairs": {"per_split": {s: int((rows["split"] == s).sum()) for s in SPLITS}},
@@ -181,9 +187,10 @@ def subset_command(
     quality_keep: Annotated[float, typer.Option("--quality-keep", help="Then keep the top share by image-caption score.")] = 1.0,
     domain: Annotated[str, typer.Option("--domain", help="Domain whose base model scores quality when scores are absent.")] = "",
     params: Annotated[Optional[Path], typer.Option("--params", help="params.yaml (for <domain>.base_model).")] = None,
+    unit: Annotated[SubsetUnit, typer.Option("--unit", help="Take split groups whole, or single pairs.")] = "group",
 ) -> None:
-    """Write a nested, group-wise subset of a curated set (optionally quality-filtered)."""
-    summary = write_subset(data, out, fraction, seed, quality_keep, load_params(params) if params else None, domain)
+    """Write a nested, group-wise (or pair-wise) subset of a curated set (optionally quality-filtered)."""
+    summary = write_subset(data, out, fraction, seed, quality_keep, load_params(params) if params else None, domain, unit)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -233,7 +240,8 @@ def sweep_run(
         shutil.rmtree(out)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_name:
         tmp = Path(tmp_name)
-        summary = write_subset(data, tmp / "data", fraction, seed, quality_keep, params, domain)
+        unit = build(DomainScalingConfig, section(params, domain, "scaling"), f"{domain}.scaling").subset_unit
+        summary = write_subset(data, tmp / "data", fraction, seed, quality_keep, params, domain, unit)
         merged = run_params(params, domain, seed)
         atomic_write_text(tmp / "params.yaml", yaml.safe_dump(merged, sort_keys=False))
         start = time.time()
@@ -254,7 +262,7 @@ def sweep_run(
         train_cfg = merged[domain]["train"]
         record = {
             "domain": domain, "fraction": fraction, "seed": seed, "quality_keep": quality_keep,
-            "n_pairs": summary["n_pairs"], "n_groups": summary["n_groups"],
+            "n_pairs": summary["n_pairs"], "n_groups": summary["n_groups"], "subset_unit": unit,
             "max_steps": train_cfg.get("max_steps"), "epochs": train_cfg.get("epochs"),
             "train_seconds": round(train_seconds, 2), "evaluate_seconds": round(evaluate_seconds, 2),
         }
