@@ -33,6 +33,7 @@ the reason; a video that stops decoding midway keeps the pairs of its decodable 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -154,6 +155,25 @@ def _frame_time(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> fl
     return float((frame.pts - start) * stream.time_base) if frame.pts is not None else float(frame.time or 0.0)
 
 
+@contextlib.contextmanager
+def _open_video(path: str | Path, stats: DecodeStats) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The container and its first video stream, threaded decoding on; the stated duration goes to `stats`."""
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise DecodeError(f"cannot open: {exc}") from exc
+    with container:
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO"  # frame and slice threads: the fastest measured (benchmarks/video_decode.py)
+        stats.duration_s = _duration(container, stream)
+        yield container, stream
+
+
+def _frame_interval(stream: av.video.stream.VideoStream) -> float:
+    """Seconds between frames at the stream's average rate; 0 when it states none."""
+    return float(1 / stream.average_rate) if stream.average_rate else 0.0
+
+
 def video_duration(path: str | Path) -> Optional[float]:
     """Seconds of the first video stream (else of the container); None when neither states it."""
     with av.open(str(path)) as container:
@@ -176,16 +196,9 @@ def sample_frames_seeking(
     """
     stats = stats if stats is not None else DecodeStats()
     step = 1.0 / fps
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as exc:
-        raise DecodeError(f"cannot open: {exc}") from exc
-    with container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
-        duration = _duration(container, stream)
-        stats.duration_s = duration
-        frame_dt = float(1 / stream.average_rate) if stream.average_rate else 0.0
+    with _open_video(path, stats) as (container, stream):
+        duration = stats.duration_s
+        frame_dt = _frame_interval(stream)
         start = stream.start_time or 0
         frames: Optional[Iterator[av.VideoFrame]] = None
         cur_t = -np.inf  # time of the last decoded frame
@@ -269,17 +282,10 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
         raise ValueError(f"sample fps must be > 0, got {fps}")
     stats = stats if stats is not None else DecodeStats()
     step = 1.0 / fps
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as exc:
-        raise DecodeError(f"cannot open: {exc}") from exc
-    with container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
+    with _open_video(path, stats) as (container, stream):
         ctx = stream.codec_context
-        duration = _duration(container, stream)
-        stats.duration_s = duration
-        frame_dt = float(1 / stream.average_rate) if stream.average_rate else 0.0
+        duration = stats.duration_s
+        frame_dt = _frame_interval(stream)
         start = stream.start_time or 0
 
         def seconds(pts: int) -> float:
@@ -361,10 +367,7 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
 def decode_all_frames(path: str | Path, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
     """Every frame, decoded sequentially: the baseline `sample_frames` is compared with."""
     stats = stats if stats is not None else DecodeStats()
-    with av.open(str(path)) as container:
-        stream = _video_stream(container)
-        stream.thread_type = "AUTO"
-        stats.duration_s = _duration(container, stream)
+    with _open_video(path, stats) as (container, stream):
         for frame in container.decode(stream):
             stats.frames_decoded += 1
             t = _frame_time(frame, stream)
