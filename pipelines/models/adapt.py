@@ -65,7 +65,8 @@ class AdaptConfig:
     train_logit_scale: bool = True
     # peft: W x + s B (A x), peft's own forward, fewest FLOPs for wide layers (ViT-B and up);
     # merged: (W + s B A) x, one matmul per layer, faster where layers are narrow (the demo's 128-wide
-    # model), where the rank-r matmuls cost more than they save. Same function, float rounding apart.
+    # model), where the rank-r matmuls cost more than they save; its backward still takes A's and B's
+    # gradients through rank-r products (_MergedLoraLinearFunction). Same function, float rounding apart.
     lora_forward: LoraForward = "peft"
 
     def __post_init__(self) -> None:
