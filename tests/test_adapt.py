@@ -422,3 +422,70 @@ def test_merged_lora_forward_refuses_dropout() -> None:
         build(AdaptConfig, {"mode": "lora", "lora_dropout": 0.1, "lora_forward": "merged"}, "adapt")
     with pytest.raises(ParamsError, match=r"adapt\.lora_forward: 'fast' is not one of 'peft', 'merged'"):
         build(AdaptConfig, {"lora_forward": "fast"}, "adapt")
+
+
+def _lora_linear_pair(bias_trains: bool) -> tuple[nn.Module, nn.Module]:
+    """The same LoRA Linear (random W, b, A, B) with peft's forward and with the merged forward."""
+    layers = []
+    for how in ("peft", "merged"):
+        torch.manual_seed(5)
+        net = nn.Sequential(nn.Linear(24, 40))
+        model = prepare_linear(net, how)
+        randomise_lora(model)
+        layer = model.get_base_model()[0]
+        layer.get_base_layer().bias.requires_grad_(bias_trains)
+        layers.append(layer)
+    return layers[0], layers[1]
+
+
+def prepare_linear(net: nn.Module, how: str) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    from pipelines.models.adapt import _merged_lora_linear_type
+    model = get_peft_model(net, LoraConfig(target_modules=["0"], r=4, lora_alpha=8.0, bias="none"))
+    if how == "merged":
+        model.get_base_model()[0].__class__ = _merged_lora_linear_type()
+    return model
+
+
+@pytest.mark.parametrize("bias_trains", [False, True])
+def test_merged_lora_linear_backward_equals_peft_through_the_low_rank_path(bias_trains) -> None:
+    peft_layer, merged_layer = _lora_linear_pair(bias_trains)
+    assert type(merged_layer).__name__ == "MergedLoraLinear"
+    x = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(2))
+    grad_out = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(3))
+    results = {}
+    for how, layer in (("peft", peft_layer), ("merged", merged_layer)):
+        xi = x.clone().requires_grad_(True)
+        for _ in range(2):  # gradients accumulate, as with grad_accum
+            y = layer(xi)
+            y.backward(grad_out)
+        params = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
+        results[how] = (y.detach(), xi.grad, params, y.grad_fn)
+    (y_p, gx_p, params_p, _), (y_m, gx_m, params_m, fn_m) = results["peft"], results["merged"]
+    # the gradient leaves the merged weight's autograd: no out x in gradient of W + s B A is formed
+    assert type(fn_m).__name__ == "_MergedLoraLinearFunctionBackward"
+    torch.testing.assert_close(y_m, y_p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(gx_m, gx_p, atol=1e-5, rtol=0)
+    assert params_m.keys() == params_p.keys()
+    assert any("lora_A" in n for n in params_m) and any("lora_B" in n for n in params_m)
+    assert any(n.endswith("base_layer.bias") for n in params_m) == bias_trains
+    for name, g in params_p.items():
+        assert params_m[name].abs().max() > 0, name
+        torch.testing.assert_close(params_m[name], g, atol=1e-5, rtol=0, msg=name)
+
+
+def test_merged_lora_linear_under_bf16_autocast_keeps_fp32_gradients() -> None:
+    peft_layer, merged_layer = _lora_linear_pair(False)
+    x = torch.randn(5, 24, generator=torch.Generator().manual_seed(2))
+    grads = {}
+    for how, layer in (("peft", peft_layer), ("merged", merged_layer)):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        grads[how] = {"x": xi.grad, **{n: p.grad for n, p in layer.named_parameters() if p.requires_grad}}
+    for name, g in grads["peft"].items():
+        assert grads["merged"][name].dtype == torch.float32, name
+        torch.testing.assert_close(grads["merged"][name], g, atol=0.05, rtol=0.05, msg=name)

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.slow
 class Mode:
     family: str = "clip"
     adapt: str = "full"  # full | lora (open_clip only)
+    lora_forward: str = "peft"  # peft | merged (AdaptConfig.lora_forward)
     loss: str = "clip"
     grad_accum: int = 1
     steps: int = 1
@@ -57,7 +58,7 @@ def _task(mode: Mode, data: Path, out: Path, cfg, info: D.DistInfo):
     if mode.family != "clip":
         return fam.task(data, out, cfg, info=info)
     lm = tiny_clip()
-    model = prepare(lm.model, AdaptConfig(mode="lora", lora_r=4)) if mode.adapt == "lora" else lm.model
+    model = prepare(lm.model, AdaptConfig(mode="lora", lora_r=4, lora_forward=mode.lora_forward)) if mode.adapt == "lora" else lm.model
     return fam.task(data, out, cfg, info=info, model=model)
 
 
@@ -125,10 +126,15 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: 
         torch.testing.assert_close(b[name], a[name], atol=atol, rtol=0, msg=name)
 
 
-OPEN_CLIP_MODES = [Mode(), Mode(adapt="lora"), Mode(loss="siglip"), Mode(adapt="lora", loss="siglip")]
+OPEN_CLIP_MODES = [Mode(), Mode(adapt="lora"), Mode(loss="siglip"), Mode(adapt="lora", loss="siglip"),
+                   Mode(adapt="lora", lora_forward="merged")]
 
 
-@pytest.mark.parametrize("mode", OPEN_CLIP_MODES, ids=lambda m: f"{m.adapt}-{m.loss}")
+def _mode_id(m: Mode) -> str:
+    return f"{m.adapt}-{m.loss}" + ("-merged" if m.lora_forward == "merged" else "")
+
+
+@pytest.mark.parametrize("mode", OPEN_CLIP_MODES, ids=_mode_id)
 def test_ddp_step_equals_one_process_on_the_doubled_batch(mode: Mode, tmp_path: Path) -> None:
     data = _data(mode, tmp_path)
     rank0, rank1 = _ddp(mode, data, tmp_path / "ddp")
@@ -145,8 +151,9 @@ def test_ddp_step_equals_one_process_on_the_doubled_batch(mode: Mode, tmp_path: 
     assert len((tmp_path / "ddp" / "metrics.csv").read_text().splitlines()) == mode.steps + 1  # only rank 0 writes
 
 
-@pytest.mark.parametrize("mode", [Mode(grad_accum=2, steps=2), Mode(adapt="lora", loss="siglip", grad_accum=2, steps=2)],
-                         ids=["full-clip", "lora-siglip"])
+@pytest.mark.parametrize("mode", [Mode(grad_accum=2, steps=2), Mode(adapt="lora", loss="siglip", grad_accum=2, steps=2),
+                                  Mode(adapt="lora", lora_forward="merged", grad_accum=2, steps=2)],
+                         ids=["full-clip", "lora-siglip", "lora-clip-merged"])
 def test_ddp_with_gradient_accumulation_keeps_ranks_identical(mode: Mode, tmp_path: Path) -> None:
     rank0, rank1 = _ddp(mode, _data(mode, tmp_path), tmp_path / "ddp")
     _assert_close(rank0, rank1, atol=0)

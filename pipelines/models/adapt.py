@@ -65,7 +65,8 @@ class AdaptConfig:
     train_logit_scale: bool = True
     # peft: W x + s B (A x), peft's own forward, fewest FLOPs for wide layers (ViT-B and up);
     # merged: (W + s B A) x, one matmul per layer, faster where layers are narrow (the demo's 128-wide
-    # model), where the rank-r matmuls cost more than they save. Same function, float rounding apart.
+    # model), where the rank-r matmuls cost more than they save; its backward still takes A's and B's
+    # gradients through rank-r products (_MergedLoraLinearFunction). Same function, float rounding apart.
     lora_forward: LoraForward = "peft"
 
     def __post_init__(self) -> None:
@@ -350,23 +351,65 @@ def projection_parameters(model: nn.Module) -> list[str]:
     return visual + text
 
 
+class _MergedLoraLinearFunction(torch.autograd.Function):
+    """y = x (W + s B A)^T + b in one matmul; the backward reaches A and B through the rank-r path only.
+
+    Autograd through the merged weight would form dL/d(W + s B A) = g^T x, an out x in matrix per
+    layer (as costly as full fine-tuning); the chain rule through W x + s B (A x) needs only rank-r
+    products: dL/dB = s g^T (x A^T), dL/dA = s (g B)^T x. W is frozen (no gradient); b gets one if it trains.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+        """The layer's output through the merged weight; saves what the backward needs."""
+        merged = weight + (lora_b @ lora_a).to(weight.dtype) * scaling
+        ctx.save_for_backward(x, merged, lora_a, lora_b)
+        ctx.scaling = scaling
+        return F.linear(x, merged, bias)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """Gradients of x (through the merged weight), of A and B (rank-r products) and of b."""
+        x, merged, lora_a, lora_b = ctx.saved_tensors
+        need_x, _, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+        dtype = grad_out.dtype  # the forward's compute dtype (bf16 under autocast)
+        grad_x = grad_a = grad_b = grad_bias = None
+        if need_x:
+            grad_x = (grad_out @ merged.to(dtype)).to(x.dtype)
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        if need_a or need_b:
+            # operand orders chosen for CPU GEMMs with one side of width r: each is a rank-r product
+            # with a short leading dimension (r x N @ N x d), 2-3x faster than (N x d)-first orders here
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            a, b = lora_a.to(dtype), lora_b.to(dtype)
+            if need_a:
+                grad_a = ((b.t() @ g.t()) @ x2 * ctx.scaling).to(lora_a.dtype)
+            if need_b:
+                grad_b = ((x2 @ a.t()).t() @ g * ctx.scaling).t().contiguous().to(lora_b.dtype)
+        if need_bias:
+            grad_bias = g.sum(0).to(merged.dtype)
+        return grad_x, None, grad_bias, grad_a, grad_b, None
+
+
 @functools.cache
 def _merged_lora_linear_type() -> type:
     """The LoRA Linear of peft with a forward through the merged weight W + s B A (see AdaptConfig.lora_forward)."""
     from peft.tuners.lora.layer import Linear  # peft is imported on first use, as elsewhere in this module
 
     class MergedLoraLinear(Linear):
-        """A LoRA Linear computing x (W + s B A)^T + b: one matmul; autograd reaches A and B through the sum."""
+        """A LoRA Linear computing x (W + s B A)^T + b in one matmul (see _MergedLoraLinearFunction)."""
 
         def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
             """The forward of peft, except the plain case (one active adapter, not merged or disabled) in one matmul."""
             active = [a for a in self.active_adapters if a in self.lora_A]
-            if self.disable_adapters or self.merged or args or kwargs or len(active) != 1 or active[0] in self.lora_variant:
+            base = self.get_base_layer()
+            if (self.disable_adapters or self.merged or args or kwargs or len(active) != 1 or active[0] in self.lora_variant
+                    or self.fan_in_fan_out or base.weight.requires_grad):
                 return super().forward(x, *args, **kwargs)
-            name, base = active[0], self.get_base_layer()
-            delta = self.lora_B[name].weight @ self.lora_A[name].weight
-            weight = base.weight + delta.to(base.weight.dtype) * self.scaling[name]
-            return F.linear(x, weight, base.bias)
+            name = active[0]
+            return _MergedLoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                                   self.lora_B[name].weight, self.scaling[name])
 
     return MergedLoraLinear
 

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from pipelines.io.shards import count_samples
+from pipelines.models.adapt import clip_of
+from pipelines.models.text_trim import can_trim_text, trimmed_text
 from pipelines.train.checkpoint import write_safetensors_atomic
 from pipelines.train.clip_data import make_train_loader
 from pipelines.train.distributed import DistInfo
@@ -64,6 +66,8 @@ class ClipTask(TrainingTask):
         self.counts = count_samples(self.shards)
         # a siglip loss that owns its scale leaves the model's logit_scale without a gradient
         self.may_leave_parameters_unused = bool(getattr(loss, "owns_params", False))
+        # a causal, EOT-pooled text tower runs only up to the batch's last EOT (same features and gradients)
+        self.trim_text = can_trim_text(clip_of(model))
 
     def num_samples(self) -> int:
         """Image-text samples in the shards."""
@@ -82,7 +86,8 @@ class ClipTask(TrainingTask):
     def training_forward(self, batch: tuple[torch.Tensor, torch.Tensor], progress: Progress) -> dict[str, torch.Tensor]:
         """The contrastive loss of one batch."""
         images, texts = batch
-        image_f, text_f, scale, bias = unpack_outputs(self.model(images, texts))
+        with trimmed_text(clip_of(self.model), self.trim_text):
+            image_f, text_f, scale, bias = unpack_outputs(self.model(images, texts))
         with full_precision(image_f):
             loss = self.loss(image_f.float(), text_f.float(), scale.float(), None if bias is None else bias.float())
         return {"contrastive": loss}
