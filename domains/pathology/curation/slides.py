@@ -294,12 +294,13 @@ def median3x3(image: np.ndarray) -> np.ndarray:
 
 
 def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
-    """`ndimage.binary_closing(mask, _disk(radius), border_value=0)`, exactly, by 1-D running max/min filters.
+    """`ndimage.binary_closing(mask, _disk(radius), border_value=0)`, exactly, by shifted ORs and ANDs.
 
     A disk is a stack of centred rows, the row at height dy of half-width floor(sqrt(r^2 - dy^2)):
-    dilating by it is the OR over dy of the rows shifted by dy, each dilated horizontally by its
-    half-width (one running-max filter per distinct half-width), and eroding is the AND of running
-    minima, with outside the image False for both. Small radii keep scipy's own.
+    dilating by it is the OR over dy of the image shifted by dy and dilated horizontally by that
+    half-width (each width grown from the previous one by one shift a side), and eroding is the same
+    with AND, outside the image False for both: about 4r whole-image boolean passes per step where
+    scipy takes (2r+1)^2 per pixel. Small radii keep scipy's own.
     """
     if radius <= 2:
         return ndimage.binary_closing(mask, structure=_disk(radius), border_value=0)
@@ -309,17 +310,28 @@ def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
 def _disk_pass(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
     """Binary dilation (`dilate`) or erosion of `mask` by `_disk(radius)`, outside the image False."""
     h = mask.shape[0]
-    flat = mask.view(np.uint8)
-    run = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
+    halves = {math.isqrt(radius * radius - dy * dy) for dy in range(-radius, radius + 1)}
+    # rows[w]: the OR (AND) over x-w..x+w, grown one pixel a side at a time from the previous width
     rows: dict[int, np.ndarray] = {}
+    cur = mask
+    for half in range(max(halves) + 1):
+        if half:
+            grown = cur.copy()
+            if dilate:
+                grown[:, 1:] |= cur[:, :-1]
+                grown[:, :-1] |= cur[:, 1:]
+            else:
+                grown[:, 1:] &= cur[:, :-1]
+                grown[:, :-1] &= cur[:, 1:]
+                grown[:, 0] = grown[:, -1] = False  # their neighbour outside the image is False
+            cur = grown
+        if half in halves:
+            rows[half] = cur
     out = np.zeros(mask.shape, bool) if dilate else np.ones(mask.shape, bool)
     for dy in range(-radius, radius + 1):
-        half = math.isqrt(radius * radius - dy * dy)
-        if half not in rows:
-            rows[half] = run(flat, 2 * half + 1, axis=1, mode="constant", cval=0).view(bool)
         # out[y] combines rows[half][y + dy]; rows shifted in from outside the image are False
+        src = rows[math.isqrt(radius * radius - dy * dy)][max(0, dy) : max(0, min(h, h + dy))]
         dst = out[max(0, -dy) : max(0, min(h, h - dy))]
-        src = rows[half][max(0, dy) : max(0, min(h, h + dy))]
         if dilate:
             dst |= src
         else:
