@@ -107,6 +107,9 @@ def test_hsv_planes_equal_the_channel_reduction() -> None:
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, (120, 90, 3), dtype=np.uint8), rng.integers(0, 256, (33, 40, 4), dtype=np.uint8),
               np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8),
+            # every (r, g) pair with every 7th b, and every b, and ties on the maximum (the hue branches' order)
+            np.stack(np.meshgrid(np.arange(256), np.arange(256), np.arange(0, 256, 7), indexing="ij"), -1).astype(np.uint8),
+            np.stack(np.meshgrid(np.arange(256), np.arange(0, 256, 5), np.arange(256), indexing="ij"), -1).astype(np.uint8),
               np.repeat(rng.integers(0, 256, (50, 50, 1), dtype=np.uint8), 3, axis=2)]  # grey: delta 0
     for rgb in images:
         for got, want in zip(slides._hsv(rgb), reference_hsv(rgb)):

@@ -175,17 +175,34 @@ class SlideJob:
 
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue in degrees, saturation and value in [0, 1] (fast; skimage's rgb2hsv is float64-heavy)."""
-    # one contiguous plane per channel: element-wise max/min are the same values as a reduction over
-    # the channel axis, without its slow length-3 inner loop
-    r, g, b = (rgb[..., c].astype(np.float32) / 255.0 for c in range(3))
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
+    """Hue in degrees, saturation and value in [0, 1] (fast; skimage's rgb2hsv is float64-heavy).
+
+    Each hue branch is computed only where it applies (ufunc `where=`), with the same float32
+    operations as the formula hue = 60 * ((g - b) / delta % 6 | (b - r) / delta + 2 | (r - g) / delta + 4):
+    `% 6` of a value in [-1, 1] is the value, plus 6 when negative. Max and min are taken on the
+    uint8 planes (x / 255 is increasing, so the max of the quotients is the quotient of the max).
+    """
+    planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
+    r, g, b = (p.astype(np.float32) / 255.0 for p in planes)
+    top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
+    mx = top.astype(np.float32) / 255.0
+    mn = np.minimum(np.minimum(planes[0], planes[1]), planes[2]).astype(np.float32) / 255.0
     delta = mx - mn
-    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
-    d = np.maximum(delta, 1e-6)
-    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
-    hue = np.where(delta > 0, hue, 0.0)
+    sat = np.zeros_like(delta)
+    np.divide(delta, mx, out=sat, where=top > 0)
+    chroma = delta > 0
+    red = chroma & (planes[0] == top)
+    green = chroma & ~red & (planes[1] == top)
+    blue = chroma & ~red & ~green
+    hue = np.zeros_like(delta)
+    np.subtract(g, b, out=hue, where=red)
+    np.subtract(b, r, out=hue, where=green)
+    np.subtract(r, g, out=hue, where=blue)
+    np.divide(hue, delta, out=hue, where=chroma)
+    np.add(hue, 6, out=hue, where=red & (hue < 0))
+    np.add(hue, 2, out=hue, where=green)
+    np.add(hue, 4, out=hue, where=blue)
+    hue *= 60.0
     return hue, sat, mx
 
 
