@@ -52,6 +52,15 @@ def test_closing_disk_equals_scipy_closing(radius: int, density: float) -> None:
     assert got.dtype == bool and got.shape == mask.shape
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (2, 2), (3, 7), (6, 2)])
+def test_closing_disk_equals_scipy_closing_on_images_smaller_than_the_disk(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[0] * 10 + shape[1])
+    for radius in (1, 2, 3, 4):
+        for _ in range(5):
+            mask = rng.random(shape) < 0.6
+            np.testing.assert_array_equal(closing_disk(mask, radius), scipy_closing(mask, radius))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 2), (3, 5), (64, 47), (224, 224)])
 def test_median3x3_equals_scipy_median_filter(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(shape[0] * 1000 + shape[1])

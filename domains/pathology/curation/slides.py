@@ -317,10 +317,8 @@ def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     dilating by it is the OR over dy of the image shifted by dy and dilated horizontally by that
     half-width (each width grown from the previous one by one shift a side), and eroding is the same
     with AND, outside the image False for both: about 4r whole-image boolean passes per step where
-    scipy takes (2r+1)^2 per pixel. Small radii keep scipy's own.
+    scipy takes (2r+1)^2 per pixel.
     """
-    if radius <= 2:
-        return ndimage.binary_closing(mask, structure=_disk(radius), border_value=0)
     return _disk_pass(_disk_pass(mask, radius, dilate=True), radius, dilate=False)
 
 
