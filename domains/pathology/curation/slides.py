@@ -487,7 +487,8 @@ def grid_candidates(
     """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
     width, height = dims
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    count = np.int32 if mask.size < 2**31 else np.int64  # int32: half the memory traffic, when it holds the count
+    integral = np.pad(mask.astype(count).cumsum(0, dtype=count).cumsum(1, dtype=count), ((1, 0), (1, 0)))
     out = []
     total = 0
     nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
