@@ -8,7 +8,9 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    a calibrated range, pen marks removed, closed, holes filled, small objects dropped;
 3. lay a tile grid in level-0 coordinates and keep cells whose mask tissue fraction is high enough;
 4. read a seeded random subset of those cells at the pyramid level just finer than the target MPP,
-   resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur).
+   resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur). When the
+   mask's thumbnail had to read all of level 0 (a single-level slide) and tiles come from level 0,
+   they are cut from that read instead of read again: the same pixels, one decode.
 
 Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
 (`SlideNames.group`): the captions table's `patient_id` column when it has one, else the patient part of
