@@ -238,3 +238,44 @@ def test_real_slide_tiles_as_read_one_by_one(monkeypatch) -> None:
     got = _tiles(path, cfg)
     assert got == _tiles_read_one_by_one(path, cfg, monkeypatch)
     assert len(got[0]) == 37  # issue 16's measurement: 37 of the 49 cells the mask passes
+
+
+def reference_grid_candidates(mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float,
+                              min_fraction: float) -> tuple[list[tuple[int, int, float]], int]:
+    """grid_candidates as it was: a whole-mask integral image."""
+    import math
+
+    width, height = dims
+    sx, sy = mask.shape[1] / width, mask.shape[0] / height
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    out, total = [], 0
+    nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
+    ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    for j in range(ny):
+        for i in range(nx):
+            x, y = int(round(i * stride0)), int(round(j * stride0))
+            total += 1
+            c0, r0 = int(x * sx), int(y * sy)
+            c1 = max(c0 + 1, min(mask.shape[1], int(math.ceil((x + size0) * sx))))
+            r1 = max(r0 + 1, min(mask.shape[0], int(math.ceil((y + size0) * sy))))
+            area = (r1 - r0) * (c1 - c0)
+            frac = (integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]) / area
+            if frac >= min_fraction:
+                out.append((x, y, float(frac)))
+    return out, total
+
+
+@pytest.mark.parametrize("dims,mask_shape,size0,stride0", [
+    ((2220, 2967), (2048, 1532), 224.45, 224.45),  # CMU-1-Small-Region at 0.5 um/px
+    ((4096, 4096), (512, 512), 128.0, 64.0),  # overlapping cells
+    ((1037, 1100), (1100, 1037), 65.3, 65.3),  # mask at level 0: cells touching the mask's edge
+    ((5000, 300), (41, 683), 300.0, 97.5),  # one row of cells, mask coarser than a cell
+    ((100, 100), (10, 10), 200.0, 200.0),  # no cell fits
+])
+def test_grid_candidates_as_with_the_whole_integral_image(dims, mask_shape, size0, stride0) -> None:
+    rng = np.random.default_rng(mask_shape[0])
+    noise = ndimage.gaussian_filter(rng.random(mask_shape), sigma=3)
+    mask = noise > np.quantile(noise, 0.5)
+    for fraction in (0.0, 0.3, 0.5, 0.9):
+        assert slides.grid_candidates(mask, dims, size0, stride0, fraction) == reference_grid_candidates(
+            mask, dims, size0, stride0, fraction)

@@ -489,25 +489,43 @@ def grid_candidates(
     """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
     width, height = dims
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
-    count = np.int32 if mask.size < 2**31 else np.int64  # int32: half the memory traffic, when it holds the count
-    integral = np.pad(mask.astype(count).cumsum(0, dtype=count).cumsum(1, dtype=count), ((1, 0), (1, 0)))
-    out = []
-    total = 0
     nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
     ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    cells = []  # (x, y, mask rows r0:r1, columns c0:c1)
     for j in range(ny):
         for i in range(nx):
             x, y = int(round(i * stride0)), int(round(j * stride0))
-            total += 1
             c0, r0 = int(x * sx), int(y * sy)
             c1 = max(c0 + 1, min(mask.shape[1], int(math.ceil((x + size0) * sx))))
             r1 = max(r0 + 1, min(mask.shape[0], int(math.ceil((y + size0) * sy))))
-            area = (r1 - r0) * (c1 - c0)
-            tissue = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-            frac = tissue / area
-            if frac >= min_fraction:
-                out.append((x, y, float(frac)))
-    return out, total
+            cells.append((x, y, r0, r1, c0, c1))
+    if not cells:
+        return [], 0
+    rows, row_at = _integral_lines(sorted({0, *(c[2] for c in cells), *(c[3] for c in cells)}), mask.shape[0])
+    cols, col_at = _integral_lines(sorted({0, *(c[4] for c in cells), *(c[5] for c in cells)}), mask.shape[1])
+    # The integral image on the cells' edges only: block sums between consecutive edges, then their
+    # cumulative sums, the same integers as a whole-mask integral image with a fraction of its passes.
+    count = np.int32 if mask.size < 2**31 else np.int64
+    blocks = np.add.reduceat(np.add.reduceat(mask, rows, axis=0, dtype=count), cols, axis=1, dtype=count)
+    integral = np.zeros((len(rows) + 1, len(cols) + 1), count)
+    integral[1:, 1:] = blocks.cumsum(0, dtype=count).cumsum(1, dtype=count)
+    out = []
+    for x, y, r0, r1, c0, c1 in cells:
+        a0, a1, b0, b1 = row_at[r0], row_at[r1], col_at[c0], col_at[c1]
+        area = (r1 - r0) * (c1 - c0)
+        tissue = integral[a1, b1] - integral[a0, b1] - integral[a1, b0] + integral[a0, b0]
+        frac = tissue / area
+        if frac >= min_fraction:
+            out.append((x, y, float(frac)))
+    return out, len(cells)
+
+
+def _integral_lines(edges: list[int], length: int) -> tuple[list[int], dict[int, int]]:
+    """The block starts for np.add.reduceat (edges inside the mask) and each edge's index into the cumulative sums."""
+    starts = [e for e in edges if e < length]
+    at = {e: k for k, e in enumerate(starts)}
+    at[length] = len(starts)
+    return starts, at
 
 
 # ---------------------------------------------------------------- planning
