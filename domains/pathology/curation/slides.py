@@ -8,7 +8,9 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    a calibrated range, pen marks removed, closed, holes filled, small objects dropped;
 3. lay a tile grid in level-0 coordinates and keep cells whose mask tissue fraction is high enough;
 4. read a seeded random subset of those cells at the pyramid level just finer than the target MPP,
-   resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur).
+   resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur). When the
+   mask's thumbnail had to read all of level 0 (a single-level slide) and tiles come from level 0,
+   they are cut from that read instead of read again: the same pixels, one decode.
 
 Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
 (`SlideNames.group`): the captions table's `patient_id` column when it has one, else the patient part of
@@ -73,6 +75,9 @@ SAT_FLOOR = 0.07
 SAT_CEIL = 0.15
 
 DARK_GREY = 210.0  # grey level (0-255) below which a pixel is not bare glass (scanner background ~230-245)
+
+# Largest level 0 (pixels) kept in memory to cut tiles from, when the mask's thumbnail reads all of it anyway
+LEVEL0_KEEP_MAX_PIXELS = 1 << 28
 
 TARGET_TOLERANCE = 1.1  # a slide up to 10% coarser than target_mpp is resampled, not rejected
 
@@ -172,17 +177,34 @@ class SlideJob:
 
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue in degrees, saturation and value in [0, 1] (fast; skimage's rgb2hsv is float64-heavy)."""
-    # one contiguous plane per channel: element-wise max/min are the same values as a reduction over
-    # the channel axis, without its slow length-3 inner loop
-    r, g, b = (rgb[..., c].astype(np.float32) / 255.0 for c in range(3))
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
+    """Hue in degrees, saturation and value in [0, 1] (fast; skimage's rgb2hsv is float64-heavy).
+
+    Each hue branch is computed only where it applies (ufunc `where=`), with the same float32
+    operations as the formula hue = 60 * ((g - b) / delta % 6 | (b - r) / delta + 2 | (r - g) / delta + 4):
+    `% 6` of a value in [-1, 1] is the value, plus 6 when negative. Max and min are taken on the
+    uint8 planes (x / 255 is increasing, so the max of the quotients is the quotient of the max).
+    """
+    planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
+    r, g, b = (p.astype(np.float32) / 255.0 for p in planes)
+    top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
+    mx = top.astype(np.float32) / 255.0
+    mn = np.minimum(np.minimum(planes[0], planes[1]), planes[2]).astype(np.float32) / 255.0
     delta = mx - mn
-    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
-    d = np.maximum(delta, 1e-6)
-    hue = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0
-    hue = np.where(delta > 0, hue, 0.0)
+    sat = np.zeros_like(delta)
+    np.divide(delta, mx, out=sat, where=top > 0)
+    chroma = delta > 0
+    red = chroma & (planes[0] == top)
+    green = chroma & ~red & (planes[1] == top)
+    blue = chroma & ~red & ~green
+    hue = np.zeros_like(delta)
+    np.subtract(g, b, out=hue, where=red)
+    np.subtract(b, r, out=hue, where=green)
+    np.subtract(r, g, out=hue, where=blue)
+    np.divide(hue, delta, out=hue, where=chroma)
+    np.add(hue, 6, out=hue, where=red & (hue < 0))
+    np.add(hue, 2, out=hue, where=green)
+    np.add(hue, 4, out=hue, where=blue)
+    hue *= 60.0
     return hue, sat, mx
 
 
@@ -225,18 +247,50 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
         pen = _pen_from_hsv(hue, sat, val)
     grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     # Saturated (stained) or clearly darker than glass: pale membranes of fat cells are grey, not pink.
-    # A 3x3 median first: scanner/JPEG noise on glass is pixel-sized, membranes are continuous lines,
-    # so closing cannot knit noise into a net.
-    sat, grey = median3x3(sat), median3x3(grey)
-    mask = ((sat > t) | (grey < DARK_GREY)) & ~pen
+    # Thresholds of 3x3 medians: scanner/JPEG noise on glass is pixel-sized, membranes are continuous
+    # lines, so closing cannot knit noise into a net. A median of 9 exceeds t exactly when 5 of the 9
+    # values do, so the medians are taken as majorities of the thresholded pixels.
+    mask = (majority3x3(sat > t) | majority3x3(grey < DARK_GREY)) & ~pen
     min_size = max(4, int(mask.size * 2e-4))
     radius = max(1, min(mask.shape) // 128)
     mask = closing_disk(mask, radius)
-    mask = ndimage.binary_fill_holes(mask)
-    # Pale areas small relative to the image count as tissue even where they touch the border: fat
-    # cells and lumina cut by a tile edge are not enclosed, glass background is one large region.
-    mask = ~_drop_small(~mask, max(1, int(mask.size * max_hole_fraction)))
+    # Holes filled, and pale areas small relative to the image count as tissue even where they touch
+    # the border: fat cells and lumina cut by a tile edge are not enclosed, glass is one large region.
+    mask = _fill_holes_and_small_gaps(mask, max(1, int(mask.size * max_hole_fraction)))
     return _drop_small(mask, min_size)
+
+
+def majority3x3(flags: np.ndarray) -> np.ndarray:
+    """True where at least 5 of the 3x3 neighbours are (edges reflected): `median3x3(x) > t` given `x > t`, exactly.
+
+    The median of nine values is the fifth smallest; it exceeds t when at most four values do not,
+    i.e. when five or more do (and it is below t when five or more are). Counting booleans is a few
+    uint8 additions where the sorting network is 38 float min/max passes.
+    """
+    padded = np.pad(flags, 1, mode="symmetric").view(np.uint8)  # numpy's "symmetric" is scipy's "reflect"
+    h, w = flags.shape
+    rows = padded[:-2] + padded[1:-1] + padded[2:]
+    return (rows[:, :w] + rows[:, 1 : w + 1] + rows[:, 2:]) >= 5
+
+
+def _fill_holes_and_small_gaps(mask: np.ndarray, min_gap: int) -> np.ndarray:
+    """`~_drop_small(~ndimage.binary_fill_holes(mask), min_gap)`, exactly, from one labelling of the background.
+
+    binary_fill_holes fills the 4-connected background regions that do not touch the border; the
+    background left is the regions that do, unchanged, and of those the ones under `min_gap` pixels
+    become tissue too. So a background region stays background when it touches the border and has
+    at least `min_gap` pixels.
+    """
+    labels, n = ndimage.label(~mask)
+    if not n:
+        return mask
+    stays = np.bincount(labels.ravel(), minlength=n + 1) >= min_gap
+    on_border = np.zeros(n + 1, bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        on_border[edge] = True
+    stays &= on_border
+    stays[0] = False  # label 0 is the tissue itself
+    return ~stays[labels]
 
 
 # Devillard's 19-exchange network: after it, p[4] holds the median of p[0..8]
@@ -259,20 +313,49 @@ def median3x3(image: np.ndarray) -> np.ndarray:
 
 
 def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
-    """`ndimage.binary_closing(mask, _disk(radius), border_value=0)`, exactly, in time independent of the radius.
+    """`ndimage.binary_closing(mask, _disk(radius), border_value=0)`, exactly, by shifted ORs and ANDs.
 
-    Dilation by a disk keeps the pixels within `radius` of a True pixel, erosion the pixels farther
-    than `radius` from a False one (outside the image counts as False): two Euclidean distance
-    transforms instead of a (2r+1)^2 structuring element per pixel. Small radii keep scipy's own.
+    A disk is a stack of centred rows, the row at height dy of half-width floor(sqrt(r^2 - dy^2)):
+    dilating by it is the OR over dy of the image shifted by dy and dilated horizontally by that
+    half-width (each width grown from the previous one by one shift a side), and eroding is the same
+    with AND, outside the image False for both: about 4r whole-image boolean passes per step where
+    scipy takes (2r+1)^2 per pixel.
     """
-    if radius <= 2:
-        return ndimage.binary_closing(mask, structure=_disk(radius), border_value=0)
-    pad = radius + 1
-    padded = np.pad(mask, pad)
-    dilated = ndimage.distance_transform_edt(~padded) <= radius
-    dilated[:pad] = dilated[-pad:] = False  # erosion's border is False: what dilation spread outside the image
-    dilated[:, :pad] = dilated[:, -pad:] = False
-    return (ndimage.distance_transform_edt(dilated) > radius)[pad:-pad, pad:-pad]
+    return _disk_pass(_disk_pass(mask, radius, dilate=True), radius, dilate=False)
+
+
+def _disk_pass(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
+    """Binary dilation (`dilate`) or erosion of `mask` by `_disk(radius)`, outside the image False."""
+    h = mask.shape[0]
+    halves = {math.isqrt(radius * radius - dy * dy) for dy in range(-radius, radius + 1)}
+    # rows[w]: the OR (AND) over x-w..x+w, grown one pixel a side at a time from the previous width
+    rows: dict[int, np.ndarray] = {}
+    cur = mask
+    for half in range(max(halves) + 1):
+        if half:
+            grown = cur.copy()
+            if dilate:
+                grown[:, 1:] |= cur[:, :-1]
+                grown[:, :-1] |= cur[:, 1:]
+            else:
+                grown[:, 1:] &= cur[:, :-1]
+                grown[:, :-1] &= cur[:, 1:]
+                grown[:, 0] = grown[:, -1] = False  # their neighbour outside the image is False
+            cur = grown
+        if half in halves:
+            rows[half] = cur
+    out = np.zeros(mask.shape, bool) if dilate else np.ones(mask.shape, bool)
+    for dy in range(-radius, radius + 1):
+        # out[y] combines rows[half][y + dy]; rows shifted in from outside the image are False
+        src = rows[math.isqrt(radius * radius - dy * dy)][max(0, dy) : max(0, min(h, h + dy))]
+        dst = out[max(0, -dy) : max(0, min(h, h - dy))]
+        if dilate:
+            dst |= src
+        else:
+            dst &= src
+            out[: max(0, min(h, -dy))] = False
+            out[max(0, min(h, h - dy)) :] = False
+    return out
 
 
 def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
@@ -338,16 +421,50 @@ def slide_mpp(props: dict[str, str], fallback: float | None = None) -> tuple[flo
 
 def _mask_image(slide: Any, max_dim: int) -> np.ndarray:
     """RGB at the pyramid level whose larger side is the largest <= max_dim, else a thumbnail."""
+    return _mask_image_and_level0(slide, max_dim, keep_level0=False)[0]
+
+
+def _mask_image_and_level0(slide: Any, max_dim: int, keep_level0: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_mask_image`'s RGB, and (with `keep_level0`) the whole of level 0 as RGB when that is what it read, else None.
+
+    A slide small enough to have its mask made from level 0 (a single-level slide, whose thumbnail
+    reads all of it) need not be read again tile by tile: the tiles are cut from this read. The
+    thumbnail is made as `OpenSlide.get_thumbnail` makes it, from the same read.
+    """
     best = None
     for level, (w, h) in enumerate(slide.level_dimensions):
         if max(w, h) <= max_dim:
             best = level
             break
-    if best is None:
-        img = slide.get_thumbnail((max_dim, max_dim))
-    else:
-        img = slide.read_region((0, 0), best, slide.level_dimensions[best])
-    return _to_rgb(img)
+    if best is not None:
+        rgb = _to_rgb(slide.read_region((0, 0), best, slide.level_dimensions[best]))
+        return rgb, (rgb if keep_level0 and best == 0 else None)
+    size = (max_dim, max_dim)
+    downsample = max(dim / thumb for dim, thumb in zip(slide.dimensions, size))
+    too_large = slide.dimensions[0] * slide.dimensions[1] > LEVEL0_KEEP_MAX_PIXELS
+    if not keep_level0 or too_large or slide.get_best_level_for_downsample(downsample) != 0:
+        return _to_rgb(slide.get_thumbnail(size)), None
+    region = slide.read_region((0, 0), 0, slide.dimensions)
+    # get_thumbnail's steps (openslide-python 1.4): over the slide's background colour, LANCZOS thumbnail
+    background = slide.properties.get("openslide.background-color", "ffffff")
+    thumb = Image.new("RGB", region.size, "#" + background)
+    thumb.paste(region, None, region)
+    # over white, as _to_rgb composites tiles (the same image unless the slide names another background)
+    level0 = np.asarray(thumb) if background.lower() == "ffffff" else _to_rgb(region)
+    del region
+    thumb.thumbnail(size, Image.LANCZOS)
+    return _to_rgb(thumb), level0
+
+
+def _cut(level0: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
+    """`_to_rgb(slide.read_region((x, y), 0, (size, size)))` from the whole of level 0 as RGB: white beyond the slide."""
+    h, w = level0.shape[:2]
+    if x + size <= w and y + size <= h:
+        return level0[y : y + size, x : x + size]
+    tile = np.full((size, size, 3), 255, np.uint8)  # read_region is transparent there, _to_rgb makes it white
+    inside = level0[y : y + size, x : x + size]
+    tile[: inside.shape[0], : inside.shape[1]] = inside
+    return tile
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -372,24 +489,43 @@ def grid_candidates(
     """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
     width, height = dims
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    out = []
-    total = 0
     nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
     ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    cells = []  # (x, y, mask rows r0:r1, columns c0:c1)
     for j in range(ny):
         for i in range(nx):
             x, y = int(round(i * stride0)), int(round(j * stride0))
-            total += 1
             c0, r0 = int(x * sx), int(y * sy)
             c1 = max(c0 + 1, min(mask.shape[1], int(math.ceil((x + size0) * sx))))
             r1 = max(r0 + 1, min(mask.shape[0], int(math.ceil((y + size0) * sy))))
-            area = (r1 - r0) * (c1 - c0)
-            tissue = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
-            frac = tissue / area
-            if frac >= min_fraction:
-                out.append((x, y, float(frac)))
-    return out, total
+            cells.append((x, y, r0, r1, c0, c1))
+    if not cells:
+        return [], 0
+    rows, row_at = _integral_lines(sorted({0, *(c[2] for c in cells), *(c[3] for c in cells)}), mask.shape[0])
+    cols, col_at = _integral_lines(sorted({0, *(c[4] for c in cells), *(c[5] for c in cells)}), mask.shape[1])
+    # The integral image on the cells' edges only: block sums between consecutive edges, then their
+    # cumulative sums, the same integers as a whole-mask integral image with a fraction of its passes.
+    count = np.int32 if mask.size < 2**31 else np.int64
+    blocks = np.add.reduceat(np.add.reduceat(mask, rows, axis=0, dtype=count), cols, axis=1, dtype=count)
+    integral = np.zeros((len(rows) + 1, len(cols) + 1), count)
+    integral[1:, 1:] = blocks.cumsum(0, dtype=count).cumsum(1, dtype=count)
+    out = []
+    for x, y, r0, r1, c0, c1 in cells:
+        a0, a1, b0, b1 = row_at[r0], row_at[r1], col_at[c0], col_at[c1]
+        area = (r1 - r0) * (c1 - c0)
+        tissue = integral[a1, b1] - integral[a0, b1] - integral[a1, b0] + integral[a0, b0]
+        frac = tissue / area
+        if frac >= min_fraction:
+            out.append((x, y, float(frac)))
+    return out, len(cells)
+
+
+def _integral_lines(edges: list[int], length: int) -> tuple[list[int], dict[int, int]]:
+    """The block starts for np.add.reduceat (edges inside the mask) and each edge's index into the cumulative sums."""
+    starts = [e for e in edges if e < length]
+    at = {e: k for k, e in enumerate(starts)}
+    at[length] = len(starts)
+    return starts, at
 
 
 # ---------------------------------------------------------------- planning
@@ -530,10 +666,13 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         downsample = cfg.target_mpp / mpp0
         if downsample * TARGET_TOLERANCE < 1.0:
             return reject_slide(REASON_TOO_COARSE)
+        level = _read_level(slide, downsample)
         try:
-            mask = tissue_mask(_mask_image(slide, cfg.mask_level_max_dim))
+            mask_rgb, level0 = _mask_image_and_level0(slide, cfg.mask_level_max_dim, keep_level0=level == 0)
+            mask = tissue_mask(mask_rgb)
         except openslide.OpenSlideError:
             return reject_slide(REASON_READ_FAILED)
+        del mask_rgb
         size0 = cfg.tile_size * downsample
         stride0 = cfg.stride * downsample
         candidates, n_grid = grid_candidates(mask, slide.dimensions, size0, stride0, cfg.min_tissue_fraction)
@@ -542,7 +681,6 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         if not candidates:
             return reject_slide(REASON_NO_TISSUE)
 
-        level = _read_level(slide, downsample)
         level_ds = float(slide.level_downsamples[level])
         read_px = max(1, int(math.ceil(size0 / level_ds)))
         rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
@@ -554,14 +692,16 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             x, y, mask_frac = candidates[idx]
             result.counts["tiles_read"] += 1
             try:
-                region = slide.read_region((x, y), level, (read_px, read_px))
+                if level0 is not None:
+                    img = Image.fromarray(_cut(level0, x, y, read_px))
+                else:
+                    img = Image.fromarray(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))))
             except openslide.OpenSlideError:
                 # A damaged file can open and fail on its first tile read; openslide is unusable after an
                 # error, so the slide stops here and keeps the tiles read before it.
                 result.rejects.append(Reject(f"{job.source or job.path}#x{x}-y{y}", STAGE_SLIDE, REASON_READ_FAILED))
                 result.counts["slides_read_failed"] += 1
                 break
-            img = Image.fromarray(_to_rgb(region))
             if img.size != (cfg.tile_size, cfg.tile_size):
                 img = img.resize((cfg.tile_size, cfg.tile_size), Image.LANCZOS)
             rgb = np.asarray(img)
