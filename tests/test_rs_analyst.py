@@ -174,6 +174,9 @@ def test_map_writes_class_and_probability_rasters_regions_and_quicklook(encoder:
     assert result.pixels_per_second == pytest.approx(result.windows_per_second * 256, abs=0.005 * 256 + 0.05)  # both rounded
     with Image.open(result.quicklook) as png:
         assert png.format == "PNG" and png.width >= 500
+        pixels = np.asarray(png.convert("RGB"))
+    for colour in summary["class_colours"].values():  # every class's legend swatch, in its exact colour
+        assert (pixels == colour).all(axis=2).sum() >= 100
     assert result.quicklook.stat().st_size < 300_000
 
 
