@@ -35,6 +35,7 @@ from domains.remote_sensing.curation.mosaic import Mosaic, RasterInfo, join_prob
 from domains.remote_sensing.curation.tiles import (
     WGS84,
     MemberReadError,
+    TileSource,
     keeps_own_crs,
     mosaic_limits,
     read_mosaic_tile,
@@ -267,7 +268,7 @@ class WindowReader:
                  resampling: Resampling) -> None:
         self.members, self.crs_wkt, self.origin, self.stride, self.side = members, crs_wkt, origin, stride, side
         self.size, self.limits, self.min_valid, self.resampling = size, limits, min_valid, resampling
-        self._sources: dict[int, Any] = {}
+        self._sources: dict[int, TileSource] = {}
         self._crs: CRS | None = None
 
     @classmethod
@@ -281,12 +282,14 @@ class WindowReader:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_sources": {}, "_crs": None}  # worker processes open their own handles
 
-    def _source(self, index: int) -> Any:
+    def _source(self, index: int) -> TileSource:
+        # The validity rule is decided once per raster and process (TileSource), not once per window.
         if index not in self._sources:
+            path, bands, _ = self.members[index]
             try:
-                self._sources[index] = rasterio.open(self.members[index][0])
+                self._sources[index] = TileSource.of(rasterio.open(path), bands)
             except rasterio.errors.RasterioError:
-                raise RasterReadError(self.members[index][0]) from None
+                raise RasterReadError(path) from None
         return self._sources[index]
 
     def read(self, bounds: tuple[float, float, float, float], size: int) -> tuple[np.ndarray, float] | None:
@@ -297,7 +300,7 @@ class WindowReader:
         touching = [i for i, (_, _, b) in enumerate(self.members) if left < b[2] and right > b[0] and bottom < b[3] and top > b[1]]
         if not touching:
             return None
-        sources = [(self._source(i), self.members[i][1]) for i in touching]
+        sources = [self._source(i) for i in touching]
         try:
             tile, _ = read_mosaic_tile(sources, self._crs, bounds, size, self.resampling)
         except MemberReadError as exc:
@@ -316,8 +319,8 @@ class WindowReader:
 
     def close(self) -> None:
         """Close this process's handles."""
-        for src in self._sources.values():
-            src.close()
+        for source in self._sources.values():
+            source.src.close()
         self._sources = {}
 
 
