@@ -9,16 +9,16 @@ mask is common to both and not timed) are scored three ways, interleaved, `--rep
             tiles per model call) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON).
 
-Prints tiles, median seconds, tiles per second and the ratio batched / plain (medians). The
-probabilities of plain and batched are checked to agree. `--mosaic N` tiles the slide's level-0
+Prints tiles, median seconds, tiles per second and the ratio batched / plain (medians), once per
+`--threads` count. The probabilities of plain and batched are checked to agree. `--mosaic N` tiles the slide's level-0
 image N x N into a larger pyramidal TIFF first (a larger input from a real slide).
 
 Without `--model`, the export `exports/pathology` when there is one, else the demo's tiny
 architecture randomly initialised (throughput does not depend on the weights). `--json PATH` writes
-the benchmark contract's rows (batched and map, each against plain).
+the benchmark contract's rows (batched and map, each against plain, per thread count).
 
 Usage: python benchmarks/pathology_map.py [--slide S] [--model EXPORT] [--tile-size 224] [--mosaic 1] [--repeats 3]
-       [--threads 1] [--json PATH]
+       [--threads 1 [0 ...]] [--json PATH]
 """
 from __future__ import annotations
 
@@ -87,13 +87,14 @@ def main() -> None:
     ap.add_argument("--mosaic", type=int, default=1, help="repeat the slide's image N x N (1: the slide itself)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch CPU threads (0: torch's default); several values "
+                    "measure each in turn, every method at the same count")
     ap.add_argument("--json", type=Path, default=None, help="write the benchmark contract's JSON here")
     args = ap.parse_args()
     if not args.slide.is_file():
         raise SystemExit(f"{args.slide}: no such slide; pass --slide (an OpenSlide-readable whole-slide image)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
             args.model = MODEL if MODEL.is_dir() else random_model(Path(tmp))
@@ -108,36 +109,42 @@ def main() -> None:
             "map": lambda: map_slide(encoder, slide, Path(tmp) / "out", mpp=args.mpp, tile_size=args.tile_size,
                                      batch_size=args.batch_size, workers=args.workers),
         }
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        outputs = {}
-        for _ in range(args.repeats):  # interleaved, so machine noise hits every method alike
-            for name, fn in methods.items():
-                t0 = time.perf_counter()
-                outputs[name] = fn()
-                times[name].append(time.perf_counter() - t0)
-        agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
-    medians = {name: float(np.median(t)) for name, t in times.items()}
-    result = {
-        "slide": str(args.slide), "mosaic": args.mosaic, "dimensions_level0": list(tiling.dimensions), "model": str(args.model),
-        "device": str(encoder.device), "torch_threads": torch.get_num_threads(), "tile_size": args.tile_size, "mpp": args.mpp,
-        "level": tiling.level, "tissue_tiles": n, "grid_cells": tiling.n_grid, "batch_size": args.batch_size, "workers": args.workers,
-        "repeats": args.repeats, "max_probability_difference_plain_vs_batched": agree,
-        **{name: {"median_s": round(t, 3), "tiles_per_s": round(n / t, 1), "runs_s": [round(v, 3) for v in times[name]]}
-           for name, t in medians.items()},
-        "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
-        "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
-    }
-    print(json.dumps(result, indent=2))
+        for threads in args.threads:
+            torch.set_num_threads(threads or default_threads)
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            outputs = {}
+            for _ in range(args.repeats):  # interleaved, so machine noise hits every method alike
+                for name, fn in methods.items():
+                    t0 = time.perf_counter()
+                    outputs[name] = fn()
+                    times[name].append(time.perf_counter() - t0)
+            agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
+            medians = {name: float(np.median(t)) for name, t in times.items()}
+            count = torch.get_num_threads()
+            result = {
+                "slide": str(args.slide), "mosaic": args.mosaic, "dimensions_level0": list(tiling.dimensions), "model": str(args.model),
+                "device": str(encoder.device), "torch_threads": count, "torch_default_threads": default_threads,
+                "tile_size": args.tile_size, "mpp": args.mpp, "level": tiling.level, "tissue_tiles": n, "grid_cells": tiling.n_grid,
+                "batch_size": args.batch_size, "workers": args.workers, "repeats": args.repeats,
+                "max_probability_difference_plain_vs_batched": agree,
+                **{name: {"median_s": round(t, 3), "tiles_per_s": round(n / t, 1), "runs_s": [round(v, 3) for v in times[name]]}
+                   for name, t in medians.items()},
+                "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
+                "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
+            }
+            print(json.dumps(result, indent=2), flush=True)
+            at = f"{count} torch thread{'s' if count > 1 else ''}{' (torch default)' if count == default_threads else ''}"
+            peer = "plain loop: read, preprocess, embed (batch of 1) and score one tile at a time"
+            notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
+                     f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} for every method, "
+                     f"batch {args.batch_size}, {args.workers} reader processes; max |p_plain - p_batched| = {agree:.2e}")
+            rows += [{"figure": f"{figure}, {at}", "unit": "tiles/s", "ours": round(n / medians[key], 2), "peer": peer,
+                      "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
+                      "bar": 3.0, "repeats": args.repeats, "notes": notes}
+                     for key, figure in (("batched", "slide mapping: reading and scoring the tissue tiles (embed_tiles)"),
+                                         ("map", "slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, "
+                                                 "GeoJSON)"))]
     if args.json:
-        peer = "plain loop: read, preprocess, embed (batch of 1) and score one tile at a time"
-        notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}), "
-                 f"model {args.model}, {result['torch_threads']} torch thread(s), batch {args.batch_size}, "
-                 f"{args.workers} reader processes; max |p_plain - p_batched| = {agree:.2e}")
-        rows = [{"figure": figure, "unit": "tiles/s", "ours": round(n / medians[key], 2), "peer": peer,
-                 "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
-                 "bar": 3.0, "repeats": args.repeats, "notes": notes}
-                for key, figure in (("batched", "slide mapping: reading and scoring the tissue tiles (embed_tiles)"),
-                                    ("map", "slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON)"))]
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
                                "machine": machine(), "rows": rows})
 

@@ -10,14 +10,16 @@ scored three ways, interleaved, `--repeats` times:
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON).
 
 Prints windows, median seconds, windows and pixels per second and the ratio batched / plain
-(medians); `--json PATH` writes the benchmark contract's rows (batched and map, each against plain).
+(medians), once per `--threads` count; `--json PATH` writes the benchmark contract's rows (batched and
+map, each against plain, per thread count).
 The probabilities of plain and batched are checked to agree. Without `--raster`, a synthetic
 `--size` x `--size` px scene at 1 m (EPSG:32631) is written first: a procedural landscape of the
 demo (`render_landscape`, 1024 px) repeated and mirrored to size. Without `--model`, the export
 `exports/remote_sensing` when there is one, else the demo's tiny architecture randomly initialised
 (throughput does not depend on the weights) with the demo's windows (64 px at 2 m: `--tile-m 128`).
 
-Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT] [--size 4096] [--tile-m M] [--repeats 3] [--threads 1] [--json PATH]
+Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT] [--size 4096] [--tile-m M] [--repeats 3]
+       [--threads 1 [0 ...]] [--json PATH]
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import rasterio
@@ -62,6 +65,20 @@ def score_batched(encoder: ClipEncoder, classifier: ZeroShotClassifier, grid: Wi
     return classifier.probabilities(embeddings)
 
 
+def measure(methods: dict[str, Callable[[], Any]], repeats: int, cuda: bool) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Every method's run times, interleaved `repeats` times so machine noise hits every method alike, and its last output."""
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    outputs = {}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return times, outputs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raster", type=Path, default=None, help="scene to map (default: a synthetic --size px scene)")
@@ -74,12 +91,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); on a busy machine 1 "
-                    "spares a batch of one the threads' synchronisation")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="torch CPU threads (0: torch's default); several "
+                    "values measure each in turn, every method at the same count; on a busy machine 1 spares a batch of "
+                    "one the threads' synchronisation")
     ap.add_argument("--json", type=Path, default=None, help="write the benchmark contract's JSON here")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    results, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:
             args.model = MODEL if MODEL.is_dir() else random_model(Path(tmp))
@@ -93,48 +111,46 @@ def main() -> None:
         scene = open_scene([raster])
         grid = window_grid(args.model, encoder, scene, args.tile_m, args.stride_m, 0.5)
         n = len(grid.windows)
+        with rasterio.open(raster) as src:
+            shape = [src.height, src.width]
         methods = {
             "plain": lambda: score_plain(encoder, classifier, grid),
             "batched": lambda: score_batched(encoder, classifier, grid, args.batch_size, args.workers),
             "map": lambda: map_raster(encoder, raster, Path(tmp) / "out", tile_m=grid.tile_m, stride_m=grid.stride_m,
                                       batch_size=args.batch_size, workers=args.workers),
         }
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        outputs = {}
-        for _ in range(args.repeats):  # interleaved, so machine noise hits every method alike
-            for name, fn in methods.items():
-                if encoder.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                outputs[name] = fn()
-                times[name].append(time.perf_counter() - t0)
-        agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
-        with rasterio.open(raster) as src:
-            shape = [src.height, src.width]
-    medians = {name: float(np.median(t)) for name, t in times.items()}
-    pixels = n * (grid.stride_m / scene.gsd_m) ** 2
-    result = {
-        "raster": str(args.raster or f"synthetic {args.size} x {args.size} px, 1 m (written in {prepare_s:.1f} s, not timed)"),
-        "pixels": shape, "model": str(args.model), "device": str(encoder.device), "torch_threads": torch.get_num_threads(),
-        "tile_m": grid.tile_m, "stride_m": grid.stride_m, "window_px": grid.window_px, "windows": n, "grid": [grid.rows, grid.cols],
-        "batch_size": args.batch_size, "workers": args.workers, "repeats": args.repeats,
-        "max_probability_difference_plain_vs_batched": agree,
-        **{name: {"median_s": round(t, 3), "windows_per_s": round(n / t, 1), "megapixels_per_s": round(pixels / t / 1e6, 2),
-                  "runs_s": [round(v, 3) for v in times[name]]} for name, t in medians.items()},
-        "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
-        "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
-    }
-    print(json.dumps(result, indent=2))
+        for threads in args.threads:
+            torch.set_num_threads(threads or default_threads)
+            times, outputs = measure(methods, args.repeats, encoder.device.type == "cuda")
+            agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
+            medians = {name: float(np.median(t)) for name, t in times.items()}
+            pixels = n * (grid.stride_m / scene.gsd_m) ** 2
+            result = {
+                "raster": str(args.raster or f"synthetic {args.size} x {args.size} px, 1 m (written in {prepare_s:.1f} s, not timed)"),
+                "pixels": shape, "model": str(args.model), "device": str(encoder.device), "torch_threads": torch.get_num_threads(),
+                "torch_default_threads": default_threads,
+                "tile_m": grid.tile_m, "stride_m": grid.stride_m, "window_px": grid.window_px, "windows": n, "grid": [grid.rows, grid.cols],
+                "batch_size": args.batch_size, "workers": args.workers, "repeats": args.repeats,
+                "max_probability_difference_plain_vs_batched": agree,
+                **{name: {"median_s": round(t, 3), "windows_per_s": round(n / t, 1), "megapixels_per_s": round(pixels / t / 1e6, 2),
+                          "runs_s": [round(v, 3) for v in times[name]]} for name, t in medians.items()},
+                "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
+                "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
+            }
+            results.append(result)
+            print(json.dumps(result, indent=2), flush=True)
+            count = torch.get_num_threads()
+            at = f"{count} torch thread{'s' if count > 1 else ''}{' (torch default)' if count == default_threads else ''}"
+            peer = "plain loop: read, preprocess, embed (batch of 1) and score one window at a time"
+            notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
+                     f"{at} for every method, batch {args.batch_size}, {args.workers} reader processes; "
+                     f"max |p_plain - p_batched| = {agree:.2e}")
+            rows += [{"figure": f"{figure}, {at}", "unit": "windows/s", "ours": round(n / medians[key], 2), "peer": peer,
+                      "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
+                      "bar": 3.0, "repeats": args.repeats, "notes": notes}
+                     for key, figure in (("batched", "scene mapping: reading and scoring the windows (embed_grid)"),
+                                         ("map", "scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look)"))]
     if args.json:
-        peer = "plain loop: read, preprocess, embed (batch of 1) and score one window at a time"
-        notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
-                 f"{result['torch_threads']} torch thread(s), batch {args.batch_size}, {args.workers} reader processes; "
-                 f"max |p_plain - p_batched| = {agree:.2e}")
-        rows = [{"figure": figure, "unit": "windows/s", "ours": round(n / medians[key], 2), "peer": peer,
-                 "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
-                 "bar": 3.0, "repeats": args.repeats, "notes": notes}
-                for key, figure in (("batched", "scene mapping: reading and scoring the windows (embed_grid)"),
-                                    ("map", "scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look)"))]
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
                                "machine": machine(), "rows": rows})
 

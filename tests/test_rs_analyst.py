@@ -174,6 +174,9 @@ def test_map_writes_class_and_probability_rasters_regions_and_quicklook(encoder:
     assert result.pixels_per_second == pytest.approx(result.windows_per_second * 256, abs=0.005 * 256 + 0.05)  # both rounded
     with Image.open(result.quicklook) as png:
         assert png.format == "PNG" and png.width >= 500
+        pixels = np.asarray(png.convert("RGB"))
+    for colour in summary["class_colours"].values():  # every class's legend swatch, in its exact colour
+        assert (pixels == colour).all(axis=2).sum() >= 100
     assert result.quicklook.stat().st_size < 300_000
 
 
@@ -223,6 +226,28 @@ def test_rasters_by_url_map_as_the_local_files_do(encoder: ClipEncoder, scenes: 
         np.testing.assert_array_equal(a.read(), b.read())
     assert json.loads(remote.summary.read_text())["rasters"] == urls  # the URLs as given, not collapsed into paths
     assert not [r for m, p, r in requests if m == "GET" and r is None]  # read in place: byte ranges only
+
+
+@pytest.mark.parametrize("tile_m, stride_m, window_px", [(32, 32, 64), (32, 16, 64), (128, 128, 16), (30, 20, 24), (32, 21, 64)])
+@pytest.mark.parametrize("names", [["scene"], ["nan"], ["uint16"], ["west", "east"], ["east", "west"]])
+def test_windows_read_in_strips_equal_one_window_at_a_time(scenes: dict[str, Path], names: list[str], tile_m: float, stride_m: float,
+                                                          window_px: int) -> None:
+    """read_batch cuts runs of windows out of one warp: the pixels (and which windows hold too little data) do not change.
+
+    Upsampled (bilinear) and downsampled (average) windows, windows past the scene's edges, NaN and
+    nodata holes, a mosaic in both orders; (32, 21, 64) does not fall on one pixel grid (read one by one).
+    """
+    grid = plan_grid(open_scene([scenes[n] for n in names]), tile_m, stride_m, window_px)
+    read = WindowReader.of(grid)
+    alone = [read(window) for window in grid.windows]
+    batches = [read.read_batch(grid.windows[i:i + 37]) for i in range(0, len(grid.windows), 37)]  # runs cut mid-row too
+    together = [pixels for batch in batches for pixels in batch]
+    read.close()
+    assert len(together) == len(alone) and 0 < sum(p is not None for p in alone)
+    for window, a, b in zip(grid.windows, alone, together):
+        assert (a is None) == (b is None), window
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=str(window))
 
 
 def test_overlapping_windows_batched_equal_one_window_at_a_time(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path) -> None:
@@ -402,15 +427,23 @@ def test_unreadable_window_in_a_reader_process_is_named(encoder: ClipEncoder, sc
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from domains.remote_sensing import analyst_windows
 
-    real = analyst_windows.read_mosaic_tile
+    real_mosaic, real_tile = analyst_windows.read_mosaic_tile, analyst_windows.read_tile
+    calls = {"n": 0}
 
-    def damaged_after_two(sources, *args, **kwargs):
-        damaged_after_two.calls = getattr(damaged_after_two, "calls", 0) + 1
-        if damaged_after_two.calls > 2:
+    def damaged_after_two(sources, *args, **kwargs):  # a window read by itself
+        calls["n"] += 1
+        if calls["n"] > 2:
             raise analyst_windows.MemberReadError(0)  # as a truncated strip fails when read
-        return real(sources, *args, **kwargs)
+        return real_mosaic(sources, *args, **kwargs)
+
+    def strip_damaged_after_two(source, *args, **kwargs):  # a run of windows read together (read_batch)
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise rasterio.errors.RasterioError("TIFFReadEncodedStrip failed")
+        return real_tile(source, *args, **kwargs)
 
     monkeypatch.setattr(analyst_windows, "read_mosaic_tile", damaged_after_two)  # worker processes fork with it
+    monkeypatch.setattr(analyst_windows, "read_tile", strip_damaged_after_two)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="scene.tif: unreadable raster data"):
         map_raster(encoder, scenes["scene"], out, classes=CLASSES, batch_size=4, **{**FAST, "workers": 2})

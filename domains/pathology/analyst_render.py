@@ -9,12 +9,12 @@ written by QuPath when true and only matters for annotations, so tiles leave it 
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
+from pipelines.infer import render
 from pipelines.infer.sheets import palette_png
 
 DISPLAY_PX = 800  # the slide picture's larger side, in pixels
@@ -57,6 +57,47 @@ def tiles_geojson(xs: np.ndarray, ys: np.ndarray, size0: float, classnames: Sequ
     return {"type": "FeatureCollection", "features": features}
 
 
+def heatmap_image(thumbnail: np.ndarray, dimensions: tuple[int, int], xs: np.ndarray, ys: np.ndarray, size0: float,
+                  classnames: Sequence[str], probabilities: np.ndarray, title: str, slide_mpp: float,
+                  show: str = "argmax") -> tuple[Image.Image, tuple[int, int]]:
+    """The heatmap as a PIL RGB image, and where the thumbnail's top-left pixel lies on it (x, y).
+
+    `show="argmax"` colours each tile by its most probable class, more opaque the more confident
+    (0.25 at chance to 0.65 when certain); a class name shows that class's probability in
+    matplotlib's inferno colours at opacity 0.65, with a colour bar.
+    """
+    # Drawn at the size it is shown, as the slide's thumbnail may be larger.
+    shown = Image.fromarray(thumbnail)
+    shown.thumbnail((DISPLAY_PX, DISPLAY_PX), Image.LANCZOS)
+    thumbnail = np.asarray(shown.convert("RGB"))
+    height, width = thumbnail.shape[:2]
+    scale = width / dimensions[0]  # thumbnail px per level-0 px
+    n_classes = len(classnames)
+    if show == "argmax":
+        colours = np.asarray(class_colours(n_classes), np.float32)
+        best = probabilities.argmax(axis=1)
+        confidence = (probabilities.max(axis=1) - 1 / n_classes) / max(1e-6, 1 - 1 / n_classes)
+        tile_colours, tile_alpha = colours[best], 0.25 + 0.4 * confidence
+    else:
+        tile_colours = render.lookup(render.INFERNO, probabilities[:, list(classnames).index(show)]).astype(np.float32)
+        tile_alpha = np.full(len(probabilities), 0.65, np.float32)
+    overlay = np.zeros((height, width, 3), np.float32)
+    alpha = np.zeros((height, width), np.float32)
+    for x, y, colour, opacity in zip(xs, ys, tile_colours, tile_alpha):
+        c0, r0 = int(round(x * scale)), int(round(y * scale))
+        c1, r1 = int(round((x + size0) * scale)), int(round((y + size0) * scale))
+        overlay[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)] = colour
+        alpha[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)] = opacity
+    blended = render.blend(thumbnail, overlay, alpha)
+    bar = render.ScaleBar(slide_mpp / scale, (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000), "µm", "mm", halo=False)
+    if show == "argmax":
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=n_classes) if len(probabilities) else np.zeros(n_classes, int)
+        legend = [(colour, f"{name} ({counts[i]})") for i, (name, colour) in enumerate(zip(classnames, class_colours(n_classes)))]
+        return render.figure(blended, title, legend, "most probable class (tiles); opacity = confidence",
+                             columns=min(3, n_classes), scale_bar=bar)
+    return render.figure(blended, title, scale_bar=bar, colour_bar=(render.INFERNO, f"probability of {show}"))
+
+
 def heatmap_png(thumbnail: np.ndarray, dimensions: tuple[int, int], xs: np.ndarray, ys: np.ndarray, size0: float,
                 classnames: Sequence[str], probabilities: np.ndarray, title: str, slide_mpp: float, show: str = "argmax") -> bytes:
     """The tiles' classes (or one class's probability) over the slide thumbnail, with a legend and a scale bar, as PNG bytes.
@@ -64,66 +105,5 @@ def heatmap_png(thumbnail: np.ndarray, dimensions: tuple[int, int], xs: np.ndarr
     `show="argmax"` colours each tile by its most probable class, more opaque the more confident;
     a class name shows that class's probability on a colour scale with a colour bar.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    # Drawn at the size it is shown: matplotlib resampling a 2048 px thumbnail costs seconds.
-    shown = Image.fromarray(thumbnail)
-    shown.thumbnail((DISPLAY_PX, DISPLAY_PX), Image.LANCZOS)
-    thumbnail = np.asarray(shown)
-    height, width = thumbnail.shape[:2]
-    scale = width / dimensions[0]  # thumbnail px per level-0 px
-    overlay = np.zeros((height, width, 4), np.float32)
-    n_classes = len(classnames)
-    colours = np.asarray(class_colours(n_classes), np.float32) / 255
-    if show == "argmax":
-        best = probabilities.argmax(axis=1)
-        confidence = (probabilities.max(axis=1) - 1 / n_classes) / max(1e-6, 1 - 1 / n_classes)
-        rgba = np.concatenate([colours[best], (0.25 + 0.4 * confidence)[:, None]], axis=1)
-    else:
-        cmap = plt.get_cmap("inferno")
-        p = probabilities[:, list(classnames).index(show)]
-        rgba = np.asarray(cmap(p), np.float32)
-        rgba[:, 3] = 0.65
-    for x, y, colour in zip(xs, ys, rgba):
-        c0, r0 = int(round(x * scale)), int(round(y * scale))
-        c1, r1 = int(round((x + size0) * scale)), int(round((y + size0) * scale))
-        overlay[r0:max(r1, r0 + 1), c0:max(c1, c0 + 1)] = colour
-
-    fig_w = 7.5
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * height / width * 0.92 + 0.9), dpi=100)
-    ax.imshow(thumbnail, interpolation="nearest")
-    ax.imshow(overlay, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=10)
-    _scale_bar(ax, width, height, slide_mpp / scale)
-    if show == "argmax":
-        counts = np.bincount(probabilities.argmax(axis=1), minlength=n_classes) if len(probabilities) else np.zeros(n_classes, int)
-        handles = [Patch(facecolor=colours[i], edgecolor="none", label=f"{name} ({counts[i]})") for i, name in enumerate(classnames)]
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(3, n_classes), fontsize=8,
-                  frameon=False, title="most probable class (tiles); opacity = confidence", title_fontsize=8)
-    else:
-        mappable = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap="inferno")
-        bar = fig.colorbar(mappable, ax=ax, orientation="horizontal", fraction=0.04, pad=0.02)
-        bar.set_label(f"probability of {show}", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    fixed = [(0, 0, 0), (255, 255, 255), *class_colours(n_classes)]
-    return palette_png(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), fixed)
-
-
-def _scale_bar(ax: Any, width: int, height: int, um_per_px: float) -> None:
-    """A bar of a round length (um or mm) in the lower left corner."""
-    target = width * 0.2 * um_per_px
-    length = max(v for v in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000) if v <= max(target, 10))
-    px = length / um_per_px
-    x0, y0 = width * 0.04, height * 0.95
-    ax.plot([x0, x0 + px], [y0, y0], color="black", linewidth=3, solid_capstyle="butt")
-    label = f"{length // 1000} mm" if length >= 1000 else f"{length} µm"
-    ax.text(x0 + px / 2, y0 - height * 0.015, label, ha="center", va="bottom", fontsize=8, color="black",
-            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+    image, _ = heatmap_image(thumbnail, dimensions, xs, ys, size0, classnames, probabilities, title, slide_mpp, show)
+    return palette_png(image, [(0, 0, 0), (255, 255, 255), *class_colours(len(classnames))])

@@ -22,7 +22,6 @@ result.shares  # {"water": 0.12, ...}: fraction of the mapped area per class
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -46,7 +45,7 @@ from domains.remote_sensing.analyst_windows import (
 )
 from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
-from pipelines.infer import outputs
+from pipelines.infer import outputs, render
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
@@ -339,53 +338,30 @@ def class_regions(grid: WindowGrid, classes: np.ndarray, scores: np.ndarray, cla
     return features
 
 
-def quicklook_png(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[str], colours: Sequence[tuple[int, int, int]],
-                  shares: dict[str, float], title: str, metres_per_px: float) -> bytes:
-    """The scene with its class map over it (semi-transparent), a legend with each class's share and a scale bar, as PNG bytes."""
-    import matplotlib
+def quicklook_image(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[str], colours: Sequence[tuple[int, int, int]],
+                    shares: dict[str, float], title: str, metres_per_px: float) -> tuple[Any, tuple[int, int]]:
+    """The quick-look as a PIL RGB image, and where the scene's top-left pixel lies on it (x, y).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    from PIL import Image
-
+    Each overview pixel takes the class of the cell under it (nearest cell), its colour blended over
+    the scene at OVERLAY_ALPHA; cells without data leave the scene as it is.
+    """
     height, width = rgb.shape[:2]
     rows = (np.arange(height) * classes.shape[0] // height).clip(0, classes.shape[0] - 1)
     cols = (np.arange(width) * classes.shape[1] // width).clip(0, classes.shape[1] - 1)
     shown = classes[rows][:, cols]
-    palette = np.asarray([*colours, *[(0, 0, 0)] * (256 - len(colours))], np.float32)
-    alpha = np.where(shown == NODATA_CLASS, 0.0, OVERLAY_ALPHA)[..., None]
-    blended = (rgb.astype(np.float32) * (1 - alpha) + palette[shown] * alpha).round().astype(np.uint8)
-
-    fig_w = 7.5
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * height / width * 0.92 + 1.1), dpi=100)
-    ax.imshow(blended, interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    _scale_bar(ax, width, height, metres_per_px)
-    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="none", label=f"{name} ({shares.get(name, 0.0):.0%})")
-               for name, c in zip(classnames, colours)]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(4, len(classnames)), fontsize=8,
-              frameon=False, title="most probable class per window (share of the mapped area)", title_fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.12)
-    plt.close(fig)
-    return palette_png(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), [(0, 0, 0), (255, 255, 255), *colours])
-
-
-def _scale_bar(ax: Any, width: int, height: int, metres_per_px: float) -> None:
-    """A bar of a round length (m or km) in the lower left corner."""
-    target = width * 0.2 * metres_per_px
+    palette = np.asarray([*colours, *[(0, 0, 0)] * (256 - len(colours))], np.uint8)
+    blended = render.blend(rgb, palette[shown], np.where(shown == NODATA_CLASS, 0.0, OVERLAY_ALPHA).astype(np.float32))
+    legend = [(tuple(c), f"{name} ({shares.get(name, 0.0):.0%})") for name, c in zip(classnames, colours)]
     steps = [v * 10 ** e for e in range(0, 7) for v in (1, 2, 5)]
-    length = max(v for v in steps if v <= max(target, 1))
-    px = length / metres_per_px
-    x0, y0 = width * 0.04, height * 0.95
-    ax.plot([x0, x0 + px], [y0, y0], color="white", linewidth=5, solid_capstyle="butt")
-    ax.plot([x0, x0 + px], [y0, y0], color="black", linewidth=3, solid_capstyle="butt")
-    label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
-    ax.text(x0 + px / 2, y0 - height * 0.015, label, ha="center", va="bottom", fontsize=8, color="black",
-            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+    return render.figure(blended, title, legend, "most probable class per window (share of the mapped area)",
+                         columns=min(4, len(classnames)), scale_bar=render.ScaleBar(metres_per_px, steps, "m", "km"))
+
+
+def quicklook_png(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[str], colours: Sequence[tuple[int, int, int]],
+                  shares: dict[str, float], title: str, metres_per_px: float) -> bytes:
+    """The scene with its class map over it (semi-transparent), a legend with each class's share and a scale bar, as PNG bytes."""
+    image, _ = quicklook_image(rgb, classes, classnames, colours, shares, title, metres_per_px)
+    return palette_png(image, [(0, 0, 0), (255, 255, 255), *colours])
 
 
 # ---------------------------------------------------------------- map

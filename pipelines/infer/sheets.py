@@ -45,5 +45,5 @@ def palette_png(image: Image.Image, fixed: Sequence[tuple[int, int, int]]) -> by
     palette = Image.new("P", (1, 1))
     palette.putpalette([v for colour in fixed for v in colour] + fitted)
     out = io.BytesIO()
-    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", optimize=True)
+    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG")  # optimize=True: 1 % smaller for 50 % more time
     return out.getvalue()

@@ -229,7 +229,7 @@ _KERNEL_REACH = 3
 _REACH_EXTRA = 2
 
 
-def covers_only_data(source: TileSource, crs: CRS, bounds: tuple[float, float, float, float], size: int) -> bool:
+def covers_only_data(source: TileSource, crs: CRS, bounds: tuple[float, float, float, float], size: int | tuple[int, int]) -> bool:
     """Whether every source pixel the warp of `bounds` can draw on lies inside the raster and holds data in every band.
 
     Then the warped tile has data everywhere, and its mask needs no second warp. A generous margin
@@ -241,7 +241,8 @@ def covers_only_data(source: TileSource, crs: CRS, bounds: tuple[float, float, f
         return False
     left, bottom, right, top = bounds if crs == source.crs else transform_bounds(crs, source.crs, *bounds, densify_pts=21)
     window = rasterio.windows.from_bounds(left, bottom, right, top, transform=t)
-    ratio = max(1.0, window.width / size, window.height / size)
+    height, width = (size, size) if isinstance(size, int) else size
+    ratio = max(1.0, window.width / width, window.height / height)
     margin = int(math.ceil(_KERNEL_REACH * ratio)) + _REACH_EXTRA
     c0, r0 = int(math.floor(window.col_off)) - margin, int(math.floor(window.row_off)) - margin
     c1 = int(math.ceil(window.col_off + window.width)) + margin
@@ -255,11 +256,11 @@ def read_tile(
     src: rasterio.io.DatasetReader | TileSource,
     crs: CRS,
     bounds: tuple[float, float, float, float],
-    size: int,
+    size: int | tuple[int, int],
     bands: Sequence[int] | None = None,
     resampling: Resampling = Resampling.bilinear,
 ) -> Tile:
-    """The square `bounds` (left, bottom, right, top in `crs`) as a size x size tile.
+    """The square `bounds` (left, bottom, right, top in `crs`) as a size x size tile (a rectangle: size = (height, width)).
 
     `src` is an open raster (then `bands` says which to read) or a TileSource (its bands; built once
     per raster, it spares every tile the metadata checks). Pixels and mask are what one warp of the
@@ -267,11 +268,12 @@ def read_tile(
     pixel (an added alpha band read with the bands, or `covers_only_data`).
     """
     source = src if isinstance(src, TileSource) else TileSource.of(src, bands or default_bands(src.count))
-    transform = from_bounds(*bounds, width=size, height=size)
+    height, width = (size, size) if isinstance(size, int) else size
+    transform = from_bounds(*bounds, width=width, height=height)
     # Without nodata or a mask, an alpha band is the only way to tell "outside the raster" from 0.
     add_alpha = not has_validity_info(source.src)
     shown = list(source.bands)
-    with WarpedVRT(source.src, crs=crs, transform=transform, width=size, height=size, resampling=resampling,
+    with WarpedVRT(source.src, crs=crs, transform=transform, width=width, height=height, resampling=resampling,
                    add_alpha=add_alpha) as vrt:
         if source.validity == "alpha":
             read = vrt.read(indexes=[*shown, vrt.count])  # the added alpha band is the VRT's last
@@ -376,7 +378,7 @@ def read_mosaic_tile(
     sources: Sequence[TileSource | tuple[rasterio.io.DatasetReader, Sequence[int]]],
     crs: CRS,
     bounds: tuple[float, float, float, float],
-    size: int,
+    size: int | tuple[int, int],
     resampling: Resampling = Resampling.bilinear,
 ) -> tuple[Tile, list[int]]:
     """One tile from several rasters (priority order), and how many of its pixels each one gave.
