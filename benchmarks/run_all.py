@@ -21,7 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Arguments a benchmark needs beyond its defaults (the default sizes are meant for this command).
-EXTRA_ARGS: dict[str, list[str]] = {}
+EXTRA_ARGS: dict[str, list[str]] = {
+    # mapping at 1 torch thread and at torch's default (0): the bar is against a plain loop on the same machine
+    "rs_map": ["--size", "2048", "--threads", "1", "0"],
+    # the slide tiled 3 x 3 (437 tissue tiles): the small slide alone is mostly per-slide fixed costs
+    "pathology_map": ["--mosaic", "3", "--threads", "1", "0"],
+    "trainer_throughput": ["--steps", "10", "--repeats", "5"],
+}
 
 
 def contract_scripts(folder: Path) -> list[Path]:
