@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.scaling.concepts import count_mentions, fit_concept_frequency, long_tail, stem
@@ -17,6 +18,7 @@ from pipelines.scaling.fit import (
     fit_scaling,
     macro_auroc,
     macro_f1,
+    mean_hit_recall,
     mean_recall,
     pairs_needed,
     predict,
@@ -220,3 +222,38 @@ def test_concept_frequency_fit_and_long_tail():
     assert [c for c, _, _ in long_tail(counts, acc, k=2)] == ["a", "b"]
     with pytest.raises(FitRefused, match="same accuracy"):
         fit_concept_frequency(counts, {k: 0.5 for k in counts})
+
+
+def test_retrieval_hits_reproduce_recall_under_ties_where_first_hit_ranks_do_not(tmp_path):
+    """Captions repeated word for word tie their scores: the per-query hits must score exactly as recall@k does."""
+    import torch
+
+    from pipelines.evaluate.metrics import RETRIEVAL_KS, retrieval_hits, retrieval_metrics, retrieval_ranks
+    from pipelines.scaling.examples import retrieval_examples
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    vocabulary = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=1)
+    owner = [i for i in range(40) for _ in range(2)]
+    txt = vocabulary[torch.randint(0, 3, (len(owner),), generator=g)]  # three captions shared by 40 images: ties
+    expected = retrieval_metrics(img, txt, owner)["mean_recall"]
+    hits = retrieval_hits(img, txt, owner)
+    ranks = retrieval_ranks(img, txt, owner)
+    direction = np.array(["image_to_text"] * 40 + ["text_to_image"] * len(owner))
+    every = np.arange(len(direction))
+    as_hits = np.concatenate([hits["image_to_text"].numpy(), hits["text_to_image"].numpy()])[None].astype(float)
+    as_ranks = np.concatenate([ranks["image_to_text"].numpy(), ranks["text_to_image"].numpy()])[None].astype(float)
+    assert mean_hit_recall(direction)(as_hits, every)[0] == pytest.approx(expected, abs=1e-12)
+    assert mean_recall(direction, RETRIEVAL_KS)(as_ranks, every)[0] != pytest.approx(expected, abs=1e-6)  # ties count optimistically
+    # the sweep's reader takes the hits from the per-example tables the evaluate stage writes
+    images = list(range(40)) + owner
+    hit_columns = {f"hit@{k}": as_hits[0, :, j].astype(int) for j, k in enumerate(RETRIEVAL_KS)}
+    table = pd.DataFrame({"direction": direction, "query": list(range(40)) + list(range(len(owner))), "image": images,
+                          "rank": as_ranks[0].astype(int), **hit_columns})
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        table.to_csv(tmp_path / run / "per_example_retrieval.csv", index=False)
+    examples = retrieval_examples([tmp_path / "a", tmp_path / "b"])
+    assert examples.values.shape == (2, len(direction), len(RETRIEVAL_KS))
+    assert examples.statistic(examples.values, every) == pytest.approx([expected, expected], abs=1e-12)
+    assert len(examples.units()) == 40  # an image with its captions is one resampling unit

@@ -18,9 +18,9 @@ Outputs (all written atomically):
 - PLOTS/confusion_<model>.png and PLOTS/confusion_<model>.csv (actual,predicted, one row per sample,
   for DVC's confusion template);
 - PER_EXAMPLE/zeroshot_<model>.csv (example,label,classname,predicted,correct) and
-  PER_EXAMPLE/retrieval_<model>.csv (direction,query,image,rank: the 1-based rank of the first
-  correct item, one row per image and one per caption) when a per-example folder is given (the
-  scaling sweep bootstraps its intervals over these);
+  PER_EXAMPLE/retrieval_<model>.csv (direction,query,image,rank,hit@1,hit@5,hit@10: the 1-based rank
+  of the first correct item and whether recall@k counts the query, one row per image and one per
+  caption) when a per-example folder is given (the scaling sweep bootstraps its intervals over these);
 - OUT/clip_benchmark/{zeroshot,retrieval}/: the sets as scored (images, labels, captions, class names,
   templates) in CLIP_benchmark's WebDataset layout, plus a README.txt with the `clip_benchmark eval`
   commands that re-score them (pipelines/evaluate/clip_benchmark.py); replaced as a whole.
@@ -42,7 +42,7 @@ from pipelines.errors import InputError
 from pipelines.evaluate import clip_benchmark as cb
 from pipelines.evaluate.hubness import HubnessConfig
 from pipelines.evaluate.linear_probe import LinearProbeConfig
-from pipelines.evaluate.metrics import retrieval_metrics, retrieval_ranks, zero_shot_metrics
+from pipelines.evaluate.metrics import RETRIEVAL_KS, retrieval_hits, retrieval_metrics, retrieval_ranks, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.infer.device import DeviceChoice, inference_autocast
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -522,11 +522,12 @@ def evaluate(
             rt = retrieval_metrics(image_emb, text_emb, retrieval.text_to_image)
             if per_example_dir is not None:
                 ranks = retrieval_ranks(image_emb, text_emb, retrieval.text_to_image)
-                rows = [("image_to_text", i, i, int(r)) for i, r in enumerate(ranks["image_to_text"].tolist())]
-                rows += [("text_to_image", t, owner, int(r))
+                hits = {d: h.int().tolist() for d, h in retrieval_hits(image_emb, text_emb, retrieval.text_to_image).items()}
+                rows = [("image_to_text", i, i, int(r), *hits["image_to_text"][i]) for i, r in enumerate(ranks["image_to_text"].tolist())]
+                rows += [("text_to_image", t, owner, int(r), *hits["text_to_image"][t])
                          for t, (owner, r) in enumerate(zip(retrieval.text_to_image, ranks["text_to_image"].tolist()))]
                 atomic_write_text(Path(per_example_dir) / f"retrieval_{role}.csv",
-                                  _csv_text(["direction", "query", "image", "rank"], rows))
+                                  _csv_text(["direction", "query", "image", "rank", *(f"hit@{k}" for k in RETRIEVAL_KS)], rows))
             results[role]["retrieval"] = rt
             results[role].update(analyses.on_retrieval(role, model, preprocess, tokenizer, image_emb, text_emb, retrieval.text_to_image))
             atomic_write_json(

@@ -62,20 +62,20 @@ def zero_shot_metrics(logits: torch.Tensor, labels: torch.Tensor | Sequence[int]
     }
 
 
-def retrieval_metrics(
+def retrieval_hits(
     image_emb: torch.Tensor,
     text_emb: torch.Tensor,
     text_to_image: Sequence[int],
     ks: Sequence[int] = RETRIEVAL_KS,
-) -> dict[str, float]:
-    """Recall@k both ways; every image may own several captions.
+) -> dict[str, torch.Tensor]:
+    """Per query and k, whether a correct item is in the top k (the per-example form of recall@k).
 
-    image_retrieval_recall@k (text -> image): share of captions whose own image is in the top k
-    images. text_retrieval_recall@k (image -> text): share of images with *any* of their captions
-    in the top k captions. k is clipped to the candidate count (the key keeps the asked-for k).
-    Top k as CLIP_benchmark takes it (torch.topk), so `clip_benchmark eval` on the exported sets gives
-    these numbers; ties (captions shared word for word by several images) fall as topk orders them.
-    mean_recall is the mean of all recall values.
+    "text_to_image": [T, len(ks)] bool, caption t's own image among the top k images;
+    "image_to_text": [I, len(ks)] bool, any of image i's captions among the top k captions. k is
+    clipped to the candidate count. Top k as CLIP_benchmark takes it (torch.topk per k: with tied
+    scores topk(1) need not be a prefix of topk(5), so each k is taken as the metric takes it), so the
+    mean of a column is exactly that recall@k, ties included, and a resample of the queries scores
+    as the metric would.
     """
     image_emb = torch.as_tensor(image_emb).float()
     text_emb = torch.as_tensor(text_emb).float()
@@ -91,23 +91,39 @@ def retrieval_metrics(
     captioned[owner] = True
     if not captioned.all():
         raise ValueError(f"{int((~captioned).sum())} image(s) have no caption; drop them before scoring")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"recall@k needs k >= 1, got {list(ks)}")
 
     scores = text_emb @ image_emb.T  # [T, I]
     # positive[t, i]: caption t belongs to image i
     positive = torch.zeros(n_texts, n_images, dtype=torch.bool)
     positive[torch.arange(n_texts), owner] = True
+    text_hits = [positive.gather(1, scores.topk(min(k, n_images), dim=1).indices).any(dim=1) for k in ks]
+    image_hits = [positive.T.gather(1, scores.T.topk(min(k, n_texts), dim=1).indices).any(dim=1) for k in ks]
+    return {"text_to_image": torch.stack(text_hits, dim=1), "image_to_text": torch.stack(image_hits, dim=1)}
 
+
+def retrieval_metrics(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    text_to_image: Sequence[int],
+    ks: Sequence[int] = RETRIEVAL_KS,
+) -> dict[str, float]:
+    """Recall@k both ways; every image may own several captions.
+
+    image_retrieval_recall@k (text -> image): share of captions whose own image is in the top k
+    images. text_retrieval_recall@k (image -> text): share of images with *any* of their captions
+    in the top k captions. k is clipped to the candidate count (the key keeps the asked-for k).
+    Top k as CLIP_benchmark takes it (torch.topk), so `clip_benchmark eval` on the exported sets gives
+    these numbers; ties (captions shared word for word by several images) fall as topk orders them.
+    mean_recall is the mean of all recall values. The per-query hits are `retrieval_hits`.
+    """
+    hits = retrieval_hits(image_emb, text_emb, text_to_image, ks)
     out: dict[str, float] = {}
-    for k in ks:
-        if k < 1:
-            raise ValueError(f"recall@k needs k >= 1, got {k}")
-        top_images = scores.topk(min(k, n_images), dim=1).indices  # [T, k]
-        text_hit = positive.gather(1, top_images).any(dim=1)
-        out[f"image_retrieval_recall@{k}"] = text_hit.sum().item() / n_texts
-    for k in ks:
-        top_texts = scores.T.topk(min(k, n_texts), dim=1).indices  # [I, k]
-        image_hit = positive.T.gather(1, top_texts).any(dim=1)
-        out[f"text_retrieval_recall@{k}"] = image_hit.sum().item() / n_images
+    for j, k in enumerate(ks):
+        out[f"image_retrieval_recall@{k}"] = hits["text_to_image"][:, j].sum().item() / hits["text_to_image"].shape[0]
+    for j, k in enumerate(ks):
+        out[f"text_retrieval_recall@{k}"] = hits["image_to_text"][:, j].sum().item() / hits["image_to_text"].shape[0]
     out["mean_recall"] = sum(out.values()) / len(out)
     return out
 
@@ -122,7 +138,7 @@ def retrieval_ranks(
     captions). recall@k of a direction is the share of its ranks <= k; this equals `retrieval_metrics`
     when no candidate ties a positive's score, and is the optimistic count when one does (a candidate
     scoring exactly as the positive does not push it down; topk breaks such ties in no set order). The
-    scaling report checks the two agree before it resamples these ranks.
+    scaling report resamples `retrieval_hits` where a run saved them, which agree with the metric always.
     """
     image_emb = torch.as_tensor(image_emb).float()
     text_emb = torch.as_tensor(text_emb).float()

@@ -8,7 +8,7 @@ differ, since resampling them jointly would then mean nothing.
 | metric | table | per-example value | resampling unit |
 |---|---|---|---|
 | zeroshot/acc1, zeroshot/mean_per_class_recall | zeroshot | correct (0/1) | zero-shot image |
-| retrieval/mean_recall | retrieval | rank of the first correct item, per query, both ways | image (with its captions) |
+| retrieval/mean_recall | retrieval | hit at each k per query, both ways (older runs: first-hit rank) | image (with its captions) |
 | phenotypes/macro_auroc | phenotypes | phenotype probability per study | patient (all their studies) |
 | zeroshot/macro_f1 | findings | predicted finding (0/1) per study | patient (all their studies) |
 """
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.evaluate.metrics import RETRIEVAL_KS
-from pipelines.scaling.fit import PerExample, accuracy, balanced_accuracy, macro_auroc, macro_f1, mean_recall
+from pipelines.scaling.fit import PerExample, accuracy, balanced_accuracy, macro_auroc, macro_f1, mean_hit_recall, mean_recall
 
 PREFIX = "per_example_"
 
@@ -59,12 +59,21 @@ def zeroshot_examples(balanced: bool) -> ExampleReader:
 
 
 def retrieval_examples(run_dirs: Sequence[Path]) -> Optional[PerExample]:
-    """Retrieval: first-hit rank per query, both ways; mean recall over RETRIEVAL_KS; an image and its captions resampled together."""
+    """Retrieval: mean recall over RETRIEVAL_KS, both ways; an image and its captions resampled together.
+
+    The runs' hits per query and k (topk as the metric takes it, ties included) where every run saved
+    them; else first-hit ranks, which agree with the metric only where no score ties.
+    """
     tables = read_tables(run_dirs, "retrieval", ["direction", "query", "image"])
     if tables is None:
         return None
+    direction, images = tables[0]["direction"].to_numpy(), tables[0]["image"].to_numpy()
+    hit_columns = [f"hit@{k}" for k in RETRIEVAL_KS]
+    if all(set(hit_columns) <= set(t.columns) for t in tables):
+        hits = np.stack([t[hit_columns].to_numpy(dtype=float) for t in tables])
+        return PerExample(hits, mean_hit_recall(direction), images)
     ranks = np.stack([t["rank"].to_numpy(dtype=float) for t in tables])
-    return PerExample(ranks, mean_recall(tables[0]["direction"].to_numpy(), RETRIEVAL_KS), tables[0]["image"].to_numpy())
+    return PerExample(ranks, mean_recall(direction, RETRIEVAL_KS), images)
 
 
 def _wide(tables: list[pd.DataFrame], column: str, label_column: str, item: str, missing_label: int

@@ -126,6 +126,23 @@ def mean_recall(direction: np.ndarray, ks: Sequence[int]) -> PerExampleStatistic
     return statistic
 
 
+def mean_hit_recall(direction: np.ndarray) -> PerExampleStatistic:
+    """Mean of recall@k over every k and both retrieval directions, from runs x queries x ks hits (0/1).
+
+    `direction[q]` as in `mean_recall`; hits[:, q, j] is whether recall@ks[j] counts query q
+    (`pipelines.evaluate.metrics.retrieval_hits`), so the mean over every (direction, k) is
+    retrieval_metrics' mean_recall exactly, tied scores included.
+    """
+    direction = np.asarray(direction)
+
+    def statistic(hits: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        drawn = direction[idx]
+        recalls = [hits[:, drawn == d, j].mean(axis=1) for d in np.unique(drawn) for j in range(hits.shape[2])]
+        return np.mean(recalls, axis=0)
+
+    return statistic
+
+
 def _auroc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """AUROC of each row of `scores` (runs x examples) for one shared 0/1 label vector; NaN with one class."""
     n_pos = int(positive.sum())
