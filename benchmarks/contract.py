@@ -75,3 +75,21 @@ def synthetic_scene(size: int, folder: Path, edge_nodata_px: int = 0) -> Path:
                        blockxsize=256, blockysize=256, compress="deflate", photometric="RGB") as dst:
         dst.write(np.ascontiguousarray(image.transpose(2, 0, 1)))
     return path
+
+
+def threads_label(count: int, default_threads: int) -> str:
+    """"2 torch threads (torch default)", "1 torch thread": how a row names the thread count it ran at."""
+    return f"{count} torch thread{'s' if count > 1 else ''}{' (torch default)' if count == default_threads else ''}"
+
+
+def versus_plain_loop_rows(n: int, medians: dict[str, float], figures: dict[str, str], unit: str, item: str,
+                           at: str, repeats: int, notes: str) -> list[dict[str, Any]]:
+    """The mapping benchmarks' rows: each of `figures` (medians key -> figure text) against medians["plain"].
+
+    The peer is the plain loop a user would write: read, preprocess, embed (batch of 1) and score one
+    `item` at a time; `n` items in each timed run; the bar is issue 16's 3x.
+    """
+    peer = f"plain loop: read, preprocess, embed (batch of 1) and score one {item} at a time"
+    return [{"figure": f"{figure}, {at}", "unit": unit, "ours": round(n / medians[key], 2), "peer": peer,
+             "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
+             "bar": 3.0, "repeats": repeats, "notes": notes} for key, figure in figures.items()]

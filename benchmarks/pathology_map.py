@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from contract import machine, random_model, write_json
+from contract import machine, random_model, threads_label, versus_plain_loop_rows, write_json
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
 from domains.pathology.analyst_tiles import SlideTiling, TileReader, plan_tiles
@@ -133,17 +133,14 @@ def main() -> None:
                 "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
             }
             print(json.dumps(result, indent=2), flush=True)
-            at = f"{count} torch thread{'s' if count > 1 else ''}{' (torch default)' if count == default_threads else ''}"
-            peer = "plain loop: read, preprocess, embed (batch of 1) and score one tile at a time"
+            at = threads_label(count, default_threads)
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} for every method, "
                      f"batch {args.batch_size}, {args.workers} reader processes; max |p_plain - p_batched| = {agree:.2e}")
-            rows += [{"figure": f"{figure}, {at}", "unit": "tiles/s", "ours": round(n / medians[key], 2), "peer": peer,
-                      "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
-                      "bar": 3.0, "repeats": args.repeats, "notes": notes}
-                     for key, figure in (("batched", "slide mapping: reading and scoring the tissue tiles (embed_tiles)"),
-                                         ("map", "slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, "
-                                                 "GeoJSON)"))]
+            rows += versus_plain_loop_rows(
+                n, medians, {"batched": "slide mapping: reading and scoring the tissue tiles (embed_tiles)",
+                             "map": "slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON)"},
+                "tiles/s", "tile", at, args.repeats, notes)
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
                                "machine": machine(), "rows": rows})

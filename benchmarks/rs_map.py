@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import rasterio
 import torch
-from contract import machine, random_model, synthetic_scene, write_json
+from contract import machine, random_model, synthetic_scene, threads_label, versus_plain_loop_rows, write_json
 
 from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster, window_grid
 from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
@@ -140,16 +140,14 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result, indent=2), flush=True)
             count = torch.get_num_threads()
-            at = f"{count} torch thread{'s' if count > 1 else ''}{' (torch default)' if count == default_threads else ''}"
-            peer = "plain loop: read, preprocess, embed (batch of 1) and score one window at a time"
+            at = threads_label(count, default_threads)
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
                      f"{at} for every method, batch {args.batch_size}, {args.workers} reader processes; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
-            rows += [{"figure": f"{figure}, {at}", "unit": "windows/s", "ours": round(n / medians[key], 2), "peer": peer,
-                      "peer_value": round(n / medians["plain"], 2), "ratio": round(medians["plain"] / medians[key], 3),
-                      "bar": 3.0, "repeats": args.repeats, "notes": notes}
-                     for key, figure in (("batched", "scene mapping: reading and scoring the windows (embed_grid)"),
-                                         ("map", "scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look)"))]
+            rows += versus_plain_loop_rows(
+                n, medians, {"batched": "scene mapping: reading and scoring the windows (embed_grid)",
+                             "map": "scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look)"},
+                "windows/s", "window", at, args.repeats, notes)
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
                                "machine": machine(), "rows": rows})

@@ -15,3 +15,18 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real sample data not found at {REALDATA}")
     return REALDATA
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The demo's tiny open_clip architecture, randomly initialised with seed 0: one per test module."""
+    import warnings
+
+    import torch
+
+    from pipelines.models.clip import ModelSpec, load_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(ModelSpec(name="domainfm-tiny"))

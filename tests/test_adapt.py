@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import open_clip
 import pytest
@@ -27,15 +26,6 @@ from pipelines.models.clip import ModelSpec, load_model
 from pipelines.params import ParamsError, build
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = load_model(ModelSpec(name="domainfm-tiny"))
-    return loaded
 
 
 @pytest.fixture()

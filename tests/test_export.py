@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-import warnings
 
 import open_clip
 import pytest
@@ -35,14 +34,6 @@ CARD = {
     "prompt_templates": ["an aerial photo of {}.", "a satellite image of {}."],
     "limitations": ["Trained on a few thousand pairs.", "Europe only."],
 }
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(ModelSpec(name="domainfm-tiny"))
 
 
 @pytest.fixture()

@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from pipelines.models.adapt import AdaptConfig, clip_of, prepare
-from pipelines.models.clip import ModelSpec, load_model
 from pipelines.models.text_trim import can_trim_text, mask_is_causal, trimmed_text
 
 CAPTIONS = ["a satellite image of a river bend", "dense urban blocks", "farmland", "a forest road"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(ModelSpec(name="domainfm-tiny"))
 
 
 def text_lengths_seen(clip: nn.Module) -> tuple[list[int], object]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,6 @@ from pipelines.pretrain.general_set import GENERAL_STREAM, GeneralSetConfig, gen
 
 TOL = 1e-5
 TEXTS = ["a red circle", "two small blue squares", "a checkerboard of black and white squares"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_model(ModelSpec(name="domainfm-tiny"))
 
 
 @pytest.fixture()
