@@ -17,9 +17,11 @@ average resampling, uint8 RGB), read three ways, interleaved, `--repeats` times.
 - torchgeo:  `RasterDataset` (resampling average, file handles cached) indexed by the sampler's
              windows; its float image is the output.
 
-Outputs are compared: ours against the baseline (must be identical) and against torchgeo where both
-have data (max abs difference in 0-255 grey levels; tolerance `TORCHGEO_TOLERANCE`, the two read
-through different GDAL paths; torchgeo gives no mask, its 0 is "no data"). Without `--raster` a
+Outputs are compared: ours against the baseline (within `DIRECT_READ_TOLERANCE`: ours reads a tile on
+the raster's own grid, over pixels that all hold data, with one resampled RasterIO read instead of
+the warper, see `tiles.on_own_grid`) and against torchgeo where both have data (max abs difference
+in 0-255 grey levels; tolerance `TORCHGEO_TOLERANCE`, the two read through different GDAL paths where
+ours warps; torchgeo gives no mask, its 0 is "no data"). Without `--raster` a
 synthetic `--scene-px` square scene at 1 m (EPSG:32631, 3-band uint8, 256 px tiles, deflate, a
 nodata strip along the right edge) is written first.
 
@@ -43,7 +45,15 @@ from rasterio.enums import Resampling
 from rasterio.transform import from_bounds
 from rasterio.vrt import WarpedVRT
 
-from domains.remote_sensing.curation.tiles import Tile, TileSource, finite_pixels, has_validity_info, read_mosaic_tile, to_rgb8
+from domains.remote_sensing.curation.tiles import (
+    DIRECT_READ_TOLERANCE,
+    Tile,
+    TileSource,
+    finite_pixels,
+    has_validity_info,
+    read_mosaic_tile,
+    to_rgb8,
+)
 
 TORCHGEO_TOLERANCE = 1  # grey levels: GDAL's warper (ours) and its RasterIO (torchgeo's merge) average the same pixels, rounding apart
 BAR = 1.5  # issue 16: ours >= torchgeo, aim 1.5x
@@ -178,9 +188,14 @@ def main() -> None:
 
     n = len(windows)
     rate = {k: n / statistics.median(v) for k, v in runs.items() if v}
-    same_as_baseline = all(np.array_equal(a, b) for a, b in zip(outputs["ours"], outputs["baseline"]))
+    versus_baseline = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(outputs["ours"], outputs["baseline"])]
+    baseline_worst = max(int(d.max(initial=0)) for d in versus_baseline)
+    baseline_differ = sum(int((d > 0).sum()) for d in versus_baseline) / sum(d.size for d in versus_baseline)
+    same_as_baseline = baseline_worst <= DIRECT_READ_TOLERANCE
     notes = [f"{n} windows of {args.size} px at {args.gsd:g} m (average resampling) from "
-             f"{args.raster or f'a synthetic {args.scene_px} px 1 m scene'}; ours == baseline (main 430160d): {same_as_baseline}"]
+             f"{args.raster or f'a synthetic {args.scene_px} px 1 m scene'}; ours vs baseline (main 430160d): max abs difference "
+             f"{baseline_worst} grey levels (tolerance {DIRECT_READ_TOLERANCE}: {'within' if same_as_baseline else 'OUTSIDE'}), "
+             f"{baseline_differ:.4%} of values differ"]
     if "torchgeo" in outputs:
         # torchgeo's image is (bands, H, W) float with 0 where it has no data (it gives no mask); ours (H, W, 3) uint8
         worst, differ, values, one_sided, pixels = 0, 0, 0, 0, 0
@@ -198,7 +213,7 @@ def main() -> None:
                      f"{'within' if worst <= TORCHGEO_TOLERANCE else 'OUTSIDE'}), {differ / max(values, 1):.3%} of values differ; "
                      f"{one_sided / pixels:.3%} of pixels have data in one output only (windows past the scene's edge)")
     if not same_as_baseline:
-        notes.append("WARNING: ours differs from the baseline reader")
+        notes.append("WARNING: ours differs from the baseline reader by more than the tolerance")
     for name, value in rate.items():
         print(f"{name:9s} {value:8.1f} tiles/s  (median of {len(runs[name])}: {statistics.median(runs[name]):.3f} s for {n})")
     figure = f"RS tiles read ({args.size} px at {args.gsd:g} m, average resampling, uint8 RGB + valid mask)"
@@ -213,7 +228,7 @@ def main() -> None:
             {"figure": "RS tiles read, before (main 430160d reader) -> after", "unit": "tiles/s", "ours": rate["ours"],
              "peer": "our reader on main 430160d (WarpedVRT per tile + mask warp)", "peer_value": rate["baseline"],
              "ratio": rate["ours"] / rate["baseline"], "bar": None, "repeats": args.repeats,
-             "notes": f"identical outputs: {same_as_baseline}"}]
+             "notes": notes[0].split("; ", 1)[1]}]
     for note in notes:
         print(note)
     if args.json:

@@ -1,7 +1,8 @@
 """The tile reader's one-warp masks (TileSource) give exactly what a second warp of `dataset_mask` gives.
 
 The reference here is the reader as it was before (one WarpedVRT for the bands, `dataset_mask` of it
-for the mask) and `to_rgb8` as it was: curated tiles must not change by a single value.
+for the mask) and `to_rgb8` as it was: curated tiles must not change by a single value, except a tile
+read directly on the raster's own grid (`on_own_grid`), whose values may differ by DIRECT_READ_TOLERANCE.
 """
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from rasterio.transform import from_bounds, from_origin
 from rasterio.vrt import WarpedVRT
 
 from domains.remote_sensing.curation.tiles import (
+    DIRECT_READ_TOLERANCE,
     Tile,
     TileSource,
     covers_only_data,
     finite_pixels,
     has_validity_info,
+    on_own_grid,
     read_mosaic_tile,
     read_tile,
     to_rgb8,
@@ -121,7 +124,7 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
         source = TileSource.of(src, bands)
         assert source.validity == rule
         targets = [src.crs, CRS.from_epsg(32632)]  # the raster's own CRS, and a warp to the next UTM zone
-        compared = 0
+        compared, direct = 0, []
         for crs in targets:
             for bounds in windows(rng):
                 if crs != src.crs:
@@ -134,13 +137,21 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
                     want = two_warp_read(src, crs, bounds, 64, bands, resampling)
                     got = read_tile(source, crs, bounds, 64, resampling=resampling)
                     np.testing.assert_array_equal(got.valid, want.valid)
-                    np.testing.assert_array_equal(got.data, want.data)
                     assert got.data.dtype == want.data.dtype
+                    if on_own_grid(source, crs, bounds, (64, 64), resampling) and covers_only_data(source, crs, bounds, 64):
+                        direct.append(resampling)  # one resampled read, no warp: within the tolerance
+                        gap = np.abs(got.data.astype(np.float64) - want.data.astype(np.float64))
+                        assert gap.max() <= DIRECT_READ_TOLERANCE
+                    else:
+                        np.testing.assert_array_equal(got.data, want.data)
                     compared += 1
                     if want.valid.any() and not want.valid.all():
                         limits = [(0.0, 200.0 * (40 if dtype == "uint16" else 1))] * len(bands) if dtype != "uint8" else None
                         np.testing.assert_array_equal(to_rgb8(got, limits), old_to_rgb8(want, limits))
         assert compared == len(targets) * (12 + len(CLEAN) + 1) * 3
+        # integer data averaged over clean windows in the raster's own CRS is read directly, and nothing else
+        assert set(direct) == (set() if dtype == "float32" else {Resampling.average})
+        assert dtype == "float32" or len(direct) >= len(CLEAN)
 
 
 def test_mosaic_tile_from_tile_sources_equals_pairs(tmp_path: Path) -> None:
@@ -192,3 +203,40 @@ def test_covers_only_data_skips_the_mask_warp_only_far_from_empty_pixels(tmp_pat
         # output pixel, not at 6
         assert covers_only_data(source, src.crs, (X0 + 120, Y0 - 90, X0 + 180, Y0 - 30), 40)
         assert not covers_only_data(source, src.crs, (X0 + 120, Y0 - 90, X0 + 180, Y0 - 30), 10)
+
+
+REAL_RASTERS = ["rs/rasterio/RGB.byte.tif", "rs/rasterio/rgb1.tif", "rs/gent/2020-09-17_Sentinel_2_L1C_True_color.tiff",
+                "rs/gent/2020-09-17_Sentinel_2_L1C_B04.tiff"]
+
+
+@pytest.mark.parametrize("name", REAL_RASTERS)
+def test_direct_reads_of_real_rasters_stay_within_the_tolerance_of_the_warp(realdata: Path, name: str) -> None:
+    """Random windows at 0.6x to 4.3x the pixel size, some on whole pixels at 1x: direct where allowed, within 1 of the warp."""
+    rng = np.random.default_rng(7)
+    with rasterio.open(realdata / name) as src:
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+        source = TileSource.of(src, bands)
+        res = abs(src.res[0])
+        left, bottom, right, top = src.bounds
+        direct, between_pixels = 0, 0
+        for k in range(120):
+            size = int(rng.choice([37, 64]))
+            ratio = float(rng.choice([0.6, 1.0, 1.05, 1.6, 2.0, 2.7, 4.3]))
+            ground = size * ratio * res
+            x0, y0 = rng.uniform(left, right - ground), rng.uniform(bottom, top - ground)
+            if k % 4 == 0:  # on whole source pixels
+                x0, y0 = left + round((x0 - left) / res) * res, bottom + round((y0 - bottom) / res) * res
+            bounds = (x0, y0, x0 + ground, y0 + ground)
+            for resampling in (Resampling.average, Resampling.bilinear):
+                want = two_warp_read(src, src.crs, bounds, size, bands, resampling)
+                got = read_tile(source, src.crs, bounds, size, resampling=resampling)
+                np.testing.assert_array_equal(got.valid, want.valid)
+                if on_own_grid(source, src.crs, bounds, (size, size), resampling):
+                    direct += covers_only_data(source, src.crs, bounds, size)
+                    gap = np.abs(got.data.astype(np.float64) - want.data.astype(np.float64))
+                    assert gap.max() <= DIRECT_READ_TOLERANCE, (bounds, ratio, resampling)
+                else:
+                    np.testing.assert_array_equal(got.data, want.data)
+                    between_pixels += resampling == Resampling.average and ratio == 1.0
+        assert direct > 10  # the direct path was exercised
+        assert between_pixels > 0  # and a window between pixels at 1x went to the warper
