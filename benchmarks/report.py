@@ -4,7 +4,7 @@
 
 Contract (every benchmark's `--json PATH`):
 {"benchmark": stem, "command": the command line, "machine": "cpu model, cores, torch version",
- "rows": [{"figure", "unit", "ours", "peer", "peer_value", "ratio" (ours/peer, > 1: we are faster),
+ "rows": [{"figure", "unit", "ours", "peer", "peer_value", "ratio" (> 1: ours is better; ours/peer for a rate, peer/ours for a cost),
            "bar" (the issue's bar or null), "repeats", "notes"}]}
 A file that does not follow it is listed under "Not rendered" with the reason, never silently dropped.
 """
@@ -73,7 +73,8 @@ def render(files: list[Path]) -> str:
     lines = ["# Benchmarks", "",
              f"Rendered {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `benchmarks/report.py` from "
              f"{len(loaded)} JSON file{'s' if len(loaded) != 1 else ''} in reports/benchmarks/ (`make bench` reruns them all). "
-             "Ratio = ours / peer: above 1 we are faster. Every figure is a median of interleaved repeats run in one command; "
+             "Ratio above 1: ours is better (ours / peer for a rate, peer / ours for a cost such as memory). "
+             "Every figure is a median of interleaved repeats run in one command; "
              "peers run from `.venv-bench` (benchmarks/requirements-peers*.txt).", "",
              "| Figure | Ours | Peer | Peer value | Ratio | Bar | Met? | Unit | Repeats | Command |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -1,0 +1,117 @@
+"""Peak memory and wall time of curation processes that run no model, next to the same commands with torch imported.
+
+Curation imports torch nowhere (tests/test_startup.py asserts it); before, the CLI imported it at
+the top, so every curation process and every pool worker paid for it. Each command runs as its own
+process, `--repeats` times, interleaved:
+
+- ours:  the command as the project runs it (`python -m pipelines.cli ...`);
+- peer:  the same command started by `python -c "import torch; ..."`, which is what the CLI cost
+         when it imported torch at the top (the naive way: the model library imported with the CLI).
+
+Commands: `domainfm curate remote_sensing --help`, and a small curation: `domainfm curate pairs` of
+the pairs demo (`domainfm demo-data pairs`, written first and not timed) with 1 worker, so the
+process measured is the one that curates. Peak memory is the largest resident set of the process
+and of the children it waited for (`os.wait4`'s ru_maxrss); the rows' ratio is peer / ours, times
+less memory (and times faster for the wall time). Whether torch ended up imported is checked by a
+second run of each command that prints `sys.modules` at exit.
+
+Usage: python benchmarks/startup_memory.py [--repeats 3] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from contract import machine, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_CLI = "import sys; from pipelines.cli import main; sys.argv = ['domainfm', *sys.argv[1:]]; main()"
+TORCH_FIRST = "import torch; " + RUN_CLI
+# run at exit, after the command: did it import torch?
+REPORT_TORCH = ("import atexit, sys; atexit.register(lambda: sys.stderr.write(f\"TORCH_IMPORTED={'torch' in sys.modules}\\n\")); "
+                + RUN_CLI)
+
+
+def measure(code: str, args: list[str]) -> tuple[float, float]:
+    """(peak resident MB, wall seconds) of `python -c code args...` run from the repository root."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{shlex.join(args)} failed ({proc.returncode}): {errors[-2000:]}")
+    return usage.ru_maxrss / 1024.0, wall  # ru_maxrss is in KiB on Linux
+
+
+def imports_torch(args: list[str]) -> bool:
+    """Whether the command, run as the project runs it, had torch imported when it exited."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-c", REPORT_TORCH, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+    return "TORCH_IMPORTED=True" in done.stderr
+
+
+def main() -> None:
+    """Measure, print and (with --json) write the figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks' JSON contract)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        params = folder / "params.yaml"
+        # the project's params with one curation worker: the process measured is the one that curates
+        values = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+        values["pairs"]["curate"]["workers"] = 1
+        params.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+        measure(RUN_CLI, ["demo-data", "pairs", "--params", str(params), "--out", str(folder / "raw")])
+        commands = {
+            "`domainfm curate remote_sensing --help`": ["curate", "remote_sensing", "--help"],
+            "a small curation (`domainfm curate pairs`, the pairs demo: 600 images, 1 worker)":
+                ["curate", "pairs", "--csv", str(folder / "raw" / "captions.csv"), "--params", str(params),
+                 "--out", str(folder / "curated")],
+        }
+        runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for _ in range(args.repeats):  # interleaved
+            for name, command in commands.items():
+                for who, code in (("ours", RUN_CLI), ("peer", TORCH_FIRST)):
+                    runs.setdefault((name, who), []).append(measure(code, command))
+        torch_seen = {name: imports_torch(command) for name, command in commands.items()}
+
+    rows = []
+    for name in commands:
+        ours_mb = statistics.median(mb for mb, _ in runs[(name, "ours")])
+        peer_mb = statistics.median(mb for mb, _ in runs[(name, "peer")])
+        ours_s = statistics.median(s for _, s in runs[(name, "ours")])
+        peer_s = statistics.median(s for _, s in runs[(name, "peer")])
+        note = (f"torch imported by the command: {torch_seen[name]}; median wall s: ours {ours_s:.2f}, peer {peer_s:.2f}; "
+                "peak = largest resident set of the process and its waited-for children")
+        print(f"{name}: peak {ours_mb:.0f} MB vs {peer_mb:.0f} MB with torch; {ours_s:.2f} s vs {peer_s:.2f} s; "
+              f"torch imported: {torch_seen[name]}")
+        peer = "the same command with torch imported first (the CLI before: torch imported at the top)"
+        rows.append({"figure": f"{name}: peak memory (ratio = peer / ours: times less)", "unit": "MB", "ours": ours_mb,
+                     "peer": peer, "peer_value": peer_mb, "ratio": peer_mb / ours_mb, "bar": None, "repeats": args.repeats,
+                     "notes": note})
+        rows.append({"figure": f"{name}: wall time (ratio = peer / ours: times faster)", "unit": "s", "ours": ours_s,
+                     "peer": peer, "peer_value": peer_s, "ratio": peer_s / ours_s, "bar": None, "repeats": args.repeats,
+                     "notes": note})
+    if args.json:
+        write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                               "machine": machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
