@@ -309,8 +309,11 @@ def sample_frames(
         frame_dt = _frame_interval(stream)
         start = stream.start_time or 0
 
+        tb_num, tb_den = stream.time_base.numerator, stream.time_base.denominator
+
         def seconds(pts: int) -> float:
-            return float((pts - start) * stream.time_base)
+            # int / int is correctly rounded: the float of the Fraction (pts - start) * time_base, without building one per packet
+            return (pts - start) * tb_num / tb_den
 
         k = 0  # next target index
         delivered = -np.inf  # time of the last yielded frame
