@@ -242,6 +242,72 @@ def test_sampler_decodes_only_the_keyframes_it_needs(tmp_path):
     assert stats.frames_decoded == 4 and stats.seeks == 0
 
 
+def keyframe_times(video: Path) -> list[float]:
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        return [float(p.pts * stream.time_base) for p in container.demux(stream) if p.size and p.is_keyframe]
+
+
+@pytest.mark.parametrize("gop,fps,offset", [(20, 1.0, 1.0), (20, 1.0, 0.5), (10, 0.4, 0.5), (25, 2.0, 0.5), (7, 3.0, 0.3),
+                                            (250, 2.0, 1.0), (10, 0.5, 0.0)])
+def test_nearest_keyframe_sampling_stays_within_the_offset(tmp_path, gop, fps, offset):
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=80, fps=10, gop=gop)
+    all_frames = dict(decode_all_frames(video))
+    keys = keyframe_times(video)
+    exact_stats, stats = DecodeStats(), DecodeStats()
+    exact = list(sample_frames(video, fps, exact_stats))
+    snapped = list(sample_frames(video, fps, stats, max_keyframe_offset_s=offset))
+    times = [t for t, _ in snapped]
+    targets = [k / fps for k in range(int(np.ceil(8.0 * fps)))]  # the 8 s video
+    # real frames (decode-all's pixels at that time), each once, in order
+    assert times == sorted(set(times))
+    assert all(np.array_equal(rgb, all_frames[t]) for t, rgb in snapped)
+    # every target has a frame within the offset (or its exact frame) and every frame serves a target
+    assert all(min(abs(t - target) for t in times) <= max(offset, 0.05) + 1e-9 for target in targets)
+    assert all(min(abs(t - target) for target in targets) <= max(offset, 0.05) + 1e-9 for t in times)
+    # the rule itself: a target within the offset of a keyframe gets the nearest one (the earlier on a tie)
+    # and one with none gets its exact frame
+    exact_times = [t for t, _ in exact]
+    for target in targets:
+        near = [kt for kt in keys if abs(kt - target) <= offset]
+        if near:
+            assert min(near, key=lambda kt: (abs(kt - target), kt)) in times
+        else:
+            assert next(t for t in exact_times if t >= target - 0.05) in times
+    assert stats.frames_decoded <= exact_stats.frames_decoded
+    if offset >= gop / 10 / 2:  # every target within the offset of a keyframe: keyframes only, one decode each
+        assert set(times) <= set(keys) and stats.frames_decoded == len(times)
+
+
+def test_nearest_keyframe_off_gives_the_exact_frames(tmp_path):
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=80, fps=10, gop=20)
+    exact = list(sample_frames(video, 1.0))
+    snapped = list(sample_frames(video, 1.0, max_keyframe_offset_s=1.0))
+    assert [t for t, _ in exact] == [float(k) for k in range(8)] and [t for t, _ in snapped] == [0.0, 2.0, 4.0, 6.0]
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        list(sample_frames(video, 1.0, max_keyframe_offset_s=-1.0))
+
+
+def test_frame_choice_in_process_video(tmp_path, curated, lecture):
+    # off: the offset is ignored, the output is the exact sampler's
+    off = run_unit(*lecture, frame_choice="exact", max_keyframe_offset_s=3.0)
+    assert [(p.id, p.caption, p.provenance) for p in off.pairs] == [(p.id, p.caption, p.provenance) for p in curated.pairs]
+    assert [p.image.tobytes() for p in off.pairs] == [p.image.tobytes() for p in curated.pairs]
+    assert off.counts == curated.counts
+    # on, a keyframe every 2 s: only keyframes decoded; the same slides and captions, bounds within the offset
+    video = tmp_path / "lecture.mp4"
+    write_video(video, gop=2 * FPS)
+    (tmp_path / "lecture.vtt").write_text(VTT)
+    on = run_unit(video, tmp_path / "lecture.vtt", frame_choice="nearest_keyframe", max_keyframe_offset_s=1.0)
+    assert on.counts["frames_decoded"] == len(keyframe_times(video)) < curated.counts["frames_decoded"]
+    assert [p.caption for p in on.pairs] == [p.caption for p in curated.pairs]
+    for got, want in zip(on.pairs, curated.pairs):
+        assert abs(got.provenance["start_s"] - want.provenance["start_s"]) <= 1.0
+        assert abs(got.provenance["end_s"] - want.provenance["end_s"]) <= 1.0
+
+
 def test_sampler_on_the_demo_videos_matches_the_seeking_sampler(tmp_path):
     from domains.pathology.demo.demo_data import PathologyDemoConfig
     from domains.pathology.demo.demo_data import write_video as write_demo_video

@@ -4,7 +4,10 @@ Per video (one work unit):
 
 1. sample frames at `sample_fps` with PyAV, decoding only the groups of pictures that hold a picked
    frame, up to it, and skipping unreferenced frames, rather than decoding every frame
-   (`sample_frames`; `sample_frames_seeking` and `decode_all_frames` for comparison);
+   (`sample_frames`; `sample_frames_seeking` and `decode_all_frames` for comparison); with
+   `frame_choice: nearest_keyframe` a target takes the nearest keyframe within
+   `max_keyframe_offset_s` instead of its exact frame (sample times, hence window bounds, move by
+   up to that offset; far fewer frames decoded);
 2. cut scenes where the mean absolute difference of consecutive downsampled grey samples exceeds
    `scene_threshold`; classify each sample as histology or not (stain.py rules, or a learned
    classifier from `classifier_checkpoint`); non-histology runs become reject rows with the reason;
@@ -39,7 +42,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
 
 import av
 import imagehash
@@ -70,6 +73,7 @@ REASON_NO_VIDEO = "transcript without a video"
 REASON_SECOND_TRANSCRIPT = "unused: another transcript of this video is used"
 REASON_SAME_STEM = "another video has the same stem (which one the transcript narrates is ambiguous)"
 _ANALYSIS = 64  # side of the grey thumbnails used for scene cuts and SSIM
+FrameChoice = Literal["exact", "nearest_keyframe"]
 
 
 @dataclass
@@ -77,6 +81,11 @@ class VideoConfig:
     """params.yaml section pathology.curate.video."""
 
     sample_fps: float = 1.0  # frames examined per second of video
+    # "exact": the frame at each target time (decode-all's frame); "nearest_keyframe": the nearest
+    # keyframe when one lies within max_keyframe_offset_s of the target (no decoding up to a frame
+    # mid-GOP), else the exact frame. Sample times, hence window bounds, move by up to that offset.
+    frame_choice: FrameChoice = "exact"
+    max_keyframe_offset_s: float = 1.0  # used by frame_choice "nearest_keyframe" only
     scene_threshold: float = 0.12  # mean |diff| of 64x64 grey thumbnails (0..1) that cuts a scene
     ssim_threshold: float = 0.8  # consecutive histology samples with SSIM >= this share a window
     min_window_s: float = 2.0  # shorter stable windows are dropped (Quilt: brief glimpses are noise)
@@ -262,7 +271,9 @@ def _gop_frames(
     ctx.skip_frame = "DEFAULT"
 
 
-def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStats] = None) -> Iterator[tuple[float, np.ndarray]]:
+def sample_frames(
+    path: str | Path, fps: float = 1.0, stats: Optional[DecodeStats] = None, max_keyframe_offset_s: Optional[float] = None
+) -> Iterator[tuple[float, np.ndarray]]:
     """(t_seconds, HxWx3 uint8) at t = 0, 1/fps, 2/fps, ...: the first frame at or after each target.
 
     The frame for target t is the first frame (in presentation order) whose time is at least
@@ -275,11 +286,21 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
     pixels). Streams it cannot plan (packets without pts, open GOPs whose frames precede their
     keyframe) continue with `sample_frames_seeking` from the next target.
 
+    With `max_keyframe_offset_s` (None: exact frames, as above) a target takes the keyframe nearest
+    to it (the earlier on a tie) when that lies within the offset, else its exact frame: a keyframe
+    costs one decode, a frame mid-GOP the reference frames before it. Every yielded frame is a
+    real frame at its own time, within the offset of its target; a target whose keyframe was
+    already yielded for the previous target is skipped (as sparse frames are), so with an offset of
+    half the keyframe interval or more only keyframes are decoded. Streams it cannot plan fall back
+    to exact frames.
+
     Raises DecodeError when decoding fails midway or the stream ends before its stated duration;
     the frames already yielded stand.
     """
     if not fps > 0:
         raise ValueError(f"sample fps must be > 0, got {fps}")
+    if max_keyframe_offset_s is not None and not max_keyframe_offset_s >= 0:
+        raise ValueError(f"max keyframe offset must be >= 0 s, got {max_keyframe_offset_s}")
     stats = stats if stats is not None else DecodeStats()
     step = 1.0 / fps
     with _open_video(path, stats) as (container, stream):
@@ -288,8 +309,11 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
         frame_dt = _frame_interval(stream)
         start = stream.start_time or 0
 
+        tb_num, tb_den = stream.time_base.numerator, stream.time_base.denominator
+
         def seconds(pts: int) -> float:
-            return float((pts - start) * stream.time_base)
+            # int / int is correctly rounded: the float of the Fraction (pts - start) * time_base, without building one per packet
+            return (pts - start) * tb_num / tb_den
 
         k = 0  # next target index
         delivered = -np.inf  # time of the last yielded frame
@@ -307,12 +331,25 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
                 stats.last_t = seconds(frame.pts)
                 yield stats.last_t, frame.to_ndarray(format="rgb24")
 
-        def plan(times: list[tuple[float, int]], next_key: float) -> list[int]:
-            """Pts of the GOP's frames the targets pick (advances k); `times` sorted (seconds, pts)."""
+        def plan(times: list[tuple[float, int]], next_key: float, key: Optional[tuple[float, int]]) -> list[int]:
+            """Pts of the GOP's frames the targets pick (advances k); `times` sorted (seconds, pts), `key` its keyframe."""
             nonlocal k, delivered
             picks: list[int] = []
             while duration is None or k * step < duration - 1e-6:
-                threshold = k * step - frame_dt / 2
+                target = k * step
+                if max_keyframe_offset_s is not None:
+                    keys = (key[0] if key else None, next_key)
+                    near = [kt for kt in keys if kt is not None and abs(kt - target) <= max_keyframe_offset_s]
+                    if near:
+                        nearest = min(near, key=lambda kt: (abs(kt - target), kt))
+                        if key is None or nearest != key[0]:
+                            break  # the next GOP's keyframe: planned with that GOP
+                        if key[0] > delivered:
+                            picks.append(key[1])
+                            delivered = key[0]
+                        k += 1  # else already yielded for the previous target
+                        continue
+                threshold = target - frame_dt / 2
                 if delivered >= threshold:
                     k += 1  # sparse frames: the last delivered one already lies past this target
                     continue
@@ -323,6 +360,10 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
                 delivered = pick[0]
                 k += 1
             return picks
+
+        def keyframe(gop: list[av.Packet]) -> Optional[tuple[float, int]]:
+            """(seconds, pts) of the GOP's keyframe; None when the stream does not start with one."""
+            return (seconds(gop[0].pts), gop[0].pts) if gop[0].is_keyframe else None
 
         gop: list[av.Packet] = []
         try:
@@ -337,7 +378,7 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
                     if times[0][1] != gop[0].pts or seconds(packet.pts) <= times[-1][0]:
                         fallback = True  # frames shown before their keyframe: an open GOP
                         break
-                    picks = plan(times, seconds(packet.pts))
+                    picks = plan(times, seconds(packet.pts), keyframe(gop))
                     if picks:
                         queue.extend(picks)
                         yield from outputs(_gop_frames(gop, picks, ctx))
@@ -348,7 +389,7 @@ def sample_frames(path: str | Path, fps: float = 1.0, stats: Optional[DecodeStat
                 if times[0][1] != gop[0].pts:
                     fallback = True
                 else:
-                    picks = plan(times, np.inf)
+                    picks = plan(times, np.inf, keyframe(gop))
                     if picks:
                         queue.extend(picks)
                         yield from outputs(_gop_frames(gop, picks, ctx))
@@ -513,8 +554,9 @@ def process_video(unit: WorkUnit) -> UnitResult:
     samples: list[_Sample] = []
     stats = DecodeStats()
     scene, prev_thumb = 0, None
+    keyframe_offset = cfg.max_keyframe_offset_s if cfg.frame_choice == "nearest_keyframe" else None
     try:
-        for t, rgb in sample_frames(job.video, cfg.sample_fps, stats):
+        for t, rgb in sample_frames(job.video, cfg.sample_fps, stats, keyframe_offset):
             thumb = _thumb(rgb)
             if prev_thumb is not None and float(np.abs(thumb - prev_thumb).mean()) > cfg.scene_threshold:
                 scene += 1
