@@ -81,6 +81,21 @@ class ClipEncoder:
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
         return self.preprocess(pil.convert("RGB"))
 
+    def to_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The model inputs (n, 3, H, W) of RGB images (HxWx3 uint8): exactly `to_tensor`'s, stacked.
+
+        Images already at the input size of open_clip's usual preprocessing (resize, centre crop,
+        to tensor, normalise) are converted in one tensor operation: resize and crop leave them as
+        they are, and the same float operations run on the whole batch as on each image.
+        """
+        mean_std = _plain_normalisation(self.preprocess)
+        arrays = [np.asarray(im) for im in images]
+        if mean_std is None or not arrays or any(a.dtype != np.uint8 or a.shape != (mean_std[0], mean_std[0], 3) for a in arrays):
+            return torch.stack([self.to_tensor(im) for im in images])
+        _, mean, std = mean_std
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        return batch.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
     @torch.no_grad()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """L2-normalised embeddings (n, embed_dim) of preprocessed images (n, 3, H, W)."""
@@ -121,3 +136,23 @@ class ClipEncoder:
         weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
         scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
         return ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
+
+
+def _plain_normalisation(preprocess: Any) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(input side n, mean, std) when `preprocess` is open_clip's inference pipeline, else None.
+
+    That pipeline, Resize(n) -> CenterCrop(n) -> RGB -> ToTensor -> Normalize, maps an n x n RGB
+    uint8 image to (x / 255 - mean) / std: torchvision's Resize returns an image of the size asked as it is.
+    """
+    steps = list(getattr(preprocess, "transforms", []))
+    if [type(t).__name__ for t in steps] != ["Resize", "CenterCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize"]:
+        return None
+    resize, crop, convert, _, normalize = steps
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else tuple(resize.size))
+    side = size if isinstance(size, int) else (size[0] if size[0] == size[1] else None)
+    if side is None or tuple(crop.size) != (side, side) or getattr(convert, "mode", None) != "RGB":
+        return None
+    if normalize.inplace or resize.max_size is not None:
+        return None
+    dtype = torch.get_default_dtype()
+    return side, torch.as_tensor(normalize.mean, dtype=dtype), torch.as_tensor(normalize.std, dtype=dtype)
