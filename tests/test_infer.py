@@ -66,6 +66,23 @@ def test_windows_stream_in_order_and_skip_empty_ones(export: Path, workers: int)
     np.testing.assert_allclose(streamed, direct, atol=1e-5)
 
 
+def test_the_model_sees_the_same_batches_whatever_the_readers(export: Path) -> None:
+    """Batches read in parts by several threads are the batches one thread reads: embeddings equal bit for bit."""
+    encoder = ClipEncoder.load(export)
+    windows = list(range(23))
+
+    def noise_window(i: int) -> np.ndarray | None:  # at the model's input size: to_batch's one-operation path
+        return None if i % 5 == 3 else np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    runs = {workers: list(embed_windows(windows, noise_window, encoder.to_tensor, encoder.embed_tensors, batch_size=5,
+                                        workers=workers, to_batch=encoder.to_batch)) for workers in (0, 2, 3)}
+    for workers in (2, 3):
+        assert [b.windows for b in runs[workers]] == [b.windows for b in runs[0]]
+        for ours, alone in zip(runs[workers], runs[0]):
+            np.testing.assert_array_equal(ours.valid, alone.valid)
+            np.testing.assert_array_equal(ours.embeddings, alone.embeddings)
+
+
 class HandleReader:
     """A reader that opens a "handle" (its thread) on first use, as the analysts' readers open their files."""
 
