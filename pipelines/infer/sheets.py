@@ -48,5 +48,7 @@ def palette_png(image: Image.Image, fixed: Sequence[tuple[int, int, int]]) -> by
     palette = Image.new("P", (1, 1))
     palette.putpalette([v for colour in fixed for v in colour] + fitted)
     out = io.BytesIO()
-    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG")  # optimize=True: 1 % smaller for 50 % more time
+    # zlib level 3: 6 % larger than the default 6 for less than half its time (10 ms instead of 25 ms for 800 px);
+    # optimize=True: 1 % smaller for 50 % more time
+    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", compress_level=3)
     return out.getvalue()
