@@ -5,7 +5,7 @@ mask is common to both and not timed) are scored three ways, interleaved, `--rep
 
 - plain:    one OpenSlide handle in this process; for each tile, read it, preprocess it, embed it
             alone (batch of 1) and score it;
-- batched:  `domains.pathology.analyst.embed_tiles` (worker processes read ahead, `--batch-size`
+- batched:  `domains.pathology.analyst.embed_tiles` (reader threads read ahead, `--batch-size`
             tiles per model call) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON).
 
@@ -141,7 +141,7 @@ def main() -> None:
             at = threads_label(count, default_threads)
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} for every method, "
-                     f"batch {args.batch_size}, {args.workers} reader processes; max |p_plain - p_batched| = {agree:.2e}")
+                     f"batch {args.batch_size}, {args.workers} reader threads; max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f" [{args.arch}, random init]" if args.arch else ""
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",

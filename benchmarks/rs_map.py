@@ -5,7 +5,7 @@ scored three ways, interleaved, `--repeats` times:
 
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
             read, stretch and resampling), preprocess it, embed it alone (batch of 1) and score it;
-- batched:  `domains.remote_sensing.analyst.embed_grid` (worker processes read ahead, `--batch-size`
+- batched:  `domains.remote_sensing.analyst.embed_grid` (reader threads read ahead, `--batch-size`
             windows per model call) and the same scoring;
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON).
 
@@ -149,7 +149,7 @@ def main() -> None:
             count = torch.get_num_threads()
             at = threads_label(count, default_threads)
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
-                     f"{at} for every method, batch {args.batch_size}, {args.workers} reader processes; "
+                     f"{at} for every method, batch {args.batch_size}, {args.workers} reader threads; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f" [{args.arch}, random init]" if args.arch else ""
             rows += versus_plain_loop_rows(
