@@ -37,14 +37,17 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def random_model(folder: Path) -> Path:
-    """The demo's tiny architecture, randomly initialised (seed 0), as an open_clip local-dir (an export without a card)."""
+def random_model(folder: Path, arch: str = "domainfm-tiny") -> Path:
+    """An open_clip architecture (the demo's tiny one by default) randomly initialised (seed 0), as a local-dir (an export without a card).
+
+    Any open_clip config name works, e.g. ViT-B-32 for a model of realistic size: built here, nothing is downloaded.
+    """
     import torch
 
     from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
 
     torch.manual_seed(0)
-    spec = ModelSpec("domainfm-tiny")
+    spec = ModelSpec(arch)
     save_open_clip_dir(load_model(spec).model, model_config_of(spec), Path(folder) / "model")
     return Path(folder) / "model"
 

@@ -5,7 +5,7 @@ mask is common to both and not timed) are scored three ways, interleaved, `--rep
 
 - plain:    one OpenSlide handle in this process; for each tile, read it, preprocess it, embed it
             alone (batch of 1) and score it;
-- batched:  `domains.pathology.analyst.embed_tiles` (worker processes read ahead, `--batch-size`
+- batched:  `domains.pathology.analyst.embed_tiles` (reader threads read ahead, `--batch-size`
             tiles per model call) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON).
 
@@ -14,10 +14,11 @@ Prints tiles, median seconds, tiles per second and the ratio batched / plain (me
 image N x N into a larger pyramidal TIFF first (a larger input from a real slide).
 
 Without `--model`, the export `exports/pathology` when there is one, else the demo's tiny
-architecture randomly initialised (throughput does not depend on the weights). `--json PATH` writes
-the benchmark contract's rows (batched and map, each against plain, per thread count).
+architecture randomly initialised (throughput does not depend on the weights); `--arch ViT-B-32`: that
+open_clip architecture randomly initialised (a model of realistic size, built here: nothing is downloaded),
+its rows named after it. `--json PATH` writes the benchmark contract's rows (batched and map, each against plain, per thread count).
 
-Usage: python benchmarks/pathology_map.py [--slide S] [--model EXPORT] [--tile-size 224] [--mosaic 1] [--repeats 3]
+Usage: python benchmarks/pathology_map.py [--slide S] [--model EXPORT | --arch ViT-B-32] [--tile-size 224] [--mosaic 1] [--repeats 3]
        [--threads 1 [0 ...]] [--json PATH]
 """
 from __future__ import annotations
@@ -78,6 +79,8 @@ def score_batched(encoder: ClipEncoder, classifier: ZeroShotClassifier, tiling: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slide", type=Path, default=SLIDE)
+    ap.add_argument("--arch", default=None, help="an open_clip architecture randomly initialised instead of the export, e.g. "
+                    "ViT-B-32 (a model of realistic size, built here without download); its rows are named after it")
     ap.add_argument("--model", type=Path, default=None, help=f"export to map with (default: {MODEL} when present, "
                     "else the tiny demo architecture, random init)")
     ap.add_argument("--mpp", type=float, default=0.5)
@@ -96,8 +99,10 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.arch is not None and args.model is not None:
+            raise SystemExit("--arch and --model exclude each other")
         if args.model is None:
-            args.model = MODEL if MODEL.is_dir() else random_model(Path(tmp))
+            args.model = MODEL if MODEL.is_dir() and args.arch is None else random_model(Path(tmp), args.arch or "domainfm-tiny")
         slide = args.slide if args.mosaic == 1 else mosaic_slide(args.slide, args.mosaic, Path(tmp))
         encoder = load_encoder(args.model, args.device)
         classifier = encoder.zero_shot(list(CLASSNAMES), list(TEMPLATES))
@@ -136,10 +141,11 @@ def main() -> None:
             at = threads_label(count, default_threads)
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} for every method, "
-                     f"batch {args.batch_size}, {args.workers} reader processes; max |p_plain - p_batched| = {agree:.2e}")
+                     f"batch {args.batch_size}, {args.workers} reader threads; max |p_plain - p_batched| = {agree:.2e}")
+            model_tag = f" [{args.arch}, random init]" if args.arch else ""
             rows += versus_plain_loop_rows(
-                n, medians, {"batched": "slide mapping: reading and scoring the tissue tiles (embed_tiles)",
-                             "map": "slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON)"},
+                n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",
+                             "map": f"slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON){model_tag}"},
                 "tiles/s", "tile", at, args.repeats, notes)
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),

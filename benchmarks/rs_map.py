@@ -5,7 +5,7 @@ scored three ways, interleaved, `--repeats` times:
 
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
             read, stretch and resampling), preprocess it, embed it alone (batch of 1) and score it;
-- batched:  `domains.remote_sensing.analyst.embed_grid` (worker processes read ahead, `--batch-size`
+- batched:  `domains.remote_sensing.analyst.embed_grid` (reader threads read ahead, `--batch-size`
             windows per model call) and the same scoring;
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON).
 
@@ -17,8 +17,11 @@ The probabilities of plain and batched are checked to agree. Without `--raster`,
 demo (`render_landscape`, 1024 px) repeated and mirrored to size. Without `--model`, the export
 `exports/remote_sensing` when there is one, else the demo's tiny architecture randomly initialised
 (throughput does not depend on the weights) with the demo's windows (64 px at 2 m: `--tile-m 128`).
+`--arch ViT-B-32` maps with that open_clip architecture randomly initialised instead (a model of
+realistic size, built here: nothing is downloaded), on the same windows read at its input size;
+its rows are named after it.
 
-Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT] [--size 4096] [--tile-m M] [--repeats 3]
+Usage: python benchmarks/rs_map.py [--raster R.tif] [--model EXPORT | --arch ViT-B-32] [--size 4096] [--tile-m M] [--repeats 3]
        [--threads 1 [0 ...]] [--json PATH]
 """
 from __future__ import annotations
@@ -82,6 +85,8 @@ def measure(methods: dict[str, Callable[[], Any]], repeats: int, cuda: bool) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raster", type=Path, default=None, help="scene to map (default: a synthetic --size px scene)")
+    ap.add_argument("--arch", default=None, help="an open_clip architecture randomly initialised instead of the export, e.g. "
+                    "ViT-B-32 (a model of realistic size, built here without download); its rows are named after it")
     ap.add_argument("--model", type=Path, default=None, help=f"export to map with (default: {MODEL} when present, "
                     "else the tiny demo architecture, random init)")
     ap.add_argument("--size", type=int, default=4096)
@@ -99,8 +104,10 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     results, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.arch is not None and args.model is not None:
+            raise SystemExit("--arch and --model exclude each other")
         if args.model is None:
-            args.model = MODEL if MODEL.is_dir() else random_model(Path(tmp))
+            args.model = MODEL if MODEL.is_dir() and args.arch is None else random_model(Path(tmp), args.arch or "domainfm-tiny")
             if args.model != MODEL and args.tile_m is None:
                 args.tile_m = DEMO_TILE_M
         started = time.perf_counter()
@@ -142,11 +149,12 @@ def main() -> None:
             count = torch.get_num_threads()
             at = threads_label(count, default_threads)
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
-                     f"{at} for every method, batch {args.batch_size}, {args.workers} reader processes; "
+                     f"{at} for every method, batch {args.batch_size}, {args.workers} reader threads; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
+            model_tag = f" [{args.arch}, random init]" if args.arch else ""
             rows += versus_plain_loop_rows(
-                n, medians, {"batched": "scene mapping: reading and scoring the windows (embed_grid)",
-                             "map": "scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look)"},
+                n, medians, {"batched": f"scene mapping: reading and scoring the windows (embed_grid){model_tag}",
+                             "map": f"scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look){model_tag}"},
                 "windows/s", "window", at, args.repeats, notes)
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),

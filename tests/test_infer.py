@@ -1,6 +1,7 @@
 """The analysts' machinery: exported models as encoders, read-ahead windows, the embedding cache."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import EmbeddingCache
-from pipelines.infer.clip import ClipEncoder, export_kind
+from pipelines.infer.clip import ClipEncoder, _plain_normalisation, export_kind
 from pipelines.infer.stream import embed_windows
 from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
 
@@ -43,6 +44,20 @@ def test_encoder_embeds_and_classifies(export: Path) -> None:
         encoder.zero_shot(["red", "red"], ["{c}"])
 
 
+def test_zero_shot_classifier_is_built_once_per_prompts_and_equals_a_fresh_one(export: Path) -> None:
+    encoder = ClipEncoder.load(export)
+    first = encoder.zero_shot(["red", "green"], ["a {c} square."])
+    again = encoder.zero_shot(["red", "green"], ["a {c} square."])
+    fresh = ClipEncoder.load(export).zero_shot(["red", "green"], ["a {c} square."])
+    assert torch.equal(again.weights, fresh.weights) and again.logit_scale == fresh.logit_scale
+    again.weights.zero_()  # a caller's copy: changing it changes no later classifier
+    assert torch.equal(encoder.zero_shot(["red", "green"], ["a {c} square."]).weights, first.weights)
+    other = encoder.zero_shot(["red", "green"], ["a {c} square.", "{c}"])  # other templates, other classifier
+    assert not torch.equal(other.weights, first.weights)
+    assert encoder.zero_shot(["green", "red"], ["a {c} square."]).classnames == ["green", "red"]
+    assert torch.equal(encoder.zero_shot(["green", "red"], ["a {c} square."]).weights, first.weights.flip(1))
+
+
 def test_not_an_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not an exported model"):
         export_kind(tmp_path)
@@ -63,6 +78,91 @@ def test_windows_stream_in_order_and_skip_empty_ones(export: Path, workers: int)
     streamed = np.concatenate([b.embeddings for b in batches if len(b.embeddings)])
     direct = encoder.embed_images([colour_window(i) for i in valid])
     np.testing.assert_allclose(streamed, direct, atol=1e-5)
+
+
+def test_the_model_sees_the_same_batches_whatever_the_readers(export: Path) -> None:
+    """Batches read in parts by several threads are the batches one thread reads: embeddings equal bit for bit."""
+    encoder = ClipEncoder.load(export)
+    windows = list(range(23))
+
+    def noise_window(i: int) -> np.ndarray | None:  # at the model's input size: to_batch's one-operation path
+        return None if i % 5 == 3 else np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+    runs = {workers: list(embed_windows(windows, noise_window, encoder.to_tensor, encoder.embed_tensors, batch_size=5,
+                                        workers=workers, to_batch=encoder.to_batch)) for workers in (0, 2, 3)}
+    for workers in (2, 3):
+        assert [b.windows for b in runs[workers]] == [b.windows for b in runs[0]]
+        for ours, alone in zip(runs[workers], runs[0]):
+            np.testing.assert_array_equal(ours.valid, alone.valid)
+            np.testing.assert_array_equal(ours.embeddings, alone.embeddings)
+
+
+class HandleReader:
+    """A reader that opens a "handle" (its thread) on first use, as the analysts' readers open their files."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.handle: int | None = None
+        self.fail_at = fail_at
+        self.closed: list[int | None] = []  # shared by the copies (a shallow copy keeps the list)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "handle": None}
+
+    def __call__(self, i: int) -> np.ndarray | None:
+        if self.handle is None:
+            self.handle = threading.get_ident()
+        assert self.handle == threading.get_ident(), "a reader's handle was used by two threads"
+        if i == self.fail_at:
+            raise OSError(f"window {i} is damaged")
+        return colour_window(i)
+
+    def close(self) -> None:
+        self.closed.append(self.handle)
+
+
+def test_reader_threads_use_their_own_handles_and_close_them(export: Path) -> None:
+    encoder = ClipEncoder.load(export)
+    read = HandleReader()
+    batches = list(embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2))
+    assert [w for b in batches for w in b.windows] == list(range(40))
+    assert read.handle is None  # the readers were copies: the caller's reader never opened anything
+    assert 1 <= len(read.closed) <= 2 and all(h is not None for h in read.closed) and len(set(read.closed)) == len(read.closed)
+
+
+def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export: Path) -> None:
+    encoder = ClipEncoder.load(export)
+    read = HandleReader(fail_at=13)
+    with pytest.raises(OSError, match="window 13 is damaged"):
+        for _ in embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2):
+            pass
+    assert not [t for t in threading.enumerate() if t.name.startswith("window-reader")]
+    assert read.closed and all(h is not None for h in read.closed)
+
+
+def test_batch_preprocessing_equals_one_image_at_a_time(export: Path) -> None:
+    """to_batch converts images at the model's input size in one tensor operation, bit for bit what to_tensor gives."""
+    encoder = ClipEncoder.load(export)
+    side = _plain_normalisation(encoder.preprocess)
+    assert side is not None and side[0] == 64  # open_clip's pipeline is recognised: the one-operation path is the one tested
+    rng = np.random.default_rng(0)
+    at_input = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
+    at_input.append(np.zeros((64, 64, 3), np.uint8))
+    at_input.append(np.full((64, 64, 3), 255, np.uint8))
+    resized = [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8) for _ in range(3)]  # through PIL's resize, image by image
+    for images in (at_input, at_input[:1], resized, [*at_input[:2], resized[0]]):
+        expected = torch.stack([encoder.to_tensor(im) for im in images])
+        batch = encoder.to_batch(images)
+        assert batch.dtype == expected.dtype and torch.equal(batch, expected)
+
+
+def test_batch_preprocessing_keeps_any_other_pipeline(export: Path) -> None:
+    from torchvision import transforms
+
+    encoder = ClipEncoder.load(export)
+    encoder.preprocess = transforms.Compose([transforms.Resize(64), transforms.ToTensor()])  # not open_clip's: no normalisation
+    assert _plain_normalisation(encoder.preprocess) is None
+    images = [np.full((64, 64, 3), v, np.uint8) for v in (0, 100, 255)]
+    assert torch.equal(encoder.to_batch(images), torch.stack([encoder.to_tensor(im) for im in images]))
 
 
 def test_cache_keys_follow_model_input_content_and_settings(tmp_path: Path) -> None:

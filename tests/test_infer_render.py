@@ -126,3 +126,26 @@ def test_map_commands_do_not_import_matplotlib() -> None:
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_palette_png_of_a_scene_is_as_close_to_the_figure_as_median_cut() -> None:
+    """The quick-look's palette (fast octree) keeps a photo-like figure within a few levels, at least as close as median cut."""
+    from domains.remote_sensing.demo.demo_data import render_landscape
+
+    landscape, _, _ = render_landscape(256, 1.0, 0)
+    rgb = np.asarray(Image.fromarray(landscape).resize((600, 600), Image.BICUBIC))
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 3, (12, 12)).astype(np.uint8)
+    colours = class_colours(CLASSES)
+    shares = {"water": 0.3, "forest": 0.4, "farmland": 0.3}
+    image, _ = quicklook_image(rgb, classes, CLASSES, colours, shares, "scene", 2.0)
+    figure = np.asarray(image).astype(int)
+    decoded = np.asarray(Image.open(io.BytesIO(quicklook_png(rgb, classes, CLASSES, colours, shares, "scene", 2.0))).convert("RGB"))
+    error = np.abs(decoded.astype(int) - figure)
+    assert error.mean() <= 3.5 and np.percentile(error, 99) <= 16
+    fixed = [(0, 0, 0), (255, 255, 255), *colours]
+    median_cut = image.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT).getpalette()[: 3 * (256 - len(fixed))]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([v for c in fixed for v in c] + median_cut)
+    before = np.abs(np.asarray(image.quantize(palette=palette, dither=Image.Dither.NONE).convert("RGB")).astype(int) - figure)
+    assert error.mean() <= before.mean() and error.max() <= before.max()

@@ -204,7 +204,7 @@ def test_tile_that_fails_to_decode_in_a_reader_process_is_named(export: Path, sl
             raise SlideReadError(f"{self.path}#x{window[0]}: Not a JPEG file")  # as openslide fails on a damaged tile
         return read(self, window)
 
-    monkeypatch.setattr(TileReader, "__call__", damaged_after_two)  # worker processes fork with it
+    monkeypatch.setattr(TileReader, "__call__", damaged_after_two)  # the reader threads share it
     out = tmp_path / "out"
     with pytest.raises(InputError, match="slide_a.tiff: openslide cannot read the slide"):
         map_slide(export, slides / "slide_a.tiff", out, classes=CLASSES, batch_size=2, **{**FAST, "workers": 2})

@@ -442,7 +442,7 @@ def test_unreadable_window_in_a_reader_process_is_named(encoder: ClipEncoder, sc
             raise rasterio.errors.RasterioError("TIFFReadEncodedStrip failed")
         return real_tile(source, *args, **kwargs)
 
-    monkeypatch.setattr(analyst_windows, "read_mosaic_tile", damaged_after_two)  # worker processes fork with it
+    monkeypatch.setattr(analyst_windows, "read_mosaic_tile", damaged_after_two)  # the reader threads share it
     monkeypatch.setattr(analyst_windows, "read_tile", strip_damaged_after_two)
     out = tmp_path / "out"
     with pytest.raises(InputError, match="scene.tif: unreadable raster data"):

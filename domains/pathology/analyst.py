@@ -8,7 +8,7 @@
   the same slides only embeds the query.
 
 Tiles are the curation's (`analyst_tiles`): the tissue mask, the slide's MPP, the pyramid level
-nearest the target resolution. Reading runs ahead in worker processes and the model scores whole
+nearest the target resolution. Reading runs ahead in reader threads and the model scores whole
 batches (`pipelines.infer`), on the GPU when there is one.
 
 ```python
@@ -108,17 +108,18 @@ _json_bytes = outputs.json_bytes
 def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64, workers: int = 2) -> np.ndarray:
     """L2-normalised embeddings (n tiles, embed_dim) of a planned slide's tissue tiles, in `tiling.tiles` order.
 
-    Tiles are read ahead by `workers` processes (each with its own OpenSlide handle) and embedded
+    Tiles are read ahead by `workers` threads (each with its own OpenSlide handle) and embedded
     `batch_size` at a time; a region openslide cannot decode is an InputError naming the slide.
     """
     windows = [(x, y) for x, y, _ in tiling.tiles]
     if not windows:
         return np.zeros((0, encoder.embed_dim), np.float32)
-    workers = max(0, min(workers, -(-len(windows) // batch_size)))  # no idle worker processes for a small slide
+    workers = max(0, min(workers, -(-len(windows) // batch_size)))  # no idle reader threads for a small slide
     chunks = []
     try:
         for batch in embed_windows(windows, TileReader.of(tiling), encoder.to_tensor, encoder.embed_tensors,
-                                   batch_size=batch_size, workers=workers, desc=tiling.path.name):
+                                   batch_size=batch_size, workers=workers, desc=tiling.path.name,
+                                   to_batch=encoder.to_batch):
             chunks.append(batch.embeddings)
     except SlideReadError:
         raise InputError(f"{tiling.path}: {REASON_READ_FAILED}") from None
@@ -161,7 +162,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
         tile_size: tile side in pixels at `mpp` (tiles do not overlap).
         top_k: tiles pooled per class for the slide-level prediction (capped at the tissue tile count).
         batch_size: tiles per model batch.
-        workers: processes reading tiles ahead (0 reads in this process).
+        workers: threads reading tiles ahead (0 reads in the calling thread).
         slide_mpp: level-0 micrometres per pixel for slides that record neither MPP nor objective power.
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
         heatmap: "argmax" (colour of the most probable class) or a class name (its probability).
@@ -319,7 +320,7 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         slide_mpp: level-0 micrometres per pixel for slides that record no resolution.
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
         batch_size: tiles per model batch.
-        workers: processes reading tiles ahead.
+        workers: threads reading tiles ahead.
         cache: embedding cache folder (default ~/.cache/domainfm/embeddings); a slide already
             embedded by the same model and tiling is not read again.
         device: "auto", "cpu" or "cuda".
@@ -430,7 +431,7 @@ def map_command(
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
     top_k: Annotated[int, typer.Option(help="Tiles pooled per class for the slide-level prediction.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Tiles per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Processes reading tiles ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads reading tiles ahead (0: none).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
@@ -455,7 +456,7 @@ def search_command(
     mpp: Annotated[float, typer.Option(help="Micrometres per pixel of the tiles.")] = 0.5,
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Tiles per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Processes reading tiles ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads reading tiles ahead (0: none).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default ~/.cache/domainfm/embeddings).")] = None,

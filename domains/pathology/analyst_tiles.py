@@ -130,7 +130,7 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
 
 
 class TileReader:
-    """Reads one tile (level-0 x, y) of a slide as `tile_size`^2 RGB; picklable, one OpenSlide handle per process.
+    """Reads one tile (level-0 x, y) of a slide as `tile_size`^2 RGB; one OpenSlide handle per copy (reader thread).
 
     A region openslide fails to decode raises SlideReadError (openslide is unusable after an error,
     so the caller stops there).
@@ -146,7 +146,7 @@ class TileReader:
         return cls(tiling.path, tiling.level, tiling.read_px, tiling.tile_size)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_slide": None}  # worker processes open their own handle
+        return {**self.__dict__, "_slide": None}  # each reader thread (a copy) opens its own handle
 
     def __call__(self, window: tuple[int, int]) -> np.ndarray:
         """The RGB pixels of the tile whose level-0 top-left corner is `window`."""

@@ -10,8 +10,8 @@
 
 Windows are the curation's (`analyst_windows`): the curation's band choice and one radiometric
 stretch per band for the whole scene, NaN and nodata as empty pixels, a window read from every
-raster it touches and resampled straight to the model's input size. Reading runs ahead in worker
-processes and the model scores whole batches (`pipelines.infer`), on the GPU when there is one, so
+raster it touches and resampled straight to the model's input size. Reading runs ahead in reader
+threads and the model scores whole batches (`pipelines.infer`), on the GPU when there is one, so
 memory is bounded by the batch, not the scene.
 
 ```python
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Optional, Sequence
@@ -210,21 +211,21 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64,
                workers: int = 2) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The windows holding data (row, col) and their L2-normalised embeddings (n, embed_dim), in grid order.
 
-    Windows are read ahead by `workers` processes (each with its own raster handles) and embedded
+    Windows are read ahead by `workers` threads (each with its own raster handles) and embedded
     `batch_size` at a time; damaged raster data is an InputError naming the raster.
     """
     if not grid.windows:
         return [], np.zeros((0, encoder.embed_dim), np.float32)
-    workers = max(0, min(workers, -(-len(grid.windows) // batch_size)))  # no idle worker processes for a small scene
+    workers = max(0, min(workers, -(-len(grid.windows) // batch_size)))  # no idle reader threads for a small scene
     kept: list[tuple[int, int]] = []
     chunks = []
     try:
         for batch in embed_windows(grid.windows, WindowReader.of(grid), encoder.to_tensor, encoder.embed_tensors,
-                                   batch_size=batch_size, workers=workers, desc=grid.scene.name):
+                                   batch_size=batch_size, workers=workers, desc=grid.scene.name, to_batch=encoder.to_batch):
             kept.extend(w for w, ok in zip(batch.windows, batch.valid) if ok)
             if len(batch.embeddings):
                 chunks.append(batch.embeddings)
-    except RasterReadError as exc:  # re-raised from a worker with its traceback in the message: name the raster
+    except RasterReadError as exc:  # the message is the raster's path: name it
         named = [m.path for m in grid.scene.members if m.path in str(exc)]
         raise InputError(f"{named[0] if named else grid.scene.name}: {REASON_READ_FAILED}") from None
     embeddings = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, encoder.embed_dim), np.float32)
@@ -391,7 +392,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
             curated with, from its model card, never finer than the scene's pixels; else 224 px at 1 m).
         stride_m: distance between window centres, the maps' cell size (default: `tile_m`; at most `tile_m`).
         batch_size: windows per model batch.
-        workers: processes reading windows ahead (0 reads in this process).
+        workers: threads reading windows ahead (0 reads in the calling thread).
         bands: 1-based bands shown as red, green, blue (or one grey band); default the curation's
             choice (bands named red/green/blue, Landsat numbering, colour interpretation, else 1-3).
         min_valid: a window is scored when at least this fraction of its pixels holds data.
@@ -421,10 +422,20 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
     grid = window_grid(model, encoder, scene, tile_m, stride_m, min_valid)
     classifier = encoder.zero_shot(classnames, templates)
 
+    # The quick-look's view of the scene does not depend on the scores: read it while the windows are scored.
+    overview_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overview")
+    overview = overview_reader.submit(read_overview, grid, DISPLAY_PX)
+    overview_reader.shutdown(wait=False)
     started = time.perf_counter()
-    windows, embeddings = embed_grid(encoder, grid, batch_size, workers)
+    try:
+        windows, embeddings = embed_grid(encoder, grid, batch_size, workers)
+    except BaseException:
+        overview.cancel()
+        wait([overview])  # no reading left behind once the command has failed
+        raise
     seconds = time.perf_counter() - started
     if not windows:
+        wait([overview])
         raise InputError(f"{scene.inputs[0]}: no window holds data (none of the {len(grid.windows)} windows of {grid.tile_m:g} m "
                          f"is {min_valid:.0%} valid pixels)")
     probabilities = classifier.probabilities(embeddings)
@@ -484,7 +495,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         write_class_rasters(grid, class_grid, prob_grid, classnames, colours, staging / f"{stem}.classes.tif",
                             staging / f"{stem}.probs.tif")
         (staging / f"{stem}.geojson").write_bytes(_json_bytes({"type": "FeatureCollection", "features": regions}, compact=True))
-        rgb = read_overview(grid, DISPLAY_PX)
+        rgb = overview.result()
         metres_per_px = (grid.bounds[2] - grid.bounds[0]) / scene.units_per_m / rgb.shape[1]
         (staging / f"{stem}.png").write_bytes(quicklook_png(rgb, class_grid, classnames, colours, shares, title, metres_per_px))
         summary["run"]["total_seconds"] = round(time.perf_counter() - started_total, 3)
@@ -492,7 +503,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
 
     try:
         publish(out, write)
-    except RasterReadError as exc:  # the quick-look reads the scene once more
+    except RasterReadError as exc:  # the quick-look's overview of the scene failed
         raise InputError(f"{exc}: {REASON_READ_FAILED}") from None
     return RasterMap(rasters=scene.inputs, classes_tif=out / f"{stem}.classes.tif", probs_tif=out / f"{stem}.probs.tif",
                      geojson=out / f"{stem}.geojson", quicklook=out / f"{stem}.png", summary=out / f"{stem}.json",
@@ -553,7 +564,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
         tile_m: window side in ground metres (default as `map_raster`).
         stride_m: distance between window centres (default: `tile_m`).
         batch_size: windows per model batch.
-        workers: processes reading windows ahead.
+        workers: threads reading windows ahead.
         bands: 1-based bands shown as red, green, blue (default: the curation's choice).
         min_valid: a window is searched when at least this fraction of its pixels holds data.
         cache: embedding cache folder (default ~/.cache/domainfm/embeddings); rasters already embedded
@@ -644,7 +655,7 @@ def map_command(
     tile_m: Annotated[Optional[float], typer.Option(help="Window side in ground metres (default: the model's training tiles).")] = None,
     stride_m: Annotated[Optional[float], typer.Option(help="Distance between windows = map cell size, metres (default: --tile-m).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Processes reading windows ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads reading windows ahead (0: none).")] = 2,
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
@@ -674,7 +685,7 @@ def search_command(
     tile_m: Annotated[Optional[float], typer.Option(help="Window side in ground metres (default: the model's training tiles).")] = None,
     stride_m: Annotated[Optional[float], typer.Option(help="Distance between windows, metres (default: --tile-m).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Processes reading windows ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads reading windows ahead (0: none).")] = 2,
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default ~/.cache/domainfm/embeddings).")] = None,

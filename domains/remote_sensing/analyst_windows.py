@@ -261,7 +261,7 @@ def plan_grid(scene: Scene, tile_m: float, stride_m: float, window_px: int, min_
 class WindowReader:
     """Reads the window of a cell (row, col) as `size`^2 RGB, or None when too little of it holds data.
 
-    Picklable: each process opens its own raster handles, on first use. A raster whose pixels
+    Copies (copy.copy, pickle) leave the handles behind: each reader thread opens its own, on first use. A raster whose pixels
     cannot be read raises RasterReadError with its path.
     """
 
@@ -282,7 +282,7 @@ class WindowReader:
                    grid.min_valid, grid.resampling)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_sources": {}, "_crs": None}  # worker processes open their own handles
+        return {**self.__dict__, "_sources": {}, "_crs": None}  # each reader thread (a copy) opens its own handles
 
     def _source(self, index: int) -> TileSource:
         # The validity rule is decided once per raster and process (TileSource), not once per window.

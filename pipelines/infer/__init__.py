@@ -2,7 +2,7 @@
 
 - `device`: the best device and precision (CUDA with bf16 autocast when present, else the CPU);
 - `clip`: an exported open_clip model as an encoder of images and texts, with zero-shot scores;
-- `stream`: windows read ahead by worker processes, batched through the model, with a progress bar;
+- `stream`: windows read ahead by reader threads, batched through the model, with a progress bar;
 - `cache`: embeddings kept per (model, input, tiling) so a second query is instant;
 - `sheets`: contact sheets of the best matches.
 

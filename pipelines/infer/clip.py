@@ -58,6 +58,7 @@ class ClipEncoder:
         self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
         self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it)
         self.folder = folder  # the export it was loaded from, if any
+        self._classifiers: dict[tuple[tuple[str, ...], tuple[str, ...]], ZeroShotClassifier] = {}  # zero_shot's, per prompts
 
     def hubness_bank(self) -> HubnessBank | None:
         """The hubness bank the export ships (pipelines/infer/hubness.py), or None."""
@@ -80,6 +81,21 @@ class ClipEncoder:
         """The model input for one RGB image (HxWx3 uint8 array or PIL image)."""
         pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
         return self.preprocess(pil.convert("RGB"))
+
+    def to_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """The model inputs (n, 3, H, W) of RGB images (HxWx3 uint8): exactly `to_tensor`'s, stacked.
+
+        Images already at the input size of open_clip's usual preprocessing (resize, centre crop,
+        to tensor, normalise) are converted in one tensor operation: resize and crop leave them as
+        they are, and the same float operations run on the whole batch as on each image.
+        """
+        mean_std = _plain_normalisation(self.preprocess)
+        arrays = [np.asarray(im) for im in images]
+        if mean_std is None or not arrays or any(a.dtype != np.uint8 or a.shape != (mean_std[0], mean_std[0], 3) for a in arrays):
+            return torch.stack([self.to_tensor(im) for im in images])
+        _, mean, std = mean_std
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        return batch.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
     @torch.no_grad()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
@@ -111,13 +127,42 @@ class ClipEncoder:
         return int(self.embed_texts(["x"]).shape[1])
 
     def zero_shot(self, classnames: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
-        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe)."""
+        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe).
+
+        Built once per (class names, templates) for a loaded encoder: embedding the prompts is a fixed
+        cost of every map (about 2 s for ViT-B-32's text tower on one CPU thread), paid again by every
+        scene or slide a session maps with the same classes otherwise.
+        """
         from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 
         if not classnames:
             raise InputError("no class names given: pass --classes a,b,c or --classes-file")
         if len(set(classnames)) != len(classnames):
             raise InputError(f"class names repeat: {', '.join(c for c in classnames if list(classnames).count(c) > 1)}")
-        weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
-        scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
-        return ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
+        key = (tuple(classnames), tuple(templates))
+        built = self._classifiers.get(key)
+        if built is None:
+            weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
+            scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
+            built = self._classifiers[key] = ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
+        return ZeroShotClassifier(list(built.classnames), built.weights.clone(), built.logit_scale)  # the caller's own copy
+
+
+def _plain_normalisation(preprocess: Any) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(input side n, mean, std) when `preprocess` is open_clip's inference pipeline, else None.
+
+    That pipeline, Resize(n) -> CenterCrop(n) -> RGB -> ToTensor -> Normalize, maps an n x n RGB
+    uint8 image to (x / 255 - mean) / std: torchvision's Resize returns an image of the size asked as it is.
+    """
+    steps = list(getattr(preprocess, "transforms", []))
+    if [type(t).__name__ for t in steps] != ["Resize", "CenterCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize"]:
+        return None
+    resize, crop, convert, _, normalize = steps
+    size = resize.size if isinstance(resize.size, int) else (resize.size[0] if len(resize.size) == 1 else tuple(resize.size))
+    side = size if isinstance(size, int) else (size[0] if size[0] == size[1] else None)
+    if side is None or tuple(crop.size) != (side, side) or getattr(convert, "mode", None) != "RGB":
+        return None
+    if normalize.inplace or resize.max_size is not None:
+        return None
+    dtype = torch.get_default_dtype()
+    return side, torch.as_tensor(normalize.mean, dtype=dtype), torch.as_tensor(normalize.std, dtype=dtype)

@@ -38,12 +38,17 @@ def palette_png(image: Image.Image, fixed: Sequence[tuple[int, int, int]]) -> by
     """PNG bytes of `image` in 256 colours: the `fixed` ones exactly (legend, text), the rest fitted to the image.
 
     A photo-like map or heatmap in full RGB is megabytes; a palette without dithering keeps it at a
-    few hundred KB with no visible loss, and the legend's swatches keep their exact colours.
+    few hundred KB with no visible loss, and the legend's swatches keep their exact colours. The
+    palette is fitted by PIL's fast octree: on the quick-looks and heatmaps about 30 times faster
+    than median cut (3 ms instead of 90 ms for 800 px) and closer to the figure (mean error 2.6
+    instead of 3.1 levels, largest 37-47 instead of 55-72).
     """
     fixed = list(dict.fromkeys(tuple(c) for c in fixed))[:128]
-    fitted = image.quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT).getpalette()[: 3 * (256 - len(fixed))]
+    fitted = image.quantize(colors=256 - len(fixed), method=Image.Quantize.FASTOCTREE).getpalette()[: 3 * (256 - len(fixed))]
     palette = Image.new("P", (1, 1))
     palette.putpalette([v for colour in fixed for v in colour] + fitted)
     out = io.BytesIO()
-    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG")  # optimize=True: 1 % smaller for 50 % more time
+    # zlib level 3: 6 % larger than the default 6 for less than half its time (10 ms instead of 25 ms for 800 px);
+    # optimize=True: 1 % smaller for 50 % more time
+    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", compress_level=3)
     return out.getvalue()

@@ -1,26 +1,35 @@
-"""Windows of a large input read ahead by worker processes and embedded batch by batch.
+"""Windows of a large input read ahead by reader threads and embedded batch by batch.
 
 The analyst commands score thousands of windows of a scene or a slide. Reading and preprocessing a
-window is CPU and disk work, running the model is device work: a DataLoader's workers read and
-preprocess the next windows while the model embeds the current batch, and only one batch of pixels
-is in memory per worker, so a scene of any size streams in bounded memory.
+window is CPU and disk work, running the model is device work: reader threads read and preprocess
+the next batches while the model embeds the current one, and at most two batches of pixels are
+read ahead, so a scene of any size streams in bounded memory.
+
+Threads, not processes: the readers' work runs in native code that lets go of the GIL (GDAL's
+warper, OpenSlide's decoder, PIL's resampling, numpy and torch), so threads overlap it with the
+model as processes did, without a process start (fork of an interpreter holding torch: about
+0.1 s per run, most of a small scene's scoring) nor passing every batch of pixels between processes.
 """
 from __future__ import annotations
 
-import math
+import copy
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 # A reader turns one window description into pixels (HxWx3 uint8), or None when the window holds no
-# data (nodata, no tissue): such windows are passed on unscored. It runs in the worker processes,
-# so it must open its own file handles (e.g. lazily, on first call in each process). A reader may
-# also have read_batch(windows) -> list of the same, for readers that read neighbours together.
+# data (nodata, no tissue): such windows are passed on unscored. Each reader thread works on its own
+# shallow copy (copy.copy), so a reader must open its file handles lazily, on first call, and not
+# copy them (e.g. __getstate__ dropping them). A reader may also have read_batch(windows) -> list of
+# the same, for readers that read neighbours together, and close() to close its handles.
 Reader = Callable[[Any], np.ndarray | None]
+PREFETCH = 2  # batches read ahead
 
 
 @dataclass
@@ -32,41 +41,85 @@ class Batch:
     embeddings: np.ndarray  # (n valid, embed_dim)
 
 
-class _Windows(IterableDataset):
-    def __init__(self, windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.ndarray], torch.Tensor],
-                 batch_size: int) -> None:
-        self.windows, self.read, self.to_tensor, self.batch_size = windows, read, to_tensor, batch_size
+def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[np.ndarray], torch.Tensor],
+               to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[list[bool], torch.Tensor | None]:
+    """Which of `windows` hold data, and the model inputs of those that do (None when none does).
 
-    def __iter__(self) -> Iterator[tuple[list[int], list[bool], torch.Tensor | None]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        n_batches = math.ceil(len(self.windows) / self.batch_size)
-        for b in range(worker, n_batches, n_workers):  # worker w reads batches w, w + n, ...: DataLoader yields them in order
-            indices = list(range(b * self.batch_size, min((b + 1) * self.batch_size, len(self.windows))))
-            tensors, valid = [], []
-            # A reader may read a batch's windows together (read_batch), faster than one by one.
-            read_batch = getattr(self.read, "read_batch", None)
-            found = read_batch([self.windows[i] for i in indices]) if read_batch else [self.read(self.windows[i]) for i in indices]
-            for pixels in found:
-                valid.append(pixels is not None)
-                if pixels is not None:
-                    tensors.append(self.to_tensor(pixels))
-            yield indices, valid, (torch.stack(tensors) if tensors else None)
+    `to_batch` preprocesses the batch's images at once (it must equal stacking `to_tensor`'s).
+    """
+    reads_together = getattr(read, "read_batch", None)  # faster than one by one, for readers that have it
+    found = reads_together(list(windows)) if reads_together else [read(w) for w in windows]
+    images = [pixels for pixels in found if pixels is not None]
+    valid = [pixels is not None for pixels in found]
+    if not images:
+        return valid, None
+    tensors = to_batch(images) if to_batch is not None else torch.stack([to_tensor(pixels) for pixels in images])
+    return valid, tensors
 
 
 def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.ndarray], torch.Tensor],
                   embed: Callable[[torch.Tensor], np.ndarray], batch_size: int = 64, workers: int = 2,
-                  desc: str = "windows") -> Iterator[Batch]:
-    """Batches of embedded windows, in the order of `windows`, read ahead by `workers` processes.
+                  desc: str = "windows", to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> Iterator[Batch]:
+    """Batches of embedded windows, in the order of `windows`, read ahead by `workers` threads.
 
-    `to_tensor` is the model's preprocessing (run in the workers); `embed` runs the model (in this
-    process, on its device). workers=0 reads in this process (simplest to debug).
+    `to_tensor` is the model's preprocessing of one image, `to_batch` optionally of a batch's images
+    at once (run in the readers); `embed` runs the model (in this thread, on its device), on the
+    same batches whatever `workers` is. workers=0 reads in this thread, batch after batch.
     """
-    dataset = _Windows(windows, read, to_tensor, batch_size)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=False, prefetch_factor=2 if workers else None)
-    with tqdm(total=len(windows), desc=desc, unit="window", disable=None) as bar:
-        for indices, valid, tensors in loader:
-            embeddings = embed(tensors) if tensors is not None else np.zeros((0, 0), np.float32)
-            bar.update(len(indices))
-            yield Batch([windows[i] for i in indices], np.asarray(valid, bool), embeddings)
+    pin = torch.cuda.is_available()
+    # Each batch is read in `workers` consecutive parts, one per thread: the first batch reaches the
+    # model sooner (the model waits for it), and the parts are put together in order.
+    parts = max(1, workers)
+    spans = []
+    for start in range(0, len(windows), batch_size):
+        end = min(start + batch_size, len(windows))
+        step = -(-(end - start) // parts)
+        spans.append([(s, min(s + step, end)) for s in range(start, end, step)])
+
+    def load(reader: Reader, span: tuple[int, int]) -> tuple[list[bool], torch.Tensor | None]:
+        return read_batch(reader, windows[span[0]:span[1]], to_tensor, to_batch)
+
+    copies: list[Any] = []
+    own = threading.local()
+    lock = threading.Lock()
+
+    def load_in_thread(span: tuple[int, int]) -> tuple[list[bool], torch.Tensor | None]:
+        if not hasattr(own, "reader"):  # each thread its own reader: file handles are not shared between threads
+            own.reader = copy.copy(read)
+            with lock:
+                copies.append(own.reader)
+        return load(own.reader, span)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="window-reader") if workers > 0 else None
+    pending: deque[Future] = deque()
+    queued = iter([span for batch in spans for span in batch])
+    try:
+        with tqdm(total=len(windows), desc=desc, unit="window", disable=None) as bar:
+            for batch in spans:
+                valid: list[bool] = []
+                found: list[torch.Tensor] = []
+                for span in batch:
+                    if pool is None:
+                        part_valid, tensors = load(read, span)
+                    else:
+                        while len(pending) < PREFETCH * parts and (nxt := next(queued, None)) is not None:
+                            pending.append(pool.submit(load_in_thread, nxt))
+                        part_valid, tensors = pending.popleft().result()
+                    valid += part_valid
+                    if tensors is not None:
+                        found.append(tensors)
+                tensors = (found[0] if len(found) == 1 else torch.cat(found)) if found else None
+                if pin and tensors is not None:
+                    tensors = tensors.pin_memory()
+                embeddings = embed(tensors) if tensors is not None else np.zeros((0, 0), np.float32)
+                bar.update(len(valid))
+                yield Batch(list(windows[batch[0][0]:batch[-1][1]]), np.asarray(valid, bool), embeddings)
+    finally:
+        if pool is not None:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+        for reader in copies:
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
