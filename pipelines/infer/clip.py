@@ -58,7 +58,6 @@ class ClipEncoder:
         self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
         self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it)
         self.folder = folder  # the export it was loaded from, if any
-        self._classifiers: dict[tuple[tuple[str, ...], tuple[str, ...]], ZeroShotClassifier] = {}  # zero_shot's, per prompts
 
     def hubness_bank(self) -> HubnessBank | None:
         """The hubness bank the export ships (pipelines/infer/hubness.py), or None."""
@@ -127,25 +126,16 @@ class ClipEncoder:
         return int(self.embed_texts(["x"]).shape[1])
 
     def zero_shot(self, classnames: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
-        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe).
-
-        Built once per (class names, templates) for a loaded encoder: embedding the prompts is a fixed
-        cost of every map (about 2 s for ViT-B-32's text tower on one CPU thread), paid again by every
-        scene or slide a session maps with the same classes otherwise.
-        """
+        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe)."""
         from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 
         if not classnames:
             raise InputError("no class names given: pass --classes a,b,c or --classes-file")
         if len(set(classnames)) != len(classnames):
             raise InputError(f"class names repeat: {', '.join(c for c in classnames if list(classnames).count(c) > 1)}")
-        key = (tuple(classnames), tuple(templates))
-        built = self._classifiers.get(key)
-        if built is None:
-            weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
-            scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
-            built = self._classifiers[key] = ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
-        return ZeroShotClassifier(list(built.classnames), built.weights.clone(), built.logit_scale)  # the caller's own copy
+        weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
+        scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
+        return ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
 
 
 def _plain_normalisation(preprocess: Any) -> tuple[int, torch.Tensor, torch.Tensor] | None:
