@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from domains.remote_sensing.analyst import map_raster, read_classnames, search_rasters
 from domains.remote_sensing.analyst_windows import WindowReader, open_scene, plan_grid
+from domains.remote_sensing.curation.tiles import DIRECT_READ_TOLERANCE
 from domains.remote_sensing.prompts import TEMPLATES
 from pipelines.cli import app
 from pipelines.errors import InputError
@@ -232,7 +233,7 @@ def test_rasters_by_url_map_as_the_local_files_do(encoder: ClipEncoder, scenes: 
 @pytest.mark.parametrize("names", [["scene"], ["nan"], ["uint16"], ["west", "east"], ["east", "west"]])
 def test_windows_read_in_strips_equal_one_window_at_a_time(scenes: dict[str, Path], names: list[str], tile_m: float, stride_m: float,
                                                           window_px: int) -> None:
-    """read_batch cuts runs of windows out of one warp: the pixels (and which windows hold too little data) do not change.
+    """read_batch cuts runs of windows out of one read: the pixels (within DIRECT_READ_TOLERANCE) and the windows with too little data stay.
 
     Upsampled (bilinear) and downsampled (average) windows, windows past the scene's edges, NaN and
     nodata holes, a mosaic in both orders; (32, 21, 64) does not fall on one pixel grid (read one by one).
@@ -246,8 +247,8 @@ def test_windows_read_in_strips_equal_one_window_at_a_time(scenes: dict[str, Pat
     assert len(together) == len(alone) and 0 < sum(p is not None for p in alone)
     for window, a, b in zip(grid.windows, alone, together):
         assert (a is None) == (b is None), window
-        if a is not None:
-            np.testing.assert_array_equal(a, b, err_msg=str(window))
+        if a is not None:  # a strip and its window may be read one directly, one warped: then within the tolerance
+            assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= DIRECT_READ_TOLERANCE, window
 
 
 def test_overlapping_windows_batched_equal_one_window_at_a_time(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds, from_origin
@@ -22,8 +23,11 @@ from domains.remote_sensing.curation.tiles import (
     TileSource,
     covers_only_data,
     finite_pixels,
+    footprint_holds_data,
     has_validity_info,
+    mosaic_limits,
     on_own_grid,
+    overview_sample,
     read_mosaic_tile,
     read_tile,
     to_rgb8,
@@ -89,9 +93,14 @@ CLEAN = [(X0 + 10, Y0 - 90, X0 + 90, Y0 - 10), (X0 + 210, Y0 - 190, X0 + 290, Y0
 NEAR_HOLE = (X0 + 70, Y0 - 98, X0 + 150, Y0 - 18)
 
 
+# flush with the scene's left and top edges, and with its right edge (the first pixels the scene
+# lacks are the next output pixel's): read directly, not warped, though a kernel's margin is outside
+FLUSH = [(X0, Y0 - 60, X0 + 60, Y0), (X0 + SIDE * RES - 80, Y0 - 90, X0 + SIDE * RES, Y0 - 10)]
+
+
 def windows(rng: np.random.Generator) -> list[tuple[float, float, float, float]]:
-    """Square bounds inside, across the edge of and around the holes of the scene, at 1x to 3x the pixel size."""
-    out = [*CLEAN, NEAR_HOLE]
+    """Square bounds inside, flush with, across the edge of and around the holes of the scene, at 1x to 3x the pixel size."""
+    out = [*CLEAN, *FLUSH, NEAR_HOLE]
     for ground in (60.0, 150.0, 290.0):
         for _ in range(4):
             cx = X0 + rng.uniform(-0.2, 1.2) * SIDE * RES
@@ -138,7 +147,8 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
                     got = read_tile(source, crs, bounds, 64, resampling=resampling)
                     np.testing.assert_array_equal(got.valid, want.valid)
                     assert got.data.dtype == want.data.dtype
-                    if on_own_grid(source, crs, bounds, (64, 64), resampling) and covers_only_data(source, crs, bounds, 64):
+                    window = rasterio.windows.from_bounds(*bounds, transform=src.transform)
+                    if on_own_grid(source, crs, bounds, (64, 64), resampling) and footprint_holds_data(source, window):
                         direct.append(resampling)  # one resampled read, no warp: within the tolerance
                         gap = np.abs(got.data.astype(np.float64) - want.data.astype(np.float64))
                         assert gap.max() <= DIRECT_READ_TOLERANCE
@@ -148,10 +158,10 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
                     if want.valid.any() and not want.valid.all():
                         limits = [(0.0, 200.0 * (40 if dtype == "uint16" else 1))] * len(bands) if dtype != "uint8" else None
                         np.testing.assert_array_equal(to_rgb8(got, limits), old_to_rgb8(want, limits))
-        assert compared == len(targets) * (12 + len(CLEAN) + 1) * 3
+        assert compared == len(targets) * (12 + len(CLEAN) + len(FLUSH) + 1) * 3
         # integer data averaged over clean windows in the raster's own CRS is read directly, and nothing else
         assert set(direct) == (set() if dtype == "float32" else {Resampling.average})
-        assert dtype == "float32" or len(direct) >= len(CLEAN)
+        assert dtype == "float32" or len(direct) >= len(CLEAN) + len(FLUSH)
 
 
 def test_mosaic_tile_from_tile_sources_equals_pairs(tmp_path: Path) -> None:
@@ -219,6 +229,10 @@ def test_direct_reads_of_real_rasters_stay_within_the_tolerance_of_the_warp(real
         res = abs(src.res[0])
         left, bottom, right, top = src.bounds
         direct, between_pixels = 0, 0
+        limits = None
+        if src.dtypes[0] != "uint8":  # the whole raster's 2nd and 98th percentiles, curation's default stretch
+            _, values = overview_sample(src, bands, with_values=True)
+            limits = mosaic_limits([(values, 1.0)], 2.0, 98.0)
         for k in range(120):
             size = int(rng.choice([37, 64]))
             ratio = float(rng.choice([0.6, 1.0, 1.05, 1.6, 2.0, 2.7, 4.3]))
@@ -226,14 +240,17 @@ def test_direct_reads_of_real_rasters_stay_within_the_tolerance_of_the_warp(real
             x0, y0 = rng.uniform(left, right - ground), rng.uniform(bottom, top - ground)
             if k % 4 == 0:  # on whole source pixels
                 x0, y0 = left + round((x0 - left) / res) * res, bottom + round((y0 - bottom) / res) * res
+            if k % 5 == 0:  # flush with the raster's left or bottom edge
+                x0, y0 = (left, y0) if k % 10 else (x0, bottom)
             bounds = (x0, y0, x0 + ground, y0 + ground)
             for resampling in (Resampling.average, Resampling.bilinear):
                 want = two_warp_read(src, src.crs, bounds, size, bands, resampling)
                 got = read_tile(source, src.crs, bounds, size, resampling=resampling)
                 np.testing.assert_array_equal(got.valid, want.valid)
                 if on_own_grid(source, src.crs, bounds, (size, size), resampling):
-                    direct += covers_only_data(source, src.crs, bounds, size)
-                    gap = np.abs(got.data.astype(np.float64) - want.data.astype(np.float64))
+                    direct += footprint_holds_data(source, rasterio.windows.from_bounds(*bounds, transform=src.transform))
+                    # the tolerance holds for the curated 8-bit tile (non-8-bit data stretched as curation stretches it)
+                    gap = np.abs(to_rgb8(got, limits).astype(np.int16) - to_rgb8(want, limits).astype(np.int16))
                     assert gap.max() <= DIRECT_READ_TOLERANCE, (bounds, ratio, resampling)
                 else:
                     np.testing.assert_array_equal(got.data, want.data)

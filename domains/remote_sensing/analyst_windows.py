@@ -325,6 +325,8 @@ class WindowReader:
         A warp's pixels depend on its output grid, not on its extent, so a strip of windows that lie
         on one pixel grid (the stride a whole number of window pixels) is cut into the same windows
         the window-by-window warps give, at a fraction of the cost (one warper set-up per strip).
+        A strip and a window of it may take different paths (a direct read where every pixel under
+        one holds data, `tiles.on_own_grid`); then they agree within `tiles.DIRECT_READ_TOLERANCE`.
         Rasters in another CRS than the scene's are read window by window: the warper's approximate
         transformer interpolates along each output line, so a longer line could move a pixel.
         """

@@ -252,8 +252,10 @@ def covers_only_data(source: TileSource, crs: CRS, bounds: tuple[float, float, f
     return bool(src.read_masks(window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)).all())
 
 
-# Largest difference between a direct read and the warp of the same tile, in the raster's units:
-# GDAL's RasterIO and its warper average (or interpolate) the same source pixels and round apart.
+# Largest difference between a direct read and the warp of the same tile, in grey levels of the
+# curated 8-bit tile: GDAL's RasterIO and its warper average the same source pixels and round apart
+# (within 1 raster unit inside the raster; along its edge, 16-bit data by up to 5 units, on the
+# rasters in realdata/rs, which is under 1 grey level once stretched).
 DIRECT_READ_TOLERANCE = 1
 
 
@@ -265,7 +267,7 @@ def on_own_grid(source: TileSource, crs: CRS, bounds: tuple[float, float, float,
     torchgeo's RasterDataset makes through rasterio.merge) averages the same source pixels within
     `DIRECT_READ_TOLERANCE`, for integer data and average resampling only: bilinear interpolation
     differs by up to 35 grey levels between the two (measured on the rasters in realdata/rs). A tile
-    that draws on a pixel outside the raster or without data (`covers_only_data` says) is warped
+    that draws on a pixel outside the raster or without data (`footprint_holds_data` says) is warped
     too: there the two weigh the missing pixels apart, by up to 25 grey levels at the raster's edge.
     """
     if resampling != Resampling.average:
@@ -283,6 +285,26 @@ def on_own_grid(source: TileSource, crs: CRS, bounds: tuple[float, float, float,
     return on_pixels or (round(window.width) != width and round(window.height) != height)
 
 
+def footprint_holds_data(source: TileSource, window: rasterio.windows.Window) -> bool:
+    """Whether the pixels under `window` lie inside the raster and all hold data in every band (as `covers_only_data` asks).
+
+    What a direct read averages is the pixels under each output pixel and no others, so unlike
+    `covers_only_data` (any kernel's reach) a tile flush with the raster's edge qualifies. One more
+    pixel around, inside the raster, is checked too, against rounding at the window's edges.
+    """
+    src = source.src
+    eps = 1e-6
+    c0, r0 = int(math.floor(window.col_off + eps)), int(math.floor(window.row_off + eps))
+    c1 = int(math.ceil(window.col_off + window.width - eps))
+    r1 = int(math.ceil(window.row_off + window.height - eps))
+    if c0 < 0 or r0 < 0 or c1 > src.width or r1 > src.height:
+        return False
+    if source.validity == "alpha":  # nothing marks empty pixels: every pixel inside the raster holds data
+        return True
+    c0, r0, c1, r1 = max(0, c0 - 1), max(0, r0 - 1), min(src.width, c1 + 1), min(src.height, r1 + 1)
+    return bool(src.read_masks(window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)).all())
+
+
 def read_tile(
     src: rasterio.io.DatasetReader | TileSource,
     crs: CRS,
@@ -295,17 +317,15 @@ def read_tile(
 
     `src` is an open raster (then `bands` says which to read) or a TileSource (its bands; built once
     per raster, it spares every tile the metadata checks). A tile on the raster's own grid over pixels
-    that all hold data is one resampled read (`on_own_grid`); any other is what one warp of the bands
+    that all hold data is one resampled read (`on_own_grid`, `footprint_holds_data`); any other is what one warp of the bands
     and a second of `dataset_mask` give, the second skipped when it cannot find an empty pixel (an
     added alpha band read with the bands, or `covers_only_data`).
     """
     source = src if isinstance(src, TileSource) else TileSource.of(src, bands or default_bands(src.count))
     height, width = (size, size) if isinstance(size, int) else size
-    only_data: bool | None = None  # covers_only_data, once asked
     if on_own_grid(source, crs, bounds, (height, width), resampling):
-        only_data = covers_only_data(source, crs, bounds, size)
-        if only_data:
-            window = rasterio.windows.from_bounds(*bounds, transform=source.src.transform)
+        window = rasterio.windows.from_bounds(*bounds, transform=source.src.transform)
+        if footprint_holds_data(source, window):
             data = source.src.read(indexes=list(source.bands), window=window, out_shape=(len(source.bands), height, width),
                                    resampling=resampling)
             return Tile(data, finite_pixels(data))
@@ -319,7 +339,7 @@ def read_tile(
             read = vrt.read(indexes=[*shown, vrt.count])  # the added alpha band is the VRT's last
             return Tile(read[:-1], read[-1] > 0)
         data = vrt.read(indexes=shown)
-        if only_data if only_data is not None else covers_only_data(source, crs, bounds, size):
+        if covers_only_data(source, crs, bounds, size):
             return Tile(data, finite_pixels(data))
         valid = (vrt.dataset_mask() > 0) & finite_pixels(data)
     return Tile(data, valid)
