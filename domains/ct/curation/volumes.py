@@ -30,6 +30,7 @@ from typing import Optional
 import nibabel as nib
 import numpy as np
 import pydicom
+from isal import igzip, isal_zlib
 from pydicom.errors import InvalidDicomError
 
 from pipelines.deid.dicom import allowed_attributes
@@ -111,14 +112,15 @@ def load_nifti(path: Path, contents: Optional[bytes] = None, stored: bool = Fals
         if contents is None:
             img = nib.load(str(path))
         else:
-            img = _nifti_from_bytes(gzip.decompress(contents) if path.name.lower().endswith(".gz") else contents)
+            # ISA-L's inflate: the same bytes as gzip's, in about two thirds of the time (most of a small CT's first pass)
+            img = _nifti_from_bytes(igzip.decompress(contents) if path.name.lower().endswith(".gz") else contents)
         proxy = img.dataobj
         unscaled = float(getattr(proxy, "slope", np.nan)) == 1.0 and float(getattr(proxy, "inter", np.nan)) == 0.0
         if stored and unscaled and np.issubdtype(img.get_data_dtype(), np.integer):
             data = np.asanyarray(proxy.get_unscaled())
         else:
             data = np.asarray(proxy, dtype=np.float32)  # scl_slope/inter applied by nibabel
-    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error, isal_zlib.error, OSError) as exc:
         raise VolumeError("truncated or unreadable NIfTI", str(exc)) from exc
     except Exception as exc:  # nibabel raises several types for garbage headers
         raise VolumeError("unreadable NIfTI", f"{type(exc).__name__}: {exc}") from exc
