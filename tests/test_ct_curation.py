@@ -115,8 +115,14 @@ def test_rerun_hits_cache_and_resumes(demo: Path, curated, tmp_path: Path) -> No
     cfg = CTCurateConfig(**SMALL, test_fraction=0.3, cache_dir=str(out.parent / "cache"))
     key = key_from_text((demo / "demo.key").read_text(), "demo")
     summary = curate(demo / "volumes", demo / "ehr.csv", demo / "reports.csv", demo / "phecode_map.csv", tmp_path / "again", cfg, key)
-    assert summary["steps"]["volumes_cache_hit"] == 12
-    assert "volumes_preprocessed" not in summary["steps"]
+    assert summary["run"]["volumes_cache_hit"] == 12
+    assert "volumes_preprocessed" not in summary["run"]
+    # Cache hits change how the run went, not what it wrote: every file is the same bytes, so DVC
+    # sees no change downstream.
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
+    for rel in written:
+        assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
 
 
 def test_cache_key_changes_with_params_and_bytes(tmp_path: Path) -> None:

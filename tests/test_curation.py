@@ -93,7 +93,7 @@ def test_writes_shards_manifest_rejects_summary(tmp_path):
     rejects = pd.read_csv(tmp_path / "rejects.csv")
     assert list(rejects.columns) == ["input", "stage", "reason"] and len(rejects) == 6
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk == json.loads(json.dumps({k: v for k, v in summary.items() if k != "run"}))  # "run" is never written
     assert on_disk["steps"] == {"objects_kept": 30, "objects_seen": 36}
     assert on_disk["rejected"] == {"check: too dark": 6}
     assert sum(on_disk["pairs"]["per_split"].values()) == 30
@@ -121,7 +121,7 @@ def test_interrupted_run_resumes_without_partial_or_duplicate_shards(tmp_path):
         run_curation(units(extra={4: {"interrupt": True}}), interrupting, tmp_path, CFG)
     assert not (tmp_path / "shards").exists()  # nothing packed from an unfinished run
     summary = run_curation(units(), make_pairs, tmp_path, CFG)
-    assert summary["units"] == {"total": 6, "cached": 4, "processed": 2, "failed": 0}
+    assert summary["units"] == {"total": 6, "failed": 0} and summary["run"]["units_cached"] == 4 and summary["run"]["units_processed"] == 2
     assert summary["pairs"]["kept"] == 30
     keys = [k for s in read_shards(tmp_path) for k in [s]]
     assert len(keys) == len(set(keys)) == 30
@@ -129,16 +129,16 @@ def test_interrupted_run_resumes_without_partial_or_duplicate_shards(tmp_path):
     # a full rerun is all cached and reproduces identical shards byte for byte
     before = {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
     again = run_curation(units(), make_pairs, tmp_path, CFG)
-    assert again["units"]["cached"] == 6
+    assert again["run"]["units_cached"] == 6
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "shards").iterdir()}
 
 
 def test_failed_unit_is_not_cached_and_is_retried_next_run(tmp_path):
     out = tmp_path / "out"
     first = run_curation(units(extra={2: {"fail": True}}), make_pairs, out, CFG)
-    assert first["units"] == {"total": 6, "cached": 0, "processed": 5, "failed": 1}
+    assert first["units"] == {"total": 6, "failed": 1} and first["run"]["units_cached"] == 0 and first["run"]["units_processed"] == 5
     second = run_curation(units(), make_pairs, out, CFG)  # the input was fixed
-    assert second["units"] == {"total": 6, "cached": 5, "processed": 1, "failed": 0}
+    assert second["units"] == {"total": 6, "failed": 0} and second["run"]["units_cached"] == 5 and second["run"]["units_processed"] == 1
     assert second["pairs"]["kept"] == 30
 
 
@@ -151,11 +151,12 @@ def test_editing_an_input_in_place_reprocesses_exactly_its_unit(tmp_path):
     folder.mkdir()
     for i in range(3):
         (folder / f"in{i}.bin").write_bytes(b"original %d" % i)
-    assert run_curation(_file_units(folder), make_pairs, out, CFG)["units"]["processed"] == 3
+    assert run_curation(_file_units(folder), make_pairs, out, CFG)["run"]["units_processed"] == 3
     (folder / "in1.bin").write_bytes(b"replaced 1")  # same name, same size, new content
-    assert run_curation(_file_units(folder), make_pairs, out, CFG)["units"] == {"total": 3, "cached": 2, "processed": 1, "failed": 0}
+    run = run_curation(_file_units(folder), make_pairs, out, CFG)["run"]
+    assert run["units_cached"] == 2 and run["units_processed"] == 1
     os.utime(folder / "in2.bin", ns=(1, 1))  # touched, content unchanged: still cached
-    assert run_curation(_file_units(folder), make_pairs, out, CFG)["units"]["cached"] == 3
+    assert run_curation(_file_units(folder), make_pairs, out, CFG)["run"]["units_cached"] == 3
 
 
 def test_code_version_follows_file_content(tmp_path):
@@ -183,7 +184,7 @@ def test_unit_that_kills_its_worker_becomes_a_reject_and_the_run_goes_on(tmp_pat
     assert row["input"] == "scene3" and "killed by SIGKILL" in row["reason"] and "tried 2 times" in row["reason"]
     # not cached: the next run tries it again (and here it no longer dies)
     again = run_curation(units(), make_pairs, out, CFG, executor=LocalExecutor(2))
-    assert again["units"] == {"total": 6, "cached": 5, "processed": 1, "failed": 0}
+    assert again["units"] == {"total": 6, "failed": 0} and again["run"]["units_cached"] == 5 and again["run"]["units_processed"] == 1
 
 
 def test_a_run_with_no_pairs_does_not_replace_good_output(tmp_path):

@@ -498,18 +498,18 @@ def test_transcript_fixed_or_video_replaced_in_place_is_processed_again(tmp_path
     write_lecture(videos, "edited", classes=(0, 3), seed=4, cues=[(0.5, 2.5, "Here is the appendix."), (3.5, 5.5, "Coffee first.")])
     first = curate(videos, None, None, tmp_path / "out", SMALL)
     before = {r[3] for r in _manifest(tmp_path / "out")}
-    assert "Here is the appendix." in before and first["units"] == {"total": 2, "cached": 0, "processed": 2, "failed": 0}
+    assert "Here is the appendix." in before and first["units"] == {"total": 2, "failed": 0} and first["run"]["units_cached"] == 0 and first["run"]["units_processed"] == 2
 
     (videos / "edited.vtt").write_text(transcript_text([(0.5, 2.5, "Here is the lymph node."), (3.5, 5.5, NARRATION[3])], "vtt"))
     second = curate(videos, None, None, tmp_path / "out", SMALL)
     after = {r[3] for r in _manifest(tmp_path / "out")}
-    assert second["units"] == {"total": 2, "cached": 1, "processed": 1, "failed": 0}
+    assert second["units"] == {"total": 2, "failed": 0} and second["run"]["units_cached"] == 1 and second["run"]["units_processed"] == 1
     assert "Here is the appendix." not in after and {"Here is the lymph node.", NARRATION[3]} <= after
 
     phashes = _phashes(tmp_path / "out", "edited")
     write_bad_video(videos / "edited.mp4", (2, 1), 9)  # other tissue, same name
     third = curate(videos, None, None, tmp_path / "out", SMALL)
-    assert third["units"] == {"total": 2, "cached": 1, "processed": 1, "failed": 0}
+    assert third["units"] == {"total": 2, "failed": 0} and third["run"]["units_cached"] == 1 and third["run"]["units_processed"] == 1
     assert _phashes(tmp_path / "out", "edited").isdisjoint(phashes)
 
 

@@ -143,12 +143,12 @@ def test_rasters_by_url_curate_the_pairs_local_files_do(served, tmp_path: Path) 
     assert list(missing["reason"]) == ["raster URL cannot be read: not found (or the server cannot be reached)"]
 
     again = run(tmp_path, [f"{base}/good.tif", f"{base}/ms.tif"], osm, out="remote")
-    assert again["units"]["processed"] == 0 and again["units"]["cached"] == remote["units"]["total"]
+    assert again["run"]["units_processed"] == 0 and again["run"]["units_cached"] == remote["units"]["total"]
     shutil.copyfile(root / "good.tif", root / "good2.tif")
     os.replace(root / "good2.tif", root / "good.tif")
     _bump(root / "good.tif")
     changed = run(tmp_path, [f"{base}/good.tif", f"{base}/ms.tif"], osm, out="remote")
-    assert changed["units"]["processed"] > 0  # the raster's identity changed: its units are curated again
+    assert changed["run"]["units_processed"] > 0  # the raster's identity changed: its units are curated again
 
 
 # ---------------------------------------------------------------- CT: volumes and tables mirrored

@@ -256,11 +256,11 @@ def shard_contents(out: Path) -> dict[str, list[tuple[str, str]]]:
 def test_rerun_reuses_units_and_shards(scene):
     before = shard_contents(scene["out"])
     summary = run(scene["tmp"], [scene["good"], scene["ms"]], scene["osm"])
-    assert summary["units"]["total"] == summary["units"]["cached"] >= 2 and summary["units"]["processed"] == 0
+    assert summary["units"]["total"] == summary["run"]["units_cached"] >= 2 and summary["run"]["units_processed"] == 0
     assert shard_contents(scene["out"]) == before
     # a parameter that changes the output changes the unit keys: nothing stale is reused
     changed = run(scene["tmp"], [scene["good"]], scene["osm"], max_shift_fraction=0.0)
-    assert changed["units"]["cached"] == 0
+    assert changed["run"]["units_cached"] == 0
 
 
 # ---------------------------------------------------------------- bad inputs

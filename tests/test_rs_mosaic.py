@@ -229,7 +229,7 @@ def test_changing_one_raster_recurates_only_the_units_that_read_it(tmp_path):
     assert first["units"]["total"] > 2
     write_raster(rasters[0], texture(3, 30, 220, 9, size=64).round().astype(np.uint8))  # r00 changes: the north-west corner
     again = run(tmp_path, rasters, osm, **overrides)
-    assert 0 < again["units"]["processed"] < again["units"]["total"] == first["units"]["total"]
+    assert 0 < again["run"]["units_processed"] < again["units"]["total"] == first["units"]["total"]
 
 
 def test_member_unreadable_at_full_resolution_is_named_and_the_others_fill_in(tmp_path):

@@ -14,6 +14,10 @@ module-level function `process(unit) -> UnitResult`. `run_curation` then:
    `rejects.csv` (input, stage, reason) and `summary.json` (counts per step), into a new folder that
    replaces OUT in one rename: a kill at any point leaves the previous output whole. A run that
    curates no pair does not replace an output that has pairs unless asked (`allow_empty`).
+
+The output depends on the inputs and the parameters only: how a run got there (units reused from
+the unit cache, a domain's own cache hits, `UnitResult.run_counts`) is logged and returned under
+"run", never written, so a rerun writes the same bytes and DVC does not retrain downstream.
 """
 from __future__ import annotations
 
@@ -76,6 +80,7 @@ class UnitResult:
     rejects: list[Reject] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # step name -> count, e.g. objects_seen
     warnings: list[str] = field(default_factory=list)  # inputs used with a caveat, naming the input (e.g. decoded as Latin-1)
+    run_counts: Counter = field(default_factory=Counter)  # how this run got there (e.g. cache hits): returned, not written
 
 
 @dataclass
@@ -180,6 +185,7 @@ def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_f
     os.replace(tmp, tar_path)
     record["rejects"] = [r.__dict__ for r in result.rejects]
     record["counts"] = dict(result.counts)
+    record["run_counts"] = dict(result.run_counts)
     record["warnings"] = list(result.warnings)
     atomic_write_json(staging / f"{name}.json", record)  # written last: marks the unit done
     return record
@@ -242,7 +248,7 @@ def run_curation(
     row_filter: RowFilter | None = None,
     splitter: Splitter | None = None,
 ) -> dict[str, Any]:
-    """Curate `units` into OUT; returns the summary.
+    """Curate `units` into OUT; returns the summary written, plus "run" (units reused, run counts).
 
     `pre_rejects`, `pre_counts` and `pre_warnings` come from reading inputs before any unit ran.
 
@@ -278,8 +284,10 @@ def run_curation(
         return failed_record(named[1], named[0], reason)
 
     progress = tqdm(executor.map_unordered(run, todo, crashed), total=len(todo), desc="curate", unit="unit", disable=None)
+    run_counts: Counter = Counter()
     for record in progress:
         records[record["key"]] = record
+        run_counts.update(record.get("run_counts", {}))
 
     # Deterministic order whatever the order units finished in.
     ordered = [records[k] for k in keys]
@@ -310,7 +318,7 @@ def run_curation(
 
     failed = sum(bool(r.get("failed")) for r in ordered)
     summary = {
-        "units": {"total": len(units), "cached": cached, "processed": len(todo) - failed, "failed": failed},
+        "units": {"total": len(units), "failed": failed},
         "steps": dict(sorted(counts.items())),
         "pairs": {"kept": len(rows), "per_split": {s: sum(r["split"] == s for r in rows) for s in SPLITS}},
         "rejected": dict(sorted(Counter(f"{r['stage']}: {r['reason']}" for r in rejects).items())),
@@ -330,7 +338,9 @@ def run_curation(
         write_manifest(rows, fresh)
         write_rejects(rejects, fresh)
         atomic_write_json(fresh / "summary.json", summary)
-    return summary
+    run_state = {"units_cached": cached, "units_processed": len(todo) - failed, **dict(sorted(run_counts.items()))}
+    log.info("curation run: %s", ", ".join(f"{k} {v}" for k, v in run_state.items()))
+    return {**summary, "run": run_state}
 
 
 def _quality_filter(

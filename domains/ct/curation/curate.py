@@ -228,7 +228,7 @@ def process(unit: WorkUnit) -> UnitResult:
         result.rejects.append(Reject(f"{name} ({type(exc).__name__})", STAGE_VOLUME, "unreadable volume"))
         result.counts["volumes_rejected"] += 1
         return result
-    result.counts["volumes_cache_hit" if hit else "volumes_preprocessed"] += 1
+    result.run_counts["volumes_cache_hit" if hit else "volumes_preprocessed"] += 1
     for member, note in meta.get("warnings", []):
         result.warnings.append(f"{member_name(member)}: {clean_note(note, job['path'], name, context)}")
     result.counts["pairs_written"] += 1
