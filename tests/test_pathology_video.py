@@ -498,7 +498,8 @@ def test_transcript_fixed_or_video_replaced_in_place_is_processed_again(tmp_path
     write_lecture(videos, "edited", classes=(0, 3), seed=4, cues=[(0.5, 2.5, "Here is the appendix."), (3.5, 5.5, "Coffee first.")])
     first = curate(videos, None, None, tmp_path / "out", SMALL)
     before = {r[3] for r in _manifest(tmp_path / "out")}
-    assert "Here is the appendix." in before and first["units"] == {"total": 2, "failed": 0} and first["run"]["units_cached"] == 0 and first["run"]["units_processed"] == 2
+    assert "Here is the appendix." in before and first["units"] == {"total": 2, "failed": 0}
+    assert first["run"]["units_cached"] == 0 and first["run"]["units_processed"] == 2
 
     (videos / "edited.vtt").write_text(transcript_text([(0.5, 2.5, "Here is the lymph node."), (3.5, 5.5, NARRATION[3])], "vtt"))
     second = curate(videos, None, None, tmp_path / "out", SMALL)
