@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint clean bench bench-setup
+.PHONY: setup repro test test-fast lint clean bench bench-setup gpu-wheels
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,11 @@ bench-setup: setup $(BENCH_BIN)/.installed
 # every benchmarks/*.py that takes --json, one after another, then reports/benchmarks.md
 bench: bench-setup
 	$(BENCH_BIN)/python benchmarks/run_all.py
+
+# what a lent GPU machine lacks (its python3 3.12 has torch, peft, transformers, timm) for benchmarks/gpu_figures.py
+# and rs_map.py, as wheels in .whl/ (about 40 MB) to carry there; the command to run there is in gpu_figures.py's docstring
+GPU_WHEELS := open.clip.torch|ftfy|wcwidth|webdataset|braceexpand|defusedxml|pydot|rasterio|affine|shapely|cligj|click-plugins
+gpu-wheels: setup
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -m pip freeze | grep -i -E '^($(GPU_WHEELS))==')

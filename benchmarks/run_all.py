@@ -36,7 +36,7 @@ def contract_scripts(folder: Path) -> list[Path]:
     """benchmarks/*.py whose argument parser has a --json option, sorted by name (this runner and report.py excluded)."""
     found = []
     for path in sorted(folder.glob("*.py")):
-        if path.stem in ("run_all", "report", "bench_env"):
+        if path.stem in ("run_all", "report", "bench_env", "gpu_figures"):  # gpu_figures: on a lent GPU only
             continue
         if re.search(r"""add_argument\(\s*["']--json["']""", path.read_text(encoding="utf-8")):
             found.append(path)
