@@ -1,4 +1,4 @@
-"""The GPU figures of issue 16, in one prepared run for when a GPU is lent (`make bench-gpu`).
+"""The GPU figures of issue 16, in one prepared run for when a GPU is lent (the command is at the end of this docstring).
 
 Both go through the project's own training loop (`pipelines.train.loop.fit`) with the real task
 classes; only the batches are synthetic tensors made once on the device, so the figures are the
