@@ -140,6 +140,30 @@ def test_tiles_read_at_the_level_nearest_the_target_mpp(tmp_path: Path) -> None:
     assert plan_tiles(path, 0.25, 64, find_tissue=False).upsampling == 2  # coarser slide than asked: enlarged, and said so
 
 
+def test_tissue_mask_is_the_curations_finest_not_its_throughput_setting(tmp_path: Path) -> None:
+    """A small slide whose pale tissue a coarse mask loses: the analyst still finds it, with the curation's cells at full size.
+
+    The curation makes the mask no finer than mask_px_per_tile pixels a tile side (1024 px here), which finds no
+    tissue cell on this slide (its fat membranes are 1 px wide); mapping uses mask_level_max_dim (2048 px).
+    """
+    import openslide
+
+    from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim
+
+    image, _ = render_slide(PathologyDemoConfig(slide_size=2048, slide_classes=1), 17)  # adipose tissue alone
+    path = tmp_path / "pale.tiff"
+    write_slide(path, image, 0.5, 3)
+    tiling = plan_tiles(path, 1.0, 64)
+    with openslide.OpenSlide(str(path)) as slide:
+        coarse = mask_max_dim(SlideConfig(), slide.dimensions, tiling.size0)
+        finest = SlideConfig().mask_level_max_dim
+        assert coarse < finest
+        cells = {size: grid_candidates(tissue_mask(_mask_image(slide, size)), slide.dimensions, tiling.size0, tiling.size0, 0.5)[0]
+                 for size in (coarse, finest)}
+    assert not cells[coarse] and cells[finest]
+    assert [(x, y) for x, y, _ in tiling.tiles] == [(x, y) for x, y, _ in cells[finest]]
+
+
 def test_map_command_prints_and_writes(export: Path, slides: Path, tmp_path: Path) -> None:
     classes_file = tmp_path / "classes.txt"
     classes_file.write_text("tumour\n\nnormal\n")

@@ -31,7 +31,9 @@ from domains.pathology.curation.slides import (
 )
 from pipelines.errors import InputError
 
-# The tissue mask (and the heatmap's background) at the curation's resolution, so tiles are the ones it would keep.
+# The tissue mask (and the heatmap's background) as the curation makes it, at its finest size: the curation may
+# make it coarser for throughput (mask_px_per_tile), which on real slides passes the same cells or one fewer, but
+# loses pale tissue finer than the coarse mask's pixels; mapping one slide can afford the finer mask.
 MASK_MAX_DIM = SlideConfig().mask_level_max_dim
 
 
