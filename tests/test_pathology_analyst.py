@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from domains.pathology import analyst
 from domains.pathology.analyst import map_slide, read_classnames, read_templates, search_slides, topk_pool
-from domains.pathology.analyst_tiles import SlideReadError, TileReader, plan_tiles
-from domains.pathology.curation.slides import tissue_mask
+from domains.pathology.analyst_tiles import MASK_MAX_DIM, SlideReadError, TileReader, open_slide, plan_tiles
+from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim, tissue_mask
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, write_slide
 from domains.pathology.prompts import CLASSNAMES
 from pipelines.cli import app
@@ -146,22 +146,17 @@ def test_tissue_mask_is_the_curations_finest_not_its_throughput_setting(tmp_path
     The curation makes the mask no finer than mask_px_per_tile pixels a tile side (1024 px here), which finds no
     tissue cell on this slide (its fat membranes are 1 px wide); mapping uses mask_level_max_dim (2048 px).
     """
-    import openslide
-
-    from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim
-
     image, _ = render_slide(PathologyDemoConfig(slide_size=2048, slide_classes=1), 17)  # adipose tissue alone
     path = tmp_path / "pale.tiff"
     write_slide(path, image, 0.5, 3)
     tiling = plan_tiles(path, 1.0, 64)
-    with openslide.OpenSlide(str(path)) as slide:
+    with open_slide(path) as slide:
         coarse = mask_max_dim(SlideConfig(), slide.dimensions, tiling.size0)
-        finest = SlideConfig().mask_level_max_dim
-        assert coarse < finest
+        assert coarse < MASK_MAX_DIM
         cells = {size: grid_candidates(tissue_mask(_mask_image(slide, size)), slide.dimensions, tiling.size0, tiling.size0, 0.5)[0]
-                 for size in (coarse, finest)}
-    assert not cells[coarse] and cells[finest]
-    assert [(x, y) for x, y, _ in tiling.tiles] == [(x, y) for x, y, _ in cells[finest]]
+                 for size in (coarse, MASK_MAX_DIM)}
+    assert not cells[coarse] and cells[MASK_MAX_DIM]
+    assert [(x, y) for x, y, _ in tiling.tiles] == [(x, y) for x, y, _ in cells[MASK_MAX_DIM]]
 
 
 def test_map_command_prints_and_writes(export: Path, slides: Path, tmp_path: Path) -> None:
