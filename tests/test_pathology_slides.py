@@ -31,6 +31,7 @@ from domains.pathology.curation.slides import (
     SlideJob,
     plan_slide_units,
     process_slide,
+    read_size,
     tile_check,
 )
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
@@ -80,6 +81,28 @@ def test_pen_blur_and_background_checks() -> None:
     inked = tissue.copy()
     inked[:, 100:130] = (40, 150, 110)  # green marker stroke
     assert tile_check(inked, cfg) == REASON_PEN
+
+
+def test_a_slide_within_half_a_pixel_of_the_target_is_read_not_resampled(tmp_path: Path) -> None:
+    from domains.pathology.analyst_tiles import TileReader, plan_tiles
+
+    # 224 px at 0.5 um/px span 224.45 px of a 0.499 um/px scan: read 224 (0.45 px short), not 225 squeezed
+    assert read_size(224 * 0.5 / 0.499, 1.0) == 224
+    assert read_size(224 * 0.5 / 0.2520, 1.0) == 444  # a 40x Aperio scan: resampled, 444 px into 224
+    assert read_size(64 * 1.0 / 0.5, 2.0) == 64 and read_size(64 * 1.0 / 0.5, 1.9993) == 64  # a 2x level, its size rounded
+    path = tmp_path / "scan.tiff"
+    write_slide(path, render_tissue(3, 900, np.random.default_rng(0), scale=1.0), 0.499, 2)  # stroma throughout
+    result = _run(path, SlideConfig(target_mpp=0.5, tile_size=224, stride=224, max_tiles_per_slide=6))
+    tiling = plan_tiles(path, 0.5, 224)
+    assert result.pairs and tiling.read_px == 224 and tiling.tiles
+    reader = TileReader.of(tiling)
+    with openslide.OpenSlide(str(path)) as slide:
+        for pair in result.pairs:
+            x, y = pair.provenance["x"], pair.provenance["y"]
+            as_read = np.asarray(slide.read_region((x, y), 0, (224, 224)).convert("RGB"))
+            np.testing.assert_array_equal(pair.image, as_read)  # curation: the pixels as scanned
+            np.testing.assert_array_equal(reader((x, y)), as_read)  # the analyst reads what the model was curated on
+    reader.close()
 
 
 def test_unknown_resolution_and_blank_slide_rejected(tmp_path: Path) -> None:

@@ -153,7 +153,9 @@ def test_real_slide_mask_tied_to_the_tiles_keeps_the_same_tiles() -> None:
     tied = _tiles(path, SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6))
     fine = _tiles(path, SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6, mask_px_per_tile=0))
     assert tied == fine  # the same tiles, pixels, rejects and counts as the 2048 px mask
-    assert len(tied[0]) == 37
+    # 36 of the 49 cells the mask passes: x898-y449 sits at the pen limit (2.005% ink, limit 2%; 1.95% back
+    # when 225 px were resampled into 224, before read_size)
+    assert len(tied[0]) == 36
 
 
 def _tiles_checked_one_by_one(path: Path, cfg: SlideConfig, monkeypatch) -> tuple[list, list, dict]:

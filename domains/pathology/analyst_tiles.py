@@ -5,11 +5,11 @@ The geometry is the curation's (`domains/pathology/curation/slides.py`): the sli
 low-resolution image, a grid of tiles of `tile_size` pixels at the target MPP laid in level-0
 coordinates, and the cells whose tissue fraction is at least `min_tissue`. Tiles are read at the
 coarsest pyramid level that is not coarser than the target (never upsampling more than the slide
-forces) and resized to `tile_size`, as the curation read its training tiles.
+forces) and resized to `tile_size` unless the read is that size already (`read_size`), as the curation
+read its training tiles.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from domains.pathology.curation.slides import (
     _read_level,
     _to_rgb,
     grid_candidates,
+    read_size,
     slide_mpp,
     tissue_mask,
 )
@@ -46,7 +47,7 @@ class SlideTiling:
     """The tissue tiles of one slide at a target resolution, and how to read them.
 
     Tiles are squares of `size0` level-0 pixels with their top-left corner at level-0 (x, y); each is
-    read as `read_px` pixels at pyramid `level` and resized to `tile_size`.
+    read as `read_px` pixels at pyramid `level` and resized to `tile_size` (when they differ).
     """
 
     path: Path
@@ -121,7 +122,7 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
         level_ds = float(slide.level_downsamples[level])
         tiling = SlideTiling(path=path, dimensions=tuple(slide.dimensions), slide_mpp=mpp0, mpp_source=source, target_mpp=target_mpp,
                              tile_size=tile_size, size0=size0, level=level, level_downsample=level_ds,
-                             read_px=max(1, int(math.ceil(size0 / level_ds))), n_grid=0)
+                             read_px=read_size(size0, level_ds), n_grid=0)
         if find_tissue:
             try:
                 tiling.thumbnail = _mask_image(slide, MASK_MAX_DIM)

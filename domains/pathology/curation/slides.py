@@ -9,9 +9,10 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    a calibrated range, pen marks removed, closed, holes filled, small objects dropped;
 3. lay a tile grid in level-0 coordinates and keep cells whose mask tissue fraction is high enough;
 4. read a seeded random subset of those cells at the pyramid level just finer than the target MPP,
-   resize to `tile_size`, and check each tile again at full resolution (pen, tissue, blur). When the
-   mask's thumbnail had to read all of level 0 (a single-level slide) and tiles come from level 0,
-   they are cut from that read instead of read again: the same pixels, one decode.
+   resize to `tile_size` (unless the read is that size already: `read_size`), and check each tile
+   again at full resolution (pen, tissue, blur). When the mask's thumbnail had to read all of
+   level 0 (a single-level slide) and tiles come from level 0, they are cut from that read instead
+   of read again: the same pixels, one decode.
 
 Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
 (`SlideNames.group`): the captions table's `patient_id` column when it has one, else the patient part of
@@ -647,6 +648,17 @@ def _read_level(slide: Any, downsample: float) -> int:
     return max(ok, key=lambda i: ds[i]) if ok else 0
 
 
+def read_size(size0: float, level_downsample: float) -> int:
+    """Pixels to read at a pyramid level for a tile spanning `size0` level-0 pixels: the nearest whole number.
+
+    Rounding keeps the read's extent within half a level pixel of the tile's. When that is the tile
+    size, the tile is read as it is, not resampled: a slide scanned at 0.499 um/px tiled at 0.5 reads
+    224 px (0.45 px short over the tile) rather than 225 squeezed into 224, a resampling by 0.4% that
+    only blurs and costs as much as reading the tile.
+    """
+    return max(1, math.floor(size0 / level_downsample + 0.5))
+
+
 def grid_candidates(
     mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float
 ) -> tuple[list[tuple[int, int, float]], int]:
@@ -846,7 +858,7 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             return reject_slide(REASON_NO_TISSUE)
 
         level_ds = float(slide.level_downsamples[level])
-        read_px = max(1, int(math.ceil(size0 / level_ds)))
+        read_px = read_size(size0, level_ds)
         rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
         tag = hashlib.sha256((job.name or Path(job.path).name).encode()).hexdigest()[:6]
         kept = 0
