@@ -12,6 +12,7 @@ import openslide
 import pytest
 from PIL import Image, ImageFilter
 
+from domains.pathology.analyst_tiles import TileReader, plan_tiles
 from domains.pathology.curation.slides import (
     REASON_BACKGROUND,
     REASON_BLURRED,
@@ -84,8 +85,6 @@ def test_pen_blur_and_background_checks() -> None:
 
 
 def test_a_slide_within_half_a_pixel_of_the_target_is_read_not_resampled(tmp_path: Path) -> None:
-    from domains.pathology.analyst_tiles import TileReader, plan_tiles
-
     # 224 px at 0.5 um/px span 224.45 px of a 0.499 um/px scan: read 224 (0.45 px short), not 225 squeezed
     assert read_size(224 * 0.5 / 0.499, 1.0) == 224
     assert read_size(224 * 0.5 / 0.2520, 1.0) == 444  # a 40x Aperio scan: resampled, 444 px into 224

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from domains.pathology.curation.slides import (
     REASON_NO_MPP,
@@ -25,6 +24,7 @@ from domains.pathology.curation.slides import (
     _mask_image,
     _read_level,
     _to_rgb,
+    fit_tile,
     grid_candidates,
     read_size,
     slide_mpp,
@@ -162,10 +162,7 @@ class TileReader:
             region = self._slide.read_region((x, y), self.level, (self.read_px, self.read_px))
         except openslide.OpenSlideError as exc:
             raise SlideReadError(f"{self.path}#x{x}-y{y}: {exc}") from None
-        image = Image.fromarray(_to_rgb(region))
-        if image.size != (self.tile_size, self.tile_size):
-            image = image.resize((self.tile_size, self.tile_size), Image.LANCZOS)
-        return np.asarray(image)
+        return fit_tile(_to_rgb(region), self.tile_size)
 
     def close(self) -> None:
         """Close this process's handle (if any)."""

@@ -659,6 +659,18 @@ def read_size(size0: float, level_downsample: float) -> int:
     return max(1, math.floor(size0 / level_downsample + 0.5))
 
 
+def fit_tile(rgb: np.ndarray, tile_size: int) -> np.ndarray:
+    """A tile read at `read_size` pixels, at `tile_size`: a copy when it is that size already, else resized (LANCZOS).
+
+    The one rule by which the curation's tiles and the analyst's reads reach the model's tile size,
+    so the analyst scores the pixels the model was curated on. A copy, not a view of the read: a
+    tile cut from the whole of level 0 must not keep that image alive.
+    """
+    if rgb.shape[:2] == (tile_size, tile_size):
+        return np.array(rgb)
+    return np.asarray(Image.fromarray(rgb).resize((tile_size, tile_size), Image.LANCZOS))
+
+
 def grid_candidates(
     mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float
 ) -> tuple[list[tuple[int, int, float]], int]:
@@ -869,18 +881,16 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             result.counts["tiles_read"] += 1
             try:
                 if level0 is not None:
-                    img = Image.fromarray(_cut(level0, x, y, read_px))
+                    read = _cut(level0, x, y, read_px)
                 else:
-                    img = Image.fromarray(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))))
+                    read = _to_rgb(slide.read_region((x, y), level, (read_px, read_px)))
             except openslide.OpenSlideError:
                 # A damaged file can open and fail on its first tile read; openslide is unusable after an
                 # error, so the slide stops here and keeps the tiles read before it.
                 result.rejects.append(Reject(f"{job.source or job.path}#x{x}-y{y}", STAGE_SLIDE, REASON_READ_FAILED))
                 result.counts["slides_read_failed"] += 1
                 break
-            if img.size != (cfg.tile_size, cfg.tile_size):
-                img = img.resize((cfg.tile_size, cfg.tile_size), Image.LANCZOS)
-            rgb = np.asarray(img)
+            rgb = fit_tile(read, cfg.tile_size)
             problem = tile_checks(rgb[None], cfg)[0]
             if problem:
                 result.rejects.append(Reject(f"{job.source or job.path}#x{x}-y{y}", STAGE_TILE, problem))
