@@ -126,7 +126,7 @@ def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export
 
 
 def test_batch_preprocessing_equals_one_image_at_a_time(export: Path) -> None:
-    """to_batch converts images at the model's input size in one tensor operation, bit for bit what to_tensor gives."""
+    """to_batch gives bit for bit what to_tensor gives: images at the model's input size, and others resized and cropped first."""
     encoder = ClipEncoder.load(export)
     side = _plain_normalisation(encoder.preprocess)
     assert side is not None and side[0] == 64  # open_clip's pipeline is recognised: the one-operation path is the one tested
@@ -134,7 +134,8 @@ def test_batch_preprocessing_equals_one_image_at_a_time(export: Path) -> None:
     at_input = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(5)]
     at_input.append(np.zeros((64, 64, 3), np.uint8))
     at_input.append(np.full((64, 64, 3), 255, np.uint8))
-    resized = [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8) for _ in range(3)]  # through PIL's resize, image by image
+    # resized and cropped by the pipeline's own steps, image by image: a slide tile, a tall and a wide window, one too small
+    resized = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((224, 224, 3), (90, 70, 3), (70, 131, 3), (40, 40, 3))]
     for images in (at_input, at_input[:1], resized, [*at_input[:2], resized[0]]):
         expected = torch.stack([encoder.to_tensor(im) for im in images])
         batch = encoder.to_batch(images)

@@ -206,6 +206,50 @@ def _tiles_read_one_by_one(path: Path, cfg: SlideConfig, monkeypatch) -> tuple[l
         return _tiles(path, cfg)
 
 
+@pytest.mark.parametrize("max_tiles", [7, 10**6])
+def test_tiles_read_ahead_in_chunks_as_one_by_one(tmp_path: Path, monkeypatch, max_tiles: int) -> None:
+    # a pyramid whose tiles are read from the slide (the mask from level 1): reader threads read and
+    # check chunks in raster order; taken in the seeded order, with the cap, exactly as one at a time
+    img = render_slide(PathologyDemoConfig(slide_size=1200), 23)[0].copy()
+    img[700:712] = (40, 150, 60)  # a green ink stroke through tissue: refusals among the chunk's tiles
+    path = tmp_path / "pyramid.tiff"
+    write_slide(path, img, 0.5, levels=3)
+    cfg = SlideConfig(target_mpp=0.5, tile_size=64, stride=64, mask_level_max_dim=700, max_tiles_per_slide=max_tiles)
+    chunks = []
+    read_ahead = slides.map_in_raster_order
+    with monkeypatch.context() as m:
+        m.setattr(slides, "map_in_raster_order", lambda fn, cells, *a: chunks.append(len(cells)) or read_ahead(fn, cells, *a))
+        m.setattr(slides, "READ_THREADS", 2)
+        got = _tiles(path, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(slides, "READ_THREADS", 1)
+        m.setattr(slides, "CHUNK_BYTES", 1)  # chunks of one tile: read, checked and taken one by one
+        assert got == _tiles(path, cfg)
+    refused = [reason for _, reason in got[1]]
+    assert got[0] and slides.REASON_PEN in refused  # tiles kept and refused
+    assert len(got[0]) == min(max_tiles, got[2]["tiles_read"] - len(refused))
+    assert chunks[0] > 1 and (len(chunks) > 1 if max_tiles == 7 else chunks == [got[2]["tiles_read"]])  # refusals: a second chunk
+
+
+def test_map_in_raster_order_computes_top_row_first_and_keeps_the_order_given() -> None:
+    cells = [(5, 2), (0, 9), (7, 0), (1, 2), (3, 0)]
+    calls = []
+
+    def fn(x: int, y: int) -> int:
+        calls.append((x, y))
+        if (x, y) == (1, 2):
+            raise openslide.OpenSlideError("damaged")
+        return 10 * x + y
+
+    out = slides.map_in_raster_order(fn, cells, 1, openslide.OpenSlideError)
+    assert calls == [(3, 0), (7, 0), (1, 2), (5, 2), (0, 9)]
+    assert out[0] == 52 and out[1] == 9 and out[2] == 70 and isinstance(out[3], openslide.OpenSlideError) and out[4] == 30
+    assert [v if isinstance(v, int) else "error" for v in slides.map_in_raster_order(fn, cells, 3, openslide.OpenSlideError)] == \
+        [52, 9, 70, "error", 30]
+    with pytest.raises(ZeroDivisionError):  # any other error is raised
+        slides.map_in_raster_order(lambda x, y: 1 // 0, cells, 2, openslide.OpenSlideError)
+
+
 @pytest.mark.parametrize("slide_mpp,tile", [(0.5, 64), (0.499, 64), (0.4, 48)])
 def test_single_level_slide_tiles_cut_from_one_read_as_read_one_by_one(tmp_path: Path, monkeypatch, slide_mpp: float,
                                                                        tile: int) -> None:
@@ -227,6 +271,51 @@ def test_single_level_slide_tiles_cut_from_one_read_as_read_one_by_one(tmp_path:
     got = _tiles(path, cfg)
     assert got == _tiles_read_one_by_one(path, cfg, monkeypatch)
     assert len(got[0]) >= 10 and got[2]["tiles_read"] > len(got[0])  # tiles kept and refused: the checks ran
+
+
+def test_read_level_reads_bands_in_threads_as_one_read(tmp_path: Path, monkeypatch) -> None:
+    img, _ = render_slide(PathologyDemoConfig(slide_size=1200), 5)
+    path = tmp_path / "three.tiff"
+    write_slide(path, img[:1000, :1024].copy(), 0.25, levels=3)  # halves exactly: whole downsamples (2, 4)
+    monkeypatch.setattr(slides, "READ_THREADS", 3)
+    monkeypatch.setattr(slides, "READ_BAND_MIN_PIXELS", 1)
+    monkeypatch.setattr(slides, "READ_BAND_MIN_ROWS", 16)
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_downsamples == (1.0, 2.0, 4.0) and slide.properties["openslide.level[0].tile-height"] == "256"
+        reads = []
+        read_region = slide.read_region
+        slide.read_region = lambda *args: reads.append(args) or read_region(*args)
+        # 1000, 500 and 250 rows in tiles of 256: 4 bands (the last shorter), 2, and one read
+        for level, dims in enumerate(slide.level_dimensions):
+            reads.clear()
+            got = slides.read_level(slide, level)
+            tops = [location[1] // int(slide.level_downsamples[level]) for location, _, _ in reads]
+            assert sorted(tops) == list(range(0, dims[1], 256))  # each band on its own tile rows, none read twice
+            assert got.mode == "RGBA" and np.array_equal(np.asarray(got), np.asarray(read_region((0, 0), level, dims)))
+
+
+def test_read_level_reads_a_level_of_fractional_downsample_at_once(monkeypatch) -> None:
+    class Slide:  # an SVS-like pyramid: level 1's downsample is not a whole number, so bands would not start on whole rows
+        level_dimensions = ((4000, 3000), (1000, 750))
+        level_downsamples = (1.0, 4.0003)
+        properties: dict[str, str] = {}
+
+        def __init__(self) -> None:
+            self.reads: list[tuple] = []
+
+        def read_region(self, *args: object) -> Image.Image:
+            self.reads.append(args)
+            return Image.new("RGBA", args[2])
+
+    monkeypatch.setattr(slides, "READ_THREADS", 2)
+    slide = Slide()
+    slides.read_level(slide, 1)
+    assert slide.reads == [((0, 0), 1, (1000, 750))]
+    slide.reads.clear()
+    slides.read_level(slide, 0)  # bands, together exactly the level's rows
+    bands = sorted((location[1], size[1]) for location, _, size in slide.reads)
+    assert len(bands) > 2 and bands[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(bands, bands[1:]))
+    assert sum(n for _, n in bands) == 3000
 
 
 @pytest.mark.realdata

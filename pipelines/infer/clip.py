@@ -84,15 +84,18 @@ class ClipEncoder:
     def to_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """The model inputs (n, 3, H, W) of RGB images (HxWx3 uint8): exactly `to_tensor`'s, stacked.
 
-        Images already at the input size of open_clip's usual preprocessing (resize, centre crop,
-        to tensor, normalise) are converted in one tensor operation: resize and crop leave them as
-        they are, and the same float operations run on the whole batch as on each image.
+        With open_clip's usual preprocessing (resize, centre crop, to tensor, normalise) the resize
+        and crop run image by image, as in `to_tensor` (the same PIL operations; images already at
+        the input size skip them, which leave such images as they are), and the tensor conversion
+        and normalisation run once on the whole batch: the same float operations on the same values.
         """
-        mean_std = _plain_normalisation(self.preprocess)
+        plain = _plain_normalisation(self.preprocess)
         arrays = [np.asarray(im) for im in images]
-        if mean_std is None or not arrays or any(a.dtype != np.uint8 or a.shape != (mean_std[0], mean_std[0], 3) for a in arrays):
+        if plain is None or not arrays or any(a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 for a in arrays):
             return torch.stack([self.to_tensor(im) for im in images])
-        _, mean, std = mean_std
+        side, mean, std = plain
+        resize, crop = self.preprocess.transforms[:2]
+        arrays = [a if a.shape[:2] == (side, side) else np.asarray(crop(resize(Image.fromarray(a)))) for a in arrays]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
         return batch.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
@@ -142,7 +145,8 @@ def _plain_normalisation(preprocess: Any) -> tuple[int, torch.Tensor, torch.Tens
     """(input side n, mean, std) when `preprocess` is open_clip's inference pipeline, else None.
 
     That pipeline, Resize(n) -> CenterCrop(n) -> RGB -> ToTensor -> Normalize, maps an n x n RGB
-    uint8 image to (x / 255 - mean) / std: torchvision's Resize returns an image of the size asked as it is.
+    uint8 image to (x / 255 - mean) / std: torchvision's Resize returns an image of the size asked as
+    it is; any other image is first resized and cropped to n x n by the pipeline's own first two steps.
     """
     steps = list(getattr(preprocess, "transforms", []))
     if [type(t).__name__ for t in steps] != ["Resize", "CenterCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize"]:
