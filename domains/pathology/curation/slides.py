@@ -27,6 +27,7 @@ slide's caption, files sharing a slide id, and slides openslide cannot open or r
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -35,7 +36,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -368,6 +369,8 @@ def _fill_holes_and_small_gaps(mask: np.ndarray, min_gap: int) -> np.ndarray:
         on_border[edge] = True
     stays &= on_border
     stays[0] = False  # label 0 is the tissue itself
+    if stays[1:].all():
+        return mask  # every background region stays: nothing to fill (a copy-free shortcut, the same values)
     return ~stays[labels]
 
 
@@ -436,6 +439,7 @@ def _disk_pass(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _plane_cross(ndim: int) -> np.ndarray:
     """ndimage.label's default 2-D structure (4-connected) in the last two axes, none across the leading ones."""
     structure = np.zeros((3,) * ndim, bool)
@@ -449,6 +453,8 @@ def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     if not n:
         return mask
     keep = np.bincount(labels.ravel()) >= min_size
+    if keep[1:].all():
+        return mask  # every region is large enough: the mask as it is (label > 0 exactly where it is True)
     keep[0] = False
     return keep[labels]
 
@@ -630,30 +636,28 @@ def _mask_image_and_level0(slide: Any, max_dim: int, keep_level0: bool) -> tuple
     return _to_rgb(thumb), level0
 
 
-def map_in_raster_order(fn: Callable[[int, int], Any], cells: list[tuple[int, int]], threads: int,
-                        errors: type[Exception] | tuple[type[Exception], ...]) -> list[Any]:
-    """`fn(x, y)` of each cell, in the order of `cells`, computed in raster order (top row first) by `threads` threads.
+def read_in_raster_order(read: Callable[[int, int], Any], cells: list[tuple[int, int]], threads: int,
+                         errors: type[Exception] | tuple[type[Exception], ...]) -> Iterator[tuple[int, Any]]:
+    """(i, `read(*cells[i])`) for every cell, in raster order (top row first), read ahead by `threads` threads.
 
     Raster order lets neighbouring reads share the file tiles OpenSlide decoded and keeps in its
     cache, where a random order decodes most of them again (a 224 px read straddles up to four
-    256 px file tiles). A call that raises one of `errors` has that exception as its result.
+    256 px file tiles). The caller works on each read as it comes while the threads read on (their
+    decoding lets go of the GIL). A read that raises one of `errors` comes as that exception.
     """
     def call(i: int) -> Any:
         try:
-            return fn(*cells[i])
+            return read(*cells[i])
         except errors as exc:
             return exc
 
     order = sorted(range(len(cells)), key=lambda i: (cells[i][1], cells[i][0]))
     if threads < 2 or len(cells) < 2:
-        results = [call(i) for i in order]
-    else:
-        with ThreadPoolExecutor(min(threads, len(cells))) as pool:
-            results = list(pool.map(call, order))
-    out: list[Any] = [None] * len(cells)
-    for i, value in zip(order, results):
-        out[i] = value
-    return out
+        for i in order:
+            yield i, call(i)
+        return
+    with ThreadPoolExecutor(min(threads, len(cells))) as pool:
+        yield from zip(order, pool.map(call, order))
 
 
 def read_level(slide: Any, level: int) -> Image.Image:
@@ -942,18 +946,16 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
         tag = hashlib.sha256((job.name or Path(job.path).name).encode()).hexdigest()[:6]
 
-        def read_and_check(x: int, y: int) -> tuple[np.ndarray, str | None]:
-            """The tile at level-0 (x, y) at tile_size, and why the checks refuse it (None: kept)."""
+        def read_tile(x: int, y: int) -> np.ndarray:
+            """The tile at level-0 (x, y), at tile_size."""
             if level0 is not None:
-                read = _cut(level0, x, y, read_px)
-            else:
-                read = _to_rgb(slide.read_region((x, y), level, (read_px, read_px)))
-            rgb = fit_tile(read, cfg.tile_size)
-            return rgb, tile_checks(rgb[None], cfg)[0]
+                return fit_tile(_cut(level0, x, y, read_px), cfg.tile_size)
+            return fit_tile(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))), cfg.tile_size)
 
         # Cells are taken in the seeded random order until max_tiles_per_slide are kept, a chunk at a time:
-        # as many as are still wanted (and fit CHUNK_BYTES), read and checked together in raster order
-        # by reader threads, then taken in the random order. The same tiles, refusals and order as one by one.
+        # as many as are still wanted (and fit CHUNK_BYTES), read in raster order by reader threads and
+        # checked here as they come, then taken in the random order. The same tiles, refusals and order
+        # as one by one.
         order = [candidates[i] for i in rng.permutation(len(candidates))]
         chunk_max = max(1, CHUNK_BYTES // (4 * max(read_px, cfg.tile_size) ** 2))
         threads = 1 if level0 is not None else READ_THREADS  # cut from memory: nothing to wait for
@@ -961,7 +963,9 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         while not failed and kept < cfg.max_tiles_per_slide and taken < len(order):
             chunk = order[taken : taken + min(cfg.max_tiles_per_slide - kept, chunk_max)]
             taken += len(chunk)
-            outcomes = map_in_raster_order(read_and_check, [(x, y) for x, y, _ in chunk], threads, openslide.OpenSlideError)
+            outcomes: list[Any] = [None] * len(chunk)
+            for i, rgb in read_in_raster_order(read_tile, [(x, y) for x, y, _ in chunk], threads, openslide.OpenSlideError):
+                outcomes[i] = rgb if isinstance(rgb, Exception) else (rgb, tile_checks(rgb[None], cfg)[0])
             for (x, y, mask_frac), outcome in zip(chunk, outcomes):
                 result.counts["tiles_read"] += 1
                 if isinstance(outcome, openslide.OpenSlideError):
