@@ -12,7 +12,10 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    resize to `tile_size` (unless the read is that size already: `read_size`), and check each tile
    again at full resolution (pen, tissue, blur). When the mask's thumbnail had to read all of
    level 0 (a single-level slide) and tiles come from level 0, they are cut from that read instead
-   of read again: the same pixels, one decode.
+   of read again: the same pixels, one decode. Otherwise reader threads read them in raster order,
+   a chunk at a time (`read_in_raster_order`), and they are taken in the seeded order: the same
+   tiles as reading them one by one, each file tile decoded about once. Whole levels are read in
+   bands by threads (`read_level`): the same pixels as one read.
 
 Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
 (`SlideNames.group`): the captions table's `patient_id` column when it has one, else the patient part of
@@ -82,8 +85,8 @@ DARK_GREY = 210.0  # grey level (0-255) below which a pixel is not bare glass (s
 
 # Largest level 0 (pixels) kept in memory to cut tiles from, when the mask's thumbnail reads all of it anyway
 LEVEL0_KEEP_MAX_PIXELS = 1 << 28
-# read_level: threads reading a whole level in bands (a few per thread, so few are in memory at once),
-# and the smallest level and band worth splitting
+# Threads reading a slide: read_level's bands of a whole level (a few per thread, so few are in memory at
+# once; the smallest level and band worth splitting) and process_slide's tiles
 READ_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
 READ_BANDS_PER_THREAD = 4
 READ_BAND_MIN_PIXELS = 1 << 20
