@@ -118,13 +118,16 @@ def cells_read(tiler: Callable[[], int]) -> int:
     return tiler.result.counts["tiles_read"]  # type: ignore[attr-defined]
 
 
-def stated_mpp(slide: Path) -> float | None:
-    """The slide's level-0 um/px as its file states it (openslide.mpp-x), else None."""
+def slide_facts(slide: Path, fallback: float) -> tuple[float, bool, str]:
+    """(level-0 um/px by the curation's own `slide_mpp`, whether that is `fallback` because the file states none, level sizes)."""
     import openslide
 
+    from domains.pathology.curation.slides import slide_mpp
+
     with openslide.OpenSlide(str(slide)) as handle:
-        value = handle.properties.get("openslide.mpp-x")
-    return float(value) if value else None
+        mpp, source = slide_mpp(dict(handle.properties), fallback)
+        pyramid = ", ".join(f"{w}x{h}" for w, h in handle.level_dimensions)
+    return mpp, source == "fallback_mpp", pyramid
 
 
 def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float, slide_mpp: float) -> tuple[Callable[[], int], str]:
@@ -152,13 +155,13 @@ def histolab_tiler(slide: Path, mpp: float, size: int, tissue: float, slide_mpp:
     return run, f"histolab {__version__} GridTiler"
 
 
-def tiatoolbox_tiler(slide: Path, mpp: float, size: int, tissue: float, slide_mpp: float) -> tuple[Callable[[], int], str]:
-    """TIAToolbox's sliding-window patch extractor with its Otsu tissue mask; `slide_mpp` given it when the file states none."""
+def tiatoolbox_tiler(slide: Path, mpp: float, size: int, tissue: float, given_mpp: float | None) -> tuple[Callable[[], int], str]:
+    """TIAToolbox's sliding-window patch extractor with its Otsu tissue mask; `given_mpp`: the slide's um/px when its file states none."""
     import tiatoolbox
     from tiatoolbox.tools.patchextraction import get_patch_extractor
     from tiatoolbox.wsicore.wsireader import WSIReader
 
-    stated = {} if stated_mpp(slide) else {"mpp": (slide_mpp, slide_mpp), "power": 10 / slide_mpp}
+    stated = {} if given_mpp is None else {"mpp": (given_mpp, given_mpp), "power": 10 / given_mpp}
 
     def run() -> int:
         reader = WSIReader.open(str(slide), **stated)
@@ -173,8 +176,8 @@ def measure_slide(slide: Path, args: argparse.Namespace, base: Any | None) -> li
     """Every tiler on one slide, interleaved; the benchmark contract's rows for it."""
     import domains.pathology.curation.slides as ours_module
 
-    slide_mpp = stated_mpp(slide) or args.slide_mpp
-    fallback = {} if stated_mpp(slide) else {"fallback_mpp": args.slide_mpp}
+    slide_mpp, given, pyramid = slide_facts(slide, args.slide_mpp)
+    fallback = {"fallback_mpp": args.slide_mpp} if given else {}
     tilers: dict[str, Callable[[], int]] = {"ours": our_tiler(ours_module, slide, args.mpp, args.tile_size, args.tissue, **fallback)}
     names = {"ours": "ours"}
     default_mask_dim = ours_module.SlideConfig().mask_level_max_dim
@@ -184,9 +187,9 @@ def measure_slide(slide: Path, args: argparse.Namespace, base: Any | None) -> li
     if base is not None:
         tilers["baseline"] = our_tiler(base, slide, args.mpp, args.tile_size, args.tissue, **fallback)
         names["baseline"] = f"our slide tiler on main {args.baseline_rev}"
-    for key, make in (("histolab", histolab_tiler), ("tiatoolbox", tiatoolbox_tiler)):
+    for key, make, resolution in (("histolab", histolab_tiler, slide_mpp), ("tiatoolbox", tiatoolbox_tiler, slide_mpp if given else None)):
         try:
-            tilers[key], names[key] = make(slide, args.mpp, args.tile_size, args.tissue, slide_mpp)
+            tilers[key], names[key] = make(slide, args.mpp, args.tile_size, args.tissue, resolution)
         except ImportError as exc:
             names[key] = f"{key} missing ({exc}); run `make bench`"
             print(f"{key} is not installed here ({exc}): not measured", file=sys.stderr)
@@ -203,9 +206,7 @@ def measure_slide(slide: Path, args: argparse.Namespace, base: Any | None) -> li
     print(slide.name)
     for key in tilers:
         print(f"  {key:13s} {rate[key]:7.1f} tissue tiles/s  ({tiles[key]} tiles, median {statistics.median(seconds[key]):.2f} s)")
-    with __import__("openslide").OpenSlide(str(slide)) as handle:
-        pyramid = ", ".join(f"{w}x{h}" for w, h in handle.level_dimensions)
-    resolution = f"{slide_mpp:g} um/px stated" if not fallback else f"no MPP in the file: {slide_mpp:g} um/px given every tiler"
+    resolution = f"no MPP in the file: {slide_mpp:g} um/px given every tiler" if given else f"{slide_mpp:g} um/px stated"
     where = (f"{slide.name} (levels {pyramid}; {resolution}), {args.tile_size} px at {args.mpp:g} um/px, tissue >= {args.tissue:g}; "
              "tiles kept: " + ", ".join(f"{k} {n}" for k, n in tiles.items())
              + f"; ours keeps {tiles['ours']} of the {cells_read(tilers['ours'])} cells its mask passes after its per-tile checks "

@@ -23,10 +23,9 @@ from domains.pathology.curation.slides import (
     SlideConfig,
     _mask_image,
     _read_level,
-    _to_rgb,
-    fit_tile,
     grid_candidates,
     read_size,
+    read_tile,
     slide_mpp,
     tissue_mask,
 )
@@ -159,10 +158,9 @@ class TileReader:
             self._slide = openslide.OpenSlide(self.path)
         x, y = int(window[0]), int(window[1])
         try:
-            region = self._slide.read_region((x, y), self.level, (self.read_px, self.read_px))
+            return read_tile(self._slide, x, y, self.level, self.read_px, self.tile_size)
         except openslide.OpenSlideError as exc:
             raise SlideReadError(f"{self.path}#x{x}-y{y}: {exc}") from None
-        return fit_tile(_to_rgb(region), self.tile_size)
 
     def close(self) -> None:
         """Close this process's handle (if any)."""

@@ -746,6 +746,15 @@ def fit_tile(rgb: np.ndarray, tile_size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((tile_size, tile_size), Image.LANCZOS))
 
 
+def read_tile(slide: Any, x: int, y: int, level: int, read_px: int, tile_size: int) -> np.ndarray:
+    """The tile whose level-0 top-left corner is (x, y): `read_px` pixels at `level`, over white, at `tile_size`.
+
+    How both the curation and the analyst's TileReader read a tile from the slide (OpenSlideError
+    passes through to the caller).
+    """
+    return fit_tile(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))), tile_size)
+
+
 def grid_candidates(
     mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float
 ) -> tuple[list[tuple[int, int, float]], int]:
@@ -949,11 +958,11 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
         tag = hashlib.sha256((job.name or Path(job.path).name).encode()).hexdigest()[:6]
 
-        def read_tile(x: int, y: int) -> np.ndarray:
-            """The tile at level-0 (x, y), at tile_size."""
+        def tile_at(x: int, y: int) -> np.ndarray:
+            """The tile at level-0 (x, y), at tile_size: cut from level 0 when it is in memory, else read."""
             if level0 is not None:
                 return fit_tile(_cut(level0, x, y, read_px), cfg.tile_size)
-            return fit_tile(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))), cfg.tile_size)
+            return read_tile(slide, x, y, level, read_px, cfg.tile_size)
 
         # Cells are taken in the seeded random order until max_tiles_per_slide are kept, a chunk at a time:
         # as many as are still wanted (and fit CHUNK_BYTES), read in raster order by reader threads and
@@ -967,7 +976,7 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             chunk = order[taken : taken + min(cfg.max_tiles_per_slide - kept, chunk_max)]
             taken += len(chunk)
             outcomes: list[Any] = [None] * len(chunk)
-            for i, rgb in read_in_raster_order(read_tile, [(x, y) for x, y, _ in chunk], threads, openslide.OpenSlideError):
+            for i, rgb in read_in_raster_order(tile_at, [(x, y) for x, y, _ in chunk], threads, openslide.OpenSlideError):
                 outcomes[i] = rgb if isinstance(rgb, Exception) else (rgb, tile_checks(rgb[None], cfg)[0])
             for (x, y, mask_frac), outcome in zip(chunk, outcomes):
                 result.counts["tiles_read"] += 1
