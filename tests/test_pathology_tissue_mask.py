@@ -276,6 +276,7 @@ def test_single_level_slide_tiles_cut_from_one_read_as_read_one_by_one(tmp_path:
     path = tmp_path / "single.tiff"
     write_slide(path, img, slide_mpp, levels=1)
     cfg = SlideConfig(target_mpp=0.5, tile_size=tile, stride=tile, mask_level_max_dim=512, max_tiles_per_slide=10**6)
+    monkeypatch.setattr(slides, "READ_THREADS", 2)  # the thumbnail's passes and the checks' groups in threads
     with openslide.OpenSlide(str(path)) as slide:
         assert slide.level_count == 1
         thumb, level0 = slides._mask_image_and_level0(slide, 512, keep_level0=True)
@@ -286,6 +287,7 @@ def test_single_level_slide_tiles_cut_from_one_read_as_read_one_by_one(tmp_path:
     got = _tiles(path, cfg)
     assert got == _tiles_read_one_by_one(path, cfg, monkeypatch)
     assert len(got[0]) >= 10 and got[2]["tiles_read"] > len(got[0])  # tiles kept and refused: the checks ran
+    assert got[2]["tiles_read"] > 2 * slides.CHECK_GROUP  # checked in several groups, on two threads
 
 
 def test_read_level_reads_bands_in_threads_as_one_read(tmp_path: Path, monkeypatch) -> None:
@@ -307,6 +309,8 @@ def test_read_level_reads_bands_in_threads_as_one_read(tmp_path: Path, monkeypat
             tops = [location[1] // int(slide.level_downsamples[level]) for location, _, _ in reads]
             assert sorted(tops) == list(range(0, dims[1], 256))  # each band on its own tile rows, none read twice
             assert got.mode == "RGBA" and np.array_equal(np.asarray(got), np.asarray(read_region((0, 0), level, dims)))
+            over = slides.read_level(slide, level, "ffffff")  # composited band by band: as the one read composited
+            assert over.mode == "RGB" and np.array_equal(np.asarray(over), slides._to_rgb(read_region((0, 0), level, dims)))
 
 
 def test_read_level_reads_a_level_of_fractional_downsample_at_once(monkeypatch) -> None:
@@ -383,3 +387,68 @@ def test_grid_candidates_as_with_the_whole_integral_image(dims, mask_shape, size
     for fraction in (0.0, 0.3, 0.5, 0.9):
         assert slides.grid_candidates(mask, dims, size0, stride0, fraction) == reference_grid_candidates(
             mask, dims, size0, stride0, fraction)
+
+
+def pillow_blend(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """RGBA over a colour with Pillow's integer blend (Paste.c: BLEND), written out: the reference for `composite`."""
+    alpha = rgba[..., 3:].astype(np.int64)
+    tmp = np.array(background) * (255 - alpha) + rgba[..., :3].astype(np.int64) * alpha + 128  # DIV255(...)
+    return (((tmp >> 8) + tmp) >> 8).astype(np.uint8)
+
+
+@pytest.mark.parametrize("opaque", [True, False])
+def test_composite_blends_a_read_over_the_background(opaque: bool) -> None:
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (60, 90, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    if not opaque:  # OpenSlide's reads are transparent outside the scan, partly so at its edge
+        rgba[:20, :, 3] = 0
+        rgba[20:25, :, 3] = rng.integers(1, 255, (5, 90), dtype=np.uint8)
+    for background in ("ffffff", "d0e0f0"):
+        colour = tuple(int(background[i : i + 2], 16) for i in (0, 2, 4))
+        got = slides.composite(Image.fromarray(rgba, "RGBA"), background)
+        assert got.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(got), pillow_blend(rgba, colour))
+    np.testing.assert_array_equal(slides._to_rgb(Image.fromarray(rgba, "RGBA")), pillow_blend(rgba, (255, 255, 255)))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_lanczos_thumbnail_is_pillows_thumbnail(monkeypatch, threads: int) -> None:
+    # both resampling passes split across threads (rows, then columns): the same pixels as one call
+    monkeypatch.setattr(slides, "READ_THREADS", threads)
+    image = Image.fromarray(render_slide(PathologyDemoConfig(slide_size=1200), 11)[0][:1000, :1130].copy())
+    calls = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: calls.append((im.size, size)) or resize(im, size, *a, **k))
+    for size in ((512, 512), (847, 847), (300, 700), (1000, 333), (301, 299), (999, 999)):
+        calls.clear()
+        want = image.copy()
+        want.thumbnail(size, Image.LANCZOS)
+        calls.clear()
+        got = slides.lanczos_thumbnail(image, size)
+        assert got.size == want.size and np.array_equal(np.asarray(got), np.asarray(want)), size
+        assert len(calls) == 2 * threads and all(source != image.size for source, _ in calls)  # each pass in parts
+    for size, why in (((200, 200), "a 5x shrink: Pillow reduces first"), ((2000, 2000), "fits"), ((64, 64), "reduces")):
+        want = image.copy()
+        want.thumbnail(size, Image.LANCZOS)
+        assert np.array_equal(np.asarray(slides.lanczos_thumbnail(image, size)), np.asarray(want)), why
+    assert slides.lanczos_thumbnail(image, (2000, 2000)) is image
+    grey = image.convert("L")  # not RGB: Pillow's own call
+    want = grey.copy()
+    want.thumbnail((512, 512), Image.LANCZOS)
+    assert np.array_equal(np.asarray(slides.lanczos_thumbnail(grey, (512, 512))), np.asarray(want))
+
+
+def test_check_in_groups_as_tile_by_tile(monkeypatch) -> None:
+    img, _ = render_slide(PathologyDemoConfig(slide_size=1200), 29)
+    img = img.copy()
+    img[300:310] = (40, 150, 60)  # green ink: pen refusals among kept and background tiles
+    tiles = [img[y : y + 64, x : x + 64].copy() for y in range(0, 1200 - 64, 64) for x in range(0, 1200 - 64, 128)]
+    cfg = SlideConfig(tile_size=64)
+    want = [tile_check(t, cfg) for t in tiles]
+    assert {None, slides.REASON_PEN, slides.REASON_BACKGROUND} <= set(want)
+    monkeypatch.setattr(slides, "CHECK_GROUP", 5)
+    for threads in (1, 3):
+        monkeypatch.setattr(slides, "READ_THREADS", threads)
+        assert slides.check_in_groups(tiles, cfg) == want
+    assert slides.check_in_groups([], cfg) == []
