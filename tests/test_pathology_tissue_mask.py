@@ -197,6 +197,23 @@ def test_tissue_mask_as_before_on_synthetic_images(shape: tuple[int, int]) -> No
         np.testing.assert_array_equal(tissue_mask(rgb), reference_tissue_mask(rgb))
 
 
+@pytest.mark.parametrize("band_rows,threads", [(16, 3), (32, 1)])
+def test_tissue_mask_in_bands_as_in_one_pass(monkeypatch, band_rows: int, threads: int) -> None:
+    # the per-pixel steps on bands of rows (the last one short), on threads: the reference's mask, one pass
+    monkeypatch.setattr(slides, "MASK_BAND_ROWS", band_rows)
+    monkeypatch.setattr(slides, "READ_THREADS", threads)
+    bands = []
+    planes = slides._saturation_and_pen
+    monkeypatch.setattr(slides, "_saturation_and_pen", lambda rgb: bands.append(rgb.shape[0]) or planes(rgb))
+    for seed, shape in ((4, (333, 517)), (5, (129, 97))):
+        rgb = _synthetic_tissue(seed, shape)
+        # glass alone in the first bands: their own Otsu threshold is not the image's
+        rgb[:40] = np.random.default_rng(seed).integers(213, 256, size=(40, shape[1], 3), dtype=np.uint8)
+        bands.clear()
+        np.testing.assert_array_equal(tissue_mask(rgb), reference_tissue_mask(rgb))
+        assert sorted(bands, reverse=True) == [band_rows] * (shape[0] // band_rows) + [shape[0] % band_rows]
+
+
 @pytest.mark.realdata
 def test_tissue_mask_as_before_on_real_tiles_and_thumbnails() -> None:
     images = _real_images()

@@ -98,6 +98,9 @@ CHUNK_BYTES = 64 << 20
 # Tiles cut from level 0 in memory are checked this many at a time per thread: numpy lets go of the GIL
 # for most of a group's work, not of one small tile's (measured on CMU-1-Small-Region: 1.3x on two cores)
 CHECK_GROUP = 8
+# tissue_mask's per-pixel steps run on bands of this many rows (a multiple of 16: each row of a band sits
+# at the alignment it has in the whole image), by READ_THREADS threads
+MASK_BAND_ROWS = 128
 
 WHITE = "ffffff"  # what tiles are composited over where the slide is transparent (outside the scan)
 TARGET_TOLERANCE = 1.1  # a slide up to 10% coarser than target_mpp is resampled, not rejected
@@ -301,8 +304,8 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
 
     Closing plus hole filling turns enclosed pale areas (fat cells, gland lumina) into tissue, as a
     pathologist would count them. `hsv` (`_hsv(rgb)`) and `pen` (`pen_mask(rgb)`), when the caller
-    has them, are not computed again; without `hsv`, saturation, ink and Otsu's threshold come from
-    `_saturation_and_pen` and `_otsu_saturation` (the same values, fewer float passes).
+    has them, are not computed again; without `hsv`, saturation, ink, darkness and Otsu's threshold
+    come from `_pixel_planes` (the same values, fewer float passes, in bands by threads).
     """
     if rgb[..., 0].size == 0:
         return np.zeros(rgb.shape[:-1], bool)
@@ -315,16 +318,44 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
         except ValueError:  # a single-valued image
             t = SAT_CEIL
         t = min(max(t, SAT_FLOOR), SAT_CEIL)
+        dark = _grey(rgb) < DARK_GREY
     else:
-        sat, fast_pen, pairs = _saturation_and_pen(rgb)
+        sat, fast_pen, dark, t = _pixel_planes(rgb)
         pen = fast_pen if pen is None else pen
-        t = _otsu_saturation(pairs)
-    grey = _grey(rgb)
     # Saturated (stained) or clearly darker than glass: pale membranes of fat cells are grey, not pink.
     # Thresholds of 3x3 medians: scanner/JPEG noise on glass is pixel-sized, membranes are continuous
     # lines, so closing cannot knit noise into a net. A median of 9 exceeds t exactly when 5 of the 9
     # values do, so the medians are taken as majorities of the thresholded pixels.
-    return _clean_tissue((majority3x3(sat > t) | majority3x3(grey < DARK_GREY)) & ~pen, max_hole_fraction)
+    return _clean_tissue((majority3x3(sat > t) | majority3x3(dark)) & ~pen, max_hole_fraction)
+
+
+def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """tissue_mask's per-pixel planes: saturation, ink, darker than DARK_GREY; and the clipped Otsu threshold.
+
+    `_saturation_and_pen` and `_grey` run on bands of `MASK_BAND_ROWS` rows, on `READ_THREADS`
+    threads, and Otsu's histogram comes from the bands' summed pair counts: the values of one pass
+    over the whole image (a pixel's values depend on that pixel alone, and `_grey` multiplies each
+    row of pixels by the weights as one call does), with a band's temporaries in cache instead of
+    whole-image float copies.
+    """
+    height, width = rgb.shape[:2]
+    sat = np.empty((height, width), np.float32)
+    pen = np.empty((height, width), bool)
+    dark = np.empty((height, width), bool)
+
+    def band(top: int) -> np.ndarray:
+        rows = slice(top, top + MASK_BAND_ROWS)
+        sat[rows], pen[rows], pairs = _saturation_and_pen(rgb[rows])
+        dark[rows] = _grey(rgb[rows]) < DARK_GREY
+        return np.bincount(pairs.ravel(), minlength=1 << 16)
+
+    tops = range(0, height, MASK_BAND_ROWS)
+    if READ_THREADS < 2 or len(tops) < 2:
+        counts = sum(map(band, tops))
+    else:
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            counts = sum(pool.map(band, tops))
+    return sat, pen, dark, _otsu_from_counts(counts)
 
 
 def _clean_tissue(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray:
@@ -559,13 +590,17 @@ def _laplacian_variances(grey: np.ndarray) -> list[float]:
 
 
 def _otsu_saturation(pairs: np.ndarray) -> float:
-    """tissue_mask's clipped Otsu threshold of one tile's saturation, given each pixel's (max << 8 | min) pair.
+    """tissue_mask's clipped Otsu threshold of one tile's saturation, given each pixel's (max << 8 | min) pair."""
+    return _otsu_from_counts(np.bincount(pairs.ravel(), minlength=1 << 16))
+
+
+def _otsu_from_counts(counts: np.ndarray) -> float:
+    """tissue_mask's clipped Otsu threshold of the saturations of pixels counted by (max << 8 | min) pair.
 
     `threshold_otsu(sat)` histograms the pixels with np.histogram (256 bins over [min, max]); the
     same bins come from the distinct values weighted by their counts, np.histogram placing each
     value by the same arithmetic whether weighted or not. A single-valued image is its own threshold.
     """
-    counts = np.bincount(pairs.ravel(), minlength=1 << 16)
     present = np.flatnonzero(counts)
     values = _PAIR_SATURATION[present]
     if np.all(values == values[0]):
