@@ -202,6 +202,7 @@ def test_tissue_mask_in_bands_as_in_one_pass(monkeypatch, band_rows: int, thread
     # the per-pixel steps on bands of rows (the last one short), on threads: the reference's mask, one pass
     monkeypatch.setattr(slides, "MASK_BAND_ROWS", band_rows)
     monkeypatch.setattr(slides, "READ_THREADS", threads)
+    monkeypatch.setattr(slides, "READ_BAND_MIN_PIXELS", 1)  # these small images in bands too
     bands = []
     planes = slides._saturation_and_pen
     monkeypatch.setattr(slides, "_saturation_and_pen", lambda rgb: bands.append(rgb.shape[0]) or planes(rgb))

@@ -332,11 +332,11 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
 def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """tissue_mask's per-pixel planes: saturation, ink, darker than DARK_GREY; and the clipped Otsu threshold.
 
-    `_saturation_and_pen` and `_grey` run on bands of `MASK_BAND_ROWS` rows, on `READ_THREADS`
-    threads, and Otsu's histogram comes from the bands' summed pair counts: the values of one pass
-    over the whole image (a pixel's values depend on that pixel alone, and `_grey` multiplies each
-    row of pixels by the weights as one call does), with a band's temporaries in cache instead of
-    whole-image float copies.
+    `_saturation_and_pen` and `_grey` run on bands of `MASK_BAND_ROWS` rows (an image under
+    `READ_BAND_MIN_PIXELS` is one band), on `READ_THREADS` threads, and Otsu's histogram comes from
+    the bands' summed pair counts: the values of one pass over the whole image (a pixel's values
+    depend on that pixel alone, and `_grey` multiplies each row of pixels by the weights as one call
+    does), with a band's temporaries in cache instead of whole-image float copies.
     """
     height, width = rgb.shape[:2]
     sat = np.empty((height, width), np.float32)
@@ -344,12 +344,13 @@ def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     dark = np.empty((height, width), bool)
 
     def band(top: int) -> np.ndarray:
-        rows = slice(top, top + MASK_BAND_ROWS)
-        sat[rows], pen[rows], pairs = _saturation_and_pen(rgb[rows])
-        dark[rows] = _grey(rgb[rows]) < DARK_GREY
+        part = slice(top, top + rows)
+        sat[part], pen[part], pairs = _saturation_and_pen(rgb[part])
+        dark[part] = _grey(rgb[part]) < DARK_GREY
         return np.bincount(pairs.ravel(), minlength=1 << 16)
 
-    tops = range(0, height, MASK_BAND_ROWS)
+    rows = MASK_BAND_ROWS if height * width >= READ_BAND_MIN_PIXELS else height  # small: threads cost more than they save
+    tops = range(0, height, rows)
     if READ_THREADS < 2 or len(tops) < 2:
         counts = sum(map(band, tops))
     else:
