@@ -41,7 +41,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -329,6 +329,18 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
     return _clean_tissue((majority3x3(sat > t) | majority3x3(dark)) & ~pen, max_hole_fraction)
 
 
+def _in_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """`[fn(item) for item in items]`, in order, on `READ_THREADS` threads (in this one when there is one thread or item).
+
+    For work that lets go of the GIL for most of its time: OpenSlide's decoding, Pillow's resampling,
+    numpy on arrays of more than a small tile.
+    """
+    if READ_THREADS < 2 or len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(READ_THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """tissue_mask's per-pixel planes: saturation, ink, darker than DARK_GREY; and the clipped Otsu threshold.
 
@@ -350,12 +362,7 @@ def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         return np.bincount(pairs.ravel(), minlength=1 << 16)
 
     rows = MASK_BAND_ROWS if height * width >= READ_BAND_MIN_PIXELS else height  # small: threads cost more than they save
-    tops = range(0, height, rows)
-    if READ_THREADS < 2 or len(tops) < 2:
-        counts = sum(map(band, tops))
-    else:
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            counts = sum(pool.map(band, tops))
+    counts = sum(_in_threads(band, range(0, height, rows)))
     return sat, pen, dark, _otsu_from_counts(counts)
 
 
@@ -572,10 +579,7 @@ def tile_checks(tiles: np.ndarray, cfg: SlideConfig) -> list[str | None]:
 def check_in_groups(tiles: list[np.ndarray], cfg: SlideConfig) -> list[str | None]:
     """`[tile_check(t, cfg) for t in tiles]`, exactly: `tile_checks` on groups of `CHECK_GROUP` tiles, on `READ_THREADS` threads."""
     groups = [np.stack(tiles[i : i + CHECK_GROUP]) for i in range(0, len(tiles), CHECK_GROUP)]
-    if READ_THREADS < 2 or len(groups) < 2:
-        return [problem for group in groups for problem in tile_checks(group, cfg)]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        return [problem for problems in pool.map(lambda group: tile_checks(group, cfg), groups) for problem in problems]
+    return [problem for problems in _in_threads(lambda group: tile_checks(group, cfg), groups) for problem in problems]
 
 
 def _laplacian_variances(grey: np.ndarray) -> list[float]:
@@ -675,10 +679,13 @@ def _mask_image_and_level0(slide: Any, max_dim: int, keep_level0: bool) -> tuple
     level = slide.get_best_level_for_downsample(downsample)
     keep = keep_level0 and level == 0 and slide.dimensions[0] * slide.dimensions[1] <= LEVEL0_KEEP_MAX_PIXELS
     background = slide.properties.get("openslide.background-color", WHITE).lower()
-    region = read_level(slide, level, background)
-    level0 = None
-    if keep:  # over white, as _to_rgb composites tiles: the same image unless the slide names another background
-        level0 = np.asarray(region) if background == WHITE else np.asarray(read_level(slide, 0, WHITE))
+    if keep and background != WHITE:  # tiles are composited over white (_to_rgb): one read, composited both ways
+        read = read_level(slide, level)
+        region, level0 = composite(read, background), np.asarray(composite(read, WHITE))
+        del read
+    else:
+        region = read_level(slide, level, background)
+        level0 = np.asarray(region) if keep else None
     return np.asarray(lanczos_thumbnail(region, size)), level0
 
 
@@ -713,9 +720,8 @@ def lanczos_thumbnail(image: Image.Image, size: tuple[int, int]) -> Image.Image:
         strip = between.crop((left, 0, min(out_w, left + columns), height))
         thumb.paste(strip.resize((strip.width, out_h), Image.LANCZOS), (left, 0))
 
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        list(pool.map(along_rows, range(0, height, rows)))
-        list(pool.map(along_columns, range(0, out_w, columns)))
+    _in_threads(along_rows, range(0, height, rows))
+    _in_threads(along_columns, range(0, out_w, columns))
     return thumb
 
 
@@ -793,8 +799,7 @@ def read_level(slide: Any, level: int, background: str | None = None) -> Image.I
         rows = min(band_rows, height - top)
         whole.paste(finish(slide.read_region((0, top * int(downsample)), level, (width, rows))), (0, top))  # rows no other band writes
 
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        list(pool.map(read_band, range(0, height, band_rows)))
+    _in_threads(read_band, range(0, height, band_rows))
     return whole
 
 
@@ -1084,11 +1089,11 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         while not failed and kept < cfg.max_tiles_per_slide and taken < len(order):
             chunk = order[taken : taken + min(cfg.max_tiles_per_slide - kept, chunk_max)]
             taken += len(chunk)
-            outcomes: list[Any] = [None] * len(chunk)
             if level0 is not None:  # cut from memory: nothing to wait for; the checks run in threads instead
                 tiles = [tile_at(x, y) for x, y, _ in chunk]
-                outcomes = list(zip(tiles, check_in_groups(tiles, cfg)))
+                outcomes: list[Any] = list(zip(tiles, check_in_groups(tiles, cfg)))
             else:
+                outcomes = [None] * len(chunk)
                 for i, rgb in read_in_raster_order(tile_at, [(x, y) for x, y, _ in chunk], READ_THREADS, openslide.OpenSlideError):
                     outcomes[i] = rgb if isinstance(rgb, Exception) else (rgb, tile_checks(rgb[None], cfg)[0])
             for (x, y, mask_frac), outcome in zip(chunk, outcomes):
