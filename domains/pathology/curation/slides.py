@@ -16,7 +16,8 @@ One work unit per slide (`plan_slide_units`), processed by `process_slide`:
    Otherwise reader threads read them in raster order, a chunk at a time (`read_in_raster_order`),
    and they are taken in the seeded order: the same tiles as reading them one by one, each file
    tile decoded about once. Whole levels are read and composited in bands by threads
-   (`read_level`), and the mask's thumbnail is resampled by threads (`lanczos_thumbnail`): the same
+   (`read_level`), and the mask's thumbnail is resampled by threads (`lanczos_thumbnail`; on a
+   single-level slide, each band of level 0 as it is read: `_level0_and_thumbnail`): the same
    pixels as one read and `get_thumbnail`.
 
 Captions are weak supervision: every tile of a slide gets the slide's caption. Splits go by patient
@@ -267,6 +268,10 @@ def _pair_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _PAIR_SATURATION, _PAIR_MAY_BE_INK, _PAIR_MAY_BE_RED_INK = _pair_tables()
+# The distinct saturations in increasing order, and each pair's index among them (its level): Otsu's
+# histogram is counted by level, whose bins are runs of consecutive levels.
+_SATURATIONS, _PAIR_LEVEL = np.unique(_PAIR_SATURATION, return_inverse=True)
+_PAIR_LEVEL = _PAIR_LEVEL.astype(np.int32)
 
 
 def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -542,8 +547,8 @@ def tile_checks(tiles: np.ndarray, cfg: SlideConfig) -> list[str | None]:
     The same float32 operations on the same values, each image on its own where tile_check looks at
     neighbours (3x3 majorities, closing, regions, the Laplacian: along the last two axes only); the
     tissue mask only for tiles the pen check passes, the blur only for those the tissue check
-    passes. Otsu's threshold comes from a histogram of the tile's distinct saturations weighted by
-    their counts (`_otsu_saturation`): the bins np.histogram gives the pixels, in a fraction of the time.
+    passes. Otsu's thresholds come from one count of the stack's saturation levels
+    (`_otsu_saturations`): the bins np.histogram gives each tile's pixels, in a fraction of the time.
     """
     rgb = tiles[..., :3]
     n = len(rgb)
@@ -560,7 +565,7 @@ def tile_checks(tiles: np.ndarray, cfg: SlideConfig) -> list[str | None]:
     rgb, sat, pen, pairs = rgb[todo], sat[todo], pen[todo], pairs[todo]
     grey = _grey(rgb)
     # sat > t with t a Python float compares in float32 (NEP 50), as tissue_mask does
-    t = np.array([_otsu_saturation(p) for p in pairs], np.float32).reshape(-1, 1, 1)
+    t = np.array(_otsu_saturations(pairs), np.float32).reshape(-1, 1, 1)
     mask = _clean_tissue((majority3x3(sat > t) | majority3x3(grey < DARK_GREY)) & ~pen, 0.05)
     tissue = mask.reshape(len(todo), -1).mean(axis=1)
     sharp = []
@@ -595,26 +600,54 @@ def _laplacian_variances(grey: np.ndarray) -> list[float]:
 
 
 def _otsu_saturation(pairs: np.ndarray) -> float:
-    """tissue_mask's clipped Otsu threshold of one tile's saturation, given each pixel's (max << 8 | min) pair."""
-    return _otsu_from_counts(np.bincount(pairs.ravel(), minlength=1 << 16))
+    """tissue_mask's clipped Otsu threshold of one image's saturation, given each pixel's (max << 8 | min) pair."""
+    return _otsu_saturations(pairs[None])[0]
+
+
+def _otsu_saturations(pairs: np.ndarray) -> list[float]:
+    """`_otsu_saturation` of each image of a stack (n, ...) of pairs, from one count of the stack's saturation levels."""
+    n = len(pairs)
+    levels = np.take(_PAIR_LEVEL, pairs.reshape(n, -1))
+    lows, highs = levels.min(axis=1), levels.max(axis=1)
+    levels += (np.arange(n, dtype=np.int32) * len(_SATURATIONS))[:, None]  # image i counts in its own row
+    counts = np.bincount(levels.ravel(), minlength=n * len(_SATURATIONS)).reshape(n, -1)
+    return [_otsu_from_level_counts(row, int(low), int(high)) for row, low, high in zip(counts, lows, highs)]
 
 
 def _otsu_from_counts(counts: np.ndarray) -> float:
-    """tissue_mask's clipped Otsu threshold of the saturations of pixels counted by (max << 8 | min) pair.
+    """tissue_mask's clipped Otsu threshold of the saturations of pixels counted by (max << 8 | min) pair."""
+    by_level = np.bincount(_PAIR_LEVEL, weights=counts, minlength=len(_SATURATIONS)).astype(np.int64)  # exact below 2^53
+    present = np.flatnonzero(by_level)
+    return _otsu_from_level_counts(by_level, int(present[0]), int(present[-1]))
 
-    `threshold_otsu(sat)` histograms the pixels with np.histogram (256 bins over [min, max]); the
-    same bins come from the distinct values weighted by their counts, np.histogram placing each
-    value by the same arithmetic whether weighted or not. A single-valued image is its own threshold.
+
+def _otsu_from_level_counts(counts: np.ndarray, low: int, high: int) -> float:
+    """tissue_mask's clipped Otsu threshold of saturations counted by level (index in `_SATURATIONS`), present from `low` to `high`.
+
+    `threshold_otsu(sat)` histograms the pixels with np.histogram (256 bins over [min, max]); these
+    are its bins (`saturation_histogram`). A single-valued image is its own threshold.
     """
-    present = np.flatnonzero(counts)
-    values = _PAIR_SATURATION[present]
-    if np.all(values == values[0]):
-        t = float(values[0])
+    if low == high:
+        t = float(_SATURATIONS[low])
     else:
-        hist, edges = np.histogram(values, bins=256, weights=counts[present])
-        centers = (edges[:-1] + edges[1:]) / 2.0
-        t = float(threshold_otsu(hist=(hist.astype(np.int64), centers)))
+        t = float(threshold_otsu(hist=saturation_histogram(counts, low, high)))
     return min(max(t, SAT_FLOOR), SAT_CEIL)
+
+
+def saturation_histogram(counts: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.histogram(sat, bins=256)`'s counts (int64) and bin centres, from the count of each level (index in `_SATURATIONS`) in `sat`.
+
+    `low` and `high` are the lowest and highest level present, and differ. np.histogram's bins are
+    [edge_i, edge_i+1) (the last one closed) and its edges a function of the minimum and maximum
+    alone: a bin is a run of consecutive levels, found by searching the sorted levels for the edges,
+    and its count a difference of cumulative counts.
+    """
+    edges = np.histogram_bin_edges(_SATURATIONS[[low, high]], bins=256)
+    starts = np.searchsorted(_SATURATIONS[low : high + 1], edges[:-1])
+    cumulative = np.zeros(high - low + 2, np.int64)
+    np.cumsum(counts[low : high + 1], out=cumulative[1:])
+    hist = cumulative[np.append(starts[1:], high - low + 1)] - cumulative[starts]
+    return hist, (edges[:-1] + edges[1:]) / 2.0
 
 
 # ---------------------------------------------------------------- slide geometry
@@ -679,6 +712,8 @@ def _mask_image_and_level0(slide: Any, max_dim: int, keep_level0: bool) -> tuple
     level = slide.get_best_level_for_downsample(downsample)
     keep = keep_level0 and level == 0 and slide.dimensions[0] * slide.dimensions[1] <= LEVEL0_KEEP_MAX_PIXELS
     background = slide.properties.get("openslide.background-color", WHITE).lower()
+    if keep and background == WHITE and _thumbnail_in_passes(slide.dimensions, size, "RGB"):
+        return _level0_and_thumbnail(slide, size)
     if keep and background != WHITE:  # tiles are composited over white (_to_rgb): one read, composited both ways
         read = read_level(slide, level)
         region, level0 = composite(read, background), np.asarray(composite(read, WHITE))
@@ -687,6 +722,29 @@ def _mask_image_and_level0(slide: Any, max_dim: int, keep_level0: bool) -> tuple
         region = read_level(slide, level, background)
         level0 = np.asarray(region) if keep else None
     return np.asarray(lanczos_thumbnail(region, size)), level0
+
+
+def _level0_and_thumbnail(slide: Any, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The thumbnail and level 0 of `_mask_image_and_level0`, exactly, each band of level 0 used as it is read.
+
+    That is `lanczos_thumbnail(level0, size)` and `level0 = read_level(slide, 0, WHITE)`, as RGB arrays.
+
+    The thread that reads a band of level 0 copies it into the level's array and resamples it along
+    its rows (the thumbnail's first pass, which needs that band's rows alone): no whole-level image
+    is pasted together, copied to an array and cut into bands again. For a white background where
+    the thumbnail is made in two passes (`_thumbnail_in_passes`).
+    """
+    width, height = slide.dimensions
+    out_w, out_h = _thumbnail_size((width, height), size)
+    level0 = np.empty((height, width, 3), np.uint8)
+    between = Image.new("RGB", (out_w, height))
+
+    def use(top: int, band: Image.Image) -> None:
+        level0[top : top + band.height] = np.asarray(band)
+        between.paste(band.resize((out_w, band.height), Image.LANCZOS), (0, top))
+
+    read_level_bands(slide, 0, WHITE, use)
+    return np.asarray(_resize_columns(between, out_h)), level0
 
 
 def lanczos_thumbnail(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -702,25 +760,39 @@ def lanczos_thumbnail(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """
     out_w, out_h = _thumbnail_size(image.size, size)
     width, height = image.size
-    reduces = int(width / out_w / 2.0) > 1 or int(height / out_h / 2.0) > 1  # Image.resize's reducing_gap=2
     if (out_w, out_h) == image.size:
         return image
-    if READ_THREADS < 2 or image.mode != "RGB" or reduces:
+    if not _thumbnail_in_passes(image.size, size, image.mode):
         return image.resize((out_w, out_h), Image.LANCZOS, reducing_gap=2.0)  # thumbnail's call (its draft() is for JPEG files)
     rows = -(-height // READ_THREADS)
-    columns = -(-out_w // READ_THREADS)
     between = Image.new("RGB", (out_w, height))
-    thumb = Image.new("RGB", (out_w, out_h))
 
     def along_rows(top: int) -> None:
         band = image.crop((0, top, width, min(height, top + rows)))
         between.paste(band.resize((out_w, band.height), Image.LANCZOS), (0, top))
 
+    _in_threads(along_rows, range(0, height, rows))
+    return _resize_columns(between, out_h)
+
+
+def _thumbnail_in_passes(image_size: tuple[int, int], size: tuple[int, int], mode: str) -> bool:
+    """Whether `lanczos_thumbnail` splits its two passes across threads: RGB, threads, a shrink Pillow does not reduce first."""
+    out_w, out_h = _thumbnail_size(image_size, size)
+    width, height = image_size
+    reduces = int(width / out_w / 2.0) > 1 or int(height / out_h / 2.0) > 1  # Image.resize's reducing_gap=2
+    return READ_THREADS >= 2 and mode == "RGB" and not reduces and (out_w, out_h) != image_size
+
+
+def _resize_columns(between: Image.Image, out_h: int) -> Image.Image:
+    """The thumbnail's second pass: `between` resampled along its columns to `out_h` rows, on strips of columns by threads."""
+    out_w, height = between.size
+    columns = -(-out_w // READ_THREADS)
+    thumb = Image.new("RGB", (out_w, out_h))
+
     def along_columns(left: int) -> None:
         strip = between.crop((left, 0, min(out_w, left + columns), height))
         thumb.paste(strip.resize((strip.width, out_h), Image.LANCZOS), (left, 0))
 
-    _in_threads(along_rows, range(0, height, rows))
     _in_threads(along_columns, range(0, out_w, columns))
     return thumb
 
@@ -779,9 +851,26 @@ def read_level(slide: Any, level: int, background: str | None = None) -> Image.I
     With `background` (hex RGB, e.g. "ffffff"), RGB: the read composited over that colour
     (`composite`), band by band in the threads.
     """
-    def finish(read: Image.Image) -> Image.Image:
-        return read if background is None else composite(read, background)
+    width, height = slide.level_dimensions[level]
+    if len(_level_bands(slide, level)) == 1:
+        return _read_rows(slide, level, 0, height, background)
+    whole = Image.new("RGBA" if background is None else "RGB", (width, height))
+    read_level_bands(slide, level, background, lambda top, band: whole.paste(band, (0, top)))  # rows no other band writes
+    return whole
 
+
+def read_level_bands(slide: Any, level: int, background: str | None, use: Callable[[int, Image.Image], None]) -> None:
+    """`use(top, band)` for each horizontal band of pyramid `level` that `read_level` reads, in the thread that read it.
+
+    The bands (`_level_bands`) are read by `READ_THREADS` threads, composited over `background` when
+    it is given; together they are the level's rows, each once (one band, the whole level, where
+    the level is read at once).
+    """
+    _in_threads(lambda band: use(band[0], _read_rows(slide, level, *band, background)), _level_bands(slide, level))
+
+
+def _level_bands(slide: Any, level: int) -> list[tuple[int, int]]:
+    """(top row, rows) of the bands `read_level` reads `level` in (see there): [(0, height)] when it reads it at once."""
     width, height = slide.level_dimensions[level]
     downsample = float(slide.level_downsamples[level])
     try:
@@ -791,16 +880,15 @@ def read_level(slide: Any, level: int, background: str | None = None) -> Image.I
     band_rows = tile_rows * max(1, math.ceil(READ_BAND_MIN_ROWS / tile_rows))
     bands = min(READ_THREADS * READ_BANDS_PER_THREAD, math.ceil(height / band_rows))
     if READ_THREADS < 2 or bands < 2 or downsample != int(downsample) or width * height < READ_BAND_MIN_PIXELS:
-        return finish(slide.read_region((0, 0), level, (width, height)))
+        return [(0, height)]
     band_rows *= math.ceil(height / band_rows / bands)
-    whole = Image.new("RGBA" if background is None else "RGB", (width, height))
+    return [(top, min(band_rows, height - top)) for top in range(0, height, band_rows)]
 
-    def read_band(top: int) -> None:
-        rows = min(band_rows, height - top)
-        whole.paste(finish(slide.read_region((0, top * int(downsample)), level, (width, rows))), (0, top))  # rows no other band writes
 
-    _in_threads(read_band, range(0, height, band_rows))
-    return whole
+def _read_rows(slide: Any, level: int, top: int, rows: int, background: str | None) -> Image.Image:
+    """Rows `top` to `top + rows` of `level` (a whole-number downsample unless `top` is 0), composited over `background` when given."""
+    read = slide.read_region((0, top * int(slide.level_downsamples[level])), level, (slide.level_dimensions[level][0], rows))
+    return read if background is None else composite(read, background)
 
 
 def _cut(level0: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
