@@ -238,19 +238,21 @@ def _tiles_read_one_by_one(path: Path, cfg: SlideConfig, monkeypatch) -> tuple[l
 
 @pytest.mark.parametrize("max_tiles", [7, 10**6])
 def test_tiles_read_ahead_in_chunks_as_one_by_one(tmp_path: Path, monkeypatch, max_tiles: int) -> None:
-    # a pyramid whose tiles are read from the slide (the mask from level 1): reader threads read and
-    # check chunks in raster order; taken in the seeded order, with the cap, exactly as one at a time
+    # a pyramid whose tiles are read from the slide (the mask from level 1): reader threads read chunks in
+    # raster order, checked in groups as they come; taken in the seeded order, with the cap, exactly as one at a time
     img = render_slide(PathologyDemoConfig(slide_size=1200), 23)[0].copy()
     img[700:712] = (40, 150, 60)  # a green ink stroke through tissue: refusals among the chunk's tiles
     path = tmp_path / "pyramid.tiff"
     write_slide(path, img, 0.5, levels=3)
     cfg = SlideConfig(target_mpp=0.5, tile_size=64, stride=64, mask_level_max_dim=700, max_tiles_per_slide=max_tiles)
-    chunks = []
-    read_ahead = slides.read_in_raster_order
+    chunks, stacks = [], []
+    read_ahead, checks = slides.read_in_raster_order, slides.tile_checks
     with monkeypatch.context() as m:
         m.setattr(slides, "read_in_raster_order", lambda fn, cells, *a: chunks.append(len(cells)) or read_ahead(fn, cells, *a))
+        m.setattr(slides, "tile_checks", lambda tiles, c: stacks.append(len(tiles)) or checks(tiles, c))
         m.setattr(slides, "READ_THREADS", 2)
         got = _tiles(path, cfg)
+    assert max(stacks) == min(slides.CHECK_GROUP, chunks[0]) > 1 and sum(stacks) == got[2]["tiles_read"]  # in groups as they came
     with monkeypatch.context() as m:
         m.setattr(slides, "READ_THREADS", 1)
         m.setattr(slides, "CHUNK_BYTES", 1)  # chunks of one tile: read, checked and taken one by one

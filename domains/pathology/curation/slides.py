@@ -581,6 +581,14 @@ def tile_checks(tiles: np.ndarray, cfg: SlideConfig) -> list[str | None]:
     return out
 
 
+def _check_group(group: list[tuple[int, np.ndarray]], outcomes: list[Any], cfg: SlideConfig) -> None:
+    """`outcomes[i] = (tile, tile_check(tile, cfg))` for each (i, tile) in `group`, checked as a stack (`tile_checks`); empties `group`."""
+    if group:
+        for (i, rgb), problem in zip(group, tile_checks(np.stack([rgb for _, rgb in group]), cfg)):
+            outcomes[i] = (rgb, problem)
+        group.clear()
+
+
 def check_in_groups(tiles: list[np.ndarray], cfg: SlideConfig) -> list[str | None]:
     """`[tile_check(t, cfg) for t in tiles]`, exactly: `tile_checks` on groups of `CHECK_GROUP` tiles, on `READ_THREADS` threads."""
     groups = [np.stack(tiles[i : i + CHECK_GROUP]) for i in range(0, len(tiles), CHECK_GROUP)]
@@ -1180,10 +1188,17 @@ def process_slide(unit: WorkUnit) -> UnitResult:
             if level0 is not None:  # cut from memory: nothing to wait for; the checks run in threads instead
                 tiles = [tile_at(x, y) for x, y, _ in chunk]
                 outcomes: list[Any] = list(zip(tiles, check_in_groups(tiles, cfg)))
-            else:
+            else:  # read by threads: checked here, in groups as they come, while the threads read on
                 outcomes = [None] * len(chunk)
+                group: list[tuple[int, np.ndarray]] = []
                 for i, rgb in read_in_raster_order(tile_at, [(x, y) for x, y, _ in chunk], READ_THREADS, openslide.OpenSlideError):
-                    outcomes[i] = rgb if isinstance(rgb, Exception) else (rgb, tile_checks(rgb[None], cfg)[0])
+                    if isinstance(rgb, Exception):
+                        outcomes[i] = rgb
+                        continue
+                    group.append((i, rgb))
+                    if len(group) == CHECK_GROUP:
+                        _check_group(group, outcomes, cfg)
+                _check_group(group, outcomes, cfg)
             for (x, y, mask_frac), outcome in zip(chunk, outcomes):
                 result.counts["tiles_read"] += 1
                 if isinstance(outcome, openslide.OpenSlideError):
