@@ -289,7 +289,7 @@ def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
     top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
     bottom = np.minimum(np.minimum(planes[0], planes[1]), planes[2])
-    pairs = (top.astype(np.int32) << 8) | bottom
+    pairs = (top.astype(np.intp) << 8) | bottom  # intp: the three table lookups take it without a converted copy
     sat = np.take(_PAIR_SATURATION, pairs)
     red_top = planes[0] == top
     green_top = ~red_top & (planes[1] == top)
@@ -413,7 +413,7 @@ def _fill_holes_and_small_gaps(mask: np.ndarray, min_gap: int) -> np.ndarray:
     become tissue too. So a background region stays background when it touches the border and has
     at least `min_gap` pixels. On a stack (leading axes), each image of the last two axes on its own.
     """
-    labels, n = ndimage.label(~mask, _plane_cross(mask.ndim))
+    labels, n = ndimage.label(~mask, _plane_cross(mask.ndim), output=np.intp)  # intp: indexing by it converts no copy
     if not n:
         return mask
     stays = np.bincount(labels.ravel(), minlength=n + 1) >= min_gap
@@ -502,7 +502,7 @@ def _plane_cross(ndim: int) -> np.ndarray:
 
 def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Connected regions (4-connected, each image of a stack on its own) of fewer than `min_size` pixels dropped."""
-    labels, n = ndimage.label(mask, _plane_cross(mask.ndim))
+    labels, n = ndimage.label(mask, _plane_cross(mask.ndim), output=np.intp)  # intp: indexing by it converts no copy
     if not n:
         return mask
     keep = np.bincount(labels.ravel()) >= min_size
