@@ -44,6 +44,21 @@ def test_encoder_embeds_and_classifies(export: Path) -> None:
         encoder.zero_shot(["red", "red"], ["{c}"])
 
 
+def test_zero_shot_embeds_the_same_prompts_once(export: Path, monkeypatch) -> None:
+    encoder = ClipEncoder.load(export)
+    texts = []
+    embed = encoder.model.encode_text
+    monkeypatch.setattr(encoder.model, "encode_text", lambda tokens, **k: texts.append(len(tokens)) or embed(tokens, **k))
+    first = encoder.zero_shot(["red", "green"], ["a {c} square.", "{c}"])
+    assert sum(texts) == 4
+    first.weights.mul_(0)  # a caller's change to its copy reaches no other call
+    again = encoder.zero_shot(["red", "green"], ["a {c} square.", "{c}"])
+    fresh = ClipEncoder.load(export).zero_shot(["red", "green"], ["a {c} square.", "{c}"])
+    assert sum(texts) == 4 and torch.equal(again.weights, fresh.weights)
+    other = encoder.zero_shot(["green", "red"], ["a {c} square.", "{c}"])  # other prompts: embedded
+    assert sum(texts) == 8 and torch.equal(other.weights, again.weights.flip(1))
+
+
 def test_not_an_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not an exported model"):
         export_kind(tmp_path)

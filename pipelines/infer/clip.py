@@ -58,6 +58,7 @@ class ClipEncoder:
         self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
         self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it)
         self.folder = folder  # the export it was loaded from, if any
+        self._class_weights: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}  # zero_shot's, by prompts
 
     def hubness_bank(self) -> HubnessBank | None:
         """The hubness bank the export ships (pipelines/infer/hubness.py), or None."""
@@ -129,16 +130,24 @@ class ClipEncoder:
         return int(self.embed_texts(["x"]).shape[1])
 
     def zero_shot(self, classnames: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
-        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe)."""
+        """Class embeddings as the mean of each class's normalised prompt embeddings (CLIP_benchmark's recipe).
+
+        The prompts are embedded once per encoder for the same class names and templates (a notebook
+        mapping slide after slide, or scene after scene, with one loaded model); each call returns
+        its own copy of the weights.
+        """
         from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 
         if not classnames:
             raise InputError("no class names given: pass --classes a,b,c or --classes-file")
         if len(set(classnames)) != len(classnames):
             raise InputError(f"class names repeat: {', '.join(c for c in classnames if list(classnames).count(c) > 1)}")
-        weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
+        key = (tuple(classnames), tuple(templates))
+        if key not in self._class_weights:
+            weights = build_zero_shot_classifier(self.model, self.tokenizer, list(classnames), list(templates), self.device)
+            self._class_weights[key] = weights.float().cpu()
         scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
-        return ZeroShotClassifier(list(classnames), weights.float().cpu(), scale)
+        return ZeroShotClassifier(list(classnames), self._class_weights[key].clone(), scale)
 
 
 def _plain_normalisation(preprocess: Any) -> tuple[int, torch.Tensor, torch.Tensor] | None:
