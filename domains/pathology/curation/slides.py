@@ -270,8 +270,7 @@ def _pair_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _PAIR_SATURATION, _PAIR_MAY_BE_INK, _PAIR_MAY_BE_RED_INK = _pair_tables()
 # The distinct saturations in increasing order, and each pair's index among them (its level): Otsu's
 # histogram is counted by level, whose bins are runs of consecutive levels.
-_SATURATIONS, _PAIR_LEVEL = np.unique(_PAIR_SATURATION, return_inverse=True)
-_PAIR_LEVEL = _PAIR_LEVEL.astype(np.int32)
+_SATURATIONS, _PAIR_LEVEL = np.unique(_PAIR_SATURATION, return_inverse=True)  # levels as intp: bincount takes them as they are
 
 
 def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -617,7 +616,7 @@ def _otsu_saturations(pairs: np.ndarray) -> list[float]:
     n = len(pairs)
     levels = np.take(_PAIR_LEVEL, pairs.reshape(n, -1))
     lows, highs = levels.min(axis=1), levels.max(axis=1)
-    levels += (np.arange(n, dtype=np.int32) * len(_SATURATIONS))[:, None]  # image i counts in its own row
+    levels += (np.arange(n, dtype=np.intp) * len(_SATURATIONS))[:, None]  # image i counts in its own row
     counts = np.bincount(levels.ravel(), minlength=n * len(_SATURATIONS)).reshape(n, -1)
     return [_otsu_from_level_counts(row, int(low), int(high)) for row, low, high in zip(counts, lows, highs)]
 
