@@ -80,7 +80,7 @@ def test_otsu_from_distinct_values_equals_threshold_otsu(monkeypatch, floor: flo
     for rgb in images:
         _, sat, _ = slides._hsv(rgb)
         want = min(max(float(threshold_otsu(sat)), floor), ceil)
-        got = slides._otsu_saturation(slides._saturation_and_pen(rgb)[2])
+        got = slides._otsu_saturations(slides._saturation_and_pen(rgb)[2][None])[0]
         assert got == want
         inside += floor < want < ceil
     assert inside >= (8 if ceil == 1.0 else 1)  # thresholds Otsu placed itself, not only the clip values
@@ -121,7 +121,7 @@ def test_saturation_histogram_is_np_histogram() -> None:
 def test_otsu_of_a_stack_equals_each_image_s() -> None:
     tiles = _synthetic_tiles(14)
     pairs = slides._saturation_and_pen(tiles)[2]
-    assert slides._otsu_saturations(pairs) == [slides._otsu_saturation(p) for p in pairs]
+    assert slides._otsu_saturations(pairs) == [slides._otsu_saturations(p[None])[0] for p in pairs]
     assert len(set(slides._otsu_saturations(pairs))) > 3
 
 

@@ -606,13 +606,11 @@ def _laplacian_variances(grey: np.ndarray) -> list[float]:
     return [float(image.var()) for image in lap]
 
 
-def _otsu_saturation(pairs: np.ndarray) -> float:
-    """tissue_mask's clipped Otsu threshold of one image's saturation, given each pixel's (max << 8 | min) pair."""
-    return _otsu_saturations(pairs[None])[0]
-
-
 def _otsu_saturations(pairs: np.ndarray) -> list[float]:
-    """`_otsu_saturation` of each image of a stack (n, ...) of pairs, from one count of the stack's saturation levels."""
+    """tissue_mask's clipped Otsu threshold of each image's saturation, given a stack (n, ...) of each pixel's (max << 8 | min) pair.
+
+    One count of the stack's saturation levels, each image in its own row.
+    """
     n = len(pairs)
     levels = np.take(_PAIR_LEVEL, pairs.reshape(n, -1))
     lows, highs = levels.min(axis=1), levels.max(axis=1)
