@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -12,6 +14,7 @@ from bad_inputs.pathology import NARRATION, slide_image, transcript_text, write_
 from bad_inputs.pathology import write_video as write_bad_video
 from PIL import Image, ImageDraw
 
+from domains.pathology.curation import video as video_module
 from domains.pathology.curation.curate import PathologyCurateConfig, curate
 from domains.pathology.curation.slides import SlideConfig
 from domains.pathology.curation.stain import FEATURE_NAMES, DetectorConfig, detect_histology, load_classifier, make_detector
@@ -240,6 +243,36 @@ def test_sampler_decodes_only_the_keyframes_it_needs(tmp_path):
     sampled = list(sample_frames(video, 0.5, stats))  # every other keyframe: the GOPs between are never decoded
     assert [t for t, _ in sampled] == [0.0, 2.0, 4.0, 6.0]
     assert stats.frames_decoded == 4 and stats.seeks == 0
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_groups_of_pictures_decoded_at_once_come_out_in_order(tmp_path, monkeypatch, threads):
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=80, fps=10, gop=7)  # 12 GOPs, several picked frames each
+    all_frames = list(decode_all_frames(video))
+    want = [all_frames[i] for i in expected_picks(all_frames, 3.0, 0.1)]
+    monkeypatch.setattr(video_module, "DECODE_THREADS", threads)  # 3: GOPs finish out of order
+    got = list(sample_frames(video, 3.0))
+    assert [t for t, _ in got] == [t for t, _ in want]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want))
+
+
+def test_a_long_group_of_pictures_is_decoded_a_few_frames_ahead_and_stops_with_the_caller(tmp_path, monkeypatch):
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=80, fps=10, gop=250)  # one GOP, and at 10 fps every frame is picked
+    handed: list[object] = []
+    put = video_module._GopDecoders._put
+    monkeypatch.setattr(video_module._GopDecoders, "_put", lambda self, job, item: handed.append(item) or put(self, job, item))
+    frames = sample_frames(video, 10.0)
+    next(frames)
+    time.sleep(0.5)  # time for a decoder that does not wait to decode the whole GOP
+    # the frame taken, those waiting in the GOP's queue and the one its decoder holds: not all 80
+    assert len(handed) <= 2 + video_module._FRAMES_AHEAD_PER_GOP
+    closer = threading.Thread(target=frames.close)  # the caller stops: the decoder thread must not wait on it forever
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert not [t for t in threading.enumerate() if t.name.startswith("gop-decoder")]
 
 
 def keyframe_times(video: Path) -> list[float]:

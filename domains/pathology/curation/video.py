@@ -3,7 +3,7 @@
 Per video (one work unit):
 
 1. sample frames at `sample_fps` with PyAV, decoding only the groups of pictures that hold a picked
-   frame, up to it, and skipping unreferenced frames, rather than decoding every frame
+   frame, up to it, several at once, and skipping unreferenced frames, rather than decoding every frame
    (`sample_frames`; `sample_frames_seeking` and `decode_all_frames` for comparison); with
    `frame_choice: nearest_keyframe` a target takes the nearest keyframe within
    `max_keyframe_offset_s` instead of its exact frame (sample times, hence window bounds, move by
@@ -40,6 +40,10 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
@@ -74,6 +78,10 @@ REASON_SECOND_TRANSCRIPT = "unused: another transcript of this video is used"
 REASON_SAME_STEM = "another video has the same stem (which one the transcript narrates is ambiguous)"
 _ANALYSIS = 64  # side of the grey thumbnails used for scene cuts and SSIM
 FrameChoice = Literal["exact", "nearest_keyframe"]
+# Groups of pictures sample_frames decodes at once (a decoder each; as many as slides.READ_THREADS), and how
+# many picked frames of each may wait for the caller
+DECODE_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+_FRAMES_AHEAD_PER_GOP = 2
 
 
 @dataclass
@@ -254,21 +262,111 @@ def sample_frames_seeking(
             raise DecodeError(f"decode failed after {stats.last_t}s: {exc}") from exc
 
 
-def _gop_frames(
-    gop: list[av.Packet], pending: list[int], ctx: av.codec.context.CodecContext
-) -> Iterator[av.VideoFrame]:
-    """Decode only what the frames with pts in `pending` need; yields every frame the decoder outputs.
+@dataclass
+class _GopEnd:
+    """The end of one group of pictures' frames: how many the decoder output, and why it stopped early, if it did."""
 
-    Packets after the last wanted one (in decode order) are never sent; before it, frames that
-    nothing references (B-frames mostly) are skipped unless wanted (`skip_frame` is read per
-    packet, frame threads included).
+    decoded: int  # every frame the decoder output (reference frames on the way included)
+    error: Optional[str] = None  # FFmpeg's error, when decoding failed in this GOP
+    crash: Optional[BaseException] = None  # anything else that went wrong in the decoder's thread
+
+
+@dataclass
+class _GopJob:
+    """One group of pictures to decode: the pts of its picked frames, and the queue they come out of, then a _GopEnd."""
+
+    picks: list[int]  # ascending
+    out: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=_FRAMES_AHEAD_PER_GOP))
+
+
+class _GopDecoders:
+    """Groups of pictures decoded `threads` at a time, each thread with its own decoder; frames out in order.
+
+    A GOP (keyframe to next keyframe) of a closed-GOP stream decodes without the frames before it, so
+    GOPs are independent work: each thread's decoder is opened on the same file (its own container,
+    the stream's parameters) and reset after each GOP. Decoding lets go of the GIL, and one decoder's
+    frame threads cannot run ahead along a chain of reference frames, so two GOPs at once beat one
+    decoder with two threads (benchmarks/video_decode.py). At most `2 * threads` GOPs are decoded
+    ahead of the caller, each up to `_FRAMES_AHEAD_PER_GOP` picked frames ahead (bounded memory,
+    whatever the length of a GOP).
     """
-    wanted = set(pending)
-    last = max(i for i, p in enumerate(gop) if p.pts in wanted)
-    for packet in gop[: last + 1]:
-        ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-        yield from ctx.decode(packet)
-    ctx.skip_frame = "DEFAULT"
+
+    def __init__(self, path: str | Path, threads: int) -> None:
+        self.path, self.threads = str(path), threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="gop-decoder")
+        self._pending: deque[_GopJob] = deque()
+        self._futures: list[Future[None]] = []
+        self._stop = threading.Event()
+        self._own = threading.local()
+        self._containers: list[av.container.InputContainer] = []
+        self._lock = threading.Lock()
+
+    def _decoder(self) -> av.codec.context.CodecContext:
+        if not hasattr(self._own, "ctx"):
+            container = av.open(self.path)
+            with self._lock:
+                self._containers.append(container)
+            self._own.ctx = _video_stream(container).codec_context
+            # slice threads only: the GOPs are the frame-level parallelism (frame threads measured slower beside them)
+            self._own.ctx.thread_type = "SLICE"
+        return self._own.ctx
+
+    def _put(self, job: _GopJob, item: Any) -> bool:
+        """Hand an item to the caller, waiting while the GOP's queue is full; False once the caller has stopped."""
+        while not self._stop.is_set():
+            try:
+                job.out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _decode(self, job: _GopJob, gop: list[av.Packet]) -> None:
+        """Decode only what the picked frames need, handing them on as they come, then a _GopEnd.
+
+        Packets after the last picked one (in decode order) are never sent; before it, frames that
+        nothing references (B-frames mostly) are skipped unless picked (`skip_frame` is read per packet).
+        """
+        end = _GopEnd(0)
+        wanted = set(job.picks)
+        last = max(i for i, p in enumerate(gop) if p.pts in wanted)
+        ctx = None
+        try:
+            ctx = self._decoder()
+            for packet in [*gop[: last + 1], None]:  # None: the frames the decoder still holds (reordering delay)
+                ctx.skip_frame = "DEFAULT" if packet is None or packet.pts in wanted else "NONREF"
+                for frame in ctx.decode(packet):
+                    end.decoded += 1
+                    if frame.pts in wanted and not self._put(job, (frame.pts, frame.to_ndarray(format="rgb24"))):
+                        return
+        except av.FFmpegError as exc:
+            end.error = str(exc)
+        except Exception as exc:  # the caller re-raises it in its own thread
+            end.crash = exc
+        finally:
+            if ctx is not None:
+                ctx.flush_buffers()  # ready for a GOP from any other part of the stream
+            self._put(job, end)
+
+    def submit(self, gop: list[av.Packet], picks: list[int]) -> None:
+        """Start decoding a GOP's picked frames (pts in `picks`, ascending)."""
+        job = _GopJob(picks)
+        self._futures.append(self._pool.submit(self._decode, job, gop))
+        self._pending.append(job)
+
+    def done(self, everything: bool = False) -> Iterator[_GopJob]:
+        """The oldest GOPs, to read their frames from, while too many are ahead (all of them when `everything`)."""
+        while self._pending and (everything or len(self._pending) >= 2 * self.threads):
+            yield self._pending.popleft()
+
+    def close(self) -> None:
+        """Stop: GOPs not started are dropped, threads waiting on the caller let go, their containers closed."""
+        self._stop.set()
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        for container in self._containers:
+            container.close()
 
 
 def sample_frames(
@@ -281,7 +379,8 @@ def sample_frames(
     skipped (sparse frames). One pass over the packets, one group of pictures (keyframe to next
     keyframe) at a time: from packet timestamps alone it knows which frames the targets pick, so a
     GOP without one is never decoded, decoding stops at the last picked frame of its GOP, and
-    frames no other frame references are skipped. The frames are those `sample_frames_seeking`
+    frames no other frame references are skipped. `DECODE_THREADS` GOPs are decoded at once, each
+    by its own decoder, and their frames delivered in order. The frames are those `sample_frames_seeking`
     and `decode_all_frames` give at the same times (tests/test_pathology_video.py compares pts and
     pixels). Streams it cannot plan (packets without pts, open GOPs whose frames precede their
     keyframe) continue with `sample_frames_seeking` from the next target.
@@ -304,7 +403,6 @@ def sample_frames(
     stats = stats if stats is not None else DecodeStats()
     step = 1.0 / fps
     with _open_video(path, stats) as (container, stream):
-        ctx = stream.codec_context
         duration = stats.duration_s
         frame_dt = _frame_interval(stream)
         start = stream.start_time or 0
@@ -317,19 +415,25 @@ def sample_frames(
 
         k = 0  # next target index
         delivered = -np.inf  # time of the last yielded frame
-        queue: list[int] = []  # pts picked but not yet output by the decoder, ascending
         fallback = False
 
-        def outputs(frames: Iterable[av.VideoFrame]) -> Iterator[tuple[float, np.ndarray]]:
-            for frame in frames:
-                stats.frames_decoded += 1
-                if not queue or frame.pts is None or frame.pts < queue[0]:
-                    continue  # a reference frame decoded on the way
-                if frame.pts != queue[0]:
-                    raise DecodeError(f"the frame at {seconds(queue[0]):.2f}s did not decode")
-                queue.pop(0)
-                stats.last_t = seconds(frame.pts)
-                yield stats.last_t, frame.to_ndarray(format="rgb24")
+        def outputs(jobs: Iterable[_GopJob]) -> Iterator[tuple[float, np.ndarray]]:
+            for job in jobs:
+                expected = deque(job.picks)
+                while not isinstance(item := job.out.get(), _GopEnd):
+                    pts, rgb = item
+                    if pts != expected[0]:
+                        raise DecodeError(f"the frame at {seconds(expected[0]):.2f}s did not decode")
+                    expected.popleft()
+                    stats.last_t = seconds(pts)
+                    yield stats.last_t, rgb
+                stats.frames_decoded += item.decoded
+                if item.crash is not None:
+                    raise item.crash
+                if item.error is not None:
+                    raise DecodeError(f"decode failed after {stats.last_t}s: {item.error}")
+                if expected:
+                    raise DecodeError(f"the frame at {seconds(expected[0]):.2f}s did not decode")
 
         def plan(times: list[tuple[float, int]], next_key: float, key: Optional[tuple[float, int]]) -> list[int]:
             """Pts of the GOP's frames the targets pick (advances k); `times` sorted (seconds, pts), `key` its keyframe."""
@@ -366,38 +470,40 @@ def sample_frames(
             return (seconds(gop[0].pts), gop[0].pts) if gop[0].is_keyframe else None
 
         gop: list[av.Packet] = []
+        decoders = _GopDecoders(path, DECODE_THREADS)
         try:
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue  # the demuxer's end-of-stream marker
-                if packet.pts is None:
-                    fallback = True
-                    break
-                if packet.is_keyframe and gop:
-                    times = sorted((seconds(p.pts), p.pts) for p in gop)
-                    if times[0][1] != gop[0].pts or seconds(packet.pts) <= times[-1][0]:
-                        fallback = True  # frames shown before their keyframe: an open GOP
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0:
+                        continue  # the demuxer's end-of-stream marker
+                    if packet.pts is None:
+                        fallback = True
                         break
-                    picks = plan(times, seconds(packet.pts), keyframe(gop))
-                    if picks:
-                        queue.extend(picks)
-                        yield from outputs(_gop_frames(gop, picks, ctx))
-                    gop = []
-                gop.append(packet)
-            if not fallback and gop:
-                times = sorted((seconds(p.pts), p.pts) for p in gop)
-                if times[0][1] != gop[0].pts:
-                    fallback = True
-                else:
-                    picks = plan(times, np.inf, keyframe(gop))
-                    if picks:
-                        queue.extend(picks)
-                        yield from outputs(_gop_frames(gop, picks, ctx))
-            yield from outputs(ctx.decode(None))  # drain the decoder's delayed frames
-        except av.FFmpegError as exc:
-            raise DecodeError(f"decode failed after {stats.last_t}s: {exc}") from exc
-        if queue:
-            raise DecodeError(f"the frame at {seconds(queue[0]):.2f}s did not decode")
+                    if packet.is_keyframe and gop:
+                        times = sorted((seconds(p.pts), p.pts) for p in gop)
+                        if times[0][1] != gop[0].pts or seconds(packet.pts) <= times[-1][0]:
+                            fallback = True  # frames shown before their keyframe: an open GOP
+                            break
+                        picks = plan(times, seconds(packet.pts), keyframe(gop))
+                        if picks:
+                            decoders.submit(gop, picks)
+                            yield from outputs(decoders.done())
+                        gop = []
+                    gop.append(packet)
+                if not fallback and gop:
+                    times = sorted((seconds(p.pts), p.pts) for p in gop)
+                    if times[0][1] != gop[0].pts:
+                        fallback = True
+                    else:
+                        picks = plan(times, np.inf, keyframe(gop))
+                        if picks:
+                            decoders.submit(gop, picks)
+            except av.FFmpegError as exc:  # the file stops demuxing: the GOPs before it stand
+                yield from outputs(decoders.done(everything=True))
+                raise DecodeError(f"decode failed after {stats.last_t}s: {exc}") from exc
+            yield from outputs(decoders.done(everything=True))
+        finally:
+            decoders.close()
     if fallback:  # k is the first target not planned yet; every planned one was delivered above
         yield from sample_frames_seeking(path, fps, stats, first_target=k)
         return
