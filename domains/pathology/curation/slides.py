@@ -49,6 +49,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from domains.pathology.curation.tiff_tiles import tiff_level
 from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
 from pipelines.deid import KEY_ENV, Context, MissingKeyError, PseudonymKey, scrub, scrub_name
 from pipelines.errors import InputError
@@ -891,7 +892,13 @@ def _level_bands(slide: Any, level: int) -> list[tuple[int, int]]:
 
 
 def _read_rows(slide: Any, level: int, top: int, rows: int, background: str | None) -> Image.Image:
-    """Rows `top` to `top + rows` of `level` (a whole-number downsample unless `top` is 0), composited over `background` when given."""
+    """Rows `top` to `top + rows` of `level` (a whole-number downsample unless `top` is 0), composited over `background` when given.
+
+    Composited rows of a level whose tiles `tiff_level` decodes (checked equal to OpenSlide's) come from
+    the file's tiles directly: the same pixels, opaque, without OpenSlide's painting of its ARGB buffer.
+    """
+    if background is not None and (tiles := tiff_level(slide, level)) is not None:
+        return Image.fromarray(tiles.rows(top, rows))
     read = slide.read_region((0, top * int(slide.level_downsamples[level])), level, (slide.level_dimensions[level][0], rows))
     return read if background is None else composite(read, background)
 
