@@ -3,8 +3,8 @@
 On one slide and one exported model (loaded once), the same tissue tiles (planned once: the tissue
 mask is common to both and not timed) are scored three ways, interleaved, `--repeats` times:
 
-- plain:    one OpenSlide handle in this process; for each tile, read it, preprocess it, embed it
-            alone (batch of 1) and score it;
+- plain:    one OpenSlide handle in this process; for each tile, read it (`read_region`, composited
+            over white and resized as the map does), preprocess it, embed it alone (batch of 1) and score it;
 - batched:  `domains.pathology.analyst.embed_tiles` (reader threads read ahead, `--batch-size`
             tiles per model call) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON).
@@ -36,7 +36,8 @@ import torch
 from contract import machine, random_model, threads_label, versus_plain_loop_rows, write_json
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
-from domains.pathology.analyst_tiles import SlideTiling, TileReader, plan_tiles
+from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
+from domains.pathology.curation.slides import _to_rgb, fit_tile
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
 
@@ -59,14 +60,16 @@ def mosaic_slide(slide: Path, n: int, folder: Path) -> Path:
 
 
 def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, tiling: SlideTiling) -> np.ndarray:
-    """Read, preprocess, embed and score each tile alone."""
-    read = TileReader.of(tiling)
+    """Read (OpenSlide's read_region, as a plain loop would), preprocess, embed and score each tile alone."""
+    import openslide
+
     weights = classifier.weights.numpy()
     rows = []
-    for x, y, _ in tiling.tiles:
-        embedding = encoder.embed_tensors(encoder.to_tensor(read((x, y))).unsqueeze(0))
-        rows.append(softmax(embedding @ weights * classifier.logit_scale, axis=1)[0])
-    read.close()
+    with openslide.OpenSlide(str(tiling.path)) as slide:
+        for x, y, _ in tiling.tiles:
+            pixels = fit_tile(_to_rgb(slide.read_region((x, y), tiling.level, (tiling.read_px, tiling.read_px))), tiling.tile_size)
+            embedding = encoder.embed_tensors(encoder.to_tensor(pixels).unsqueeze(0))
+            rows.append(softmax(embedding @ weights * classifier.logit_scale, axis=1)[0])
     return np.asarray(rows)
 
 

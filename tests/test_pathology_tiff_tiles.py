@@ -89,3 +89,18 @@ def test_a_tile_that_fails_to_decode_is_openslide_s_error(tmp_path: Path) -> Non
     cfg = SlideConfig(target_mpp=0.25, tile_size=64, stride=64, mask_level_max_dim=2048)  # level 0 read whole, for the mask
     result = process_slide(WorkUnit("k", SlideJob(str(path), "s", "a caption", {"label": "x"}, asdict(cfg))))
     assert not result.pairs and [r.reason for r in result.rejects] == [slides.REASON_READ_FAILED]
+
+
+@pytest.mark.parametrize("max_bytes", [32 << 20, 1])  # 1 byte: every tile evicted as the next comes, decoded again
+def test_tiles_read_through_the_file_s_tiles_equal_openslide_s(tmp_path: Path, max_bytes: int) -> None:
+    path = _pyramid(tmp_path / "s.tiff")  # 800 x 700 px at level 0, tiles of 256 px
+    with openslide.OpenSlide(str(path)) as slide:
+        for level, read_px in ((0, 224), (0, 300), (1, 112)):
+            tiles, cache = tiff_level(slide, level), tiff_tiles.TileCache(max_bytes)
+            assert tiles is not None
+            # across tile edges, over the right and bottom edges (white there), and at an odd level-0 corner
+            # that level 1 cannot start on (OpenSlide reads that one)
+            for x, y in ((0, 0), (200, 230), (250, 500), (700, 650), (799, 0), (3, 5), (0, 699)):
+                want = slides.read_tile(slide, x, y, level, read_px, 224)
+                assert np.array_equal(slides.read_tile(slide, x, y, level, read_px, 224, tiles, cache), want), (level, x, y)
+            assert sum(t.nbytes for t in cache._tiles.values()) <= max(max_bytes, 256 * 256 * 3)

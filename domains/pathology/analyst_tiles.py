@@ -29,6 +29,7 @@ from domains.pathology.curation.slides import (
     slide_mpp,
     tissue_mask,
 )
+from domains.pathology.curation.tiff_tiles import TiffLevel, TileCache, tiff_level
 from pipelines.errors import InputError
 
 # The tissue mask (and the heatmap's background) as the curation makes it, at its finest size: the curation may
@@ -141,6 +142,8 @@ class TileReader:
     def __init__(self, path: Path, level: int, read_px: int, tile_size: int) -> None:
         self.path, self.level, self.read_px, self.tile_size = str(path), level, read_px, tile_size
         self._slide: Any = None
+        self._tiles: TiffLevel | None = None  # the level's tiles read from the file, where tiff_level allows
+        self._cache: TileCache | None = None
 
     @classmethod
     def of(cls, tiling: SlideTiling) -> TileReader:
@@ -148,7 +151,7 @@ class TileReader:
         return cls(tiling.path, tiling.level, tiling.read_px, tiling.tile_size)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_slide": None}  # each reader thread (a copy) opens its own handle
+        return {**self.__dict__, "_slide": None, "_tiles": None, "_cache": None}  # each reader thread (a copy) opens its own
 
     def __call__(self, window: tuple[int, int]) -> np.ndarray:
         """The RGB pixels of the tile whose level-0 top-left corner is `window`."""
@@ -156,9 +159,10 @@ class TileReader:
 
         if self._slide is None:
             self._slide = openslide.OpenSlide(self.path)
+            self._tiles, self._cache = tiff_level(self._slide, self.level), TileCache()
         x, y = int(window[0]), int(window[1])
         try:
-            return read_tile(self._slide, x, y, self.level, self.read_px, self.tile_size)
+            return read_tile(self._slide, x, y, self.level, self.read_px, self.tile_size, self._tiles, self._cache)
         except openslide.OpenSlideError as exc:
             raise SlideReadError(f"{self.path}#x{x}-y{y}: {exc}") from None
 
@@ -166,4 +170,4 @@ class TileReader:
         """Close this process's handle (if any)."""
         if self._slide is not None:
             self._slide.close()
-            self._slide = None
+            self._slide, self._tiles, self._cache = None, None, None

@@ -49,7 +49,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from domains.pathology.curation.tiff_tiles import tiff_level
+from domains.pathology.curation.tiff_tiles import TiffLevel, TileCache, tiff_level
 from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
 from pipelines.deid import KEY_ENV, Context, MissingKeyError, PseudonymKey, scrub, scrub_name
 from pipelines.errors import InputError
@@ -961,12 +961,19 @@ def fit_tile(rgb: np.ndarray, tile_size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((tile_size, tile_size), Image.LANCZOS))
 
 
-def read_tile(slide: Any, x: int, y: int, level: int, read_px: int, tile_size: int) -> np.ndarray:
+def read_tile(slide: Any, x: int, y: int, level: int, read_px: int, tile_size: int, tiles: TiffLevel | None = None,
+              cache: TileCache | None = None) -> np.ndarray:
     """The tile whose level-0 top-left corner is (x, y): `read_px` pixels at `level`, over white, at `tile_size`.
 
     How both the curation and the analyst's TileReader read a tile from the slide (OpenSlideError
-    passes through to the caller).
+    passes through to the caller). With `tiles`, the level's `tiff_level`, the pixels come from the
+    file's tiles (through `cache`) where they are OpenSlide's: at a whole-number downsample from a
+    level-0 corner on a level pixel; elsewhere, and without it, OpenSlide reads them.
     """
+    if tiles is not None:
+        downsample = slide.level_downsamples[level]
+        if downsample == int(downsample) and x % int(downsample) == 0 and y % int(downsample) == 0:
+            return fit_tile(tiles.region(x // int(downsample), y // int(downsample), read_px, read_px, cache), tile_size)
     return fit_tile(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))), tile_size)
 
 
@@ -1173,11 +1180,13 @@ def process_slide(unit: WorkUnit) -> UnitResult:
         rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(job.slide_id.encode()).hexdigest()[:8], 16)])
         tag = hashlib.sha256((job.name or Path(job.path).name).encode()).hexdigest()[:6]
 
+        direct, cache = (None, None) if level0 is not None else (tiff_level(slide, level), TileCache())
+
         def tile_at(x: int, y: int) -> np.ndarray:
             """The tile at level-0 (x, y), at tile_size: cut from level 0 when it is in memory, else read."""
             if level0 is not None:
                 return fit_tile(_cut(level0, x, y, read_px), cfg.tile_size)
-            return read_tile(slide, x, y, level, read_px, cfg.tile_size)
+            return read_tile(slide, x, y, level, read_px, cfg.tile_size, direct, cache)
 
         # Cells are taken in the seeded random order until max_tiles_per_slide are kept, a chunk at a time:
         # as many as are still wanted (and fit CHUNK_BYTES), read in raster order by reader threads and

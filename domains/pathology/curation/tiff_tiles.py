@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tifffile
@@ -58,25 +60,34 @@ class TiffLevel:
             image.draft("YCbCr", image.size)  # the components as stored: no colour transform
         return np.asarray(image).reshape(shape)
 
-    def region(self, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """Level pixels [y, y + height) x [x, x + width), inside the level, as (height, width, 3) uint8.
+    def region(self, x: int, y: int, width: int, height: int, cache: TileCache | None = None) -> np.ndarray:
+        """Level pixels [y, y + height) x [x, x + width) (x, y >= 0) as (height, width, 3) uint8, white beyond the level.
 
-        A tile that fails to decode (a damaged file) raises openslide.OpenSlideError, as OpenSlide's read would.
+        White is what compositing OpenSlide's read (transparent there) over white gives. Tiles come from
+        `cache` when it holds them (and go into it). A tile that fails to decode (a damaged file) raises
+        openslide.OpenSlideError, as OpenSlide's read would.
         """
         import openslide
 
-        out = np.empty((height, width, 3), np.uint8)
+        inside_w, inside_h = min(width, self.width - x), min(height, self.height - y)
+        if (inside_w, inside_h) == (width, height):
+            out = np.empty((height, width, 3), np.uint8)
+        else:
+            out = np.full((height, width, 3), 255, np.uint8)
+            if inside_w <= 0 or inside_h <= 0:
+                return out
         columns = -(-self.width // self.tile_width)
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            for tile_row in range(y // self.tile_height, (y + height - 1) // self.tile_height + 1):
+            for tile_row in range(y // self.tile_height, (y + inside_h - 1) // self.tile_height + 1):
                 ty = tile_row * self.tile_height
-                r0, r1 = max(y, ty), min(y + height, ty + self.tile_height)
-                for column in range(x // self.tile_width, (x + width - 1) // self.tile_width + 1):
+                r0, r1 = max(y, ty), min(y + inside_h, ty + self.tile_height)
+                for column in range(x // self.tile_width, (x + inside_w - 1) // self.tile_width + 1):
                     tx = column * self.tile_width
-                    c0, c1 = max(x, tx), min(x + width, tx + self.tile_width)
+                    c0, c1 = max(x, tx), min(x + inside_w, tx + self.tile_width)
+                    index = tile_row * columns + column
                     try:
-                        tile = self._tile(fd, tile_row * columns + column)
+                        tile = cache.get(index, lambda i=index: self._tile(fd, i)) if cache is not None else self._tile(fd, index)
                     except (OSError, ValueError, zlib.error) as exc:
                         raise openslide.OpenSlideError(f"{self.path}: tile ({column}, {tile_row}): {exc}") from None
                     out[r0 - y : r1 - y, c0 - x : c1 - x] = tile[r0 - ty : r1 - ty, c0 - tx : c1 - tx]
@@ -87,6 +98,36 @@ class TiffLevel:
     def rows(self, top: int, rows: int) -> np.ndarray:
         """Rows `top` to `top + rows` of the level, the whole width, as (rows, width, 3) uint8."""
         return self.region(0, top, self.width, rows)
+
+
+class TileCache:
+    """Decoded tiles of one level, the most recently used kept up to `max_bytes`; threads may share one.
+
+    Neighbouring reads (a grid of tiles that do not fall on the file's tiles) need the same file tiles:
+    OpenSlide keeps them in its cache (32 MB by default), and so does a reader with one of these.
+    """
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, index: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """Tile `index`, decoded by `decode()` when not kept (two threads may both decode it: the same pixels)."""
+        with self._lock:
+            tile = self._tiles.get(index)
+            if tile is not None:
+                self._tiles.move_to_end(index)
+                return tile
+        tile = decode()
+        with self._lock:
+            if index not in self._tiles:
+                self._tiles[index] = tile
+                self._bytes += tile.nbytes
+                while self._bytes > self.max_bytes and len(self._tiles) > 1:
+                    self._bytes -= self._tiles.popitem(last=False)[1].nbytes
+        return tile
 
 
 _checked: dict[tuple[str, int, int, int], TiffLevel | None] = {}  # (path, mtime, size, level): checked once per file version
