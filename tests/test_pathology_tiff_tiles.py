@@ -104,3 +104,27 @@ def test_tiles_read_through_the_file_s_tiles_equal_openslide_s(tmp_path: Path, m
                 want = slides.read_tile(slide, x, y, level, read_px, 224)
                 assert np.array_equal(slides.read_tile(slide, x, y, level, read_px, 224, tiles, cache), want), (level, x, y)
             assert sum(t.nbytes for t in cache._tiles.values()) <= max(max_bytes, 256 * 256 * 3)
+
+
+def test_a_level_at_a_fractional_downsample_is_read_in_bands_from_the_file_s_tiles(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (1203, 1603, 3), dtype=np.uint8)
+    write_slide(tmp_path / "odd.tiff", image, 0.25, 2)  # level 1: 801 x 601, downsample 2.0012 (OpenSlide would interpolate bands)
+    monkeypatch.setattr(slides, "READ_THREADS", 2)
+    monkeypatch.setattr(slides, "READ_BAND_MIN_PIXELS", 1)
+    bands: list[tuple[int, int]] = []
+    read_rows = slides._read_rows
+
+    def counted(slide: openslide.OpenSlide, level: int, top: int, rows: int, background: str | None) -> object:
+        bands.append((top, rows))
+        return read_rows(slide, level, top, rows, background)
+
+    monkeypatch.setattr(slides, "_read_rows", counted)
+    with openslide.OpenSlide(str(tmp_path / "odd.tiff")) as slide:
+        assert slide.level_downsamples[1] != int(slide.level_downsamples[1])
+        whole = np.asarray(slides.read_level(slide, 1, "ffffff"))
+        assert len(bands) > 1  # banded, in threads
+        assert np.array_equal(whole, np.asarray(slides.composite(slide.read_region((0, 0), 1, slide.level_dimensions[1]), "ffffff")))
+        bands.clear()
+        slides.read_level(slide, 1)  # RGBA, OpenSlide's own read: at once
+        assert bands == [(0, 601)]

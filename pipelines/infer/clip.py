@@ -97,7 +97,9 @@ class ClipEncoder:
         side, mean, std = plain
         resize, crop = self.preprocess.transforms[:2]
         arrays = [a if a.shape[:2] == (side, side) else np.asarray(crop(resize(Image.fromarray(a)))) for a in arrays]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+        # one pass from (n, H, W, 3) bytes to (n, 3, H, W) floats, then the same divisions in place
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.get_default_dtype(), memory_format=torch.contiguous_format)
+        batch.div_(255)
         return batch.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
     @torch.no_grad()

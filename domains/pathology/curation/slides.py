@@ -852,13 +852,14 @@ def read_level(slide: Any, level: int, background: str | None = None) -> Image.I
     second copy. Bands end on the file's tile rows (`openslide.level[k].tile-height`), so no tile is
     decoded twice, and start on whole level rows at whole level-0 rows: only on level 0 or a level
     whose downsample is a whole number. Any other level (e.g. 4.0003, common in SVS) is one read: a
-    band starting between level rows would be interpolated.
+    band starting between level rows would be interpolated, unless the rows come from the file's
+    tiles (composited, `tiff_level`): those are bands at any downsample.
 
     With `background` (hex RGB, e.g. "ffffff"), RGB: the read composited over that colour
     (`composite`), band by band in the threads.
     """
     width, height = slide.level_dimensions[level]
-    if len(_level_bands(slide, level)) == 1:
+    if len(_level_bands(slide, level, background)) == 1:
         return _read_rows(slide, level, 0, height, background)
     whole = Image.new("RGBA" if background is None else "RGB", (width, height))
     read_level_bands(slide, level, background, lambda top, band: whole.paste(band, (0, top)))  # rows no other band writes
@@ -872,11 +873,15 @@ def read_level_bands(slide: Any, level: int, background: str | None, use: Callab
     it is given; together they are the level's rows, each once (one band, the whole level, where
     the level is read at once).
     """
-    _in_threads(lambda band: use(band[0], _read_rows(slide, level, *band, background)), _level_bands(slide, level))
+    _in_threads(lambda band: use(band[0], _read_rows(slide, level, *band, background)), _level_bands(slide, level, background))
 
 
-def _level_bands(slide: Any, level: int) -> list[tuple[int, int]]:
-    """(top row, rows) of the bands `read_level` reads `level` in (see there): [(0, height)] when it reads it at once."""
+def _level_bands(slide: Any, level: int, background: str | None) -> list[tuple[int, int]]:
+    """(top row, rows) of the bands `read_level` reads `level` in (see there): [(0, height)] when it reads it at once.
+
+    Composited rows that `_read_rows` takes from the file's tiles (`tiff_level`) are the level's own
+    pixels whatever the downsample, so such a level is read in bands at any downsample.
+    """
     width, height = slide.level_dimensions[level]
     downsample = float(slide.level_downsamples[level])
     try:
@@ -885,14 +890,17 @@ def _level_bands(slide: Any, level: int) -> list[tuple[int, int]]:
         tile_rows = 1
     band_rows = tile_rows * max(1, math.ceil(READ_BAND_MIN_ROWS / tile_rows))
     bands = min(READ_THREADS * READ_BANDS_PER_THREAD, math.ceil(height / band_rows))
-    if READ_THREADS < 2 or bands < 2 or downsample != int(downsample) or width * height < READ_BAND_MIN_PIXELS:
+    whole_rows = downsample == int(downsample) or (background is not None and tiff_level(slide, level) is not None)
+    if READ_THREADS < 2 or bands < 2 or not whole_rows or width * height < READ_BAND_MIN_PIXELS:
         return [(0, height)]
     band_rows *= math.ceil(height / band_rows / bands)
     return [(top, min(band_rows, height - top)) for top in range(0, height, band_rows)]
 
 
 def _read_rows(slide: Any, level: int, top: int, rows: int, background: str | None) -> Image.Image:
-    """Rows `top` to `top + rows` of `level` (a whole-number downsample unless `top` is 0), composited over `background` when given.
+    """Rows `top` to `top + rows` of `level`, composited over `background` when given.
+
+    OpenSlide reads them at a whole-number downsample unless `top` is 0 (see `_level_bands`).
 
     Composited rows of a level whose tiles `tiff_level` decodes (checked equal to OpenSlide's) come from
     the file's tiles directly: the same pixels, opaque, without OpenSlide's painting of its ARGB buffer.
