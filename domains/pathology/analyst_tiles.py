@@ -143,7 +143,7 @@ class TileReader:
         self.path, self.level, self.read_px, self.tile_size = str(path), level, read_px, tile_size
         self._slide: Any = None
         self._tiles: TiffLevel | None = None  # the level's tiles read from the file, where tiff_level allows
-        self._cache: TileCache | None = None
+        self._cache = TileCache()  # shared by the reader threads' copies: neighbouring tiles need the same file tiles
 
     @classmethod
     def of(cls, tiling: SlideTiling) -> TileReader:
@@ -151,7 +151,7 @@ class TileReader:
         return cls(tiling.path, tiling.level, tiling.read_px, tiling.tile_size)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_slide": None, "_tiles": None, "_cache": None}  # each reader thread (a copy) opens its own
+        return {**self.__dict__, "_slide": None, "_tiles": None}  # each reader thread (a copy) opens its own handle
 
     def __call__(self, window: tuple[int, int]) -> np.ndarray:
         """The RGB pixels of the tile whose level-0 top-left corner is `window`."""
@@ -159,7 +159,7 @@ class TileReader:
 
         if self._slide is None:
             self._slide = openslide.OpenSlide(self.path)
-            self._tiles, self._cache = tiff_level(self._slide, self.level), TileCache()
+            self._tiles = tiff_level(self._slide, self.level)
         x, y = int(window[0]), int(window[1])
         try:
             return read_tile(self._slide, x, y, self.level, self.read_px, self.tile_size, self._tiles, self._cache)
@@ -170,4 +170,5 @@ class TileReader:
         """Close this process's handle (if any)."""
         if self._slide is not None:
             self._slide.close()
-            self._slide, self._tiles, self._cache = None, None, None
+            self._slide, self._tiles = None, None
+        self._cache.clear()

@@ -113,6 +113,18 @@ class TileCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_bytes": self.max_bytes}  # a pickled copy (another process) starts empty
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"])
+
+    def clear(self) -> None:
+        """Drop every tile kept."""
+        with self._lock:
+            self._tiles.clear()
+            self._bytes = 0
+
     def get(self, index: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
         """Tile `index`, decoded by `decode()` when not kept (two threads may both decode it: the same pixels)."""
         with self._lock:
