@@ -160,7 +160,7 @@ def tiff_level(slide: Any, level: int) -> TiffLevel | None:
 
 
 def _check(found: TiffLevel | None, slide: Any, level: int) -> TiffLevel | None:
-    """`found` when its first and last tiles equal OpenSlide's read of the same pixels (opaque), else None."""
+    """`found` when its first, middle and last tiles equal OpenSlide's read of the same pixels (opaque), else None."""
     import openslide
 
     if found is None:
@@ -168,7 +168,8 @@ def _check(found: TiffLevel | None, slide: Any, level: int) -> TiffLevel | None:
     downsample = float(slide.level_downsamples[level])
     last_x = (found.width - 1) // found.tile_width * found.tile_width
     last_y = (found.height - 1) // found.tile_height * found.tile_height
-    areas = [(0, 0)] + ([(last_x, last_y)] if downsample == int(downsample) else [])  # else OpenSlide would interpolate there
+    middle = (last_x // found.tile_width // 2 * found.tile_width, last_y // found.tile_height // 2 * found.tile_height)
+    areas = [(0, 0)] + ([middle, (last_x, last_y)] if downsample == int(downsample) else [])  # else OpenSlide would interpolate
     for x, y in areas:
         width, height = min(found.tile_width, found.width - x), min(found.tile_height, found.height - y)
         try:
