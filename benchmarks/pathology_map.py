@@ -37,7 +37,7 @@ from contract import machine, random_model, threads_label, versus_plain_loop_row
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
 from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
-from domains.pathology.curation.slides import _to_rgb, fit_tile
+from domains.pathology.curation.slides import read_tile
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
 
@@ -67,7 +67,7 @@ def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, tiling: Sl
     rows = []
     with openslide.OpenSlide(str(tiling.path)) as slide:
         for x, y, _ in tiling.tiles:
-            pixels = fit_tile(_to_rgb(slide.read_region((x, y), tiling.level, (tiling.read_px, tiling.read_px))), tiling.tile_size)
+            pixels = read_tile(slide, x, y, tiling.level, tiling.read_px, tiling.tile_size)  # without `tiles`: OpenSlide's read_region
             embedding = encoder.embed_tensors(encoder.to_tensor(pixels).unsqueeze(0))
             rows.append(softmax(embedding @ weights * classifier.logit_scale, axis=1)[0])
     return np.asarray(rows)

@@ -130,9 +130,8 @@ def test_a_level_at_a_fractional_downsample_is_read_in_bands_from_the_file_s_til
         assert bands == [(0, 601)]
 
 
-def test_the_reader_threads_share_one_tile_cache_and_another_process_gets_an_empty_one(tmp_path: Path) -> None:
+def test_the_reader_threads_share_one_tile_cache(tmp_path: Path) -> None:
     import copy
-    import pickle
 
     from domains.pathology.analyst_tiles import TileReader
 
@@ -142,8 +141,5 @@ def test_the_reader_threads_share_one_tile_cache_and_another_process_gets_an_emp
     tile = first((200, 230))
     assert first._cache is second._cache is reader._cache and len(reader._cache._tiles) == 4  # the 4 file tiles it spans
     assert np.array_equal(second((200, 230)), tile)
-    elsewhere = pickle.loads(pickle.dumps(first))
-    assert elsewhere._cache is not reader._cache and not elsewhere._cache._tiles and elsewhere._slide is None
-    assert np.array_equal(elsewhere((200, 230)), tile)
-    for r in (first, second, elsewhere):
+    for r in (first, second):
         r.close()

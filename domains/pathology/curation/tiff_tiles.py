@@ -5,8 +5,8 @@ about 0.9 ms for a cached 240 px tile of CMU-1-Small-Region, against 0.4 ms for 
 the tile's JPEG. For the levels it can read (tiled, 8-bit RGB, JPEG, Deflate or no compression, as
 Aperio SVS and generic pyramidal TIFFs store them) `tiff_level` gives a reader that decodes the tiles
 itself (tifffile for the layout, Pillow's libjpeg or zlib for the data) and is checked against
-OpenSlide before use: the first and last tiles' areas, read both ways, must be equal, pixel for
-pixel, or OpenSlide keeps reading the level. Anything else (JPEG 2000, other vendors' formats,
+OpenSlide before use: the first, middle and last tiles' areas, read both ways, must be equal, pixel
+for pixel, or OpenSlide keeps reading the level. Anything else (JPEG 2000, other vendors' formats,
 missing tiles) is None: OpenSlide reads it.
 
 Aperio writes RGB JPEG tiles without a colour transform (TIFF photometric RGB): they are decoded
@@ -112,12 +112,6 @@ class TileCache:
         self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"max_bytes": self.max_bytes}  # a pickled copy (another process) starts empty
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["max_bytes"])
 
     def clear(self) -> None:
         """Drop every tile kept."""
