@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,45 @@ def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export
     assert not [t for t in threading.enumerate() if t.name.startswith("window-reader")]
     assert read.closed and all(h is not None for h in read.closed)
 
+
+
+def test_a_cpu_embeds_two_batches_at_once_and_hands_them_over_in_order(export: Path, monkeypatch) -> None:
+    """Two model calls overlap on a CPU (a barrier of two would time out otherwise); batches come out in order, bit for bit."""
+    import pipelines.infer.stream as stream
+
+    encoder = ClipEncoder.load(export)
+    windows = list(range(23))
+
+    def run() -> list:
+        return list(embed_windows(windows, colour_window, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2))
+
+    monkeypatch.setattr(stream, "CPU_BATCHES_AT_ONCE", 1)
+    alone = run()
+    monkeypatch.setattr(stream, "CPU_BATCHES_AT_ONCE", 2)
+    both_in = threading.Barrier(2, timeout=10)
+    seen: list[int] = []
+
+    def embed(batch: torch.Tensor) -> np.ndarray:
+        seen.append(len(batch))
+        if len(seen) <= 2:
+            both_in.wait()  # the first two batches meet here only if they are embedded at once
+        time.sleep(0.01 * (len(seen) % 2))  # every other batch finishes late: its successor must still come out second
+        return encoder.embed_tensors(batch)
+
+    together = list(embed_windows(windows, colour_window, encoder.to_tensor, embed, batch_size=4, workers=2))
+    assert [b.windows for b in together] == [b.windows for b in alone]
+    for ours, one in zip(together, alone):
+        np.testing.assert_array_equal(ours.valid, one.valid)
+        np.testing.assert_array_equal(ours.embeddings, one.embeddings)
+    assert sum(seen) == sum(int(b.valid.sum()) for b in alone)  # each batch embedded once
+
+
+def test_stopping_early_leaves_no_model_thread(export: Path) -> None:
+    encoder = ClipEncoder.load(export)
+    batches = embed_windows(list(range(40)), colour_window, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("window-model", "window-reader"))]
 
 def test_batch_preprocessing_equals_one_image_at_a_time(export: Path) -> None:
     """to_batch gives bit for bit what to_tensor gives: images at the model's input size, and others resized and cropped first."""

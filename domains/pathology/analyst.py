@@ -119,7 +119,7 @@ def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64,
     try:
         for batch in embed_windows(windows, TileReader.of(tiling), encoder.to_tensor, encoder.embed_tensors,
                                    batch_size=batch_size, workers=workers, desc=tiling.path.name,
-                                   to_batch=encoder.to_batch):
+                                   to_batch=encoder.to_batch, device=encoder.device):
             chunks.append(batch.embeddings)
     except SlideReadError:
         raise InputError(f"{tiling.path}: {REASON_READ_FAILED}") from None

@@ -221,7 +221,8 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64,
     chunks = []
     try:
         for batch in embed_windows(grid.windows, WindowReader.of(grid), encoder.to_tensor, encoder.embed_tensors,
-                                   batch_size=batch_size, workers=workers, desc=grid.scene.name, to_batch=encoder.to_batch):
+                                   batch_size=batch_size, workers=workers, desc=grid.scene.name, to_batch=encoder.to_batch,
+                                   device=encoder.device):
             kept.extend(w for w, ok in zip(batch.windows, batch.valid) if ok)
             if len(batch.embeddings):
                 chunks.append(batch.embeddings)
