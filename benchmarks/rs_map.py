@@ -6,7 +6,7 @@ scored three ways, interleaved, `--repeats` times:
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
             read, stretch and resampling), preprocess it, embed it alone (batch of 1) and score it;
 - batched:  `domains.remote_sensing.analyst.embed_grid` (reader threads read ahead, `--batch-size`
-            windows per model call) and the same scoring;
+            windows per model call, on a CPU two calls at once) and the same scoring;
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON).
 
 Prints windows, median seconds, windows and pixels per second and the ratio batched / plain
@@ -44,6 +44,7 @@ from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster,
 from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
 from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
+from pipelines.infer.stream import CPU_BATCHES_AT_ONCE
 
 MODEL = Path("exports/remote_sensing")
 DEMO_TILE_M = 128.0  # the demo's curated tiles: 64 px at 2 m
@@ -148,8 +149,10 @@ def main() -> None:
             print(json.dumps(result, indent=2), flush=True)
             count = torch.get_num_threads()
             at = threads_label(count, default_threads)
+            at_once = 1 if encoder.device.type == "cuda" else CPU_BATCHES_AT_ONCE
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
-                     f"{at} for every method, batch {args.batch_size}, {args.workers} reader threads; "
+                     f"{at} per model call for every method "
+                     f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {args.workers} reader threads; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f" [{args.arch}, random init]" if args.arch else ""
             rows += versus_plain_loop_rows(
