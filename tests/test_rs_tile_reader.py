@@ -16,6 +16,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_bounds, from_origin
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 
 from domains.remote_sensing.curation.tiles import (
     DIRECT_READ_TOLERANCE,
@@ -26,6 +27,7 @@ from domains.remote_sensing.curation.tiles import (
     footprint_holds_data,
     has_validity_info,
     mosaic_limits,
+    nodata_mask_of_bands,
     on_own_grid,
     overview_sample,
     read_mosaic_tile,
@@ -162,6 +164,37 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
         # integer data averaged over clean windows in the raster's own CRS is read directly, and nothing else
         assert set(direct) == (set() if dtype == "float32" else {Resampling.average})
         assert dtype == "float32" or len(direct) >= len(CLEAN) + len(FLUSH)
+
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_mask_is_taken_from_the_bands_only_where_a_second_warp_agrees(tmp_path: Path, case: str) -> None:
+    """Integer nodata rasters warped inside the raster, in its CRS, every band read: the mask comes from the bands, equal
+    to dataset_mask's (a pixel empty in one band only holds data); any other warp is left to dataset_mask (None)."""
+    count, dtype, nodata, internal_mask, _ = CASES[case]
+    rng = np.random.default_rng(7)
+    hole = np.nan if dtype == "float32" else 0
+    data = scene(rng, count, dtype, hole)
+    mask = (data != hole).any(0) if internal_mask else None
+    with rasterio.open(write(tmp_path / "scene.tif", data, nodata, mask)) as src:
+        # over the hole in every band and the hole in band 1 only; then across the scene's edge
+        inside, across = (X0 + 10, Y0 - 250, X0 + 250, Y0 - 10), (X0 - 20, Y0 - 250, X0 + 220, Y0 - 10)
+        used = []
+        for crs, bounds in ((src.crs, inside), (CRS.from_epsg(32632), inside), (src.crs, across)):
+            b = bounds if crs == src.crs else transform_bounds(src.crs, crs, *bounds)
+            for resampling in (Resampling.nearest, Resampling.average):
+                with WarpedVRT(src, crs=crs, transform=from_bounds(*b, width=97, height=97), width=97, height=97,
+                               resampling=resampling) as vrt:
+                    shown = list(range(1, vrt.count + 1))[::-1]
+                    read = vrt.read(indexes=shown)
+                    got = nodata_mask_of_bands(vrt, shown, read)
+                    if got is not None:
+                        want = vrt.dataset_mask() > 0
+                        np.testing.assert_array_equal(got, want)
+                        assert want.any() and not want.all() and not (read[-1] != 0).all(axis=None)
+                        used.append(crs == src.crs and bounds == inside)
+    expected = nodata is not None and dtype != "float32" and count == 3
+    assert used == ([True, True] if expected else [])
 
 
 def test_mosaic_tile_from_tile_sources_equals_pairs(tmp_path: Path) -> None:
