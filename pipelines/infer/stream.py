@@ -71,10 +71,15 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
 
     `to_tensor` is the model's preprocessing of one image, `to_batch` optionally of a batch's images
     at once (run in the readers); `embed` runs the model on `device` (on a CPU, CPU_BATCHES_AT_ONCE
-    batches at once, in model threads; on a GPU in this thread), on the same batches whatever
-    `workers` is. workers=0 reads in this thread, batch after batch.
+    batches at once, in model threads, and batches of at most a 1/CPU_BATCHES_AT_ONCE share of the
+    windows; on a GPU in this thread), on the same batches whatever `workers` is. workers=0 reads in
+    this thread, batch after batch.
     """
     on_gpu = torch.device(device).type == "cuda"
+    at_once = 1 if on_gpu else CPU_BATCHES_AT_ONCE
+    # A job of fewer than at_once full batches is cut into at_once smaller ones: else one model thread
+    # would embed it all while the others wait.
+    batch_size = max(1, min(batch_size, -(-len(windows) // at_once)))
     # Each batch is read in `workers` consecutive parts, one per thread: the first batch reaches the
     # model sooner (the model waits for it), and the parts are put together in order.
     parts = max(1, workers)
@@ -104,7 +109,6 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
         return embed(tensors.pin_memory() if on_gpu else tensors)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="window-reader") if workers > 0 else None
-    at_once = 1 if on_gpu else CPU_BATCHES_AT_ONCE
     model = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="window-model") if at_once > 1 else None
     pending: deque[Future] = deque()
     embedding: deque[tuple[list[Any], list[bool], Future]] = deque()  # batches handed to the model threads, in order
