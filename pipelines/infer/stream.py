@@ -129,13 +129,12 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
                     if tensors is not None:
                         found.append(tensors)
                 tensors = (found[0] if len(found) == 1 else torch.cat(found)) if found else None
-                batch_windows = list(windows[batch[0][0]:batch[-1][1]])
-                if model is None:
-                    embeddings = embed_batch(tensors)
-                    bar.update(len(valid))
-                    yield Batch(batch_windows, np.asarray(valid, bool), embeddings)
-                    continue
-                embedding.append((batch_windows, valid, model.submit(embed_batch, tensors)))
+                if model is None:  # one batch at a time, in this thread
+                    future: Future = Future()
+                    future.set_result(embed_batch(tensors))
+                else:
+                    future = model.submit(embed_batch, tensors)
+                embedding.append((list(windows[batch[0][0]:batch[-1][1]]), valid, future))
                 while embedding and (len(embedding) >= at_once or number == len(spans) - 1):
                     done_windows, done_valid, future = embedding.popleft()
                     embeddings = future.result()
