@@ -361,13 +361,13 @@ def nodata_mask_of_bands(vrt: WarpedVRT, shown: Sequence[int], data: np.ndarray)
     nodata = vrt.nodata
     if nodata is None or sorted(shown) != list(range(1, vrt.count + 1)) or not np.issubdtype(data.dtype, np.integer):
         return None
-    if vrt.crs != vrt.src_crs:
-        return None
     src = vrt.src_dataset
-    inside = rasterio.windows.from_bounds(*vrt.bounds, transform=src.transform)
+    if vrt.crs != vrt.src_crs or src.transform.b != 0 or src.transform.d != 0:  # reprojected, or a rotated grid
+        return None
+    footprint = rasterio.windows.from_bounds(*vrt.bounds, transform=src.transform)
     eps = 1e-6
-    if (inside.col_off < -eps or inside.row_off < -eps or inside.col_off + inside.width > src.width + eps
-            or inside.row_off + inside.height > src.height + eps):
+    if (footprint.col_off < -eps or footprint.row_off < -eps or footprint.col_off + footprint.width > src.width + eps
+            or footprint.row_off + footprint.height > src.height + eps):
         return None
     if any(flags != [MaskFlags.nodata] for flags in vrt.mask_flag_enums) or vrt.count == 4:
         return None
