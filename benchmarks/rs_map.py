@@ -44,7 +44,7 @@ from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster,
 from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
 from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
-from pipelines.infer.stream import CPU_BATCHES_AT_ONCE
+from pipelines.infer.stream import batches_at_once
 
 MODEL = Path("exports/remote_sensing")
 DEMO_TILE_M = 128.0  # the demo's curated tiles: 64 px at 2 m
@@ -149,7 +149,7 @@ def main() -> None:
             print(json.dumps(result, indent=2), flush=True)
             count = torch.get_num_threads()
             at = threads_label(count, default_threads)
-            at_once = 1 if encoder.device.type == "cuda" else CPU_BATCHES_AT_ONCE
+            at_once = batches_at_once(encoder.device)
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
                      f"{at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {args.workers} reader threads; "

@@ -38,6 +38,11 @@ PREFETCH = 2  # batches read ahead
 CPU_BATCHES_AT_ONCE = 2
 
 
+def batches_at_once(device: torch.device | str) -> int:
+    """How many batches `embed_windows` embeds at once on `device`: CPU_BATCHES_AT_ONCE on a CPU, 1 on a GPU."""
+    return 1 if torch.device(device).type == "cuda" else CPU_BATCHES_AT_ONCE
+
+
 @dataclass
 class Batch:
     """Windows of one batch: their descriptions, and which of them have pixels (and so an embedding)."""
@@ -75,8 +80,8 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
     windows; on a GPU in this thread), on the same batches whatever `workers` is. workers=0 reads in
     this thread, batch after batch.
     """
-    on_gpu = torch.device(device).type == "cuda"
-    at_once = 1 if on_gpu else CPU_BATCHES_AT_ONCE
+    at_once = batches_at_once(device)
+    on_gpu = torch.device(device).type == "cuda"  # pinned host memory only for a GPU
     # A job of fewer than at_once full batches is cut into at_once smaller ones: else one model thread
     # would embed it all while the others wait.
     batch_size = max(1, min(batch_size, -(-len(windows) // at_once)))

@@ -285,6 +285,13 @@ def on_own_grid(source: TileSource, crs: CRS, bounds: tuple[float, float, float,
     return on_pixels or (round(window.width) != width and round(window.height) != height)
 
 
+def whole_pixels(window: rasterio.windows.Window) -> tuple[int, int, int, int]:
+    """(first column, first row, end column, end row) of the source pixels under `window`, float error at its edges ignored."""
+    eps = 1e-6
+    c0, r0 = int(math.floor(window.col_off + eps)), int(math.floor(window.row_off + eps))
+    return c0, r0, int(math.ceil(window.col_off + window.width - eps)), int(math.ceil(window.row_off + window.height - eps))
+
+
 def footprint_holds_data(source: TileSource, window: rasterio.windows.Window) -> bool:
     """Whether the pixels under `window` lie inside the raster and all hold data in every band (as `covers_only_data` asks).
 
@@ -293,10 +300,7 @@ def footprint_holds_data(source: TileSource, window: rasterio.windows.Window) ->
     pixel around, inside the raster, is checked too, against rounding at the window's edges.
     """
     src = source.src
-    eps = 1e-6
-    c0, r0 = int(math.floor(window.col_off + eps)), int(math.floor(window.row_off + eps))
-    c1 = int(math.ceil(window.col_off + window.width - eps))
-    r1 = int(math.ceil(window.row_off + window.height - eps))
+    c0, r0, c1, r1 = whole_pixels(window)
     if c0 < 0 or r0 < 0 or c1 > src.width or r1 > src.height:
         return False
     if source.validity == "alpha":  # nothing marks empty pixels: every pixel inside the raster holds data
@@ -364,10 +368,8 @@ def nodata_mask_of_bands(vrt: WarpedVRT, shown: Sequence[int], data: np.ndarray)
     src = vrt.src_dataset
     if vrt.crs != vrt.src_crs or src.transform.b != 0 or src.transform.d != 0:  # reprojected, or a rotated grid
         return None
-    footprint = rasterio.windows.from_bounds(*vrt.bounds, transform=src.transform)
-    eps = 1e-6
-    if (footprint.col_off < -eps or footprint.row_off < -eps or footprint.col_off + footprint.width > src.width + eps
-            or footprint.row_off + footprint.height > src.height + eps):
+    c0, r0, c1, r1 = whole_pixels(rasterio.windows.from_bounds(*vrt.bounds, transform=src.transform))
+    if c0 < 0 or r0 < 0 or c1 > src.width or r1 > src.height:
         return None
     if any(flags != [MaskFlags.nodata] for flags in vrt.mask_flag_enums) or vrt.count == 4:
         return None
