@@ -18,8 +18,9 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import LinearRing, shape
 from typer.testing import CliRunner
 
+from domains.remote_sensing import analyst
 from domains.remote_sensing.analyst import map_raster, read_classnames, search_rasters
-from domains.remote_sensing.analyst_windows import WindowReader, open_scene, plan_grid
+from domains.remote_sensing.analyst_windows import WindowOverview, WindowReader, open_scene, plan_grid, read_overview
 from domains.remote_sensing.curation.tiles import DIRECT_READ_TOLERANCE
 from domains.remote_sensing.prompts import TEMPLATES
 from pipelines.cli import app
@@ -269,6 +270,50 @@ def test_overlapping_windows_batched_equal_one_window_at_a_time(encoder: ClipEnc
     assert len(scored) == result.n_scored and 0 < len(scored) < 256
     expected = classifier.probabilities(encoder.embed_images([alone[w] for w in scored]))
     np.testing.assert_allclose(np.stack([probs[:, r, c] for r, c in scored]), expected, atol=1e-4)
+
+
+def assert_same_view(drawn: np.ndarray, read: np.ndarray) -> None:
+    """Two pictures of one scene: close on average, and black (no data) in the same places but for cells' edges."""
+    assert drawn.shape == read.shape and drawn.dtype == np.uint8
+    assert np.abs(drawn.astype(np.int16) - read.astype(np.int16)).mean() < 4
+    black_drawn, black_read = (drawn == 0).all(axis=2), (read == 0).all(axis=2)
+    assert 0.1 < black_read.mean() < 0.5  # the NaN quarter, and the scene's data
+    assert (black_drawn != black_read).mean() < 0.01
+
+
+@pytest.mark.parametrize("stride_m", [32.0, 16.0, 12.3])  # cells = windows; windows twice as wide as cells; off the pixel grid
+def test_overview_drawn_from_the_windows_shows_what_a_read_of_the_scene_shows(scenes: dict[str, Path], stride_m: float) -> None:
+    """Each window's cell, at its place; windows with too little data to be scored still show theirs.
+
+    min_valid 0.9 leaves the windows along the NaN quarter unscored (None), yet their data is drawn.
+    Stride 12.3 m is no whole number of window pixels: windows are read one by one, not in strips.
+    """
+    grid = plan_grid(open_scene([scenes["nan"]]), 32, stride_m, 64, min_valid=0.9)
+    assert WindowOverview.holds(grid, 400)
+    overview = WindowOverview(grid, 400)
+    read = WindowReader.of(grid, overview=overview)
+    found = read.read_batch(grid.windows)
+    read.close()
+    assert any(pixels is None for pixels in found) and any(pixels is not None for pixels in found)
+    assert_same_view(overview.pixels, read_overview(grid, 400))
+
+
+def test_map_draws_the_quicklook_from_its_windows_when_they_are_fine_enough(encoder: ClipEncoder, scenes: dict[str, Path],
+                                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 cells of 64 px hold a 400 px quick-look: no second read of the scene; 800 px they do not: the scene is read for it."""
+    shown: list[np.ndarray] = []
+    monkeypatch.setattr(analyst, "quicklook_png", lambda rgb, *args: shown.append(rgb.copy()) or b"png")
+    reads: list[int] = []
+    monkeypatch.setattr(analyst, "read_overview", lambda grid, max_px: reads.append(max_px) or read_overview(grid, max_px))
+    grid = plan_grid(open_scene([scenes["nan"]]), 32, 32, 64)
+    monkeypatch.setattr(analyst, "DISPLAY_PX", 400)
+    map_raster(encoder, scenes["nan"], tmp_path / "drawn", classes=CLASSES, **{**FAST, "workers": 2})
+    assert reads == [] and len(shown) == 1
+    assert_same_view(shown[0], read_overview(grid, 400))
+    monkeypatch.setattr(analyst, "DISPLAY_PX", 800)
+    map_raster(encoder, scenes["nan"], tmp_path / "read", classes=CLASSES, **FAST)
+    assert reads == [800] and len(shown) == 2
+    np.testing.assert_array_equal(shown[1], read_overview(grid, 800))
 
 
 def test_default_window_is_the_models_training_tile(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Optional, Sequence
@@ -38,6 +38,7 @@ from domains.remote_sensing.analyst_windows import (
     RasterReadError,
     Scene,
     WindowGrid,
+    WindowOverview,
     WindowReader,
     default_tile_m,
     open_scene,
@@ -207,12 +208,13 @@ def window_grid(model: str | Path | ClipEncoder, encoder: ClipEncoder, scene: Sc
 # ---------------------------------------------------------------- scoring
 
 
-def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64,
-               workers: int = 2) -> tuple[list[tuple[int, int]], np.ndarray]:
+def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64, workers: int = 2,
+               overview: WindowOverview | None = None) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The windows holding data (row, col) and their L2-normalised embeddings (n, embed_dim), in grid order.
 
     Windows are read ahead by `workers` threads (each with its own raster handles) and embedded
-    `batch_size` at a time; damaged raster data is an InputError naming the raster.
+    `batch_size` at a time, each drawn into `overview` when one is given; damaged raster data is an
+    InputError naming the raster.
     """
     if not grid.windows:
         return [], np.zeros((0, encoder.embed_dim), np.float32)
@@ -220,7 +222,7 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64,
     kept: list[tuple[int, int]] = []
     chunks = []
     try:
-        for batch in embed_windows(grid.windows, WindowReader.of(grid), encoder.to_tensor, encoder.embed_tensors,
+        for batch in embed_windows(grid.windows, WindowReader.of(grid, overview=overview), encoder.to_tensor, encoder.embed_tensors,
                                    batch_size=batch_size, workers=workers, desc=grid.scene.name, to_batch=encoder.to_batch,
                                    device=encoder.device):
             kept.extend(w for w, ok in zip(batch.windows, batch.valid) if ok)
@@ -423,20 +425,26 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
     grid = window_grid(model, encoder, scene, tile_m, stride_m, min_valid)
     classifier = encoder.zero_shot(classnames, templates)
 
-    # The quick-look's view of the scene does not depend on the scores: read it while the windows are scored.
-    overview_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overview")
-    overview = overview_reader.submit(read_overview, grid, DISPLAY_PX)
-    overview_reader.shutdown(wait=False)
+    # The quick-look's view of the scene: drawn from the windows as they are read when they are at least as
+    # fine as the display (no second read of the scene), else read while the windows are scored.
+    drawn = WindowOverview(grid, DISPLAY_PX) if WindowOverview.holds(grid, DISPLAY_PX) else None
+    overview: Future[np.ndarray] | None = None
+    if drawn is None:
+        overview_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overview")
+        overview = overview_reader.submit(read_overview, grid, DISPLAY_PX)
+        overview_reader.shutdown(wait=False)
     started = time.perf_counter()
     try:
-        windows, embeddings = embed_grid(encoder, grid, batch_size, workers)
+        windows, embeddings = embed_grid(encoder, grid, batch_size, workers, drawn)
     except BaseException:
-        overview.cancel()
-        wait([overview])  # no reading left behind once the command has failed
+        if overview is not None:
+            overview.cancel()
+            wait([overview])  # no reading left behind once the command has failed
         raise
     seconds = time.perf_counter() - started
     if not windows:
-        wait([overview])
+        if overview is not None:
+            wait([overview])
         raise InputError(f"{scene.inputs[0]}: no window holds data (none of the {len(grid.windows)} windows of {grid.tile_m:g} m "
                          f"is {min_valid:.0%} valid pixels)")
     probabilities = classifier.probabilities(embeddings)
@@ -496,7 +504,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         write_class_rasters(grid, class_grid, prob_grid, classnames, colours, staging / f"{stem}.classes.tif",
                             staging / f"{stem}.probs.tif")
         (staging / f"{stem}.geojson").write_bytes(_json_bytes({"type": "FeatureCollection", "features": regions}, compact=True))
-        rgb = overview.result()
+        rgb = drawn.pixels if drawn is not None else overview.result()
         metres_per_px = (grid.bounds[2] - grid.bounds[0]) / scene.units_per_m / rgb.shape[1]
         (staging / f"{stem}.png").write_bytes(quicklook_png(rgb, class_grid, classnames, colours, shares, title, metres_per_px))
         summary["run"]["total_seconds"] = round(time.perf_counter() - started_total, 3)

@@ -267,19 +267,20 @@ class WindowReader:
 
     def __init__(self, members: list[tuple[str, list[int], tuple[float, float, float, float]]], crs_wkt: str, origin: tuple[float, float],
                  stride: float, side: float, size: int, limits: list[tuple[float, float]] | None, min_valid: float,
-                 resampling: Resampling) -> None:
+                 resampling: Resampling, overview: WindowOverview | None = None) -> None:
         self.members, self.crs_wkt, self.origin, self.stride, self.side = members, crs_wkt, origin, stride, side
         self.size, self.limits, self.min_valid, self.resampling = size, limits, min_valid, resampling
+        self.overview = overview  # shared by the reader threads' copies: each window read is drawn into it
         self._sources: dict[int, TileSource] = {}
         self._crs: CRS | None = None
 
     @classmethod
-    def of(cls, grid: WindowGrid, size: int | None = None) -> WindowReader:
-        """The reader of a grid's windows, at the model's input size or at `size` pixels."""
+    def of(cls, grid: WindowGrid, size: int | None = None, overview: WindowOverview | None = None) -> WindowReader:
+        """The reader of a grid's windows, at the model's input size or at `size` pixels, drawing them into `overview` if given."""
         members = [(m.path, list(m.bands), grid.scene.member_bounds[m.path]) for m in grid.scene.members]
         left, _, _, top = grid.scene.bounds
         return cls(members, grid.scene.crs.to_wkt(), (left, top), grid.stride, grid.side, size or grid.window_px, grid.scene.limits,
-                   grid.min_valid, grid.resampling)
+                   grid.min_valid, grid.resampling, overview)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_sources": {}, "_crs": None}  # each reader thread (a copy) opens its own handles
@@ -315,6 +316,8 @@ class WindowReader:
         cx, cy = self.origin[0] + (col + 0.5) * self.stride, self.origin[1] - (row + 0.5) * self.stride
         half = self.side / 2
         found = self.read((cx - half, cy - half, cx + half, cy + half), self.size)
+        if found is not None and self.overview is not None:
+            self.overview.draw(row, col, found[0])
         if found is None or found[1] < self.min_valid:
             return None
         return found[0]
@@ -387,7 +390,11 @@ class WindowReader:
                 fill = part.valid & ~window.valid
                 window.data[:, fill] = part.data[:, fill]
                 window.valid |= fill
-            found.append(to_rgb8(window, self.limits) if float(window.valid.mean()) >= self.min_valid else None)
+            enough = float(window.valid.mean()) >= self.min_valid
+            rgb = to_rgb8(window, self.limits) if enough or self.overview is not None else None
+            if self.overview is not None:
+                self.overview.draw(row, col + k, rgb)
+            found.append(rgb if enough else None)
         return found
 
     def close(self) -> None:
@@ -402,6 +409,9 @@ OVERVIEW_OVERSAMPLE = 2
 
 def read_overview(grid: WindowGrid, max_px: int = 800) -> np.ndarray:
     """The mapped area of the scene as RGB at most `max_px` a side (for the quick-look), empty pixels black.
+
+    A second read of the scene: `map_raster` reads it only when its windows are coarser than the
+    quick-look, and otherwise draws the quick-look from them (WindowOverview).
 
     Read with nearest-neighbour resampling at OVERVIEW_OVERSAMPLE times the size, then box-averaged
     down: a display image about three times faster than the warper's average over every scene pixel
@@ -419,8 +429,52 @@ def read_overview(grid: WindowGrid, max_px: int = 800) -> np.ndarray:
         reader.close()
     if found is not None:
         found = (np.asarray(Image.fromarray(found[0]).reduce(OVERVIEW_OVERSAMPLE)), found[1])
-    height = max(1, int(round(max_px * (top - bottom) / side)))
-    width = max(1, int(round(max_px * (right - left) / side)))
+    height, width = overview_shape(grid, max_px)
     if found is None:
         return np.zeros((height, width, 3), np.uint8)
     return np.ascontiguousarray(found[0][:height, :width])
+
+
+def overview_shape(grid: WindowGrid, max_px: int) -> tuple[int, int]:
+    """(height, width) of the mapped area shown at most `max_px` a side."""
+    left, bottom, right, top = grid.bounds
+    side = max(right - left, top - bottom)
+    return max(1, int(round(max_px * (top - bottom) / side))), max(1, int(round(max_px * (right - left) / side)))
+
+
+class WindowOverview:
+    """The mapped area at most `max_px` a side, drawn from the windows as they are read to be scored.
+
+    Reading the windows already reads every pixel the map covers: drawing each window's cell (its
+    centre, `stride` wide) into its place spares the quick-look a second read of the scene
+    (`read_overview`). That is only as sharp as the windows, so it is for grids whose windows are at
+    least as fine as the display (`holds`). Cells whose window touches no raster stay black, as
+    empty pixels do; a window with too little data to be scored still shows what it has. The
+    reader threads share one overview and each draws its own windows' cells, each cell once.
+    """
+
+    def __init__(self, grid: WindowGrid, max_px: int) -> None:
+        height, width = overview_shape(grid, max_px)
+        self.pixels = np.zeros((height, width, 3), np.uint8)
+        self.ys = np.round(np.arange(grid.rows + 1) * height / grid.rows).astype(int)  # cell edges on the overview
+        self.xs = np.round(np.arange(grid.cols + 1) * width / grid.cols).astype(int)
+        self.margin = (1 - grid.stride_m / grid.tile_m) / 2  # of a window's side around its cell
+
+    @staticmethod
+    def holds(grid: WindowGrid, max_px: int) -> bool:
+        """Whether the grid's windows are at least as fine as an overview of at most `max_px` a side."""
+        height, width = overview_shape(grid, max_px)
+        cell_px = grid.window_px * grid.stride_m / grid.tile_m
+        return cell_px * grid.rows >= height and cell_px * grid.cols >= width
+
+    def draw(self, row: int, col: int, rgb: np.ndarray) -> None:
+        """Draw the cell (row, col) of its window's pixels (HxWx3 uint8, the window centred on the cell)."""
+        from PIL import Image
+
+        top, bottom, left, right = self.ys[row], self.ys[row + 1], self.xs[col], self.xs[col + 1]
+        if bottom == top or right == left:
+            return
+        size = rgb.shape[0]
+        cell = (self.margin * size, self.margin * size, (1 - self.margin) * size, (1 - self.margin) * size)
+        self.pixels[top:bottom, left:right] = np.asarray(
+            Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BILINEAR, box=cell))
