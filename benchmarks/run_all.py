@@ -22,10 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Arguments a benchmark needs beyond its defaults (the default sizes are meant for this command).
 EXTRA_ARGS: dict[str, list[str]] = {
-    # mapping at 1 torch thread and at torch's default (0): the bar is against a plain loop on the same machine
-    "rs_map": ["--size", "2048", "--threads", "1", "0"],
+    # mapping at 1 torch thread and at torch's default (0): the bar is against a plain loop on the same machine;
+    # 7 repeats: on a busy host some runs of the threaded methods take 2-4x their usual time (0.14-0.60 s for the
+    # same scene's windows in one process), and 3 repeats let two of them set the median
+    "rs_map": ["--size", "2048", "--threads", "1", "0", "--repeats", "7"],
     # the slide tiled 3 x 3 (437 tissue tiles): the small slide alone is mostly per-slide fixed costs
-    "pathology_map": ["--mosaic", "3", "--threads", "1", "0"],
+    "pathology_map": ["--mosaic", "3", "--threads", "1", "0", "--repeats", "7"],
     "trainer_throughput": ["--steps", "10", "--repeats", "5"],
     # the demo-size volume preprocesses in about 25 ms: 3 repeats left its ratio at the mercy of one slow run
     "ct_preprocess_cache": ["--repeats", "7"],
