@@ -173,7 +173,6 @@ def test_a_cpu_embeds_two_batches_at_once_and_hands_them_over_in_order(export: P
     assert sum(seen) == sum(int(b.valid.sum()) for b in alone)  # each batch embedded once
 
 
-
 def test_a_job_smaller_than_two_batches_is_cut_in_two_on_a_cpu(export: Path) -> None:
     """10 windows at batch size 64: two batches of 5, embedded at once (the barrier), not one batch of 10 on one thread."""
     encoder = ClipEncoder.load(export)
@@ -188,6 +187,7 @@ def test_a_job_smaller_than_two_batches_is_cut_in_two_on_a_cpu(export: Path) -> 
     batches = list(embed_windows(list(range(10)), lambda i: np.full((40, 40, 3), i * 20, np.uint8), encoder.to_tensor, embed,
                                  batch_size=64, workers=2))
     assert sizes == [5, 5] and [b.windows for b in batches] == [list(range(5)), list(range(5, 10))]
+
 
 def test_stopping_early_leaves_no_model_thread(export: Path) -> None:
     encoder = ClipEncoder.load(export)

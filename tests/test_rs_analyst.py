@@ -535,6 +535,29 @@ def test_real_landsat_scene_map(encoder: ClipEncoder, tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
+@pytest.mark.parametrize("parts, tile_m", [(("rasterio", "RGB.byte.tif"), 8000.0),
+                                           (("gent", "2020-09-17_Sentinel_2_L1C_True_color.tiff"), 1000.0)])
+def test_real_overview_drawn_from_the_windows_lies_where_a_read_of_the_scene_does(parts: tuple[str, ...], tile_m: float) -> None:
+    """Landsat's tilted swath in its nodata collar (EPSG:32618) and a Sentinel-2 scene in EPSG:3857 (windows of ground metres).
+
+    Real texture at a cell's scale differs with the resampling (the windows average, the read samples), so
+    the pictures are compared blurred: a cell drawn a cell off, or the wrong part of its window, moves edges.
+    """
+    from PIL import ImageFilter
+
+    grid = plan_grid(open_scene([_need(*parts)]), tile_m, tile_m, 64)
+    assert WindowOverview.holds(grid, 400)
+    overview = WindowOverview(grid, 400)
+    read = WindowReader.of(grid, overview=overview)
+    read.read_batch(grid.windows)
+    read.close()
+    seen = read_overview(grid, 400)
+    blurred = [np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(3))).astype(np.int16) for a in (overview.pixels, seen)]
+    assert np.abs(blurred[0] - blurred[1]).mean() < 2
+    assert ((overview.pixels == 0).all(axis=2) != (seen == 0).all(axis=2)).mean() < 0.01
+
+
+@pytest.mark.realdata
 def test_real_web_mercator_tiles_as_one_mosaic(encoder: ClipEncoder, tmp_path: Path) -> None:
     """Three adjacent aerial z18 tiles (EPSG:3857, ~0.5 m on the ground): windows of ground metres, areas on the ground."""
     root = _need("robosat_tiles_osm", "parking", "images", "18")

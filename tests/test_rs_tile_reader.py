@@ -166,7 +166,6 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
         assert dtype == "float32" or len(direct) >= len(CLEAN) + len(FLUSH)
 
 
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_mask_is_taken_from_the_bands_only_where_a_second_warp_agrees(tmp_path: Path, case: str) -> None:
     """Integer nodata rasters warped inside the raster, in its CRS, every band read: the mask comes from the bands, equal
