@@ -1,6 +1,7 @@
 """The analysts' machinery: exported models as encoders, read-ahead windows, the embedding cache."""
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pipelines.errors import InputError
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder, _plain_normalisation, export_kind
 from pipelines.infer.stream import embed_windows
-from pipelines.models.clip import ModelSpec, load_model, model_config_of, save_open_clip_dir
+from pipelines.models.clip import WEIGHTS_FILE, ModelSpec, load_model, model_config_of, save_open_clip_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,16 @@ def test_zero_shot_embeds_the_same_prompts_once(export: Path, monkeypatch) -> No
     assert sum(texts) == 4 and torch.equal(again.weights, fresh.weights)
     other = encoder.zero_shot(["green", "red"], ["a {c} square.", "{c}"])  # other prompts: embedded
     assert sum(texts) == 8 and torch.equal(other.weights, again.weights.flip(1))
+
+
+def test_the_fingerprint_is_the_weights_digest_and_follows_them(export: Path, tmp_path: Path) -> None:
+    """Embedding caches are keyed by it: the sha256 of the weights file (so caches made before stay valid), new weights a new one."""
+    encoder = ClipEncoder.load(export)
+    assert encoder.fingerprint == hashlib.sha256((export / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), other)
+    assert ClipEncoder.load(other).fingerprint not in ("", encoder.fingerprint)
 
 
 def test_not_an_export_is_refused(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ class ClipEncoder:
             raise InputError(f"{folder} holds a volume model; this command needs an image (open_clip) export")
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-        digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+        with open(folder / WEIGHTS_FILE, "rb") as weights:  # read in chunks, not into a second copy of the weights
+            digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         return cls(model, preprocess, tokenizer, resolve_device(device), digest, folder)
 
     def to_tensor(self, image: np.ndarray | Image.Image) -> torch.Tensor:
