@@ -71,6 +71,44 @@ def test_the_fingerprint_is_the_weights_digest_and_follows_them(export: Path, tm
     assert ClipEncoder.load(other).fingerprint not in ("", encoder.fingerprint)
 
 
+def test_the_encoder_is_the_export_bit_for_bit_though_no_weights_were_drawn(export: Path) -> None:
+    """ClipEncoder.load builds without drawing weights: every parameter and buffer (the causal mask too, which no checkpoint
+    holds) equals stock open_clip's build and load of the export, and so do the embeddings."""
+    import open_clip
+
+    torch.manual_seed(7)
+    stock, _, _ = open_clip.create_model_and_transforms(f"local-dir:{export}", weights_only=True)
+    stock.eval()
+    ours = ClipEncoder.load(export, "cpu").model
+    theirs = dict(stock.named_parameters()) | dict(stock.named_buffers())
+    mine = dict(ours.named_parameters()) | dict(ours.named_buffers())
+    assert mine.keys() == theirs.keys() and any("attn_mask" in k for k in mine)
+    for name, tensor in theirs.items():
+        assert torch.equal(mine[name], tensor), name
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours.encode_image(pixels), stock.encode_image(pixels))
+
+
+def test_weights_not_drawn_leaves_tensors_as_they_are_and_puts_torch_back(export: Path) -> None:
+    import torch.nn.modules.activation as activation
+
+    from pipelines.models.clip import weights_not_drawn
+
+    originals = (torch.nn.init.uniform_, torch.nn.init.normal_, activation.xavier_uniform_)
+    tensor = torch.zeros(3, 3)
+    with pytest.raises(RuntimeError, match="inside"):
+        with weights_not_drawn():
+            torch.nn.init.normal_(tensor)
+            activation.xavier_uniform_(tensor)  # imported by name in MultiheadAttention's module: swapped there too
+            torch.nn.Linear(3, 3).reset_parameters()
+            assert not tensor.any()
+            raise RuntimeError("a failure inside")
+    assert (torch.nn.init.uniform_, torch.nn.init.normal_, activation.xavier_uniform_) == originals
+    torch.nn.init.normal_(tensor)
+    assert tensor.any()
+
+
 def test_not_an_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not an exported model"):
         export_kind(tmp_path)

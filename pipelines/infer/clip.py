@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines.errors import InputError
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.infer.hubness import HubnessBank, read_bank
-from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
+from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE, weights_not_drawn
 
 
 def export_kind(folder: Path) -> str:
@@ -72,7 +72,8 @@ class ClipEncoder:
         folder = Path(export_dir)
         if export_kind(folder) != "open_clip":
             raise InputError(f"{folder} holds a volume model; this command needs an image (open_clip) export")
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
+        with weights_not_drawn():  # the export's weights replace them all (open_clip loads them strictly)
+            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
         with open(folder / WEIGHTS_FILE, "rb") as weights:  # read in chunks, not into a second copy of the weights
             digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
