@@ -149,6 +149,11 @@ def test_model_folder_round_trip_includes_batchnorm_buffers(tmp_path):
     model.eval()
     M.save_model_dir(model, ["a", "b", "c"], tok, tmp_path)
     loaded, tok2, phenos = M.load_model_dir(tmp_path)
+    saved = dict(model.named_parameters()) | dict(model.named_buffers())
+    found = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert found.keys() == saved.keys()
+    for name, tensor in found.items():  # built without drawing weights: every one of them must come from the folder
+        assert torch.equal(tensor, saved[name]), name
     vols = torch.rand(2, 1, 16, 16, 12)
     with torch.no_grad():
         assert torch.allclose(model.phenotype_logits(vols), loaded.phenotype_logits(vols), atol=1e-6)

@@ -93,7 +93,7 @@ def test_the_encoder_is_the_export_bit_for_bit_though_no_weights_were_drawn(expo
 def test_weights_not_drawn_leaves_tensors_as_they_are_and_puts_torch_back(export: Path) -> None:
     import torch.nn.modules.activation as activation
 
-    from pipelines.models.clip import weights_not_drawn
+    from pipelines.models.weights import weights_not_drawn
 
     originals = (torch.nn.init.uniform_, torch.nn.init.normal_, activation.xavier_uniform_)
     tensor = torch.zeros(3, 3)

@@ -22,7 +22,8 @@ from PIL import Image
 from pipelines.errors import InputError
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.infer.hubness import HubnessBank, read_bank
-from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE, weights_not_drawn
+from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
+from pipelines.models.weights import weights_not_drawn
 
 
 def export_kind(folder: Path) -> str:

@@ -8,12 +8,10 @@ weights_only=True).
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import open_clip
 import torch
@@ -30,9 +28,6 @@ open_clip.add_model_config(CONFIG_DIR)
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
-# The modules whose layers call torch.nn.init's functions; some import them by name (MultiheadAttention's xavier_uniform_).
-_INIT_CALLERS = ("torch.nn.init", "torch.nn.modules.activation", "torch.nn.modules.batchnorm", "torch.nn.modules.conv",
-                 "torch.nn.modules.linear", "torch.nn.modules.normalization", "torch.nn.modules.sparse", "torch.nn.modules.transformer")
 
 
 @dataclass
@@ -68,35 +63,6 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
     )
     tokenizer = open_clip.get_tokenizer(spec.name)
     return LoadedModel(model, preprocess_train, preprocess_val, tokenizer, spec)
-
-
-@contextlib.contextmanager
-def weights_not_drawn() -> Iterator[None]:
-    """Inside, torch.nn.init's functions leave tensors as they are: for building a model whose weights a strict load replaces.
-
-    Drawing random weights that a checkpoint then overwrites is most of building a model (0.6 s of
-    ViT-B/32's 0.8 s). Only for a load that sets every parameter and persistent buffer (open_clip
-    loads a full checkpoint strictly); buffers outside the state dict must not come from torch.nn.init
-    (open_clip's causal mask is computed). The global RNG is not advanced, so what is drawn after the
-    load differs from a build that drew. transformers' `no_init_weights` does the same, but importing
-    it costs more than it saves (0.75 s). Not thread-safe: it swaps module attributes while it runs.
-    """
-    swapped = []
-    try:
-        for name in _INIT_CALLERS:
-            module = importlib.import_module(name)
-            for function in dir(torch.nn.init):
-                if function.endswith("_") and not function.startswith("_") and hasattr(module, function):
-                    swapped.append((module, function, getattr(module, function)))
-                    setattr(module, function, _leave_as_is)
-        yield
-    finally:
-        for module, function, original in swapped:
-            setattr(module, function, original)
-
-
-def _leave_as_is(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return tensor
 
 
 def model_config_of(spec: ModelSpec) -> dict[str, Any]:
