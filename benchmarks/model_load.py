@@ -1,0 +1,92 @@
+"""Seconds to load an exported open_clip model, as the analyst commands and notebooks load it, against stock open_clip.
+
+Every `domainfm map`, `search` and `predict` and every notebook starts by loading the export. On an
+export of `--arch` (ViT-B-32 by default: 605 MB of weights, built here with random weights, nothing
+downloaded), each of these runs in its own fresh process, `--repeats` times, interleaved; the load
+is timed inside the process, after torch and open_clip are imported (which both pay alike):
+
+- ours:  `ClipEncoder.load(folder)`: the model built without drawing the random weights that the
+         export's replace (`pipelines/models/weights.py`), the weights' digest read in chunks, and
+         the tokenizer;
+- peer:  `open_clip.create_model_and_transforms("local-dir:<folder>")` and `open_clip.get_tokenizer`,
+         what a user of stock open_clip runs.
+
+Each process also prints the sum of its model's image embedding of one fixed input: the two must be
+equal (the same weights). The row's ratio is peer / ours (times faster).
+
+Usage: python benchmarks/model_load.py [--arch ViT-B-32] [--repeats 5] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from contract import machine, random_model, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD = {
+    "ours": "from pipelines.infer.clip import ClipEncoder; model = ClipEncoder.load(FOLDER, 'cpu').model",
+    "peer": ("model = open_clip.create_model_and_transforms(f'local-dir:{FOLDER}', weights_only=True)[0]; "
+             "open_clip.get_tokenizer(f'local-dir:{FOLDER}')"),
+}
+# imports first (paid alike), then the timed load, then the check embedding
+TIMED = """
+import sys, time, torch, open_clip, pipelines.models.clip
+FOLDER = sys.argv[1]
+start = time.perf_counter()
+{load}
+seconds = time.perf_counter() - start
+with torch.no_grad():
+    pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    check = float(model.eval().encode_image(pixels).sum())
+print(seconds, check)
+"""
+
+
+def load_once(method: str, folder: Path) -> tuple[float, float]:
+    """(seconds to load, check embedding sum) of one fresh process loading `folder` the `method` way."""
+    done = subprocess.run([sys.executable, "-c", TIMED.format(load=LOAD[method]), str(folder)], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    seconds, check = done.stdout.split()[-2:]
+    return float(seconds), float(check)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="ViT-B-32", help="open_clip architecture of the export (random weights)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None, help="write the benchmark contract's JSON here")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = random_model(Path(tmp), args.arch)
+        size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+        times: dict[str, list[float]] = {"ours": [], "peer": []}
+        checks: dict[str, set[float]] = {"ours": set(), "peer": set()}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
+            for method in times:
+                seconds, check = load_once(method, folder)
+                times[method].append(round(seconds, 3))
+                checks[method].add(check)
+    if len(checks["ours"] | checks["peer"]) != 1:
+        raise SystemExit(f"the two loads gave different models: embedding sums {checks}")
+    ours, peer = statistics.median(times["ours"]), statistics.median(times["peer"])
+    print(f"{args.arch} export ({size_mb:.0f} MB): ours {ours:.3f} s, open_clip {peer:.3f} s, {peer / ours:.2f}x; "
+          f"runs {times}", flush=True)
+    if args.json:
+        row = {"figure": f"loading an export ({args.arch}, {size_mb:.0f} MB of weights), fresh process (ratio = peer / ours: times faster)",
+               "unit": "s", "ours": round(ours, 3), "peer": "open_clip.create_model_and_transforms('local-dir:...') + get_tokenizer",
+               "peer_value": round(peer, 3), "ratio": round(peer / ours, 3), "bar": None, "repeats": args.repeats,
+               "notes": (f"ClipEncoder.load: the model built without drawing the random weights the export's replace, plus "
+                         f"the sha256 of the weights (the embedding caches' key) that open_clip does not compute; timed after "
+                         f"torch and open_clip are imported; the same embedding both ways; runs {times}")}
+        write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
+                               "machine": machine(), "rows": [row]})
+
+
+if __name__ == "__main__":
+    main()
