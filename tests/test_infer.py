@@ -90,23 +90,32 @@ def test_the_encoder_is_the_export_bit_for_bit_though_no_weights_were_drawn(expo
         assert torch.equal(ours.encode_image(pixels), stock.encode_image(pixels))
 
 
-def test_weights_not_drawn_leaves_tensors_as_they_are_and_puts_torch_back(export: Path) -> None:
+def test_weights_not_drawn_leaves_tensors_and_the_rng_as_they_are_and_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    """Inside, nothing is drawn (the RNG does not move), whoever calls the fills; afterwards, after an error too, all draw again,
+    including a module first imported inside that took torch.nn.init's functions by name (as transformers' initialisers do)."""
     import torch.nn.modules.activation as activation
 
     from pipelines.models.weights import weights_not_drawn
 
-    originals = (torch.nn.init.uniform_, torch.nn.init.normal_, activation.xavier_uniform_)
+    (tmp_path / "init_by_name.py").write_text("from torch.nn.init import normal_, xavier_uniform_\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     tensor = torch.zeros(3, 3)
+    rng = torch.random.get_rng_state()
     with pytest.raises(RuntimeError, match="inside"):
         with weights_not_drawn():
+            import init_by_name
+
             torch.nn.init.normal_(tensor)
-            activation.xavier_uniform_(tensor)  # imported by name in MultiheadAttention's module: swapped there too
-            torch.nn.Linear(3, 3).reset_parameters()
-            assert not tensor.any()
+            activation.xavier_uniform_(tensor)  # imported by name in MultiheadAttention's module
+            init_by_name.normal_(tensor)
+            tensor.uniform_()
+            torch.nn.Linear(3, 3)
+            assert not tensor.any() and torch.equal(torch.random.get_rng_state(), rng)
             raise RuntimeError("a failure inside")
-    assert (torch.nn.init.uniform_, torch.nn.init.normal_, activation.xavier_uniform_) == originals
-    torch.nn.init.normal_(tensor)
-    assert tensor.any()
+    for draw in (torch.nn.init.normal_, init_by_name.normal_, init_by_name.xavier_uniform_, activation.xavier_uniform_):
+        tensor.zero_()
+        draw(tensor)
+        assert tensor.any(), draw
 
 
 def test_not_an_export_is_refused(tmp_path: Path) -> None:
