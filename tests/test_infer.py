@@ -71,6 +71,35 @@ def test_the_fingerprint_is_the_weights_digest_and_follows_them(export: Path, tm
     assert ClipEncoder.load(other).fingerprint not in ("", encoder.fingerprint)
 
 
+def test_the_weights_digest_is_remembered_until_the_file_changes(tmp_path: Path, monkeypatch) -> None:
+    """A second load reads no digest from the weights; weights written anew (same path, same size) are hashed again, and a
+    damaged or unwritable store costs a digest, never a wrong one."""
+    import pipelines.io.digests as digests
+
+    hashed = []
+    digest = digests.file_digest
+    monkeypatch.setattr(digests, "file_digest", lambda path: hashed.append(Path(path).name) or digest(path))
+    monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), folder)
+    first = ClipEncoder.load(folder).fingerprint
+    assert hashed == [WEIGHTS_FILE] and first == hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    assert ClipEncoder.load(folder).fingerprint == first and len(hashed) == 1  # remembered
+
+    torch.manual_seed(3)
+    size = (folder / WEIGHTS_FILE).stat().st_size
+    save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), folder)
+    assert (folder / WEIGHTS_FILE).stat().st_size == size  # the same architecture: only the content tells them apart
+    second = ClipEncoder.load(folder).fingerprint
+    assert len(hashed) == 2 and second == hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:16] != first
+
+    (tmp_path / "cache" / "weights-digests.json").write_text("{not json")
+    assert ClipEncoder.load(folder).fingerprint == second and len(hashed) == 3
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "a-file" / "cache"))  # cannot be created
+    assert ClipEncoder.load(folder).fingerprint == second and len(hashed) == 4
+
+
 def test_the_encoder_is_the_export_bit_for_bit_though_no_weights_were_drawn(export: Path) -> None:
     """ClipEncoder.load builds without drawing weights: every parameter and buffer (the causal mask too, which no checkpoint
     holds) equals stock open_clip's build and load of the export, and so do the embeddings."""

@@ -22,9 +22,9 @@ from test_rs_curation import good_raster, multispectral_raster, run, write_geojs
 
 from domains.ct.curation.curate import CTCurateConfig, curate_command
 from domains.ct.curation.curate import curate as curate_ct
-from pipelines.curation.fingerprint import Fingerprints
 from pipelines.deid import key_from_text
 from pipelines.errors import InputError
+from pipelines.io.digests import Fingerprints
 from pipelines.io.manifest import read_manifest
 from pipelines.io.remote import as_location, fetch, fetch_folder, is_url, remote_identity
 

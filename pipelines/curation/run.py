@@ -38,11 +38,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipelines.curation.executor import Executor, ExecutorName, make_executor
-from pipelines.curation.fingerprint import Fingerprints, code_version, unit_cache_name
+from pipelines.curation.fingerprint import code_version, unit_cache_name
 from pipelines.curation.quality import QualityScorer
 from pipelines.curation.splits import SPLITS, GroupSplitter, Splitter
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_dir, atomic_write_json, json_default
+from pipelines.io.digests import Fingerprints
 from pipelines.io.manifest import write_manifest, write_rejects
 from pipelines.io.shards import SampleTarWriter, add_member, sample_key
 

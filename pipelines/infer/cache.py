@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipelines.curation.fingerprint import Fingerprints
 from pipelines.io.atomic import atomic_write_bytes
+from pipelines.io.digests import Fingerprints
 
 DEFAULT_CACHE = Path.home() / ".cache" / "domainfm" / "embeddings"
 

@@ -9,7 +9,6 @@ probabilities = classifier.probabilities(encoder.embed_images(images))  # (n, 2)
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,12 @@ from PIL import Image
 from pipelines.errors import InputError
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.infer.hubness import HubnessBank, read_bank
+from pipelines.io.digests import Fingerprints
+from pipelines.io.remote import cache_root
 from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
 from pipelines.models.weights import weights_not_drawn
+
+WEIGHTS_DIGESTS = "weights-digests.json"  # under cache_root(): weights_fingerprint's remembered digests
 
 
 def export_kind(folder: Path) -> str:
@@ -51,6 +54,24 @@ class ZeroShotClassifier:
         return torch.softmax(logits, dim=1).numpy()
 
 
+def weights_fingerprint(path: Path) -> str:
+    """What identifies a weights file for the embedding caches: the first 16 hex digits of its sha256.
+
+    The digest is remembered across processes in `cache_root()/weights-digests.json` with the file's
+    size, mtime and inode, and computed again only when one of those changes: the check the curation
+    makes of its inputs (`Fingerprints`), and DVC of its files. Hashing a ViT-B/32's 605 MB is ~0.4 s
+    of its ~0.7 s load. A store that cannot be written is left as it is (the digest is then computed
+    on the next load too).
+    """
+    store = Fingerprints(cache_root() / WEIGHTS_DIGESTS)
+    digest = store.digest(path)[:16]
+    try:
+        store.save()
+    except OSError:
+        pass
+    return digest
+
+
 class ClipEncoder:
     """Batched image and text embeddings of an exported open_clip model, on the best device."""
 
@@ -76,9 +97,7 @@ class ClipEncoder:
         with weights_not_drawn():  # the export's weights replace them all (open_clip loads them strictly)
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-        with open(folder / WEIGHTS_FILE, "rb") as weights:  # read in chunks, not into a second copy of the weights
-            digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
-        return cls(model, preprocess, tokenizer, resolve_device(device), digest, folder)
+        return cls(model, preprocess, tokenizer, resolve_device(device), weights_fingerprint(folder / WEIGHTS_FILE), folder)
 
     def to_tensor(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """The model input for one RGB image (HxWx3 uint8 array or PIL image)."""

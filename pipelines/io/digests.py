@@ -1,0 +1,82 @@
+"""Content digests of files, remembered across runs by each file's (size, mtime, inode).
+
+Hashing a large raster, slide or model weights file on every run would be slow, so a digest is
+stored with the file's size, mtime and inode and computed again only when one of those changes (the
+check DVC's state database makes). A remote input (a URL: pipelines/io/remote.py) is identified by
+its size and the server's validator (ETag or Last-Modified), asked once per run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipelines.errors import InputError
+from pipelines.io.atomic import atomic_write_json
+from pipelines.io.remote import is_url, remote_identity
+
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Fingerprints:
+    """Content digests of input files, remembered across runs in `store` (a JSON file)."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = Path(store)
+        try:
+            self.known: dict[str, list] = json.loads(self.store.read_text())
+        except (OSError, ValueError):  # none yet, unreadable or damaged: digests are computed again, not trusted
+            self.known = {}
+        if not isinstance(self.known, dict):
+            self.known = {}
+        self.changed = False
+        self.remote: dict[str, str] = {}
+
+    def digest(self, path: str | Path) -> str:
+        """sha256 of a file's content, or of a folder's files (names and content); "missing" if absent.
+
+        A URL's digest is that of its remote identity (size and validator), asked once per run.
+        """
+        if is_url(path):
+            url = str(path)
+            if url not in self.remote:
+                try:
+                    self.remote[url] = hashlib.sha256(remote_identity(url).encode()).hexdigest()
+                except InputError:
+                    self.remote[url] = "missing"
+            return self.remote[url]
+        path = Path(path)
+        if path.is_dir():
+            h = hashlib.sha256()
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(str(child.relative_to(path)).encode())
+                h.update(self.digest(child).encode())
+            return h.hexdigest()
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return "missing"
+        key = str(path.resolve())
+        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        cached = self.known.get(key)
+        if isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity:
+            return str(cached[3])
+        digest = file_digest(path)
+        self.known[key] = [*identity, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        """Write the remembered digests back (atomically)."""
+        if self.changed:
+            atomic_write_json(self.store, self.known)
+            self.changed = False
