@@ -310,6 +310,14 @@ def test_batch_preprocessing_keeps_any_other_pipeline(export: Path) -> None:
     assert torch.equal(encoder.to_batch(images), torch.stack([encoder.to_tensor(im) for im in images]))
 
 
+def test_the_embedding_cache_lives_with_the_other_caches(tmp_path: Path, monkeypatch) -> None:
+    """$DOMAINFM_CACHE (e.g. an encrypted disk for identifiable slides) holds the window embeddings too, not ~/.cache."""
+    monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "private"))
+    cache = EmbeddingCache()
+    cache.save(cache.key("model", [], {}), np.ones((1, 4)), [{"window": 0}])
+    assert cache.folder == tmp_path / "private" / "embeddings" and list(cache.folder.glob("*.npz"))
+
+
 def test_cache_keys_follow_model_input_content_and_settings(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path / "cache")
     raster = tmp_path / "scene.tif"

@@ -321,7 +321,7 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
         batch_size: tiles per model batch.
         workers: threads reading tiles ahead.
-        cache: embedding cache folder (default ~/.cache/domainfm/embeddings); a slide already
+        cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings); a slide already
             embedded by the same model and tiling is not read again.
         device: "auto", "cpu" or "cuda".
         skip_unreadable: leave out (and list in `skipped`) the slides that cannot be used (openslide
@@ -459,7 +459,7 @@ def search_command(
     workers: Annotated[int, typer.Option(help="Threads reading tiles ahead (0: none).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
-    cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default ~/.cache/domainfm/embeddings).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",

@@ -10,15 +10,15 @@ import numpy as np
 
 from pipelines.io.atomic import atomic_write_bytes
 from pipelines.io.digests import Fingerprints
-
-DEFAULT_CACHE = Path.home() / ".cache" / "domainfm" / "embeddings"
+from pipelines.io.remote import cache_root
 
 
 class EmbeddingCache:
     """An .npz per key under `folder`: `embeddings` and a JSON list of window records."""
 
     def __init__(self, folder: Path | None = None) -> None:
-        self.folder = Path(folder) if folder is not None else DEFAULT_CACHE
+        """`folder` defaults to `cache_root()/embeddings` ($DOMAINFM_CACHE, else ~/.cache/domainfm), with the other caches."""
+        self.folder = Path(folder) if folder is not None else cache_root() / "embeddings"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fingerprints = Fingerprints(self.folder / "fingerprints.json")
 
