@@ -459,7 +459,8 @@ def search_command(
     workers: Annotated[int, typer.Option(help="Threads reading tiles ahead (0: none).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
-    cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",

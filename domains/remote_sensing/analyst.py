@@ -697,7 +697,8 @@ def search_command(
     workers: Annotated[int, typer.Option(help="Threads reading windows ahead (0: none).")] = 2,
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
-    cache: Annotated[Optional[Path], typer.Option(help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:
