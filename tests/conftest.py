@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session", autouse=True)
 def own_cache(tmp_path_factory: pytest.TempPathFactory):
-    """The run's own $DOMAINFM_CACHE (fetched files, remembered weight digests): tests leave the user's cache alone."""
+    """The run's own $DOMAINFM_CACHE (fetched files, embeddings, remembered weight digests): tests leave the user's cache alone."""
     before = os.environ.get("DOMAINFM_CACHE")
     os.environ["DOMAINFM_CACHE"] = str(tmp_path_factory.mktemp("domainfm-cache"))
     yield
@@ -20,6 +20,12 @@ def own_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("DOMAINFM_CACHE", None)
     else:
         os.environ["DOMAINFM_CACHE"] = before
+
+
+@pytest.fixture(autouse=True)
+def own_test_cache(own_cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own $DOMAINFM_CACHE: a map or search cannot find another test's embeddings and skip what it tests."""
+    monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "domainfm-cache"))
 
 
 @pytest.fixture(scope="session")

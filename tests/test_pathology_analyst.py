@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from domains.pathology import analyst
+from domains.pathology import analyst, analyst_tiles
 from domains.pathology.analyst import map_slide, read_classnames, read_templates, search_slides, topk_pool
 from domains.pathology.analyst_tiles import MASK_MAX_DIM, SlideReadError, TileReader, open_slide, plan_tiles
 from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim, tissue_mask
@@ -119,6 +119,32 @@ def test_map_scores_equal_one_tile_at_a_time(export: Path, slides: Path, tmp_pat
     one_by_one = np.concatenate([classifier.probabilities(encoder.embed_images([read((x, y))])) for x, y, _ in tiling.tiles])
     np.testing.assert_allclose(tiles[CLASSES].to_numpy(), one_by_one, atol=1e-4)
     assert result.top_k == len(tiles)
+
+
+def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(export: Path, slides: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map shares the search's embedding cache: re-mapping with new class names reads no tile and computes no tissue
+    mask, and writes what a map without the cache writes (heatmap included); a search of the mapped slide is cached too."""
+    encoder = ClipEncoder.load(export, "cpu")
+    cache = tmp_path / "cache"
+    first = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
+    assert not first.cached and len(list(cache.glob("*.npz"))) == 1
+    reads, masks = [], []
+    read, mask = TileReader.__call__, analyst_tiles.tissue_mask
+    monkeypatch.setattr(TileReader, "__call__", lambda self, window: reads.append(window) or read(self, window))
+    monkeypatch.setattr(analyst_tiles, "tissue_mask", lambda rgb: masks.append(rgb.shape) or mask(rgb))
+    other = ["tumour", "necrosis"]
+    again = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "again", classes=other, top_k=3, cache=cache, **FAST)
+    assert again.cached and reads == [] and masks == []
+    fresh = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "fresh", classes=other, top_k=3, cache=tmp_path / "empty", **FAST)
+    assert not fresh.cached and len(reads) == fresh.n_tiles == again.n_tiles and len(masks) == 1
+    assert again.n_grid == fresh.n_grid == 64
+    for name in ("slide_a.tiles.parquet", "slide_a.geojson", "slide_a.heatmap.png"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    summaries = [json.loads((tmp_path / f / "slide_a.json").read_text()) for f in ("again", "fresh")]
+    assert [s.pop("run")["cached"] for s in summaries] == [True, False] and summaries[0] == summaries[1]
+    found = search_slides(encoder, [slides / "slide_a.tiff"], "stroma", tmp_path / "search", top_k=3, cache=cache, **FAST)
+    assert found.cached_slides == 1 and len(reads) == fresh.n_tiles + 3  # the contact sheet's 3 tiles only
 
 
 def test_topk_pool_is_the_mean_of_each_class_k_highest_tiles() -> None:

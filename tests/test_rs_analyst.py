@@ -316,6 +316,41 @@ def test_map_draws_the_quicklook_from_its_windows_when_they_are_fine_enough(enco
     np.testing.assert_array_equal(shown[1], read_overview(grid, 800))
 
 
+def test_a_second_map_with_other_classes_reads_no_window_and_equals_a_fresh_one(encoder: ClipEncoder, scenes: dict[str, Path],
+                                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The map shares the search's embedding cache: re-mapping with new class names embeds no window, and writes what a map
+    without the cache writes (the quick-look then comes from a read of the scene); a search of the mapped scene is cached too."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(analyst, "DISPLAY_PX", 400)  # 8 cells of 64 px: the quick-look is drawn from the windows read
+    first = map_raster(encoder, scenes["scene"], tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
+    assert not first.cached and len(list(cache.glob("*.npz"))) == 1
+    calls = []
+    embed = ClipEncoder.embed_tensors
+    monkeypatch.setattr(ClipEncoder, "embed_tensors", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
+    shown: list[np.ndarray] = []
+    quicklook = analyst.quicklook_png
+    monkeypatch.setattr(analyst, "quicklook_png", lambda rgb, *args: shown.append(rgb.copy()) or quicklook(rgb, *args))
+    other = ["lake", "woodland"]
+    again = map_raster(encoder, scenes["scene"], tmp_path / "again", classes=other, cache=cache, **FAST)
+    assert again.cached and calls == []
+    np.testing.assert_array_equal(shown[0], read_overview(plan_grid(open_scene([scenes["scene"]]), 32, 32, 64), 400))
+    fresh = map_raster(encoder, scenes["scene"], tmp_path / "fresh", classes=other, cache=tmp_path / "empty", **FAST)
+    assert not fresh.cached and sum(calls) == fresh.n_scored == again.n_scored
+    for name in ("scene.classes.tif", "scene.probs.tif"):
+        with rasterio.open(tmp_path / "again" / name) as a, rasterio.open(tmp_path / "fresh" / name) as b:
+            profiles = [a.profile, b.profile]
+            assert len({str(p.pop("nodata")) for p in profiles}) == 1  # NaN (never equal to itself) for the probabilities
+            assert profiles[0] == profiles[1] and a.descriptions == b.descriptions and a.tags() == b.tags()
+            np.testing.assert_array_equal(a.read(), b.read())
+    assert (tmp_path / "again" / "scene.geojson").read_bytes() == (tmp_path / "fresh" / "scene.geojson").read_bytes()
+    summaries = [json.loads((tmp_path / f / "scene.json").read_text()) for f in ("again", "fresh")]
+    assert [s.pop("run")["cached"] for s in summaries] == [True, False] and summaries[0] == summaries[1]
+    with Image.open(again.quicklook) as png:
+        assert png.format == "PNG"
+    found = search_rasters(encoder, scenes["scene"], "a lake", tmp_path / "search", top_k=3, cache=cache, **FAST)
+    assert found.cached and sum(calls) == fresh.n_scored
+
+
 def test_default_window_is_the_models_training_tile(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
     card = "# domainfm: remote_sensing\n\n| Key | Value |\n|---|---|\n| curate.target_gsd_m | 2.0000 |\n| curate.tile_size | 64 |\n"
     model = carded_export(export, tmp_path / "rs_model", card)

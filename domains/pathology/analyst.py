@@ -28,7 +28,7 @@ import numpy as np
 import typer
 
 from domains.pathology.analyst_render import class_colours, heatmap_png, tiles_geojson
-from domains.pathology.analyst_tiles import SlideReadError, SlideTiling, TileReader, plan_tiles
+from domains.pathology.analyst_tiles import SlideReadError, SlideTiling, TileReader, plan_tiles, read_thumbnail
 from domains.pathology.curation.slides import REASON_READ_FAILED, SLIDE_SUFFIXES, find_slides
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
@@ -43,7 +43,8 @@ from pipelines.infer.stream import embed_windows
 TILE_COLUMNS = ("x", "y", "size", "tissue_fraction", "class")
 POOLING = ("per class, the mean of its k highest tile logits (scaled cosine similarity, before the softmax), "
            "as MI-Zero/CONCH top-k pooling; predicted class = argmax, probabilities = softmax over classes")
-TILING_VERSION = "pathology-tissue-tiles-v1"  # in embedding cache keys: bump when the tiling changes
+# In embedding cache keys: bump when the tiling or the records change (v2: tissue fractions unrounded, as the map's table has them).
+TILING_VERSION = "pathology-tissue-tiles-v2"
 
 
 # ---------------------------------------------------------------- results
@@ -64,8 +65,9 @@ class SlideMap:
     n_tiles: int  # tissue tiles scored
     n_grid: int  # grid cells over the whole slide
     top_k: int  # tiles pooled per class (the requested k capped at n_tiles)
-    seconds: float  # reading and scoring the tiles
+    seconds: float  # the tissue mask, reading and scoring the tiles
     tiles_per_second: float
+    cached: bool = False  # the tiles and their embeddings came from the embedding cache (no tile read)
 
 
 @dataclass
@@ -148,7 +150,7 @@ def topk_pool(logits: np.ndarray, k: int) -> np.ndarray:
 def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Path, classes: Sequence[str] | None = None,
               templates: Sequence[str] | None = None, mpp: float = 0.5, tile_size: int = 224, top_k: int = 50,
               batch_size: int = 64, workers: int = 2, slide_mpp: float | None = None, min_tissue: float = 0.5,
-              heatmap: str = "argmax", device: str = "auto") -> SlideMap:
+              heatmap: str = "argmax", device: str = "auto", cache: str | Path | None = None) -> SlideMap:
     """Score every tissue tile of a slide zero-shot against class names; write the tile table, heatmap, GeoJSON and slide JSON.
 
     Args:
@@ -167,6 +169,9 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
         heatmap: "argmax" (colour of the most probable class) or a class name (its probability).
         device: "auto" (the GPU when there is one), "cpu" or "cuda".
+        cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings),
+            shared with `search_slides`: a slide mapped or searched before with the same model and
+            tiling is not read again (a new class list, say, costs its prompts and the outputs).
 
     Returns:
         The paths written and the slide-level prediction.
@@ -191,15 +196,17 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
     if top_k < 1 or batch_size < 1 or workers < 0:
         raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
     encoder = load_encoder(model, device)
-    tiling = plan_tiles(slide, mpp, tile_size, slide_mpp, min_tissue)
+    classifier = encoder.zero_shot(classnames, templates)
+
+    started = time.perf_counter()
+    tiling, embeddings, cached = tile_embeddings(encoder, slide, EmbeddingCache(cache), mpp, tile_size, slide_mpp, min_tissue,
+                                                 batch_size, workers)
+    if cached:  # the heatmap's background and the grid's size, which a hit does not plan
+        read_thumbnail(tiling)
     if not tiling.n_grid:
         raise InputError(f"{slide}: smaller than one tile ({tile_size}px at {mpp} um/px = {tiling.size0:.0f} level-0 px)")
     if not tiling.tiles:
         raise InputError(f"{slide}: no tissue found (no {tile_size}px tile at {mpp} um/px is {min_tissue:.0%} tissue)")
-    classifier = encoder.zero_shot(classnames, templates)
-
-    started = time.perf_counter()
-    embeddings = embed_tiles(encoder, tiling, batch_size, workers)
     logits = embeddings @ classifier.weights.numpy() * classifier.logit_scale
     seconds = time.perf_counter() - started
     probabilities = softmax(logits, axis=1)
@@ -232,10 +239,10 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
                    "slide_mpp_source": tiling.mpp_source, "size_level0": tiling.size0, "level": tiling.level,
                    "level_downsample": tiling.level_downsample, "read_px": tiling.read_px, "upsampling": tiling.upsampling,
                    "dimensions_level0": list(tiling.dimensions)},
-        # seconds and tiles_per_second: reading and scoring the tiles; total_seconds adds the model,
-        # the tissue mask and the outputs.
+        # seconds and tiles_per_second: the tissue mask, reading and scoring the tiles (or their embeddings
+        # from the cache: "cached"); total_seconds adds the model and the outputs.
         "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "seconds": round(seconds, 3),
-                "tiles_per_second": round(len(logits) / max(seconds, 1e-9), 2), "total_seconds": None},
+                "tiles_per_second": round(len(logits) / max(seconds, 1e-9), 2), "cached": cached, "total_seconds": None},
         "outputs": {"tiles": f"{stem}.tiles.parquet", "heatmap": f"{stem}.heatmap.png", "geojson": f"{stem}.geojson"},
     }
     title = (f"{slide.name}: {len(logits)} tissue tiles ({tile_size} px at {mpp:g} µm/px)\n"
@@ -260,7 +267,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
     return SlideMap(slide=slide, tiles=out / f"{stem}.tiles.parquet", heatmap=out / f"{stem}.heatmap.png",
                     geojson=out / f"{stem}.geojson", summary=out / f"{stem}.json", classnames=classnames, prediction=prediction,
                     probabilities=summary["probabilities"], n_tiles=len(logits), n_grid=tiling.n_grid, top_k=k, seconds=seconds,
-                    tiles_per_second=summary["run"]["tiles_per_second"])
+                    tiles_per_second=summary["run"]["tiles_per_second"], cached=cached)
 
 
 # ---------------------------------------------------------------- search
@@ -287,7 +294,8 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
                     workers: int = 2) -> tuple[SlideTiling, np.ndarray, bool]:
     """(tiling, tile embeddings, whether they came from the cache) of one slide, cached per (model, slide content, tiling).
 
-    A cache hit opens the slide for its geometry only (no tissue mask, no tile read).
+    A cache hit opens the slide for its geometry only (no tissue mask, no tile read): its tiling has
+    no thumbnail and `n_grid` 0 (`read_thumbnail` fills both).
     """
     tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue, find_tissue=False)
     settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
@@ -299,7 +307,7 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
         return tiling, embeddings, True
     tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue)
     embeddings = embed_tiles(encoder, tiling, batch_size, workers)
-    cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": round(f, 4)} for x, y, f in tiling.tiles])
+    cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
     return tiling, embeddings, False
 
 
@@ -436,12 +444,15 @@ def map_command(
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
 ) -> None:
     """Score every tissue tile of a slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction."""
     result = map_slide(model, slide, out, read_classnames(classes, classes_file), read_templates(templates_file), mpp, tile_size,
-                       top_k, batch_size, workers, slide_mpp, min_tissue, heatmap, device)
+                       top_k, batch_size, workers, slide_mpp, min_tissue, heatmap, device, cache)
     p = result.probabilities[result.prediction]
-    typer.echo(f"{slide.name}: {result.n_tiles} tissue tiles of {result.n_grid} grid cells, {result.tiles_per_second:.1f} tiles/s; "
+    speed = "embeddings from the cache" if result.cached else f"{result.tiles_per_second:.1f} tiles/s"
+    typer.echo(f"{slide.name}: {result.n_tiles} tissue tiles of {result.n_grid} grid cells, {speed}; "
                f"slide-level prediction {result.prediction} (p={p:.2f}, top-{result.top_k} pooling)")
     for path in (result.tiles, result.heatmap, result.geojson, result.summary):
         typer.echo(f"  wrote {path}")

@@ -24,6 +24,7 @@ from domains.pathology.curation.slides import (
     _mask_image,
     _read_level,
     grid_candidates,
+    grid_size,
     read_size,
     read_tile,
     slide_mpp,
@@ -100,10 +101,8 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
             neither MPP nor objective power (the file's own value wins otherwise).
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue in the mask.
         find_tissue: False skips the tissue mask (the slide's geometry only: `tiles` empty, `n_grid` 0),
-            e.g. when the tiles are known from an embedding cache.
+            e.g. when the tiles are known from an embedding cache (`read_thumbnail` completes it).
     """
-    import openslide
-
     if target_mpp <= 0 or tile_size < 8 or not 0 < min_tissue <= 1:
         raise InputError(f"settings out of range: mpp={target_mpp} (> 0), tile size={tile_size} (>= 8), "
                          f"min tissue={min_tissue} (in (0, 1])")
@@ -124,12 +123,31 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
                              tile_size=tile_size, size0=size0, level=level, level_downsample=level_ds,
                              read_px=read_size(size0, level_ds), n_grid=0)
         if find_tissue:
-            try:
-                tiling.thumbnail = _mask_image(slide, MASK_MAX_DIM)
-            except openslide.OpenSlideError:
-                raise InputError(f"{path}: {REASON_READ_FAILED}") from None
+            tiling.thumbnail = _thumbnail(slide, path)
             tiling.tiles, tiling.n_grid = grid_candidates(tissue_mask(tiling.thumbnail), slide.dimensions, size0, size0, min_tissue)
         return tiling
+
+
+def read_thumbnail(tiling: SlideTiling) -> None:
+    """Fill `tiling.thumbnail` (the tissue mask's RGB image, the heatmap's background) and `n_grid` without the tissue mask.
+
+    For a tiling planned with `find_tissue=False` whose tiles came from an embedding cache: the same
+    thumbnail and grid size as `plan_tiles` gives.
+    """
+    with open_slide(tiling.path) as slide:
+        tiling.thumbnail = _thumbnail(slide, tiling.path)
+    nx, ny = grid_size(tiling.dimensions, tiling.size0, tiling.size0)
+    tiling.n_grid = nx * ny
+
+
+def _thumbnail(slide: Any, path: Path) -> np.ndarray:
+    """The tissue mask's RGB image of an open slide; InputError naming the slide when openslide cannot read it."""
+    import openslide
+
+    try:
+        return _mask_image(slide, MASK_MAX_DIM)
+    except openslide.OpenSlideError:
+        raise InputError(f"{path}: {REASON_READ_FAILED}") from None
 
 
 class TileReader:

@@ -92,6 +92,7 @@ class RasterMap:
     windows_per_second: float
     pixels_per_second: float  # the scene's own pixels mapped per second (windows read x native pixels per cell)
     warnings: list[str] = field(default_factory=list)
+    cached: bool = False  # the windows' embeddings came from the embedding cache (no window read)
 
 
 @dataclass
@@ -374,7 +375,7 @@ def quicklook_png(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[str
 def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[str | Path], out: str | Path,
                classes: Sequence[str] | None = None, templates: Sequence[str] | None = None, tile_m: float | None = None,
                stride_m: float | None = None, batch_size: int = 64, workers: int = 2, bands: Sequence[int] | None = None,
-               min_valid: float = 0.5, device: str = "auto") -> RasterMap:
+               min_valid: float = 0.5, device: str = "auto", cache: str | Path | None = None) -> RasterMap:
     """Classify every window of a scene zero-shot; write the class and probability rasters, the regions' GeoJSON and a quick-look.
 
     The maps are on the window grid, one cell per window position: cells of `stride_m` ground metres
@@ -400,6 +401,10 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
             choice (bands named red/green/blue, Landsat numbering, colour interpretation, else 1-3).
         min_valid: a window is scored when at least this fraction of its pixels holds data.
         device: "auto" (the GPU when there is one), "cpu" or "cuda".
+        cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings),
+            shared with `search_rasters`: a scene mapped or searched before with the same model and
+            windows is not read again (a new class list, say, costs its prompts, the outputs and a
+            read of the scene at the quick-look's size).
 
     Returns:
         The paths written, the class shares and the speed.
@@ -435,7 +440,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         overview_reader.shutdown(wait=False)
     started = time.perf_counter()
     try:
-        windows, embeddings = embed_grid(encoder, grid, batch_size, workers, drawn)
+        windows, embeddings, cached = window_embeddings(encoder, grid, EmbeddingCache(cache), batch_size, workers, drawn)
     except BaseException:
         if overview is not None:
             overview.cancel()
@@ -488,11 +493,11 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         "windows": {"read": len(grid.windows), "scored": len(windows), "without_data": len(grid.windows) - len(windows),
                     "cells": grid.rows * grid.cols},
         "regions": len(regions),
-        # seconds, windows and pixels per second: reading and scoring the windows; total_seconds adds the
-        # model, the scene's checks and the outputs.
+        # seconds, windows and pixels per second: reading and scoring the windows (or their embeddings from
+        # the cache: "cached"); total_seconds adds the model, the scene's checks and the outputs.
         "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "seconds": round(seconds, 3),
                 "windows_per_second": round(len(grid.windows) / max(seconds, 1e-9), 2),
-                "pixels_per_second": round(pixels / max(seconds, 1e-9), 1), "total_seconds": None},
+                "pixels_per_second": round(pixels / max(seconds, 1e-9), 1), "cached": cached, "total_seconds": None},
         "warnings": scene.warnings,
         "outputs": {"classes": f"{stem}.classes.tif", "probabilities": f"{stem}.probs.tif", "geojson": f"{stem}.geojson",
                     "quicklook": f"{stem}.png"},
@@ -504,7 +509,10 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         write_class_rasters(grid, class_grid, prob_grid, classnames, colours, staging / f"{stem}.classes.tif",
                             staging / f"{stem}.probs.tif")
         (staging / f"{stem}.geojson").write_bytes(_json_bytes({"type": "FeatureCollection", "features": regions}, compact=True))
-        rgb = drawn.pixels if drawn is not None else overview.result()
+        if drawn is not None and not cached:
+            rgb = drawn.pixels
+        else:  # from the reader thread, or on a cache hit (no window read to draw) read now
+            rgb = overview.result() if overview is not None else read_overview(grid, DISPLAY_PX)
         metres_per_px = (grid.bounds[2] - grid.bounds[0]) / scene.units_per_m / rgb.shape[1]
         (staging / f"{stem}.png").write_bytes(quicklook_png(rgb, class_grid, classnames, colours, shares, title, metres_per_px))
         summary["run"]["total_seconds"] = round(time.perf_counter() - started_total, 3)
@@ -519,21 +527,24 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
                      classnames=classnames, shares=shares, crs=scene.crs_name, tile_m=grid.tile_m, stride_m=grid.stride_m,
                      cells=(grid.rows, grid.cols), n_windows=len(grid.windows), n_scored=len(windows), n_regions=len(regions),
                      seconds=seconds, windows_per_second=summary["run"]["windows_per_second"],
-                     pixels_per_second=summary["run"]["pixels_per_second"], warnings=scene.warnings)
+                     pixels_per_second=summary["run"]["pixels_per_second"], warnings=scene.warnings, cached=cached)
 
 
 # ---------------------------------------------------------------- search
 
 
-def window_embeddings(encoder: ClipEncoder, grid: WindowGrid, cache: EmbeddingCache, batch_size: int = 64,
-                      workers: int = 2) -> tuple[list[tuple[int, int]], np.ndarray, bool]:
-    """(windows with data, their embeddings, whether they came from the cache), cached per (model, rasters' content, tiling)."""
+def window_embeddings(encoder: ClipEncoder, grid: WindowGrid, cache: EmbeddingCache, batch_size: int = 64, workers: int = 2,
+                      overview: WindowOverview | None = None) -> tuple[list[tuple[int, int]], np.ndarray, bool]:
+    """(windows with data, their embeddings, whether they came from the cache), cached per (model, rasters' content, tiling).
+
+    Windows read (not on a cache hit) are drawn into `overview` when one is given.
+    """
     key = cache.key(encoder.fingerprint, [m.path for m in grid.scene.members], grid.settings())
     hit = cache.load(key)
     if hit is not None:
         embeddings, records = hit
         return [(int(r["row"]), int(r["col"])) for r in records], embeddings, True
-    windows, embeddings = embed_grid(encoder, grid, batch_size, workers)
+    windows, embeddings = embed_grid(encoder, grid, batch_size, workers, overview)
     cache.save(key, embeddings, [{"row": r, "col": c} for r, c in windows])
     return windows, embeddings, False
 
@@ -668,15 +679,17 @@ def map_command(
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
 ) -> None:
     """Map a scene zero-shot, window by window: class and probability GeoTIFFs, class regions as GeoJSON, a quick-look PNG."""
     result = map_raster(model, raster, out, read_classnames(classes, classes_file), read_templates(templates_file), tile_m, stride_m,
-                        batch_size, workers, read_bands(bands), min_valid, device)
+                        batch_size, workers, read_bands(bands), min_valid, device, cache)
     shares = ", ".join(f"{name} {share:.0%}" for name, share in sorted(result.shares.items(), key=lambda kv: -kv[1]) if share > 0)
     typer.echo(f"{PurePosixPath(raster[0]).name}{f' and {len(raster) - 1} more' if len(raster) > 1 else ''}: {result.n_scored} of "
                f"{result.n_windows} windows of {result.tile_m:g} m (stride {result.stride_m:g} m, {result.cells[0]}x{result.cells[1]} "
-               f"cells, {result.crs}) in {result.seconds:.1f} s: {result.windows_per_second:.1f} windows/s, "
-               f"{result.pixels_per_second / 1e6:.2f} Mpx/s; classes: {shares}")
+               f"cells, {result.crs}) in {result.seconds:.1f} s: " + ("embeddings from the cache" if result.cached else
+               f"{result.windows_per_second:.1f} windows/s, {result.pixels_per_second / 1e6:.2f} Mpx/s") + f"; classes: {shares}")
     for note in result.warnings:
         typer.echo(f"  note: {note}")
     for path in (result.classes_tif, result.probs_tif, result.geojson, result.quicklook, result.summary):

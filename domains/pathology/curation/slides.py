@@ -985,14 +985,21 @@ def read_tile(slide: Any, x: int, y: int, level: int, read_px: int, tile_size: i
     return fit_tile(_to_rgb(slide.read_region((x, y), level, (read_px, read_px))), tile_size)
 
 
+def grid_size(dims: tuple[int, int], size0: float, stride0: float) -> tuple[int, int]:
+    """Columns and rows of the grid of `size0` level-0 px tiles every `stride0` px that fit in a slide of `dims` (width, height)."""
+    width, height = dims
+    nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
+    ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    return nx, ny
+
+
 def grid_candidates(
     mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float
 ) -> tuple[list[tuple[int, int, float]], int]:
     """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
     width, height = dims
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
-    nx = int((width - size0) // stride0) + 1 if width >= size0 else 0
-    ny = int((height - size0) // stride0) + 1 if height >= size0 else 0
+    nx, ny = grid_size(dims, size0, stride0)
     cells = []  # (x, y, mask rows r0:r1, columns c0:c1)
     for j in range(ny):
         for i in range(nx):
