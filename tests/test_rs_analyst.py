@@ -570,6 +570,19 @@ def test_real_landsat_scene_map(encoder: ClipEncoder, tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
+def test_real_scene_remapped_from_the_cache_equals_a_fresh_map(encoder: ClipEncoder, tmp_path: Path) -> None:
+    """RGB.byte.tif: its nodata collar leaves windows unscored; a map from the cache keeps them so, cell for cell."""
+    path = _need("rasterio", "RGB.byte.tif")
+    settings = {"tile_m": 8000.0, "workers": 2, "device": "cpu"}
+    map_raster(encoder, path, tmp_path / "first", classes=["water", "land", "clouds"], cache=tmp_path / "cache", **settings)
+    again = map_raster(encoder, path, tmp_path / "again", classes=["sea", "island"], cache=tmp_path / "cache", **settings)
+    fresh = map_raster(encoder, path, tmp_path / "fresh", classes=["sea", "island"], cache=tmp_path / "empty", **settings)
+    assert again.cached and not fresh.cached and 0 < again.n_scored == fresh.n_scored < again.n_windows
+    for suffix in (".classes.tif", ".probs.tif", ".geojson"):
+        assert (tmp_path / "again" / f"RGB.byte{suffix}").read_bytes() == (tmp_path / "fresh" / f"RGB.byte{suffix}").read_bytes()
+
+
+@pytest.mark.realdata
 @pytest.mark.parametrize("parts, tile_m", [(("rasterio", "RGB.byte.tif"), 8000.0),
                                            (("gent", "2020-09-17_Sentinel_2_L1C_True_color.tiff"), 1000.0)])
 def test_real_overview_drawn_from_the_windows_lies_where_a_read_of_the_scene_does(parts: tuple[str, ...], tile_m: float) -> None:
