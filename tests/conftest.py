@@ -13,13 +13,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session", autouse=True)
 def own_cache(tmp_path_factory: pytest.TempPathFactory):
     """The run's own $DOMAINFM_CACHE (fetched files, embeddings, remembered weight digests): tests leave the user's cache alone."""
-    before = os.environ.get("DOMAINFM_CACHE")
-    os.environ["DOMAINFM_CACHE"] = str(tmp_path_factory.mktemp("domainfm-cache"))
-    yield
-    if before is None:
-        os.environ.pop("DOMAINFM_CACHE", None)
-    else:
-        os.environ["DOMAINFM_CACHE"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOMAINFM_CACHE", str(tmp_path_factory.mktemp("domainfm-cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)

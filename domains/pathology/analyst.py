@@ -201,7 +201,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
     started = time.perf_counter()
     tiling, embeddings, cached = tile_embeddings(encoder, slide, EmbeddingCache(cache), mpp, tile_size, slide_mpp, min_tissue,
                                                  batch_size, workers)
-    if cached:  # the heatmap's background and the grid's size, which a hit does not plan
+    if cached:  # the heatmap's background, which a hit does not read
         read_thumbnail(tiling)
     if not tiling.n_grid:
         raise InputError(f"{slide}: smaller than one tile ({tile_size}px at {mpp} um/px = {tiling.size0:.0f} level-0 px)")
@@ -295,7 +295,7 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
     """(tiling, tile embeddings, whether they came from the cache) of one slide, cached per (model, slide content, tiling).
 
     A cache hit opens the slide for its geometry only (no tissue mask, no tile read): its tiling has
-    no thumbnail and `n_grid` 0 (`read_thumbnail` fills both).
+    no thumbnail (`read_thumbnail` reads it).
     """
     tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue, find_tissue=False)
     settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}

@@ -10,6 +10,7 @@ read its training tiles.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,8 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
         slide_mpp_override: the slide's level-0 micrometres per pixel, used when the file records
             neither MPP nor objective power (the file's own value wins otherwise).
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue in the mask.
-        find_tissue: False skips the tissue mask (the slide's geometry only: `tiles` empty, `n_grid` 0),
-            e.g. when the tiles are known from an embedding cache (`read_thumbnail` completes it).
+        find_tissue: False skips the tissue mask (the slide's geometry only: `tiles` empty, no thumbnail),
+            e.g. when the tiles are known from an embedding cache (`read_thumbnail` reads the thumbnail).
     """
     if target_mpp <= 0 or tile_size < 8 or not 0 < min_tissue <= 1:
         raise InputError(f"settings out of range: mpp={target_mpp} (> 0), tile size={tile_size} (>= 8), "
@@ -121,7 +122,7 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
         level_ds = float(slide.level_downsamples[level])
         tiling = SlideTiling(path=path, dimensions=tuple(slide.dimensions), slide_mpp=mpp0, mpp_source=source, target_mpp=target_mpp,
                              tile_size=tile_size, size0=size0, level=level, level_downsample=level_ds,
-                             read_px=read_size(size0, level_ds), n_grid=0)
+                             read_px=read_size(size0, level_ds), n_grid=math.prod(grid_size(slide.dimensions, size0, size0)))
         if find_tissue:
             tiling.thumbnail = _thumbnail(slide, path)
             tiling.tiles, tiling.n_grid = grid_candidates(tissue_mask(tiling.thumbnail), slide.dimensions, size0, size0, min_tissue)
@@ -129,15 +130,13 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
 
 
 def read_thumbnail(tiling: SlideTiling) -> None:
-    """Fill `tiling.thumbnail` (the tissue mask's RGB image, the heatmap's background) and `n_grid` without the tissue mask.
+    """Fill `tiling.thumbnail` (the tissue mask's RGB image, the heatmap's background) without the tissue mask.
 
     For a tiling planned with `find_tissue=False` whose tiles came from an embedding cache: the same
-    thumbnail and grid size as `plan_tiles` gives.
+    thumbnail as `plan_tiles` reads.
     """
     with open_slide(tiling.path) as slide:
         tiling.thumbnail = _thumbnail(slide, tiling.path)
-    nx, ny = grid_size(tiling.dimensions, tiling.size0, tiling.size0)
-    tiling.n_grid = nx * ny
 
 
 def _thumbnail(slide: Any, path: Path) -> np.ndarray:

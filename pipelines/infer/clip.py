@@ -8,6 +8,7 @@ probabilities = classifier.probabilities(encoder.embed_images(images))  # (n, 2)
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import dataclass
@@ -65,10 +66,8 @@ def weights_fingerprint(path: Path) -> str:
     """
     store = Fingerprints(cache_root() / WEIGHTS_DIGESTS)
     digest = store.digest(path)[:16]
-    try:
+    with contextlib.suppress(OSError):
         store.save()
-    except OSError:
-        pass
     return digest
 
 
