@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,29 @@ def test_the_weights_digest_is_remembered_until_the_file_changes(tmp_path: Path,
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "a-file" / "cache"))  # cannot be created
     assert ClipEncoder.load(folder).fingerprint == second and len(hashed) == 4
+
+
+def test_an_embedding_cache_knows_an_input_only_while_its_digest_is_remembered(tmp_path: Path) -> None:
+    """`knows` tells a slide or scene hashed before and unchanged since (its key costs no read) from one a key must hash."""
+    from pipelines.infer.cache import EmbeddingCache
+
+    scene, other = tmp_path / "scene.tif", tmp_path / "other.tif"
+    scene.write_bytes(b"pixels" * 1000)
+    other.write_bytes(b"other")
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert not cache.knows([scene]) and not cache.knows([tmp_path / "missing.tif"])
+    key = cache.key("model", [scene], {"tile": 64})
+    assert cache.knows([scene]) and not cache.knows([scene, other])
+    assert EmbeddingCache(tmp_path / "cache").knows([scene])  # remembered across runs
+    store = (tmp_path / "cache" / "fingerprints.json").read_text()
+    assert "scene" not in store and str(tmp_path) not in store  # file names can be identifiers: the store has digests only
+    (tmp_path / "cache" / "fingerprints.json").write_text(json.dumps({str(scene): json.loads(store).popitem()[1]}))
+    older = EmbeddingCache(tmp_path / "cache")
+    assert not older.knows([scene])  # a store keyed by paths (older) is not trusted ...
+    older.key("model", [other], {"tile": 64})
+    assert "scene" not in (tmp_path / "cache" / "fingerprints.json").read_text()  # ... nor kept
+    scene.write_bytes(b"pixels" * 1001)  # changed
+    assert not cache.knows([scene]) and cache.key("model", [scene], {"tile": 64}) != key
 
 
 def test_the_encoder_is_the_export_bit_for_bit_though_no_weights_were_drawn(export: Path) -> None:

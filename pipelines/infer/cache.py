@@ -29,6 +29,10 @@ class EmbeddingCache:
         blob = json.dumps({"model": model_fingerprint, "inputs": digests, "settings": settings}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
+    def knows(self, inputs: Sequence[str | Path]) -> bool:
+        """Whether `key` will find the inputs' digests remembered (no input read): each was hashed before, unchanged since."""
+        return all(self.fingerprints.remembers(p) for p in inputs)
+
     def load(self, key: str) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
         """(embeddings, window records) stored under `key`, or None."""
         path = self.folder / f"{key}.npz"

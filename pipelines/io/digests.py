@@ -2,8 +2,10 @@
 
 Hashing a large raster, slide or model weights file on every run would be slow, so a digest is
 stored with the file's size, mtime and inode and computed again only when one of those changes (the
-check DVC's state database makes). A remote input (a URL: pipelines/io/remote.py) is identified by
-its size and the server's validator (ETag or Last-Modified), asked once per run.
+check DVC's state database makes). The store names a file by a digest of its absolute path, never
+by the path: a slide's or volume's file name can hold a patient's name or number. A remote input (a
+URL: pipelines/io/remote.py) is identified by its size and the server's validator (ETag or
+Last-Modified), asked once per run.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 class Fingerprints:
     """Content digests of input files, remembered across runs in `store` (a JSON file)."""
 
@@ -38,7 +44,10 @@ class Fingerprints:
             self.known = {}
         if not isinstance(self.known, dict):
             self.known = {}
-        self.changed = False
+        if any(not _is_digest(k) for k in self.known):  # a store keyed by paths (before 2026-12): forgotten, not kept
+            self.known, self.changed = {}, True
+        else:
+            self.changed = False
         self.remote: dict[str, str] = {}
 
     def digest(self, path: str | Path) -> str:
@@ -62,11 +71,9 @@ class Fingerprints:
                 h.update(self.digest(child).encode())
             return h.hexdigest()
         try:
-            stat = path.stat()
+            key, identity = self._identity(path)
         except FileNotFoundError:
             return "missing"
-        key = str(path.resolve())
-        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         cached = self.known.get(key)
         if isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity:
             return str(cached[3])
@@ -74,6 +81,23 @@ class Fingerprints:
         self.known[key] = [*identity, digest]
         self.changed = True
         return digest
+
+    def remembers(self, path: str | Path) -> bool:
+        """Whether `digest(path)` is known without reading the file: a local file unchanged since it was hashed."""
+        if is_url(path):
+            return str(path) in self.remote
+        try:
+            key, identity = self._identity(Path(path))
+        except OSError:
+            return False
+        cached = self.known.get(key)
+        return isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity
+
+    @staticmethod
+    def _identity(path: Path) -> tuple[str, list[int]]:
+        """The store's key for `path` (a digest of its absolute path: file names can hold patient identifiers) and its stat."""
+        stat = path.stat()
+        return hashlib.sha256(str(path.resolve()).encode()).hexdigest(), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
     def save(self) -> None:
         """Write the remembered digests back (atomically)."""
