@@ -313,24 +313,23 @@ def test_search_ranks_tiles_across_slides_and_second_query_reads_the_cache(expor
     calls = []
     embed = ClipEncoder.embed_tensors
     monkeypatch.setattr(ClipEncoder, "embed_tensors", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
-    plan_tiles_with_mask = analyst.plan_tiles
-    monkeypatch.setattr(analyst, "plan_tiles", _no_mask(plan_tiles_with_mask))
-    again = search_slides(export, slides, "dense lymphocytes", tmp_path / "q2", top_k=6, cache=cache, **FAST)
-    assert calls == [] and again.cached_slides == 2  # no tile read, no tissue mask, no image embedded
-    pd.testing.assert_frame_equal(pd.read_parquet(again.results), table)
-    other = search_slides(export, slides, "fat cells", tmp_path / "q3", top_k=3, cache=cache, **FAST)
-    assert calls == [] and len(pd.read_parquet(other.results)) == 3
+    with monkeypatch.context() as patched:
+        for name in ("find_tissue_tiles", "read_thumbnail"):
+            patched.setattr(analyst, name, _fails(name))
+        again = search_slides(export, slides, "dense lymphocytes", tmp_path / "q2", top_k=6, cache=cache, **FAST)
+        assert calls == [] and again.cached_slides == 2  # no tile read, no tissue mask nor thumbnail, no image embedded
+        pd.testing.assert_frame_equal(pd.read_parquet(again.results), table)
+        other = search_slides(export, slides, "fat cells", tmp_path / "q3", top_k=3, cache=cache, **FAST)
+        assert calls == [] and len(pd.read_parquet(other.results)) == 3
 
-    monkeypatch.setattr(analyst, "plan_tiles", plan_tiles_with_mask)
     search_slides(export, slides, "fat cells", tmp_path / "q4", top_k=3, cache=cache, **{**FAST, "tile_size": 24})
     assert sum(calls) > 0 and len(list(cache.glob("*.npz"))) == 4  # another tiling is embedded anew
 
 
-def _no_mask(plan):
-    def plan_without_mask(*args, find_tissue: bool = True, **kwargs):
-        assert not find_tissue, "the tissue mask was computed although the tiles were cached"
-        return plan(*args, find_tissue=find_tissue, **kwargs)
-    return plan_without_mask
+def _fails(name: str):
+    def called(*args, **kwargs):
+        raise AssertionError(f"{name} was called although the tiles were cached")
+    return called
 
 
 def test_search_bad_inputs_are_named(export: Path, volume_export: Path, slides: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ result.prediction, result.probabilities  # slide-level class and softmax over cl
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional, Sequence
@@ -28,7 +29,15 @@ import numpy as np
 import typer
 
 from domains.pathology.analyst_render import class_colours, heatmap_png, tiles_geojson
-from domains.pathology.analyst_tiles import SlideReadError, SlideTiling, TileReader, plan_tiles, read_thumbnail
+from domains.pathology.analyst_tiles import (
+    SlideReadError,
+    SlideTiling,
+    TileReader,
+    find_tissue_tiles,
+    open_slide,
+    read_thumbnail,
+    slide_geometry,
+)
 from domains.pathology.curation.slides import REASON_READ_FAILED, SLIDE_SUFFIXES, find_slides
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
@@ -200,9 +209,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
 
     started = time.perf_counter()
     tiling, embeddings, cached = tile_embeddings(encoder, slide, EmbeddingCache(cache), mpp, tile_size, slide_mpp, min_tissue,
-                                                 batch_size, workers)
-    if cached:  # the heatmap's background, which a hit does not read
-        read_thumbnail(tiling)
+                                                 batch_size, workers, thumbnail=True)
     if not tiling.n_grid:
         raise InputError(f"{slide}: smaller than one tile ({tile_size}px at {mpp} um/px = {tiling.size0:.0f} level-0 px)")
     if not tiling.tiles:
@@ -290,24 +297,30 @@ def slide_files(slides: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp: float = 0.5, tile_size: int = 224,
-                    slide_mpp: float | None = None, min_tissue: float = 0.5, batch_size: int = 64,
-                    workers: int = 2) -> tuple[SlideTiling, np.ndarray, bool]:
+                    slide_mpp: float | None = None, min_tissue: float = 0.5, batch_size: int = 64, workers: int = 2,
+                    thumbnail: bool = False) -> tuple[SlideTiling, np.ndarray, bool]:
     """(tiling, tile embeddings, whether they came from the cache) of one slide, cached per (model, slide content, tiling).
 
-    A cache hit opens the slide for its geometry only (no tissue mask, no tile read): its tiling has
-    no thumbnail (`read_thumbnail` reads it).
+    A cache hit reads no tile and computes no tissue mask; its tiling has a thumbnail only when
+    `thumbnail` asks for one (a miss always reads it: the tissue mask is made from it).
     """
-    tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue, find_tissue=False)
-    settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
-    key = cache.key(encoder.fingerprint, [path], settings)
-    hit = cache.load(key)
-    if hit is not None:
-        embeddings, records = hit
-        tiling.tiles = [(int(r["x"]), int(r["y"]), float(r["tissue_fraction"])) for r in records]
-        return tiling, embeddings, True
-    tiling = plan_tiles(path, mpp, tile_size, slide_mpp, min_tissue)
+    with open_slide(path) as slide:
+        tiling = slide_geometry(slide, Path(path), mpp, tile_size, slide_mpp, min_tissue)
+        settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
+        # The cache key hashes the slide (seconds for a large slide seen the first time) in a thread while
+        # this one reads the thumbnail, when it is needed either way or the slide is likely new to the cache.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
+            key = hasher.submit(cache.key, encoder.fingerprint, [path], settings)
+            if thumbnail or not cache.knows([path]):
+                read_thumbnail(slide, tiling)
+            hit = cache.load(key.result())
+        if hit is not None:
+            embeddings, records = hit
+            tiling.tiles = [(int(r["x"]), int(r["y"]), float(r["tissue_fraction"])) for r in records]
+            return tiling, embeddings, True
+        find_tissue_tiles(slide, tiling, min_tissue)
     embeddings = embed_tiles(encoder, tiling, batch_size, workers)
-    cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
+    cache.save(key.result(), embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
     return tiling, embeddings, False
 
 

@@ -101,52 +101,52 @@ def plan_tiles(path: Path, target_mpp: float = 0.5, tile_size: int = 224, slide_
         slide_mpp_override: the slide's level-0 micrometres per pixel, used when the file records
             neither MPP nor objective power (the file's own value wins otherwise).
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue in the mask.
-        find_tissue: False skips the tissue mask (the slide's geometry only: `tiles` empty, no thumbnail),
-            e.g. when the tiles are known from an embedding cache (`read_thumbnail` reads the thumbnail).
+        find_tissue: False skips the tissue mask (the slide's geometry only: `tiles` empty, no thumbnail).
     """
-    if target_mpp <= 0 or tile_size < 8 or not 0 < min_tissue <= 1:
-        raise InputError(f"settings out of range: mpp={target_mpp} (> 0), tile size={tile_size} (>= 8), "
-                         f"min tissue={min_tissue} (in (0, 1])")
-    path = Path(path)
-    slide = open_slide(path)
-    with slide:
-        resolution = slide_mpp(dict(slide.properties))
-        if resolution is None and slide_mpp_override:
-            resolution = (float(slide_mpp_override), "--slide-mpp")
-        if resolution is None:
-            raise InputError(f"{path}: {REASON_NO_MPP}; pass --slide-mpp (micrometres per level-0 pixel)")
-        mpp0, source = resolution
-        downsample = target_mpp / mpp0
-        size0 = tile_size * downsample
-        level = _read_level(slide, downsample)
-        level_ds = float(slide.level_downsamples[level])
-        tiling = SlideTiling(path=path, dimensions=tuple(slide.dimensions), slide_mpp=mpp0, mpp_source=source, target_mpp=target_mpp,
-                             tile_size=tile_size, size0=size0, level=level, level_downsample=level_ds,
-                             read_px=read_size(size0, level_ds), n_grid=math.prod(grid_size(slide.dimensions, size0, size0)))
+    with open_slide(path) as slide:
+        tiling = slide_geometry(slide, Path(path), target_mpp, tile_size, slide_mpp_override, min_tissue)
         if find_tissue:
-            tiling.thumbnail = _thumbnail(slide, path)
-            tiling.tiles, tiling.n_grid = grid_candidates(tissue_mask(tiling.thumbnail), slide.dimensions, size0, size0, min_tissue)
+            find_tissue_tiles(slide, tiling, min_tissue)
         return tiling
 
 
-def read_thumbnail(tiling: SlideTiling) -> None:
-    """Fill `tiling.thumbnail` (the tissue mask's RGB image, the heatmap's background) without the tissue mask.
+def slide_geometry(slide: Any, path: Path, target_mpp: float, tile_size: int, slide_mpp_override: float | None,
+                   min_tissue: float) -> SlideTiling:
+    """The tiling of an open slide without its tiles (`plan_tiles` with find_tissue=False): resolution, level, grid."""
+    if target_mpp <= 0 or tile_size < 8 or not 0 < min_tissue <= 1:
+        raise InputError(f"settings out of range: mpp={target_mpp} (> 0), tile size={tile_size} (>= 8), "
+                         f"min tissue={min_tissue} (in (0, 1])")
+    resolution = slide_mpp(dict(slide.properties))
+    if resolution is None and slide_mpp_override:
+        resolution = (float(slide_mpp_override), "--slide-mpp")
+    if resolution is None:
+        raise InputError(f"{path}: {REASON_NO_MPP}; pass --slide-mpp (micrometres per level-0 pixel)")
+    mpp0, source = resolution
+    downsample = target_mpp / mpp0
+    size0 = tile_size * downsample
+    level = _read_level(slide, downsample)
+    level_ds = float(slide.level_downsamples[level])
+    return SlideTiling(path=path, dimensions=tuple(slide.dimensions), slide_mpp=mpp0, mpp_source=source, target_mpp=target_mpp,
+                       tile_size=tile_size, size0=size0, level=level, level_downsample=level_ds,
+                       read_px=read_size(size0, level_ds), n_grid=math.prod(grid_size(slide.dimensions, size0, size0)))
 
-    For a tiling planned with `find_tissue=False` whose tiles came from an embedding cache: the same
-    thumbnail as `plan_tiles` reads.
-    """
-    with open_slide(tiling.path) as slide:
-        tiling.thumbnail = _thumbnail(slide, tiling.path)
 
-
-def _thumbnail(slide: Any, path: Path) -> np.ndarray:
-    """The tissue mask's RGB image of an open slide; InputError naming the slide when openslide cannot read it."""
+def read_thumbnail(slide: Any, tiling: SlideTiling) -> None:
+    """Fill `tiling.thumbnail`: the tissue mask's RGB image, the heatmap's background; InputError naming the slide on a read error."""
     import openslide
 
     try:
-        return _mask_image(slide, MASK_MAX_DIM)
+        tiling.thumbnail = _mask_image(slide, MASK_MAX_DIM)
     except openslide.OpenSlideError:
-        raise InputError(f"{path}: {REASON_READ_FAILED}") from None
+        raise InputError(f"{tiling.path}: {REASON_READ_FAILED}") from None
+
+
+def find_tissue_tiles(slide: Any, tiling: SlideTiling, min_tissue: float) -> None:
+    """Fill `tiling.tiles` (and its thumbnail, unless read already): the grid cells at least `min_tissue` tissue in the mask."""
+    if not tiling.thumbnail.size:
+        read_thumbnail(slide, tiling)
+    tiling.tiles, tiling.n_grid = grid_candidates(tissue_mask(tiling.thumbnail), slide.dimensions, tiling.size0, tiling.size0,
+                                                  min_tissue)
 
 
 class TileReader:
