@@ -428,6 +428,17 @@ def _truncated(folder: Path, scenes: dict[str, Path]) -> Path:
     return folder / "cut.tif"
 
 
+def _truncated_8bit(folder: Path, scenes: dict[str, Path]) -> Path:
+    """An 8-bit raster is not read before its windows are: they find the damage."""
+    data = scenes["scene"].read_bytes()
+    (folder / "cut8.tif").write_bytes(data[: len(data) // 2])
+    return folder / "cut8.tif"
+
+
+def _empty_8bit(folder: Path, scenes: dict[str, Path]) -> Path:
+    return write_raster(folder / "empty.tif", np.zeros((3, 128, 128), np.uint8), nodata=0)
+
+
 def _missing(folder: Path, scenes: dict[str, Path]) -> Path:
     return folder / "nowhere.tif"
 
@@ -443,6 +454,8 @@ def _other_crs(folder: Path, scenes: dict[str, Path]) -> list[Path]:
     (_no_crs, "no CRS.*gdal"),
     (_not_a_raster, "not a raster file"),
     (_truncated, "unreadable raster|corrupt or truncated"),
+    (_truncated_8bit, "corrupt or truncated"),
+    (_empty_8bit, "no window holds data"),
     (_missing, "not found"),
     (_other_crs, "differs from .*west.tif.*gdalwarp -t_srs EPSG:32633"),
 ])

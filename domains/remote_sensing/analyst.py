@@ -294,16 +294,24 @@ def _area_crs(scene: Scene) -> Any:
 
 def lonlat_geometry(crs: Any, geometry: dict[str, Any]) -> dict[str, Any]:
     """A geometry in EPSG:4326 as RFC 7946 has it: lon/lat to 7 decimals (1 cm), cut at the antimeridian, exteriors counter-clockwise."""
+    return lonlat_geometries(crs, [geometry])[0]
+
+
+def lonlat_geometries(crs: Any, geometries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`lonlat_geometry` of each geometry, transformed in one call."""
     from rasterio.warp import transform_geom
     from shapely.geometry import MultiPolygon, mapping, shape
     from shapely.geometry.polygon import orient
 
-    lonlat = shape(transform_geom(crs, "EPSG:4326", geometry, precision=7))
-    if lonlat.geom_type == "Polygon":
-        lonlat = orient(lonlat, 1.0)
-    elif lonlat.geom_type == "MultiPolygon":
-        lonlat = MultiPolygon([orient(p, 1.0) for p in lonlat.geoms])
-    return json.loads(json.dumps(mapping(lonlat)))  # lists, not tuples
+    found = []
+    for transformed in transform_geom(crs, "EPSG:4326", list(geometries), precision=7) if geometries else []:
+        lonlat = shape(transformed)
+        if lonlat.geom_type == "Polygon":
+            lonlat = orient(lonlat, 1.0)
+        elif lonlat.geom_type == "MultiPolygon":
+            lonlat = MultiPolygon([orient(p, 1.0) for p in lonlat.geoms])
+        found.append(json.loads(json.dumps(mapping(lonlat))))  # lists, not tuples
+    return found
 
 
 def class_regions(grid: WindowGrid, classes: np.ndarray, scores: np.ndarray, classnames: Sequence[str]) -> list[dict[str, Any]]:
@@ -328,14 +336,14 @@ def class_regions(grid: WindowGrid, classes: np.ndarray, scores: np.ndarray, cla
     index = np.arange(1, len(owner) + 1)
     mean_scores = ndimage.mean(scores, labels, index)
     cells = ndimage.sum(np.ones_like(scores), labels, index)
-    area_crs = _area_crs(grid.scene)
+    geometries, values = zip(*shapes(labels, mask=labels > 0, connectivity=4, transform=grid.transform))
+    areas = [shape(g).area for g in transform_geom(grid.scene.crs, _area_crs(grid.scene), list(geometries))]
     features = []
-    for geometry, value in shapes(labels, mask=labels > 0, connectivity=4, transform=grid.transform):
+    for geometry, value, area in zip(lonlat_geometries(grid.scene.crs, geometries), values, areas):
         i = int(value) - 1
-        area = shape(transform_geom(grid.scene.crs, area_crs, geometry)).area
         features.append({
             "type": "Feature",
-            "geometry": lonlat_geometry(grid.scene.crs, geometry),
+            "geometry": geometry,
             "properties": {"class": classnames[owner[i]], "class_index": owner[i], "mean_score": round(float(mean_scores[i]), 4),
                            "area_m2": round(float(area), 1), "cells": int(cells[i])},
         })

@@ -1,7 +1,7 @@
 """Windows of a scene for the analyst commands: the rasters as one mosaic, the window grid, how a window is read.
 
 The rasters go through the curation's own reading (`domains/remote_sensing/curation`): `inspect_raster`
-checks each file and samples its valid pixels, `select_bands` picks red, green and blue, data that is
+checks each file and samples the valid pixels of those to stretch, `select_bands` picks red, green and blue, data that is
 not 8-bit is stretched with one (low, high) pair per band for the whole mosaic (`mosaic_limits`, at
 the curation's percentiles), overlapping rasters give way by the curation's priority (newest first),
 and a window is read from every raster it touches (`read_mosaic_tile`), resampled straight to the
@@ -111,8 +111,10 @@ def open_scene(paths: Sequence[Path], bands: Sequence[int] | None = None) -> Sce
     """Check the rasters and read them as one mosaic; InputError naming the raster that cannot be used.
 
     Refused: a missing, empty or unreadable file, a raster without a CRS or in geographic degrees
-    (windows are measured in metres: reproject it), bands that do not fit, a raster without valid
-    pixels, and rasters that cannot share a mosaic (another CRS, band count or data type).
+    (windows are measured in metres: reproject it), bands that do not fit, a raster to stretch
+    without valid pixels, and rasters that cannot share a mosaic (another CRS, band count or data
+    type). 8-bit pixels are first read with the windows (an 8-bit raster without data holds no
+    window with data; damaged data fails its window's read).
     """
     if not paths:
         raise InputError("no raster given: pass --raster FILE (several for a mosaic of adjacent rasters)")
@@ -126,7 +128,8 @@ def open_scene(paths: Sequence[Path], bands: Sequence[int] | None = None) -> Sce
     if any(is_url(p) for p in paths):
         gdal_url_defaults()
     for order, path in enumerate(paths):
-        info, reject, values, caveats = inspect_raster(path, order, cfg)
+        # 8-bit rasters are not read here: the windows read every pixel (and find an empty or damaged raster)
+        info, reject, values, caveats = inspect_raster(path, order, cfg, read_pixels=False)
         if reject is not None:
             if reject.reason == "raster has no CRS":
                 raise InputError(f"{path}: raster has no CRS; give it its CRS (gdal_edit.py -a_srs EPSG:<code> {path}) "

@@ -417,11 +417,15 @@ def _features_digest(features: list[Feature]) -> str:
     return h.hexdigest()[:16]
 
 
-def inspect_raster(path: str | Path, order: int, cfg: RSCurateConfig) -> tuple[RasterInfo | None, Reject | None, Any, list[str]]:
+def inspect_raster(path: str | Path, order: int, cfg: RSCurateConfig,
+                   read_pixels: bool = True) -> tuple[RasterInfo | None, Reject | None, Any, list[str]]:
     """A raster's place in the footprint index, or the reason it cannot be used.
 
     Returns (info, reject, sample of valid values for the stretch or None, warnings). The whole
     raster is read once, decimated: empty rasters and most truncated ones are found here.
+    `read_pixels=False` skips that read where no stretch needs values (8-bit bands), for a caller
+    that reads every pixel next anyway and finds those there: the valid area is then the
+    raster's whole area.
     """
     fp, reject = raster_footprint(path)
     if reject:
@@ -432,14 +436,17 @@ def inspect_raster(path: str | Path, order: int, cfg: RSCurateConfig) -> tuple[R
             if any(b < 1 or b > src.count for b in bands) or len(bands) not in (1, 3):
                 return None, Reject(f"{path} bands={bands}", STAGE_RASTER, "band selection does not fit the raster"), None, []
             wants_values = cfg.stretch_limits is None and any(src.dtypes[b - 1] != "uint8" for b in bands)
-            mask, values = overview_sample(src, bands, wants_values)
-            if not mask.any():
-                return None, Reject(str(path), STAGE_RASTER, "raster has no valid pixels"), None, []
+            valid_share, values = 1.0, None
+            if read_pixels or wants_values:
+                mask, values = overview_sample(src, bands, wants_values)
+                if not mask.any():
+                    return None, Reject(str(path), STAGE_RASTER, "raster has no valid pixels"), None, []
+                valid_share = float(mask.mean())
             gsd = native_gsd_m(src)
             info = RasterInfo(
                 path=str(path), bounds_ll=fp.bounds_ll, identity=fp.identity, crs=src.crs.to_string(), count=src.count,
                 dtypes=tuple(src.dtypes), gsd_m=gsd, bands=bands, band_rule=rule, acquired=acquisition_time(src), order=order,
-                valid_area_m2=float(mask.mean()) * src.width * src.height * gsd * gsd,
+                valid_area_m2=valid_share * src.width * src.height * gsd * gsd,
             )
             return info, None, values, raster_caveats(src, str(path), bands, rule)
     except RasterioError:  # truncated or corrupt data often shows only when pixels are read
