@@ -158,7 +158,7 @@ def main() -> None:
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), "
                      f"batch {args.batch_size}, {args.workers} reader threads; max |p_plain - p_batched| = {agree:.2e}")
-            model_tag = f" [{args.arch}, random init]" if args.arch else ""
+            model_tag = f", {n} tissue tiles" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",
                              "map": f"slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON){model_tag}",

@@ -164,7 +164,7 @@ def main() -> None:
                      f"{at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {args.workers} reader threads; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
-            model_tag = f" [{args.arch}, random init]" if args.arch else ""
+            model_tag = f", {n} windows" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"scene mapping: reading and scoring the windows (embed_grid){model_tag}",
                              "map": f"scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look){model_tag}",
