@@ -309,9 +309,10 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
         settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
         # The cache key hashes the slide (seconds for a large slide seen the first time) in a thread while
         # this one reads the thumbnail, when it is needed either way or the slide is likely new to the cache.
+        read_now = thumbnail or not cache.knows([path])  # asked before the hash, which makes the slide known
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
             key = hasher.submit(cache.key, encoder.fingerprint, [path], settings)
-            if thumbnail or not cache.knows([path]):
+            if read_now:
                 read_thumbnail(slide, tiling)
             hit = cache.load(key.result())
         if hit is not None:
