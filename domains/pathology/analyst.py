@@ -311,17 +311,18 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
         # this one reads the thumbnail, when it is needed either way or the slide is likely new to the cache.
         read_now = thumbnail or not cache.knows([path])  # asked before the hash, which makes the slide known
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
-            key = hasher.submit(cache.key, encoder.fingerprint, [path], settings)
+            hashing = hasher.submit(cache.key, encoder.fingerprint, [path], settings)
             if read_now:
                 read_thumbnail(slide, tiling)
-            hit = cache.load(key.result())
+            key = hashing.result()
+        hit = cache.load(key)
         if hit is not None:
             embeddings, records = hit
             tiling.tiles = [(int(r["x"]), int(r["y"]), float(r["tissue_fraction"])) for r in records]
             return tiling, embeddings, True
         find_tissue_tiles(slide, tiling, min_tissue)
     embeddings = embed_tiles(encoder, tiling, batch_size, workers)
-    cache.save(key.result(), embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
+    cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
     return tiling, embeddings, False
 
 

@@ -71,12 +71,11 @@ class Fingerprints:
                 h.update(self.digest(child).encode())
             return h.hexdigest()
         try:
-            key, identity = self._identity(path)
+            key, identity, remembered = self._lookup(path)
         except FileNotFoundError:
             return "missing"
-        cached = self.known.get(key)
-        if isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity:
-            return str(cached[3])
+        if remembered is not None:
+            return remembered
         digest = file_digest(path)
         self.known[key] = [*identity, digest]
         self.changed = True
@@ -87,17 +86,20 @@ class Fingerprints:
         if is_url(path):
             return str(path) in self.remote
         try:
-            key, identity = self._identity(Path(path))
+            return self._lookup(Path(path))[2] is not None
         except OSError:
             return False
-        cached = self.known.get(key)
-        return isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity
 
-    @staticmethod
-    def _identity(path: Path) -> tuple[str, list[int]]:
-        """The store's key for `path` (a digest of its absolute path: file names can hold patient identifiers) and its stat."""
+    def _lookup(self, path: Path) -> tuple[str, list[int], str | None]:
+        """(store key, (size, mtime, inode), remembered digest or None) of a local file.
+
+        The key is a digest of the absolute path (file names can hold patient identifiers); the digest
+        is remembered when the file's identity is the one stored with it.
+        """
         stat = path.stat()
-        return hashlib.sha256(str(path.resolve()).encode()).hexdigest(), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        key, identity = hashlib.sha256(str(path.resolve()).encode()).hexdigest(), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        cached = self.known.get(key)
+        return key, identity, str(cached[3]) if isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity else None
 
     def save(self) -> None:
         """Write the remembered digests back (atomically)."""
