@@ -236,6 +236,20 @@ def test_sampler_delivers_exactly_the_frames_at_the_requested_times(tmp_path, go
     assert stats.last_t == sampled[-1][0]
 
 
+def test_frames_convert_to_the_pixels_of_pyav_to_ndarray(tmp_path):
+    # the samplers convert through one reformatter per thread: the pixels must be PyAV's own conversion's
+    video = tmp_path / "pan.mp4"
+    write_panning_video(video, frames=40, fps=10, gop=10)
+    with av.open(str(video)) as container:
+        stock = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    ours = list(decode_all_frames(video))
+    assert len(ours) == len(stock) == 40
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ours, stock))
+    picked = list(sample_frames(video, 2.0)) + list(sample_frames_seeking(video, 2.0))
+    by_time = {round(t, 3): rgb for t, rgb in ours}
+    assert len(picked) == 16 and all(np.array_equal(rgb, by_time[round(t, 3)]) for t, rgb in picked)
+
+
 def test_sampler_decodes_only_the_keyframes_it_needs(tmp_path):
     video = tmp_path / "pan.mp4"
     write_panning_video(video, frames=80, fps=10, gop=10)  # a keyframe a second
