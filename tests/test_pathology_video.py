@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from domains.pathology.curation import video as video_module
 from domains.pathology.curation.curate import PathologyCurateConfig, curate
 from domains.pathology.curation.slides import SlideConfig
-from domains.pathology.curation.stain import FEATURE_NAMES, DetectorConfig, detect_histology, load_classifier, make_detector
+from domains.pathology.curation.stain import FEATURE_NAMES, DetectorConfig, detect_histology, hsv_planes, load_classifier, make_detector
 from domains.pathology.curation.text import clean_text, load_vocabulary
 from domains.pathology.curation.transcript import Cue, Transcript, TranscriptError, parse_transcript
 from domains.pathology.curation.video import (
@@ -155,6 +155,17 @@ def test_stain_detector_reasons():
     assert detect_histology(BLANK)[1] == "blank frame"
     scores = detect_histology(A)[2]
     assert scores["he_fraction"] > 0.9 and scores["skin_fraction"] == 0
+
+
+def test_detector_hsv_is_skimages_on_every_colour():
+    from skimage.color import rgb2hsv
+
+    every = np.arange(2 ** 24, dtype=np.uint32)
+    colours = np.stack([(every >> 16) & 255, (every >> 8) & 255, every & 255], axis=-1).astype(np.uint8)
+    for chunk in np.split(colours.reshape(256, 65536, 3), 16):  # 16 x 1M colours: bounded memory
+        want = rgb2hsv(chunk)
+        for got, plane in zip(hsv_planes(chunk), range(3)):
+            assert np.array_equal(got, want[..., plane]), f"HSV plane {plane} differs from skimage's"
 
 
 def test_learned_classifier_from_safetensors(tmp_path):

