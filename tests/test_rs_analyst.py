@@ -319,21 +319,34 @@ def test_map_draws_the_quicklook_from_its_windows_when_they_are_fine_enough(enco
 def test_a_second_map_with_other_classes_reads_no_window_and_equals_a_fresh_one(encoder: ClipEncoder, scenes: dict[str, Path],
                                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The map shares the search's embedding cache: re-mapping with new class names embeds no window, and writes what a map
-    without the cache writes (the quick-look then comes from a read of the scene); a search of the mapped scene is cached too."""
+    without the cache writes; its quick-look shows the view the first map drew, kept in the cache (a read of the scene when
+    that is gone); a search of the mapped scene is cached too."""
     cache = tmp_path / "cache"
     monkeypatch.setattr(analyst, "DISPLAY_PX", 400)  # 8 cells of 64 px: the quick-look is drawn from the windows read
-    first = map_raster(encoder, scenes["scene"], tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
-    assert not first.cached and len(list(cache.glob("*.npz"))) == 1
-    calls = []
-    embed = ClipEncoder.embed_tensors
-    monkeypatch.setattr(ClipEncoder, "embed_tensors", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
     shown: list[np.ndarray] = []
     quicklook = analyst.quicklook_png
     monkeypatch.setattr(analyst, "quicklook_png", lambda rgb, *args: shown.append(rgb.copy()) or quicklook(rgb, *args))
+    reads: list[int] = []
+    monkeypatch.setattr(analyst, "read_overview", lambda grid, max_px: reads.append(max_px) or read_overview(grid, max_px))
+    first = map_raster(encoder, scenes["scene"], tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
+    assert not first.cached and len(list(cache.glob("*.npz"))) == 1 and len(list(cache.glob("*.npy"))) == 1
+    calls = []
+    embed = ClipEncoder.embed_tensors
+    monkeypatch.setattr(ClipEncoder, "embed_tensors", lambda self, batch: calls.append(len(batch)) or embed(self, batch))
     other = ["lake", "woodland"]
     again = map_raster(encoder, scenes["scene"], tmp_path / "again", classes=other, cache=cache, **FAST)
-    assert again.cached and calls == []
-    np.testing.assert_array_equal(shown[0], read_overview(plan_grid(open_scene([scenes["scene"]]), 32, 32, 64), 400))
+    assert again.cached and calls == [] and reads == []  # neither a window nor the scene read
+    np.testing.assert_array_equal(shown[1], shown[0])
+    (picture,) = cache.glob("*.npy")
+    picture.write_bytes(picture.read_bytes()[:100])  # a damaged view is read again from the scene
+    map_raster(encoder, scenes["scene"], tmp_path / "damaged", classes=other, cache=cache, **FAST)
+    picture.unlink()  # as is a missing one
+    map_raster(encoder, scenes["scene"], tmp_path / "missing", classes=other, cache=cache, **FAST)
+    map_raster(encoder, scenes["scene"], tmp_path / "kept", classes=other, cache=cache, **FAST)  # the view read is kept
+    assert reads == [400, 400] and calls == []
+    seen = read_overview(plan_grid(open_scene([scenes["scene"]]), 32, 32, 64), 400)
+    for view in shown[2:]:
+        np.testing.assert_array_equal(view, seen)
     fresh = map_raster(encoder, scenes["scene"], tmp_path / "fresh", classes=other, cache=tmp_path / "empty", **FAST)
     assert not fresh.cached and sum(calls) == fresh.n_scored == again.n_scored
     for name in ("scene.classes.tif", "scene.probs.tif"):

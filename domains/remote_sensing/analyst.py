@@ -411,8 +411,10 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         device: "auto" (the GPU when there is one), "cpu" or "cuda".
         cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings),
             shared with `search_rasters`: a scene mapped or searched before with the same model and
-            windows is not read again (a new class list, say, costs its prompts, the outputs and a
-            read of the scene at the quick-look's size).
+            windows is not read again (a new class list, say, costs its prompts and the outputs). The
+            quick-look's view of the scene drawn from the windows is kept with their embeddings; without
+            it (a scene searched first, or windows coarser than the display) the scene is read at the
+            quick-look's size.
 
     Returns:
         The paths written, the class shares and the speed.
@@ -447,8 +449,9 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         overview = overview_reader.submit(read_overview, grid, DISPLAY_PX)
         overview_reader.shutdown(wait=False)
     started = time.perf_counter()
+    embedding_cache = EmbeddingCache(cache)
     try:
-        windows, embeddings, cached = window_embeddings(encoder, grid, EmbeddingCache(cache), batch_size, workers, drawn)
+        windows, embeddings, cached, key = window_embeddings(encoder, grid, embedding_cache, batch_size, workers, drawn)
     except BaseException:
         if overview is not None:
             overview.cancel()
@@ -517,10 +520,17 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         write_class_rasters(grid, class_grid, prob_grid, classnames, colours, staging / f"{stem}.classes.tif",
                             staging / f"{stem}.probs.tif")
         (staging / f"{stem}.geojson").write_bytes(_json_bytes({"type": "FeatureCollection", "features": regions}, compact=True))
-        if drawn is not None and not cached:
+        view = f"quicklook-{DISPLAY_PX}px"  # the picture's name in the cache
+        if overview is not None:  # read by its thread: windows coarser than the display
+            rgb = overview.result()
+        elif not cached:
             rgb = drawn.pixels
-        else:  # from the reader thread, or on a cache hit (no window read to draw) read now
-            rgb = overview.result() if overview is not None else read_overview(grid, DISPLAY_PX)
+            embedding_cache.save_picture(key, view, rgb)  # a re-map (other classes) shows the same view without a read
+        else:
+            rgb = embedding_cache.load_picture(key, view)
+            if rgb is None:  # the windows were embedded by a search, which draws nothing: read once, then kept
+                rgb = read_overview(grid, DISPLAY_PX)
+                embedding_cache.save_picture(key, view, rgb)
         metres_per_px = (grid.bounds[2] - grid.bounds[0]) / scene.units_per_m / rgb.shape[1]
         (staging / f"{stem}.png").write_bytes(quicklook_png(rgb, class_grid, classnames, colours, shares, title, metres_per_px))
         summary["run"]["total_seconds"] = round(time.perf_counter() - started_total, 3)
@@ -542,19 +552,20 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
 
 
 def window_embeddings(encoder: ClipEncoder, grid: WindowGrid, cache: EmbeddingCache, batch_size: int = 64, workers: int = 2,
-                      overview: WindowOverview | None = None) -> tuple[list[tuple[int, int]], np.ndarray, bool]:
-    """(windows with data, their embeddings, whether they came from the cache), cached per (model, rasters' content, tiling).
+                      overview: WindowOverview | None = None) -> tuple[list[tuple[int, int]], np.ndarray, bool, str]:
+    """(windows with data, their embeddings, whether they came from the cache, their key), cached per (model, content, tiling).
 
-    Windows read (not on a cache hit) are drawn into `overview` when one is given.
+    The key names them in the cache (pictures kept beside them use it too). Windows read (not on a cache hit) are
+    drawn into `overview` when one is given.
     """
     key = cache.key(encoder.fingerprint, [m.path for m in grid.scene.members], grid.settings())
     hit = cache.load(key)
     if hit is not None:
         embeddings, records = hit
-        return [(int(r["row"]), int(r["col"])) for r in records], embeddings, True
+        return [(int(r["row"]), int(r["col"])) for r in records], embeddings, True, key
     windows, embeddings = embed_grid(encoder, grid, batch_size, workers, overview)
     cache.save(key, embeddings, [{"row": r, "col": c} for r, c in windows])
-    return windows, embeddings, False
+    return windows, embeddings, False, key
 
 
 def _footprint(grid: WindowGrid, row: int, col: int) -> tuple[dict[str, Any], list[float]]:
@@ -623,7 +634,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
     scene = open_scene(paths, bands)
     grid = window_grid(model, encoder, scene, tile_m, stride_m, min_valid)
     embedding_cache = EmbeddingCache(Path(cache) if cache is not None else None)
-    windows, embeddings, cached = window_embeddings(encoder, grid, embedding_cache, batch_size, workers)
+    windows, embeddings, cached, _ = window_embeddings(encoder, grid, embedding_cache, batch_size, workers)
     if not windows:
         raise InputError(f"{scene.inputs[0]}: no window holds data (none of the {len(grid.windows)} windows of {grid.tile_m:g} m "
                          f"is {min_valid:.0%} valid pixels)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +15,7 @@ from pipelines.io.remote import cache_root
 
 
 class EmbeddingCache:
-    """An .npz per key under `folder`: `embeddings` and a JSON list of window records."""
+    """An .npz per key under `folder`: `embeddings` and a JSON list of window records; beside it, pictures (.npy) a command keeps."""
 
     def __init__(self, folder: Path | None = None) -> None:
         """`folder` defaults to `cache_root()/embeddings` ($DOMAINFM_CACHE, else ~/.cache/domainfm), with the other caches."""
@@ -41,10 +42,22 @@ class EmbeddingCache:
         with np.load(path, allow_pickle=False) as data:
             return data["embeddings"], json.loads(str(data["windows"]))
 
+    def save_picture(self, key: str, name: str, pixels: np.ndarray) -> None:
+        """Store a picture of the input made while it was embedded (a map's view of the scene), as `name` under `key`."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
+        atomic_write_bytes(self.folder / f"{key}.{name}.npy", buf.getvalue())
+
+    def load_picture(self, key: str, name: str) -> np.ndarray | None:
+        """The picture stored as `name` under `key`; None when there is none or it cannot be read (then make it again)."""
+        path = self.folder / f"{key}.{name}.npy"
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+
     def save(self, key: str, embeddings: np.ndarray, windows: list[dict[str, Any]]) -> None:
         """Store embeddings with their window records (atomically)."""
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, embeddings=np.asarray(embeddings, np.float32), windows=np.asarray(json.dumps(windows)))
         atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())
