@@ -89,9 +89,10 @@ DARK_GREY = 210.0  # grey level (0-255) below which a pixel is not bare glass (s
 
 # Largest level 0 (pixels) kept in memory to cut tiles from, when the mask's thumbnail reads all of it anyway
 LEVEL0_KEEP_MAX_PIXELS = 1 << 28
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # this process may use
 # Threads reading a slide: read_level's bands of a whole level (a few per thread, so few are in memory at
 # once; the smallest level and band worth splitting) and process_slide's tiles
-READ_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+READ_THREADS = max(1, min(4, CORES))
 READ_BANDS_PER_THREAD = 4
 READ_BAND_MIN_PIXELS = 1 << 20
 READ_BAND_MIN_ROWS = 256
