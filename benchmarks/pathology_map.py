@@ -5,8 +5,8 @@ mask is common to both and not timed) are scored three ways, interleaved, `--rep
 
 - plain:    one OpenSlide handle in this process; for each tile, read it (`read_region`, composited
             over white and resized as the map does), preprocess it, embed it alone (batch of 1) and score it;
-- batched:  `domains.pathology.analyst.embed_tiles` (reader threads read ahead, `--batch-size`
-            tiles per model call, on a CPU two calls at once) and the same scoring;
+- batched:  `domains.pathology.analyst.embed_tiles` (`--batch-size` tiles per model call; on a CPU two calls
+            at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON), a first map: an
             empty embedding cache each run (the cache key's hash of the slide and the save included);
 - remap:    `map_slide` again with other class names (the demo's in reverse order), the tiles and their
@@ -154,10 +154,12 @@ def main() -> None:
             print(json.dumps(result, indent=2), flush=True)
             at = threads_label(count, default_threads)
             at_once = batches_at_once(encoder.device)
+            readers = (f"{args.workers} reader threads" if at_once == 1 or not args.workers
+                       else "each model thread reads its own batches")
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), "
-                     f"batch {args.batch_size}, {args.workers} reader threads; max |p_plain - p_batched| = {agree:.2e}")
+                     f"batch {args.batch_size}, {readers}; max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f", {n} tissue tiles" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",

@@ -5,8 +5,8 @@ scored three ways, interleaved, `--repeats` times:
 
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
             read, stretch and resampling), preprocess it, embed it alone (batch of 1) and score it;
-- batched:  `domains.remote_sensing.analyst.embed_grid` (reader threads read ahead, `--batch-size`
-            windows per model call, on a CPU two calls at once) and the same scoring;
+- batched:  `domains.remote_sensing.analyst.embed_grid` (`--batch-size` windows per model call; on a CPU two calls
+            at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring;
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON), a first
             map: an empty embedding cache each run (the cache key's hash of the scene and the save included);
 - remap:    `map_raster` again with other class names (the demo's in reverse order), the windows' embeddings
@@ -160,9 +160,11 @@ def main() -> None:
             count = torch.get_num_threads()
             at = threads_label(count, default_threads)
             at_once = batches_at_once(encoder.device)
+            readers = (f"{args.workers} reader threads" if at_once == 1 or not args.workers
+                       else "each model thread reads its own batches")
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
                      f"{at} per model call for every method "
-                     f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {args.workers} reader threads; "
+                     f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {readers}; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f", {n} windows" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(

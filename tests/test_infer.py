@@ -248,7 +248,7 @@ def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export
     with pytest.raises(OSError, match="window 13 is damaged"):
         for _ in embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2):
             pass
-    assert not [t for t in threading.enumerate() if t.name.startswith("window-reader")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("window-reader", "window-model"))]
     assert read.closed and all(h is not None for h in read.closed)
 
 
@@ -282,6 +282,49 @@ def test_a_cpu_embeds_two_batches_at_once_and_hands_them_over_in_order(export: P
         np.testing.assert_array_equal(ours.valid, one.valid)
         np.testing.assert_array_equal(ours.embeddings, one.embeddings)
     assert sum(seen) == sum(int(b.valid.sum()) for b in alone)  # each batch embedded once
+
+
+def test_on_a_cpu_each_model_thread_reads_the_batches_it_embeds(export: Path) -> None:
+    """No reader thread competes with the model threads: the thread that embeds a batch is the one that read it."""
+    encoder = ClipEncoder.load(export)
+    read_by: dict[int, str] = {}
+    embedded_by: list[tuple[str, int]] = []
+
+    def read(i: int) -> np.ndarray | None:
+        read_by[i] = threading.current_thread().name
+        return colour_window(i)
+
+    def embed(batch: torch.Tensor) -> np.ndarray:
+        embedded_by.append((threading.current_thread().name, len(batch)))
+        return encoder.embed_tensors(batch)
+
+    batches = list(embed_windows(list(range(40)), read, encoder.to_tensor, embed, batch_size=4, workers=2))
+    assert [w for b in batches for w in b.windows] == list(range(40))
+    assert all(name.startswith("window-model") for name in read_by.values())
+    threads = {b.windows[0]: read_by[b.windows[0]] for b in batches}
+    for b in batches:  # each batch read by one thread
+        assert {read_by[w] for w in b.windows} == {threads[b.windows[0]]}
+    assert len(embedded_by) == len(batches) and {name for name, _ in embedded_by} <= set(threads.values())
+
+
+def test_a_model_thread_takes_the_next_batch_while_the_oldest_is_still_embedded(export: Path) -> None:
+    """Batch 0 is embedded slowly: batches 1 and 2 go through the other model thread meanwhile (else batch 0 waits forever here)."""
+    encoder = ClipEncoder.load(export)
+    first_of = {n: encoder.to_tensor(colour_window(w)) for n, w in enumerate((0, 4, 9))}  # batches of 4; window 8 is empty
+    third_started = threading.Event()
+    embedded: list[int] = []
+
+    def embed(batch: torch.Tensor) -> np.ndarray:
+        number = next(n for n, first in first_of.items() if torch.equal(batch[0], first))
+        embedded.append(number)
+        if number == 2:
+            third_started.set()
+        if number == 0:
+            assert third_started.wait(timeout=10), "the third batch did not start while the first was embedded"
+        return encoder.embed_tensors(batch)
+
+    batches = list(embed_windows(list(range(12)), colour_window, encoder.to_tensor, embed, batch_size=4, workers=2))
+    assert [w for b in batches for w in b.windows] == list(range(12)) and sorted(embedded) == [0, 1, 2]
 
 
 def test_a_job_smaller_than_two_batches_is_cut_in_two_on_a_cpu(export: Path) -> None:

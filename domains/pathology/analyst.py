@@ -119,8 +119,8 @@ _json_bytes = outputs.json_bytes
 def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64, workers: int = 2) -> np.ndarray:
     """L2-normalised embeddings (n tiles, embed_dim) of a planned slide's tissue tiles, in `tiling.tiles` order.
 
-    Tiles are read ahead by `workers` threads (each with its own OpenSlide handle) and embedded
-    `batch_size` at a time; a region openslide cannot decode is an InputError naming the slide.
+    Tiles are read by `workers` threads (`embed_windows`: on a CPU the model threads; each with its own
+    OpenSlide handle) and embedded `batch_size` at a time; a region openslide cannot decode is an InputError naming the slide.
     """
     windows = [(x, y) for x, y, _ in tiling.tiles]
     if not windows:
@@ -173,7 +173,8 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
         tile_size: tile side in pixels at `mpp` (tiles do not overlap).
         top_k: tiles pooled per class for the slide-level prediction (capped at the tissue tile count).
         batch_size: tiles per model batch.
-        workers: threads reading tiles ahead (0 reads in the calling thread).
+        workers: threads reading tiles ahead of the model on a GPU (on a CPU the model threads read;
+            0 reads in the calling thread).
         slide_mpp: level-0 micrometres per pixel for slides that record neither MPP nor objective power.
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
         heatmap: "argmax" (colour of the most probable class) or a class name (its probability).
@@ -343,7 +344,7 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         slide_mpp: level-0 micrometres per pixel for slides that record no resolution.
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
         batch_size: tiles per model batch.
-        workers: threads reading tiles ahead.
+        workers: threads reading tiles ahead of the model on a GPU (on a CPU the model threads read; 0: none).
         cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings); a slide already
             embedded by the same model and tiling is not read again.
         device: "auto", "cpu" or "cuda".
@@ -454,7 +455,7 @@ def map_command(
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
     top_k: Annotated[int, typer.Option(help="Tiles pooled per class for the slide-level prediction.")] = 50,
     batch_size: Annotated[int, typer.Option(help="Tiles per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Threads reading tiles ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Reader threads on a GPU (0: none; on a CPU the model threads read).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
@@ -482,7 +483,7 @@ def search_command(
     mpp: Annotated[float, typer.Option(help="Micrometres per pixel of the tiles.")] = 0.5,
     tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Tiles per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Threads reading tiles ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Reader threads on a GPU (0: none; on a CPU the model threads read).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(

@@ -213,8 +213,8 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64, wor
                overview: WindowOverview | None = None) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The windows holding data (row, col) and their L2-normalised embeddings (n, embed_dim), in grid order.
 
-    Windows are read ahead by `workers` threads (each with its own raster handles) and embedded
-    `batch_size` at a time, each drawn into `overview` when one is given; damaged raster data is an
+    Windows are read by `workers` threads (`embed_windows`: on a CPU the model threads; each with its
+    own raster handles) and embedded `batch_size` at a time, each drawn into `overview` when one is given; damaged raster data is an
     InputError naming the raster.
     """
     if not grid.windows:
@@ -404,7 +404,8 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
             curated with, from its model card, never finer than the scene's pixels; else 224 px at 1 m).
         stride_m: distance between window centres, the maps' cell size (default: `tile_m`; at most `tile_m`).
         batch_size: windows per model batch.
-        workers: threads reading windows ahead (0 reads in the calling thread).
+        workers: threads reading windows ahead of the model on a GPU (on a CPU the model threads read;
+            0 reads in the calling thread).
         bands: 1-based bands shown as red, green, blue (or one grey band); default the curation's
             choice (bands named red/green/blue, Landsat numbering, colour interpretation, else 1-3).
         min_valid: a window is scored when at least this fraction of its pixels holds data.
@@ -603,7 +604,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
         tile_m: window side in ground metres (default as `map_raster`).
         stride_m: distance between window centres (default: `tile_m`).
         batch_size: windows per model batch.
-        workers: threads reading windows ahead.
+        workers: threads reading windows ahead of the model on a GPU (on a CPU the model threads read; 0: none).
         bands: 1-based bands shown as red, green, blue (default: the curation's choice).
         min_valid: a window is searched when at least this fraction of its pixels holds data.
         cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings); rasters already embedded
@@ -694,7 +695,7 @@ def map_command(
     tile_m: Annotated[Optional[float], typer.Option(help="Window side in ground metres (default: the model's training tiles).")] = None,
     stride_m: Annotated[Optional[float], typer.Option(help="Distance between windows = map cell size, metres (default: --tile-m).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Threads reading windows ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Reader threads on a GPU (0: none; on a CPU the model threads read).")] = 2,
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
@@ -726,7 +727,7 @@ def search_command(
     tile_m: Annotated[Optional[float], typer.Option(help="Window side in ground metres (default: the model's training tiles).")] = None,
     stride_m: Annotated[Optional[float], typer.Option(help="Distance between windows, metres (default: --tile-m).")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per model batch.")] = 64,
-    workers: Annotated[int, typer.Option(help="Threads reading windows ahead (0: none).")] = 2,
+    workers: Annotated[int, typer.Option(help="Reader threads on a GPU (0: none; on a CPU the model threads read).")] = 2,
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(
