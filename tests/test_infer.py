@@ -350,6 +350,27 @@ def test_stopping_early_leaves_no_model_thread(export: Path) -> None:
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith(("window-model", "window-reader"))]
 
+def test_stopping_early_closes_the_handles_after_the_last_read(export: Path) -> None:
+    """The caller stops after one batch: the batches still being read finish before the readers' handles are closed."""
+    encoder = ClipEncoder.load(export)
+    events: list[str] = []
+
+    class SlowReader(HandleReader):
+        def __call__(self, i: int) -> np.ndarray | None:
+            time.sleep(0.01)  # the other model thread is still reading when the caller stops
+            events.append("read")
+            return super().__call__(i)
+
+        def close(self) -> None:
+            events.append("close")
+            super().close()
+
+    batches = embed_windows(list(range(40)), SlowReader(), encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2)
+    next(batches)
+    batches.close()
+    assert "close" in events and "read" not in events[events.index("close"):]
+
+
 def test_batch_preprocessing_equals_one_image_at_a_time(export: Path) -> None:
     """to_batch gives bit for bit what to_tensor gives: images at the model's input size, and others resized and cropped first."""
     encoder = ClipEncoder.load(export)

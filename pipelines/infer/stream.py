@@ -103,16 +103,17 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
         valid, tensors = load(span)
         return valid, embed_batch(tensors)
 
+    if at_once > 1 and workers > 0:
+        done = _read_then_embed(batches, read_then_embed, at_once)
+    else:
+        done = _read_ahead(batches, load, embed_batch, workers, at_once)
     try:
         with tqdm(total=len(windows), desc=desc, unit="window", disable=None) as bar:
-            if at_once > 1 and workers > 0:
-                done = _read_then_embed(batches, read_then_embed, at_once)
-            else:
-                done = _read_ahead(batches, load, embed_batch, workers, at_once)
             for (start, end), valid, embeddings in done:
                 bar.update(end - start)
                 yield Batch(list(windows[start:end]), np.asarray(valid, bool), embeddings)
     finally:
+        done.close()  # its threads are done (queued batches cancelled, running ones finished) before the handles close
         readers.close()
 
 
