@@ -609,6 +609,17 @@ def test_real_scene_remapped_from_the_cache_equals_a_fresh_map(encoder: ClipEnco
 
 
 @pytest.mark.realdata
+def test_real_scene_maps_the_same_whoever_reads_the_windows(encoder: ClipEncoder, tmp_path: Path) -> None:
+    """RGB.byte.tif: read in the calling thread (workers=0) or by the model threads (workers=2), the outputs are byte for byte one map."""
+    path = _need("rasterio", "RGB.byte.tif")
+    for workers in (0, 2):
+        map_raster(encoder, path, tmp_path / str(workers), classes=["water", "land", "clouds"], tile_m=8000.0, workers=workers,
+                   device="cpu", cache=tmp_path / f"cache-{workers}")
+    for suffix in (".classes.tif", ".probs.tif", ".geojson"):
+        assert (tmp_path / "0" / f"RGB.byte{suffix}").read_bytes() == (tmp_path / "2" / f"RGB.byte{suffix}").read_bytes()
+
+
+@pytest.mark.realdata
 @pytest.mark.parametrize("parts, tile_m", [(("rasterio", "RGB.byte.tif"), 8000.0),
                                            (("gent", "2020-09-17_Sentinel_2_L1C_True_color.tiff"), 1000.0)])
 def test_real_overview_drawn_from_the_windows_lies_where_a_read_of_the_scene_does(parts: tuple[str, ...], tile_m: float) -> None:
