@@ -85,6 +85,11 @@ def threads_label(count: int, default_threads: int) -> str:
     return f"{count} torch thread{'s' if count > 1 else ''}{' (torch default)' if count == default_threads else ''}"
 
 
+def readers_label(at_once: int, workers: int) -> str:
+    """Who reads the windows in a mapping row: reader threads (a GPU, or workers=0), else each model thread its own batches."""
+    return f"{workers} reader threads" if at_once == 1 or not workers else "each model thread reads its own batches"
+
+
 def versus_plain_loop_rows(n: int, medians: dict[str, float], figures: dict[str, str], unit: str, item: str,
                            at: str, repeats: int, notes: str, unbarred: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The mapping benchmarks' rows: each of `figures` (medians key -> figure text) against medians["plain"].

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from contract import machine, random_model, threads_label, versus_plain_loop_rows, write_json
+from contract import machine, random_model, readers_label, threads_label, versus_plain_loop_rows, write_json
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
 from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
@@ -154,12 +154,10 @@ def main() -> None:
             print(json.dumps(result, indent=2), flush=True)
             at = threads_label(count, default_threads)
             at_once = batches_at_once(encoder.device)
-            readers = (f"{args.workers} reader threads" if at_once == 1 or not args.workers
-                       else "each model thread reads its own batches")
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), "
-                     f"batch {args.batch_size}, {readers}; max |p_plain - p_batched| = {agree:.2e}")
+                     f"batch {args.batch_size}, {readers_label(at_once, args.workers)}; max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f", {n} tissue tiles" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",

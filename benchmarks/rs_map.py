@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import rasterio
 import torch
-from contract import machine, random_model, synthetic_scene, threads_label, versus_plain_loop_rows, write_json
+from contract import machine, random_model, readers_label, synthetic_scene, threads_label, versus_plain_loop_rows, write_json
 
 from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster, window_grid
 from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
@@ -160,11 +160,9 @@ def main() -> None:
             count = torch.get_num_threads()
             at = threads_label(count, default_threads)
             at_once = batches_at_once(encoder.device)
-            readers = (f"{args.workers} reader threads" if at_once == 1 or not args.workers
-                       else "each model thread reads its own batches")
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
                      f"{at} per model call for every method "
-                     f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {readers}; "
+                     f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {readers_label(at_once, args.workers)}; "
                      f"max |p_plain - p_batched| = {agree:.2e}")
             model_tag = f", {n} windows" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(

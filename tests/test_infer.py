@@ -350,6 +350,7 @@ def test_stopping_early_leaves_no_model_thread(export: Path) -> None:
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith(("window-model", "window-reader"))]
 
+
 def test_stopping_early_closes_the_handles_after_the_last_read(export: Path) -> None:
     """The caller stops after one batch: the batches still being read finish before the readers' handles are closed."""
     encoder = ClipEncoder.load(export)

@@ -120,7 +120,8 @@ def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64,
     """L2-normalised embeddings (n tiles, embed_dim) of a planned slide's tissue tiles, in `tiling.tiles` order.
 
     Tiles are read by `workers` threads (`embed_windows`: on a CPU the model threads; each with its own
-    OpenSlide handle) and embedded `batch_size` at a time; a region openslide cannot decode is an InputError naming the slide.
+    OpenSlide handle) and embedded `batch_size` at a time; a region openslide cannot decode is an
+    InputError naming the slide.
     """
     windows = [(x, y) for x, y, _ in tiling.tiles]
     if not windows:

@@ -214,8 +214,8 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64, wor
     """The windows holding data (row, col) and their L2-normalised embeddings (n, embed_dim), in grid order.
 
     Windows are read by `workers` threads (`embed_windows`: on a CPU the model threads; each with its
-    own raster handles) and embedded `batch_size` at a time, each drawn into `overview` when one is given; damaged raster data is an
-    InputError naming the raster.
+    own raster handles) and embedded `batch_size` at a time, each drawn into `overview` when one is
+    given; damaged raster data is an InputError naming the raster.
     """
     if not grid.windows:
         return [], np.zeros((0, encoder.embed_dim), np.float32)
