@@ -9,8 +9,9 @@ mask is common to both and not timed) are scored three ways, interleaved, `--rep
             at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON), a first map: an
             empty embedding cache each run (the cache key's hash of the slide and the save included);
-- remap:    `map_slide` again with other class names (the demo's in reverse order), the tiles and their
-            embeddings from the cache of an earlier map: what a pathologist trying class lists pays.
+- remap:    `map_slide` again with other class names (the demo's in reverse order), the tiles, their
+            embeddings and the heatmap's picture of the slide from the cache of an earlier map: what a
+            pathologist trying class lists pays.
 
 Prints tiles, median seconds, tiles per second and the ratio batched / plain (medians), once per
 `--threads` count. The probabilities of plain and batched are checked to agree. `--mosaic N` tiles the slide's level-0
@@ -162,8 +163,8 @@ def main() -> None:
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",
                              "map": f"slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON){model_tag}",
-                             "remap": f"slide re-mapped with other classes, tiles and embeddings from the cache (map_slide end to "
-                                      f"end){model_tag}"},
+                             "remap": f"slide re-mapped with other classes, tiles, embeddings and picture from the cache (map_slide "
+                                      f"end to end){model_tag}"},
                 "tiles/s", "tile", at, args.repeats, notes, unbarred=("remap",))
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),

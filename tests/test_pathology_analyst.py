@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from domains.pathology import analyst, analyst_tiles
+from domains.pathology import analyst, analyst_render, analyst_tiles
 from domains.pathology.analyst import map_slide, read_classnames, read_templates, search_slides, topk_pool
 from domains.pathology.analyst_tiles import MASK_MAX_DIM, SlideReadError, TileReader, open_slide, plan_tiles
 from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim, tissue_mask
@@ -123,8 +123,10 @@ def test_map_scores_equal_one_tile_at_a_time(export: Path, slides: Path, tmp_pat
 
 def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(export: Path, slides: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The map shares the search's embedding cache: re-mapping with new class names reads no tile and computes no tissue
-    mask, and writes what a map without the cache writes (heatmap included); a search of the mapped slide is cached too."""
+    """The map shares the search's embedding cache: re-mapping with new class names reads no tile, computes no tissue
+    mask and reads no thumbnail (the heatmap's picture is kept), and writes what a map without the cache writes (heatmap
+    included); a search of the mapped slide is cached too."""
+    monkeypatch.setattr(analyst_render, "DISPLAY_PX", 200)  # the heatmap's picture smaller than the 512 px slide's thumbnail
     encoder = ClipEncoder.load(export, "cpu")
     cache = tmp_path / "cache"
     first = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
@@ -134,7 +136,9 @@ def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(ex
     monkeypatch.setattr(TileReader, "__call__", lambda self, window: reads.append(window) or read(self, window))
     monkeypatch.setattr(analyst_tiles, "tissue_mask", lambda rgb: masks.append(rgb.shape) or mask(rgb))
     other = ["tumour", "necrosis"]
-    again = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "again", classes=other, top_k=3, cache=cache, **FAST)
+    with monkeypatch.context() as patched:
+        patched.setattr(analyst, "read_thumbnail", _fails("read_thumbnail"))
+        again = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "again", classes=other, top_k=3, cache=cache, **FAST)
     assert again.cached and reads == [] and masks == []
     fresh = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "fresh", classes=other, top_k=3, cache=tmp_path / "empty", **FAST)
     assert not fresh.cached and len(reads) == fresh.n_tiles == again.n_tiles and len(masks) == 1
@@ -145,6 +149,33 @@ def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(ex
     assert [s.pop("run")["cached"] for s in summaries] == [True, False] and summaries[0] == summaries[1]
     found = search_slides(encoder, [slides / "slide_a.tiff"], "stroma", tmp_path / "search", top_k=3, cache=cache, **FAST)
     assert found.cached_slides == 1 and len(reads) == fresh.n_tiles + 3  # the contact sheet's 3 tiles only
+
+
+def test_a_map_of_slides_a_search_embedded_reads_their_picture_once(export: Path, slides: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search keeps no picture of the slides: the first map from its cache reads the thumbnail, keeps the heatmap's view
+    and draws what a fresh map draws; the next map reads nothing; a kept view that cannot be loaded is read again."""
+    monkeypatch.setattr(analyst_render, "DISPLAY_PX", 200)
+    encoder = ClipEncoder.load(export, "cpu")
+    cache = tmp_path / "cache"
+    search_slides(encoder, [slides / "slide_b.tiff"], "stroma", tmp_path / "search", top_k=3, cache=cache, **FAST)
+    assert not list(cache.glob("*.npy"))
+    thumbnails = []
+    read = analyst.read_thumbnail
+    monkeypatch.setattr(analyst, "read_thumbnail", lambda slide, tiling: thumbnails.append(1) or read(slide, tiling))
+    fresh = map_slide(encoder, slides / "slide_b.tiff", tmp_path / "fresh", classes=CLASSES, cache=tmp_path / "empty", **FAST)
+    assert not fresh.cached and len(thumbnails) == 1
+    heatmap = (tmp_path / "fresh" / "slide_b.heatmap.png").read_bytes()
+    for run, reads_before in (("first", 1), ("second", 0), ("damaged", 1)):
+        if run == "damaged":
+            [kept] = cache.glob("*.npy")
+            kept.write_bytes(kept.read_bytes()[:100])
+        thumbnails.clear()
+        again = map_slide(encoder, slides / "slide_b.tiff", tmp_path / run, classes=CLASSES, cache=cache, **FAST)
+        assert again.cached and len(thumbnails) == reads_before, run
+        assert (tmp_path / run / "slide_b.heatmap.png").read_bytes() == heatmap, run
+    [kept] = cache.glob("*.npy")
+    assert np.load(kept).shape[:2] == (200, 200)  # the view, not the thumbnail (512 px)
 
 
 def test_topk_pool_is_the_mean_of_each_class_k_highest_tiles() -> None:

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Optional, Sequence
 import numpy as np
 import typer
 
-from domains.pathology.analyst_render import class_colours, heatmap_png, tiles_geojson
+from domains.pathology.analyst_render import DISPLAY_PX, class_colours, display_view, heatmap_png, tiles_geojson
 from domains.pathology.analyst_tiles import (
     SlideReadError,
     SlideTiling,
@@ -54,6 +54,7 @@ POOLING = ("per class, the mean of its k highest tile logits (scaled cosine simi
            "as MI-Zero/CONCH top-k pooling; predicted class = argmax, probabilities = softmax over classes")
 # In embedding cache keys: bump when the tiling or the records change (v2: tissue fractions unrounded, as the map's table has them).
 TILING_VERSION = "pathology-tissue-tiles-v2"
+VIEW_PICTURE = f"heatmap-view-{DISPLAY_PX}px"  # the map's picture of a slide, as the embedding cache keeps it
 
 
 # ---------------------------------------------------------------- results
@@ -181,8 +182,9 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
         heatmap: "argmax" (colour of the most probable class) or a class name (its probability).
         device: "auto" (the GPU when there is one), "cpu" or "cuda".
         cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings),
-            shared with `search_slides`: a slide mapped or searched before with the same model and
-            tiling is not read again (a new class list, say, costs its prompts and the outputs).
+            shared with `search_slides`: a slide mapped before with the same model and tiling is not
+            read again (a new class list, say, costs its prompts and the outputs: the heatmap's picture
+            of the slide is kept too); one only searched before has its thumbnail read once, no tile.
 
     Returns:
         The paths written and the slide-level prediction.
@@ -211,7 +213,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
 
     started = time.perf_counter()
     tiling, embeddings, cached = tile_embeddings(encoder, slide, EmbeddingCache(cache), mpp, tile_size, slide_mpp, min_tissue,
-                                                 batch_size, workers, thumbnail=True)
+                                                 batch_size, workers, view=True)
     if not tiling.n_grid:
         raise InputError(f"{slide}: smaller than one tile ({tile_size}px at {mpp} um/px = {tiling.size0:.0f} level-0 px)")
     if not tiling.tiles:
@@ -300,18 +302,20 @@ def slide_files(slides: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp: float = 0.5, tile_size: int = 224,
                     slide_mpp: float | None = None, min_tissue: float = 0.5, batch_size: int = 64, workers: int = 2,
-                    thumbnail: bool = False) -> tuple[SlideTiling, np.ndarray, bool]:
+                    view: bool = False) -> tuple[SlideTiling, np.ndarray, bool]:
     """(tiling, tile embeddings, whether they came from the cache) of one slide, cached per (model, slide content, tiling).
 
-    A cache hit reads no tile and computes no tissue mask; its tiling has a thumbnail only when
-    `thumbnail` asks for one (a miss always reads it: the tissue mask is made from it).
+    A cache hit reads no tile and computes no tissue mask. With `view`, the tiling's thumbnail is
+    the heatmap's picture of the slide (`display_view`), kept in the cache beside the embeddings, so
+    a hit reads no thumbnail either (a slide embedded by a search, which keeps no picture, is read
+    once for it); without, a hit's tiling may have no thumbnail.
     """
     with open_slide(path) as slide:
         tiling = slide_geometry(slide, Path(path), mpp, tile_size, slide_mpp, min_tissue)
         settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
-        # The cache key hashes the slide (seconds for a large slide seen the first time) in a thread while
-        # this one reads the thumbnail, when it is needed either way or the slide is likely new to the cache.
-        read_now = thumbnail or not cache.knows([path])  # asked before the hash, which makes the slide known
+        # A slide new to the cache is hashed for the key (seconds for a large slide) in a thread while this one
+        # reads the thumbnail, which its tissue mask will need; a known slide's key costs nothing.
+        read_now = not cache.knows([path])  # asked before the hash, which makes the slide known
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
             hashing = hasher.submit(cache.key, encoder.fingerprint, [path], settings)
             if read_now:
@@ -321,10 +325,21 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
         if hit is not None:
             embeddings, records = hit
             tiling.tiles = [(int(r["x"]), int(r["y"]), float(r["tissue_fraction"])) for r in records]
+            if view:
+                kept = cache.load_picture(key, VIEW_PICTURE)
+                if kept is None:
+                    if not tiling.thumbnail.size:
+                        read_thumbnail(slide, tiling)
+                    kept = display_view(tiling.thumbnail)
+                    cache.save_picture(key, VIEW_PICTURE, kept)
+                tiling.thumbnail = kept
             return tiling, embeddings, True
         find_tissue_tiles(slide, tiling, min_tissue)
     embeddings = embed_tiles(encoder, tiling, batch_size, workers)
     cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
+    if view:
+        tiling.thumbnail = display_view(tiling.thumbnail)
+        cache.save_picture(key, VIEW_PICTURE, tiling.thumbnail)  # a re-map (other classes) draws on it without a read
     return tiling, embeddings, False
 
 

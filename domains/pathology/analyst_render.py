@@ -57,6 +57,19 @@ def tiles_geojson(xs: np.ndarray, ys: np.ndarray, size0: float, classnames: Sequ
     return {"type": "FeatureCollection", "features": features}
 
 
+def display_view(thumbnail: np.ndarray) -> np.ndarray:
+    """The picture of the slide the heatmap is drawn on: `thumbnail` (RGB) shrunk to at most DISPLAY_PX a side.
+
+    A picture that fits already is returned as it is (as RGB), so the heatmap drawn on a view kept
+    from an earlier map (the embedding cache keeps it) is the heatmap drawn on the thumbnail.
+    """
+    # Drawn at the size it is shown, as the slide's thumbnail may be larger; halved first (box) while still
+    # twice the display or larger: half the time of Lanczos over the whole thumbnail, a background alike.
+    shown = Image.fromarray(thumbnail)
+    shown.thumbnail((DISPLAY_PX, DISPLAY_PX), Image.LANCZOS, reducing_gap=1.0)
+    return np.asarray(shown.convert("RGB"))
+
+
 def heatmap_image(thumbnail: np.ndarray, dimensions: tuple[int, int], xs: np.ndarray, ys: np.ndarray, size0: float,
                   classnames: Sequence[str], probabilities: np.ndarray, title: str, slide_mpp: float,
                   show: str = "argmax") -> tuple[Image.Image, tuple[int, int]]:
@@ -66,11 +79,7 @@ def heatmap_image(thumbnail: np.ndarray, dimensions: tuple[int, int], xs: np.nda
     (0.25 at chance to 0.65 when certain); a class name shows that class's probability in
     matplotlib's inferno colours at opacity 0.65, with a colour bar.
     """
-    # Drawn at the size it is shown, as the slide's thumbnail may be larger; halved first (box) while still
-    # twice the display or larger: half the time of Lanczos over the whole thumbnail, a background alike.
-    shown = Image.fromarray(thumbnail)
-    shown.thumbnail((DISPLAY_PX, DISPLAY_PX), Image.LANCZOS, reducing_gap=1.0)
-    thumbnail = np.asarray(shown.convert("RGB"))
+    thumbnail = display_view(thumbnail)
     height, width = thumbnail.shape[:2]
     scale = width / dimensions[0]  # thumbnail px per level-0 px
     n_classes = len(classnames)

@@ -64,7 +64,8 @@ class SlideTiling:
     read_px: int
     n_grid: int  # grid cells over the whole slide, tissue or not
     tiles: list[tuple[int, int, float]] = field(default_factory=list)  # level-0 x, y, mask tissue fraction
-    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))  # the mask's RGB image
+    # the tissue mask's RGB image (or the heatmap's smaller view of it: analyst.tile_embeddings), empty until read
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))
 
     @property
     def upsampling(self) -> float:
