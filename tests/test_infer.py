@@ -420,3 +420,57 @@ def test_cache_keys_follow_model_input_content_and_settings(tmp_path: Path) -> N
     assert cache.key("model-a", [raster], {"tile_m": 200}) != key
     raster.write_bytes(b"pixels v2")
     assert cache.key("model-a", [raster], {"tile_m": 100}) != key
+
+
+def _entry_bytes(cache: EmbeddingCache, key: str) -> int:
+    return sum(p.stat().st_size for p in cache.folder.glob(f"{key}.*"))
+
+
+def test_the_embedding_cache_deletes_the_least_recently_used_entries_beyond_its_bound(tmp_path: Path) -> None:
+    """Each write leaves at most `max_bytes` of entries: the least recently written or loaded go first, pictures with
+    their embeddings; the entry just written stays even when it alone is larger; the fingerprints store is never deleted."""
+    import os
+
+    probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
+    probe.save("probe", np.ones((64, 32)), [{"window": 0}])
+    entry = _entry_bytes(probe, "probe")  # one entry's size
+    cache = EmbeddingCache(tmp_path / "cache", max_bytes=3 * entry + entry // 2)
+    (tmp_path / "scene.tif").write_bytes(b"pixels")
+    cache.key("model", [tmp_path / "scene.tif"], {})  # writes the fingerprints store
+    for i, key in enumerate(["a", "b", "c"]):
+        cache.save(key, np.full((64, 32), i), [{"window": 0}])
+        os.utime(cache.folder / f"{key}.npz", (1000 + i, 1000 + i))  # written in this order, a second apart
+    cache.save_picture("a", "view", np.zeros((4, 4, 3), np.uint8))  # a's picture: a now holds more than one entry
+    assert {p.name for p in cache.folder.glob("*.np?")} == {"a.npz", "a.view.npy", "b.npz", "c.npz"}  # within the bound
+    assert cache.load("a") is not None  # a used now: b is the least recently used
+    cache.save("d", np.full((64, 32), 3), [{"window": 0}])
+    assert sorted(p.name for p in cache.folder.glob("*.np?")) == ["a.npz", "a.view.npy", "c.npz", "d.npz"]
+    cache.save("e", np.full((64, 32), 4), [{"window": 0}])  # then c, the oldest left
+    assert sorted(p.name for p in cache.folder.glob("*.np?")) == ["a.npz", "a.view.npy", "d.npz", "e.npz"]
+    small = EmbeddingCache(tmp_path / "cache", max_bytes=1)
+    small.save("f", np.ones((64, 32)), [{"window": 0}])
+    assert [p.name for p in cache.folder.glob("*.np?")] == ["f.npz"] and (cache.folder / "fingerprints.json").is_file()
+    np.testing.assert_array_equal(small.load("f")[0], np.ones((64, 32)))
+
+
+def test_a_damaged_cache_entry_is_computed_again(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "cache")
+    cache.save("k", np.ones((2, 4)), [{"window": 0}])
+    path = cache.folder / "k.npz"
+    path.write_bytes(path.read_bytes()[:50])  # cut short, as by a full disk or a killed copy
+    assert cache.load("k") is None
+    cache.save("k", np.ones((2, 4)), [{"window": 0}])
+    assert cache.load("k")[1] == [{"window": 0}]
+
+
+@pytest.mark.parametrize("value", ["", "0.5", "20"])
+def test_the_embedding_cache_bound_comes_from_the_environment(value: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DOMAINFM_EMBEDDINGS_MAX_GB", value)
+    assert EmbeddingCache(tmp_path / "cache").max_bytes == int(float(value or 5) * 1e9)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-1", "nan"])
+def test_a_bad_embedding_cache_bound_is_named(value: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DOMAINFM_EMBEDDINGS_MAX_GB", value)
+    with pytest.raises(InputError, match="DOMAINFM_EMBEDDINGS_MAX_GB"):
+        EmbeddingCache(tmp_path / "cache")

@@ -42,7 +42,7 @@ from domains.pathology.curation.slides import REASON_READ_FAILED, SLIDE_SUFFIXES
 from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
 from pipelines.infer import outputs
-from pipelines.infer.cache import EmbeddingCache
+from pipelines.infer.cache import CACHE_HELP, EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet
@@ -477,7 +477,7 @@ def map_command(
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
+        help=CACHE_HELP)] = None,
 ) -> None:
     """Score every tissue tile of a slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction."""
     result = map_slide(model, slide, out, read_classnames(classes, classes_file), read_templates(templates_file), mpp, tile_size,
@@ -503,7 +503,7 @@ def search_command(
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
+        help=CACHE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",

@@ -48,7 +48,7 @@ from domains.remote_sensing.analyst_windows import (
 from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
 from pipelines.infer import outputs, render
-from pipelines.infer.cache import EmbeddingCache
+from pipelines.infer.cache import CACHE_HELP, EmbeddingCache
 from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet, palette_png
@@ -700,7 +700,7 @@ def map_command(
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
+        help=CACHE_HELP)] = None,
 ) -> None:
     """Map a scene zero-shot, window by window: class and probability GeoTIFFs, class regions as GeoJSON, a quick-look PNG."""
     result = map_raster(model, raster, out, read_classnames(classes, classes_file), read_templates(templates_file), tile_m, stride_m,
@@ -731,7 +731,7 @@ def search_command(
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(
-        help="Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings).")] = None,
+        help=CACHE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:

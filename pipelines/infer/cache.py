@@ -1,25 +1,57 @@
-"""Embeddings kept on disk per (model, input content, tiling), so the next query over the same input is instant."""
+"""Embeddings kept on disk per (model, input content, tiling), so the next query over the same input is instant.
+
+The folder is bounded, as ccache bounds its own: after each write, the entries (a key's embeddings and
+the pictures beside them) least recently written or loaded are deleted until the folder holds at most
+`$DOMAINFM_EMBEDDINGS_MAX_GB` gigabytes (default 5: a few thousand scenes or slides), never the entry
+just written. A deleted entry is computed again when next needed.
+"""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_bytes
 from pipelines.io.digests import Fingerprints
 from pipelines.io.remote import cache_root
+
+MAX_GB_VARIABLE = "DOMAINFM_EMBEDDINGS_MAX_GB"
+DEFAULT_MAX_GB = 5.0
+CACHE_HELP = (f"Embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings), kept within "
+              f"${MAX_GB_VARIABLE} GB (default {DEFAULT_MAX_GB:g}): the least recently used entries are deleted first.")
+
+
+def max_bytes_from_environment() -> int:
+    """The folder's bound: `$DOMAINFM_EMBEDDINGS_MAX_GB` gigabytes (default 5); InputError naming the variable when it is no size."""
+    text = os.environ.get(MAX_GB_VARIABLE, "").strip()
+    try:
+        gigabytes = float(text) if text else DEFAULT_MAX_GB
+    except ValueError:
+        gigabytes = -1.0
+    if not gigabytes > 0:  # also NaN
+        raise InputError(f"${MAX_GB_VARIABLE}={text!r}: give the embedding cache's largest size in gigabytes, e.g. 5")
+    return int(gigabytes * 1e9)
 
 
 class EmbeddingCache:
     """An .npz per key under `folder`: `embeddings` and a JSON list of window records; beside it, pictures (.npy) a command keeps."""
 
-    def __init__(self, folder: Path | None = None) -> None:
-        """`folder` defaults to `cache_root()/embeddings` ($DOMAINFM_CACHE, else ~/.cache/domainfm), with the other caches."""
+    def __init__(self, folder: Path | None = None, max_bytes: int | None = None) -> None:
+        """The cache in `folder`, its entries kept within `max_bytes`.
+
+        `folder` defaults to `cache_root()/embeddings` ($DOMAINFM_CACHE, else ~/.cache/domainfm), with the
+        other caches; `max_bytes` to `max_bytes_from_environment()`.
+        """
         self.folder = Path(folder) if folder is not None else cache_root() / "embeddings"
+        self.max_bytes = max_bytes if max_bytes is not None else max_bytes_from_environment()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fingerprints = Fingerprints(self.folder / "fingerprints.json")
 
@@ -37,16 +69,21 @@ class EmbeddingCache:
     def load(self, key: str) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
         """(embeddings, window records) stored under `key`, or None."""
         path = self.folder / f"{key}.npz"
-        if not path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                found = data["embeddings"], json.loads(str(data["windows"]))
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # none, or damaged: computed again
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return data["embeddings"], json.loads(str(data["windows"]))
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: the last entry the bound deletes
+        return found
 
     def save_picture(self, key: str, name: str, pixels: np.ndarray) -> None:
         """Store a picture of the input made while it was embedded (a map's view of the scene), as `name` under `key`."""
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
         atomic_write_bytes(self.folder / f"{key}.{name}.npy", buf.getvalue())
+        self.bound(keep=key)
 
     def load_picture(self, key: str, name: str) -> np.ndarray | None:
         """The picture stored as `name` under `key`; None when there is none or it cannot be read (then make it again)."""
@@ -61,3 +98,35 @@ class EmbeddingCache:
         buf = io.BytesIO()
         np.savez(buf, embeddings=np.asarray(embeddings, np.float32), windows=np.asarray(json.dumps(windows)))
         atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())
+        self.bound(keep=key)
+
+    def bound(self, keep: str) -> None:
+        """Delete the least recently used entries (by their embeddings' mtime) until the folder's entries fit `max_bytes`; never `keep`'s.
+
+        Pictures whose embeddings are gone go first. Files another process deletes meanwhile are skipped.
+        """
+        sizes: dict[str, int] = {}
+        used: dict[str, float] = {}
+        files: dict[str, list[Path]] = {}
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or not name.endswith((".npz", ".npy")) or not entry.is_file():
+                    continue  # the fingerprints store, writes under way
+                key = name.split(".", 1)[0]
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                sizes[key] = sizes.get(key, 0) + stat.st_size
+                files.setdefault(key, []).append(Path(entry.path))
+                if name.endswith(".npz"):
+                    used[key] = stat.st_mtime
+        total = sum(sizes.values())
+        for key in sorted((k for k in sizes if k != keep), key=lambda k: used.get(k, float("-inf"))):
+            if total <= self.max_bytes:
+                break
+            for path in files[key]:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            total -= sizes[key]
