@@ -427,14 +427,14 @@ def _entry_bytes(cache: EmbeddingCache, key: str) -> int:
 
 
 def test_the_embedding_cache_deletes_the_least_recently_used_entries_beyond_its_bound(tmp_path: Path) -> None:
-    """Each write leaves at most `max_bytes` of entries: the least recently written or loaded go first, pictures with
-    their embeddings; the entry just written stays even when it alone is larger; the fingerprints store is never deleted."""
+    """A write past `max_bytes` deletes the least recently written or loaded entries, pictures with their embeddings, down
+    to 90% of it; the entry just written stays even when it alone is larger; the fingerprints store is never deleted."""
     import os
 
     probe = EmbeddingCache(tmp_path / "probe", max_bytes=10**9)
     probe.save("probe", np.ones((64, 32)), [{"window": 0}])
     entry = _entry_bytes(probe, "probe")  # one entry's size
-    cache = EmbeddingCache(tmp_path / "cache", max_bytes=3 * entry + entry // 2)
+    cache = EmbeddingCache(tmp_path / "cache", max_bytes=3 * entry + entry // 5)  # 90% of it: 2.88 entries
     (tmp_path / "scene.tif").write_bytes(b"pixels")
     cache.key("model", [tmp_path / "scene.tif"], {})  # writes the fingerprints store
     for i, key in enumerate(["a", "b", "c"]):
@@ -443,14 +443,36 @@ def test_the_embedding_cache_deletes_the_least_recently_used_entries_beyond_its_
     cache.save_picture("a", "view", np.zeros((4, 4, 3), np.uint8))  # a's picture: a now holds more than one entry
     assert {p.name for p in cache.folder.glob("*.np?")} == {"a.npz", "a.view.npy", "b.npz", "c.npz"}  # within the bound
     assert cache.load("a") is not None  # a used now: b is the least recently used
-    cache.save("d", np.full((64, 32), 3), [{"window": 0}])
-    assert sorted(p.name for p in cache.folder.glob("*.np?")) == ["a.npz", "a.view.npy", "c.npz", "d.npz"]
-    cache.save("e", np.full((64, 32), 4), [{"window": 0}])  # then c, the oldest left
+    cache.save("d", np.full((64, 32), 3), [{"window": 0}])  # past the bound: b, then c, down to 90%
+    assert sorted(p.name for p in cache.folder.glob("*.np?")) == ["a.npz", "a.view.npy", "d.npz"]
+    cache.save("e", np.full((64, 32), 4), [{"window": 0}])  # within it again
     assert sorted(p.name for p in cache.folder.glob("*.np?")) == ["a.npz", "a.view.npy", "d.npz", "e.npz"]
     small = EmbeddingCache(tmp_path / "cache", max_bytes=1)
     small.save("f", np.ones((64, 32)), [{"window": 0}])
     assert [p.name for p in cache.folder.glob("*.np?")] == ["f.npz"] and (cache.folder / "fingerprints.json").is_file()
     np.testing.assert_array_equal(small.load("f")[0], np.ones((64, 32)))
+
+
+def test_a_write_under_the_bound_does_not_count_the_folder(tmp_path: Path, monkeypatch) -> None:
+    """Writes keep a running count; the folder is scanned only without one (or a damaged one) or when it passes the bound."""
+    scans = []
+    bound = EmbeddingCache.bound
+    monkeypatch.setattr(EmbeddingCache, "bound", lambda self, keep, target: scans.append(keep) or bound(self, keep, target))
+    cache = EmbeddingCache(tmp_path / "cache", max_bytes=10**6)
+    for key in ["a", "b", "c"]:
+        cache.save(key, np.ones((64, 32)), [{"window": 0}])
+    assert len(scans) == 1  # the first write: no count yet
+    entries = sum(p.stat().st_size for p in cache.folder.glob("*.npz"))
+    assert json.loads((cache.folder / "usage.json").read_text()) == {"bytes": entries}
+    (cache.folder / "usage.json").write_text("{")
+    cache.save_picture("c", "view", np.zeros((4, 4, 3), np.uint8))
+    assert len(scans) == 2
+    (cache.folder / "a.npz").unlink()  # deleted by hand: still counted, until a write passes the bound
+    (cache.folder / "usage.json").write_text(json.dumps({"bytes": 10**6 - 10}))
+    cache.save("d", np.ones((64, 32)), [{"window": 0}])
+    assert len(scans) == 3 and sorted(p.name for p in cache.folder.glob("*.np?")) == ["b.npz", "c.npz", "c.view.npy", "d.npz"]
+    assert json.loads((cache.folder / "usage.json").read_text())["bytes"] == sum(
+        p.stat().st_size for p in cache.folder.glob("*.np?"))  # counted again: nothing deleted, it fits
 
 
 def test_a_damaged_cache_entry_is_computed_again(tmp_path: Path) -> None:
