@@ -476,8 +476,7 @@ def map_command(
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
-    cache: Annotated[Optional[Path], typer.Option(
-        help=CACHE_HELP)] = None,
+    cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
 ) -> None:
     """Score every tissue tile of a slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction."""
     result = map_slide(model, slide, out, read_classnames(classes, classes_file), read_templates(templates_file), mpp, tile_size,
@@ -502,8 +501,7 @@ def search_command(
     workers: Annotated[int, typer.Option(help="Reader threads on a GPU (0: none; on a CPU the model threads read).")] = 2,
     slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 um/px for slides that record no resolution.")] = None,
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
-    cache: Annotated[Optional[Path], typer.Option(
-        help=CACHE_HELP)] = None,
+    cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",

@@ -699,8 +699,7 @@ def map_command(
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
-    cache: Annotated[Optional[Path], typer.Option(
-        help=CACHE_HELP)] = None,
+    cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
 ) -> None:
     """Map a scene zero-shot, window by window: class and probability GeoTIFFs, class regions as GeoJSON, a quick-look PNG."""
     result = map_raster(model, raster, out, read_classnames(classes, classes_file), read_templates(templates_file), tile_m, stride_m,
@@ -730,8 +729,7 @@ def search_command(
     workers: Annotated[int, typer.Option(help="Reader threads on a GPU (0: none; on a CPU the model threads read).")] = 2,
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
-    cache: Annotated[Optional[Path], typer.Option(
-        help=CACHE_HELP)] = None,
+    cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:
