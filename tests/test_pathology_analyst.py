@@ -228,6 +228,48 @@ def test_map_command_prints_and_writes(export: Path, slides: Path, tmp_path: Pat
     assert json.loads((out / "slide_a.json").read_text())["classes"] == ["tumour", "normal"]
 
 
+def test_map_command_maps_several_slides_loading_the_model_once(export: Path, slides: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--slide` repeated and folders: every slide mapped (each once) as `map_slide` maps it alone, one model load."""
+    loads = []
+    load = ClipEncoder.load.__func__
+    monkeypatch.setattr(ClipEncoder, "load", classmethod(lambda cls, *a, **k: loads.append(a) or load(cls, *a, **k)))
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["map", "pathology", "--model", str(export), "--slide", str(slides / "slide_b.tiff"),
+                                      "--slide", str(slides), "--classes", ",".join(CLASSES), "--mpp", "1", "--tile-size", "32",
+                                      "--workers", "0", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 1 and result.output.count("slide-level prediction") == 2  # slide_b once, though named twice
+    assert result.output.index("slide_b.tiff:") < result.output.index("slide_a.tiff:")  # in the order given
+    for name in ("slide_a", "slide_b"):
+        alone = map_slide(export, slides / f"{name}.tiff", tmp_path / f"alone_{name}", classes=CLASSES,
+                          cache=tmp_path / "empty", **FAST)
+        summaries = [json.loads(path.read_text()) for path in (out / f"{name}.json", alone.summary)]
+        assert [s.pop("run")["cached"] for s in summaries] == [False, False] and summaries[0] == summaries[1]
+        assert summaries[0]["model"] == str(export)
+        assert (out / f"{name}.heatmap.png").read_bytes() == alone.heatmap.read_bytes()
+
+
+def test_map_command_checks_every_slide_name_first_and_stops_at_a_bad_slide(export: Path, slides: Path, tmp_path: Path) -> None:
+    """Missing paths and slides whose maps would share file names are named before any slide is read; a slide that fails
+    stops the run, naming it, and the slides mapped before it keep their maps."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "slide_a.tiff").write_bytes((slides / "slide_a.tiff").read_bytes())
+    common = ["map", "pathology", "--model", str(export), "--mpp", "1", "--tile-size", "32", "--workers", "0"]
+    out = tmp_path / "clash"
+    clash = CliRunner().invoke(app, [*common, "--slide", str(slides), "--slide", str(other / "slide_a.tiff"), "--out", str(out)])
+    assert clash.exit_code == 1 and "same file names (slide_a.*)" in clash.output and not out.exists()
+    missing = CliRunner().invoke(app, [*common, "--slide", str(slides / "slide_a.tiff"), "--slide", str(tmp_path / "gone.svs"),
+                                       "--out", str(out)])
+    assert missing.exit_code == 1 and "gone.svs: no such slide file or folder" in missing.output and not out.exists()
+    cut = _truncated(other, slides)
+    stopped = CliRunner().invoke(app, [*common, "--slide", str(slides / "slide_b.tiff"), "--slide", str(cut),
+                                       "--slide", str(slides / "slide_a.tiff"), "--out", str(out)])
+    assert stopped.exit_code == 1 and "cut.svs: openslide cannot open" in stopped.output
+    assert (out / "slide_b.json").is_file() and not list(out.glob("cut.*")) and not list(out.glob("slide_a.*"))
+
+
 # ---------------------------------------------------------------- bad inputs
 
 

@@ -234,7 +234,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
     colours = class_colours(len(classnames))
     summary = {
         "slide": str(slide),
-        "model": str(model) if not isinstance(model, ClipEncoder) else f"ClipEncoder {model.fingerprint}",
+        "model": str(model),  # the export's folder, also for a ClipEncoder loaded from one
         "model_fingerprint": encoder.fingerprint,
         "classes": classnames,
         "class_colours": {name: list(c) for name, c in zip(classnames, colours)},
@@ -462,8 +462,9 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
 
 def map_command(
     model: Annotated[Path, typer.Option(help="Exported pathology model folder (`domainfm export`), e.g. exports/pathology.")],
-    slide: Annotated[Path, typer.Option(help="Whole-slide image openslide reads (.svs, .tiff, .ndpi, .mrxs, ...).")],
-    out: Annotated[Path, typer.Option(help="Output folder: <stem>.tiles.parquet, .heatmap.png, .geojson (QuPath), .json.")],
+    slide: Annotated[list[Path], typer.Option(help="Whole-slide image openslide reads (.svs, .tiff, .ndpi, .mrxs, ...), or a "
+                                              "folder of them; repeat for more. One process maps them all (the model loaded once).")],
+    out: Annotated[Path, typer.Option(help="Output folder: per slide <stem>.tiles.parquet, .heatmap.png, .geojson (QuPath), .json.")],
     classes: Annotated[Optional[str], typer.Option(help="Class names, comma-separated (default: the pathology demo's).")] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     templates_file: Annotated[Optional[Path], typer.Option(help="Prompt templates, one per line, {c} = class name.")] = None,
@@ -478,15 +479,49 @@ def map_command(
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
 ) -> None:
-    """Score every tissue tile of a slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction."""
-    result = map_slide(model, slide, out, read_classnames(classes, classes_file), read_templates(templates_file), mpp, tile_size,
-                       top_k, batch_size, workers, slide_mpp, min_tissue, heatmap, device, cache)
-    p = result.probabilities[result.prediction]
-    speed = "embeddings from the cache" if result.cached else f"{result.tiles_per_second:.1f} tiles/s"
-    typer.echo(f"{slide.name}: {result.n_tiles} tissue tiles of {result.n_grid} grid cells, {speed}; "
-               f"slide-level prediction {result.prediction} (p={p:.2f}, top-{result.top_k} pooling)")
-    for path in (result.tiles, result.heatmap, result.geojson, result.summary):
-        typer.echo(f"  wrote {path}")
+    """Score every tissue tile of each slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction.
+
+    Slides are mapped in turn, each one's files written whole before the next starts; a slide that
+    fails stops the run there, naming it (the slides before it keep their maps, and a rerun takes
+    their embeddings from the cache).
+    """
+    paths = mapped_slides(slide)
+    classnames, templates = read_classnames(classes, classes_file), read_templates(templates_file)
+    encoder = load_encoder(model, device)  # once for all the slides: its start-up is most of a small slide's map
+    for path in paths:
+        result = map_slide(encoder, path, out, classnames, templates, mpp, tile_size, top_k, batch_size, workers, slide_mpp,
+                           min_tissue, heatmap, device, cache)
+        p = result.probabilities[result.prediction]
+        speed = "embeddings from the cache" if result.cached else f"{result.tiles_per_second:.1f} tiles/s"
+        typer.echo(f"{path.name}: {result.n_tiles} tissue tiles of {result.n_grid} grid cells, {speed}; "
+                   f"slide-level prediction {result.prediction} (p={p:.2f}, top-{result.top_k} pooling)")
+        for written in (result.tiles, result.heatmap, result.geojson, result.summary):
+            typer.echo(f"  wrote {written}")
+
+
+def mapped_slides(given: Sequence[Path]) -> list[Path]:
+    """The slides `--slide` names (files, and the slide files directly in folders), in order, each once.
+
+    InputError, before anything is read, naming a missing path, a folder without slides, or two
+    slides whose outputs would share a name (the same file stem).
+    """
+    paths: list[Path] = []
+    for item in given:
+        item = Path(item)
+        if item.is_dir():
+            paths += slide_files(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise InputError(f"{item}: no such slide file or folder")
+    paths = list(dict.fromkeys(paths))
+    by_stem: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in by_stem:
+            raise InputError(f"{by_stem[path.stem]} and {path}: their maps would have the same file names ({path.stem}.*); "
+                             "map them into different --out folders")
+        by_stem[path.stem] = path
+    return paths
 
 
 def search_command(

@@ -487,7 +487,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
     summary = {
         "rasters": [str(p) for p in scene.inputs],
         "mosaic_order": [m.path for m in scene.members],
-        "model": str(model) if not isinstance(model, ClipEncoder) else f"ClipEncoder {model.fingerprint}",
+        "model": str(model),  # the export's folder, also for a ClipEncoder loaded from one
         "model_fingerprint": encoder.fingerprint,
         "classes": classnames,
         "class_colours": {name: list(c) for name, c in zip(classnames, colours)},

@@ -81,6 +81,10 @@ class ClipEncoder:
         self.folder = folder  # the export it was loaded from, if any
         self._class_weights: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}  # zero_shot's, by prompts
 
+    def __str__(self) -> str:
+        """The export's folder, or (a model built in this process) the weights' fingerprint: what summaries name the model by."""
+        return str(self.folder) if self.folder is not None else f"ClipEncoder {self.fingerprint}"
+
     def hubness_bank(self) -> HubnessBank | None:
         """The hubness bank the export ships (pipelines/infer/hubness.py), or None."""
         return read_bank(self.folder) if self.folder is not None else None
