@@ -188,6 +188,46 @@ def test_cli_writes_outputs_and_prints_errors_without_traceback(export: Path, in
     assert _listing(out) == ["study.json", "study.png"]
 
 
+def test_cli_predicts_several_volumes_loading_the_model_once(export: Path, model: CTModel, inputs: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--volume` repeated: each volume (once, in order) predicted as `predict_ct` predicts it alone, one model load; names
+    that would clash and missing volumes are refused before any is read; a volume that fails stops the run, naming it."""
+    from domains.ct import loader
+    from pipelines.cli import app
+
+    loads = []
+    load = loader.load_ct_model
+    monkeypatch.setattr(loader, "load_ct_model", lambda *a, **k: loads.append(a) or load(*a, **k))
+    runner = CliRunner()
+    common = ["predict", "ct", "--model", str(export), "--device", "cpu"]
+    out = tmp_path / "out"
+    ok = runner.invoke(app, [*common, "--volume", str(inputs / "one_series"), "--volume", str(inputs / "study.nii.gz"),
+                             "--volume", str(inputs / "one_series"), "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert len(loads) == 1 and ok.output.count("ct: ") == 2 and ok.output.index("one_series") < ok.output.index("study.nii.gz")
+    for name, volume in (("one_series", "one_series"), ("study", "study.nii.gz")):
+        alone = predict_ct(model, inputs / volume, tmp_path / f"alone_{name}")
+        docs = [json.loads(path.read_text()) for path in (out / f"{name}.json", alone.json_path)]
+        for doc in docs:
+            doc.pop("timing_s")
+        assert docs[0] == docs[1]
+        assert (out / f"{name}.png").read_bytes() == alone.png_path.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.nii.gz").write_bytes((inputs / "study.nii.gz").read_bytes())
+    clash = runner.invoke(app, [*common, "--volume", str(inputs / "study.nii.gz"), "--volume", str(other / "study.nii.gz"),
+                                "--out", str(tmp_path / "clash")])
+    assert clash.exit_code == 1 and "same file names (study.json, study.png)" in clash.output
+    missing = runner.invoke(app, [*common, "--volume", str(inputs / "study.nii.gz"), "--volume", str(other / "gone.nii.gz"),
+                                  "--out", str(tmp_path / "clash")])
+    assert missing.exit_code == 1 and "gone.nii.gz: no such file or folder" in missing.output
+    assert not (tmp_path / "clash").exists() and len(loads) == 1  # refused before the model loads
+    stopped = runner.invoke(app, [*common, "--volume", str(inputs / "study.nii.gz"), "--volume", str(inputs / "mr.nii.gz"),
+                                  "--volume", str(inputs / "one_series"), "--out", str(tmp_path / "stopped")])
+    assert stopped.exit_code == 1 and "mr.nii.gz" in stopped.output and "Traceback" not in stopped.output
+    assert _listing(tmp_path / "stopped") == ["study.json", "study.png"]
+
+
 @pytest.mark.realdata
 def test_real_mr_refused_and_real_dicom_predicted(realdata: Path, model: CTModel, tmp_path: Path) -> None:
     examples = realdata / "ct" / "totalsegmentator"

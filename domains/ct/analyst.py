@@ -34,7 +34,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import numpy as np
 import typer
@@ -215,6 +215,21 @@ def render_prediction(prepared: PreparedVolume, doc: dict[str, Any], top: int = 
 # ---------------------------------------------------------------- prediction
 
 
+def checked_settings(threshold: float, out: Path, prompts: str | Path | FindingPrompts | None) -> tuple[FindingPrompts, str]:
+    """`predict_ct`'s checks of what is not the volume: (finding prompts, where they come from); InputError naming the setting."""
+    from domains.ct.prompts import FINDING_PROMPTS
+
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"threshold {threshold}: must lie strictly between 0 and 1")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: the output must be a folder, and this is a file")
+    if prompts is None:
+        return FINDING_PROMPTS, "domains/ct/prompts.py FINDING_PROMPTS"
+    if isinstance(prompts, dict):
+        return check_finding_prompts(prompts, "the prompts given"), "given in Python"
+    return read_finding_prompts(prompts), str(prompts)
+
+
 def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path, threshold: float = DEFAULT_THRESHOLD,
                series: Optional[str] = None, prompts: str | Path | FindingPrompts | None = None, device: str = "auto",
                top: int = TOP_SHOWN) -> CTPrediction:
@@ -240,20 +255,9 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
             export that is not a CT volume model, a bad prompts file or threshold. Nothing is written.
     """
     from domains.ct.loader import CTModel, load_ct_model
-    from domains.ct.prompts import FINDING_PROMPTS
 
-    if not 0.0 < threshold < 1.0:
-        raise InputError(f"threshold {threshold}: must lie strictly between 0 and 1")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: the output must be a folder, and this is a file")
-    prompts_source = "domains/ct/prompts.py FINDING_PROMPTS"
-    if prompts is None:
-        finding_prompts = FINDING_PROMPTS
-    elif isinstance(prompts, dict):
-        finding_prompts, prompts_source = check_finding_prompts(prompts, "the prompts given"), "given in Python"
-    else:
-        finding_prompts, prompts_source = read_finding_prompts(prompts), str(prompts)
+    finding_prompts, prompts_source = checked_settings(threshold, out, prompts)
     if not Path(volume).exists():  # before the model loads: a typo is reported at once
         raise InputError(f"{volume}: no such file or folder")
 
@@ -304,8 +308,9 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
 
 def predict_command(
     model: Annotated[Path, typer.Option("--model", help="CT export folder (`domainfm export` of the CT model).")],
-    volume: Annotated[Path, typer.Option("--volume", help="NIfTI file (.nii/.nii.gz), DICOM series folder or .dcm file.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder: <name>.json and <name>.png, named after the input.")],
+    volume: Annotated[list[Path], typer.Option("--volume", help="NIfTI file (.nii/.nii.gz), DICOM series folder or .dcm file; "
+                                               "repeat for more. One process predicts them all (the model loaded once).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: <name>.json and <name>.png per volume, named after the input.")],
     threshold: Annotated[float, typer.Option("--threshold", help="Present / predicted when the probability is above it.")
                          ] = DEFAULT_THRESHOLD,
     series: Annotated[Optional[str], typer.Option("--series", help="SeriesInstanceUID to use when the DICOM folder holds several.")] = None,
@@ -313,14 +318,45 @@ def predict_command(
         "--prompts-file", help='JSON {finding: {"positive": [...], "negative": [...]}}; default the domain\'s FINDING_PROMPTS.')] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda.")] = "auto",
 ) -> None:
-    """Predict phenotypes and zero-shot findings of one CT volume, with three orthogonal slices to check them."""
+    """Predict phenotypes and zero-shot findings of each CT volume, with three orthogonal slices to check them.
+
+    Volumes are predicted in turn, each one's files written before the next starts; a volume that
+    fails stops the run there, naming it (the volumes before it keep their predictions).
+    """
+    from domains.ct.loader import load_ct_model
+
     try:
-        result = predict_ct(model, volume, out, threshold, series, prompts_file, device)
+        checked_settings(threshold, out, prompts_file)  # before the model loads: a typo is reported at once
+        volumes = predicted_volumes(volume)
+        ct_model = load_ct_model(model, device)  # once for all the volumes
+        for path in volumes:
+            result = predict_ct(ct_model, path, out, threshold, series, prompts_file, device)
+            present = [f["finding"] for f in result.findings if f["present"]]
+            predicted = [p["code"] for p in result.phenotypes if p["predicted"]]
+            typer.echo(f"ct: {path}: findings present: {', '.join(present) or 'none'}; phenotypes predicted: "
+                       f"{', '.join(predicted) or 'none'} ({result.preprocess_s:.2f} s preprocessing, {result.model_s:.2f} s model)")
+            typer.echo(f"  -> {result.json_path}, {result.png_path}")
     except InputError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
-    present = [f["finding"] for f in result.findings if f["present"]]
-    predicted = [p["code"] for p in result.phenotypes if p["predicted"]]
-    typer.echo(f"ct: {volume}: findings present: {', '.join(present) or 'none'}; phenotypes predicted: "
-               f"{', '.join(predicted) or 'none'} ({result.preprocess_s:.2f} s preprocessing, {result.model_s:.2f} s model)")
-    typer.echo(f"  -> {result.json_path}, {result.png_path}")
+
+
+def predicted_volumes(given: Sequence[Path]) -> list[Path]:
+    """The volumes `--volume` names, in order, each once.
+
+    InputError, before any is read, naming a missing one, or two whose outputs would share a name
+    (`study_id_of`: the file's or folder's name without its suffix).
+    """
+    from domains.ct.curation.volumes import study_id_of
+
+    volumes = list(dict.fromkeys(Path(v) for v in given))
+    by_name: dict[str, Path] = {}
+    for path in volumes:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        name = study_id_of(path)
+        if name in by_name:
+            raise InputError(f"{by_name[name]} and {path}: their predictions would have the same file names ({name}.json, "
+                             f"{name}.png); predict them into different --out folders")
+        by_name[name] = path
+    return volumes
