@@ -250,9 +250,13 @@ def test_map_command_maps_several_slides_loading_the_model_once(export: Path, sl
         assert (out / f"{name}.heatmap.png").read_bytes() == alone.heatmap.read_bytes()
 
 
-def test_map_command_checks_every_slide_name_first_and_stops_at_a_bad_slide(export: Path, slides: Path, tmp_path: Path) -> None:
-    """Missing paths and slides whose maps would share file names are named before any slide is read; a slide that fails
-    stops the run, naming it, and the slides mapped before it keep their maps."""
+def test_map_command_checks_every_slide_name_first_and_stops_at_a_bad_slide(export: Path, slides: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad settings, missing paths and slides whose maps would share file names are named before the model loads; a slide
+    that fails stops the run, naming it, and the slides mapped before it keep their maps."""
+    loads = []
+    load = ClipEncoder.load.__func__
+    monkeypatch.setattr(ClipEncoder, "load", classmethod(lambda cls, *a, **k: loads.append(a) or load(cls, *a, **k)))
     other = tmp_path / "other"
     other.mkdir()
     (other / "slide_a.tiff").write_bytes((slides / "slide_a.tiff").read_bytes())
@@ -263,6 +267,9 @@ def test_map_command_checks_every_slide_name_first_and_stops_at_a_bad_slide(expo
     missing = CliRunner().invoke(app, [*common, "--slide", str(slides / "slide_a.tiff"), "--slide", str(tmp_path / "gone.svs"),
                                        "--out", str(out)])
     assert missing.exit_code == 1 and "gone.svs: no such slide file or folder" in missing.output and not out.exists()
+    heatmap = CliRunner().invoke(app, [*common, "--slide", str(slides), "--heatmap", "tumor", "--out", str(out)])
+    assert heatmap.exit_code == 1 and "--heatmap 'tumor'" in heatmap.output and not out.exists()
+    assert loads == []  # all refused before the model loads
     cut = _truncated(other, slides)
     stopped = CliRunner().invoke(app, [*common, "--slide", str(slides / "slide_b.tiff"), "--slide", str(cut),
                                        "--slide", str(slides / "slide_a.tiff"), "--out", str(out)])

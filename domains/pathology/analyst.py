@@ -158,6 +158,23 @@ def topk_pool(logits: np.ndarray, k: int) -> np.ndarray:
 # ---------------------------------------------------------------- map
 
 
+def map_settings(classes: Sequence[str] | None, templates: Sequence[str] | None, heatmap: str, top_k: int, batch_size: int,
+                 workers: int) -> tuple[list[str], list[str]]:
+    """`map_slide`'s checks of what is not the slide: (class names, templates); InputError naming the setting."""
+    classnames = read_classnames(classes)
+    templates = list(templates) if templates is not None else list(TEMPLATES)
+    if not templates or any("{c}" not in t for t in templates):
+        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
+    clash = sorted(set(classnames) & set(TILE_COLUMNS))
+    if clash:
+        raise InputError(f"class name {clash[0]!r} is taken by a column of the tile table ({', '.join(TILE_COLUMNS)})")
+    if heatmap != "argmax" and heatmap not in classnames:
+        raise InputError(f"--heatmap {heatmap!r}: not 'argmax' nor one of the classes ({', '.join(classnames)})")
+    if top_k < 1 or batch_size < 1 or workers < 0:
+        raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
+    return classnames, templates
+
+
 def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Path, classes: Sequence[str] | None = None,
               templates: Sequence[str] | None = None, mpp: float = 0.5, tile_size: int = 224, top_k: int = 50,
               batch_size: int = 64, workers: int = 2, slide_mpp: float | None = None, min_tissue: float = 0.5,
@@ -197,17 +214,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
     """
     started_total = time.perf_counter()
     slide, out = Path(slide), Path(out)
-    classnames = read_classnames(classes)
-    templates = list(templates) if templates is not None else list(TEMPLATES)
-    if not templates or any("{c}" not in t for t in templates):
-        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
-    clash = sorted(set(classnames) & set(TILE_COLUMNS))
-    if clash:
-        raise InputError(f"class name {clash[0]!r} is taken by a column of the tile table ({', '.join(TILE_COLUMNS)})")
-    if heatmap != "argmax" and heatmap not in classnames:
-        raise InputError(f"--heatmap {heatmap!r}: not 'argmax' nor one of the classes ({', '.join(classnames)})")
-    if top_k < 1 or batch_size < 1 or workers < 0:
-        raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
+    classnames, templates = map_settings(classes, templates, heatmap, top_k, batch_size, workers)
     encoder = load_encoder(model, device)
     classifier = encoder.zero_shot(classnames, templates)
 
@@ -485,8 +492,9 @@ def map_command(
     fails stops the run there, naming it (the slides before it keep their maps, and a rerun takes
     their embeddings from the cache).
     """
+    classnames, templates = map_settings(read_classnames(classes, classes_file), read_templates(templates_file), heatmap, top_k,
+                                         batch_size, workers)  # before the model loads: a typo is reported at once
     paths = mapped_slides(slide)
-    classnames, templates = read_classnames(classes, classes_file), read_templates(templates_file)
     encoder = load_encoder(model, device)  # once for all the slides: its start-up is most of a small slide's map
     for path in paths:
         result = map_slide(encoder, path, out, classnames, templates, mpp, tile_size, top_k, batch_size, workers, slide_mpp,
