@@ -31,10 +31,10 @@ from pathlib import Path
 
 from contract import machine, random_model, write_json
 from pathology_map import SLIDE, mosaic_slide
+from startup_memory import RUN_CLI
 
 ROOT = Path(__file__).resolve().parent.parent
 TCGA = SLIDE.parent / "tcga-cr-7395-01a-01-ts1.svs"
-RUN_CLI = "import sys; from pipelines.cli import main; sys.argv = ['domainfm', *sys.argv[1:]]; main()"
 
 
 def run_cli(args: list[str]) -> None:
