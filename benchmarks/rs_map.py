@@ -121,7 +121,7 @@ def main() -> None:
         encoder = load_encoder(args.model, args.device)
         classifier = encoder.zero_shot(list(CLASSNAMES), list(TEMPLATES))
         scene = open_scene([raster])
-        grid = window_grid(args.model, encoder, scene, args.tile_m, args.stride_m, 0.5)
+        grid = window_grid(encoder, scene, args.tile_m, args.stride_m, 0.5)
         n = len(grid.windows)
         with rasterio.open(raster) as src:
             shape = [src.height, src.width]

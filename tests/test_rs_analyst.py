@@ -369,6 +369,8 @@ def test_default_window_is_the_models_training_tile(export: Path, scenes: dict[s
     model = carded_export(export, tmp_path / "rs_model", card)
     result = map_raster(model, scenes["scene"], tmp_path / "out", classes=CLASSES, workers=0, device="cpu")
     assert result.tile_m == result.stride_m == 128 and result.cells == (2, 2)  # 64 px at 2 m
+    loaded = map_raster(ClipEncoder.load(model, "cpu"), scenes["scene"], tmp_path / "loaded", classes=CLASSES, workers=0)
+    assert loaded.tile_m == 128 and loaded.cells == (2, 2)  # the loaded export's card, as the folder's
 
 
 def test_map_command_prints_and_writes(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
@@ -385,6 +387,78 @@ def test_map_command_prints_and_writes(export: Path, scenes: dict[str, Path], tm
     assert "windows/s" in result.output and "Mpx/s" in result.output and (out / "west.geojson").is_file()
     summary = json.loads((out / "west.json").read_text())
     assert summary["classes"] == ["lake", "woodland"] and summary["grid"]["tile_m"] == 64 and summary["grid"]["cols"] == 8
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The export loads from now on (ClipEncoder.load's arguments), recorded as they happen."""
+    loads: list = []
+    load = ClipEncoder.load.__func__
+    monkeypatch.setattr(ClipEncoder, "load", classmethod(lambda cls, *a, **k: loads.append(a) or load(cls, *a, **k)))
+    return loads
+
+
+def test_map_command_maps_each_scene_loading_the_model_once(export: Path, scenes: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--each` with files and folders: every raster mapped (each once) as `map_raster` maps it alone, one model load;
+    without `--each`, a folder's GeoTIFFs are one mosaic."""
+    folder = tmp_path / "pieces"
+    folder.mkdir()
+    for name in ("west", "east"):
+        (folder / f"{name}.tif").symlink_to(scenes[name])
+    (folder / "notes.txt").write_text("not a raster: left out\n")
+    loads = _counting_loads(monkeypatch)
+    out = tmp_path / "each"
+    common = ["map", "remote_sensing", "--model", str(export), "--classes", ",".join(CLASSES), "--tile-m", "32", "--workers", "0",
+              "--device", "cpu"]
+    result = CliRunner().invoke(app, [*common, "--raster", str(folder / "west.tif"), "--raster", str(folder), "--each",
+                                      "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 1 and result.output.count("windows/s") == 2  # west once, though named twice
+    assert result.output.index("west.tif:") < result.output.index("east.tif:")  # in the order given, a folder's by name
+    for name in ("west", "east"):
+        alone = map_raster(export, scenes[name], tmp_path / f"alone_{name}", classes=CLASSES, cache=tmp_path / "empty", **FAST)
+        summaries = [json.loads(path.read_text()) for path in (out / f"{name}.json", alone.summary)]
+        for summary in summaries:
+            summary["rasters"] = [Path(r).name for r in summary["rasters"]]  # the folder's link, or the scene itself
+            summary["mosaic_order"] = [Path(r).name for r in summary.pop("mosaic_order")]
+            summary["bands"] = sorted(Path(r).name for r in summary["bands"])
+        assert [s.pop("run")["cached"] for s in summaries] == [False, False] and summaries[0] == summaries[1]
+        assert summaries[0]["model"] == str(export) and summaries[0]["grid"]["cols"] == 4
+        assert (out / f"{name}.png").read_bytes() == alone.quicklook.read_bytes()
+    mosaic = CliRunner().invoke(app, [*common, "--raster", str(folder), "--out", str(tmp_path / "mosaic")])
+    assert mosaic.exit_code == 0, mosaic.output
+    summary = json.loads((tmp_path / "mosaic" / "east.json").read_text())  # named after the first by name: east
+    assert [Path(r).name for r in summary["rasters"]] == ["east.tif", "west.tif"] and summary["grid"]["cols"] == 8
+
+
+def test_map_command_checks_every_raster_first_and_stops_at_a_bad_one(export: Path, scenes: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad settings, missing paths, folders without GeoTIFFs and (--each) rasters whose maps would share file names are named
+    before the model loads; a scene that fails stops the run, naming it, and the scenes mapped before it keep their maps."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "west.tif").symlink_to(scenes["west"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no rasters here\n")
+    loads = _counting_loads(monkeypatch)
+    common = ["map", "remote_sensing", "--model", str(export), "--tile-m", "32", "--workers", "0", "--device", "cpu"]
+    out = tmp_path / "out"
+    clash = CliRunner().invoke(app, [*common, "--raster", str(scenes["west"]), "--raster", str(other), "--each", "--out", str(out)])
+    assert clash.exit_code == 1 and "same file names (west.*)" in clash.output and not out.exists()
+    missing = CliRunner().invoke(app, [*common, "--raster", str(scenes["west"]), "--raster", str(tmp_path / "gone.tif"), "--each",
+                                       "--out", str(out)])
+    assert missing.exit_code == 1 and "gone.tif: no such raster file or folder" in missing.output and not out.exists()
+    nothing = CliRunner().invoke(app, [*common, "--raster", str(empty), "--out", str(out)])
+    assert nothing.exit_code == 1 and f"{empty}: no GeoTIFF in this folder" in nothing.output and not out.exists()
+    classes = CliRunner().invoke(app, [*common, "--raster", str(scenes["west"]), "--classes", "water,water", "--out", str(out)])
+    assert classes.exit_code == 1 and "repeat: water" in classes.output and not out.exists()
+    assert loads == []  # all refused before the model loads
+    lonlat = _geographic(tmp_path, scenes)
+    stopped = CliRunner().invoke(app, [*common, "--raster", str(scenes["west"]), "--raster", str(lonlat), "--raster",
+                                       str(scenes["east"]), "--each", "--out", str(out)])
+    assert stopped.exit_code == 1 and f"{lonlat}: CRS" in stopped.output and "Traceback" not in stopped.output
+    assert (out / "west.json").is_file() and not list(out.glob("lonlat.*")) and not list(out.glob("east.*"))
 
 
 # ---------------------------------------------------------------- search

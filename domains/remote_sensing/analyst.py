@@ -58,6 +58,7 @@ from pipelines.io.remote import as_location
 DOMAIN = "remote_sensing"
 NODATA_CLASS = 255  # <stem>.classes.tif: cells without data (so at most 255 classes)
 DISPLAY_PX = 800  # the quick-look's larger side, in pixels
+RASTER_SUFFIXES = (".tif", ".tiff")  # a folder given as --raster: its GeoTIFFs
 OVERLAY_ALPHA = 0.45
 # Land-cover names get the colours maps use for them; other classes take tab10's remaining colours.
 KNOWN_COLOURS = {"water": (31, 119, 180), "forest": (27, 94, 32), "farmland": (222, 190, 70), "residential area": (214, 39, 40),
@@ -144,11 +145,43 @@ def read_bands(bands: str | Sequence[int] | None) -> list[int] | None:
 
 
 def raster_files(raster: str | Path | Sequence[str | Path]) -> list[str | Path]:
-    """The rasters given (one path or URL, or several); InputError when none."""
-    paths = [as_location(raster)] if isinstance(raster, (str, Path)) else [as_location(p) for p in raster]
+    """The rasters given (paths or URLs; a folder stands for the GeoTIFFs directly in it, by name), each once; InputError when none."""
+    given = [raster] if isinstance(raster, (str, Path)) else list(raster)
+    paths: list[str | Path] = []
+    for item in given:
+        location = as_location(item)
+        if isinstance(location, Path) and location.is_dir():
+            found = sorted(p for p in location.iterdir() if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+            if not found:
+                raise InputError(f"{location}: no GeoTIFF in this folder ({', '.join(RASTER_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(location)
     if not paths:
         raise InputError("no raster given: pass --raster FILE (several for a mosaic of adjacent rasters)")
-    return paths
+    return list(dict.fromkeys(paths))
+
+
+def mapped_scenes(raster: Sequence[str | Path], each: bool = False) -> list[list[str | Path]]:
+    """The scenes `--raster` names: one mosaic of all the rasters, or with `each` a scene per raster.
+
+    InputError, before anything is read, naming a missing file, a folder without GeoTIFFs or (with
+    `each`) two rasters whose maps would have the same file names.
+    """
+    paths = raster_files(raster)
+    for path in paths:
+        if isinstance(path, Path) and not path.is_file():
+            raise InputError(f"{path}: no such raster file or folder")
+    if not each:
+        return [paths]
+    by_stem: dict[str, str | Path] = {}
+    for path in paths:
+        stem = PurePosixPath(str(path)).stem  # as map_raster names its outputs
+        if stem in by_stem:
+            raise InputError(f"{by_stem[stem]} and {path}: their maps would have the same file names ({stem}.*); "
+                             "map them into different --out folders")
+        by_stem[stem] = path
+    return [[path] for path in paths]
 
 
 def export_domain(folder: Path) -> str | None:
@@ -193,15 +226,14 @@ def input_size(encoder: ClipEncoder) -> int:
     return int(size) if size else 224
 
 
-def window_grid(model: str | Path | ClipEncoder, encoder: ClipEncoder, scene: Scene, tile_m: float | None, stride_m: float | None,
-                min_valid: float) -> WindowGrid:
+def window_grid(encoder: ClipEncoder, scene: Scene, tile_m: float | None, stride_m: float | None, min_valid: float) -> WindowGrid:
     """The scene's window grid; `tile_m` defaults to the ground size of the tiles the model was trained on.
 
-    That is the model card's curate.tile_size pixels at curate.target_gsd_m (never finer than the
-    scene's pixels), else the curation's defaults (224 px at 1 m); `stride_m` defaults to `tile_m`.
+    That is the export's model card's curate.tile_size pixels at curate.target_gsd_m (never finer
+    than the scene's pixels), else the curation's defaults (224 px at 1 m); `stride_m` defaults to `tile_m`.
     """
     if tile_m is None:
-        size, gsd = training_tiles(Path(model)) if not isinstance(model, ClipEncoder) else (None, None)
+        size, gsd = training_tiles(encoder.folder) if encoder.folder is not None else (None, None)
         tile_m = default_tile_m(scene.gsd_m, size, gsd)
     return plan_grid(scene, tile_m, stride_m if stride_m is not None else tile_m, input_size(encoder), min_valid)
 
@@ -380,6 +412,18 @@ def quicklook_png(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[str
 # ---------------------------------------------------------------- map
 
 
+def map_settings(classes: Sequence[str] | None, templates: Sequence[str] | None, batch_size: int, workers: int,
+                 bands: str | Sequence[int] | None) -> tuple[list[str], list[str], list[int] | None]:
+    """`map_raster`'s checks of what is not the scene: (class names, templates, bands); InputError naming the setting."""
+    classnames = read_classnames(classes)
+    templates = list(templates) if templates is not None else list(TEMPLATES)
+    if not templates or any("{c}" not in t for t in templates):
+        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
+    if batch_size < 1 or workers < 0:
+        raise InputError(f"settings out of range: batch size={batch_size} (>= 1), workers={workers} (>= 0)")
+    return classnames, templates, read_bands(bands)
+
+
 def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[str | Path], out: str | Path,
                classes: Sequence[str] | None = None, templates: Sequence[str] | None = None, tile_m: float | None = None,
                stride_m: float | None = None, batch_size: int = 64, workers: int = 2, bands: Sequence[int] | None = None,
@@ -395,7 +439,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         model: an exported open_clip model folder (`exports/remote_sensing`), or a loaded ClipEncoder.
         raster: a GeoTIFF/COG in a projected CRS, or several adjacent ones read as one mosaic (they
             must share a CRS, band count and data type; where they overlap, the newest acquisition
-            wins, then the order given). Outputs are named after the first one.
+            wins, then the order given); a folder stands for its GeoTIFFs. Outputs are named after the first one.
         out: the folder that receives `<stem>.classes.tif`, `<stem>.probs.tif`, `<stem>.geojson`,
             `<stem>.png` and `<stem>.json` (other files in it are left alone).
         classes: class names (default: the remote-sensing demo's CLASSNAMES).
@@ -429,16 +473,10 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
     """
     started_total = time.perf_counter()
     paths, out = raster_files(raster), Path(out)
-    classnames = read_classnames(classes)
-    templates = list(templates) if templates is not None else list(TEMPLATES)
-    if not templates or any("{c}" not in t for t in templates):
-        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
-    if batch_size < 1 or workers < 0:
-        raise InputError(f"settings out of range: batch size={batch_size} (>= 1), workers={workers} (>= 0)")
-    bands = read_bands(bands)
+    classnames, templates, bands = map_settings(classes, templates, batch_size, workers, bands)
     encoder = load_encoder(model, device)
     scene = open_scene(paths, bands)
-    grid = window_grid(model, encoder, scene, tile_m, stride_m, min_valid)
+    grid = window_grid(encoder, scene, tile_m, stride_m, min_valid)
     classifier = encoder.zero_shot(classnames, templates)
 
     # The quick-look's view of the scene: drawn from the windows as they are read when they are at least as
@@ -597,7 +635,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
 
     Args:
         model: an exported open_clip model folder, or a loaded ClipEncoder.
-        rasters: a GeoTIFF/COG in a projected CRS, or several adjacent ones read as one mosaic.
+        rasters: a GeoTIFF/COG in a projected CRS, or several adjacent ones read as one mosaic (a folder: its GeoTIFFs).
         query: free text, e.g. "a parking lot next to a road" (embedded as is, without templates).
         out: the folder that receives `search.geojson`, `search.png` and `search.json`.
         top_k: how many windows to keep.
@@ -633,7 +671,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
     bank = encoder.hubness_bank()
     check_bank(correction, bank, str(encoder.folder))
     scene = open_scene(paths, bands)
-    grid = window_grid(model, encoder, scene, tile_m, stride_m, min_valid)
+    grid = window_grid(encoder, scene, tile_m, stride_m, min_valid)
     embedding_cache = EmbeddingCache(Path(cache) if cache is not None else None)
     windows, embeddings, cached, _ = window_embeddings(encoder, grid, embedding_cache, batch_size, workers)
     if not windows:
@@ -686,9 +724,11 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
 def map_command(
     model: Annotated[Path, typer.Option(help="Exported remote-sensing model folder (`domainfm export`), e.g. exports/remote_sensing.")],
     raster: Annotated[list[str], typer.Option(
-        metavar="PATH|URL", help="GeoTIFF/COG in a projected CRS, a path or a URL read in place; repeat for adjacent rasters "
-        "read as one mosaic.")],
+        metavar="PATH|URL|DIR", help="GeoTIFF/COG in a projected CRS, a path or a URL read in place, or a folder of them; "
+        "repeat for adjacent rasters read as one mosaic (or, with --each, for more scenes).")],
     out: Annotated[Path, typer.Option(help="Output folder: <stem>.classes.tif, .probs.tif, .geojson (EPSG:4326), .png, .json.")],
+    each: Annotated[bool, typer.Option(help="Map each raster as its own scene, not one mosaic of them all: one process maps "
+                                       "them in turn (the model loaded once).")] = False,
     classes: Annotated[Optional[str], typer.Option(help="Class names, comma-separated (default: the remote-sensing demo's).")] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     templates_file: Annotated[Optional[Path], typer.Option(help="Prompt templates, one per line, {c} = class name.")] = None,
@@ -701,25 +741,36 @@ def map_command(
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
 ) -> None:
-    """Map a scene zero-shot, window by window: class and probability GeoTIFFs, class regions as GeoJSON, a quick-look PNG."""
-    result = map_raster(model, raster, out, read_classnames(classes, classes_file), read_templates(templates_file), tile_m, stride_m,
-                        batch_size, workers, read_bands(bands), min_valid, device, cache)
-    shares = ", ".join(f"{name} {share:.0%}" for name, share in sorted(result.shares.items(), key=lambda kv: -kv[1]) if share > 0)
-    typer.echo(f"{PurePosixPath(raster[0]).name}{f' and {len(raster) - 1} more' if len(raster) > 1 else ''}: {result.n_scored} of "
-               f"{result.n_windows} windows of {result.tile_m:g} m (stride {result.stride_m:g} m, {result.cells[0]}x{result.cells[1]} "
-               f"cells, {result.crs}) in {result.seconds:.1f} s: " + ("embeddings from the cache" if result.cached else
-               f"{result.windows_per_second:.1f} windows/s, {result.pixels_per_second / 1e6:.2f} Mpx/s") + f"; classes: {shares}")
-    for note in result.warnings:
-        typer.echo(f"  note: {note}")
-    for path in (result.classes_tif, result.probs_tif, result.geojson, result.quicklook, result.summary):
-        typer.echo(f"  wrote {path}")
+    """Map a scene zero-shot, window by window: class and probability GeoTIFFs, class regions as GeoJSON, a quick-look PNG.
+
+    With --each, the scenes are mapped in turn, each one's files written whole before the next
+    starts; a scene that fails stops the run there, naming it (the scenes before it keep their maps,
+    and a rerun takes their embeddings from the cache).
+    """
+    classnames, templates, band_list = map_settings(read_classnames(classes, classes_file), read_templates(templates_file),
+                                                    batch_size, workers, bands)  # before the model loads: a typo is reported at once
+    scenes = mapped_scenes(raster, each)
+    encoder = load_encoder(model, device)  # once for all the scenes: its start-up is most of a small scene's map
+    for scene in scenes:
+        result = map_raster(encoder, scene, out, classnames, templates, tile_m, stride_m, batch_size, workers, band_list, min_valid,
+                            device, cache)
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in sorted(result.shares.items(), key=lambda kv: -kv[1]) if share > 0)
+        more = f" and {len(scene) - 1} more" if len(scene) > 1 else ""
+        typer.echo(f"{PurePosixPath(str(scene[0])).name}{more}: {result.n_scored} of {result.n_windows} windows of {result.tile_m:g} m "
+                   f"(stride {result.stride_m:g} m, {result.cells[0]}x{result.cells[1]} cells, {result.crs}) in {result.seconds:.1f} s: "
+                   + ("embeddings from the cache" if result.cached else
+                      f"{result.windows_per_second:.1f} windows/s, {result.pixels_per_second / 1e6:.2f} Mpx/s") + f"; classes: {shares}")
+        for note in result.warnings:
+            typer.echo(f"  note: {note}")
+        for path in (result.classes_tif, result.probs_tif, result.geojson, result.quicklook, result.summary):
+            typer.echo(f"  wrote {path}")
 
 
 def search_command(
     model: Annotated[Path, typer.Option(help="Exported remote-sensing model folder (`domainfm export`).")],
     raster: Annotated[list[str], typer.Option(
-        metavar="PATH|URL", help="GeoTIFF/COG in a projected CRS, a path or a URL read in place; repeat for adjacent rasters "
-        "read as one mosaic.")],
+        metavar="PATH|URL|DIR", help="GeoTIFF/COG in a projected CRS, a path or a URL read in place, or a folder of them; "
+        "repeat for adjacent rasters read as one mosaic.")],
     query: Annotated[str, typer.Option(help="What to look for, in words.")],
     out: Annotated[Path, typer.Option(help="Output folder: search.geojson (EPSG:4326), search.png (contact sheet), search.json.")],
     top_k: Annotated[int, typer.Option(help="Best windows to keep.")] = 8,
