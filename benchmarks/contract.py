@@ -52,6 +52,32 @@ def random_model(folder: Path, arch: str = "domainfm-tiny") -> Path:
     return Path(folder) / "model"
 
 
+def random_ct_export(folder: Path) -> Path:
+    """The demo's CT model (params.yaml ct.base_model) randomly initialised (seed 0), as an export with the demo curation's preprocessing.
+
+    Its tokenizer is fitted to the CT finding prompts; `domainfm predict ct` loads it as it loads a real export.
+    """
+    import torch
+    import yaml
+
+    from domains.ct.prompts import FINDING_PROMPTS
+    from pipelines.models import volume
+    from pipelines.models.report_text import train_wordpiece_tokenizer
+
+    params = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())["ct"]
+    cfg = volume.VolumeModelConfig(**params["base_model"])
+    corpus = [text for prompts in FINDING_PROMPTS.values() for text in (*prompts["positive"], *prompts["negative"])]
+    tokenizer = train_wordpiece_tokenizer(corpus, cfg.vocab_size, cfg.context_length)
+    torch.manual_seed(0)
+    # phecodes (chronic airway obstruction, type 2 diabetes, essential hypertension): only the head's size matters
+    phenotypes = ["496", "250.2", "401.1"]
+    folder.mkdir(parents=True)
+    volume.save_model_dir(volume.build_model(cfg, phenotypes, tokenizer), phenotypes, tokenizer, folder)
+    curate = params["curate"]
+    (folder / "preprocess.json").write_text(json.dumps({"pixdim": curate["pixdim"], "spatial_size": curate["spatial_size"]}))
+    return folder
+
+
 def synthetic_scene(size: int, folder: Path, edge_nodata_px: int = 0) -> Path:
     """A size x size px, 1 m, 3-band uint8 tiled GeoTIFF (EPSG:32631) of the demo landscape, mirrored to size.
 
