@@ -4,7 +4,7 @@ An analyst with a folder of slides, scenes or CT volumes can give them all to on
 repeated or a folder; `--raster` repeated or a folder with `--each`; `--volume` repeated) or, the
 naive way and the only way before, run the command once per input. Each process imports torch and
 open_clip (or the CT model's code), loads the model and embeds the prompts before it reads an input:
-about 4.5 s on the CI machine, most of a small input's map. Per command, interleaved, `--repeats`
+about 4 s on the CI machine, most of a small input's map. Per command, interleaved, `--repeats`
 times, each with an empty embedding cache (first maps):
 
 - ours:  one process, e.g. `domainfm map pathology --slide A --slide B ...`;

@@ -3,7 +3,11 @@
 Every `domainfm map`, `search` and `predict` and every notebook starts by loading the export. On an
 export of `--arch` (ViT-B-32 by default: 605 MB of weights, built here with random weights, nothing
 downloaded), each of these runs in its own fresh process, `--repeats` times, interleaved; the load
-is timed inside the process, after torch and open_clip are imported (which both pay alike):
+is timed inside the process, after torch and open_clip are imported (which both pay alike), with CPython's
+garbage collector set as the `domainfm` entry point sets it (`collect_rarely`) in both. Without that, whether
+one of the full collections of start-up's objects (about 0.18 s each) falls inside the timed load turns on
+a few objects more or less imported (between two commits of this repository the load went from 0.30 s to
+0.46 s that way). The three ways:
 
 - ours:  `ClipEncoder.load(folder)`: the model built without drawing the random weights that the
          export's replace (`pipelines/models/weights.py`), the tokenizer, and the weights' digest (the
@@ -39,7 +43,10 @@ LOAD = {
 }
 # imports first (paid alike), then the timed load, then the check embedding
 TIMED = """
-import sys, time, torch, open_clip, pipelines.models.clip
+import sys, time
+from pipelines.cli import collect_rarely
+collect_rarely()
+import torch, open_clip, pipelines.models.clip
 FOLDER = sys.argv[1]
 start = time.perf_counter()
 {load}
