@@ -348,15 +348,11 @@ def predicted_volumes(given: Sequence[Path]) -> list[Path]:
     (`study_id_of`: the file's or folder's name without its suffix).
     """
     from domains.ct.curation.volumes import study_id_of
+    from pipelines.infer.outputs import check_output_names
 
     volumes = list(dict.fromkeys(Path(v) for v in given))
-    by_name: dict[str, Path] = {}
     for path in volumes:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-        name = study_id_of(path)
-        if name in by_name:
-            raise InputError(f"{by_name[name]} and {path}: their predictions would have the same file names ({name}.json, "
-                             f"{name}.png); predict them into different --out folders")
-        by_name[name] = path
+    check_output_names(volumes, study_id_of, "{0}.json, {0}.png", "predictions", "predict")
     return volumes

@@ -162,9 +162,7 @@ def map_settings(classes: Sequence[str] | None, templates: Sequence[str] | None,
                  workers: int) -> tuple[list[str], list[str]]:
     """`map_slide`'s checks of what is not the slide: (class names, templates); InputError naming the setting."""
     classnames = read_classnames(classes)
-    templates = list(templates) if templates is not None else list(TEMPLATES)
-    if not templates or any("{c}" not in t for t in templates):
-        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
+    templates = outputs.checked_templates(templates, TEMPLATES)
     clash = sorted(set(classnames) & set(TILE_COLUMNS))
     if clash:
         raise InputError(f"class name {clash[0]!r} is taken by a column of the tile table ({', '.join(TILE_COLUMNS)})")
@@ -523,12 +521,7 @@ def mapped_slides(given: Sequence[Path]) -> list[Path]:
         else:
             raise InputError(f"{item}: no such slide file or folder")
     paths = list(dict.fromkeys(paths))
-    by_stem: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in by_stem:
-            raise InputError(f"{by_stem[path.stem]} and {path}: their maps would have the same file names ({path.stem}.*); "
-                             "map them into different --out folders")
-        by_stem[path.stem] = path
+    outputs.check_output_names(paths, lambda path: path.stem, "{0}.*", "maps", "map")
     return paths
 
 

@@ -174,13 +174,7 @@ def mapped_scenes(raster: Sequence[str | Path], each: bool = False) -> list[list
             raise InputError(f"{path}: no such raster file or folder")
     if not each:
         return [paths]
-    by_stem: dict[str, str | Path] = {}
-    for path in paths:
-        stem = PurePosixPath(str(path)).stem  # as map_raster names its outputs
-        if stem in by_stem:
-            raise InputError(f"{by_stem[stem]} and {path}: their maps would have the same file names ({stem}.*); "
-                             "map them into different --out folders")
-        by_stem[stem] = path
+    outputs.check_output_names(paths, lambda path: PurePosixPath(str(path)).stem, "{0}.*", "maps", "map")  # map_raster's names
     return [[path] for path in paths]
 
 
@@ -416,9 +410,7 @@ def map_settings(classes: Sequence[str] | None, templates: Sequence[str] | None,
                  bands: str | Sequence[int] | None) -> tuple[list[str], list[str], list[int] | None]:
     """`map_raster`'s checks of what is not the scene: (class names, templates, bands); InputError naming the setting."""
     classnames = read_classnames(classes)
-    templates = list(templates) if templates is not None else list(TEMPLATES)
-    if not templates or any("{c}" not in t for t in templates):
-        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
+    templates = outputs.checked_templates(templates, TEMPLATES)
     if batch_size < 1 or workers < 0:
         raise InputError(f"settings out of range: batch size={batch_size} (>= 1), workers={workers} (>= 0)")
     return classnames, templates, read_bands(bands)

@@ -10,13 +10,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from pipelines.errors import InputError
 from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.device import resolve_device
 from pipelines.io.atomic import json_default
 from pipelines.io.text import read_text
+
+Input = TypeVar("Input")
 
 
 def read_classnames(classes: str | Sequence[str] | None, classes_file: Path | None, default: Sequence[str]) -> list[str]:
@@ -54,6 +56,29 @@ def read_templates(templates_file: Path | None, default: Sequence[str]) -> list[
         if line and "{c}" not in line:
             raise InputError(f"{templates_file} line {number}: template {line!r} has no {{c}} for the class name")
     return templates
+
+
+def checked_templates(templates: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    """The prompt templates given (`default` when None), each with "{c}" for the class name; InputError otherwise."""
+    templates = list(templates) if templates is not None else list(default)
+    if not templates or any("{c}" not in t for t in templates):
+        raise InputError(f"prompt templates must be given and each hold {{c}} for the class name: {templates!r}")
+    return templates
+
+
+def check_output_names(inputs: Sequence[Input], name_of: Callable[[Input], str], files: str, outputs: str, verb: str) -> None:
+    """InputError naming the first two `inputs` whose outputs would have the same file names in one --out folder.
+
+    `name_of` gives the name an input's outputs take, `files` shows that name's files ("{0}.*"),
+    `outputs` says what they are ("maps") and `verb` what the command does ("map").
+    """
+    first: dict[str, Input] = {}
+    for item in inputs:
+        name = name_of(item)
+        if name in first:
+            raise InputError(f"{first[name]} and {item}: their {outputs} would have the same file names ({files.format(name)}); "
+                             f"{verb} them into different --out folders")
+        first[name] = item
 
 
 def export_folder(model: str | Path, device: str) -> Path:
