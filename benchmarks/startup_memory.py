@@ -1,16 +1,22 @@
-"""Peak memory and wall time of curation processes that run no model, next to the same commands with torch imported.
+"""Peak memory and wall time of commands next to the same commands with the libraries they no longer import imported first.
 
 Curation imports torch nowhere (tests/test_startup.py asserts it); before, the CLI imported it at
-the top, so every curation process and every pool worker paid for it. Each command runs as its own
-process, `--repeats` times, interleaved:
+the top, so every curation process and every pool worker paid for it, and CT curation imported
+MONAI (and with it torch) for its preprocessing. Each command runs as its own process, `--repeats`
+times, interleaved:
 
 - ours:  the command as the project runs it (`python -m pipelines.cli ...`);
 - peer:  the same command started by `python -c "import torch; ..."`, which is what the CLI cost
-         when it imported torch at the top (the naive way: the model library imported with the CLI).
+         when it imported torch at the top (the naive way: the model library imported with the CLI);
+         for CT, `python -c "import monai; ..."`: what CT curation cost when its preprocessing
+         imported MONAI (`import monai` imports all of it, torch and torchvision included).
 
-Commands: `domainfm curate remote_sensing --help`, and a small curation: `domainfm curate pairs` of
-the pairs demo (`domainfm demo-data pairs`, written first and not timed) with 1 worker, so the
-process measured is the one that curates. Peak memory is the largest resident set of the process
+Commands: `domainfm curate remote_sensing --help`, `domainfm curate ct --help`, and two small
+curations: `domainfm curate pairs` of the pairs demo and `domainfm curate ct` of a smaller CT demo
+(`domainfm demo-data ...`, written first and not timed), each with 1 worker, so the process
+measured is the one that curates. And one command that runs a model, so torch stays: `domainfm
+predict ct` on TotalSegmentator's small example CT (the demo's CT architecture randomly
+initialised, `contract.random_ct_export`), whose preprocessing imported MONAI too. Peak memory is the largest resident set of the process
 and of the children it waited for (`os.wait4`'s ru_maxrss); the rows' ratio is peer / ours, times
 less memory (and times faster for the wall time). Whether torch ended up imported is checked by a
 second run of each command that prints `sys.modules` at exit.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,11 +37,16 @@ import time
 from pathlib import Path
 
 import yaml
-from contract import machine, write_json
+from contract import machine, random_ct_export, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CLI = "import sys; from pipelines.cli import main; sys.argv = ['domainfm', *sys.argv[1:]]; main()"
 TORCH_FIRST = "import torch; " + RUN_CLI
+MONAI_FIRST = "import monai; " + RUN_CLI
+TORCH_PEER = "the same command with torch imported first (the CLI before: torch imported at the top)"
+MONAI_PEER = "the same command with MONAI imported first (CT preprocessing before: MONAI, and so torch, imported)"
+CT_DEMO = {"n_patients": 40, "n_studies": 50}  # of the demo's 300 and 400: the same volumes, fewer
+SMALL_CT = Path("/work/shared/realdata/ct/totalsegmentator/example_ct_sm.nii.gz")
 # run at exit, after the command: did it import torch?
 REPORT_TORCH = ("import atexit, sys; atexit.register(lambda: sys.stderr.write(f\"TORCH_IMPORTED={'torch' in sys.modules}\\n\")); "
                 + RUN_CLI)
@@ -75,21 +87,38 @@ def main() -> None:
         params = folder / "params.yaml"
         # the project's params with one curation worker: the process measured is the one that curates
         values = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-        values["pairs"]["curate"]["workers"] = 1
+        values["pairs"]["curate"]["workers"] = values["ct"]["curate"]["workers"] = 1
+        values["ct"]["demo"].update(CT_DEMO)
         params.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
         measure(RUN_CLI, ["demo-data", "pairs", "--params", str(params), "--out", str(folder / "raw")])
-        commands = {
-            "`domainfm curate remote_sensing --help`": ["curate", "remote_sensing", "--help"],
+        ct_raw = folder / "ct_raw"
+        measure(RUN_CLI, ["demo-data", "ct", "--params", str(params), "--out", str(ct_raw)])
+        commands = {  # name: (arguments, the peer's code, what the peer is)
+            "`domainfm curate remote_sensing --help`": (["curate", "remote_sensing", "--help"], TORCH_FIRST, TORCH_PEER),
             "a small curation (`domainfm curate pairs`, the pairs demo: 600 images, 1 worker)":
-                ["curate", "pairs", "--csv", str(folder / "raw" / "captions.csv"), "--params", str(params),
-                 "--out", str(folder / "curated")],
+                (["curate", "pairs", "--csv", str(folder / "raw" / "captions.csv"), "--params", str(params),
+                  "--out", str(folder / "curated")], TORCH_FIRST, TORCH_PEER),
+            "`domainfm curate ct --help`": (["curate", "ct", "--help"], MONAI_FIRST, MONAI_PEER),
+            f"a small CT curation (`domainfm curate ct`, the CT demo with {CT_DEMO['n_studies']} studies, 1 worker)":
+                (["curate", "ct", "--volumes", str(ct_raw / "volumes"), "--ehr", str(ct_raw / "ehr.csv"),
+                  "--reports", str(ct_raw / "reports.csv"), "--phecode-map", str(ct_raw / "phecode_map.csv"),
+                  "--key-file", str(ct_raw / "demo.key"), "--params", str(params), "--out", str(folder / "ct" / "curated")],
+                 MONAI_FIRST, MONAI_PEER),
         }
+        if SMALL_CT.is_file():
+            model = random_ct_export(folder / "ct_model")
+            commands["`domainfm predict ct` (one small real CT, a model run: torch imported by both)"] = (
+                ["predict", "ct", "--model", str(model), "--volume", str(SMALL_CT), "--out", str(folder / "ct" / "predicted")],
+                MONAI_FIRST, MONAI_PEER)
+        else:
+            print(f"{SMALL_CT} not found: no predict ct row")
         runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeats):  # interleaved
-            for name, command in commands.items():
-                for who, code in (("ours", RUN_CLI), ("peer", TORCH_FIRST)):
+            for name, (command, peer_code, _) in commands.items():
+                for who, code in (("ours", RUN_CLI), ("peer", peer_code)):
+                    shutil.rmtree(folder / "ct", ignore_errors=True)  # every CT curation preprocesses its volumes (no cache)
                     runs.setdefault((name, who), []).append(measure(code, command))
-        torch_seen = {name: imports_torch(command) for name, command in commands.items()}
+        torch_seen = {name: imports_torch(command) for name, (command, _, _) in commands.items()}
 
     rows = []
     for name in commands:
@@ -99,9 +128,9 @@ def main() -> None:
         peer_s = statistics.median(s for _, s in runs[(name, "peer")])
         note = (f"torch imported by the command: {torch_seen[name]}; median wall s: ours {ours_s:.2f}, peer {peer_s:.2f}; "
                 "peak = largest resident set of the process and its waited-for children")
-        print(f"{name}: peak {ours_mb:.0f} MB vs {peer_mb:.0f} MB with torch; {ours_s:.2f} s vs {peer_s:.2f} s; "
+        print(f"{name}: peak {ours_mb:.0f} MB vs {peer_mb:.0f} MB for the peer; {ours_s:.2f} s vs {peer_s:.2f} s; "
               f"torch imported: {torch_seen[name]}")
-        peer = "the same command with torch imported first (the CLI before: torch imported at the top)"
+        peer = commands[name][2]
         rows.append({"figure": f"{name}: peak memory (ratio = peer / ours: times less)", "unit": "MB", "ours": ours_mb,
                      "peer": peer, "peer_value": peer_mb, "ratio": peer_mb / ours_mb, "bar": None, "repeats": args.repeats,
                      "notes": note})

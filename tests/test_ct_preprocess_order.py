@@ -1,12 +1,16 @@
 """The reordered CT preprocessing (apply_transforms) against MONAI's chain (Merlin's preprocessing).
 
-Fixtures cover what the plan has to get right: voxel axes stored flipped and permuted (the
-orientation), output grids both larger (padding) and smaller (cropping) than the resampled volume,
+The output grid is computed without MONAI (`output_grid`); `test_output_grid_is_monais` checks it
+against the grids MONAI's own transforms record when run lazily, on random geometries. Fixtures
+cover what the plan has to get right: voxel axes stored flipped and permuted (the orientation),
+output grids both larger (padding) and smaller (cropping) than the resampled volume,
 spacings that put samples between input voxels and at the volume's edge (Spacing's border rule), an
 oblique affine, another interpolation (which runs MONAI's chain itself), and the real CT.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,9 +18,12 @@ import numpy as np
 import pytest
 
 from domains.ct.curation.preprocess import (
+    OutputGrid,
     PreprocessConfig,
     apply_monai_chain,
     apply_transforms,
+    build_transforms,
+    output_grid,
     plan_resampling,
     preprocess_volume,
 )
@@ -68,6 +75,62 @@ def test_same_output_as_the_monai_chain(name: str) -> None:
     assert float(np.abs(ours - ref).max()) <= TOLERANCE
     np.testing.assert_allclose(ours_affine, ref_affine, atol=1e-9)
     assert ref.std() > 0.05  # the fixture has structure: equality is not of two blank arrays
+
+
+def monai_grid(shape: tuple[int, int, int], affine: np.ndarray, cfg: PreprocessConfig) -> OutputGrid:
+    """The grids MONAI's transforms record, run lazily on a zero-stride stand-in of the volume (no voxel moves)."""
+    import torch
+    from monai.data import MetaTensor
+
+    stand_in = MetaTensor(torch.zeros(1).expand(1, *shape), affine=torch.as_tensor(affine, dtype=torch.float64))
+    orientation, spacing, _, pad_crop = build_transforms(cfg).transforms
+    oriented = orientation(stand_in, lazy=True)
+    resampled = spacing(oriented, lazy=True)
+    out = pad_crop(resampled, lazy=True)
+    affines = [np.asarray(t.peek_pending_affine(), dtype=np.float64) for t in (oriented, resampled, out)]
+    shapes = [[int(v) for v in t.peek_pending_shape()] for t in (oriented, resampled, out)]
+    return OutputGrid(affines[0], shapes[0], affines[1], shapes[1], affines[2], shapes[2])
+
+
+def _random_geometry(rng: np.random.Generator) -> tuple[tuple[int, int, int], np.ndarray, PreprocessConfig]:
+    """A volume's shape and affine (axes permuted and flipped, often oblique, sometimes sheared) and a setting."""
+    pixdim = rng.uniform(0.5, 7.0, 3).round(2)
+    spacing = rng.uniform(0.4, 6.0, 3)
+    near = rng.random(3) < 0.3  # spacings at or within 1e-3 mm of the target: Spacing keeps those
+    spacing[near] = pixdim[near] + rng.choice([0.0, 4e-4, -9e-4, 2e-3], near.sum())
+    affine = _affine(spacing, flips=rng.choice([-1, 1], 3), perm=rng.permutation(3), origin=rng.uniform(-300, 300, 3))
+    if rng.random() < 0.5:  # oblique: rotated about a random axis (Rodrigues' formula)
+        axis = rng.normal(size=3)
+        k = np.cross(np.eye(3), axis / np.linalg.norm(axis))
+        angle = rng.uniform(0.02, 0.7)
+        affine[:3, :3] = (np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k) @ affine[:3, :3]
+    if rng.random() < 0.2:  # sheared: no per-axis plan, the chain runs (and Spacing centres its grid)
+        shear = np.eye(3)
+        shear[rng.permutation(3)[:2]] += rng.choice([-1, 1]) * rng.uniform(0.05, 0.4) * np.eye(3)[rng.integers(0, 3)]
+        affine[:3, :3] = affine[:3, :3] @ shear
+    shape = tuple(int(n) for n in rng.integers(5, 130, 3))
+    size = [int(n) for n in rng.integers(6, 90, 3)]
+    return shape, affine, PreprocessConfig(pixdim=pixdim.tolist(), spatial_size=size)
+
+
+def test_output_grid_is_monais() -> None:
+    """On 300 random geometries, each step's grid (shape and affine) is the one MONAI's lazy transforms record."""
+    rng = np.random.default_rng(7)
+    planned = kept = 0
+    for _ in range(300):
+        shape, affine, cfg = _random_geometry(rng)
+        ours, ref = output_grid(shape, affine, cfg), monai_grid(shape, affine, cfg)
+        assert [ours.oriented_shape, ours.resampled_shape, ours.shape] == [ref.oriented_shape, ref.resampled_shape, ref.shape]
+        for step in ("oriented_affine", "resampled_affine", "affine"):
+            np.testing.assert_allclose(getattr(ours, step), getattr(ref, step), rtol=0, atol=1e-9, err_msg=f"{step}: {shape} {cfg}")
+        spacing = [np.sqrt((a[:3, :3] ** 2).sum(axis=0)) for a in (ref.oriented_affine, ref.resampled_affine)]
+        kept += bool(np.any(np.abs(spacing[0] - spacing[1]) < 1e-12))  # an input spacing Spacing kept
+        plan = plan_resampling(shape, affine, cfg)
+        planned += plan is not None
+        if plan is not None:
+            for p in plan[0]:  # every output position reads input voxels inside the volume
+                assert p.coords.min() >= 0 and p.coords.max() <= shape[p.source_axis] - 1
+    assert 200 < planned < 300 and kept > 20  # most geometries planned, sheared ones not; the keep rule exercised
 
 
 def test_plan_reads_only_the_box_the_output_needs() -> None:
@@ -136,3 +199,16 @@ def test_nifti_first_pass_matches_the_chain_and_the_float_loader(tmp_path: Path,
     assert float(np.abs(ours - ref).max()) <= TOLERANCE and ref.std() > 0.05
     assert meta["input_hu_range"] == [float(as_float.data.min()), float(as_float.data.max())]
     assert meta["input_shape"] == [70, 60, 24]
+
+
+def test_preprocessing_a_volume_imports_neither_monai_nor_torch(tmp_path: Path) -> None:
+    """A curation worker preprocesses with numpy and nibabel: MONAI's import alone is 3-5 s and ~1 GB per process."""
+    vol = _volume((40, 36, 20), _affine((2.0, 2.0, 5.0), flips=(-1, -1, 1)))
+    nib.save(nib.Nifti1Image(np.round(vol.data).astype(np.int16), vol.affine), str(tmp_path / "ct.nii.gz"))
+    code = ("import sys; from domains.ct.curation.preprocess import PreprocessConfig, preprocess_volume; "
+            f"array, _, _ = preprocess_volume({str(tmp_path / 'ct.nii.gz')!r}, PreprocessConfig(pixdim=[3.0, 3.0, 4.0], "
+            "spatial_size=[32, 32, 24]), None); "
+            "print(array.shape, sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "(1, 32, 32, 24) []"

@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("module", ["domains.remote_sensing.curation.curate", "domains.pathology.curation.curate",
-                                    "domains.pairs.curation.curate", "pipelines.curation.cli"])
+                                    "domains.ct.curation.curate", "domains.pairs.curation.curate", "pipelines.curation.cli"])
 def test_curation_without_a_model_does_not_import_torch(module: str) -> None:
     # torch costs every worker process ~0.6 GB and seconds of start-up; only model code may import it
-    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'webdataset', 'open_clip') if m in sys.modules))"
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'monai', 'webdataset', 'open_clip') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
 

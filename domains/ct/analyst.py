@@ -42,7 +42,7 @@ import typer
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_bytes, json_default
 
-if TYPE_CHECKING:  # the model (torch, MONAI) is imported when a prediction runs, not for --help
+if TYPE_CHECKING:  # the model (torch) is imported when a prediction runs, not for --help
     from domains.ct.loader import CTModel, FindingScore, PreparedVolume
 
 FindingPrompts = dict[str, dict[str, list[str]]]
@@ -262,7 +262,7 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
         raise InputError(f"{volume}: no such file or folder")
 
     started = time.perf_counter()
-    import domains.ct.curation.preprocess  # noqa: F401  (MONAI's import is start-up time, not the volume's)
+    import domains.ct.curation.preprocess  # noqa: F401  (its imports are start-up time, not the volume's)
 
     ct_model = model if isinstance(model, CTModel) else load_ct_model(model, device)
     loaded = time.perf_counter()
@@ -292,7 +292,7 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
         "findings": _finding_rows(scores, threshold),
         "slices": {"through": "volume centre", "axial": prepared.array.shape[3] // 2,
                    "coronal": prepared.array.shape[2] // 2, "sagittal": prepared.array.shape[1] // 2},
-        # load_model includes the imports of the model code and MONAI; preprocess and model are this volume's own.
+        # load_model includes the imports of the model and preprocessing code; preprocess and model are this volume's own.
         "timing_s": {"load_model": round(loaded - started, 3), "preprocess": round(preprocessed - loaded, 3),
                      "model": round(predicted - preprocessed, 3)},
     }

@@ -38,7 +38,7 @@ from pipelines.models import volume as M
 from pipelines.models.report_text import tokenize
 from pipelines.models.volume import volume_batch
 
-if TYPE_CHECKING:  # preprocess (MONAI) is imported only when a file is loaded
+if TYPE_CHECKING:  # preprocess is imported only when a file is loaded
     from domains.ct.curation.preprocess import PreprocessConfig
 
 PREPROCESS_FILE = "preprocess.json"

@@ -8,13 +8,22 @@ ScaleIntensityRange -> ResizeWithPadOrCrop (`build_transforms`, Merlin's preproc
 resamples the whole volume in float64 and crops afterwards.
 
 `apply_transforms` gives the same output (max abs difference < 1e-5 on [0, 1], tested against the
-chain) with the work reordered: MONAI's transforms run lazily on a stand-in of the volume's shape
-to give the output grid (`plan_resampling`), so no voxel moves for the orientation; only the box of
-input voxels that the cropped output samples is touched; the trilinear interpolation (with
-Spacing's border rule) runs as three 1D linear passes in float32, on the output's field of view
-only, and the intensity window on that result. Spacing keeps the oriented volume's directions, so
-its resampling is a per-axis scale for any affine, oblique ones included; what the plan does not
-cover (an interpolation mode other than bilinear) runs the MONAI chain itself.
+chain) with the work reordered: the output grid is computed first from the volume's shape and
+affine (`plan_resampling`), so no voxel moves for the orientation; only the box of input voxels
+that the cropped output samples is touched; the trilinear interpolation (with Spacing's border
+rule) runs as three 1D linear passes in float32, on the output's field of view only, and the
+intensity window on that result. Spacing keeps the oriented volume's directions, so its resampling
+is a per-axis scale for any affine, oblique ones included; what the plan does not cover (an
+interpolation mode other than bilinear, a sheared affine) runs the MONAI chain itself.
+
+The plan's geometry is MONAI's (1.6), written out in numpy and nibabel: `Orientation` (nibabel's
+orientation functions, as MONAI calls them), `Spacing` (`zoom_affine`, `compute_shape_offset`, its
+rule that keeps an input spacing within 1e-3 mm of the target) and `ResizeWithPadOrCrop` (centre
+crop, then symmetric pad). It is tested equal to the plan MONAI's own transforms give when run
+lazily, on many random geometries. Why not call MONAI for it: `import monai` imports every MONAI
+subpackage (networks, apps, torchvision, scipy.signal), 3-5 s and ~1 GB per process, which every
+curation worker and every `domainfm predict ct` paid for a few 4 x 4 matrices. Only the reference
+chain and the fallback import MONAI (and torch) now.
 
 Cache: `cache_dir/<key[:2]>/<key>.npy` plus `<key>.json` (metadata), where key = sha256 of the
 input bytes (a file, or every file of a DICOM folder in path order) + the preprocessing and
@@ -31,14 +40,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional, Sequence
 
+import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing
 
 from domains.ct.curation.volumes import Volume, load_volume, validate_volume, volume_kind
+
+if TYPE_CHECKING:  # MONAI (and torch) only for the reference chain and the fallback
+    from monai.transforms import Compose
 
 CACHE_VERSION = 3  # 2: DICOM series geometry checked; 3: reordered resampling (apply_transforms)
 
@@ -61,9 +71,11 @@ class PreprocessConfig:
 
 def build_transforms(cfg: PreprocessConfig) -> Compose:
     """The MONAI chain applied to a channel-first MetaTensor carrying the RAS affine."""
+    from monai.transforms import Compose, Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing
+
     return Compose(
         [
-            Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),  # explicit: RAS world
+            Orientation(axcodes="RAS", labels=RAS_LABELS),  # explicit: RAS world
             Spacing(pixdim=tuple(cfg.pixdim), mode=cfg.interpolation, padding_mode="border"),
             ScaleIntensityRange(a_min=cfg.a_min, a_max=cfg.a_max, b_min=0.0, b_max=1.0, clip=True),
             # Pads with 0 after scaling: air, like the space around the body.
@@ -74,6 +86,9 @@ def build_transforms(cfg: PreprocessConfig) -> Compose:
 
 def apply_monai_chain(vol: Volume, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """(array (1, X, Y, Z) float32, output affine): `build_transforms` on the whole volume (the reference)."""
+    import torch
+    from monai.data import MetaTensor
+
     x = MetaTensor(torch.from_numpy(vol.data[None].astype(np.float32, copy=False)), affine=torch.as_tensor(vol.affine))
     y = build_transforms(cfg)(x)
     return y.numpy().astype(np.float32, copy=False), np.asarray(y.affine, dtype=np.float64)
@@ -88,6 +103,78 @@ class AxisPlan:
     coords: np.ndarray  # float64 input voxel positions of the valid output indices, clamped to the volume (border)
 
 
+@dataclass
+class OutputGrid:
+    """The grids of `build_transforms`' steps: each step's affine (voxel -> RAS mm) and shape."""
+
+    oriented_affine: np.ndarray  # Orientation: the input's voxels, axes permuted and flipped to RAS
+    oriented_shape: list[int]
+    resampled_affine: np.ndarray  # Spacing: the oriented directions at the target spacing
+    resampled_shape: list[int]
+    affine: np.ndarray  # ResizeWithPadOrCrop: the resampled grid shifted by whole voxels
+    shape: list[int]
+
+
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+AFFINE_TOL = 1e-3  # MONAI's: Spacing keeps an input spacing this close to the target
+
+
+def _spacing(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(affine[:3, :3] * affine[:3, :3], axis=0))
+
+
+def _zoom_affine(affine: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """MONAI's `zoom_affine(affine, scale, diagonal=False)`: the rotation of `affine` with column norms `scale`, no shear."""
+    rzs = affine[:-1, :-1]
+    zs = np.linalg.cholesky(rzs.T @ rzs).T
+    rotation = rzs @ np.linalg.inv(zs)
+    new_affine = np.eye(len(affine))
+    new_affine[:-1, :-1] = rotation @ np.diag(np.sign(np.diag(zs)) * np.abs(scale))
+    return new_affine
+
+
+def _shape_offset(shape: Sequence[int], in_affine: np.ndarray, out_affine: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """MONAI's `compute_shape_offset(shape, in_affine, out_affine, scale_extent=False)`: the grid covering the input's voxel centres."""
+    shape_f = np.array(shape, dtype=float)
+    corners = np.asarray(np.meshgrid(*[(0.0, n - 1.0) for n in shape_f], indexing="ij")).reshape((3, -1))
+    corners = np.concatenate((corners, np.ones_like(corners[:1])))
+    corners_out = np.linalg.solve(out_affine, in_affine) @ corners
+    corners = in_affine @ corners
+    all_dist = corners_out[:-1].copy()
+    out_shape = np.round(np.ptp(corners_out[:-1] / corners_out[-1], axis=1) + 1.0)
+    offset = None
+    for i in range(corners.shape[1]):
+        if np.allclose(np.min(all_dist - all_dist[:, i:i + 1], 1), 0.0, rtol=AFFINE_TOL):
+            offset = corners[:-1, i]  # the corner with the smallest output coordinates becomes the origin
+            break
+    if offset is None:  # no such corner (a flipped direction): centre the output on the input
+        offset = in_affine[:-1, :-1] @ (shape_f / 2.0) + in_affine[:-1, -1] - out_affine[:-1, :-1] @ (out_shape / 2.0)
+    return [int(v) for v in out_shape], offset
+
+
+def output_grid(shape: Sequence[int], affine: np.ndarray, cfg: PreprocessConfig) -> OutputGrid:
+    """The grids `build_transforms` gives a volume of this shape and affine, computed as MONAI computes them."""
+    affine = np.asarray(affine, dtype=np.float64)
+    # Orientation(RAS): a signed permutation of the voxel axes (nibabel, as MONAI calls it)
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.orientations.axcodes2ornt("RAS", labels=RAS_LABELS))
+    oriented = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    oriented_shape = [int(shape[i]) for i in np.argsort(ornt[:, 0])]
+    # Spacing: the target spacing (an input spacing within AFFINE_TOL of it is kept), the oriented directions
+    target, current = np.array(cfg.pixdim, dtype=np.float64), _spacing(oriented)
+    scale = np.where((target - AFFINE_TOL <= current) & (current <= target + AFFINE_TOL), current, target)
+    resampled = _zoom_affine(oriented, scale)
+    resampled_shape, offset = _shape_offset(oriented_shape, oriented, resampled)
+    resampled[:3, -1] = offset[:3]
+    resampled = oriented @ np.linalg.solve(oriented, resampled)  # as MONAI records it: the input's affine times the step's
+    # ResizeWithPadOrCrop: a centre crop where the grid is larger, then a symmetric pad where it is smaller
+    shift = np.zeros(3)
+    for d, (n, size) in enumerate(zip(resampled_shape, cfg.spatial_size)):
+        shift[d] = n // 2 - size // 2 if n > size else -((size - n) // 2)
+    step = np.eye(4)
+    step[:3, 3] = shift
+    return OutputGrid(oriented, oriented_shape, resampled, resampled_shape, resampled @ step, [int(v) for v in cfg.spatial_size])
+
+
 def _is_signed_permutation(m: np.ndarray) -> bool:
     return bool(np.all(np.isclose(np.abs(m), 0, atol=1e-6) | np.isclose(np.abs(m), 1, atol=1e-6))
                 and np.all(np.isclose(np.abs(m).sum(axis=0), 1, atol=1e-6)))
@@ -96,24 +183,16 @@ def _is_signed_permutation(m: np.ndarray) -> bool:
 def plan_resampling(shape: Sequence[int], affine: np.ndarray, cfg: PreprocessConfig) -> Optional[tuple[list[AxisPlan], np.ndarray]]:
     """(per output axis plans, output affine) of `build_transforms` for a volume of this shape and affine.
 
-    MONAI computes the geometry: its spatial transforms run lazily on a zero-stride stand-in, so the
-    orientation, Spacing's grid and the pad/crop are MONAI's own. None when the plan cannot express
-    them exactly (interpolation other than bilinear, a resampling that is not a per-axis scale).
+    None when the plan cannot express the chain exactly (interpolation other than bilinear, a
+    resampling that is not a per-axis scale, an empty intensity window): the MONAI chain runs then.
     """
-    if cfg.interpolation != "bilinear":
+    if cfg.interpolation != "bilinear" or not cfg.a_min < cfg.a_max:
         return None
-    stand_in = MetaTensor(torch.zeros(1).expand(1, *shape), affine=torch.as_tensor(affine, dtype=torch.float64))
-    orientation, spacing, _, pad_crop = build_transforms(cfg).transforms
-    oriented = orientation(stand_in, lazy=True)
-    resampled = spacing(oriented, lazy=True)
-    out = pad_crop(resampled, lazy=True)
-    a_in = np.asarray(affine, dtype=np.float64)
-    a_or, a_sp, a_out = (np.asarray(t.peek_pending_affine(), dtype=np.float64) for t in (oriented, resampled, out))
-    sp_shape = [int(v) for v in resampled.peek_pending_shape()]
-    out_shape = [int(v) for v in out.peek_pending_shape()]
-    to_input = np.linalg.inv(a_in) @ a_or  # oriented index -> input index: a signed permutation
-    to_oriented = np.linalg.inv(a_or) @ a_sp  # resampled index -> oriented index: a per-axis scale
-    to_resampled = np.linalg.inv(a_sp) @ a_out  # output index -> resampled index: a whole-voxel shift
+    affine = np.asarray(affine, dtype=np.float64)
+    grid = output_grid(shape, affine, cfg)
+    to_input = np.linalg.inv(affine) @ grid.oriented_affine  # oriented index -> input index: a signed permutation
+    to_oriented = np.linalg.inv(grid.oriented_affine) @ grid.resampled_affine  # resampled index -> oriented index: a per-axis scale
+    to_resampled = np.linalg.inv(grid.resampled_affine) @ grid.affine  # output index -> resampled index: a whole-voxel shift
     if (not _is_signed_permutation(to_input[:3, :3])
             or not np.allclose(to_oriented[:3, :3], np.diag(np.diag(to_oriented[:3, :3])), atol=1e-9)
             or not np.allclose(to_resampled[:3, :3], np.eye(3), atol=1e-9)
@@ -123,14 +202,22 @@ def plan_resampling(shape: Sequence[int], affine: np.ndarray, cfg: PreprocessCon
     for d in range(3):
         source = int(np.argmax(np.abs(to_input[:3, d])))
         shift = int(round(to_resampled[d, 3]))
-        first, last = max(0, -shift), min(out_shape[d], sp_shape[d] - shift)  # output indices inside the resampled grid
+        first, last = max(0, -shift), min(grid.shape[d], grid.resampled_shape[d] - shift)  # output indices inside the resampled grid
         resampled_index = np.arange(first, last, dtype=np.float64) + shift
         oriented_pos = to_oriented[d, d] * resampled_index + to_oriented[d, 3]
         input_pos = to_input[source, d] * oriented_pos + to_input[source, 3]
         plans.append(AxisPlan(source, slice(first, max(first, last)), np.clip(input_pos, 0, shape[source] - 1)))
     if sorted(p.source_axis for p in plans) != [0, 1, 2]:
         return None
-    return plans, a_out
+    return plans, grid.affine
+
+
+def intensity_window(x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """MONAI's ScaleIntensityRange(a_min, a_max, b_min=0, b_max=1, clip=True) in place, in x's dtype: HU to [0, 1]."""
+    x -= cfg.a_min
+    x /= cfg.a_max - cfg.a_min
+    np.clip(x, 0.0, 1.0, out=x)
+    return x
 
 
 def _linear_pass(x: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
@@ -167,8 +254,7 @@ def resample_planned(data: np.ndarray, plans: list[AxisPlan], cfg: PreprocessCon
     for dim, axis in enumerate(memory_order):
         x = _linear_pass(x, dim, by_source[axis].coords - box[axis].start)
     x = x.transpose([memory_order.index(p.source_axis) for p in plans])  # memory order -> output (RAS) axis order
-    window = ScaleIntensityRange(a_min=cfg.a_min, a_max=cfg.a_max, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
-    out[(0, *(p.valid for p in plans))] = window(x[None])[0]
+    out[(0, *(p.valid for p in plans))] = intensity_window(x, cfg)
     return out
 
 
