@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,18 @@ def test_cli_writes_outputs_and_prints_errors_without_traceback(export: Path, in
     bad = runner.invoke(app, ["predict", "ct", "--model", str(export), "--volume", str(inputs / "mr.nii.gz"), "--out", str(out)])
     assert bad.exit_code == 1 and "Error:" in bad.output and "mr.nii.gz" in bad.output and "Traceback" not in bad.output
     assert _listing(out) == ["study.json", "study.png"]
+
+
+def test_prediction_imports_neither_monai_nor_open_clip(export: Path, inputs: Path, tmp_path: Path) -> None:
+    """A `predict ct` process imports the CT model's libraries only: MONAI's import was 3-5 s, open_clip's 0.8 s."""
+    code = ("import atexit, sys; from pipelines.cli import main; "
+            "atexit.register(lambda: print(sorted(m for m in ('monai', 'open_clip', 'torch') if m in sys.modules))); "
+            "sys.argv = ['domainfm', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, "predict", "ct", "--model", str(export), "--volume",
+                           str(inputs / "study.nii.gz"), "--out", str(tmp_path), "--device", "cpu"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['torch']" and (tmp_path / "study.json").is_file()
 
 
 def test_cli_predicts_several_volumes_loading_the_model_once(export: Path, model: CTModel, inputs: Path, tmp_path: Path,

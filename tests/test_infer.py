@@ -13,9 +13,10 @@ import torch
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import EmbeddingCache
-from pipelines.infer.clip import ClipEncoder, _plain_normalisation, export_kind
+from pipelines.infer.clip import ClipEncoder, _plain_normalisation
 from pipelines.infer.stream import embed_windows
 from pipelines.models.clip import WEIGHTS_FILE, ModelSpec, load_model, model_config_of, save_open_clip_dir
+from pipelines.models.folders import export_kind
 
 
 @pytest.fixture(scope="module")

@@ -267,7 +267,7 @@ def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu") ->
     `device` may be "auto" (the GPU when there is one). A missing folder, or an export of another kind
     (an open_clip image export), is an InputError naming the folder.
     """
-    from pipelines.infer.clip import export_kind
+    from pipelines.models.folders import export_kind
 
     export_dir = Path(export_dir)
     if not export_dir.is_dir():

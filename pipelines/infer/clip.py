@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,21 +23,11 @@ from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.infer.hubness import HubnessBank, read_bank
 from pipelines.io.digests import Fingerprints
 from pipelines.io.remote import cache_root
-from pipelines.models.clip import CONFIG_FILE, WEIGHTS_FILE
+from pipelines.models.clip import WEIGHTS_FILE
+from pipelines.models.folders import export_kind
 from pipelines.models.weights import weights_not_drawn
 
 WEIGHTS_DIGESTS = "weights-digests.json"  # under cache_root(): weights_fingerprint's remembered digests
-
-
-def export_kind(folder: Path) -> str:
-    """"open_clip" for a local-dir folder, "volume" for a 3D dual encoder folder; InputError otherwise."""
-    folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        return "open_clip"
-    config = folder / "config.json"
-    if config.is_file() and "phenotypes" in json.loads(config.read_text()):
-        return "volume"
-    raise InputError(f"{folder} is not an exported model (no {CONFIG_FILE} + {WEIGHTS_FILE}, no volume config.json)")
 
 
 @dataclass

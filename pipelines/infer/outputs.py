@@ -10,13 +10,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from pipelines.errors import InputError
-from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.device import resolve_device
 from pipelines.io.atomic import json_default
 from pipelines.io.text import read_text
+
+if TYPE_CHECKING:  # open_clip is imported when a model loads: the CT command uses these checks without it
+    from pipelines.infer.clip import ClipEncoder
 
 Input = TypeVar("Input")
 
@@ -95,6 +97,8 @@ def export_folder(model: str | Path, device: str) -> Path:
 
 def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipEncoder:
     """An exported open_clip model as an encoder; InputError naming the folder when it is not one (e.g. the CT volume model)."""
+    from pipelines.infer.clip import ClipEncoder
+
     if isinstance(model, ClipEncoder):
         return model
     return ClipEncoder.load(export_folder(model, device), device)

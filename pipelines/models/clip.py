@@ -20,13 +20,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pipelines.io.atomic import atomic_dir
+from pipelines.models.folders import CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
 
 # open_clip's local-dir format: what `create_model_and_transforms("local-dir:PATH")` reads.
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE = CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE
 _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
 
 
