@@ -16,10 +16,11 @@ curations: `domainfm curate pairs` of the pairs demo and `domainfm curate ct` of
 (`domainfm demo-data ...`, written first and not timed), each with 1 worker, so the process
 measured is the one that curates. And one command that runs a model, so torch stays: `domainfm
 predict ct` on TotalSegmentator's small example CT (the demo's CT architecture randomly
-initialised, `contract.random_ct_export`), whose preprocessing imported MONAI too. Peak memory is the largest resident set of the process
-and of the children it waited for (`os.wait4`'s ru_maxrss); the rows' ratio is peer / ours, times
-less memory (and times faster for the wall time). Whether torch ended up imported is checked by a
-second run of each command that prints `sys.modules` at exit.
+initialised, `contract.random_ct_export`), whose preprocessing imported MONAI too. Peak memory is
+the largest resident set of the process and of the children it waited for (`os.wait4`'s
+ru_maxrss); the rows' ratio is peer / ours, times less memory (and times faster for the wall time).
+Whether torch ended up imported is checked by a second run of each command that prints
+`sys.modules` at exit.
 
 Usage: python benchmarks/startup_memory.py [--repeats 3] [--json PATH]
 """

@@ -19,7 +19,7 @@ interpolation mode other than bilinear, a sheared affine) runs the MONAI chain i
 The plan's geometry is MONAI's (1.6), written out in numpy and nibabel: `Orientation` (nibabel's
 orientation functions, as MONAI calls them), `Spacing` (`zoom_affine`, `compute_shape_offset`, its
 rule that keeps an input spacing within 1e-3 mm of the target) and `ResizeWithPadOrCrop` (centre
-crop, then symmetric pad). It is tested equal to the plan MONAI's own transforms give when run
+crop, then symmetric pad). It is tested equal to the grids MONAI's own transforms record when run
 lazily, on many random geometries. Why not call MONAI for it: `import monai` imports every MONAI
 subpackage (networks, apps, torchvision, scipy.signal), 3-5 s and ~1 GB per process, which every
 curation worker and every `domainfm predict ct` paid for a few 4 x 4 matrices. Only the reference
@@ -147,7 +147,7 @@ def _shape_offset(shape: Sequence[int], in_affine: np.ndarray, out_affine: np.nd
         if np.allclose(np.min(all_dist - all_dist[:, i:i + 1], 1), 0.0, rtol=AFFINE_TOL):
             offset = corners[:-1, i]  # the corner with the smallest output coordinates becomes the origin
             break
-    if offset is None:  # no such corner (a flipped direction): centre the output on the input
+    if offset is None:  # no corner is lowest on every output axis (a sheared input): centre the output on the input
         offset = in_affine[:-1, :-1] @ (shape_f / 2.0) + in_affine[:-1, -1] - out_affine[:-1, :-1] @ (out_shape / 2.0)
     return [int(v) for v in out_shape], offset
 
