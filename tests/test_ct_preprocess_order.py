@@ -96,7 +96,7 @@ def _random_geometry(rng: np.random.Generator) -> tuple[tuple[int, int, int], np
     """A volume's shape and affine (axes permuted and flipped, often oblique, sometimes sheared) and a setting."""
     pixdim = rng.uniform(0.5, 7.0, 3).round(2)
     spacing = rng.uniform(0.4, 6.0, 3)
-    near = rng.random(3) < 0.3  # spacings at or within 1e-3 mm of the target: Spacing keeps those
+    near = rng.random(3) < 0.3  # spacings at, within or just beyond 1e-3 mm of the target: the keep rule both ways
     spacing[near] = pixdim[near] + rng.choice([0.0, 4e-4, -9e-4, 2e-3], near.sum())
     affine = _affine(spacing, flips=rng.choice([-1, 1], 3), perm=rng.permutation(3), origin=rng.uniform(-300, 300, 3))
     if rng.random() < 0.5:  # oblique: rotated about a random axis (Rodrigues' formula)

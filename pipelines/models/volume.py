@@ -31,12 +31,13 @@ from torch.utils.checkpoint import checkpoint
 
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import report_text as T
+from pipelines.models.folders import VOLUME_CONFIG_FILE
 from pipelines.models.weights import weights_not_drawn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = VOLUME_CONFIG_FILE
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TEXT_CONFIG_DIR = "text_config"
