@@ -119,10 +119,6 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 AFFINE_TOL = 1e-3  # MONAI's: Spacing keeps an input spacing this close to the target
 
 
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(affine[:3, :3] * affine[:3, :3], axis=0))
-
-
 def _zoom_affine(affine: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """MONAI's `zoom_affine(affine, scale, diagonal=False)`: the rotation of `affine` with column norms `scale`, no shear."""
     rzs = affine[:-1, :-1]
@@ -160,7 +156,7 @@ def output_grid(shape: Sequence[int], affine: np.ndarray, cfg: PreprocessConfig)
     oriented = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
     oriented_shape = [int(shape[i]) for i in np.argsort(ornt[:, 0])]
     # Spacing: the target spacing (an input spacing within AFFINE_TOL of it is kept), the oriented directions
-    target, current = np.array(cfg.pixdim, dtype=np.float64), _spacing(oriented)
+    target, current = np.array(cfg.pixdim, dtype=np.float64), nib.affines.voxel_sizes(oriented)
     scale = np.where((target - AFFINE_TOL <= current) & (current <= target + AFFINE_TOL), current, target)
     resampled = _zoom_affine(oriented, scale)
     resampled_shape, offset = _shape_offset(oriented_shape, oriented, resampled)
@@ -326,7 +322,7 @@ def preprocess_volume(
     del contents
     validate_volume(vol, cfg.min_slices, cfg.air_hu, cfg.min_air_fraction)
     array, out_affine = apply_transforms(vol, cfg)
-    zooms = np.sqrt((vol.affine[:3, :3] ** 2).sum(axis=0))
+    zooms = nib.affines.voxel_sizes(vol.affine)
     meta = {
         "cache_key": key,
         "modality": vol.modality or "CT (by air fraction)",
