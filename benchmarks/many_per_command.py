@@ -57,7 +57,7 @@ class Case:
     """One analyst command given several inputs.
 
     Run as `command`, (`option`, input) per input, `at_once` when one command takes them all, then
-    `--out` (and `--cache`: an empty embedding cache per run, for the commands that have one).
+    `--out` and `--cache` (an empty embedding cache per run).
     """
 
     name: str  # the row's inputs, e.g. "slides"
@@ -65,7 +65,6 @@ class Case:
     option: str  # the repeated input option
     inputs: list[Path]
     at_once: list[str]  # what one command for all adds (--each)
-    cache: bool = True
 
 
 def run_cli(args: list[str]) -> None:
@@ -104,7 +103,7 @@ def cases(folder: Path, arch: str, only: list[str]) -> list[Case]:
     if "volumes" in only:
         volumes = [CT / "example_ct.nii.gz", CT / "example_ct_sm.nii.gz", CT / "example_ct_dicom"]
         export = random_ct_export(folder / "ct")
-        found.append(Case("volumes", ["predict", "ct", "--model", str(export)], "--volume", volumes, [], cache=False))
+        found.append(Case("volumes", ["predict", "ct", "--model", str(export)], "--volume", volumes, []))
     return found
 
 
@@ -114,7 +113,7 @@ def measure(case: Case, folder: Path, repeats: int) -> dict[str, list[float]]:
     for run in range(repeats):  # interleaved, so machine noise hits both alike
         for who in times:
             out = folder / f"{case.name}-{who}-{run}"
-            tail = ["--out", str(out)] + (["--cache", str(folder / f"cache-{case.name}-{who}-{run}")] if case.cache else [])
+            tail = ["--out", str(out), "--cache", str(folder / f"cache-{case.name}-{who}-{run}")]
             start = time.perf_counter()
             if who == "ours":
                 run_cli([*case.command, *[a for p in case.inputs for a in (case.option, str(p))], *case.at_once, *tail])

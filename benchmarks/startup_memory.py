@@ -16,7 +16,10 @@ curations: `domainfm curate pairs` of the pairs demo and `domainfm curate ct` of
 (`domainfm demo-data ...`, written first and not timed), each with 1 worker, so the process
 measured is the one that curates. And one command that runs a model, so torch stays: `domainfm
 predict ct` on TotalSegmentator's small example CT (the demo's CT architecture randomly
-initialised, `contract.random_ct_export`), whose preprocessing imported MONAI too. Peak memory is
+initialised, `contract.random_ct_export`), whose preprocessing imported MONAI too: with an empty
+embedding cache each run (a first prediction), and once more with the finding prompts' embeddings in
+the cache (a later prediction with the same model, which builds no text encoder), whose peer is the
+same command with an empty cache (what every prediction paid before the cache). Peak memory is
 the largest resident set of the process and of the children it waited for (`os.wait4`'s
 ru_maxrss); the rows' ratio is peer / ours, times less memory (and times faster for the wall time).
 Whether torch ended up imported is checked by a second run of each command that prints
@@ -46,6 +49,8 @@ TORCH_FIRST = "import torch; " + RUN_CLI
 MONAI_FIRST = "import monai; " + RUN_CLI
 TORCH_PEER = "the same command with torch imported first (the CLI before: torch imported at the top)"
 MONAI_PEER = "the same command with MONAI imported first (CT preprocessing before: MONAI, and so torch, imported)"
+FIRST_PREDICTION_PEER = ("the same command with an empty embedding cache (a first prediction: the text encoder built and the "
+                         "prompts embedded, as every prediction did before the cache)")
 CT_DEMO = {"n_patients": 40, "n_studies": 50}  # of the demo's 300 and 400: the same volumes, fewer
 SMALL_CT = Path("/work/shared/realdata/ct/totalsegmentator/example_ct_sm.nii.gz")
 # run at exit, after the command: did it import torch?
@@ -94,7 +99,7 @@ def main() -> None:
         measure(RUN_CLI, ["demo-data", "pairs", "--params", str(params), "--out", str(folder / "raw")])
         ct_raw = folder / "ct_raw"
         measure(RUN_CLI, ["demo-data", "ct", "--params", str(params), "--out", str(ct_raw)])
-        commands = {  # name: (arguments, the peer's code, what the peer is)
+        commands = {  # name: (arguments, the peer's code, what the peer is[, the peer's arguments when they differ])
             "`domainfm curate remote_sensing --help`": (["curate", "remote_sensing", "--help"], TORCH_FIRST, TORCH_PEER),
             "a small curation (`domainfm curate pairs`, the pairs demo: 600 images, 1 worker)":
                 (["curate", "pairs", "--csv", str(folder / "raw" / "captions.csv"), "--params", str(params),
@@ -113,18 +118,22 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
                             f"from pathlib import Path; from contract import random_ct_export; random_ct_export(Path({str(model)!r}))"],
                            cwd=ROOT, check=True, capture_output=True)
-            commands["`domainfm predict ct` (one small real CT, a model run: torch imported by both)"] = (
-                ["predict", "ct", "--model", str(model), "--volume", str(SMALL_CT), "--out", str(folder / "ct" / "predicted")],
-                MONAI_FIRST, MONAI_PEER)
+            predict = ["predict", "ct", "--model", str(model), "--volume", str(SMALL_CT), "--out", str(folder / "ct" / "predicted")]
+            first = [*predict, "--cache", str(folder / "ct" / "cache")]  # emptied before every run, as all of folder/ct
+            commands["`domainfm predict ct` (one small real CT, a model run: torch imported by both)"] = (first, MONAI_FIRST, MONAI_PEER)
+            later = [*predict, "--cache", str(folder / "prompt_cache")]
+            measure(RUN_CLI, later)  # fills the cache with the prompts' embeddings (not timed)
+            commands["`domainfm predict ct`, the prompts' embeddings cached (a later prediction with the same model)"] = (
+                later, RUN_CLI, FIRST_PREDICTION_PEER, first)
         else:
             print(f"{SMALL_CT} not found: no predict ct row")
         runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeats):  # interleaved
-            for name, (command, peer_code, _) in commands.items():
-                for who, code in (("ours", RUN_CLI), ("peer", peer_code)):
+            for name, (command, peer_code, _, *peer_command) in commands.items():
+                for who, code, args_run in (("ours", RUN_CLI, command), ("peer", peer_code, (peer_command or [command])[0])):
                     shutil.rmtree(folder / "ct", ignore_errors=True)  # every CT curation preprocesses its volumes (no cache)
-                    runs.setdefault((name, who), []).append(measure(code, command))
-        torch_seen = {name: imports_torch(command) for name, (command, _, _) in commands.items()}
+                    runs.setdefault((name, who), []).append(measure(code, args_run))
+        torch_seen = {name: imports_torch(command) for name, (command, *_) in commands.items()}
 
     rows = []
     for name in commands:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,16 +191,90 @@ def test_cli_writes_outputs_and_prints_errors_without_traceback(export: Path, in
     assert _listing(out) == ["study.json", "study.png"]
 
 
-def test_prediction_imports_neither_monai_nor_open_clip(export: Path, inputs: Path, tmp_path: Path) -> None:
-    """A `predict ct` process imports the CT model's libraries only: MONAI's import was 3-5 s, open_clip's 0.8 s."""
+def test_prediction_imports_neither_monai_nor_open_clip_and_with_prompts_cached_no_transformers(export: Path, inputs: Path,
+                                                                                               tmp_path: Path) -> None:
+    """A `predict ct` process imports the CT model's libraries only: MONAI's import was 3-5 s, open_clip's 0.8 s. The
+    prompts' embeddings are cached, so the next process builds no text encoder (transformers' modelling code: 2 s)."""
     code = ("import atexit, sys; from pipelines.cli import main; "
-            "atexit.register(lambda: print(sorted(m for m in ('monai', 'open_clip', 'torch') if m in sys.modules))); "
+            "atexit.register(lambda: print(sorted(m for m in ('monai', 'open_clip', 'torch', 'transformers') if m in sys.modules))); "
             "sys.argv = ['domainfm', *sys.argv[1:]]; main()")
-    done = subprocess.run([sys.executable, "-c", code, "predict", "ct", "--model", str(export), "--volume",
-                           str(inputs / "study.nii.gz"), "--out", str(tmp_path), "--device", "cpu"],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "['torch']" and (tmp_path / "study.json").is_file()
+    imported, findings = [], []
+    for run in ("cold", "warm"):  # the same cache ($DOMAINFM_CACHE, this test's own)
+        done = subprocess.run([sys.executable, "-c", code, "predict", "ct", "--model", str(export), "--volume",
+                               str(inputs / "study.nii.gz"), "--out", str(tmp_path / run), "--device", "cpu"],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported.append(done.stdout.strip().splitlines()[-1])
+        findings.append(json.loads((tmp_path / run / "study.json").read_text())["findings"])
+    assert imported == ["['torch', 'transformers']", "['torch']"]
+    assert findings[1] == findings[0]
+
+
+def test_text_encoder_left_on_disk_then_loaded_is_the_models(export: Path) -> None:
+    """`load_model_dir(text=False)` loads everything but the text encoder, as strictly; `load_text_encoder` adds the same encoder."""
+    from pipelines.models.report_text import TextEncoderNotLoaded
+
+    whole, tokenizer, phenotypes = M.load_model_dir(export)
+    part, no_tokenizer, same_phenotypes = M.load_model_dir(export, text=False)
+    assert isinstance(part.text, TextEncoderNotLoaded) and no_tokenizer is None and same_phenotypes == phenotypes
+    assert not any(k.startswith(M.TEXT_PREFIX) for k in part.state_dict())
+    for key, value in part.state_dict().items():
+        assert torch.equal(value, whole.state_dict()[key]), key
+    tokens = {k: v for k, v in M.T.tokenize(tokenizer, ["no pleural effusion"], part.cfg.context_length).items()}
+    with pytest.raises(RuntimeError, match="not loaded"):
+        part.encode_text(**tokens)
+    M.load_text_encoder(part, export)
+    assert part.state_dict().keys() == whole.state_dict().keys()
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in part.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(part.encode_text(**tokens), whole.encode_text(**tokens))
+
+
+def test_weights_that_do_not_fit_are_refused_without_the_text_encoder_too(export: Path, tmp_path: Path) -> None:
+    """A weights file with a tensor missing, or one the model does not have, is refused with or without the text encoder."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(export / M.WEIGHTS_FILE))
+    for change, name in ((lambda s: s.pop("image_proj.bias"), "missing"), (lambda s: s.update(extra=torch.zeros(2)), "unexpected")):
+        folder = tmp_path / name
+        shutil.copytree(export, folder)
+        changed = dict(state)
+        change(changed)
+        save_file(changed, str(folder / M.WEIGHTS_FILE), metadata={"format": "pt"})
+        for text in (True, False):
+            with pytest.raises(RuntimeError, match=None if text else name):  # with the text encoder: safetensors' own message
+                M.load_model_dir(folder, text=text)
+
+
+def test_cached_prompt_embeddings_follow_the_weights(export: Path, tmp_path: Path) -> None:
+    """The prompts' cache entry is the weights' and the tokenizer's: other weights or another tokenizer in the same folder
+    embed the prompts again, a cache that cannot be made leaves the model working, and a cached entry gives what embedding gives."""
+    from safetensors.torch import save_model
+
+    folder, cache = tmp_path / "ct", tmp_path / "cache"
+    shutil.copytree(export, folder)
+    first = load_ct_model(folder, "cpu", cache)
+    embedded = first.embed_prompts(FINDING_PROMPTS)
+    assert np.array_equal(load_ct_model(folder, "cpu", cache).embed_prompts(FINDING_PROMPTS), embedded)  # from the cache
+    fresh, tokenizer, _ = M.load_model_dir(folder)
+    texts = [t for p in FINDING_PROMPTS.values() for t in (*p["positive"], *p["negative"])]
+    assert np.allclose(CTModel(fresh, tokenizer, [], {}).embed_text(texts), embedded, atol=1e-6)
+    torch.manual_seed(1)  # other weights over the folder's, its other files (tokenizer included) left as they are
+    save_model(M.build_model(M.VolumeModelConfig(**TINY), PHENOTYPES, tokenizer), str(folder / M.WEIGHTS_FILE))
+    retrained = load_ct_model(folder, "cpu", cache).embed_prompts(FINDING_PROMPTS)
+    other, _, _ = M.load_model_dir(folder)
+    assert np.allclose(CTModel(other, tokenizer, [], {}).embed_text(texts), retrained, atol=1e-6)
+    assert not np.allclose(retrained, embedded, atol=1e-3)
+    retokenized = train_wordpiece_tokenizer(texts[::-1] + ["effusion"] * 9, TINY["vocab_size"], TINY["context_length"])
+    shutil.rmtree(folder / M.TOKENIZER_DIR)
+    retokenized.save_pretrained(str(folder / M.TOKENIZER_DIR))  # another vocabulary, the same weights
+    expected = CTModel(other, retokenized, [], {}).embed_text(texts)
+    assert not np.allclose(expected, retrained, atol=1e-3)
+    assert np.allclose(load_ct_model(folder, "cpu", cache).embed_prompts(FINDING_PROMPTS), expected, atol=1e-6)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    unmade = load_ct_model(folder, "cpu", blocked / "cache")
+    assert unmade.prompt_cache is None and np.allclose(unmade.embed_prompts(FINDING_PROMPTS), expected, atol=1e-6)
 
 
 def test_cli_predicts_several_volumes_loading_the_model_once(export: Path, model: CTModel, inputs: Path, tmp_path: Path,

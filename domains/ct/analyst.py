@@ -40,6 +40,7 @@ import numpy as np
 import typer
 
 from pipelines.errors import InputError
+from pipelines.infer.cache import CACHE_HELP
 from pipelines.io.atomic import atomic_write_bytes, json_default
 
 if TYPE_CHECKING:  # the model (torch) is imported when a prediction runs, not for --help
@@ -232,7 +233,7 @@ def checked_settings(threshold: float, out: Path, prompts: str | Path | FindingP
 
 def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path, threshold: float = DEFAULT_THRESHOLD,
                series: Optional[str] = None, prompts: str | Path | FindingPrompts | None = None, device: str = "auto",
-               top: int = TOP_SHOWN) -> CTPrediction:
+               top: int = TOP_SHOWN, cache: str | Path | None = None) -> CTPrediction:
     """Predict the phenotypes and findings of one CT volume; write OUT/<name>.json and OUT/<name>.png.
 
     Args:
@@ -245,6 +246,7 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
             domain's FINDING_PROMPTS.
         device: "auto" (the GPU when there is one), "cpu" or "cuda"; ignored for a loaded model.
         top: how many findings and phenotypes the picture lists.
+        cache: embedding cache folder for the prompts' embeddings (`load_ct_model`'s); ignored for a loaded model.
 
     Returns:
         The paths written, every phenotype and finding (most probable first) and the timings.
@@ -264,7 +266,8 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
     started = time.perf_counter()
     import domains.ct.curation.preprocess  # noqa: F401  (its imports are start-up time, not the volume's)
 
-    ct_model = model if isinstance(model, CTModel) else load_ct_model(model, device)
+    ct_model = model if isinstance(model, CTModel) else load_ct_model(model, device, cache)
+    ct_model.embed_prompts(finding_prompts)  # start-up, not this volume's: once per model, none with the prompts cached
     loaded = time.perf_counter()
     prepared = ct_model.prepare(volume, series)
     preprocessed = time.perf_counter()
@@ -292,7 +295,8 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
         "findings": _finding_rows(scores, threshold),
         "slices": {"through": "volume centre", "axial": prepared.array.shape[3] // 2,
                    "coronal": prepared.array.shape[2] // 2, "sagittal": prepared.array.shape[1] // 2},
-        # load_model includes the imports of the model and preprocessing code; preprocess and model are this volume's own.
+        # load_model includes the imports of the model and preprocessing code and the prompts' embeddings; preprocess and
+        # model are this volume's own.
         "timing_s": {"load_model": round(loaded - started, 3), "preprocess": round(preprocessed - loaded, 3),
                      "model": round(predicted - preprocessed, 3)},
     }
@@ -317,6 +321,7 @@ def predict_command(
     prompts_file: Annotated[Optional[Path], typer.Option(
         "--prompts-file", help='JSON {finding: {"positive": [...], "negative": [...]}}; default the domain\'s FINDING_PROMPTS.')] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda.")] = "auto",
+    cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP + " It keeps the prompts' embeddings.")] = None,
 ) -> None:
     """Predict phenotypes and zero-shot findings of each CT volume, with three orthogonal slices to check them.
 
@@ -328,7 +333,7 @@ def predict_command(
     try:
         checked_settings(threshold, out, prompts_file)  # before the model loads: a typo is reported at once
         volumes = predicted_volumes(volume)
-        ct_model = load_ct_model(model, device)  # once for all the volumes
+        ct_model = load_ct_model(model, device, cache)  # once for all the volumes
         for path in volumes:
             result = predict_ct(ct_model, path, out, threshold, series, prompts_file, device)
             present = [f["finding"] for f in result.findings if f["present"]]

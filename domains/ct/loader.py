@@ -20,6 +20,7 @@ pad/crop. Weights are read from safetensors only.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,10 +33,11 @@ import numpy as np
 import torch
 
 from pipelines.errors import InputError
+from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import volume as M
-from pipelines.models.report_text import tokenize
+from pipelines.models.report_text import TextEncoderNotLoaded, tokenize
 from pipelines.models.volume import volume_batch
 
 if TYPE_CHECKING:  # preprocess is imported only when a file is loaded
@@ -128,7 +130,12 @@ def _one_series(path: Path, series: Optional[str], workdir: Path) -> Path:
 
 
 class CTModel:
-    """Inference wrapper around a trained VolumeCLIP: image/text embeddings and phenotype probabilities."""
+    """Inference wrapper around a trained VolumeCLIP: image/text embeddings and phenotype probabilities.
+
+    A model `load_ct_model` reads leaves its text encoder on disk until text is first embedded, and
+    keeps the finding prompts' embeddings in `prompt_cache`: a prediction with prompts embedded
+    before builds no text encoder at all.
+    """
 
     def __init__(self, net: M.VolumeCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
                  device: str | torch.device = "cpu") -> None:
@@ -137,6 +144,7 @@ class CTModel:
         self.device = torch.device(device)
         self.embed_dim = net.cfg.embed_dim
         self.export_dir: Optional[Path] = None  # the folder it was loaded from (set by load_ct_model)
+        self.prompt_cache: Optional[EmbeddingCache] = None  # prompt embeddings on disk, per weights (set by load_ct_model)
         self._prompt_embeddings: dict[str, np.ndarray] = {}  # text -> embedding, for finding_scores
 
     @property
@@ -223,12 +231,7 @@ class CTModel:
         sigmoid(logit_scale * (positive - negative)). It is above 0.5 exactly when Merlin's rule
         (positive > negative) calls the finding present.
         """
-        texts = [t for p in prompts.values() for t in (*p["positive"], *p["negative"])]
-        new = [t for t in dict.fromkeys(texts) if t not in self._prompt_embeddings]
-        if new:  # prompts are embedded once per model: the next volume only pays for its own forward pass
-            self._prompt_embeddings.update(zip(new, self.embed_text(new)))
-        text_emb = np.stack([self._prompt_embeddings[t] for t in texts]) if texts else np.zeros((0, self.embed_dim), np.float32)
-        similarity = text_emb @ np.asarray(embedding, np.float32)
+        similarity = self.embed_prompts(prompts) @ np.asarray(embedding, np.float32)
         scores, start = [], 0
         for finding, p in prompts.items():
             n_pos, n_neg = len(p["positive"]), len(p["negative"])
@@ -248,9 +251,50 @@ class CTModel:
         """L2-normalised image embedding (embed_dim,) of one CT volume file."""
         return self.embed_volume(self.load_volume(nifti_path))[0]
 
+    def embed_prompts(self, prompts: dict[str, dict[str, list[str]]]) -> np.ndarray:
+        """Embeddings (n, embed_dim) of the prompts of `prompts`, finding by finding, positives then negatives.
+
+        Each text is embedded once per model (the next volume only pays for its own forward pass) and
+        kept in `prompt_cache` (the next process neither embeds it nor builds the text encoder).
+        """
+        texts = [t for p in prompts.values() for t in (*p["positive"], *p["negative"])]
+        new = [t for t in dict.fromkeys(texts) if t not in self._prompt_embeddings]
+        if new:
+            self._prompt_embeddings.update(zip(new, self._embed_new_prompts(new)))
+        return np.stack([self._prompt_embeddings[t] for t in texts]) if texts else np.zeros((0, self.embed_dim), np.float32)
+
+    def _embed_new_prompts(self, texts: list[str]) -> np.ndarray:
+        """`embed_text(texts)`, kept in `prompt_cache`: found there, no text encoder is built."""
+        key = self._prompt_key(texts)
+        found = self.prompt_cache.load(key) if self.prompt_cache is not None and key is not None else None
+        if found is not None and [w.get("text") for w in found[1]] == texts:
+            return found[0]
+        embeddings = self.embed_text(texts)
+        if self.prompt_cache is not None and key is not None:
+            with contextlib.suppress(OSError):  # a cache that cannot be written: embedded again next time
+                self.prompt_cache.save(key, embeddings, [{"text": t} for t in texts])
+        return embeddings
+
+    def _prompt_key(self, texts: list[str]) -> Optional[str]:
+        """`prompt_cache`'s key for `texts` embedded by this folder's weights and tokenizer; None without one (or unwritable)."""
+        if self.prompt_cache is None or self.export_dir is None:
+            return None
+        from pipelines.infer.cache import weights_fingerprint
+
+        tokenizer_files = sorted(p for p in (self.export_dir / M.TOKENIZER_DIR).iterdir() if p.is_file())
+        settings = {"ct_prompts": texts, "context_length": self.net.cfg.context_length}
+        try:
+            return self.prompt_cache.key(weights_fingerprint(self.export_dir / M.WEIGHTS_FILE), tokenizer_files, settings)
+        except OSError:
+            return None
+
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised report embeddings (n, embed_dim)."""
+        if isinstance(self.net.text, TextEncoderNotLoaded):  # first text: the encoder comes off disk now
+            if self.export_dir is None:
+                raise RuntimeError("this model has no text encoder and no folder to load one from")
+            self.tokenizer = M.load_text_encoder(self.net, self.export_dir, self.device)
         tokens = tokenize(self.tokenizer, list(texts), self.net.cfg.context_length)
         return self.net.encode_text(**{k: v.to(self.device) for k, v in tokens.items()}).float().cpu().numpy()
 
@@ -261,11 +305,13 @@ class CTModel:
         return {p: float(v) for p, v in zip(self.phenotypes, torch.sigmoid(logits.float()).tolist())}
 
 
-def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu") -> CTModel:
+def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", cache: str | Path | None = None) -> CTModel:
     """Load an export folder (or a training output folder) written by domainfm.
 
     `device` may be "auto" (the GPU when there is one). A missing folder, or an export of another kind
-    (an open_clip image export), is an InputError naming the folder.
+    (an open_clip image export), is an InputError naming the folder. The text encoder is read when
+    text is first embedded; finding prompts' embeddings are kept in the embedding cache `cache`
+    (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings; none when it cannot be made).
     """
     from pipelines.models.folders import export_kind
 
@@ -282,9 +328,11 @@ def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu") ->
             device = resolve_device(device)
         except RuntimeError as exc:  # "cuda" without a GPU, or a name torch does not know
             raise InputError(f"device {device!r}: {exc}") from None
-    net, tokenizer, phenotypes = M.load_model_dir(export_dir, device)
+    net, tokenizer, phenotypes = M.load_model_dir(export_dir, device, text=False)
     pre_path = export_dir / PREPROCESS_FILE
     preprocess = json.loads(pre_path.read_text()) if pre_path.is_file() else {"spatial_size": list(net.cfg.input_size)}
     model = CTModel(net, tokenizer, phenotypes, preprocess, device)
     model.export_dir = export_dir
+    with contextlib.suppress(OSError):  # a folder that cannot be made: prompts are embedded in each process
+        model.prompt_cache = EmbeddingCache(cache)
     return model

@@ -8,7 +8,6 @@ probabilities = classifier.probabilities(encoder.embed_images(images))  # (n, 2)
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,12 @@ import torch
 from PIL import Image
 
 from pipelines.errors import InputError
+from pipelines.infer.cache import weights_fingerprint
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.infer.hubness import HubnessBank, read_bank
-from pipelines.io.digests import Fingerprints
-from pipelines.io.remote import cache_root
 from pipelines.models.clip import WEIGHTS_FILE
 from pipelines.models.folders import export_kind
 from pipelines.models.weights import weights_not_drawn
-
-WEIGHTS_DIGESTS = "weights-digests.json"  # under cache_root(): weights_fingerprint's remembered digests
 
 
 @dataclass
@@ -42,22 +38,6 @@ class ZeroShotClassifier:
         """Softmax over classes of the scaled cosine similarities, (n, n_classes) float32."""
         logits = torch.from_numpy(np.asarray(image_embeddings, np.float32)) @ self.weights * self.logit_scale
         return torch.softmax(logits, dim=1).numpy()
-
-
-def weights_fingerprint(path: Path) -> str:
-    """What identifies a weights file for the embedding caches: the first 16 hex digits of its sha256.
-
-    The digest is remembered across processes in `cache_root()/weights-digests.json` with the file's
-    size, mtime and inode, and computed again only when one of those changes: the check the curation
-    makes of its inputs (`Fingerprints`), and DVC of its files. Hashing a ViT-B/32's 605 MB is ~0.4 s
-    of its ~0.7 s load. A store that cannot be written is left as it is (the digest is then computed
-    on the next load too).
-    """
-    store = Fingerprints(cache_root() / WEIGHTS_DIGESTS)
-    digest = store.digest(path)[:16]
-    with contextlib.suppress(OSError):
-        store.save()
-    return digest
 
 
 class ClipEncoder:

@@ -110,6 +110,26 @@ class TextEncoder(nn.Module):
                 self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+class TextEncoderNotLoaded(nn.Module):
+    """Stands in for a TextEncoder whose weights were left on disk (`volume.load_model_dir(text=False)`).
+
+    It knows the encoder's width, so the model around it is built as usual, and has no parameters;
+    encoding text with it is an error. Inference that embeds no text then never imports the
+    transformers modelling code (about 2 s of a CT prediction's start-up).
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = int(width)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Refuses: the text encoder was not loaded."""
+        raise RuntimeError("the text encoder was not loaded: load the model with text=True, or volume.load_text_encoder")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Nothing to checkpoint."""
+
+
 def text_encoder_from_config(hf_config: PretrainedConfig) -> TextEncoder:
     """Random-init encoder from an HF config (weights are loaded afterwards from our safetensors)."""
     from transformers import AutoModel

@@ -41,6 +41,7 @@ CONFIG_FILE = VOLUME_CONFIG_FILE
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TEXT_CONFIG_DIR = "text_config"
+TEXT_PREFIX = "text."  # the text encoder's parameters in the weights file
 
 
 @dataclass
@@ -374,19 +375,58 @@ def read_config(folder: Path) -> tuple[VolumeModelConfig, list[str], dict[str, A
     return VolumeModelConfig(**raw["model"]), list(raw["phenotypes"]), raw
 
 
-def load_model_dir(folder: str | Path, device: str | torch.device = "cpu") -> tuple[VolumeCLIP, Any, list[str]]:
-    """(model in eval mode, tokenizer, phenotypes) from a folder written by save_model_dir."""
-    from transformers import AutoConfig
+def load_model_dir(folder: str | Path, device: str | torch.device = "cpu", text: bool = True) -> tuple[VolumeCLIP, Any, list[str]]:
+    """(model in eval mode, tokenizer, phenotypes) from a folder written by save_model_dir.
 
+    With `text=False` the text encoder stays on disk (a `TextEncoderNotLoaded` in its place, tokenizer
+    None): the image encoder, heads and projections load as usual, checked against the weights file
+    as strictly, and transformers is not imported. `load_text_encoder` adds the text encoder later.
+    """
     folder = Path(folder)
     cfg, phenotypes, _ = read_config(folder)
     cfg.image_weights = None  # the safetensors below hold the trained weights
-    tokenizer = T.load_tokenizer(folder / TOKENIZER_DIR)
+    weights = str(folder / WEIGHTS_FILE)
     with weights_not_drawn():  # the folder's weights replace them all (a strict load)
-        text = T.text_encoder_from_config(AutoConfig.from_pretrained(str(folder / TEXT_CONFIG_DIR), local_files_only=True))
-        model = VolumeCLIP(cfg, len(phenotypes), text)
-    load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
+        encoder = _text_encoder_of(folder) if text else T.TextEncoderNotLoaded(_text_width(weights))
+        model = VolumeCLIP(cfg, len(phenotypes), encoder)
+    if text:
+        load_model(model, weights, strict=True, device=str(device))
+    else:
+        missing, unexpected = load_model(model, weights, strict=False, device=str(device))
+        stray = [k for k in unexpected if not k.startswith(TEXT_PREFIX)]
+        if missing or stray:
+            raise RuntimeError(f"{weights} does not match its config.json: missing {missing}, unexpected {stray}")
+    tokenizer = T.load_tokenizer(folder / TOKENIZER_DIR) if text else None
     return model.to(device).eval(), tokenizer, phenotypes
+
+
+def load_text_encoder(model: VolumeCLIP, folder: str | Path, device: str | torch.device = "cpu") -> Any:
+    """Put the folder's text encoder (strictly, its weights only) into a model `load_model_dir(text=False)` read; returns the tokenizer."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    with weights_not_drawn():
+        encoder = _text_encoder_of(folder)
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt", device=str(device)) as f:
+        state = {k[len(TEXT_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(TEXT_PREFIX)}
+    encoder.load_state_dict(state, strict=True)
+    model.text = encoder.to(device).eval()
+    return T.load_tokenizer(folder / TOKENIZER_DIR)
+
+
+def _text_encoder_of(folder: Path) -> T.TextEncoder:
+    """The folder's text encoder, built from its text_config/ (weights not loaded)."""
+    from transformers import AutoConfig
+
+    return T.text_encoder_from_config(AutoConfig.from_pretrained(str(folder / TEXT_CONFIG_DIR), local_files_only=True))
+
+
+def _text_width(weights: str) -> int:
+    """The text encoder's width, read from the shape of the text projection in the weights file."""
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        return int(f.get_slice("text_proj.weight").get_shape()[1])
 
 
 def activation_bytes(module: nn.Module, volume_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> dict[str, int]:
