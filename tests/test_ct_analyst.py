@@ -19,7 +19,7 @@ from domains.ct.loader import CTModel, load_ct_model
 from domains.ct.prompts import FINDING_PROMPTS
 from pipelines.errors import InputError
 from pipelines.models import volume as M
-from pipelines.models.report_text import train_wordpiece_tokenizer
+from pipelines.models.report_text import TextEncoderNotLoaded, tokenize, train_wordpiece_tokenizer
 
 TINY = dict(input_size=[16, 16, 12], image_width=8, embed_dim=16, text_hidden=32, text_layers=1, text_heads=2,
             vocab_size=200, context_length=24)
@@ -212,15 +212,13 @@ def test_prediction_imports_neither_monai_nor_open_clip_and_with_prompts_cached_
 
 def test_text_encoder_left_on_disk_then_loaded_is_the_models(export: Path) -> None:
     """`load_model_dir(text=False)` loads everything but the text encoder, as strictly; `load_text_encoder` adds the same encoder."""
-    from pipelines.models.report_text import TextEncoderNotLoaded
-
     whole, tokenizer, phenotypes = M.load_model_dir(export)
     part, no_tokenizer, same_phenotypes = M.load_model_dir(export, text=False)
     assert isinstance(part.text, TextEncoderNotLoaded) and no_tokenizer is None and same_phenotypes == phenotypes
     assert not any(k.startswith(M.TEXT_PREFIX) for k in part.state_dict())
     for key, value in part.state_dict().items():
         assert torch.equal(value, whole.state_dict()[key]), key
-    tokens = {k: v for k, v in M.T.tokenize(tokenizer, ["no pleural effusion"], part.cfg.context_length).items()}
+    tokens = tokenize(tokenizer, ["no pleural effusion"], part.cfg.context_length)
     with pytest.raises(RuntimeError, match="not loaded"):
         part.encode_text(**tokens)
     M.load_text_encoder(part, export)

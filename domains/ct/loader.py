@@ -132,9 +132,9 @@ def _one_series(path: Path, series: Optional[str], workdir: Path) -> Path:
 class CTModel:
     """Inference wrapper around a trained VolumeCLIP: image/text embeddings and phenotype probabilities.
 
-    A model `load_ct_model` reads leaves its text encoder on disk until text is first embedded, and
-    keeps the finding prompts' embeddings in `prompt_cache`: a prediction with prompts embedded
-    before builds no text encoder at all.
+    A model `load_ct_model` reads leaves its text encoder on disk (and `tokenizer` None) until text is
+    first embedded, and keeps the finding prompts' embeddings in `prompt_cache`: a prediction with
+    prompts embedded before builds no text encoder at all.
     """
 
     def __init__(self, net: M.VolumeCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
