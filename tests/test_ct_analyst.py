@@ -289,7 +289,7 @@ def test_cli_predicts_several_volumes_loading_the_model_once(export: Path, model
     common = ["predict", "ct", "--model", str(export), "--device", "cpu"]
     out = tmp_path / "out"
     ok = runner.invoke(app, [*common, "--volume", str(inputs / "one_series"), "--volume", str(inputs / "study.nii.gz"),
-                             "--volume", str(inputs / "one_series"), "--out", str(out)])
+                             "--volume", str(inputs / ".." / inputs.name / "one_series"), "--out", str(out)])  # once, spelt twice
     assert ok.exit_code == 0, ok.output
     assert len(loads) == 1 and ok.output.count("ct: ") == 2 and ok.output.index("one_series") < ok.output.index("study.nii.gz")
     for name, volume in (("one_series", "one_series"), ("study", "study.nii.gz")):

@@ -235,15 +235,15 @@ def test_map_command_maps_several_slides_loading_the_model_once(export: Path, sl
     load = ClipEncoder.load.__func__
     monkeypatch.setattr(ClipEncoder, "load", classmethod(lambda cls, *a, **k: loads.append(a) or load(cls, *a, **k)))
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["map", "pathology", "--model", str(export), "--slide", str(slides / "slide_b.tiff"),
+    slide_b = slides / ".." / slides.name / "slide_b.tiff"  # the folder's slide_b, spelt otherwise
+    result = CliRunner().invoke(app, ["map", "pathology", "--model", str(export), "--slide", str(slide_b),
                                       "--slide", str(slides), "--classes", ",".join(CLASSES), "--mpp", "1", "--tile-size", "32",
                                       "--workers", "0", "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert len(loads) == 1 and result.output.count("slide-level prediction") == 2  # slide_b once, though named twice
     assert result.output.index("slide_b.tiff:") < result.output.index("slide_a.tiff:")  # in the order given
-    for name in ("slide_a", "slide_b"):
-        alone = map_slide(export, slides / f"{name}.tiff", tmp_path / f"alone_{name}", classes=CLASSES,
-                          cache=tmp_path / "empty", **FAST)
+    for name, slide in (("slide_a", slides / "slide_a.tiff"), ("slide_b", slide_b)):  # each as the command was given it first
+        alone = map_slide(export, slide, tmp_path / f"alone_{name}", classes=CLASSES, cache=tmp_path / "empty", **FAST)
         summaries = [json.loads(path.read_text()) for path in (out / f"{name}.json", alone.summary)]
         assert [s.pop("run")["cached"] for s in summaries] == [False, False] and summaries[0] == summaries[1]
         assert summaries[0]["model"] == str(export)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -397,6 +398,19 @@ def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list:
     return loads
 
 
+def test_each_input_once_however_it_is_written(tmp_path: Path) -> None:
+    """A file named twice (another spelling, a symbolic link) is kept once, first spelling first; URLs compare as written."""
+    from pipelines.infer.outputs import each_once
+
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    (tmp_path / "link.tif").symlink_to(a)
+    url = "https://example.org/scenes/a.tif"
+    given = [tmp_path / "sub" / ".." / "a.tif", url, tmp_path / "link.tif", b, a, url, "https://example.org/scenes/../scenes/a.tif"]
+    assert each_once(given) == [tmp_path / "sub" / ".." / "a.tif", url, b, "https://example.org/scenes/../scenes/a.tif"]
+
+
 def test_map_command_maps_each_scene_loading_the_model_once(export: Path, scenes: dict[str, Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """`--each` with files and folders: every raster mapped (each once) as `map_raster` maps it alone, one model load;
@@ -410,7 +424,8 @@ def test_map_command_maps_each_scene_loading_the_model_once(export: Path, scenes
     out = tmp_path / "each"
     common = ["map", "remote_sensing", "--model", str(export), "--classes", ",".join(CLASSES), "--tile-m", "32", "--workers", "0",
               "--device", "cpu"]
-    result = CliRunner().invoke(app, [*common, "--raster", str(folder / "west.tif"), "--raster", str(folder), "--each",
+    west = folder / ".." / folder.name / "west.tif"  # the folder's west.tif, spelt otherwise
+    result = CliRunner().invoke(app, [*common, "--raster", str(west), "--raster", str(folder), "--each",
                                       "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     assert len(loads) == 1 and result.output.count("windows/s") == 2  # west once, though named twice
@@ -437,7 +452,7 @@ def test_map_command_checks_every_raster_first_and_stops_at_a_bad_one(export: Pa
     before the model loads; a scene that fails stops the run, naming it, and the scenes mapped before it keep their maps."""
     other = tmp_path / "other"
     other.mkdir()
-    (other / "west.tif").symlink_to(scenes["west"])
+    shutil.copy(scenes["west"], other / "west.tif")  # another file of the same name (a link to it would be the same raster)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no rasters here\n")

@@ -353,11 +353,11 @@ def predicted_volumes(given: Sequence[Path]) -> list[Path]:
     (`study_id_of`: the file's or folder's name without its suffix).
     """
     from domains.ct.curation.volumes import study_id_of
-    from pipelines.infer.outputs import check_output_names
+    from pipelines.infer import outputs
 
-    volumes = list(dict.fromkeys(Path(v) for v in given))
+    volumes = outputs.each_once([Path(v) for v in given])
     for path in volumes:
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-    check_output_names(volumes, study_id_of, "{0}.json, {0}.png", "predictions", "predict")
+    outputs.check_output_names(volumes, study_id_of, "{0}.json, {0}.png", "predictions", "predict")
     return volumes

@@ -520,7 +520,7 @@ def mapped_slides(given: Sequence[Path]) -> list[Path]:
             paths.append(item)
         else:
             raise InputError(f"{item}: no such slide file or folder")
-    paths = list(dict.fromkeys(paths))
+    paths = outputs.each_once(paths)
     outputs.check_output_names(paths, lambda path: path.stem, "{0}.*", "maps", "map")
     return paths
 

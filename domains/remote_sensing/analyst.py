@@ -159,7 +159,7 @@ def raster_files(raster: str | Path | Sequence[str | Path]) -> list[str | Path]:
             paths.append(location)
     if not paths:
         raise InputError("no raster given: pass --raster FILE (several for a mosaic of adjacent rasters)")
-    return list(dict.fromkeys(paths))
+    return outputs.each_once(paths)
 
 
 def mapped_scenes(raster: Sequence[str | Path], each: bool = False) -> list[list[str | Path]]:

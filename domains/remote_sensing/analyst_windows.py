@@ -45,6 +45,7 @@ from domains.remote_sensing.curation.tiles import (
     utm_crs,
 )
 from pipelines.errors import InputError
+from pipelines.infer.outputs import each_once
 from pipelines.io.remote import as_location, gdal_url_defaults, is_url
 
 TILING_VERSION = "rs-window-grid-v1"  # in embedding cache keys: bump when windows are cut differently
@@ -124,7 +125,7 @@ def open_scene(paths: Sequence[Path], bands: Sequence[int] | None = None) -> Sce
     warnings: list[str] = []
     crss: list[CRS] = []
     bounds: list[tuple[float, float, float, float]] = []
-    paths = list(dict.fromkeys(as_location(p) for p in paths))  # a raster given twice is read once
+    paths = each_once([as_location(p) for p in paths])  # a raster given twice is read once
     if any(is_url(p) for p in paths):
         gdal_url_defaults()
     for order, path in enumerate(paths):

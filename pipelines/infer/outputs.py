@@ -68,6 +68,21 @@ def checked_templates(templates: Sequence[str] | None, default: Sequence[str]) -
     return templates
 
 
+def each_once(inputs: Sequence[Input]) -> list[Input]:
+    """`inputs` in order, each file once however it was written (`a.tif`, `x/../a.tif`, a symbolic link to it).
+
+    The first spelling is kept. Anything not a `Path` (a URL) is compared as written.
+    """
+    seen: set[Any] = set()
+    kept = []
+    for item in inputs:
+        identity = item.resolve() if isinstance(item, Path) else item
+        if identity not in seen:
+            seen.add(identity)
+            kept.append(item)
+    return kept
+
+
 def check_output_names(inputs: Sequence[Input], name_of: Callable[[Input], str], files: str, outputs: str, verb: str) -> None:
     """InputError naming the first two `inputs` whose outputs would have the same file names in one --out folder.
 
