@@ -129,10 +129,11 @@ def main() -> None:
             print(f"{SMALL_CT} not found: no predict ct row")
         runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.repeats):  # interleaved
-            for name, (command, peer_code, _, *peer_command) in commands.items():
-                for who, code, args_run in (("ours", RUN_CLI, command), ("peer", peer_code, (peer_command or [command])[0])):
+            for name, (command, peer_code, _, *peer_args) in commands.items():
+                peer_command = peer_args[0] if peer_args else command
+                for who, code, run_args in (("ours", RUN_CLI, command), ("peer", peer_code, peer_command)):
                     shutil.rmtree(folder / "ct", ignore_errors=True)  # every CT curation preprocesses its volumes (no cache)
-                    runs.setdefault((name, who), []).append(measure(code, args_run))
+                    runs.setdefault((name, who), []).append(measure(code, run_args))
         torch_seen = {name: imports_torch(command) for name, (command, *_) in commands.items()}
 
     rows = []
