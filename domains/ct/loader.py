@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pipelines.errors import InputError
-from pipelines.infer.cache import EmbeddingCache
+from pipelines.infer.cache import EmbeddingCache, weights_fingerprint
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import volume as M
@@ -265,22 +265,21 @@ class CTModel:
 
     def _embed_new_prompts(self, texts: list[str]) -> np.ndarray:
         """`embed_text(texts)`, kept in `prompt_cache`: found there, no text encoder is built."""
-        key = self._prompt_key(texts)
-        found = self.prompt_cache.load(key) if self.prompt_cache is not None and key is not None else None
+        cache, key = self.prompt_cache, self._prompt_key(texts)
+        if cache is None or key is None:
+            return self.embed_text(texts)
+        found = cache.load(key)
         if found is not None and [w.get("text") for w in found[1]] == texts:
             return found[0]
         embeddings = self.embed_text(texts)
-        if self.prompt_cache is not None and key is not None:
-            with contextlib.suppress(OSError):  # a cache that cannot be written: embedded again next time
-                self.prompt_cache.save(key, embeddings, [{"text": t} for t in texts])
+        with contextlib.suppress(OSError):  # a cache that cannot be written: embedded again next time
+            cache.save(key, embeddings, [{"text": t} for t in texts])
         return embeddings
 
     def _prompt_key(self, texts: list[str]) -> Optional[str]:
         """`prompt_cache`'s key for `texts` embedded by this folder's weights and tokenizer; None without one (or unwritable)."""
         if self.prompt_cache is None or self.export_dir is None:
             return None
-        from pipelines.infer.cache import weights_fingerprint
-
         tokenizer_files = sorted(p for p in (self.export_dir / M.TOKENIZER_DIR).iterdir() if p.is_file())
         settings = {"ct_prompts": texts, "context_length": self.net.cfg.context_length}
         try:

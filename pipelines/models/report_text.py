@@ -115,7 +115,7 @@ class TextEncoderNotLoaded(nn.Module):
 
     It knows the encoder's width, so the model around it is built as usual, and has no parameters;
     encoding text with it is an error. Inference that embeds no text then never imports the
-    transformers modelling code (about 2 s of a CT prediction's start-up).
+    transformers modelling code (about 1.5 s of a CT prediction's start-up).
     """
 
     def __init__(self, width: int) -> None:
