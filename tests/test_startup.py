@@ -22,6 +22,14 @@ def test_curation_without_a_model_does_not_import_torch(module: str) -> None:
     assert out.strip() == "[]"
 
 
+def test_the_volume_evaluation_does_not_import_open_clip() -> None:
+    # `domainfm evaluate ct` reads the shared evaluation settings (WiseConfig among them) but runs no open_clip model
+    code = ("import sys, pipelines.evaluate.stage, pipelines.evaluate.analyses, pipelines.evaluate.volume; "
+            "print(sorted(m for m in ('open_clip', 'peft', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
 def test_sample_tar_writer_writes_what_webdataset_writes(tmp_path: Path) -> None:
     samples = [{"__key__": f"s{i}", "png": bytes([i]) * 700, "txt": "caption \u00e9", "json": b'{"a": 1}'} for i in range(4)]
     with wds.TarWriter(str(tmp_path / "wds.tar"), mtime=0) as writer:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import torch
 from torch import nn
 
-from pipelines.models.adapt import AdaptConfig, clip_of, merged_clip, restore_attention
+if TYPE_CHECKING:  # adapt (open_clip, peft: ~2 s) is imported where a model is built: WiseConfig alone is read by every
+    from pipelines.models.adapt import AdaptConfig  # evaluation's settings, the CT one's too, which runs no open_clip model
 
 
 def check_alpha(alpha: float) -> float:
@@ -86,6 +87,8 @@ def lora_wise(prepared: nn.Module, base: nn.Module, alpha: float) -> nn.Module:
     """
     from peft.tuners.lora import LoraLayer
 
+    from pipelines.models.adapt import clip_of, restore_attention
+
     alpha = check_alpha(alpha)
     scaled = copy.deepcopy(prepared)
     for module in scaled.modules():
@@ -109,6 +112,8 @@ def wise_clip(prepared: nn.Module, cfg: AdaptConfig, base: nn.Module, alpha: flo
 
     LoRA: `lora_wise`; full and frozen: `interpolate` of the base and the adapted CLIP.
     """
+    from pipelines.models.adapt import clip_of, merged_clip
+
     if cfg.mode == "lora" and clip_of(prepared) is not prepared:
         return lora_wise(prepared, base, alpha)
     return interpolate(base, merged_clip(prepared, cfg), alpha)
