@@ -313,6 +313,13 @@ def test_cli_predicts_several_volumes_loading_the_model_once(export: Path, model
                                   "--volume", str(inputs / "one_series"), "--out", str(tmp_path / "stopped")])
     assert stopped.exit_code == 1 and "mr.nii.gz" in stopped.output and "Traceback" not in stopped.output
     assert _listing(tmp_path / "stopped") == ["study.json", "study.png"]
+    went_on = runner.invoke(app, [*common, "--volume", str(inputs / "study.nii.gz"), "--volume", str(inputs / "mr.nii.gz"),
+                                  "--volume", str(inputs / "one_series"), "--out", str(tmp_path / "went_on"), "--skip-unreadable"])
+    assert went_on.exit_code == 0, went_on.output
+    assert f"skipped {inputs / 'mr.nii.gz'}: " in went_on.output and len(loads) == 3
+    assert _listing(tmp_path / "went_on") == ["one_series.json", "one_series.png", "skipped.tsv", "study.json", "study.png"]
+    rows = (tmp_path / "went_on" / "skipped.tsv").read_text().splitlines()
+    assert rows[0] == "input\treason" and len(rows) == 2 and rows[1].startswith(f"{inputs / 'mr.nii.gz'}\trefused")
 
 
 @pytest.mark.realdata

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipelines.errors import InputError
+from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder, _plain_normalisation
 from pipelines.infer.stream import embed_windows
@@ -497,3 +498,46 @@ def test_a_bad_embedding_cache_bound_is_named(value: str, tmp_path: Path, monkey
     monkeypatch.setenv("DOMAINFM_EMBEDDINGS_MAX_GB", value)
     with pytest.raises(InputError, match="DOMAINFM_EMBEDDINGS_MAX_GB"):
         EmbeddingCache(tmp_path / "cache")
+
+
+
+def _run_each(inputs: list[str], out: Path, skip: bool, done: list[str], said: list[str]) -> list[tuple[str, str]]:
+    """`outputs.run_each` over names: "bad..." ones are bad inputs, "bug" a bug; the others are appended to `done`."""
+    def run(name: str) -> None:
+        if name.startswith("bad"):
+            raise InputError(f"{name}: cannot be read\t(damaged)")
+        if name == "bug":
+            raise ValueError("not an input's fault")
+        done.append(name)
+
+    return outputs.run_each(inputs, run, out, skip, said.append)
+
+
+def test_a_failing_input_stops_a_run_naming_it_and_the_option_that_goes_on(tmp_path: Path) -> None:
+    done: list[str] = []
+    with pytest.raises(InputError) as several:
+        _run_each(["a", "bad1", "b"], tmp_path / "out", False, done, [])
+    assert done == ["a"] and str(several.value) == f"bad1: cannot be read\t(damaged) ({outputs.SKIP_HINT})"
+    with pytest.raises(InputError) as one:
+        _run_each(["bad1"], tmp_path / "out", False, done, [])
+    assert str(one.value) == "bad1: cannot be read\t(damaged)" and not (tmp_path / "out").exists()
+
+
+def test_skipping_leaves_out_the_failing_inputs_and_lists_them_with_their_reasons(tmp_path: Path) -> None:
+    import csv
+
+    out = tmp_path / "out"
+    done, said = [], []
+    skipped = _run_each(["bad1", "a", "bad2", "b"], out, True, done, said)
+    assert done == ["a", "b"] and skipped == [("bad1", "cannot be read\t(damaged)"), ("bad2", "cannot be read\t(damaged)")]
+    assert said == ["skipped bad1: cannot be read\t(damaged)", "skipped bad2: cannot be read\t(damaged)"]
+    with open(out / outputs.SKIPPED_FILE, newline="") as f:
+        assert list(csv.reader(f, dialect="excel-tab")) == [["input", "reason"], *map(list, skipped)]  # the tab stays in its cell
+    said.clear()
+    assert _run_each(["a"], out, True, done, said) == [] and said == []  # the next run's list replaces it: none skipped
+    assert (out / outputs.SKIPPED_FILE).read_text() == "input\treason\n"
+    with pytest.raises(InputError, match=r"none of the 2 inputs could be used .*bad1: cannot be read.*; bad2: "):
+        _run_each(["bad1", "bad2"], tmp_path / "all", True, done, said)
+    assert (tmp_path / "all" / outputs.SKIPPED_FILE).read_text().count("cannot be read") == 2
+    with pytest.raises(ValueError, match="not an input's fault"):  # a bug is no bad input: it stops the run
+        _run_each(["a", "bug", "b"], tmp_path / "bug", True, done, said)

@@ -273,8 +273,16 @@ def test_map_command_checks_every_slide_name_first_and_stops_at_a_bad_slide(expo
     cut = _truncated(other, slides)
     stopped = CliRunner().invoke(app, [*common, "--slide", str(slides / "slide_b.tiff"), "--slide", str(cut),
                                        "--slide", str(slides / "slide_a.tiff"), "--out", str(out)])
-    assert stopped.exit_code == 1 and "cut.svs: openslide cannot open" in stopped.output
+    assert stopped.exit_code == 1 and "cut.svs: openslide cannot open" in stopped.output and "--skip-unreadable" in stopped.output
     assert (out / "slide_b.json").is_file() and not list(out.glob("cut.*")) and not list(out.glob("slide_a.*"))
+    skipping = tmp_path / "skipping"
+    went_on = CliRunner().invoke(app, [*common, "--slide", str(slides / "slide_b.tiff"), "--slide", str(cut),
+                                       "--slide", str(slides / "slide_a.tiff"), "--out", str(skipping), "--skip-unreadable"])
+    assert went_on.exit_code == 0, went_on.output
+    assert f"skipped {cut}: openslide cannot open" in went_on.output
+    assert (skipping / "slide_b.json").is_file() and (skipping / "slide_a.json").is_file() and not list(skipping.glob("cut.*"))
+    rows = (skipping / "skipped.tsv").read_text().splitlines()
+    assert rows[0] == "input\treason" and len(rows) == 2 and rows[1].startswith(f"{cut}\topenslide cannot open")
 
 
 # ---------------------------------------------------------------- bad inputs

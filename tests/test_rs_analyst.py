@@ -474,6 +474,14 @@ def test_map_command_checks_every_raster_first_and_stops_at_a_bad_one(export: Pa
                                        str(scenes["east"]), "--each", "--out", str(out)])
     assert stopped.exit_code == 1 and f"{lonlat}: CRS" in stopped.output and "Traceback" not in stopped.output
     assert (out / "west.json").is_file() and not list(out.glob("lonlat.*")) and not list(out.glob("east.*"))
+    skipping = tmp_path / "skipping"
+    went_on = CliRunner().invoke(app, [*common, "--raster", str(scenes["west"]), "--raster", str(lonlat), "--raster",
+                                       str(scenes["east"]), "--each", "--out", str(skipping), "--skip-unreadable"])
+    assert went_on.exit_code == 0, went_on.output
+    assert f"skipped {lonlat}: CRS" in went_on.output
+    assert (skipping / "west.json").is_file() and (skipping / "east.json").is_file() and not list(skipping.glob("lonlat.*"))
+    rows = (skipping / "skipped.tsv").read_text().splitlines()
+    assert rows[0] == "input\treason" and len(rows) == 2 and rows[1].startswith(f"{lonlat}\tCRS")
 
 
 # ---------------------------------------------------------------- search

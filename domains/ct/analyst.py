@@ -41,6 +41,7 @@ import typer
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import CACHE_HELP
+from pipelines.infer.outputs import SKIPPED_FILE, run_each
 from pipelines.io.atomic import atomic_write_bytes, json_default
 
 if TYPE_CHECKING:  # the model (torch) is imported when a prediction runs, not for --help
@@ -322,25 +323,30 @@ def predict_command(
         "--prompts-file", help='JSON {finding: {"positive": [...], "negative": [...]}}; default the domain\'s FINDING_PROMPTS.')] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP + " It keeps the prompts' embeddings.")] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out the volumes that cannot be read or used, listed in "
+                                                  f"OUT/{SKIPPED_FILE}, instead of stopping at the first.")] = False,
 ) -> None:
     """Predict phenotypes and zero-shot findings of each CT volume, with three orthogonal slices to check them.
 
     Volumes are predicted in turn, each one's files written before the next starts; a volume that
-    fails stops the run there, naming it (the volumes before it keep their predictions).
+    fails stops the run there, naming it (the volumes before it keep their predictions), unless
+    --skip-unreadable (`pipelines.infer.outputs.run_each`).
     """
     from domains.ct.loader import load_ct_model
+
+    def predict_one(path: Path) -> None:
+        result = predict_ct(ct_model, path, out, threshold, series, prompts_file, device)
+        present = [f["finding"] for f in result.findings if f["present"]]
+        predicted = [p["code"] for p in result.phenotypes if p["predicted"]]
+        typer.echo(f"ct: {path}: findings present: {', '.join(present) or 'none'}; phenotypes predicted: "
+                   f"{', '.join(predicted) or 'none'} ({result.preprocess_s:.2f} s preprocessing, {result.model_s:.2f} s model)")
+        typer.echo(f"  -> {result.json_path}, {result.png_path}")
 
     try:
         checked_settings(threshold, out, prompts_file)  # before the model loads: a typo is reported at once
         volumes = predicted_volumes(volume)
         ct_model = load_ct_model(model, device, cache)  # once for all the volumes
-        for path in volumes:
-            result = predict_ct(ct_model, path, out, threshold, series, prompts_file, device)
-            present = [f["finding"] for f in result.findings if f["present"]]
-            predicted = [p["code"] for p in result.phenotypes if p["predicted"]]
-            typer.echo(f"ct: {path}: findings present: {', '.join(present) or 'none'}; phenotypes predicted: "
-                       f"{', '.join(predicted) or 'none'} ({result.preprocess_s:.2f} s preprocessing, {result.model_s:.2f} s model)")
-            typer.echo(f"  -> {result.json_path}, {result.png_path}")
+        run_each(volumes, predict_one, out, skip_unreadable, typer.echo)
     except InputError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None

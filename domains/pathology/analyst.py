@@ -483,18 +483,22 @@ def map_command(
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="Leave out the slides that cannot be mapped (unreadable, unknown "
+                                                  f"resolution, no tissue), listed in OUT/{outputs.SKIPPED_FILE}, instead "
+                                                  "of stopping at the first.")] = False,
 ) -> None:
     """Score every tissue tile of each slide zero-shot: tile table, heatmap, QuPath GeoJSON and a slide-level prediction.
 
     Slides are mapped in turn, each one's files written whole before the next starts; a slide that
     fails stops the run there, naming it (the slides before it keep their maps, and a rerun takes
-    their embeddings from the cache).
+    their embeddings from the cache), unless --skip-unreadable (`outputs.run_each`).
     """
     classnames, templates = map_settings(read_classnames(classes, classes_file), read_templates(templates_file), heatmap, top_k,
                                          batch_size, workers)  # before the model loads: a typo is reported at once
     paths = mapped_slides(slide)
     encoder = load_encoder(model, device)  # once for all the slides: its start-up is most of a small slide's map
-    for path in paths:
+
+    def map_one(path: Path) -> None:
         result = map_slide(encoder, path, out, classnames, templates, mpp, tile_size, top_k, batch_size, workers, slide_mpp,
                            min_tissue, heatmap, device, cache)
         p = result.probabilities[result.prediction]
@@ -503,6 +507,8 @@ def map_command(
                    f"slide-level prediction {result.prediction} (p={p:.2f}, top-{result.top_k} pooling)")
         for written in (result.tiles, result.heatmap, result.geojson, result.summary):
             typer.echo(f"  wrote {written}")
+
+    outputs.run_each(paths, map_one, out, skip_unreadable, typer.echo)
 
 
 def mapped_slides(given: Sequence[Path]) -> list[Path]:

@@ -732,18 +732,22 @@ def map_command(
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
+    skip_unreadable: Annotated[bool, typer.Option(help="With --each, leave out the scenes that cannot be mapped (unreadable, "
+                                                  f"no CRS, no data), listed in OUT/{outputs.SKIPPED_FILE}, instead of "
+                                                  "stopping at the first.")] = False,
 ) -> None:
     """Map a scene zero-shot, window by window: class and probability GeoTIFFs, class regions as GeoJSON, a quick-look PNG.
 
     With --each, the scenes are mapped in turn, each one's files written whole before the next
     starts; a scene that fails stops the run there, naming it (the scenes before it keep their maps,
-    and a rerun takes their embeddings from the cache).
+    and a rerun takes their embeddings from the cache), unless --skip-unreadable (`outputs.run_each`).
     """
     classnames, templates, band_list = map_settings(read_classnames(classes, classes_file), read_templates(templates_file),
                                                     batch_size, workers, bands)  # before the model loads: a typo is reported at once
     scenes = mapped_scenes(raster, each)
     encoder = load_encoder(model, device)  # once for all the scenes: its start-up is most of a small scene's map
-    for scene in scenes:
+
+    def map_one(scene: list[str | Path]) -> None:
         result = map_raster(encoder, scene, out, classnames, templates, tile_m, stride_m, batch_size, workers, band_list, min_valid,
                             device, cache)
         shares = ", ".join(f"{name} {share:.0%}" for name, share in sorted(result.shares.items(), key=lambda kv: -kv[1]) if share > 0)
@@ -756,6 +760,8 @@ def map_command(
             typer.echo(f"  note: {note}")
         for path in (result.classes_tif, result.probs_tif, result.geojson, result.quicklook, result.summary):
             typer.echo(f"  wrote {path}")
+
+    outputs.run_each(scenes, map_one, out, skip_unreadable, typer.echo, name_of=lambda scene: " + ".join(map(str, scene)))
 
 
 def search_command(

@@ -5,6 +5,8 @@ TEMPLATES, and any domain check on the export).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -14,13 +16,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from pipelines.errors import InputError
 from pipelines.infer.device import resolve_device
-from pipelines.io.atomic import json_default
+from pipelines.io.atomic import atomic_write_bytes, json_default
 from pipelines.io.text import read_text
 
 if TYPE_CHECKING:  # open_clip is imported when a model loads: the CT command uses these checks without it
     from pipelines.infer.clip import ClipEncoder
 
 Input = TypeVar("Input")
+SKIPPED_FILE = "skipped.tsv"  # OUT/skipped.tsv: the inputs a run with --skip-unreadable left out, and why
+SKIP_HINT = "--skip-unreadable leaves such inputs out, lists them in OUT/skipped.tsv and goes on"
 
 
 def read_classnames(classes: str | Sequence[str] | None, classes_file: Path | None, default: Sequence[str]) -> list[str]:
@@ -96,6 +100,41 @@ def check_output_names(inputs: Sequence[Input], name_of: Callable[[Input], str],
             raise InputError(f"{first[name]} and {item}: their {outputs} would have the same file names ({files.format(name)}); "
                              f"{verb} them into different --out folders")
         first[name] = item
+
+
+def run_each(inputs: Sequence[Input], run: Callable[[Input], None], out: Path, skip_unreadable: bool,
+             echo: Callable[[str], None], name_of: Callable[[Input], str] = str) -> list[tuple[str, str]]:
+    """`run(input)` for each input in turn: how the analyst commands that take many inputs treat one that fails.
+
+    An InputError stops the run there; the inputs before keep their outputs, and with several inputs
+    the message says what `--skip-unreadable` does. With `skip_unreadable`, the input is left out
+    instead, `echo`ed as skipped, and the run goes on; at the end OUT/skipped.tsv lists the inputs
+    left out (`input`, `reason`), a header alone when none was, so the file always speaks for the last
+    run. Errors other than InputError (a bug, not a bad input) still stop the run. `name_of` names an
+    input in those rows (default `str`).
+
+    Returns the (input, reason) rows skipped. Raises InputError when every input was skipped.
+    """
+    skipped: list[tuple[str, str]] = []
+    for item in inputs:
+        try:
+            run(item)
+        except InputError as exc:
+            if not skip_unreadable:
+                raise InputError(f"{exc} ({SKIP_HINT})" if len(inputs) > 1 else str(exc)) from None
+            name, reason = name_of(item), str(exc)
+            reason = reason.removeprefix(f"{name}: ")  # the messages name their input first
+            skipped.append((name, reason))
+            echo(f"skipped {name}: {reason}")
+    if skip_unreadable:
+        text = io.StringIO()
+        writer = csv.writer(text, dialect="excel-tab", lineterminator="\n")
+        writer.writerows([("input", "reason"), *skipped])
+        atomic_write_bytes(Path(out) / SKIPPED_FILE, text.getvalue().encode("utf-8"))
+    if skipped and len(skipped) == len(inputs):
+        raise InputError(f"none of the {len(inputs)} inputs could be used (listed in {Path(out) / SKIPPED_FILE}): "
+                         + "; ".join(f"{name}: {reason}" for name, reason in skipped[:3]))
+    return skipped
 
 
 def export_folder(model: str | Path, device: str) -> Path:
