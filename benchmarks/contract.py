@@ -55,12 +55,16 @@ def random_model(folder: Path, arch: str = "domainfm-tiny") -> Path:
 def random_ct_export(folder: Path) -> Path:
     """The demo's CT model (params.yaml ct.base_model) randomly initialised (seed 0), as an export with the demo curation's preprocessing.
 
-    Its tokenizer is fitted to the CT finding prompts; `domainfm predict ct` loads it as it loads a real export.
+    Its tokenizer is fitted to the CT finding prompts, which the export ships embedded as `domainfm export ct`
+    writes them (`export_volume`); `domainfm predict ct` loads it as it loads a real export.
     """
+    import tempfile
+
     import torch
     import yaml
 
     from domains.ct.prompts import FINDING_PROMPTS
+    from pipelines.export.volume import export_volume
     from pipelines.models import volume
     from pipelines.models.report_text import train_wordpiece_tokenizer
 
@@ -71,8 +75,9 @@ def random_ct_export(folder: Path) -> Path:
     torch.manual_seed(0)
     # phecodes (chronic airway obstruction, type 2 diabetes, essential hypertension): only the head's size matters
     phenotypes = ["496", "250.2", "401.1"]
-    folder.mkdir(parents=True)
-    volume.save_model_dir(volume.build_model(cfg, phenotypes, tokenizer), phenotypes, tokenizer, folder)
+    with tempfile.TemporaryDirectory() as trained:
+        volume.save_model_dir(volume.build_model(cfg, phenotypes, tokenizer), phenotypes, tokenizer, Path(trained))
+        export_volume(Path(trained), folder, prompts=FINDING_PROMPTS)
     curate = params["curate"]
     (folder / "preprocess.json").write_text(json.dumps({"pixdim": curate["pixdim"], "spatial_size": curate["spatial_size"]}))
     return folder

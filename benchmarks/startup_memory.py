@@ -17,9 +17,10 @@ curations: `domainfm curate pairs` of the pairs demo and `domainfm curate ct` of
 measured is the one that curates. And one command that runs a model, so torch stays: `domainfm
 predict ct` on TotalSegmentator's small example CT (the demo's CT architecture randomly
 initialised, `contract.random_ct_export`), whose preprocessing imported MONAI too: with an empty
-embedding cache each run (a first prediction), and once more with the finding prompts' embeddings in
-the cache (a later prediction with the same model, which builds no text encoder), whose peer is the
-same command with an empty cache (what every prediction paid before the cache). Peak memory is
+embedding cache each run (a first prediction); and the same first prediction whose peer is the same
+command on a copy of the export without its prompt embeddings (`prompt_embeddings.safetensors`: the
+text encoder built and the prompts embedded, as a first prediction did before exports shipped
+them, and as a prediction with other prompts does before the cache holds them). Peak memory is
 the largest resident set of the process and of the children it waited for (`os.wait4`'s
 ru_maxrss); the rows' ratio is peer / ours, times less memory (and times faster for the wall time).
 Whether torch ended up imported is checked by a second run of each command that prints
@@ -49,8 +50,8 @@ TORCH_FIRST = "import torch; " + RUN_CLI
 MONAI_FIRST = "import monai; " + RUN_CLI
 TORCH_PEER = "the same command with torch imported first (the CLI before: torch imported at the top)"
 MONAI_PEER = "the same command with MONAI imported first (CT preprocessing before: MONAI, and so torch, imported)"
-FIRST_PREDICTION_PEER = ("the same command with an empty embedding cache (a first prediction: the text encoder built and the "
-                         "prompts embedded, as every prediction did before the cache)")
+SHIPPED_PROMPTS_PEER = ("the same command on a copy of the export without its prompt embeddings (the text encoder built and the "
+                        "prompts embedded, as a first prediction did before exports shipped them)")
 CT_DEMO = {"n_patients": 40, "n_studies": 50}  # of the demo's 300 and 400: the same volumes, fewer
 SMALL_CT = Path("/work/shared/realdata/ct/totalsegmentator/example_ct_sm.nii.gz")
 # run at exit, after the command: did it import torch?
@@ -118,13 +119,17 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
                             f"from pathlib import Path; from contract import random_ct_export; random_ct_export(Path({str(model)!r}))"],
                            cwd=ROOT, check=True, capture_output=True)
-            predict = ["predict", "ct", "--model", str(model), "--volume", str(SMALL_CT), "--out", str(folder / "ct" / "predicted")]
-            first = [*predict, "--cache", str(folder / "ct" / "cache")]  # emptied before every run, as all of folder/ct
-            commands["`domainfm predict ct` (one small real CT, a model run: torch imported by both)"] = (first, MONAI_FIRST, MONAI_PEER)
-            later = [*predict, "--cache", str(folder / "prompt_cache")]
-            measure(RUN_CLI, later)  # fills the cache with the prompts' embeddings (not timed)
-            commands["`domainfm predict ct`, the prompts' embeddings cached (a later prediction with the same model)"] = (
-                later, RUN_CLI, FIRST_PREDICTION_PEER, first)
+            bare = shutil.copytree(model, folder / "ct_model_bare")
+            (bare / "prompt_embeddings.safetensors").unlink()
+
+            def predict(export: Path) -> list[str]:  # a first prediction: the cache is emptied before every run, as all of folder/ct
+                return ["predict", "ct", "--model", str(export), "--volume", str(SMALL_CT), "--out", str(folder / "ct" / "predicted"),
+                        "--cache", str(folder / "ct" / "cache")]
+
+            commands["`domainfm predict ct` (one small real CT, a model run: torch imported by both)"] = (
+                predict(model), MONAI_FIRST, MONAI_PEER)
+            commands["`domainfm predict ct` with the prompts' embeddings its export ships (a first prediction)"] = (
+                predict(model), RUN_CLI, SHIPPED_PROMPTS_PEER, predict(bare))
         else:
             print(f"{SMALL_CT} not found: no predict ct row")
         runs: dict[tuple[str, str], list[tuple[float, float]]] = {}

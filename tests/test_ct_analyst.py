@@ -33,7 +33,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("export") / "ct"
     folder.mkdir()
     corpus = [t for p in FINDING_PROMPTS.values() for t in (*p["positive"], *p["negative"])] * 2
-    tokenizer = train_wordpiece_tokenizer(corpus, TINY["vocab_size"], TINY["context_length"])
+    tokenizer = train_wordpiece_tokenizer(corpus, TINY["vocab_size"])
     torch.manual_seed(0)
     M.save_model_dir(M.build_model(M.VolumeModelConfig(**TINY), PHENOTYPES, tokenizer), PHENOTYPES, tokenizer, folder)
     (folder / "preprocess.json").write_text(json.dumps(PREPROCESS))
@@ -210,6 +210,70 @@ def test_prediction_imports_neither_monai_nor_open_clip_and_with_prompts_cached_
     assert findings[1] == findings[0]
 
 
+def test_an_export_ships_its_prompts_embedded_so_a_first_prediction_builds_no_text_encoder(export: Path, inputs: Path,
+                                                                                            tmp_path: Path) -> None:
+    """`export_volume` embeds the domain's finding prompts into the export: a first `predict ct` (an empty cache) imports no
+    transformers and predicts what a model that embeds its prompts predicts."""
+    from pipelines.export.volume import export_volume
+
+    shipped = export_volume(export, tmp_path / "shipped", prompts=FINDING_PROMPTS)
+    code = ("import atexit, sys; from pipelines.cli import main; "
+            "atexit.register(lambda: print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))); "
+            "sys.argv = ['domainfm', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, "predict", "ct", "--model", str(shipped), "--volume", str(inputs / "study.nii.gz"),
+                           "--out", str(tmp_path / "out"), "--device", "cpu", "--cache", str(tmp_path / "empty")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['torch']" and not list((tmp_path / "empty").glob("*.npz"))
+    bare = shutil.copytree(shipped, tmp_path / "bare")
+    (bare / M.PROMPTS_FILE).unlink()  # the same export without them: the prompts are embedded
+    embedding = predict_ct(load_ct_model(bare, "cpu", tmp_path / "cache"), inputs / "study.nii.gz", tmp_path / "embedded")
+    assert json.loads((tmp_path / "out" / "study.json").read_text())["findings"] == embedding.findings
+
+
+def test_shipped_prompt_embeddings_are_used_only_with_the_weights_and_tokenizer_they_were_made_with(export: Path,
+                                                                                                    tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    from pipelines.export.volume import export_volume
+    from pipelines.io.digests import file_digest
+
+    def fingerprint(folder: Path) -> str:
+        return file_digest(folder / M.WEIGHTS_FILE)[:16]
+
+    folder = export_volume(export, tmp_path / "shipped", prompts=FINDING_PROMPTS)
+    texts = list(dict.fromkeys(M.prompt_texts(FINDING_PROMPTS)))
+    fresh, tokenizer, _ = M.load_model_dir(folder)
+    shipped = M.load_prompt_embeddings(folder, fingerprint(folder))
+    assert list(shipped) == texts and np.allclose(np.stack(list(shipped.values())), M.embed_texts(fresh, tokenizer, texts), atol=1e-6)
+    loaded = load_ct_model(folder, "cpu", tmp_path / "cache")
+    assert np.allclose(loaded.embed_prompts(FINDING_PROMPTS), np.stack([shipped[t] for t in M.prompt_texts(FINDING_PROMPTS)]))
+    assert isinstance(loaded.net.text, TextEncoderNotLoaded)  # all shipped: the text encoder stayed on disk
+    loaded.embed_prompts({"new": {"positive": ["a new finding"], "negative": ["no new finding"]}})
+    assert not isinstance(loaded.net.text, TextEncoderNotLoaded)  # other prompts are embedded as before
+    config = json.loads((folder / M.CONFIG_FILE).read_text())
+    config["model"]["context_length"] += 1
+    (folder / M.CONFIG_FILE).write_text(json.dumps(config))  # the texts would be cut elsewhere
+    assert M.load_prompt_embeddings(folder, fingerprint(folder)) == {}
+    config["model"]["context_length"] -= 1
+    (folder / M.CONFIG_FILE).write_text(json.dumps(config))
+    retokenized = export_volume(export, tmp_path / "retokenized", prompts=FINDING_PROMPTS)
+    shutil.rmtree(retokenized / M.TOKENIZER_DIR)
+    train_wordpiece_tokenizer(texts[::-1] + ["effusion"] * 9, TINY["vocab_size"]).save_pretrained(
+        str(retokenized / M.TOKENIZER_DIR))
+    assert M.load_prompt_embeddings(retokenized, fingerprint(retokenized)) == {}
+    torch.manual_seed(1)  # other weights over the export's, its embedded prompts left as they are
+    save_model(M.build_model(M.VolumeModelConfig(**TINY), PHENOTYPES, tokenizer), str(folder / M.WEIGHTS_FILE))
+    assert M.load_prompt_embeddings(folder, fingerprint(folder)) == {}
+    other, _, _ = M.load_model_dir(folder)
+    retrained = load_ct_model(folder, "cpu", tmp_path / "cache").embed_prompts(FINDING_PROMPTS)
+    assert np.allclose(retrained, M.embed_texts(other, tokenizer, M.prompt_texts(FINDING_PROMPTS)), atol=1e-6)
+    data = (folder / M.PROMPTS_FILE).read_bytes()
+    (folder / M.PROMPTS_FILE).write_bytes(data[: len(data) // 2])  # damaged: embedded again, as without the file
+    assert M.load_prompt_embeddings(folder, fingerprint(folder)) == {}
+    assert np.allclose(load_ct_model(folder, "cpu", tmp_path / "cache").embed_prompts(FINDING_PROMPTS), retrained, atol=1e-6)
+
+
 def test_text_encoder_left_on_disk_then_loaded_is_the_models(export: Path) -> None:
     """`load_model_dir(text=False)` loads everything but the text encoder, as strictly; `load_text_encoder` adds the same encoder."""
     whole, tokenizer, phenotypes = M.load_model_dir(export)
@@ -263,7 +327,7 @@ def test_cached_prompt_embeddings_follow_the_weights(export: Path, tmp_path: Pat
     other, _, _ = M.load_model_dir(folder)
     assert np.allclose(CTModel(other, tokenizer, [], {}).embed_text(texts), retrained, atol=1e-6)
     assert not np.allclose(retrained, embedded, atol=1e-3)
-    retokenized = train_wordpiece_tokenizer(texts[::-1] + ["effusion"] * 9, TINY["vocab_size"], TINY["context_length"])
+    retokenized = train_wordpiece_tokenizer(texts[::-1] + ["effusion"] * 9, TINY["vocab_size"])
     shutil.rmtree(folder / M.TOKENIZER_DIR)
     retokenized.save_pretrained(str(folder / M.TOKENIZER_DIR))  # another vocabulary, the same weights
     expected = CTModel(other, retokenized, [], {}).embed_text(texts)

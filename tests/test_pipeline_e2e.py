@@ -183,6 +183,11 @@ def test_ct_metrics_and_export_load_through_the_documented_loader(project):
         volume = sorted((project / "data/ct/raw/volumes").glob("*.nii.gz"))[0]
         probs = ct.phenotype_probabilities(volume)
         assert len(probs) > 0 and all(0.0 <= p <= 1.0 for p in probs.values())
+        from domains.ct.prompts import FINDING_PROMPTS
+        from pipelines.models.report_text import TextEncoderNotLoaded
+
+        ct.embed_prompts(FINDING_PROMPTS)  # the export's own embeddings of them: no text encoder built
+        assert isinstance(ct.net.text, TextEncoderNotLoaded)
     finally:
         sys.path.remove(str(project))
 

@@ -37,7 +37,7 @@ from pipelines.infer.cache import EmbeddingCache, weights_fingerprint
 from pipelines.infer.device import inference_autocast, resolve_device
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import volume as M
-from pipelines.models.report_text import TextEncoderNotLoaded, tokenize
+from pipelines.models.report_text import TextEncoderNotLoaded
 from pipelines.models.volume import volume_batch
 
 if TYPE_CHECKING:  # preprocess is imported only when a file is loaded
@@ -133,8 +133,8 @@ class CTModel:
     """Inference wrapper around a trained VolumeCLIP: image/text embeddings and phenotype probabilities.
 
     A model `load_ct_model` reads leaves its text encoder on disk (and `tokenizer` None) until text is
-    first embedded, and keeps the finding prompts' embeddings in `prompt_cache`: a prediction with
-    prompts embedded before builds no text encoder at all.
+    first embedded. It starts with the finding prompts' embeddings its export ships and keeps other
+    prompts' in `prompt_cache`: a prediction with prompts embedded before builds no text encoder at all.
     """
 
     def __init__(self, net: M.VolumeCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
@@ -257,7 +257,7 @@ class CTModel:
         Each text is embedded once per model (the next volume only pays for its own forward pass) and
         kept in `prompt_cache` (the next process neither embeds it nor builds the text encoder).
         """
-        texts = [t for p in prompts.values() for t in (*p["positive"], *p["negative"])]
+        texts = M.prompt_texts(prompts)
         new = [t for t in dict.fromkeys(texts) if t not in self._prompt_embeddings]
         if new:
             self._prompt_embeddings.update(zip(new, self._embed_new_prompts(new)))
@@ -294,8 +294,7 @@ class CTModel:
             if self.export_dir is None:
                 raise RuntimeError("this model has no text encoder and no folder to load one from")
             self.tokenizer = M.load_text_encoder(self.net, self.export_dir, self.device)
-        tokens = tokenize(self.tokenizer, list(texts), self.net.cfg.context_length)
-        return self.net.encode_text(**{k: v.to(self.device) for k, v in tokens.items()}).float().cpu().numpy()
+        return M.embed_texts(self.net, self.tokenizer, texts, self.device)
 
     @torch.no_grad()
     def phenotype_probabilities(self, nifti_path: str | Path) -> dict[str, float]:
@@ -309,8 +308,10 @@ def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", ca
 
     `device` may be "auto" (the GPU when there is one). A missing folder, or an export of another kind
     (an open_clip image export), is an InputError naming the folder. The text encoder is read when
-    text is first embedded; finding prompts' embeddings are kept in the embedding cache `cache`
-    (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings; none when it cannot be made).
+    text is first embedded: an export ships its domain's finding prompts embedded (`M.PROMPTS_FILE`,
+    used while the weights are those it was made with), and other prompts' embeddings are kept in the
+    embedding cache `cache` (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings;
+    none when it cannot be made).
     """
     from pipelines.models.folders import export_kind
 
@@ -332,6 +333,8 @@ def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", ca
     preprocess = json.loads(pre_path.read_text()) if pre_path.is_file() else {"spatial_size": list(net.cfg.input_size)}
     model = CTModel(net, tokenizer, phenotypes, preprocess, device)
     model.export_dir = export_dir
+    if (export_dir / M.PROMPTS_FILE).is_file():  # an export's finding prompts, embedded when it was written
+        model._prompt_embeddings.update(M.load_prompt_embeddings(export_dir, weights_fingerprint(export_dir / M.WEIGHTS_FILE)))
     with contextlib.suppress(OSError):  # a folder that cannot be made: prompts are embedded in each process
         model.prompt_cache = EmbeddingCache(cache)
     return model

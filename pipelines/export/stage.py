@@ -27,7 +27,7 @@ def export_domain(domain: str, model: Path, out: Path, metrics: Optional[Path], 
     if d.modality == "volume":
         from pipelines.export.volume import export_volume
 
-        return export_volume(model, out, metrics, data, notes)
+        return export_volume(model, out, metrics, data, notes, d.prompts().FINDING_PROMPTS)  # what `predict` uses by default
 
     from pipelines.export.clip import export
     from pipelines.models.wise import WiseConfig

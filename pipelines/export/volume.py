@@ -2,8 +2,10 @@
 
 EXPORT/ holds config.json, model.safetensors, tokenizer/, text_config/ (all that
 `domains.ct.loader.load_ct_model` needs, offline), preprocess.json (the curation's MONAI
-preprocessing, so `embed_image` on a NIfTI matches what the model was trained on) and README.md
-(a model card: provenance, training settings, evaluation tables). Written into a temp folder that
+preprocessing, so `embed_image` on a NIfTI matches what the model was trained on),
+prompt_embeddings.safetensors (the domain's finding prompts embedded, so a prediction with them
+builds no text encoder: about 1.5 s of a first `domainfm predict ct`) and README.md (a model card:
+provenance, training settings, evaluation tables). Written into a temp folder that
 replaces EXPORT in one rename (pipelines.io.atomic.atomic_dir): a crash never leaves half an export.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipelines.io.atomic import atomic_dir
+from pipelines.io.digests import file_digest
 from pipelines.io.volume_shards import split_index
 from pipelines.models import volume as M
 
@@ -87,8 +90,11 @@ def render_card(config: dict[str, Any], metrics: Optional[dict[str, Any]], summa
 
 
 def export_volume(model_dir: Path, out: Path, metrics: Optional[Path] = None, data: Optional[Path] = None,
-                  notes: Optional[dict[str, Any]] = None) -> Path:
-    """Copy the model files, write preprocess.json and the card; EXPORT replaced atomically."""
+                  notes: Optional[dict[str, Any]] = None, prompts: Optional[dict[str, dict[str, list[str]]]] = None) -> Path:
+    """Copy the model files; write preprocess.json, the card and the `prompts`' embeddings; EXPORT replaced atomically.
+
+    `prompts` are the domain's finding prompts (what a prediction uses by default); None embeds none.
+    """
     model_dir = Path(model_dir)
     config = json.loads((model_dir / M.CONFIG_FILE).read_text())
     missing = [f for f in MODEL_FILES if not (model_dir / f).exists()]
@@ -105,5 +111,9 @@ def export_volume(model_dir: Path, out: Path, metrics: Optional[Path] = None, da
             src = model_dir / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / name)
         (tmp / PREPROCESS_FILE).write_text(json.dumps(preprocess, indent=2))
+        if prompts:
+            net, tokenizer, _ = M.load_model_dir(tmp)
+            texts = list(dict.fromkeys(M.prompt_texts(prompts)))
+            M.save_prompt_embeddings(tmp, texts, M.embed_texts(net, tokenizer, texts), file_digest(tmp / M.WEIGHTS_FILE)[:16])
         (tmp / CARD_FILE).write_text(render_card(config, metrics_doc, summary, train_params, preprocess, notes or {}))
     return Path(out)

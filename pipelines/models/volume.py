@@ -9,11 +9,13 @@
 
 A model folder (training output, export) holds `config.json` (model config + phenotype list),
 `model.safetensors` (the full state dict, BatchNorm buffers included), `tokenizer/` and
-`text_config/`; `save_model_dir` / `load_model_dir` write and read it.
+`text_config/`; `save_model_dir` / `load_model_dir` write and read it. An export adds
+`prompt_embeddings.safetensors`, its domain's finding prompts embedded (`save_prompt_embeddings`).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -42,6 +44,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TEXT_CONFIG_DIR = "text_config"
 TEXT_PREFIX = "text."  # the text encoder's parameters in the weights file
+PROMPTS_FILE = "prompt_embeddings.safetensors"  # an export's default prompts, embedded: a prediction builds no text encoder
 
 
 @dataclass
@@ -398,6 +401,63 @@ def load_model_dir(folder: str | Path, device: str | torch.device = "cpu", text:
             raise RuntimeError(f"{weights} does not match its config.json: missing {missing}, unexpected {stray}")
     tokenizer = T.load_tokenizer(folder / TOKENIZER_DIR) if text else None
     return model.to(device).eval(), tokenizer, phenotypes
+
+
+def prompt_texts(prompts: dict[str, dict[str, list[str]]]) -> list[str]:
+    """The texts of finding prompts ({finding: {"positive": [...], "negative": [...]}}), finding by finding, positives first."""
+    return [t for p in prompts.values() for t in (*p["positive"], *p["negative"])]
+
+
+@torch.no_grad()
+def embed_texts(model: VolumeCLIP, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+                device: str | torch.device = "cpu") -> np.ndarray:
+    """L2-normalised report embeddings (n, embed_dim) of `texts`, float32 on the CPU."""
+    tokens = T.tokenize(tokenizer, list(texts), model.cfg.context_length)
+    return model.encode_text(**{k: v.to(device) for k, v in tokens.items()}).float().cpu().numpy()
+
+
+def _text_identity(folder: Path, weights_fingerprint: str) -> str:
+    """What a text's embedding by this folder's model depends on: the weights, the tokenizer's files and the context length."""
+    context_length = read_config(folder)[0].context_length
+    h = hashlib.sha256()
+    for path in sorted(p for p in (folder / TOKENIZER_DIR).iterdir() if p.is_file()):
+        h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return json.dumps({"weights": weights_fingerprint, "tokenizer": h.hexdigest(), "context_length": int(context_length)})
+
+
+def save_prompt_embeddings(folder: str | Path, texts: list[str], embeddings: np.ndarray, weights_fingerprint: str) -> None:
+    """Write PROMPTS_FILE into a model folder: `texts` and their `embeddings` by its model, and what they were made with.
+
+    `weights_fingerprint` is the first 16 hex digits of the weights file's sha256 (what
+    `pipelines.infer.cache.weights_fingerprint` gives). With the tokenizer's files and the context
+    length, it is kept in the file's metadata, so `load_prompt_embeddings` can tell embeddings made
+    by other weights (a folder whose model was replaced) from the folder's own.
+    """
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(folder / PROMPTS_FILE),
+              metadata={"texts": json.dumps(list(texts)), "made_with": _text_identity(folder, weights_fingerprint)})
+
+
+def load_prompt_embeddings(folder: str | Path, weights_fingerprint: str) -> dict[str, np.ndarray]:
+    """{text: embedding} of a model folder's PROMPTS_FILE, its prompts embedded when it was written.
+
+    {} when there is none, it cannot be read, or it was made with other weights, tokenizer or context
+    length than the folder's now (`weights_fingerprint`: as for `save_prompt_embeddings`).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    try:
+        with safe_open(str(folder / PROMPTS_FILE), framework="np") as f:
+            meta, embeddings = f.metadata() or {}, f.get_tensor("embeddings")
+        texts = json.loads(meta["texts"])
+        if meta["made_with"] != _text_identity(folder, weights_fingerprint) or len(texts) != len(embeddings):
+            return {}
+    except (OSError, SafetensorError, ValueError, KeyError):
+        return {}
+    return dict(zip(texts, embeddings))
 
 
 def load_text_encoder(model: VolumeCLIP, folder: str | Path, device: str | torch.device = "cpu") -> Any:
