@@ -120,8 +120,10 @@ def run_each(inputs: Sequence[Input], run: Callable[[Input], None], out: Path, s
         try:
             run(item)
         except InputError as exc:
+            if not skip_unreadable and len(inputs) == 1:
+                raise
             if not skip_unreadable:
-                raise InputError(f"{exc} ({SKIP_HINT})" if len(inputs) > 1 else str(exc)) from None
+                raise InputError(f"{exc} ({SKIP_HINT})") from None
             name, reason = name_of(item), str(exc)
             reason = reason.removeprefix(f"{name}: ")  # the messages name their input first
             skipped.append((name, reason))
