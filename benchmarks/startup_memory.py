@@ -120,7 +120,7 @@ def main() -> None:
                             f"from pathlib import Path; from contract import random_ct_export; random_ct_export(Path({str(model)!r}))"],
                            cwd=ROOT, check=True, capture_output=True)
             bare = shutil.copytree(model, folder / "ct_model_bare")
-            (bare / "prompt_embeddings.safetensors").unlink()
+            (bare / "prompt_embeddings.safetensors").unlink()  # M.PROMPTS_FILE (torch not imported here: it counts in children's peaks)
 
             def predict(export: Path) -> list[str]:  # a first prediction: the cache is emptied before every run, as all of folder/ct
                 return ["predict", "ct", "--model", str(export), "--volume", str(SMALL_CT), "--out", str(folder / "ct" / "predicted"),

@@ -277,13 +277,12 @@ class CTModel:
         return embeddings
 
     def _prompt_key(self, texts: list[str]) -> Optional[str]:
-        """`prompt_cache`'s key for `texts` embedded by this folder's weights and tokenizer; None without one (or unwritable)."""
+        """`prompt_cache`'s key for `texts` embedded by this folder's model (`M.text_identity`); None without one (or unwritable)."""
         if self.prompt_cache is None or self.export_dir is None:
             return None
-        tokenizer_files = sorted(p for p in (self.export_dir / M.TOKENIZER_DIR).iterdir() if p.is_file())
-        settings = {"ct_prompts": texts, "context_length": self.net.cfg.context_length}
         try:
-            return self.prompt_cache.key(weights_fingerprint(self.export_dir / M.WEIGHTS_FILE), tokenizer_files, settings)
+            fingerprint = weights_fingerprint(self.export_dir / M.WEIGHTS_FILE)
+            return self.prompt_cache.key(fingerprint, [], {"ct_prompts": texts, "made_with": M.text_identity(self.export_dir, fingerprint)})
         except OSError:
             return None
 

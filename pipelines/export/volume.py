@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipelines.io.atomic import atomic_dir
-from pipelines.io.digests import file_digest
 from pipelines.io.volume_shards import split_index
 from pipelines.models import volume as M
 
@@ -114,6 +113,6 @@ def export_volume(model_dir: Path, out: Path, metrics: Optional[Path] = None, da
         if prompts:
             net, tokenizer, _ = M.load_model_dir(tmp)
             texts = list(dict.fromkeys(M.prompt_texts(prompts)))
-            M.save_prompt_embeddings(tmp, texts, M.embed_texts(net, tokenizer, texts), file_digest(tmp / M.WEIGHTS_FILE)[:16])
+            M.save_prompt_embeddings(tmp, texts, M.embed_texts(net, tokenizer, texts))
         (tmp / CARD_FILE).write_text(render_card(config, metrics_doc, summary, train_params, preprocess, notes or {}))
     return Path(out)

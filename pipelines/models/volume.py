@@ -15,7 +15,6 @@ A model folder (training output, export) holds `config.json` (model config + phe
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pipelines.io.digests import file_digest
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import report_text as T
 from pipelines.models.folders import VOLUME_CONFIG_FILE
@@ -416,35 +416,38 @@ def embed_texts(model: VolumeCLIP, tokenizer: PreTrainedTokenizerBase, texts: Se
     return model.encode_text(**{k: v.to(device) for k, v in tokens.items()}).float().cpu().numpy()
 
 
-def _text_identity(folder: Path, weights_fingerprint: str) -> str:
-    """What a text's embedding by this folder's model depends on: the weights, the tokenizer's files and the context length."""
-    context_length = read_config(folder)[0].context_length
-    h = hashlib.sha256()
-    for path in sorted(p for p in (folder / TOKENIZER_DIR).iterdir() if p.is_file()):
-        h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return json.dumps({"weights": weights_fingerprint, "tokenizer": h.hexdigest(), "context_length": int(context_length)})
-
-
-def save_prompt_embeddings(folder: str | Path, texts: list[str], embeddings: np.ndarray, weights_fingerprint: str) -> None:
-    """Write PROMPTS_FILE into a model folder: `texts` and their `embeddings` by its model, and what they were made with.
+def text_identity(folder: Path, weights_fingerprint: str) -> str:
+    """What a text's embedding by this folder's model depends on: the weights, the tokenizer's files and the context length.
 
     `weights_fingerprint` is the first 16 hex digits of the weights file's sha256 (what
-    `pipelines.infer.cache.weights_fingerprint` gives). With the tokenizer's files and the context
-    length, it is kept in the file's metadata, so `load_prompt_embeddings` can tell embeddings made
-    by other weights (a folder whose model was replaced) from the folder's own.
+    `pipelines.infer.cache.weights_fingerprint` gives, remembered across processes).
+    """
+    folder = Path(folder)
+    tokenizer = {p.name: file_digest(p) for p in sorted((folder / TOKENIZER_DIR).iterdir()) if p.is_file()}
+    return json.dumps({"weights": weights_fingerprint, "tokenizer": tokenizer,
+                       "context_length": read_config(folder)[0].context_length}, sort_keys=True)
+
+
+def save_prompt_embeddings(folder: str | Path, texts: list[str], embeddings: np.ndarray) -> None:
+    """Write PROMPTS_FILE into a model folder: `texts` and their `embeddings` by its model, and what they were made with.
+
+    `text_identity` (the weights, the tokenizer's files, the context length) is kept in the file's
+    metadata, so `load_prompt_embeddings` can tell embeddings made by other weights (a folder whose
+    model was replaced) from the folder's own.
     """
     from safetensors.numpy import save_file
 
     folder = Path(folder)
+    fingerprint = file_digest(folder / WEIGHTS_FILE)[:16]  # weights_fingerprint's value, without its store (an export writes here)
     save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(folder / PROMPTS_FILE),
-              metadata={"texts": json.dumps(list(texts)), "made_with": _text_identity(folder, weights_fingerprint)})
+              metadata={"texts": json.dumps(list(texts)), "made_with": text_identity(folder, fingerprint)})
 
 
 def load_prompt_embeddings(folder: str | Path, weights_fingerprint: str) -> dict[str, np.ndarray]:
     """{text: embedding} of a model folder's PROMPTS_FILE, its prompts embedded when it was written.
 
     {} when there is none, it cannot be read, or it was made with other weights, tokenizer or context
-    length than the folder's now (`weights_fingerprint`: as for `save_prompt_embeddings`).
+    length than the folder's now (`weights_fingerprint`: as for `text_identity`).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -453,7 +456,7 @@ def load_prompt_embeddings(folder: str | Path, weights_fingerprint: str) -> dict
         with safe_open(str(folder / PROMPTS_FILE), framework="np") as f:
             meta, embeddings = f.metadata() or {}, f.get_tensor("embeddings")
         texts = json.loads(meta["texts"])
-        if meta["made_with"] != _text_identity(folder, weights_fingerprint) or len(texts) != len(embeddings):
+        if meta["made_with"] != text_identity(folder, weights_fingerprint) or len(texts) != len(embeddings):
             return {}
     except (OSError, SafetensorError, ValueError, KeyError):
         return {}
