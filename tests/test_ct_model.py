@@ -21,9 +21,9 @@ CORPUS = ["There is a hypodense liver lesion.", "The liver is normal.", "There i
           "The kidneys are normal.", "No pleural effusion.", "There is a pleural effusion."] * 3
 
 
-def _resnet_with_stats(seed: int = 0) -> torch.nn.Module:
+def _resnet_with_stats(seed: int = 0, arch: str = "resnet18") -> torch.nn.Module:
     torch.manual_seed(seed)
-    net = torchvision.models.resnet18(weights=None).eval()
+    net = getattr(torchvision.models, arch)(weights=None).eval()
     for m in net.modules():  # non-trivial BN statistics, so the test also covers their inflation
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -32,8 +32,10 @@ def _resnet_with_stats(seed: int = 0) -> torch.nn.Module:
     return net
 
 
-def test_i3d_depth_constant_volume_matches_2d_resnet():
-    net2d = _resnet_with_stats()
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_i3d_depth_constant_volume_matches_2d_resnet(arch: str):
+    # the I3D ResNet is built here, not from torchvision's blocks: this holds it to torchvision's 2D network
+    net2d = _resnet_with_stats(arch=arch)
     net3d = M.inflate_resnet(net2d, time_dim=3).eval()
     torch.manual_seed(1)
     slice_ = torch.rand(2, 1, 48, 40)
@@ -41,7 +43,7 @@ def test_i3d_depth_constant_volume_matches_2d_resnet():
     with torch.no_grad():
         f2d = torch.nn.Sequential(*list(net2d.children())[:-1])(slice_.repeat(1, 3, 1, 1)).flatten(1)
         f3d = net3d(volume)
-    assert f3d.shape == (2, 512)
+    assert f3d.shape == (2, net2d.fc.in_features)
     assert torch.allclose(f2d, f3d, atol=1e-4, rtol=1e-4), (f2d - f3d).abs().max()
     # a volume that varies along depth is not the 2D answer: the test above is not vacuous
     with torch.no_grad():
@@ -74,6 +76,27 @@ def test_build_image_encoder_loads_2d_weights(tmp_path):
     save_file({"bogus": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="matching ResNet"):
         M.build_image_encoder(M.VolumeModelConfig(image_weights=str(tmp_path / "bad.safetensors")))
+
+
+@pytest.mark.parametrize("arch,width", [("resnet18", 64), ("resnet34", 16), ("resnet50", 8)])
+def test_a_load_builds_the_architecture_training_inflates(arch: str, width: int):
+    """A load builds the I3D ResNet without torchvision's 2D network: it must take the inflated network's weights name for
+    name, and with them compute what it computes."""
+    cfg = M.VolumeModelConfig(image_encoder=f"i3d_{arch}", image_width=width)
+    torch.manual_seed(0)
+    inflated = M.build_image_encoder(cfg).eval()
+    bare = M.build_image_encoder(cfg, init_from_2d=False).eval()
+    assert {k: v.shape for k, v in bare.state_dict().items()} == {k: v.shape for k, v in inflated.state_dict().items()}
+    bare.load_state_dict(inflated.state_dict(), strict=True)
+    volumes = torch.rand(2, 1, 40, 36, 20)
+    with torch.no_grad():
+        assert torch.equal(bare(volumes), inflated(volumes))
+    assert bare.out_dim == inflated.out_dim == width * 8 * (4 if arch == "resnet50" else 1)
+
+
+def test_inflating_a_resnet_it_does_not_build_is_refused():
+    with pytest.raises(ValueError, match="not a ResNet"):
+        M.inflate_resnet(torchvision.models.resnet101(weights=None))
 
 
 def _tiny_model(phenotypes=("a", "b", "c")):

@@ -22,6 +22,15 @@ def test_curation_without_a_model_does_not_import_torch(module: str) -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.parametrize("module", ["pipelines.curation.cli", "domains.remote_sensing.curation.curate", "domains.pathology.curation.curate",
+                                    "domains.pairs.curation.curate", "domains.ct.curation", "domains.ct.loader", "domains.ct.analyst"])
+def test_help_and_prediction_modules_do_not_import_pandas(module: str) -> None:
+    # pandas (0.25 s, 70 MB) is imported where a table is read or written: not by `curate ... --help`, nor by `predict ct`
+    code = f"import sys, {module}; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "False"
+
+
 def test_the_volume_evaluation_does_not_import_open_clip() -> None:
     # `domainfm evaluate ct` reads the shared evaluation settings (WiseConfig among them) but runs no open_clip model
     code = ("import sys, pipelines.evaluate.stage, pipelines.evaluate.analyses, pipelines.evaluate.volume; "

@@ -9,12 +9,14 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipelines.io.atomic import atomic_write_bytes, atomic_write_text, json_default
+
+if TYPE_CHECKING:  # imported where a table is made or read: the analyst commands import the curation, not its tables (0.25 s)
+    import pandas as pd
 
 MANIFEST_FILE = "manifest.parquet"
 REJECTS_FILE = "rejects.csv"
@@ -25,6 +27,8 @@ REJECT_COLUMNS = ("input", "stage", "reason")
 
 def write_manifest(rows: list[dict[str, Any]], out: Path) -> None:
     """Write OUT/manifest.parquet from pair records (JSON columns encoded as sorted JSON text)."""
+    import pandas as pd
+
     table = pd.DataFrame(
         [
             {
@@ -51,6 +55,8 @@ def write_manifest(rows: list[dict[str, Any]], out: Path) -> None:
 
 def read_manifest(out: Path) -> pd.DataFrame:
     """The manifest with its JSON columns decoded."""
+    import pandas as pd
+
     table = pd.read_parquet(Path(out) / MANIFEST_FILE)
     table["caption_variants"] = table["caption_variants"].map(json.loads)
     table["provenance"] = table["provenance"].map(json.loads)

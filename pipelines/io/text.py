@@ -12,11 +12,12 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable
 
 from pipelines.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 DELIMITERS = ",;\t|"
@@ -79,6 +80,8 @@ def read_table(path: Path | str, required: Iterable[str], what: str) -> tuple[pd
     Column names are stripped of whitespace and a BOM. Raises InputError naming the file when it is
     missing, unreadable, or lacks any `required` column (listing the columns it has).
     """
+    import pandas as pd  # here, not at the top: the analyst commands read text through this module, and no tables (0.25 s)
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} table not found: {path}")

@@ -1,7 +1,8 @@
 """The volume family: Merlin's 3D vision-language model (image encoder, report encoder, two kinds of heads).
 
-* Image encoder: an I3D ResNet inflated from a 2D torchvision ResNet (`inflate_resnet`), or a MONAI
-  3D network by name (`image_encoder: "monai:DenseNet121"`). Volumes are (B, 1, X, Y, Z); the last
+* Image encoder: an I3D ResNet (torchvision's ResNet with 3D ops, built here: `I3DResNet`) whose weights
+  are inflated from a 2D torchvision ResNet (`inflate_resnet`), or a MONAI 3D network by name
+  (`image_encoder: "monai:DenseNet121"`). Volumes are (B, 1, X, Y, Z); the last
   axis (Z, slices) is the one I3D adds.
 * Text encoder: see pipelines/models/report_text.py.
 * Heads: phenotype logits (linear on the pooled image features; sigmoid + BCE), and contrastive
@@ -14,14 +15,13 @@ A model folder (training output, export) holds `config.json` (model config + phe
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,12 @@ class VolumeModelConfig:
     init_logit_scale: float = math.log(1 / 0.07)
 
 
-# ----------------------------------------------------------------------------- I3D inflation
+# ----------------------------------------------------------------------------- I3D ResNet
+
+ResNetArch = Literal["resnet18", "resnet34", "resnet50"]
+# torchvision's ResNets: (bottleneck blocks?, blocks per stage)
+RESNET_ARCHS: dict[ResNetArch, tuple[bool, tuple[int, int, int, int]]] = {
+    "resnet18": (False, (2, 2, 2, 2)), "resnet34": (False, (3, 4, 6, 3)), "resnet50": (True, (3, 4, 6, 3))}
 
 
 class InflatedConv3d(nn.Module):
@@ -89,59 +94,70 @@ class InflatedConv3d(nn.Module):
         return self.conv(x)
 
 
-def _inflate_conv(conv: nn.Conv2d, time_dim: int, in_channels: Optional[int] = None) -> InflatedConv3d:
-    kh, kw = conv.kernel_size
-    t = time_dim if max(kh, kw) > 1 else 1  # 1x1 projections stay 1x1x1, as in I3D
-    sh, sw = conv.stride
-    w2d = conv.weight.detach()
-    if in_channels is not None and in_channels != w2d.shape[1]:
-        # RGB -> grey: summing the input filters keeps the response to a grey image (R=G=B) unchanged
-        w2d = w2d.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
-    conv3d = nn.Conv3d(w2d.shape[1], conv.out_channels, (kh, kw, t), stride=(sh, sw, sh),
-                       padding=(conv.padding[0], conv.padding[1], 0), bias=conv.bias is not None)
-    with torch.no_grad():
-        # I3D: repeat along depth and divide by it, so a depth-constant input gives the 2D response
-        conv3d.weight.copy_(w2d.unsqueeze(-1).repeat(1, 1, 1, 1, t) / t)
-        if conv.bias is not None:
-            conv3d.bias.copy_(conv.bias.detach())
-    return InflatedConv3d(conv3d, t // 2)
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, time_dim: int) -> InflatedConv3d:
+    """A torchvision ResNet's k x k conv (no bias, padding k // 2) inflated: k x k x t, t = time_dim unless k is 1."""
+    t = time_dim if kernel > 1 else 1  # 1x1 projections stay 1x1x1, as in I3D
+    conv = nn.Conv3d(in_channels, out_channels, (kernel, kernel, t), stride=stride, padding=(kernel // 2, kernel // 2, 0), bias=False)
+    return InflatedConv3d(conv, t // 2)
 
 
-def _inflate_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
-    bn3d = nn.BatchNorm3d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine)
-    bn3d.load_state_dict(bn.state_dict())
-    return bn3d
+class _Block(nn.Module):
+    """torchvision's BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3 with the stride, 1x1 to 4x), inflated.
 
+    The modules are registered in torchvision's order and under its names, so a 2D state dict maps onto
+    this one name for name, and building one draws the global RNG as inflating torchvision's did.
+    """
 
-def _inflate_children(module: nn.Module, time_dim: int) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d):
-            setattr(module, name, _inflate_conv(child, time_dim))
-        elif isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, _inflate_bn(child))
-        elif isinstance(child, nn.MaxPool2d):
-            k, s, p = (child.kernel_size, child.stride, child.padding)
-            # max pooling pads with -inf, so it is Z-constant-preserving without special padding
-            setattr(module, name, nn.MaxPool3d(k, s, p))
+    def __init__(self, in_channels: int, planes: int, stride: int, bottleneck: bool, time_dim: int) -> None:
+        super().__init__()
+        out_channels = planes * (4 if bottleneck else 1)
+        self.bottleneck = bottleneck
+        if bottleneck:
+            self.conv1, self.bn1 = _conv(in_channels, planes, 1, 1, time_dim), nn.BatchNorm3d(planes)
+            self.conv2, self.bn2 = _conv(planes, planes, 3, stride, time_dim), nn.BatchNorm3d(planes)
+            self.conv3, self.bn3 = _conv(planes, out_channels, 1, 1, time_dim), nn.BatchNorm3d(out_channels)
         else:
-            _inflate_children(child, time_dim)
+            self.conv1, self.bn1 = _conv(in_channels, planes, 3, stride, time_dim), nn.BatchNorm3d(planes)
+            self.conv2, self.bn2 = _conv(planes, planes, 3, 1, time_dim), nn.BatchNorm3d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(_conv(in_channels, out_channels, 1, stride, time_dim), nn.BatchNorm3d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual block: its convs and BN on `x`, plus `x` (projected when its shape changes), rectified."""
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(self.relu(out)))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
 
 
 class I3DResNet(nn.Module):
-    """A torchvision ResNet with every 2D op inflated to 3D; returns pooled features (B, C)."""
+    """torchvision's ResNet (`arch`, `width` stem channels) with every 2D op inflated to 3D; returns pooled features (B, C).
 
-    def __init__(self, resnet2d: nn.Module, time_dim: int = 3, in_channels: int = 1) -> None:
+    Built here rather than from torchvision's modules, whose import (torchvision.ops imports torch._dynamo)
+    costs about 0.9 s of every `predict ct`. `inflate_resnet` fills one from a 2D torchvision ResNet.
+    """
+
+    def __init__(self, arch: ResNetArch = "resnet18", width: int = 64, time_dim: int = 3, in_channels: int = 1) -> None:
         super().__init__()
-        net = copy.deepcopy(resnet2d)
-        self.conv1 = _inflate_conv(net.conv1, time_dim, in_channels)
-        self.bn1 = _inflate_bn(net.bn1)
+        bottleneck, blocks = RESNET_ARCHS[arch]
+        self.conv1 = _conv(in_channels, width, 7, 2, time_dim)
+        self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
-        mp = net.maxpool
-        self.maxpool = nn.MaxPool3d(mp.kernel_size, mp.stride, mp.padding)
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        for stage in self.stages:
-            _inflate_children(stage, time_dim)
-        self.out_dim = int(net.fc.in_features)
+        self.maxpool = nn.MaxPool3d(3, 2, 1)  # max pooling pads with -inf: Z-constant-preserving as it is
+        stages, channels = [], width
+        for i, n in enumerate(blocks):
+            planes, stride = width * 2**i, 1 if i == 0 else 2
+            stage = []
+            for j in range(n):
+                stage.append(_Block(channels, planes, stride if j == 0 else 1, bottleneck, time_dim))
+                channels = planes * (4 if bottleneck else 1)
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.ModuleList(stages)
+        self.out_dim = channels
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -158,6 +174,41 @@ class I3DResNet(nn.Module):
             else:
                 x = stage(x)
         return x.mean(dim=(2, 3, 4))
+
+
+def inflate_state_dict(state2d: dict[str, torch.Tensor], time_dim: int = 3, in_channels: int = 1) -> dict[str, torch.Tensor]:
+    """A 2D torchvision ResNet's state dict as `I3DResNet`'s: k x k kernels repeated k x k x t and divided by t (I3D).
+
+    A depth-constant volume then gives the 2D network's response. The classifier (`fc`) is dropped;
+    the stem's RGB filters are summed into `in_channels` grey ones.
+    """
+    state3d = {}
+    for name, value in state2d.items():
+        if name.startswith("fc."):
+            continue
+        if name.startswith("layer"):  # layer1..4 -> stages.0..3
+            stage, rest = name.removeprefix("layer").split(".", 1)
+            name = f"stages.{int(stage) - 1}.{rest}"
+        if value.ndim == 4:  # a conv's weight: ours sits in InflatedConv3d.conv
+            w2d = value.detach()
+            if name == "conv1.weight" and in_channels != w2d.shape[1]:
+                # RGB -> grey: summing the input filters keeps the response to a grey image (R=G=B) unchanged
+                w2d = w2d.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels
+            t = time_dim if max(w2d.shape[2:]) > 1 else 1
+            name, value = name.removesuffix("weight") + "conv.weight", w2d.unsqueeze(-1).repeat(1, 1, 1, 1, t) / t
+        state3d[name] = value
+    return state3d
+
+
+def resnet_arch(resnet2d: nn.Module) -> tuple[ResNetArch, int]:
+    """(arch, stem width) of a 2D torchvision ResNet, or ValueError for one `I3DResNet` does not build."""
+    bottleneck = hasattr(resnet2d.layer1[0], "conv3")
+    blocks = tuple(len(getattr(resnet2d, f"layer{i}")) for i in range(1, 5))
+    for arch, shape in RESNET_ARCHS.items():
+        if shape == (bottleneck, blocks):
+            return arch, int(resnet2d.conv1.out_channels)
+    raise ValueError(f"not a ResNet I3DResNet builds ({'bottleneck' if bottleneck else 'basic'} blocks {blocks}); "
+                     f"expected one of {list(RESNET_ARCHS)}")
 
 
 def load_2d_weights(resnet2d: nn.Module, path: str | Path) -> None:
@@ -177,7 +228,10 @@ def load_2d_weights(resnet2d: nn.Module, path: str | Path) -> None:
 
 def inflate_resnet(resnet2d: nn.Module, time_dim: int = 3, in_channels: int = 1) -> I3DResNet:
     """I3D inflation of a 2D torchvision ResNet (weights copied, k x k kernels divided by depth)."""
-    return I3DResNet(resnet2d, time_dim, in_channels)
+    arch, width = resnet_arch(resnet2d)
+    net = I3DResNet(arch, width, time_dim, in_channels)
+    net.load_state_dict(inflate_state_dict(resnet2d.state_dict(), time_dim, in_channels))
+    return net
 
 
 class MonaiEncoder(nn.Module):
@@ -205,15 +259,22 @@ class MonaiEncoder(nn.Module):
         return self.net(x)
 
 
-def build_image_encoder(cfg: VolumeModelConfig) -> nn.Module:
-    """The image encoder `cfg.image_encoder` names: an inflated torchvision ResNet or a MONAI network."""
+def build_image_encoder(cfg: VolumeModelConfig, init_from_2d: bool = True) -> nn.Module:
+    """The image encoder `cfg.image_encoder` names: an I3D ResNet or a MONAI network.
+
+    An I3D ResNet's weights are inflated from a 2D torchvision ResNet, random (the global RNG) or
+    `cfg.image_weights`; with `init_from_2d=False` it is the architecture alone, for a load that
+    replaces every weight, and torchvision is not imported.
+    """
     if cfg.image_encoder.startswith("monai:"):
         return MonaiEncoder(cfg.image_encoder.split(":", 1)[1], cfg.embed_dim)
+    arch = cfg.image_encoder.removeprefix("i3d_")
+    if arch not in RESNET_ARCHS:
+        raise ValueError(f"unknown image_encoder {cfg.image_encoder!r}; expected i3d_resnet18|34|50 or monai:<Net>")
+    if not init_from_2d:
+        return I3DResNet(arch, cfg.image_width, cfg.time_dim)  # type: ignore[arg-type]
     import torchvision
 
-    arch = cfg.image_encoder.removeprefix("i3d_")
-    if arch not in ("resnet18", "resnet34", "resnet50"):
-        raise ValueError(f"unknown image_encoder {cfg.image_encoder!r}; expected i3d_resnet18|34|50 or monai:<Net>")
     resnet2d = getattr(torchvision.models, arch)(weights=None)
     if cfg.image_width != 64:
         resnet2d = _narrow_resnet(arch, cfg.image_width)
@@ -245,12 +306,15 @@ def _narrow_resnet(arch: str, width: int) -> nn.Module:
 
 
 class VolumeCLIP(nn.Module):
-    """Image encoder + text encoder + phenotype head + contrastive projections."""
+    """Image encoder + text encoder + phenotype head + contrastive projections.
 
-    def __init__(self, cfg: VolumeModelConfig, n_phenotypes: int, text_encoder: T.TextEncoder) -> None:
+    `init_from_2d` as `build_image_encoder`'s: False when a checkpoint replaces every weight.
+    """
+
+    def __init__(self, cfg: VolumeModelConfig, n_phenotypes: int, text_encoder: T.TextEncoder, init_from_2d: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.visual = build_image_encoder(cfg)
+        self.visual = build_image_encoder(cfg, init_from_2d)
         self.text = text_encoder
         self.phenotype_head = nn.Linear(self.visual.out_dim, max(n_phenotypes, 1))
         self.n_phenotypes = n_phenotypes
@@ -391,7 +455,7 @@ def load_model_dir(folder: str | Path, device: str | torch.device = "cpu", text:
     weights = str(folder / WEIGHTS_FILE)
     with weights_not_drawn():  # the folder's weights replace them all (a strict load)
         encoder = _text_encoder_of(folder) if text else T.TextEncoderNotLoaded(_text_width(weights))
-        model = VolumeCLIP(cfg, len(phenotypes), encoder)
+        model = VolumeCLIP(cfg, len(phenotypes), encoder, init_from_2d=False)
     if text:
         load_model(model, weights, strict=True, device=str(device))
     else:

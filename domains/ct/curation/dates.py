@@ -24,12 +24,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
-import pandas as pd
 from dateutil import parser as dateutil_parser
 
 from pipelines.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DateOrder = Literal["auto", "day-first", "month-first"]
 DATE_ORDERS = ("auto", "day-first", "month-first")
@@ -162,6 +164,8 @@ def parse_dates(values: Sequence[str], source: str, column: str, order: str = "a
         if r.numeric:
             return r.day_first if chosen == "day-first" else r.month_first
         return r.fixed
+
+    import pandas as pd  # here: this module is imported where no date is parsed (`predict ct`, by the EHR module)
 
     dates = pd.Series([pd.Timestamp(d) if (d := resolve(v)) is not None else pd.NaT for v in values], dtype="datetime64[ns]")
     empty = [i for i, v in enumerate(values) if not v.strip()]

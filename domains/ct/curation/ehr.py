@@ -16,12 +16,13 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
-
-import pandas as pd
+from typing import TYPE_CHECKING, Optional
 
 from domains.ct.curation.dates import parse_dates
 from pipelines.io.text import read_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CODE_SYSTEMS = ("ICD9CM", "ICD10CM", "ICD10")
 _CODE_PATTERNS = {
@@ -172,6 +173,8 @@ def clean_codes(
     `dates` are the `date` column already read with the file's one day/month order
     (dates.parse_dates), aligned by position; without it the column is read here.
     """
+    import pandas as pd  # here, not at the top: `predict ct` names phenotypes through this module, and reads no table (0.25 s)
+
     rejects: list[CodeRowReject] = []
     rows = []
     if dates is None:
