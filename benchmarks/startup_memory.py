@@ -9,9 +9,12 @@ times, interleaved:
 - peer:  the same command started by `python -c "import torch; ..."`, which is what the CLI cost
          when it imported torch at the top (the naive way: the model library imported with the CLI);
          for CT, `python -c "import monai; ..."`: what CT curation cost when its preprocessing
-         imported MONAI (`import monai` imports all of it, torch and torchvision included).
+         imported MONAI (`import monai` imports all of it, torch and torchvision included); for the
+         map command's help, `python -c "import open_clip; ..."`: what it cost when the map and search
+         commands imported the model's code (open_clip, torch) with their options.
 
-Commands: `domainfm curate remote_sensing --help`, `domainfm curate ct --help`, and two small
+Commands: `domainfm curate remote_sensing --help`, `domainfm curate ct --help`, `domainfm map
+pathology --help` (it runs no model, so it needs no torch: the analysts' first command), and two small
 curations: `domainfm curate pairs` of the pairs demo and `domainfm curate ct` of a smaller CT demo
 (`domainfm demo-data ...`, written first and not timed), each with 1 worker, so the process
 measured is the one that curates. And one command that runs a model, so torch stays: `domainfm
@@ -48,8 +51,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_CLI = "import sys; from pipelines.cli import main; sys.argv = ['domainfm', *sys.argv[1:]]; main()"
 TORCH_FIRST = "import torch; " + RUN_CLI
 MONAI_FIRST = "import monai; " + RUN_CLI
+OPEN_CLIP_FIRST = "import open_clip; " + RUN_CLI
 TORCH_PEER = "the same command with torch imported first (the CLI before: torch imported at the top)"
 MONAI_PEER = "the same command with MONAI imported first (CT preprocessing before: MONAI, and so torch, imported)"
+OPEN_CLIP_PEER = ("the same command with open_clip imported first (the map and search commands before: the model's code imported "
+                  "with their options)")
 SHIPPED_PROMPTS_PEER = ("the same command on a copy of the export without its prompt embeddings (the text encoder built and the "
                         "prompts embedded, as a first prediction did before exports shipped them)")
 CT_DEMO = {"n_patients": 40, "n_studies": 50}  # of the demo's 300 and 400: the same volumes, fewer
@@ -106,6 +112,7 @@ def main() -> None:
                 (["curate", "pairs", "--csv", str(folder / "raw" / "captions.csv"), "--params", str(params),
                   "--out", str(folder / "curated")], TORCH_FIRST, TORCH_PEER),
             "`domainfm curate ct --help`": (["curate", "ct", "--help"], MONAI_FIRST, MONAI_PEER),
+            "`domainfm map pathology --help`": (["map", "pathology", "--help"], OPEN_CLIP_FIRST, OPEN_CLIP_PEER),
             f"a small CT curation (`domainfm curate ct`, the CT demo with {CT_DEMO['n_studies']} studies, 1 worker)":
                 (["curate", "ct", "--volumes", str(ct_raw / "volumes"), "--ehr", str(ct_raw / "ehr.csv"),
                   "--reports", str(ct_raw / "reports.csv"), "--phecode-map", str(ct_raw / "phecode_map.csv"),

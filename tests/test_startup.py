@@ -31,6 +31,14 @@ def test_help_and_prediction_modules_do_not_import_pandas(module: str) -> None:
     assert out.strip() == "False"
 
 
+@pytest.mark.parametrize("module", ["domains.pathology.analyst", "domains.remote_sensing.analyst"])
+def test_the_map_and_search_commands_import_no_model_code_until_a_model_runs(module: str) -> None:
+    # `domainfm map pathology --help` imported torch and open_clip with its command: 6 s and 940 MB for a help page
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'open_clip', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
 def test_the_volume_evaluation_does_not_import_open_clip() -> None:
     # `domainfm evaluate ct` reads the shared evaluation settings (WiseConfig among them) but runs no open_clip model
     code = ("import sys, pipelines.evaluate.stage, pipelines.evaluate.analyses, pipelines.evaluate.volume; "

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import numpy as np
 import typer
@@ -43,10 +43,11 @@ from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
 from pipelines.infer import outputs
 from pipelines.infer.cache import CACHE_HELP, EmbeddingCache
-from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet
-from pipelines.infer.stream import embed_windows
+
+if TYPE_CHECKING:
+    from pipelines.infer.clip import ClipEncoder
 
 # Columns of the tile table besides one probability column per class (class names may not take them).
 TILE_COLUMNS = ("x", "y", "size", "tissue_fraction", "class")
@@ -124,6 +125,8 @@ def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64,
     OpenSlide handle) and embedded `batch_size` at a time; a region openslide cannot decode is an
     InputError naming the slide.
     """
+    from pipelines.infer.stream import embed_windows  # here: torch and open_clip are imported when a model runs, not for --help
+
     windows = [(x, y) for x, y, _ in tiling.tiles]
     if not windows:
         return np.zeros((0, encoder.embed_dim), np.float32)

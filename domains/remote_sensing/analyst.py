@@ -28,7 +28,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import numpy as np
 import typer
@@ -49,11 +49,12 @@ from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
 from pipelines.infer import outputs, render
 from pipelines.infer.cache import CACHE_HELP, EmbeddingCache
-from pipelines.infer.clip import ClipEncoder
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet, palette_png
-from pipelines.infer.stream import embed_windows
 from pipelines.io.remote import as_location
+
+if TYPE_CHECKING:
+    from pipelines.infer.clip import ClipEncoder
 
 DOMAIN = "remote_sensing"
 NODATA_CLASS = 255  # <stem>.classes.tif: cells without data (so at most 255 classes)
@@ -202,6 +203,8 @@ def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipE
     Refused: a folder that is not an export, a volume (CT) export, and an image export whose model
     card names another domain (e.g. pathology).
     """
+    from pipelines.infer.clip import ClipEncoder  # here: torch and open_clip are imported when a model runs, not for --help
+
     if isinstance(model, ClipEncoder):
         return model
     folder = outputs.export_folder(model, device)
@@ -243,6 +246,8 @@ def embed_grid(encoder: ClipEncoder, grid: WindowGrid, batch_size: int = 64, wor
     own raster handles) and embedded `batch_size` at a time, each drawn into `overview` when one is
     given; damaged raster data is an InputError naming the raster.
     """
+    from pipelines.infer.stream import embed_windows  # here: torch and open_clip are imported when a model runs, not for --help
+
     if not grid.windows:
         return [], np.zeros((0, encoder.embed_dim), np.float32)
     workers = max(0, min(workers, -(-len(grid.windows) // batch_size)))  # no idle reader threads for a small scene

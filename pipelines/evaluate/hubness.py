@@ -27,12 +27,14 @@ rows are queries and columns gallery items.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-Correction = Literal["none", "qb_norm", "db_norm"]
+if TYPE_CHECKING:
+    from pipelines.infer.hubness import Correction  # the rankings a search offers, defined where no torch is needed
+
 CORRECTIONS: dict[str, Correction] = {"plain": "none", "qb_norm": "qb_norm", "db_norm": "db_norm"}  # report name -> correction
 UNIFORMITY_MAX_ITEMS = 2048  # uniformity is quadratic in the items: a larger set is subsampled (seeded)
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from pipelines.errors import InputError
-from pipelines.evaluate.hubness import Correction, corrected_scores
 
+# the rankings a search offers; evaluation reports all three (`pipelines.evaluate.hubness`, which needs torch: imported
+# when a correction is computed, so the analyst commands' options and --help need none)
+Correction = Literal["none", "qb_norm", "db_norm"]
 BANK_FILE = "hubness_bank.safetensors"
 CORRECTION_HELP = ("Ranking: none (cosine similarity), qb_norm or db_norm (hubness corrections with the bank the export ships; "
                    "items near every caption stop crowding the top).")
@@ -73,6 +76,8 @@ def search_scores(query: np.ndarray, gallery: np.ndarray, correction: Correction
     """
     if correction == "none":
         return np.asarray(gallery, np.float32) @ np.asarray(query, np.float32)
+    from pipelines.evaluate.hubness import corrected_scores
+
     check_bank(correction, bank, source)
     scores = corrected_scores(correction, np.asarray(query, np.float32)[None], gallery, bank.text, bank.image, bank.beta,
                               bank.beta_gallery)
