@@ -130,8 +130,8 @@ class _Block(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.bottleneck:
             out = self.bn3(self.conv3(self.relu(out)))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)  # in place, as torchvision's blocks: no extra activation
+        return self.relu(out)
 
 
 class I3DResNet(nn.Module):
