@@ -1,12 +1,15 @@
 """Tiles per second of `domainfm map pathology` versus a plain loop that reads and scores one tile at a time.
 
 On one slide and one exported model (loaded once), the same tissue tiles (planned once: the tissue
-mask is common to both and not timed) are scored three ways, interleaved, `--repeats` times:
+mask is common to both and not timed) are scored five ways, interleaved, `--repeats` times:
 
 - plain:    one OpenSlide handle in this process; for each tile, read it (`read_region`, composited
-            over white and resized as the map does), preprocess it, embed it alone (batch of 1) and score it;
+            over white and resized as the map does), preprocess it, embed it alone (batch of 1, in fp32: the
+            model as open_clip loads it) and score it;
 - batched:  `domains.pathology.analyst.embed_tiles` (`--batch-size` tiles per model call; on a CPU two calls
-            at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring;
+            at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
+            in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
+- batched_fp32: the same in fp32 (`--precision fp32`), which the plain loop's probabilities equal to float rounding;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON), a first map: an
             empty embedding cache each run (the cache key's hash of the slide and the save included);
 - remap:    `map_slide` again with other class names (the demo's in reverse order), the tiles, their
@@ -113,7 +116,8 @@ def main() -> None:
         if args.model is None:
             args.model = MODEL if MODEL.is_dir() and args.arch is None else random_model(Path(tmp), args.arch or "domainfm-tiny")
         slide = args.slide if args.mosaic == 1 else mosaic_slide(args.slide, args.mosaic, Path(tmp))
-        encoder = load_encoder(args.model, args.device)
+        encoder = load_encoder(args.model, args.device)  # the commands' default precision: auto
+        reference = load_encoder(args.model, args.device, "fp32")  # the plain loop's: open_clip's model as it loads, fp32
         classifier = encoder.zero_shot(list(CLASSNAMES), list(TEMPLATES))
         tiling = plan_tiles(slide, args.mpp, args.tile_size)
         n = len(tiling.tiles)
@@ -121,8 +125,9 @@ def main() -> None:
         warm = Path(tmp) / "warm-cache"
         map_slide(encoder, slide, Path(tmp) / "warm", mpp=args.mpp, tile_size=args.tile_size, cache=warm)  # for remap
         methods = {
-            "plain": lambda: score_plain(encoder, classifier, tiling),
+            "plain": lambda: score_plain(reference, classifier, tiling),
             "batched": lambda: score_batched(encoder, classifier, tiling, args.batch_size, args.workers),
+            "batched_fp32": lambda: score_batched(reference, classifier, tiling, args.batch_size, args.workers),
             "map": lambda: map_slide(encoder, slide, Path(tmp) / "out", mpp=args.mpp, tile_size=args.tile_size,
                                      batch_size=args.batch_size, workers=args.workers, cache=next(caches)),
             "remap": lambda: map_slide(encoder, slide, Path(tmp) / "remap", list(reversed(CLASSNAMES)), mpp=args.mpp,
@@ -138,6 +143,7 @@ def main() -> None:
                     outputs[name] = fn()
                     times[name].append(time.perf_counter() - t0)
             agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
+            agree_fp32 = float(np.abs(outputs["plain"] - outputs["batched_fp32"]).max())
             medians = {name: float(np.median(t)) for name, t in times.items()}
             count = torch.get_num_threads()
             result = {
@@ -145,10 +151,12 @@ def main() -> None:
                 "device": str(encoder.device), "torch_threads": count, "torch_default_threads": default_threads,
                 "tile_size": args.tile_size, "mpp": args.mpp, "level": tiling.level, "tissue_tiles": n, "grid_cells": tiling.n_grid,
                 "batch_size": args.batch_size, "workers": args.workers, "repeats": args.repeats,
-                "max_probability_difference_plain_vs_batched": agree,
+                "precision": encoder.precision, "max_probability_difference_plain_vs_batched": agree,
+                "max_probability_difference_plain_vs_batched_fp32": agree_fp32,
                 **{name: {"median_s": round(t, 3), "tiles_per_s": round(n / t, 1), "runs_s": [round(v, 3) for v in times[name]]}
                    for name, t in medians.items()},
                 "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
+                "ratio_batched_fp32_vs_plain": round(medians["plain"] / medians["batched_fp32"], 2),
                 "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
                 "ratio_remap_vs_plain": round(medians["plain"] / medians["remap"], 2),
             }
@@ -158,10 +166,14 @@ def main() -> None:
             notes = (f"{n} tissue tiles of {args.tile_size} px at {args.mpp} um/px, slide {args.slide} (mosaic {args.mosaic}: "
                      f"{tiling.dimensions[0]} x {tiling.dimensions[1]} px), model {args.model}, {at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), "
-                     f"batch {args.batch_size}, {readers_label(at_once, args.workers)}; max |p_plain - p_batched| = {agree:.2e}")
+                     f"batch {args.batch_size}, {readers_label(at_once, args.workers)}; "
+                     f"precision: ours {encoder.precision} (the commands' default, auto), the plain loop fp32; "
+                     f"max |p_plain - p_batched| = {agree:.2e} (fp32 batched: {agree_fp32:.2e})")
             model_tag = f", {n} tissue tiles" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"slide mapping: reading and scoring the tissue tiles (embed_tiles){model_tag}",
+                             "batched_fp32": f"slide mapping: reading and scoring the tissue tiles (embed_tiles) in fp32 "
+                                             f"(--precision fp32){model_tag}",
                              "map": f"slide mapping end to end (map_slide: tissue mask, scoring, parquet, heatmap, GeoJSON){model_tag}",
                              "remap": f"slide re-mapped with other classes, tiles, embeddings and picture from the cache (map_slide "
                                       f"end to end){model_tag}"},

@@ -1,12 +1,15 @@
 """Windows per second of `domainfm map remote_sensing` versus a plain loop that reads and scores one window at a time.
 
 On one scene and one exported model (loaded once), the same windows (the grid is planned once) are
-scored three ways, interleaved, `--repeats` times:
+scored five ways, interleaved, `--repeats` times:
 
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
-            read, stretch and resampling), preprocess it, embed it alone (batch of 1) and score it;
+            read, stretch and resampling), preprocess it, embed it alone (batch of 1, in fp32: the model as
+            open_clip loads it) and score it;
 - batched:  `domains.remote_sensing.analyst.embed_grid` (`--batch-size` windows per model call; on a CPU two calls
-            at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring;
+            at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
+            in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
+- batched_fp32: the same in fp32 (`--precision fp32`), which the plain loop's probabilities equal to float rounding;
 - map:      `map_raster` end to end (scene checks, scoring, GeoTIFFs, GeoJSON regions, quick-look, JSON), a first
             map: an empty embedding cache each run (the cache key's hash of the scene and the save included);
 - remap:    `map_raster` again with other class names (the demo's in reverse order), the windows' embeddings
@@ -118,7 +121,8 @@ def main() -> None:
         started = time.perf_counter()
         raster = args.raster or synthetic_scene(args.size, Path(tmp))
         prepare_s = time.perf_counter() - started
-        encoder = load_encoder(args.model, args.device)
+        encoder = load_encoder(args.model, args.device)  # the commands' default precision: auto
+        reference = load_encoder(args.model, args.device, "fp32")  # the plain loop's: open_clip's model as it loads, fp32
         classifier = encoder.zero_shot(list(CLASSNAMES), list(TEMPLATES))
         scene = open_scene([raster])
         grid = window_grid(encoder, scene, args.tile_m, args.stride_m, 0.5)
@@ -129,8 +133,9 @@ def main() -> None:
         warm = Path(tmp) / "warm-cache"
         map_raster(encoder, raster, Path(tmp) / "warm", tile_m=grid.tile_m, stride_m=grid.stride_m, cache=warm)  # for remap
         methods = {
-            "plain": lambda: score_plain(encoder, classifier, grid),
+            "plain": lambda: score_plain(reference, classifier, grid),
             "batched": lambda: score_batched(encoder, classifier, grid, args.batch_size, args.workers),
+            "batched_fp32": lambda: score_batched(reference, classifier, grid, args.batch_size, args.workers),
             "map": lambda: map_raster(encoder, raster, Path(tmp) / "out", tile_m=grid.tile_m, stride_m=grid.stride_m,
                                       batch_size=args.batch_size, workers=args.workers, cache=next(caches)),
             "remap": lambda: map_raster(encoder, raster, Path(tmp) / "remap", list(reversed(CLASSNAMES)), tile_m=grid.tile_m,
@@ -140,6 +145,7 @@ def main() -> None:
             torch.set_num_threads(threads or default_threads)
             times, outputs = measure(methods, args.repeats, encoder.device.type == "cuda")
             agree = float(np.abs(outputs["plain"] - outputs["batched"]).max())
+            agree_fp32 = float(np.abs(outputs["plain"] - outputs["batched_fp32"]).max())
             medians = {name: float(np.median(t)) for name, t in times.items()}
             pixels = n * (grid.stride_m / scene.gsd_m) ** 2
             result = {
@@ -148,10 +154,12 @@ def main() -> None:
                 "torch_default_threads": default_threads,
                 "tile_m": grid.tile_m, "stride_m": grid.stride_m, "window_px": grid.window_px, "windows": n, "grid": [grid.rows, grid.cols],
                 "batch_size": args.batch_size, "workers": args.workers, "repeats": args.repeats,
-                "max_probability_difference_plain_vs_batched": agree,
+                "precision": encoder.precision, "max_probability_difference_plain_vs_batched": agree,
+                "max_probability_difference_plain_vs_batched_fp32": agree_fp32,
                 **{name: {"median_s": round(t, 3), "windows_per_s": round(n / t, 1), "megapixels_per_s": round(pixels / t / 1e6, 2),
                           "runs_s": [round(v, 3) for v in times[name]]} for name, t in medians.items()},
                 "ratio_batched_vs_plain": round(medians["plain"] / medians["batched"], 2),
+                "ratio_batched_fp32_vs_plain": round(medians["plain"] / medians["batched_fp32"], 2),
                 "ratio_map_end_to_end_vs_plain": round(medians["plain"] / medians["map"], 2),
                 "ratio_remap_vs_plain": round(medians["plain"] / medians["remap"], 2),
             }
@@ -163,10 +171,13 @@ def main() -> None:
             notes = (f"{n} windows of {grid.window_px} px ({grid.tile_m:g} m), scene {result['raster']}, model {args.model}, "
                      f"{at} per model call for every method "
                      f"(batched and map: {at_once} calls at once), batch {args.batch_size}, {readers_label(at_once, args.workers)}; "
-                     f"max |p_plain - p_batched| = {agree:.2e}")
+                     f"precision: ours {encoder.precision} (the commands' default, auto), the plain loop fp32; "
+                     f"max |p_plain - p_batched| = {agree:.2e} (fp32 batched: {agree_fp32:.2e})")
             model_tag = f", {n} windows" + (f" [{args.arch}, random init]" if args.arch else "")
             rows += versus_plain_loop_rows(
                 n, medians, {"batched": f"scene mapping: reading and scoring the windows (embed_grid){model_tag}",
+                             "batched_fp32": f"scene mapping: reading and scoring the windows (embed_grid) in fp32 (--precision fp32)"
+                                             f"{model_tag}",
                              "map": f"scene mapping end to end (map_raster: scoring, GeoTIFFs, GeoJSON, quick-look){model_tag}",
                              "remap": f"scene re-mapped with other classes, embeddings from the cache (map_raster end to end)"
                                       f"{model_tag}"},

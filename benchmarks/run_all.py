@@ -39,7 +39,10 @@ EXTRA_ARGS: dict[str, list[str]] = {
 MORE_RUNS: dict[str, dict[str, list[str]]] = {
     # mapping inputs 4x larger, at 1 torch thread: a first map's fixed costs (scene checks, tissue mask, outputs)
     # weigh less than on the small inputs above, as on real scenes and slides, which are larger still
-    "rs_map": {"4096px": ["--size", "4096", "--threads", "1", "--repeats", "5"]},
+    "rs_map": {"4096px": ["--size", "4096", "--threads", "1", "--repeats", "5"],
+               # a model of realistic size (ViT-B/32 at 224 px, random init) on 64 windows: what precision does where the
+               # model, not reading, is the cost
+               "vitb32": ["--arch", "ViT-B-32", "--size", "1024", "--threads", "0", "--repeats", "3"]},
     "pathology_map": {"mosaic6": ["--mosaic", "6", "--threads", "1", "--repeats", "5"]},
 }
 

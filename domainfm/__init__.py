@@ -18,7 +18,10 @@ domainfm` stays light. Each returns a small dataclass naming the files written a
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.infer.device import Precision
 
 _API = {
     "map_raster": "domains.remote_sensing.analyst",
@@ -33,15 +36,18 @@ _API = {
 __all__ = ["load", *_API]
 
 
-def load(export_dir: str, device: str = "auto") -> Any:
-    """An exported model ready to use: a ClipEncoder for image (open_clip) exports, a CTModel for volume exports."""
+def load(export_dir: str, device: str = "auto", precision: Precision = "auto") -> Any:
+    """An exported model ready to use: a ClipEncoder for image (open_clip) exports, a CTModel for volume exports.
+
+    `precision`: "auto" embeds in bf16 where the device computes it natively, else in fp32 (pipelines.infer.device).
+    """
     from pipelines.infer.clip import ClipEncoder, export_kind
 
     if export_kind(export_dir) == "volume":
         from domains.ct.loader import load_ct_model
 
-        return load_ct_model(export_dir, device=device)
-    return ClipEncoder.load(export_dir, device=device)
+        return load_ct_model(export_dir, device=device, precision=precision)
+    return ClipEncoder.load(export_dir, device=device, precision=precision)
 
 
 def __getattr__(name: str) -> Any:

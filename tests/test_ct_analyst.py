@@ -191,6 +191,23 @@ def test_cli_writes_outputs_and_prints_errors_without_traceback(export: Path, in
     assert _listing(out) == ["study.json", "study.png"]
 
 
+def test_cli_predicts_in_the_precision_asked_for(export: Path, inputs: Path, tmp_path: Path) -> None:
+    """--precision reaches the volume's forward pass (bf16's scores differ from fp32's, by its rounding only) and the JSON names it."""
+    from pipelines.cli import app
+
+    found = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        done = CliRunner().invoke(app, ["predict", "ct", "--model", str(export), "--volume", str(inputs / "study.nii.gz"), "--out",
+                                        str(out), "--device", "cpu", "--precision", precision, "--cache", str(tmp_path / "cache")])
+        assert done.exit_code == 0, done.output
+        doc = json.loads((out / "study.json").read_text())
+        assert doc["model"]["precision"] == precision
+        found[precision] = {p["code"]: p["probability"] for p in doc["phenotypes"]}
+    assert found["fp32"] != found["bf16"] and found["fp32"] == pytest.approx(found["bf16"], abs=0.02)
+    assert load_ct_model(export, "cpu", precision="fp32").precision == "fp32"
+
+
 def test_prediction_imports_neither_monai_nor_open_clip_and_with_prompts_cached_no_transformers(export: Path, inputs: Path,
                                                                                                tmp_path: Path) -> None:
     """A `predict ct` process imports the CT model's libraries only: MONAI's import was 3-5 s, open_clip's 0.8 s, torchvision's

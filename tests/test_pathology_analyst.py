@@ -151,6 +151,19 @@ def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(ex
     assert found.cached_slides == 1 and len(reads) == fresh.n_tiles + 3  # the contact sheet's 3 tiles only
 
 
+def test_a_map_in_another_precision_is_not_served_from_the_cache(export: Path, slides: Path, tmp_path: Path) -> None:
+    """bf16 and fp32 tile embeddings are kept apart in the cache (a map gives the precision asked for); the summary names it."""
+    cache = tmp_path / "cache"
+    maps = {}
+    for run, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16-again", "bf16"), ("fp32-again", "fp32")):
+        encoder = ClipEncoder.load(export, "cpu", precision)
+        maps[run] = map_slide(encoder, slides / "slide_a.tiff", tmp_path / run, classes=CLASSES, cache=cache, **FAST)
+        assert json.loads(maps[run].summary.read_text())["run"]["precision"] == precision
+    assert [maps[run].cached for run in maps] == [False, False, True, True]
+    fp32, bf16 = (pd.read_parquet(maps[run].tiles)[CLASSES].to_numpy() for run in ("fp32", "bf16"))
+    assert not np.array_equal(fp32, bf16) and np.abs(fp32 - bf16).max() < 0.02  # the same map, to bf16's rounding
+
+
 def test_a_map_of_slides_a_search_embedded_reads_their_picture_once(export: Path, slides: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A search keeps no picture of the slides: the first map from its cache reads the thumbnail, keeps the heatmap's view

@@ -365,6 +365,34 @@ def test_a_second_map_with_other_classes_reads_no_window_and_equals_a_fresh_one(
     assert found.cached and sum(calls) == fresh.n_scored
 
 
+def test_a_map_in_another_precision_is_not_served_from_the_cache(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    """bf16 and fp32 embeddings are kept apart in the cache (a map gives the precision asked for), and the summary names it."""
+    cache = tmp_path / "cache"
+    maps = {}
+    for run, precision in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16-again", "bf16"), ("fp32-again", "fp32")):
+        encoder = ClipEncoder.load(export, "cpu", precision)
+        maps[run] = map_raster(encoder, scenes["scene"], tmp_path / run, classes=CLASSES, cache=cache, **FAST)
+        assert json.loads(maps[run].summary.read_text())["run"]["precision"] == precision
+    assert [maps[run].cached for run in maps] == [False, False, True, True]
+    with rasterio.open(maps["fp32"].probs_tif) as a, rasterio.open(maps["bf16"].probs_tif) as b:
+        fp32, bf16 = a.read(), b.read()
+    scored = ~np.isnan(fp32)
+    assert np.array_equal(scored, ~np.isnan(bf16)) and not np.array_equal(fp32[scored], bf16[scored])
+    assert np.abs(fp32[scored] - bf16[scored]).max() < 0.02  # the same map, to bf16's rounding
+
+
+def test_map_command_takes_a_precision_and_refuses_others(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    refused = runner.invoke(app, ["map", "remote_sensing", "--model", str(export), "--raster", str(scenes["scene"]),
+                                  "--out", str(tmp_path / "fp16"), "--precision", "fp16"])
+    assert refused.exit_code == 2 and "fp16" in refused.output and not (tmp_path / "fp16").exists()
+    done = runner.invoke(app, ["map", "remote_sensing", "--model", str(export), "--raster", str(scenes["scene"]), "--out",
+                               str(tmp_path / "map"), "--tile-m", "32", "--device", "cpu", "--precision", "fp32",
+                               "--cache", str(tmp_path / "cache")])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "map" / "scene.json").read_text())["run"]["precision"] == "fp32"
+
+
 def test_default_window_is_the_models_training_tile(export: Path, scenes: dict[str, Path], tmp_path: Path) -> None:
     card = "# domainfm: remote_sensing\n\n| Key | Value |\n|---|---|\n| curate.target_gsd_m | 2.0000 |\n| curate.tile_size | 64 |\n"
     model = carded_export(export, tmp_path / "rs_model", card)

@@ -41,6 +41,7 @@ import typer
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import CACHE_HELP
+from pipelines.infer.device import PRECISION_HELP, Precision
 from pipelines.infer.outputs import SKIPPED_FILE, run_each
 from pipelines.io.atomic import atomic_write_bytes, json_default
 
@@ -230,7 +231,7 @@ def checked_settings(threshold: float, out: Path, prompts: str | Path | FindingP
 
 def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path, threshold: float = DEFAULT_THRESHOLD,
                series: Optional[str] = None, prompts: str | Path | FindingPrompts | None = None, device: str = "auto",
-               top: int = TOP_SHOWN, cache: str | Path | None = None) -> CTPrediction:
+               top: int = TOP_SHOWN, cache: str | Path | None = None, precision: Precision = "auto") -> CTPrediction:
     """Predict the phenotypes and findings of one CT volume; write OUT/<name>.json and OUT/<name>.png.
 
     Args:
@@ -244,6 +245,8 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
         device: "auto" (the GPU when there is one), "cpu" or "cuda"; ignored for a loaded model.
         top: how many findings and phenotypes the picture lists.
         cache: embedding cache folder for the prompts' embeddings (`load_ct_model`'s); ignored for a loaded model.
+        precision: "auto" (bf16 where the device computes it natively), "bf16" or "fp32" for the volume's
+            forward pass (pipelines.infer.device); ignored for a loaded model.
 
     Returns:
         The paths written, every phenotype and finding (most probable first) and the timings.
@@ -263,7 +266,7 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
     started = time.perf_counter()
     import domains.ct.curation.preprocess  # noqa: F401  (its imports are start-up time, not the volume's)
 
-    ct_model = model if isinstance(model, CTModel) else load_ct_model(model, device, cache)
+    ct_model = model if isinstance(model, CTModel) else load_ct_model(model, device, cache, precision)
     ct_model.embed_prompts(finding_prompts)  # start-up, not this volume's: once per model, none with the prompts cached
     loaded = time.perf_counter()
     prepared = ct_model.prepare(volume, series)
@@ -283,7 +286,7 @@ def predict_ct(model: str | Path | CTModel, volume: str | Path, out: str | Path,
                           "source": "domains/ct/curation/preprocess.py (the curation's checks and MONAI preprocessing)"},
         "model": {"path": str(export_dir.resolve()) if export_dir is not None else None,
                   "input_size": list(ct_model.net.cfg.input_size), "n_phenotypes": len(ct_model.phenotypes),
-                  "logit_scale": round(ct_model.logit_scale, 6), "device": str(ct_model.device)},
+                  "logit_scale": round(ct_model.logit_scale, 6), "device": str(ct_model.device), "precision": ct_model.precision},
         "threshold": threshold,
         "phenotype_rule": PHENOTYPE_RULE,
         "phenotypes": _phenotype_rows(probabilities, threshold),
@@ -318,6 +321,7 @@ def predict_command(
     prompts_file: Annotated[Optional[Path], typer.Option(
         "--prompts-file", help='JSON {finding: {"positive": [...], "negative": [...]}}; default the domain\'s FINDING_PROMPTS.')] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu or cuda.")] = "auto",
+    precision: Annotated[Precision, typer.Option("--precision", help=PRECISION_HELP)] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP + " It keeps the prompts' embeddings.")] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out the volumes that cannot be read or used, listed in "
                                                   f"OUT/{SKIPPED_FILE}, instead of stopping at the first.")] = False,
@@ -341,7 +345,7 @@ def predict_command(
     try:
         checked_settings(threshold, out, prompts_file)  # before the model loads: a typo is reported at once
         volumes = predicted_volumes(volume)
-        ct_model = load_ct_model(model, device, cache)  # once for all the volumes
+        ct_model = load_ct_model(model, device, cache, precision)  # once for all the volumes
         run_each(volumes, predict_one, out, skip_unreadable, typer.echo)
     except InputError as exc:
         typer.echo(f"Error: {exc}", err=True)

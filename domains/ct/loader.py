@@ -34,7 +34,7 @@ import torch
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import EmbeddingCache, weights_fingerprint
-from pipelines.infer.device import inference_autocast, resolve_device
+from pipelines.infer.device import Precision, inference_autocast, resolve_device, resolve_precision
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import volume as M
 from pipelines.models.report_text import TextEncoderNotLoaded
@@ -138,10 +138,12 @@ class CTModel:
     """
 
     def __init__(self, net: M.VolumeCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", precision: Precision = "auto") -> None:
         self.net, self.tokenizer, self.phenotypes = net.eval(), tokenizer, list(phenotypes)
         self.preprocess_settings = dict(preprocess)
         self.device = torch.device(device)
+        # volumes are embedded in it ("auto": bf16 where the device computes it natively); texts in fp32, as the export's
+        self.precision = resolve_precision(self.device, precision)
         self.embed_dim = net.cfg.embed_dim
         self.export_dir: Optional[Path] = None  # the folder it was loaded from (set by load_ct_model)
         self.prompt_cache: Optional[EmbeddingCache] = None  # prompt embeddings on disk, per weights (set by load_ct_model)
@@ -217,7 +219,7 @@ class CTModel:
         """
         sample = VolumeSample("x", volume[0].cpu().numpy(), "", "", "", {}, [], "x")
         batch = volume_batch([sample], self.net.cfg.input_size).to(self.device)
-        with inference_autocast(self.device):
+        with inference_autocast(self.device, self.precision):
             out = self.net(batch)
         embedding = torch.nn.functional.normalize(out["image_features"].float(), dim=-1)[0].cpu().numpy()
         probabilities = torch.sigmoid(out["phenotype_logits"].float())[0].tolist()
@@ -245,7 +247,9 @@ class CTModel:
     @torch.no_grad()
     def embed_volume(self, volume: torch.Tensor) -> np.ndarray:
         """Embeddings (B, embed_dim) for already preprocessed volumes (B, 1, X, Y, Z)."""
-        return self.net.encode_image(volume.to(self.device)).float().cpu().numpy()
+        with inference_autocast(self.device, self.precision):
+            embeddings = self.net.encode_image(volume.to(self.device))
+        return torch.nn.functional.normalize(embeddings.float(), dim=-1).cpu().numpy()  # unit length in fp32, whatever the precision
 
     def embed_image(self, nifti_path: str | Path) -> np.ndarray:
         """L2-normalised image embedding (embed_dim,) of one CT volume file."""
@@ -302,7 +306,8 @@ class CTModel:
         return {p: float(v) for p, v in zip(self.phenotypes, torch.sigmoid(logits.float()).tolist())}
 
 
-def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", cache: str | Path | None = None) -> CTModel:
+def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", cache: str | Path | None = None,
+                  precision: Precision = "auto") -> CTModel:
     """Load an export folder (or a training output folder) written by domainfm.
 
     `device` may be "auto" (the GPU when there is one). A missing folder, or an export of another kind
@@ -310,7 +315,8 @@ def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", ca
     text is first embedded: an export ships its domain's finding prompts embedded (`M.PROMPTS_FILE`,
     used while the weights are those it was made with), and other prompts' embeddings are kept in the
     embedding cache `cache` (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings;
-    none when it cannot be made).
+    none when it cannot be made). `precision`: "auto" embeds volumes in bf16 where the device
+    computes it natively, else in fp32 (pipelines.infer.device).
     """
     from pipelines.models.folders import export_kind
 
@@ -330,7 +336,7 @@ def load_ct_model(export_dir: str | Path, device: str | torch.device = "cpu", ca
     net, tokenizer, phenotypes = M.load_model_dir(export_dir, device, text=False)
     pre_path = export_dir / PREPROCESS_FILE
     preprocess = json.loads(pre_path.read_text()) if pre_path.is_file() else {"spatial_size": list(net.cfg.input_size)}
-    model = CTModel(net, tokenizer, phenotypes, preprocess, device)
+    model = CTModel(net, tokenizer, phenotypes, preprocess, device, precision)
     model.export_dir = export_dir
     if (export_dir / M.PROMPTS_FILE).is_file():  # an export's finding prompts, embedded when it was written
         model._prompt_embeddings.update(M.load_prompt_embeddings(export_dir, weights_fingerprint(export_dir / M.WEIGHTS_FILE)))

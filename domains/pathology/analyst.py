@@ -43,6 +43,7 @@ from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
 from pipelines.infer import outputs
 from pipelines.infer.cache import CACHE_HELP, EmbeddingCache
+from pipelines.infer.device import PRECISION_HELP, Precision
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet
 
@@ -179,7 +180,7 @@ def map_settings(classes: Sequence[str] | None, templates: Sequence[str] | None,
 def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Path, classes: Sequence[str] | None = None,
               templates: Sequence[str] | None = None, mpp: float = 0.5, tile_size: int = 224, top_k: int = 50,
               batch_size: int = 64, workers: int = 2, slide_mpp: float | None = None, min_tissue: float = 0.5,
-              heatmap: str = "argmax", device: str = "auto", cache: str | Path | None = None) -> SlideMap:
+              heatmap: str = "argmax", device: str = "auto", cache: str | Path | None = None, precision: Precision = "auto") -> SlideMap:
     """Score every tissue tile of a slide zero-shot against class names; write the tile table, heatmap, GeoJSON and slide JSON.
 
     Args:
@@ -203,6 +204,8 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
             shared with `search_slides`: a slide mapped before with the same model and tiling is not
             read again (a new class list, say, costs its prompts and the outputs: the heatmap's picture
             of the slide is kept too); one only searched before has its thumbnail read once, no tile.
+        precision: "auto" (bf16 where the device computes it natively), "bf16" or "fp32"
+            (pipelines.infer.device); ignored for a loaded ClipEncoder, which has its own.
 
     Returns:
         The paths written and the slide-level prediction.
@@ -216,7 +219,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
     started_total = time.perf_counter()
     slide, out = Path(slide), Path(out)
     classnames, templates = map_settings(classes, templates, heatmap, top_k, batch_size, workers)
-    encoder = load_encoder(model, device)
+    encoder = load_encoder(model, device, precision)
     classifier = encoder.zero_shot(classnames, templates)
 
     started = time.perf_counter()
@@ -260,7 +263,8 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
                    "dimensions_level0": list(tiling.dimensions)},
         # seconds and tiles_per_second: the tissue mask, reading and scoring the tiles (or their embeddings
         # from the cache: "cached"); total_seconds adds the model and the outputs.
-        "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "seconds": round(seconds, 3),
+        "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "precision": encoder.precision,
+                "seconds": round(seconds, 3),
                 "tiles_per_second": round(len(logits) / max(seconds, 1e-9), 2), "cached": cached, "total_seconds": None},
         "outputs": {"tiles": f"{stem}.tiles.parquet", "heatmap": f"{stem}.heatmap.png", "geojson": f"{stem}.geojson"},
     }
@@ -320,7 +324,8 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
     """
     with open_slide(path) as slide:
         tiling = slide_geometry(slide, Path(path), mpp, tile_size, slide_mpp, min_tissue)
-        settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
+        # the precision too: bf16 and fp32 embeddings differ (slightly), and a map gives the ones it was asked for
+        settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION, "precision": encoder.precision}
         # A slide new to the cache is hashed for the key (seconds for a large slide) in a thread while this one
         # reads the thumbnail, which its tissue mask will need; a known slide's key costs nothing.
         read_now = not cache.knows([path])  # asked before the hash, which makes the slide known
@@ -354,7 +359,7 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
 def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence[str | Path], query: str, out: str | Path,
                   top_k: int = 20, mpp: float = 0.5, tile_size: int = 224, slide_mpp: float | None = None, min_tissue: float = 0.5,
                   batch_size: int = 64, workers: int = 2, cache: str | Path | None = None, device: str = "auto",
-                  skip_unreadable: bool = False, correction: Correction = "none") -> SlideSearch:
+                  skip_unreadable: bool = False, correction: Correction = "none", precision: Precision = "auto") -> SlideSearch:
     """The tissue tiles of the slides that best match a text query, by cosine similarity; writes a table and a contact sheet.
 
     Args:
@@ -377,6 +382,8 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         correction: "none" ranks by cosine similarity; "qb_norm" or "db_norm" rescore it against the
             hubness bank the export ships (pipelines/infer/hubness.py), so tiles near every caption
             (hubs) stop crowding the top.
+        precision: "auto" (bf16 where the device computes it natively), "bf16" or "fp32"
+            (pipelines.infer.device); ignored for a loaded ClipEncoder, which has its own.
 
     Returns:
         The paths written and the best matches.
@@ -394,7 +401,7 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
     if top_k < 1 or batch_size < 1 or workers < 0:
         raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
     paths = slide_files(slides)
-    encoder = load_encoder(model, device)
+    encoder = load_encoder(model, device, precision)
     bank = encoder.hubness_bank()
     check_bank(correction, bank, str(encoder.folder))
     embedding_cache = EmbeddingCache(Path(cache) if cache is not None else None)
@@ -433,7 +440,7 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         x, y, _ = tiling.tiles[index[j]]
         rows.append({"rank": rank, "slide": tiling.path.name, "path": str(tiling.path), "x": int(x), "y": int(y),
                      "size": float(tiling.size0), "score": float(flat[j])})
-    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k),
+    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "precision": encoder.precision, "top_k": int(top_k),
                "score": describe(correction, bank),
                "tiling": {"mpp": mpp, "tile_size": tile_size, "min_tissue": min_tissue, "slide_mpp": slide_mpp},
                "slides": listing, "skipped": skipped, "tissue_tiles": int(len(flat)), "cached_slides": int(cached),
@@ -485,6 +492,7 @@ def map_command(
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     heatmap: Annotated[str, typer.Option(help="'argmax' (most probable class) or a class name (its probability).")] = "argmax",
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out the slides that cannot be mapped (unreadable, unknown "
                                                   f"resolution, no tissue), listed in OUT/{outputs.SKIPPED_FILE}, instead "
@@ -499,7 +507,7 @@ def map_command(
     classnames, templates = map_settings(read_classnames(classes, classes_file), read_templates(templates_file), heatmap, top_k,
                                          batch_size, workers)  # before the model loads: a typo is reported at once
     paths = mapped_slides(slide)
-    encoder = load_encoder(model, device)  # once for all the slides: its start-up is most of a small slide's map
+    encoder = load_encoder(model, device, precision)  # once for all the slides: its start-up is most of a small slide's map
 
     def map_one(path: Path) -> None:
         result = map_slide(encoder, path, out, classnames, templates, mpp, tile_size, top_k, batch_size, workers, slide_mpp,
@@ -548,12 +556,13 @@ def search_command(
     min_tissue: Annotated[float, typer.Option(help="Tissue fraction from which a grid cell is a tile.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = "auto",
     skip_unreadable: Annotated[bool, typer.Option(help="Leave out slides that cannot be read (listed) instead of stopping.")] = False,
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:
     """Find the tissue tiles of a folder of slides that best match a text query (embeddings cached per slide)."""
     result = search_slides(model, slides, query, out, top_k, mpp, tile_size, slide_mpp, min_tissue, batch_size, workers, cache, device,
-                           skip_unreadable, correction)
+                           skip_unreadable, correction, precision)
     typer.echo(f"{result.n_tiles} tissue tiles in {result.n_slides - len(result.skipped)} slides "
                f"({result.cached_slides} from the cache) in {result.seconds:.1f} s; best: "
                + (f"{result.best[0]['slide']} x={result.best[0]['x']} y={result.best[0]['y']} ({result.best[0]['score']:.3f})"))

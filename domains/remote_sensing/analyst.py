@@ -49,6 +49,7 @@ from domains.remote_sensing.prompts import CLASSNAMES, TEMPLATES
 from pipelines.errors import InputError
 from pipelines.infer import outputs, render
 from pipelines.infer.cache import CACHE_HELP, EmbeddingCache
+from pipelines.infer.device import PRECISION_HELP, Precision
 from pipelines.infer.hubness import CORRECTION_HELP, Correction, check_bank, describe, search_scores
 from pipelines.infer.sheets import contact_sheet, palette_png
 from pipelines.io.remote import as_location
@@ -197,7 +198,7 @@ def training_tiles(folder: Path) -> tuple[int | None, float | None]:
     return (int(float(size)) if size else None), (float(gsd) if gsd else None)
 
 
-def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipEncoder:
+def load_encoder(model: str | Path | ClipEncoder, device: str = "auto", precision: Precision = "auto") -> ClipEncoder:
     """An exported open_clip model of this domain as an encoder; InputError naming the folder when it is not one.
 
     Refused: a folder that is not an export, a volume (CT) export, and an image export whose model
@@ -212,7 +213,7 @@ def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipE
     if domain is not None and domain != DOMAIN:
         raise InputError(f"{folder} is an export of the {domain} domain; this command needs a {DOMAIN} export "
                          f"(e.g. exports/{DOMAIN})")
-    return ClipEncoder.load(folder, device)
+    return ClipEncoder.load(folder, device, precision)
 
 
 def input_size(encoder: ClipEncoder) -> int:
@@ -424,7 +425,7 @@ def map_settings(classes: Sequence[str] | None, templates: Sequence[str] | None,
 def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[str | Path], out: str | Path,
                classes: Sequence[str] | None = None, templates: Sequence[str] | None = None, tile_m: float | None = None,
                stride_m: float | None = None, batch_size: int = 64, workers: int = 2, bands: Sequence[int] | None = None,
-               min_valid: float = 0.5, device: str = "auto", cache: str | Path | None = None) -> RasterMap:
+               min_valid: float = 0.5, device: str = "auto", cache: str | Path | None = None, precision: Precision = "auto") -> RasterMap:
     """Classify every window of a scene zero-shot; write the class and probability rasters, the regions' GeoJSON and a quick-look.
 
     The maps are on the window grid, one cell per window position: cells of `stride_m` ground metres
@@ -457,6 +458,8 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
             quick-look's view of the scene drawn from the windows is kept with their embeddings; without
             it (a scene searched first, or windows coarser than the display) the scene is read at the
             quick-look's size.
+        precision: "auto" (bf16 where the device computes it natively), "bf16" or "fp32"
+            (pipelines.infer.device); ignored for a loaded ClipEncoder, which has its own.
 
     Returns:
         The paths written, the class shares and the speed.
@@ -471,7 +474,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
     started_total = time.perf_counter()
     paths, out = raster_files(raster), Path(out)
     classnames, templates, bands = map_settings(classes, templates, batch_size, workers, bands)
-    encoder = load_encoder(model, device)
+    encoder = load_encoder(model, device, precision)
     scene = open_scene(paths, bands)
     grid = window_grid(encoder, scene, tile_m, stride_m, min_valid)
     classifier = encoder.zero_shot(classnames, templates)
@@ -542,7 +545,8 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         "regions": len(regions),
         # seconds, windows and pixels per second: reading and scoring the windows (or their embeddings from
         # the cache: "cached"); total_seconds adds the model, the scene's checks and the outputs.
-        "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "seconds": round(seconds, 3),
+        "run": {"batch_size": batch_size, "workers": workers, "device": str(encoder.device), "precision": encoder.precision,
+                "seconds": round(seconds, 3),
                 "windows_per_second": round(len(grid.windows) / max(seconds, 1e-9), 2),
                 "pixels_per_second": round(pixels / max(seconds, 1e-9), 1), "cached": cached, "total_seconds": None},
         "warnings": scene.warnings,
@@ -594,7 +598,8 @@ def window_embeddings(encoder: ClipEncoder, grid: WindowGrid, cache: EmbeddingCa
     The key names them in the cache (pictures kept beside them use it too). Windows read (not on a cache hit) are
     drawn into `overview` when one is given.
     """
-    key = cache.key(encoder.fingerprint, [m.path for m in grid.scene.members], grid.settings())
+    # the precision too: bf16 and fp32 embeddings differ (slightly), and a map gives the ones it was asked for
+    key = cache.key(encoder.fingerprint, [m.path for m in grid.scene.members], {**grid.settings(), "precision": encoder.precision})
     hit = cache.load(key)
     if hit is not None:
         embeddings, records = hit
@@ -627,7 +632,7 @@ def _raster_at(grid: WindowGrid, row: int, col: int) -> str:
 def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequence[str | Path], query: str, out: str | Path,
                    top_k: int = 8, tile_m: float | None = None, stride_m: float | None = None, batch_size: int = 64, workers: int = 2,
                    bands: Sequence[int] | None = None, min_valid: float = 0.5, cache: str | Path | None = None,
-                   device: str = "auto", correction: Correction = "none") -> RasterSearch:
+                   device: str = "auto", correction: Correction = "none", precision: Precision = "auto") -> RasterSearch:
     """The windows of a scene that best match a text query, by cosine similarity; writes their footprints and a contact sheet.
 
     Args:
@@ -648,6 +653,8 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
         correction: "none" ranks by cosine similarity; "qb_norm" or "db_norm" rescore it against the
             hubness bank the export ships (pipelines/infer/hubness.py), so windows near every caption
             (hubs) stop crowding the top.
+        precision: "auto" (bf16 where the device computes it natively), "bf16" or "fp32"
+            (pipelines.infer.device); ignored for a loaded ClipEncoder, which has its own.
 
     Returns:
         The paths written and the best matches.
@@ -664,7 +671,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
     if top_k < 1 or batch_size < 1 or workers < 0:
         raise InputError(f"settings out of range: top k={top_k} (>= 1), batch size={batch_size} (>= 1), workers={workers} (>= 0)")
     bands = read_bands(bands)
-    encoder = load_encoder(model, device)
+    encoder = load_encoder(model, device, precision)
     bank = encoder.hubness_bank()
     check_bank(correction, bank, str(encoder.folder))
     scene = open_scene(paths, bands)
@@ -686,7 +693,8 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
                   "bounds": [round(v, 3) for v in grid.window_bounds(row, col)], "centre_lonlat": centre}
         rows.append(record)
         features.append({"type": "Feature", "geometry": geometry, "properties": record})
-    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "top_k": int(top_k), "score": describe(correction, bank),
+    summary = {"query": query.strip(), "model_fingerprint": encoder.fingerprint, "precision": encoder.precision, "top_k": int(top_k),
+               "score": describe(correction, bank),
                "rasters": [str(p) for p in scene.inputs], "crs": scene.crs_name,
                "tiling": {"tile_m": grid.tile_m, "stride_m": grid.stride_m, "window_px": grid.window_px, "min_valid": min_valid,
                           "rows": grid.rows, "cols": grid.cols},
@@ -736,6 +744,7 @@ def map_command(
     bands: Annotated[Optional[str], typer.Option(help="Bands shown as red,green,blue, e.g. 4,3,2 (default: as the file names).")] = None,
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be scored.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = "auto",
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
     skip_unreadable: Annotated[bool, typer.Option(help="With --each, leave out the scenes that cannot be mapped (unreadable, "
                                                   f"no CRS, no data), listed in OUT/{outputs.SKIPPED_FILE}, instead of "
@@ -750,7 +759,7 @@ def map_command(
     classnames, templates, band_list = map_settings(read_classnames(classes, classes_file), read_templates(templates_file),
                                                     batch_size, workers, bands)  # before the model loads: a typo is reported at once
     scenes = mapped_scenes(raster, each)
-    encoder = load_encoder(model, device)  # once for all the scenes: its start-up is most of a small scene's map
+    encoder = load_encoder(model, device, precision)  # once for all the scenes: its start-up is most of a small scene's map
 
     def map_one(scene: list[str | Path]) -> None:
         result = map_raster(encoder, scene, out, classnames, templates, tile_m, stride_m, batch_size, workers, band_list, min_valid,
@@ -785,11 +794,12 @@ def search_command(
     min_valid: Annotated[float, typer.Option(help="Fraction of a window's pixels that must hold data for it to be searched.")] = 0.5,
     cache: Annotated[Optional[Path], typer.Option(help=CACHE_HELP)] = None,
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = "auto",
     correction: Annotated[Correction, typer.Option(help=CORRECTION_HELP)] = "none",
 ) -> None:
     """Find the windows of a scene that best match a text query (window embeddings cached per scene and tiling)."""
     result = search_rasters(model, raster, query, out, top_k, tile_m, stride_m, batch_size, workers, read_bands(bands), min_valid,
-                            cache, device, correction)
+                            cache, device, correction, precision)
     best = result.best[0]
     typer.echo(f"{result.n_windows} windows in {result.n_rasters} raster{'s' if result.n_rasters > 1 else ''} "
                f"({'from the cache' if result.cached else 'embedded'}) in {result.seconds:.1f} s; best: {best['raster']} "

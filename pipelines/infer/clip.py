@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import weights_fingerprint
-from pipelines.infer.device import inference_autocast, resolve_device
+from pipelines.infer.device import Precision, inference_autocast, resolve_device, resolve_precision
 from pipelines.infer.hubness import HubnessBank, read_bank
 from pipelines.models.clip import WEIGHTS_FILE
 from pipelines.models.folders import export_kind
@@ -44,9 +44,10 @@ class ClipEncoder:
     """Batched image and text embeddings of an exported open_clip model, on the best device."""
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Any,
-                 device: torch.device, fingerprint: str, folder: Path | None = None) -> None:
+                 device: torch.device, fingerprint: str, folder: Path | None = None, precision: Precision = "auto") -> None:
         self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
-        self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it)
+        self.precision = resolve_precision(device, precision)  # "bf16" or "fp32": how images and texts are embedded
+        self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it and the precision)
         self.folder = folder  # the export it was loaded from, if any
         self._class_weights: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}  # zero_shot's, by prompts
 
@@ -59,8 +60,12 @@ class ClipEncoder:
         return read_bank(self.folder) if self.folder is not None else None
 
     @classmethod
-    def load(cls, export_dir: str | Path, device: str = "auto") -> ClipEncoder:
-        """Load `export_dir` (open_clip's local-dir format); InputError when it is another kind of model."""
+    def load(cls, export_dir: str | Path, device: str = "auto", precision: Precision = "auto") -> ClipEncoder:
+        """Load `export_dir` (open_clip's local-dir format); InputError when it is another kind of model.
+
+        `precision`: "auto" embeds in bf16 where the device computes it natively, else in fp32
+        (pipelines.infer.device).
+        """
         import open_clip
 
         folder = Path(export_dir)
@@ -69,7 +74,7 @@ class ClipEncoder:
         with weights_not_drawn():  # the export's weights replace them all (open_clip loads them strictly)
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", weights_only=True)
         tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-        return cls(model, preprocess, tokenizer, resolve_device(device), weights_fingerprint(folder / WEIGHTS_FILE), folder)
+        return cls(model, preprocess, tokenizer, resolve_device(device), weights_fingerprint(folder / WEIGHTS_FILE), folder, precision)
 
     def to_tensor(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """The model input for one RGB image (HxWx3 uint8 array or PIL image)."""
@@ -99,7 +104,7 @@ class ClipEncoder:
     @torch.no_grad()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """L2-normalised embeddings (n, embed_dim) of preprocessed images (n, 3, H, W)."""
-        with inference_autocast(self.device):
+        with inference_autocast(self.device, self.precision):
             emb = self.model.encode_image(batch.to(self.device, non_blocking=True), normalize=True)
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
 
@@ -115,7 +120,7 @@ class ClipEncoder:
         chunks = []
         for i in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
-            with inference_autocast(self.device):
+            with inference_autocast(self.device, self.precision):
                 emb = self.model.encode_text(tokens, normalize=True)
             chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from pipelines.errors import InputError
-from pipelines.infer.device import resolve_device
+from pipelines.infer.device import Precision, resolve_device
 from pipelines.io.atomic import atomic_write_bytes, json_default
 from pipelines.io.text import read_text
 
@@ -151,13 +151,16 @@ def export_folder(model: str | Path, device: str) -> Path:
     return folder
 
 
-def load_encoder(model: str | Path | ClipEncoder, device: str = "auto") -> ClipEncoder:
-    """An exported open_clip model as an encoder; InputError naming the folder when it is not one (e.g. the CT volume model)."""
+def load_encoder(model: str | Path | ClipEncoder, device: str = "auto", precision: Precision = "auto") -> ClipEncoder:
+    """An exported open_clip model as an encoder; InputError naming the folder when it is not one (e.g. the CT volume model).
+
+    A loaded encoder is returned as it is (its device and precision kept).
+    """
     from pipelines.infer.clip import ClipEncoder
 
     if isinstance(model, ClipEncoder):
         return model
-    return ClipEncoder.load(export_folder(model, device), device)
+    return ClipEncoder.load(export_folder(model, device), device, precision)
 
 
 def publish(out: Path, write: Callable[[Path], None]) -> None:
