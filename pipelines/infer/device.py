@@ -6,10 +6,11 @@ filter) load without it.
 Precision. The pipeline's stages (evaluation, the curation's quality filter) run bf16 autocast on a
 GPU and fp32 on the CPU, the CPU's reports staying the fp32 reference. The analyst commands (map,
 search, predict) take a `Precision`: "auto" runs bf16 autocast wherever the device computes bf16
-natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: 1.6x the
-demo's tiny ViT and 2.0x ViT-B/32 on 2 Zen 4 cores, 2.2x the demo's CT model), and fp32 elsewhere, where
-bf16 would be emulated. Scores are computed in fp32 from the bf16 model's embeddings; the embeddings
-are within about 1e-4 of fp32's in cosine, and "fp32" gives the fp32 reference on any device.
+natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: on 2 Zen 4
+cores 1.5-1.7x the demo's tiny ViT, 1.9-2.2x ViT-B/32, 2.3x the demo's CT model and 1.6x a CT encoder at
+224x224x160: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16 would be emulated.
+Scores are computed in fp32 from the bf16 model's embeddings, which are within about 1e-4 of fp32's in
+cosine; "fp32" gives the fp32 reference on any device.
 """
 from __future__ import annotations
 
