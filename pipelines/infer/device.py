@@ -46,7 +46,7 @@ def native_bf16(device: "torch.device") -> bool:
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
-    # torch's own probes of the CPU (cpuinfo), private but stable since torch 2.1; absent ones count as no
+    # torch's own probes of the CPU (cpuinfo; private names): a torch without them counts as no native bf16
     probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return any(probe is not None and probe() for probe in probes)
 
