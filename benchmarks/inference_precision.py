@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from contract import machine, random_ct_export, random_model, write_json
 
 from domains.ct.loader import load_ct_model
 from pipelines.infer.clip import ClipEncoder
-from pipelines.infer.device import resolve_precision
+from pipelines.infer.device import inference_autocast, resolve_precision
 from pipelines.models import volume as M
 
 
@@ -104,8 +104,8 @@ def main() -> None:
         big = torch.from_numpy(rng.normal(0, 1, (1, 1, *real)).astype(np.float32))
 
         @torch.no_grad()
-        def embed(precision: str) -> np.ndarray:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        def embed(precision: Literal["bf16", "fp32"]) -> np.ndarray:
+            with inference_autocast(torch.device("cpu"), precision):
                 out = encoder(big)
             return out.float().reshape(1, -1).numpy()
 

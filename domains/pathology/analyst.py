@@ -324,13 +324,12 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
     """
     with open_slide(path) as slide:
         tiling = slide_geometry(slide, Path(path), mpp, tile_size, slide_mpp, min_tissue)
-        # the precision too: bf16 and fp32 embeddings differ (slightly), and a map gives the ones it was asked for
-        settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION, "precision": encoder.precision}
+        settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
         # A slide new to the cache is hashed for the key (seconds for a large slide) in a thread while this one
         # reads the thumbnail, which its tissue mask will need; a known slide's key costs nothing.
         read_now = not cache.knows([path])  # asked before the hash, which makes the slide known
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
-            hashing = hasher.submit(cache.key, encoder.fingerprint, [path], settings)
+            hashing = hasher.submit(cache.key, encoder.embeddings_identity, [path], settings)
             if read_now:
                 read_thumbnail(slide, tiling)
             key = hashing.result()

@@ -598,8 +598,7 @@ def window_embeddings(encoder: ClipEncoder, grid: WindowGrid, cache: EmbeddingCa
     The key names them in the cache (pictures kept beside them use it too). Windows read (not on a cache hit) are
     drawn into `overview` when one is given.
     """
-    # the precision too: bf16 and fp32 embeddings differ (slightly), and a map gives the ones it was asked for
-    key = cache.key(encoder.fingerprint, [m.path for m in grid.scene.members], {**grid.settings(), "precision": encoder.precision})
+    key = cache.key(encoder.embeddings_identity, [m.path for m in grid.scene.members], grid.settings())
     hit = cache.load(key)
     if hit is not None:
         embeddings, records = hit

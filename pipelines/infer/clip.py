@@ -47,9 +47,14 @@ class ClipEncoder:
                  device: torch.device, fingerprint: str, folder: Path | None = None, precision: Precision = "auto") -> None:
         self.model, self.preprocess, self.tokenizer, self.device = model.eval().to(device), preprocess, tokenizer, device
         self.precision = resolve_precision(device, precision)  # "bf16" or "fp32": how images and texts are embedded
-        self.fingerprint = fingerprint  # identifies the weights (embedding caches are keyed by it and the precision)
+        self.fingerprint = fingerprint  # identifies the weights
         self.folder = folder  # the export it was loaded from, if any
         self._class_weights: dict[tuple[tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}  # zero_shot's, by prompts
+
+    @property
+    def embeddings_identity(self) -> str:
+        """What the embedding caches key this encoder's embeddings by: its weights and its precision (bf16's differ from fp32's)."""
+        return f"{self.fingerprint}-{self.precision}"
 
     def __str__(self) -> str:
         """The export's folder, or (a model built in this process) the weights' fingerprint: what summaries name the model by."""
