@@ -9,7 +9,8 @@ mask is common to both and not timed) are scored five ways, interleaved, `--repe
 - batched:  `domains.pathology.analyst.embed_tiles` (`--batch-size` tiles per model call; on a CPU two calls
             at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
             in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
-- batched_fp32: the same in fp32 (`--precision fp32`), which the plain loop's probabilities equal to float rounding;
+- batched_fp32: the same in fp32 (`--precision fp32`), whose probabilities differ from the plain loop's by the tiles'
+            resize alone (torch's for a batch, Pillow's for one tile: ClipEncoder.to_batch), a few 1e-5;
 - map:      `map_slide` end to end (tissue mask, scoring, parquet, heatmap, GeoJSON, JSON), a first map: an
             empty embedding cache each run (the cache key's hash of the slide and the save included);
 - remap:    `map_slide` again with other class names (the demo's in reverse order), the tiles, their

@@ -164,6 +164,23 @@ def test_a_map_in_another_precision_is_not_served_from_the_cache(export: Path, s
     assert not np.array_equal(fp32, bf16) and np.abs(fp32 - bf16).max() < 0.02  # the same map, to bf16's rounding
 
 
+def test_tiles_resized_by_torch_are_not_served_pillow_s_embeddings(export: Path, slides: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map's tiles are resized by torch (to_batch), close to Pillow's resize; embeddings of the two are kept apart in the cache."""
+    from pipelines.infer import clip
+
+    encoder = ClipEncoder.load(export, "cpu", "fp32")
+    cache, settings = tmp_path / "cache", {**FAST, "mpp": 0.5, "tile_size": 96, "min_tissue": 0.1}  # tiles shrunk to 64 px
+    with monkeypatch.context() as patch:  # the resize before: Pillow's, tile by tile
+        patch.setattr(clip, "_TORCH_FILTERS", {})
+        patch.setattr(clip, "BATCH_RESIZE", "pillow")
+        pillow = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "pillow", classes=CLASSES, cache=cache, **settings)
+    resized = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "torch", classes=CLASSES, cache=cache, **settings)
+    assert not pillow.cached and not resized.cached and resized.n_tiles > 5
+    before, after = (pd.read_parquet(m.tiles)[CLASSES].to_numpy() for m in (pillow, resized))
+    assert not np.array_equal(before, after) and np.abs(before - after).max() < 0.01
+
+
 def test_a_map_of_slides_a_search_embedded_reads_their_picture_once(export: Path, slides: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A search keeps no picture of the slides: the first map from its cache reads the thumbnail, keeps the heatmap's view

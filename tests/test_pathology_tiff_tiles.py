@@ -91,6 +91,19 @@ def test_a_tile_that_fails_to_decode_is_openslide_s_error(tmp_path: Path) -> Non
     assert not result.pairs and [r.reason for r in result.rejects] == [slides.REASON_READ_FAILED]
 
 
+def test_deflate_tiles_inflate_as_zlib_does() -> None:
+    """libdeflate's bytes are zlib's; a stream longer than a tile (which libdeflate refuses) still gives zlib's bytes."""
+    import zlib
+
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 4, 256 * 256 * 3, dtype=np.uint8).tobytes()
+    assert tiff_tiles._inflate(zlib.compress(tile), len(tile)) == tile
+    longer = tile + b"\x07" * 100
+    assert tiff_tiles._inflate(zlib.compress(longer), len(tile)) == longer
+    with pytest.raises(zlib.error):
+        tiff_tiles._inflate(b"x\x9c" + b"\xff" * 50, len(tile))
+
+
 @pytest.mark.parametrize("max_bytes", [32 << 20, 1])  # 1 byte: every tile evicted as the next comes, decoded again
 def test_tiles_read_through_the_file_s_tiles_equal_openslide_s(tmp_path: Path, max_bytes: int) -> None:
     path = _pyramid(tmp_path / "s.tiff")  # 800 x 700 px at level 0, tiles of 256 px

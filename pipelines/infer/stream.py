@@ -56,7 +56,7 @@ def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[np.nda
                to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[list[bool], torch.Tensor | None]:
     """Which of `windows` hold data, and the model inputs of those that do (None when none does).
 
-    `to_batch` preprocesses the batch's images at once (it must equal stacking `to_tensor`'s).
+    `to_batch` preprocesses the batch's images at once (stacking `to_tensor`'s, or as near as ClipEncoder.to_batch states).
     """
     reads_together = getattr(read, "read_batch", None)  # faster than one by one, for readers that have it
     found = reads_together(list(windows)) if reads_together else [read(w) for w in windows]
