@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder, _plain_normalisation
 from pipelines.infer.stream import embed_windows
+from pipelines.io.atomic import atomic_write_bytes
 from pipelines.models.clip import WEIGHTS_FILE, ModelSpec, load_model, model_config_of, save_open_clip_dir
 from pipelines.models.folders import export_kind
 
@@ -510,6 +512,27 @@ def test_a_damaged_cache_entry_is_computed_again(tmp_path: Path) -> None:
     assert cache.load("k") is None
     cache.save("k", np.ones((2, 4)), [{"window": 0}])
     assert cache.load("k")[1] == [{"window": 0}]
+
+
+def test_the_cache_writes_without_fsync_and_outputs_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache entries are rebuilt when unreadable, so they skip the fsync; other atomic writes (outputs) keep it."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    cache = EmbeddingCache(tmp_path / "cache")
+    cache.save("k", np.ones((2, 4)), [{"window": 0}])
+    cache.save_picture("k", "view", np.zeros((4, 4, 3), np.uint8))
+    assert synced == [] and cache.load("k") is not None and cache.load_picture("k", "view") is not None
+    atomic_write_bytes(tmp_path / "out.json", b"{}")
+    assert len(synced) == 1
+
+
+def test_a_picture_cut_short_is_made_again(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path / "cache")
+    cache.save_picture("k", "view", np.full((40, 40, 3), 9, np.uint8))
+    path = cache.folder / "k.view.npy"
+    path.write_bytes(path.read_bytes()[:500])  # a crash before the bytes reached the disk
+    assert cache.load_picture("k", "view") is None
 
 
 @pytest.mark.parametrize("value", ["", "0.5", "20"])

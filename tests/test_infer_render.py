@@ -13,7 +13,7 @@ from PIL import Image
 from domains.pathology.analyst_render import class_colours as slide_colours
 from domains.pathology.analyst_render import heatmap_image, heatmap_png
 from domains.remote_sensing.analyst import NODATA_CLASS, OVERLAY_ALPHA, class_colours, quicklook_image, quicklook_png
-from pipelines.infer import render
+from pipelines.infer import render, sheets
 
 ROOT = Path(__file__).resolve().parents[1]
 GREY = 100
@@ -56,6 +56,51 @@ def test_quicklook_png_keeps_the_legend_colours_exactly_and_the_map_closely() ->
         assert (below_map == colour).all(axis=2).sum() >= render.SWATCH ** 2
     got = decoded[y0 + 30, x0 + 50].astype(int)  # water cell: the palette may move it a few levels
     assert np.abs(got - _expected_blend(colours[0], OVERLAY_ALPHA)).max() <= 6
+
+
+@pytest.mark.parametrize("alpha", [OVERLAY_ALPHA, 0.3, 0.77])
+def test_label_blend_by_table_is_the_per_pixel_blend_bit_for_bit(alpha: float) -> None:
+    """`blend_labels` looks up what `blend` computes pixel by pixel: every label, channel and base value, the clear label untouched."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    base[0, :3] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
+    colours = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(7)] + [(0, 0, 0), (255, 255, 255)]
+    labels = rng.integers(0, len(colours), (90, 120)).astype(np.uint8)
+    labels[rng.random((90, 120)) < 0.2] = NODATA_CLASS
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(colours)] = colours
+    want = render.blend(base, palette[labels], np.where(labels == NODATA_CLASS, 0.0, alpha).astype(np.float32))
+    got = render.blend_labels(base, labels, colours, alpha, clear=NODATA_CLASS)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[labels == NODATA_CLASS], base[labels == NODATA_CLASS])
+
+
+def test_indexed_png_is_a_valid_png_of_the_indices_and_palette() -> None:
+    """Our PNG writer (libdeflate): Pillow checks its chunks' CRCs and reads back the very indices and palette."""
+    rng = np.random.default_rng(4)
+    indices = rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    indices[:10] = 7  # runs, which compress
+    palette = [int(v) for v in rng.integers(0, 256, 768)]
+    png = sheets.indexed_png(indices, palette)
+    Image.open(io.BytesIO(png)).verify()  # the chunks' CRCs, the stream's end
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.format == "PNG" and decoded.mode == "P" and decoded.size == (53, 37)
+    np.testing.assert_array_equal(np.asarray(decoded), indices)
+    assert decoded.getpalette() == palette
+    assert len(png) < indices.size + 768
+
+
+def test_palette_png_decodes_to_the_image_quantised_to_its_palette() -> None:
+    """The bytes change writer (ours instead of Pillow's), not the picture: Pillow's own PNG of the quantised image decodes the same."""
+    image, _, _, colours = _scene_quicklook()
+    fixed = [(0, 0, 0), (255, 255, 255), *colours]
+    decoded = Image.open(io.BytesIO(sheets.palette_png(image, fixed)))
+    ours = np.asarray(decoded.convert("RGB"))
+    quantised = image.quantize(palette=decoded, dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    quantised.save(buffer, format="PNG")
+    np.testing.assert_array_equal(ours, np.asarray(Image.open(buffer).convert("RGB")))
+    assert np.abs(ours.astype(int) - np.asarray(image).astype(int)).mean() < 1
 
 
 def test_scale_bar_picks_a_round_length_and_says_it() -> None:

@@ -299,6 +299,32 @@ def test_overview_drawn_from_the_windows_shows_what_a_read_of_the_scene_shows(sc
     assert_same_view(overview.pixels, read_overview(grid, 400))
 
 
+@pytest.mark.parametrize("stride_m", [32.0, 16.0])  # cells = windows: resized in batches by torch; cells = window centres: by Pillow
+def test_overview_cells_drawn_in_one_call_are_pillow_s_resize_of_each_window(scenes: dict[str, Path], stride_m: float) -> None:
+    """A batch of windows drawn at once: each cell is Pillow's bilinear resize of its window (of its centre), within 1 grey level.
+
+    300 px over 8 or 16 cells gives cells of two sizes (37 and 38 px, 18 and 19 px): one torch call per size.
+    """
+    grid = plan_grid(open_scene([scenes["scene"]]), 32, stride_m, 64)
+    overview = WindowOverview(grid, 300)
+    rng = np.random.default_rng(5)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC))
+    cells = [(row, col, np.roll(smooth, 7 * row + 3 * col, axis=(0, 1)) if (row + col) % 2 else
+              rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for row in range(grid.rows) for col in range(grid.cols)]
+    overview.draw(cells)
+    margin = (1 - stride_m / 32) / 2 * 64
+    box = (margin, margin, 64 - margin, 64 - margin)
+    sizes = set()
+    for row, col, rgb in cells:
+        top, bottom, left, right = overview.ys[row], overview.ys[row + 1], overview.xs[col], overview.xs[col + 1]
+        sizes.add((bottom - top, right - left))
+        want = np.asarray(Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BILINEAR, box=box)).astype(int)
+        got = overview.pixels[top:bottom, left:right].astype(int)
+        assert np.abs(got - want).max() <= 1, (row, col)
+        assert (got != want).mean() < 0.05
+    assert len(sizes) > 1 and overview.pixels[:, -1].any() and overview.pixels[-1].any()
+
+
 def test_map_draws_the_quicklook_from_its_windows_when_they_are_fine_enough(encoder: ClipEncoder, scenes: dict[str, Path],
                                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 cells of 64 px hold a 400 px quick-look: no second read of the scene; 800 px they do not: the scene is read for it."""

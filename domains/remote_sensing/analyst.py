@@ -394,8 +394,7 @@ def quicklook_image(rgb: np.ndarray, classes: np.ndarray, classnames: Sequence[s
     rows = (np.arange(height) * classes.shape[0] // height).clip(0, classes.shape[0] - 1)
     cols = (np.arange(width) * classes.shape[1] // width).clip(0, classes.shape[1] - 1)
     shown = classes[rows][:, cols]
-    palette = np.asarray([*colours, *[(0, 0, 0)] * (256 - len(colours))], np.uint8)
-    blended = render.blend(rgb, palette[shown], np.where(shown == NODATA_CLASS, 0.0, OVERLAY_ALPHA).astype(np.float32))
+    blended = render.blend_labels(rgb, shown, colours, OVERLAY_ALPHA, clear=NODATA_CLASS)
     legend = [(tuple(c), f"{name} ({shares.get(name, 0.0):.0%})") for name, c in zip(classnames, colours)]
     steps = [v * 10 ** e for e in range(0, 7) for v in (1, 2, 5)]
     return render.figure(blended, title, legend, "most probable class per window (share of the mapped area)",

@@ -316,15 +316,23 @@ class WindowReader:
 
     def __call__(self, window: tuple[int, int]) -> np.ndarray | None:
         """The RGB pixels of the window of cell (row, col), or None when less than `min_valid` of it holds data."""
-        row, col = int(window[0]), int(window[1])
+        found = [self._cell(int(window[0]), int(window[1]))]
+        self._draw([window], found)
+        return self._scored(found[0])
+
+    def _cell(self, row: int, col: int) -> tuple[np.ndarray | None, float] | None:
+        """(RGB, fraction with data) of the window of cell (row, col), None when no raster touches it."""
         cx, cy = self.origin[0] + (col + 0.5) * self.stride, self.origin[1] - (row + 0.5) * self.stride
         half = self.side / 2
-        found = self.read((cx - half, cy - half, cx + half, cy + half), self.size)
-        if found is not None and self.overview is not None:
-            self.overview.draw(row, col, found[0])
-        if found is None or found[1] < self.min_valid:
-            return None
-        return found[0]
+        return self.read((cx - half, cy - half, cx + half, cy + half), self.size)
+
+    def _scored(self, found: tuple[np.ndarray | None, float] | None) -> np.ndarray | None:
+        return None if found is None or found[1] < self.min_valid else found[0]
+
+    def _draw(self, windows: Sequence[tuple[int, int]], found: Sequence[tuple[np.ndarray | None, float] | None]) -> None:
+        """Draw into the overview each window that touches a raster, with data enough to be scored or not."""
+        if self.overview is not None:
+            self.overview.draw([(int(w[0]), int(w[1]), f[0]) for w, f in zip(windows, found) if f is not None and f[0] is not None])
 
     def read_batch(self, windows: Sequence[tuple[int, int]]) -> list[np.ndarray | None]:
         """What one call per window gives (pixels or None), runs of neighbouring windows in a row read by one warp.
@@ -343,25 +351,25 @@ class WindowReader:
             if self._crs is None:
                 self._crs = CRS.from_wkt(self.crs_wkt)
             strips = all(self._source(i).crs == self._crs for i in range(len(self.members)))
-        if not strips:
-            return [self(w) for w in windows]
-        found: list[np.ndarray | None] = []
+        found: list[tuple[np.ndarray | None, float] | None] = []
         start = 0
         while start < len(windows):
             end = start + 1
-            while end < len(windows) and windows[end][0] == windows[start][0] and windows[end][1] == windows[end - 1][1] + 1:
+            while strips and end < len(windows) and windows[end][0] == windows[start][0] and windows[end][1] == windows[end - 1][1] + 1:
                 end += 1
-            run = windows[start:end]
-            found += self._strip(int(run[0][0]), int(run[0][1]), len(run), int(round(step))) if len(run) > 1 else [self(run[0])]
+            row, col = int(windows[start][0]), int(windows[start][1])
+            found += self._strip(row, col, end - start, int(round(step))) if end - start > 1 else [self._cell(row, col)]
             start = end
-        return found
+        self._draw(windows, found)  # once a batch: the overview resizes a batch's cells together
+        return [self._scored(f) for f in found]
 
-    def _strip(self, row: int, col: int, n: int, step: int) -> list[np.ndarray | None]:
+    def _strip(self, row: int, col: int, n: int, step: int) -> list[tuple[np.ndarray | None, float] | None]:
         """Windows (row, col) ... (row, col + n - 1), `step` px apart: each raster warped once over them all, then cut.
 
         Each window is then put together as `read` does: from the rasters its own bounds touch, the
         first with data winning (a raster that touches the strip but not the window gives it nothing,
-        not even an edge pixel the warp's rounding may grant it).
+        not even an edge pixel the warp's rounding may grant it). Per window as `_cell` gives it: (RGB, the
+        fraction with data), the RGB None when it is neither scored nor drawn; None when no raster touches it.
         """
         half = self.side / 2
         cy = self.origin[1] - (row + 0.5) * self.stride
@@ -394,11 +402,8 @@ class WindowReader:
                 fill = part.valid & ~window.valid
                 window.data[:, fill] = part.data[:, fill]
                 window.valid |= fill
-            enough = float(window.valid.mean()) >= self.min_valid
-            rgb = to_rgb8(window, self.limits) if enough or self.overview is not None else None
-            if self.overview is not None:
-                self.overview.draw(row, col + k, rgb)
-            found.append(rgb if enough else None)
+            fraction = float(window.valid.mean())
+            found.append((to_rgb8(window, self.limits) if fraction >= self.min_valid or self.overview is not None else None, fraction))
         return found
 
     def close(self) -> None:
@@ -471,14 +476,35 @@ class WindowOverview:
         cell_px = grid.window_px * grid.stride_m / grid.tile_m
         return cell_px * grid.rows >= height and cell_px * grid.cols >= width
 
-    def draw(self, row: int, col: int, rgb: np.ndarray) -> None:
-        """Draw the cell (row, col) of its window's pixels (HxWx3 uint8, the window centred on the cell)."""
+    def draw(self, cells: Sequence[tuple[int, int, np.ndarray]]) -> None:
+        """Draw each cell (row, col) of its window's pixels (HxWx3 uint8, the window centred on the cell).
+
+        Cells that are whole windows (stride = tile, the default) are resized together, a batch per cell
+        size, by torch's antialiased bilinear kernel: on the benchmark's 64 px windows 4x as fast as Pillow
+        window by window, within 1 grey level of Pillow's bilinear. A cell that is its window's centre
+        (stride < tile) is cut from a fractional box, which Pillow resizes window by window.
+        """
         from PIL import Image
 
-        top, bottom, left, right = self.ys[row], self.ys[row + 1], self.xs[col], self.xs[col + 1]
-        if bottom == top or right == left:
-            return
-        size = rgb.shape[0]
-        cell = (self.margin * size, self.margin * size, (1 - self.margin) * size, (1 - self.margin) * size)
-        self.pixels[top:bottom, left:right] = np.asarray(
-            Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BILINEAR, box=cell))
+        whole: dict[tuple[int, int, tuple[int, ...]], list[tuple[slice, slice, np.ndarray]]] = {}
+        for row, col, rgb in cells:
+            top, bottom, left, right = self.ys[row], self.ys[row + 1], self.xs[col], self.xs[col + 1]
+            if bottom == top or right == left:
+                continue
+            if self.margin == 0:
+                whole.setdefault((bottom - top, right - left, rgb.shape), []).append((slice(top, bottom), slice(left, right), rgb))
+                continue
+            size = rgb.shape[0]
+            box = (self.margin * size, self.margin * size, (1 - self.margin) * size, (1 - self.margin) * size)
+            self.pixels[top:bottom, left:right] = np.asarray(
+                Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BILINEAR, box=box))
+        if whole:
+            import torch
+            import torch.nn.functional as F
+
+            for (height, width, _), group in whole.items():
+                windows = torch.from_numpy(np.stack([rgb for _, _, rgb in group])).permute(0, 3, 1, 2)
+                resized = F.interpolate(windows.contiguous(memory_format=torch.channels_last), size=(height, width), mode="bilinear",
+                                        antialias=True).permute(0, 2, 3, 1).numpy()  # channels last: the uint8 kernel's fast layout
+                for (rows, cols, _), pixels in zip(group, resized):
+                    self.pixels[rows, cols] = pixels

@@ -6,6 +6,8 @@ the pictures beside them). Each write adds its bytes to a running count (`usage.
 takes the count past the bound counts the folder again and deletes the entries least recently written
 or loaded, down to 90% of it, never the entry just written. So a write costs no scan of the folder
 (65 ms for 5,000 entries) until the bound is near. A deleted entry is computed again when next needed.
+Entries are written whole (a temp file renamed) but not fsynced: a crash may lose the last ones or cut
+them short, and an entry that cannot be read is computed again, as a deleted one is.
 """
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ class EmbeddingCache:
         """Store a picture of the input made while it was embedded (a map's view of the scene), as `name` under `key`."""
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
-        atomic_write_bytes(self.folder / f"{key}.{name}.npy", buf.getvalue())
+        atomic_write_bytes(self.folder / f"{key}.{name}.npy", buf.getvalue(), durable=False)
         self._written(key, buf.getbuffer().nbytes)
 
     def load_picture(self, key: str, name: str) -> np.ndarray | None:
@@ -118,7 +120,7 @@ class EmbeddingCache:
         """Store embeddings with their window records (atomically)."""
         buf = io.BytesIO()
         np.savez(buf, embeddings=np.asarray(embeddings, np.float32), windows=np.asarray(json.dumps(windows)))
-        atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())
+        atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue(), durable=False)
         self._written(key, buf.getbuffer().nbytes)
 
     def _written(self, key: str, size: int) -> None:
@@ -136,7 +138,7 @@ class EmbeddingCache:
         if total is None or total > self.max_bytes:
             total = self.bound(keep=key, target=int(self.max_bytes * BOUND_TARGET))
         with contextlib.suppress(OSError):  # a cache that cannot keep its count counts the folder on each write
-            atomic_write_bytes(path, json.dumps({"bytes": total}).encode())
+            atomic_write_bytes(path, json.dumps({"bytes": total}).encode(), durable=False)
 
     def bound(self, keep: str, target: int) -> int:
         """Delete the least recently used entries (by their embeddings' mtime) until the entries fit `target` bytes; never `keep`'s.

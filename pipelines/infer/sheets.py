@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -26,8 +28,6 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[str], path: Pat
         tile.thumbnail((cell - 6, cell - 6))
         sheet.paste(tile, (x + 3 + (cell - 6 - tile.width) // 2, y + 3 + (cell - 6 - tile.height) // 2))
         draw.text((x + 4, y + cell), label[: cell // 6], fill="black")
-    import io
-
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -46,9 +46,32 @@ def palette_png(image: Image.Image, fixed: Sequence[tuple[int, int, int]]) -> by
     fixed = list(dict.fromkeys(tuple(c) for c in fixed))[:128]
     fitted = image.quantize(colors=256 - len(fixed), method=Image.Quantize.FASTOCTREE).getpalette()[: 3 * (256 - len(fixed))]
     palette = Image.new("P", (1, 1))
-    palette.putpalette([v for colour in fixed for v in colour] + fitted)
-    out = io.BytesIO()
-    # zlib level 3: 6 % larger than the default 6 for less than half its time (10 ms instead of 25 ms for 800 px);
-    # optimize=True: 1 % smaller for 50 % more time
-    image.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", compress_level=3)
-    return out.getvalue()
+    colours = ([v for colour in fixed for v in colour] + fitted + [0] * 768)[:768]  # 256 entries: every index has its colour
+    palette.putpalette(colours)
+    indices = np.asarray(image.quantize(palette=palette, dither=Image.Dither.NONE))
+    return indexed_png(indices, colours)
+
+
+PNG_DEFLATE_LEVEL = 1
+
+
+def indexed_png(indices: np.ndarray, palette: Sequence[int]) -> bytes:
+    """A PNG of 8-bit palette indices (HxW uint8) and their palette (flat R, G, B values), compressed by libdeflate.
+
+    Pillow writes PNGs through zlib; libdeflate at level 1 compresses an 800 px quick-look's indices
+    about as small as zlib at level 3 (Pillow's setting here before; 0.2 % larger) in a fifth of the
+    time (3.4 instead of 17 ms). Rows are unfiltered, as PNG recommends for palette images (and as
+    Pillow writes them).
+    """
+    import deflate
+
+    height, width = indices.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # each row led by its filter type, 0: none
+    rows[:, 1:] = indices
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)  # 8 bits, indexed colour, deflate, PNG's filter method, no interlace
+    return b"".join([b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", header), chunk(b"PLTE", bytes(palette)),
+                     chunk(b"IDAT", deflate.zlib_compress(rows.tobytes(), PNG_DEFLATE_LEVEL)), chunk(b"IEND", b"")])
