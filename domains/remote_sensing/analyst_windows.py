@@ -499,12 +499,8 @@ class WindowOverview:
             self.pixels[top:bottom, left:right] = np.asarray(
                 Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BILINEAR, box=box))
         if whole:
-            import torch
-            import torch.nn.functional as F
+            from pipelines.infer.clip import resize_batch  # here: torch is imported when windows are drawn, not with the module
 
             for (height, width, _), group in whole.items():
-                windows = torch.from_numpy(np.stack([rgb for _, _, rgb in group])).permute(0, 3, 1, 2)
-                resized = F.interpolate(windows.contiguous(memory_format=torch.channels_last), size=(height, width), mode="bilinear",
-                                        antialias=True).permute(0, 2, 3, 1).numpy()  # channels last: the uint8 kernel's fast layout
-                for (rows, cols, _), pixels in zip(group, resized):
+                for (rows, cols, _), pixels in zip(group, resize_batch([rgb for _, _, rgb in group], (height, width), "bilinear")):
                     self.pixels[rows, cols] = pixels

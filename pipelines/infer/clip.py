@@ -32,6 +32,17 @@ _TORCH_FILTERS = {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.BICU
 BATCH_RESIZE = "torch-aa"  # how to_batch resizes: part of the embeddings' identity (the caches' keys)
 
 
+def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], mode: str) -> np.ndarray:
+    """HxWx3 uint8 images of one shape resized together to `size` (height, width), as (n, height, width, 3) uint8.
+
+    Torch's antialiased uint8 kernel, which reimplements Pillow's filters (`mode` "bilinear" or
+    "bicubic"); the batch is passed as (n, 3, H, W), a view of (n, H, W, 3): channels last, the
+    layout of the kernel's vectorised path.
+    """
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return F.interpolate(batch, size=size, mode=mode, antialias=True).permute(0, 2, 3, 1).numpy()
+
+
 @dataclass
 class ZeroShotClassifier:
     """Class embeddings (from class names and prompt templates) and the model's temperature."""
@@ -121,10 +132,7 @@ class ClipEncoder:
                 by_shape.setdefault(a.shape, []).append(i)
         for shape, where in by_shape.items():
             if torch_filter is not None and shape[0] == shape[1]:  # the resize is to side x side: the crop keeps it whole
-                # (n, 3, H, W) as a view of (n, H, W, 3): channels last, the layout of the kernel's vectorised uint8 path
-                square = torch.from_numpy(np.stack([arrays[i] for i in where])).permute(0, 3, 1, 2)
-                resized = F.interpolate(square, size=(side, side), mode=torch_filter, antialias=True).permute(0, 2, 3, 1).numpy()
-                for i, pixels in zip(where, resized):
+                for i, pixels in zip(where, resize_batch([arrays[i] for i in where], (side, side), torch_filter)):
                     arrays[i] = pixels
             else:
                 for i in where:
