@@ -6,7 +6,7 @@ mask is common to both and not timed) are scored five ways, interleaved, `--repe
 - plain:    one OpenSlide handle in this process; for each tile, read it (`read_region`, composited
             over white and resized as the map does), preprocess it, embed it alone (batch of 1, in fp32: the
             model as open_clip loads it) and score it;
-- batched:  `domains.pathology.analyst.embed_tiles` (`--batch-size` tiles per model call; on a CPU two calls
+- batched:  `domains.pathology.analyst.embed_tiles` (at most `--batch-size` tiles per model call; on a CPU two calls
             at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
             in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
 - batched_fp32: the same in fp32 (`--precision fp32`), whose probabilities differ from the plain loop's by the tiles'

@@ -6,7 +6,7 @@ scored five ways, interleaved, `--repeats` times:
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
             read, stretch and resampling), preprocess it, embed it alone (batch of 1, in fp32: the model as
             open_clip loads it) and score it;
-- batched:  `domains.remote_sensing.analyst.embed_grid` (`--batch-size` windows per model call; on a CPU two calls
+- batched:  `domains.remote_sensing.analyst.embed_grid` (at most `--batch-size` windows per model call; on a CPU two calls
             at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
             in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
 - batched_fp32: the same in fp32 (`--precision fp32`), which the plain loop's probabilities equal to float rounding;

@@ -17,7 +17,7 @@ from pipelines.errors import InputError
 from pipelines.infer import outputs
 from pipelines.infer.cache import EmbeddingCache
 from pipelines.infer.clip import ClipEncoder, _plain_normalisation
-from pipelines.infer.stream import embed_windows
+from pipelines.infer.stream import batch_spans, embed_windows
 from pipelines.io.atomic import atomic_write_bytes
 from pipelines.models.clip import WEIGHTS_FILE, ModelSpec, load_model, model_config_of, save_open_clip_dir
 from pipelines.models.folders import export_kind
@@ -315,7 +315,7 @@ def test_on_a_cpu_each_model_thread_reads_the_batches_it_embeds(export: Path) ->
 def test_a_model_thread_takes_the_next_batch_while_the_oldest_is_still_embedded(export: Path) -> None:
     """Batch 0 is embedded slowly: batches 1 and 2 go through the other model thread meanwhile (else batch 0 waits forever here)."""
     encoder = ClipEncoder.load(export)
-    first_of = {n: encoder.to_tensor(colour_window(w)) for n, w in enumerate((0, 4, 9))}  # batches of 4; window 8 is empty
+    first_of = {n: encoder.to_tensor(colour_window(w)) for n, w in enumerate((0, 4, 9, 12))}  # batches of 4; window 8 is empty
     third_started = threading.Event()
     embedded: list[int] = []
 
@@ -328,8 +328,8 @@ def test_a_model_thread_takes_the_next_batch_while_the_oldest_is_still_embedded(
             assert third_started.wait(timeout=10), "the third batch did not start while the first was embedded"
         return encoder.embed_tensors(batch)
 
-    batches = list(embed_windows(list(range(12)), colour_window, encoder.to_tensor, embed, batch_size=4, workers=2))
-    assert [w for b in batches for w in b.windows] == list(range(12)) and sorted(embedded) == [0, 1, 2]
+    batches = list(embed_windows(list(range(16)), colour_window, encoder.to_tensor, embed, batch_size=4, workers=2))
+    assert [w for b in batches for w in b.windows] == list(range(16)) and sorted(embedded) == [0, 1, 2, 3]
 
 
 def test_a_job_smaller_than_two_batches_is_cut_in_two_on_a_cpu(export: Path) -> None:
@@ -346,6 +346,30 @@ def test_a_job_smaller_than_two_batches_is_cut_in_two_on_a_cpu(export: Path) -> 
     batches = list(embed_windows(list(range(10)), lambda i: np.full((40, 40, 3), i * 20, np.uint8), encoder.to_tensor, embed,
                                  batch_size=64, workers=2))
     assert sizes == [5, 5] and [b.windows for b in batches] == [list(range(5)), list(range(5, 10))]
+
+
+def test_every_round_of_batches_keeps_both_model_threads_busy(export: Path) -> None:
+    """13 windows at batch size 4 on two model threads: four batches of 3-4 (not 4, 4, 4 and then 1 alone), two at a time."""
+    encoder = ClipEncoder.load(export)
+    both_in = threading.Barrier(2, timeout=10)
+    sizes: list[int] = []
+
+    def embed(batch: torch.Tensor) -> np.ndarray:
+        sizes.append(len(batch))
+        both_in.wait()  # every batch meets another: a batch left alone in a round would time out here
+        return encoder.embed_tensors(batch)
+
+    batches = list(embed_windows(list(range(13)), lambda i: np.full((40, 40, 3), i * 15, np.uint8), encoder.to_tensor, embed,
+                                 batch_size=4, workers=2))
+    assert [w for b in batches for w in b.windows] == list(range(13))
+    assert len(sizes) == 4 and sorted(sizes) == [3, 3, 3, 4]
+    for n, size in [(437, 64), (256, 64), (7, 64), (1, 64), (0, 4)]:
+        spans = batch_spans(n, size, 2)
+        assert [i for a, b in spans for i in range(a, b)] == list(range(n))  # every window once, in order
+        lengths = [b - a for a, b in spans]
+        assert all(0 < k <= size for k in lengths) and max(lengths, default=0) - min(lengths, default=0) <= 1
+        assert len(spans) % 2 == 0 or len(spans) == n
+    assert len(batch_spans(437, 64, 2)) == 8 and len(batch_spans(437, 64, 1)) == 7
 
 
 def test_stopping_early_leaves_no_model_thread(export: Path) -> None:

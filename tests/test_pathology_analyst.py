@@ -151,6 +151,39 @@ def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(ex
     assert found.cached_slides == 1 and len(reads) == fresh.n_tiles + 3  # the contact sheet's 3 tiles only
 
 
+def test_a_new_slide_is_hashed_while_its_tissue_is_found_and_a_copy_is_served_by_content(export: Path, slides: Path, tmp_path: Path,
+                                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slide new to the cache is hashed for its key while its tissue mask is made (the hash waits here for the mask to
+    start: hashed first, it would wait in vain); a copy under another name, new to the cache too, is found by its content:
+    its tissue mask is made beside the hash as well, but no tile is read or embedded and the outputs are the original's."""
+    import shutil
+    import threading
+
+    import pipelines.io.digests as digests
+
+    encoder = ClipEncoder.load(export, "cpu")
+    cache = tmp_path / "cache"
+    mask_started = threading.Event()
+    hashed_beside_mask: list[bool] = []
+    digest, mask = digests.file_digest, analyst_tiles.tissue_mask
+    monkeypatch.setattr(digests, "file_digest", lambda path: hashed_beside_mask.append(mask_started.wait(timeout=10)) or digest(path))
+    monkeypatch.setattr(analyst_tiles, "tissue_mask", lambda rgb: mask_started.set() or mask(rgb))
+    first = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
+    assert not first.cached and hashed_beside_mask == [True]
+
+    copy = tmp_path / "copy" / "slide_a.tiff"
+    copy.parent.mkdir()
+    shutil.copy(slides / "slide_a.tiff", copy)
+    mask_started.clear()
+    reads = []
+    read = TileReader.__call__
+    monkeypatch.setattr(TileReader, "__call__", lambda self, window: reads.append(window) or read(self, window))
+    again = map_slide(encoder, copy, tmp_path / "again", classes=CLASSES, cache=cache, **FAST)
+    assert again.cached and reads == [] and hashed_beside_mask == [True, True]
+    for name in ("slide_a.tiles.parquet", "slide_a.geojson", "slide_a.heatmap.png"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes(), name
+
+
 def test_a_map_in_another_precision_is_not_served_from_the_cache(export: Path, slides: Path, tmp_path: Path) -> None:
     """bf16 and fp32 tile embeddings are kept apart in the cache (a map gives the precision asked for); the summary names it."""
     cache = tmp_path / "cache"
@@ -192,7 +225,8 @@ def test_a_map_of_slides_a_search_embedded_reads_their_picture_once(export: Path
     assert not list(cache.glob("*.npy"))
     thumbnails = []
     read = analyst.read_thumbnail
-    monkeypatch.setattr(analyst, "read_thumbnail", lambda slide, tiling: thumbnails.append(1) or read(slide, tiling))
+    for module in (analyst, analyst_tiles):  # a cached map's read, and a new slide's (with its tissue mask)
+        monkeypatch.setattr(module, "read_thumbnail", lambda slide, tiling: thumbnails.append(1) or read(slide, tiling))
     fresh = map_slide(encoder, slides / "slide_b.tiff", tmp_path / "fresh", classes=CLASSES, cache=tmp_path / "empty", **FAST)
     assert not fresh.cached and len(thumbnails) == 1
     heatmap = (tmp_path / "fresh" / "slide_b.heatmap.png").read_bytes()

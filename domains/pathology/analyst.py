@@ -193,7 +193,7 @@ def map_slide(model: str | Path | ClipEncoder, slide: str | Path, out: str | Pat
         mpp: micrometres per pixel of the tiles the model sees.
         tile_size: tile side in pixels at `mpp` (tiles do not overlap).
         top_k: tiles pooled per class for the slide-level prediction (capped at the tissue tile count).
-        batch_size: tiles per model batch.
+        batch_size: the most tiles per model batch (batches of about one size: pipelines.infer.stream.batch_spans).
         workers: threads reading tiles ahead of the model on a GPU (on a CPU the model threads read;
             0 reads in the calling thread).
         slide_mpp: level-0 micrometres per pixel for slides that record neither MPP nor objective power.
@@ -317,22 +317,25 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
                     view: bool = False) -> tuple[SlideTiling, np.ndarray, bool]:
     """(tiling, tile embeddings, whether they came from the cache) of one slide, cached per (model, slide content, tiling).
 
-    A cache hit reads no tile and computes no tissue mask. With `view`, the tiling's thumbnail is
-    the heatmap's picture of the slide (`display_view`), kept in the cache beside the embeddings, so
-    a hit reads no thumbnail either (a slide embedded by a search, which keeps no picture, is read
-    once for it); without, a hit's tiling may have no thumbnail.
+    A cache hit of a slide hashed before reads no tile and computes no tissue mask. With `view`, the
+    tiling's thumbnail is the heatmap's picture of the slide (`display_view`), kept in the cache
+    beside the embeddings, so such a hit reads no thumbnail either (a slide embedded by a search,
+    which keeps no picture, is read once for it); without, a hit's tiling may have no thumbnail.
     """
     with open_slide(path) as slide:
         tiling = slide_geometry(slide, Path(path), mpp, tile_size, slide_mpp, min_tissue)
         settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
-        # A slide new to the cache is hashed for the key (seconds for a large slide) in a thread while this one
-        # reads the thumbnail, which its tissue mask will need; a known slide's key costs nothing.
-        read_now = not cache.knows([path])  # asked before the hash, which makes the slide known
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
-            hashing = hasher.submit(cache.key, encoder.embeddings_identity, [path], settings)
-            if read_now:
-                read_thumbnail(slide, tiling)
-            key = hashing.result()
+        known = cache.knows([path])  # hashed before and unchanged since: the key costs no read
+        if known:
+            key = cache.key(encoder.embeddings_identity, [path], settings)
+        else:
+            # A slide new to the cache is hashed for the key (seconds for a large slide) in a thread while this
+            # one finds its tissue tiles, which a miss needs: the mask's steps on one core leave the other to
+            # the hash. A hit (the same content under another name or date) has them from the cache instead.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
+                hashing = hasher.submit(cache.key, encoder.embeddings_identity, [path], settings)
+                find_tissue_tiles(slide, tiling, min_tissue)
+                key = hashing.result()
         hit = cache.load(key)
         if hit is not None:
             embeddings, records = hit
@@ -346,7 +349,8 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
                     cache.save_picture(key, VIEW_PICTURE, kept)
                 tiling.thumbnail = kept
             return tiling, embeddings, True
-        find_tissue_tiles(slide, tiling, min_tissue)
+        if known:  # a known slide's miss (another model or tiling): its tissue tiles are found now
+            find_tissue_tiles(slide, tiling, min_tissue)
     embeddings = embed_tiles(encoder, tiling, batch_size, workers)
     cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
     if view:
@@ -371,7 +375,7 @@ def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence
         tile_size: tile side in pixels at `mpp`.
         slide_mpp: level-0 micrometres per pixel for slides that record no resolution.
         min_tissue: a grid cell is a tissue tile when at least this fraction of it is tissue.
-        batch_size: tiles per model batch.
+        batch_size: the most tiles per model batch (batches of about one size: pipelines.infer.stream.batch_spans).
         workers: threads reading tiles ahead of the model on a GPU (on a CPU the model threads read; 0: none).
         cache: embedding cache folder (default $DOMAINFM_CACHE/embeddings, else ~/.cache/domainfm/embeddings); a slide already
             embedded by the same model and tiling is not read again.

@@ -444,7 +444,7 @@ def map_raster(model: str | Path | ClipEncoder, raster: str | Path | Sequence[st
         tile_m: window side in ground metres (default: the ground size of the tiles the model was
             curated with, from its model card, never finer than the scene's pixels; else 224 px at 1 m).
         stride_m: distance between window centres, the maps' cell size (default: `tile_m`; at most `tile_m`).
-        batch_size: windows per model batch.
+        batch_size: the most windows per model batch (batches of about one size: pipelines.infer.stream.batch_spans).
         workers: threads reading windows ahead of the model on a GPU (on a CPU the model threads read;
             0 reads in the calling thread).
         bands: 1-based bands shown as red, green, blue (or one grey band); default the curation's
@@ -641,7 +641,7 @@ def search_rasters(model: str | Path | ClipEncoder, rasters: str | Path | Sequen
         top_k: how many windows to keep.
         tile_m: window side in ground metres (default as `map_raster`).
         stride_m: distance between window centres (default: `tile_m`).
-        batch_size: windows per model batch.
+        batch_size: the most windows per model batch (batches of about one size: pipelines.infer.stream.batch_spans).
         workers: threads reading windows ahead of the model on a GPU (on a CPU the model threads read; 0: none).
         bands: 1-based bands shown as red, green, blue (default: the curation's choice).
         min_valid: a window is searched when at least this fraction of its pixels holds data.
