@@ -332,40 +332,29 @@ def test_a_model_thread_takes_the_next_batch_while_the_oldest_is_still_embedded(
     assert [w for b in batches for w in b.windows] == list(range(16)) and sorted(embedded) == [0, 1, 2, 3]
 
 
-def test_a_job_smaller_than_two_batches_is_cut_in_two_on_a_cpu(export: Path) -> None:
-    """10 windows at batch size 64: two batches of 5, embedded at once (the barrier), not one batch of 10 on one thread."""
+@pytest.mark.parametrize(("n", "batch_size", "sizes"), [(10, 64, [5, 5]), (13, 4, [3, 3, 3, 4])])
+def test_every_round_of_batches_keeps_both_model_threads_busy(export: Path, n: int, batch_size: int, sizes: list[int]) -> None:
+    """On two model threads, an even number of batches of about one size, two at a time: 10 windows at batch size 64 are
+    two batches of 5 (not one of 10 on one thread), 13 at batch size 4 four of 3-4 (not 4, 4, 4 and then 1 alone)."""
     encoder = ClipEncoder.load(export)
     both_in = threading.Barrier(2, timeout=10)
-    sizes: list[int] = []
+    seen: list[int] = []
 
     def embed(batch: torch.Tensor) -> np.ndarray:
-        sizes.append(len(batch))
-        both_in.wait()
-        return encoder.embed_tensors(batch)
-
-    batches = list(embed_windows(list(range(10)), lambda i: np.full((40, 40, 3), i * 20, np.uint8), encoder.to_tensor, embed,
-                                 batch_size=64, workers=2))
-    assert sizes == [5, 5] and [b.windows for b in batches] == [list(range(5)), list(range(5, 10))]
-
-
-def test_every_round_of_batches_keeps_both_model_threads_busy(export: Path) -> None:
-    """13 windows at batch size 4 on two model threads: four batches of 3-4 (not 4, 4, 4 and then 1 alone), two at a time."""
-    encoder = ClipEncoder.load(export)
-    both_in = threading.Barrier(2, timeout=10)
-    sizes: list[int] = []
-
-    def embed(batch: torch.Tensor) -> np.ndarray:
-        sizes.append(len(batch))
+        seen.append(len(batch))
         both_in.wait()  # every batch meets another: a batch left alone in a round would time out here
         return encoder.embed_tensors(batch)
 
-    batches = list(embed_windows(list(range(13)), lambda i: np.full((40, 40, 3), i * 15, np.uint8), encoder.to_tensor, embed,
-                                 batch_size=4, workers=2))
-    assert [w for b in batches for w in b.windows] == list(range(13))
-    assert len(sizes) == 4 and sorted(sizes) == [3, 3, 3, 4]
+    batches = list(embed_windows(list(range(n)), lambda i: np.full((40, 40, 3), i * 15, np.uint8), encoder.to_tensor, embed,
+                                 batch_size=batch_size, workers=2))
+    assert [w for b in batches for w in b.windows] == list(range(n)) and sorted(seen) == sizes
+
+
+def test_batch_spans_cover_the_windows_in_even_batches() -> None:
+    """Every window once, in order; batches at most batch_size, within one of each other, a multiple of the threads."""
     for n, size in [(437, 64), (256, 64), (7, 64), (1, 64), (0, 4)]:
         spans = batch_spans(n, size, 2)
-        assert [i for a, b in spans for i in range(a, b)] == list(range(n))  # every window once, in order
+        assert [i for a, b in spans for i in range(a, b)] == list(range(n))
         lengths = [b - a for a, b in spans]
         assert all(0 < k <= size for k in lengths) and max(lengths, default=0) - min(lengths, default=0) <= 1
         assert len(spans) % 2 == 0 or len(spans) == n
