@@ -54,7 +54,7 @@ bench: bench-setup
 
 # what a lent GPU machine lacks (its python3 3.12 has torch, peft, transformers, timm) for benchmarks/gpu_figures.py
 # and rs_map.py, as wheels in .whl/ (about 40 MB) to carry there; the command to run there is in gpu_figures.py's docstring
-GPU_WHEELS := open.clip.torch|ftfy|wcwidth|webdataset|braceexpand|defusedxml|pydot|rasterio|affine|shapely|cligj|click-plugins
+GPU_WHEELS := open.clip.torch|blake3|ftfy|wcwidth|webdataset|braceexpand|defusedxml|pydot|rasterio|affine|shapely|cligj|click-plugins
 gpu-wheels: setup
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

@@ -260,7 +260,7 @@ def test_shipped_prompt_embeddings_are_used_only_with_the_weights_and_tokenizer_
     from pipelines.io.digests import file_digest
 
     def fingerprint(folder: Path) -> str:
-        return file_digest(folder / M.WEIGHTS_FILE)[:16]
+        return file_digest(folder / M.WEIGHTS_FILE, "sha256")[:16]
 
     folder = export_volume(export, tmp_path / "shipped", prompts=FINDING_PROMPTS)
     texts = list(dict.fromkeys(M.prompt_texts(FINDING_PROMPTS)))

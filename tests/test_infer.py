@@ -84,7 +84,7 @@ def test_the_weights_digest_is_remembered_until_the_file_changes(tmp_path: Path,
 
     hashed = []
     digest = digests.file_digest
-    monkeypatch.setattr(digests, "file_digest", lambda path: hashed.append(Path(path).name) or digest(path))
+    monkeypatch.setattr(digests, "file_digest", lambda path, algorithm: hashed.append(Path(path).name) or digest(path, algorithm))
     monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "model"
     save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), folder)
@@ -127,6 +127,41 @@ def test_an_embedding_cache_knows_an_input_only_while_its_digest_is_remembered(t
     assert "scene" not in (tmp_path / "cache" / "fingerprints.json").read_text()  # ... nor kept
     scene.write_bytes(b"pixels" * 1001)  # changed
     assert not cache.knows([scene]) and cache.key("model", [scene], {"tile": 64}) != key
+
+
+def test_inputs_are_hashed_with_blake3_and_a_store_of_sha256_digests_is_hashed_anew(tmp_path: Path, monkeypatch) -> None:
+    """An input's digest is its BLAKE3; a record a store kept before (sha256, four values) is not taken for one, for inputs,
+    and is computed again and replaced; a weights store's sha256 records stay valid (no weights read again)."""
+    from blake3 import blake3
+
+    import pipelines.io.digests as digests
+    from pipelines.infer.cache import WEIGHTS_DIGESTS, EmbeddingCache
+
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"pixels" * 1000)
+    assert digests.file_digest(scene) == blake3(scene.read_bytes()).hexdigest()
+    assert digests.file_digest(scene, "sha256") == hashlib.sha256(scene.read_bytes()).hexdigest()
+    store = tmp_path / "cache" / "fingerprints.json"
+    EmbeddingCache(tmp_path / "cache").key("model", [scene], {"tile": 64})
+    [(path_key, record)] = json.loads(store.read_text()).items()
+    assert record[3:] == ["blake3", blake3(scene.read_bytes()).hexdigest()]
+    store.write_text(json.dumps({path_key: [*record[:3], hashlib.sha256(scene.read_bytes()).hexdigest()]}))  # as kept before
+    before = EmbeddingCache(tmp_path / "cache")
+    assert not before.knows([scene])
+    before.key("model", [scene], {"tile": 64})
+    assert json.loads(store.read_text())[path_key] == record and EmbeddingCache(tmp_path / "cache").knows([scene])
+
+    hashed = []
+    digest = digests.file_digest
+    monkeypatch.setattr(digests, "file_digest", lambda path, algorithm: hashed.append(algorithm) or digest(path, algorithm))
+    monkeypatch.setenv("DOMAINFM_CACHE", str(tmp_path / "weights-cache"))
+    folder = tmp_path / "model"
+    save_open_clip_dir(load_model(ModelSpec("domainfm-tiny")).model, model_config_of(ModelSpec("domainfm-tiny")), folder)
+    first = ClipEncoder.load(folder).fingerprint
+    weights_store = tmp_path / "weights-cache" / WEIGHTS_DIGESTS
+    old = {key: [*r[:3], r[4]] for key, r in json.loads(weights_store.read_text()).items()}  # the same records, as kept before
+    weights_store.write_text(json.dumps(old))
+    assert ClipEncoder.load(folder).fingerprint == first and hashed == ["sha256"]  # read once, for the first load only
 
 
 def test_the_encoder_is_the_export_bit_for_bit_though_no_weights_were_drawn(export: Path) -> None:

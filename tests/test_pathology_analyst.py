@@ -166,7 +166,8 @@ def test_a_new_slide_is_hashed_while_its_tissue_is_found_and_a_copy_is_served_by
     mask_started = threading.Event()
     hashed_beside_mask: list[bool] = []
     digest, mask = digests.file_digest, analyst_tiles.tissue_mask
-    monkeypatch.setattr(digests, "file_digest", lambda path: hashed_beside_mask.append(mask_started.wait(timeout=10)) or digest(path))
+    monkeypatch.setattr(digests, "file_digest",
+                        lambda path, algorithm: hashed_beside_mask.append(mask_started.wait(timeout=10)) or digest(path, algorithm))
     monkeypatch.setattr(analyst_tiles, "tissue_mask", lambda rgb: mask_started.set() or mask(rgb))
     first = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
     assert not first.cached and hashed_beside_mask == [True]

@@ -45,7 +45,7 @@ def weights_fingerprint(path: Path) -> str:
     of its ~0.7 s load. A store that cannot be written is left as it is (the digest is then computed
     on the next load too).
     """
-    store = Fingerprints(cache_root() / WEIGHTS_DIGESTS)
+    store = Fingerprints(cache_root() / WEIGHTS_DIGESTS, "sha256")  # what sha256sum prints: checkable, and stable across versions
     digest = store.digest(path)[:16]
     with contextlib.suppress(OSError):
         store.save()

