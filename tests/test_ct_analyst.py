@@ -295,6 +295,20 @@ def test_shipped_prompt_embeddings_are_used_only_with_the_weights_and_tokenizer_
     assert np.allclose(load_ct_model(folder, "cpu", tmp_path / "cache").embed_prompts(FINDING_PROMPTS), retrained, atol=1e-6)
 
 
+def test_prompt_embeddings_shipped_before_blake3_hashed_inputs_are_still_used(export: Path, tmp_path: Path) -> None:
+    """An export's prompt file names its tokenizer's files by sha256 (as exports made before BLAKE3 did), so theirs still match."""
+    import hashlib
+
+    from pipelines.export.volume import export_volume
+
+    folder = export_volume(export, tmp_path / "shipped", prompts=FINDING_PROMPTS)
+    fingerprint = hashlib.sha256((folder / M.WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    files = sorted(p for p in (folder / M.TOKENIZER_DIR).iterdir() if p.is_file())
+    assert json.loads(M.text_identity(folder, fingerprint))["tokenizer"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                                                           for p in files}
+    assert M.load_prompt_embeddings(folder, fingerprint)  # the shipped embeddings are taken
+
+
 def test_text_encoder_left_on_disk_then_loaded_is_the_models(export: Path) -> None:
     """`load_model_dir(text=False)` loads everything but the text encoder, as strictly; `load_text_encoder` adds the same encoder."""
     whole, tokenizer, phenotypes = M.load_model_dir(export)

@@ -487,7 +487,8 @@ def text_identity(folder: Path, weights_fingerprint: str) -> str:
     `pipelines.infer.cache.weights_fingerprint` gives, remembered across processes).
     """
     folder = Path(folder)
-    tokenizer = {p.name: file_digest(p) for p in sorted((folder / TOKENIZER_DIR).iterdir()) if p.is_file()}
+    # sha256, as the weights: prompt embeddings shipped by exports made before BLAKE3 hashed inputs stay usable
+    tokenizer = {p.name: file_digest(p, "sha256") for p in sorted((folder / TOKENIZER_DIR).iterdir()) if p.is_file()}
     return json.dumps({"weights": weights_fingerprint, "tokenizer": tokenizer,
                        "context_length": read_config(folder)[0].context_length}, sort_keys=True)
 
