@@ -24,7 +24,7 @@ import numpy as np
 
 from pipelines.errors import InputError
 from pipelines.io.atomic import atomic_write_bytes
-from pipelines.io.digests import Fingerprints
+from pipelines.io.digests import WEIGHTS_ALGORITHM, Fingerprints
 from pipelines.io.remote import cache_root
 
 WEIGHTS_DIGESTS = "weights-digests.json"  # under cache_root(): weights_fingerprint's remembered digests
@@ -45,7 +45,7 @@ def weights_fingerprint(path: Path) -> str:
     of its ~0.7 s load. A store that cannot be written is left as it is (the digest is then computed
     on the next load too).
     """
-    store = Fingerprints(cache_root() / WEIGHTS_DIGESTS, "sha256")  # what sha256sum prints: checkable, and stable across versions
+    store = Fingerprints(cache_root() / WEIGHTS_DIGESTS, WEIGHTS_ALGORITHM)
     digest = store.digest(path)[:16]
     with contextlib.suppress(OSError):
         store.save()

@@ -10,7 +10,7 @@ Last-Modified), asked once per run.
 Inputs are hashed with BLAKE3 (the `blake3` package, the reference implementation's Rust crate):
 a cryptographic hash, so a crafted file cannot take another's cache entry, at 2.6 times sha256's
 speed on one core here (4.0 against 1.5 GB/s on a 300 MB file): a first map of a 1 GB slide, or a
-first curation of terabytes, waits on the hash. Model weights keep sha256 (`Algorithm`): their
+first curation of terabytes, waits on the hash. Model weights keep sha256 (`WEIGHTS_ALGORITHM`): their
 fingerprint is what `sha256sum` prints, and the embedding caches made before stay valid.
 """
 from __future__ import annotations
@@ -26,6 +26,9 @@ from pipelines.io.remote import is_url, remote_identity
 
 _CHUNK = 1 << 20
 Algorithm = Literal["blake3", "sha256"]
+# Model weights' and tokenizers' digests: the fingerprint `sha256sum` prints, stable across versions (the embedding
+# caches' keys and the prompt files of exports made before BLAKE3 hashed inputs start from it)
+WEIGHTS_ALGORITHM: Algorithm = "sha256"
 
 
 def _hasher(algorithm: Algorithm) -> Any:

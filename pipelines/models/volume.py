@@ -30,7 +30,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pipelines.io.digests import file_digest
+from pipelines.io.digests import WEIGHTS_ALGORITHM, file_digest
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import report_text as T
 from pipelines.models.folders import VOLUME_CONFIG_FILE
@@ -487,8 +487,7 @@ def text_identity(folder: Path, weights_fingerprint: str) -> str:
     `pipelines.infer.cache.weights_fingerprint` gives, remembered across processes).
     """
     folder = Path(folder)
-    # sha256, as the weights: prompt embeddings shipped by exports made before BLAKE3 hashed inputs stay usable
-    tokenizer = {p.name: file_digest(p, "sha256") for p in sorted((folder / TOKENIZER_DIR).iterdir()) if p.is_file()}
+    tokenizer = {p.name: file_digest(p, WEIGHTS_ALGORITHM) for p in sorted((folder / TOKENIZER_DIR).iterdir()) if p.is_file()}
     return json.dumps({"weights": weights_fingerprint, "tokenizer": tokenizer,
                        "context_length": read_config(folder)[0].context_length}, sort_keys=True)
 
@@ -503,7 +502,7 @@ def save_prompt_embeddings(folder: str | Path, texts: list[str], embeddings: np.
     from safetensors.numpy import save_file
 
     folder = Path(folder)
-    fingerprint = file_digest(folder / WEIGHTS_FILE, "sha256")[:16]  # weights_fingerprint's value, without its store (written here)
+    fingerprint = file_digest(folder / WEIGHTS_FILE, WEIGHTS_ALGORITHM)[:16]  # weights_fingerprint's value, without its store
     save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(folder / PROMPTS_FILE),
               metadata={"texts": json.dumps(list(texts)), "made_with": text_identity(folder, fingerprint)})
 
