@@ -154,8 +154,10 @@ def test_a_second_map_with_other_classes_reads_no_tile_and_equals_a_fresh_one(ex
 def test_a_new_slide_is_hashed_while_its_tissue_is_found_and_a_copy_is_served_by_content(export: Path, slides: Path, tmp_path: Path,
                                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A slide new to the cache is hashed for its key while its tissue mask is made (the hash waits here for the mask to
-    start: hashed first, it would wait in vain); a copy under another name, new to the cache too, is found by its content:
-    its tissue mask is made beside the hash as well, but no tile is read or embedded and the outputs are the original's."""
+    start: hashed first, it would wait in vain), and the heatmap's picture of it is made in another thread meanwhile (the
+    mask waits here for the picture to start: made after scoring, it would wait in vain); a copy under another name, new
+    to the cache too, is found by its content: its tissue mask is made beside the hash as well, but no tile is read or
+    embedded and the outputs are the original's."""
     import shutil
     import threading
 
@@ -163,24 +165,35 @@ def test_a_new_slide_is_hashed_while_its_tissue_is_found_and_a_copy_is_served_by
 
     encoder = ClipEncoder.load(export, "cpu")
     cache = tmp_path / "cache"
-    mask_started = threading.Event()
+    mask_started, picture_started = threading.Event(), threading.Event()
     hashed_beside_mask: list[bool] = []
-    digest, mask = digests.file_digest, analyst_tiles.tissue_mask
+    mask_beside_picture: list[bool] = []
+    digest, mask, picture = digests.file_digest, analyst_tiles.tissue_mask, analyst.display_view
     monkeypatch.setattr(digests, "file_digest",
                         lambda path, algorithm: hashed_beside_mask.append(mask_started.wait(timeout=10)) or digest(path, algorithm))
-    monkeypatch.setattr(analyst_tiles, "tissue_mask", lambda rgb: mask_started.set() or mask(rgb))
+    monkeypatch.setattr(analyst_tiles, "tissue_mask",
+                        lambda rgb: mask_started.set() or mask_beside_picture.append(picture_started.wait(timeout=10)) or mask(rgb))
+
+
+    def picture_in_a_thread(rgb: np.ndarray) -> np.ndarray:
+        if threading.current_thread() is not threading.main_thread():
+            picture_started.set()
+        return picture(rgb)
+
+    monkeypatch.setattr(analyst, "display_view", picture_in_a_thread)
     first = map_slide(encoder, slides / "slide_a.tiff", tmp_path / "first", classes=CLASSES, cache=cache, **FAST)
-    assert not first.cached and hashed_beside_mask == [True]
+    assert not first.cached and hashed_beside_mask == [True] and mask_beside_picture == [True]
 
     copy = tmp_path / "copy" / "slide_a.tiff"
     copy.parent.mkdir()
     shutil.copy(slides / "slide_a.tiff", copy)
     mask_started.clear()
+    picture_started.clear()
     reads = []
     read = TileReader.__call__
     monkeypatch.setattr(TileReader, "__call__", lambda self, window: reads.append(window) or read(self, window))
     again = map_slide(encoder, copy, tmp_path / "again", classes=CLASSES, cache=cache, **FAST)
-    assert again.cached and reads == [] and hashed_beside_mask == [True, True]
+    assert again.cached and reads == [] and hashed_beside_mask == [True, True] and mask_beside_picture == [True, True]
     for name in ("slide_a.tiles.parquet", "slide_a.geojson", "slide_a.heatmap.png"):
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "first" / name).read_bytes(), name
 

@@ -52,6 +52,25 @@ def test_closing_disk_equals_scipy_closing(radius: int, density: float) -> None:
     assert got.dtype == bool and got.shape == mask.shape
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("radius", [1, 3, 8, 16])
+def test_closing_disk_in_bands_of_rows_equals_scipy_closing(radius: int, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large image is closed in bands of rows on threads (here every image is large): bands shorter than the disk
+    and bands at the image's edges alike give scipy's closing of the whole image."""
+    monkeypatch.setattr(slides, "READ_THREADS", threads)
+    monkeypatch.setattr(slides, "READ_BAND_MIN_PIXELS", 1)
+    heights: list[int] = []
+    disk_pass = slides._disk_pass
+    monkeypatch.setattr(slides, "_disk_pass", lambda mask, r, dilate: heights.append(mask.shape[0]) or disk_pass(mask, r, dilate))
+    rng = np.random.default_rng(radius * 10 + threads)
+    for shape in ((97, 143), (40, 61)):
+        noise = ndimage.gaussian_filter(rng.random(shape), sigma=rng.uniform(0.5, 3.0))
+        for density in (0.1, 0.5, 0.9):
+            mask = noise > np.quantile(noise, 1 - density)
+            np.testing.assert_array_equal(closing_disk(mask, radius), scipy_closing(mask, radius))
+    assert len(heights) == 2 * threads * 6  # a dilation and an erosion per band: six images closed in bands, not whole
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (2, 2), (3, 7), (6, 2)])
 def test_closing_disk_equals_scipy_closing_on_images_smaller_than_the_disk(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(shape[0] * 10 + shape[1])
@@ -406,6 +425,7 @@ def reference_grid_candidates(mask: np.ndarray, dims: tuple[int, int], size0: fl
     ((1037, 1100), (1100, 1037), 65.3, 65.3),  # mask at level 0: cells touching the mask's edge
     ((5000, 300), (41, 683), 300.0, 97.5),  # one row of cells, mask coarser than a cell
     ((100, 100), (10, 10), 200.0, 200.0),  # no cell fits
+    ((1300, 1200), (1200, 1300), 600.0, 600.0),  # cells 600 mask px wide: a block's row sum exceeds a byte
 ])
 def test_grid_candidates_as_with_the_whole_integral_image(dims, mask_shape, size0, stride0) -> None:
     rng = np.random.default_rng(mask_shape[0])

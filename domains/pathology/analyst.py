@@ -20,7 +20,7 @@ result.prediction, result.probabilities  # slide-level class and softmax over cl
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
@@ -322,20 +322,21 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
     beside the embeddings, so such a hit reads no thumbnail either (a slide embedded by a search,
     which keeps no picture, is read once for it); without, a hit's tiling may have no thumbnail.
     """
-    with open_slide(path) as slide:
+    # The mask's steps after the thumbnail run on one core. Beside them, in threads: the hash of a slide new to
+    # the cache (seconds for a large slide), and with `view` the heatmap's picture of the slide, which the map
+    # would otherwise make after scoring. A hit (the same content under another name or date) has its tiles
+    # from the cache instead.
+    with open_slide(path) as slide, ThreadPoolExecutor(max_workers=2, thread_name_prefix="slide-side") as side:
         tiling = slide_geometry(slide, Path(path), mpp, tile_size, slide_mpp, min_tissue)
         settings = {**tiling.settings(), "min_tissue": min_tissue, "tiling": TILING_VERSION}
         known = cache.knows([path])  # hashed before and unchanged since: the key costs no read
+        picture: Future[np.ndarray] | None = None
         if known:
             key = cache.key(encoder.embeddings_identity, [path], settings)
         else:
-            # A slide new to the cache is hashed for the key (seconds for a large slide) in a thread while this
-            # one finds its tissue tiles, which a miss needs: the mask's steps on one core leave the other to
-            # the hash. A hit (the same content under another name or date) has them from the cache instead.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-digest") as hasher:
-                hashing = hasher.submit(cache.key, encoder.embeddings_identity, [path], settings)
-                find_tissue_tiles(slide, tiling, min_tissue)
-                key = hashing.result()
+            hashing = side.submit(cache.key, encoder.embeddings_identity, [path], settings)
+            picture = _find_tissue_tiles_and_picture(slide, tiling, min_tissue, side if view else None)
+            key = hashing.result()
         hit = cache.load(key)
         if hit is not None:
             embeddings, records = hit
@@ -343,20 +344,29 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
             if view:
                 kept = cache.load_picture(key, VIEW_PICTURE)
                 if kept is None:
-                    if not tiling.thumbnail.size:
+                    if picture is None:  # a known slide: its thumbnail is read for the picture
                         read_thumbnail(slide, tiling)
-                    kept = display_view(tiling.thumbnail)
+                    kept = picture.result() if picture is not None else display_view(tiling.thumbnail)
                     cache.save_picture(key, VIEW_PICTURE, kept)
                 tiling.thumbnail = kept
             return tiling, embeddings, True
         if known:  # a known slide's miss (another model or tiling): its tissue tiles are found now
-            find_tissue_tiles(slide, tiling, min_tissue)
+            picture = _find_tissue_tiles_and_picture(slide, tiling, min_tissue, side if view else None)
     embeddings = embed_tiles(encoder, tiling, batch_size, workers)
     cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
-    if view:
-        tiling.thumbnail = display_view(tiling.thumbnail)
+    if picture is not None:
+        tiling.thumbnail = picture.result()
         cache.save_picture(key, VIEW_PICTURE, tiling.thumbnail)  # a re-map (other classes) draws on it without a read
     return tiling, embeddings, False
+
+
+def _find_tissue_tiles_and_picture(slide: Any, tiling: SlideTiling, min_tissue: float,
+                                   side: ThreadPoolExecutor | None) -> Future[np.ndarray] | None:
+    """`find_tissue_tiles`; with `side`, the heatmap's picture of the slide (`display_view`) is made there meanwhile."""
+    read_thumbnail(slide, tiling)
+    picture = side.submit(display_view, tiling.thumbnail) if side is not None else None
+    find_tissue_tiles(slide, tiling, min_tissue)
+    return picture
 
 
 def search_slides(model: str | Path | ClipEncoder, slides: str | Path | Sequence[str | Path], query: str, out: str | Path,

@@ -455,8 +455,25 @@ def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     half-width (each width grown from the previous one by one shift a side), and eroding is the same
     with AND, outside the image False for both: about 4r whole-image boolean passes per step where
     scipy takes (2r+1)^2 per pixel. On a stack (leading axes), each image of the last two axes on its own.
+
+    An image of `READ_BAND_MIN_PIXELS` or more is closed in bands of rows on `READ_THREADS` threads (numpy
+    lets go of the GIL): an output row depends on the rows within 2r of it alone, so each band is
+    closed with 2r rows of the image above and below it (the image's own edges stay edges) and keeps
+    its own rows: the same values.
     """
-    return _disk_pass(_disk_pass(mask, radius, dilate=True), radius, dilate=False)
+    height = mask.shape[-2]
+    if mask.ndim != 2 or READ_THREADS < 2 or mask.size < READ_BAND_MIN_PIXELS:
+        return _disk_pass(_disk_pass(mask, radius, dilate=True), radius, dilate=False)
+    out = np.empty_like(mask)
+    rows = -(-height // READ_THREADS)
+
+    def band(top: int) -> None:
+        start, end = max(0, top - 2 * radius), min(height, top + rows + 2 * radius)
+        closed = _disk_pass(_disk_pass(mask[start:end], radius, dilate=True), radius, dilate=False)
+        out[top : top + rows] = closed[top - start : top - start + rows]
+
+    _in_threads(band, range(0, height, rows))
+    return out
 
 
 def _disk_pass(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
@@ -997,37 +1014,37 @@ def grid_size(dims: tuple[int, int], size0: float, stride0: float) -> tuple[int,
 def grid_candidates(
     mask: np.ndarray, dims: tuple[int, int], size0: float, stride0: float, min_fraction: float
 ) -> tuple[list[tuple[int, int, float]], int]:
-    """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction; also the grid size."""
+    """Tile origins (level-0 x, y) whose mask tissue fraction >= min_fraction, row by row; also the grid size."""
     width, height = dims
     sx, sy = mask.shape[1] / width, mask.shape[0] / height
     nx, ny = grid_size(dims, size0, stride0)
-    cells = []  # (x, y, mask rows r0:r1, columns c0:c1)
-    for j in range(ny):
-        for i in range(nx):
-            x, y = int(round(i * stride0)), int(round(j * stride0))
-            c0, r0 = int(x * sx), int(y * sy)
-            c1 = max(c0 + 1, min(mask.shape[1], int(math.ceil((x + size0) * sx))))
-            r1 = max(r0 + 1, min(mask.shape[0], int(math.ceil((y + size0) * sy))))
-            cells.append((x, y, r0, r1, c0, c1))
-    if not cells:
+    if not nx or not ny:
         return [], 0
-    rows, row_at = _integral_lines(sorted({0, *(c[2] for c in cells), *(c[3] for c in cells)}), mask.shape[0])
-    cols, col_at = _integral_lines(sorted({0, *(c[4] for c in cells), *(c[5] for c in cells)}), mask.shape[1])
+    # A cell's mask rows depend on its grid row alone and its columns on its grid column: the edges per row and
+    # per column (each as the per-cell arithmetic gives it), and the cells as their combinations.
+    xs = np.array([int(round(i * stride0)) for i in range(nx)], np.int64)
+    ys = np.array([int(round(j * stride0)) for j in range(ny)], np.int64)
+    c0, r0 = (xs * sx).astype(np.int64), (ys * sy).astype(np.int64)
+    c1 = np.maximum(c0 + 1, np.minimum(mask.shape[1], np.ceil((xs + size0) * sx).astype(np.int64)))
+    r1 = np.maximum(r0 + 1, np.minimum(mask.shape[0], np.ceil((ys + size0) * sy).astype(np.int64)))
+    rows, row_at = _integral_lines(sorted({0, *r0.tolist(), *r1.tolist()}), mask.shape[0])
+    cols, col_at = _integral_lines(sorted({0, *c0.tolist(), *c1.tolist()}), mask.shape[1])
     # The integral image on the cells' edges only: block sums between consecutive edges, then their
     # cumulative sums, the same integers as a whole-mask integral image with a fraction of its passes.
+    # Columns first, in the narrowest integers a block's row sum fits in (a fraction of the bytes to add).
     count = np.int32 if mask.size < 2**31 else np.int64
-    blocks = np.add.reduceat(np.add.reduceat(mask, rows, axis=0, dtype=count), cols, axis=1, dtype=count)
+    widest = int(np.diff([*cols, mask.shape[1]]).max())
+    narrow = np.uint8 if widest <= 0xFF else np.uint16 if widest <= 0xFFFF else count
+    blocks = np.add.reduceat(np.add.reduceat(np.asarray(mask, bool).view(np.uint8), cols, axis=1, dtype=narrow), rows, axis=0,
+                             dtype=count)
     integral = np.zeros((len(rows) + 1, len(cols) + 1), count)
     integral[1:, 1:] = blocks.cumsum(0, dtype=count).cumsum(1, dtype=count)
-    out = []
-    for x, y, r0, r1, c0, c1 in cells:
-        a0, a1, b0, b1 = row_at[r0], row_at[r1], col_at[c0], col_at[c1]
-        area = (r1 - r0) * (c1 - c0)
-        tissue = integral[a1, b1] - integral[a0, b1] - integral[a1, b0] + integral[a0, b0]
-        frac = tissue / area
-        if frac >= min_fraction:
-            out.append((x, y, float(frac)))
-    return out, len(cells)
+    a0, a1 = (np.array([row_at[r] for r in edge.tolist()]) for edge in (r0, r1))
+    b0, b1 = (np.array([col_at[c] for c in edge.tolist()]) for edge in (c0, c1))
+    tissue = (integral[np.ix_(a1, b1)] - integral[np.ix_(a0, b1)] - integral[np.ix_(a1, b0)] + integral[np.ix_(a0, b0)])
+    fractions = tissue / ((r1 - r0)[:, None] * (c1 - c0)[None, :])
+    out = [(int(xs[i]), int(ys[j]), float(fractions[j, i])) for j, i in zip(*np.nonzero(fractions >= min_fraction))]
+    return out, nx * ny
 
 
 def _integral_lines(edges: list[int], length: int) -> tuple[list[int], dict[int, int]]:
