@@ -282,6 +282,45 @@ def test_reader_threads_use_their_own_handles_and_close_them(export: Path) -> No
     assert 1 <= len(read.closed) <= 2 and all(h is not None for h in read.closed) and len(set(read.closed)) == len(read.closed)
 
 
+class SharedReader:
+    """A reader whose handles the model threads share on a CPU (`shared_on_cpu`): it counts the reads it is in at once."""
+
+    shared_on_cpu = True
+
+    def __init__(self) -> None:
+        self.reading, self.most_at_once, self.threads, self.closed = 0, 0, set(), 0
+
+    def read_batch(self, windows: list[int]) -> list[np.ndarray | None]:
+        self.reading += 1
+        self.most_at_once = max(self.most_at_once, self.reading)
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.02)  # a read long enough for the other model thread to want its turn
+        self.reading -= 1
+        return [colour_window(i) for i in windows]
+
+    def __call__(self, i: int) -> np.ndarray | None:
+        return self.read_batch([i])[0]
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_reader_shared_on_a_cpu_is_read_by_the_model_threads_one_batch_at_a_time(export: Path, workers: int) -> None:
+    """The model threads read through the reader itself (not copies), never two batches at once, and close it once;
+    the batches are those of a reader read by one thread."""
+    encoder = ClipEncoder.load(export)
+    read = SharedReader()
+    shared = list(embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=workers))
+    alone = list(embed_windows(list(range(40)), colour_window, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=0))
+    assert [b.windows for b in shared] == [b.windows for b in alone]
+    for ours, one in zip(shared, alone):
+        np.testing.assert_array_equal(ours.embeddings, one.embeddings)
+    assert read.most_at_once == 1
+    if workers:
+        assert len(read.threads) == 2 and all(name.startswith("window-model") for name in read.threads) and read.closed == 1
+
+
 def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export: Path) -> None:
     encoder = ClipEncoder.load(export)
     read = HandleReader(fail_at=13)

@@ -218,6 +218,30 @@ def test_adjacent_pieces_map_as_one_mosaic_like_the_whole(encoder: ClipEncoder, 
     assert json.loads(pieces.summary.read_text())["rasters"] == [str(scenes["west"]), str(scenes["east"])]
 
 
+def test_model_threads_share_one_handle_per_raster_and_map_as_one_thread_does(encoder: ClipEncoder, scenes: dict[str, Path],
+                                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU the model threads read the windows through one reader (WindowReader.shared_on_cpu): each raster of the
+    mosaic is opened once for them, not once per thread, and the outputs are those of windows read in the calling thread."""
+    import threading
+
+    opened: list[str] = []
+    open_raster = rasterio.open
+
+    def counting_open(path, *args, **kwargs):
+        if threading.current_thread().name.startswith("window-model"):
+            opened.append(Path(str(path)).name)
+        return open_raster(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", counting_open)
+    pieces = [scenes["west"], scenes["east"]]
+    for workers in (0, 2):
+        map_raster(encoder, pieces, tmp_path / str(workers), classes=CLASSES, **{**FAST, "workers": workers}, batch_size=8,
+                   cache=tmp_path / f"cache-{workers}")
+    assert sorted(opened) == ["east.tif", "west.tif"]  # 64 windows in 8 batches, read by two model threads
+    for suffix in (".classes.tif", ".probs.tif", ".geojson", ".png"):
+        assert (tmp_path / "0" / f"west{suffix}").read_bytes() == (tmp_path / "2" / f"west{suffix}").read_bytes(), suffix
+
+
 def test_rasters_by_url_map_as_the_local_files_do(encoder: ClipEncoder, scenes: dict[str, Path], tmp_path: Path) -> None:
     local = map_raster(encoder, [scenes["west"], scenes["east"]], tmp_path / "local", classes=CLASSES, **FAST)
     with serve(scenes["west"].parent) as (base, requests):

@@ -13,6 +13,7 @@ model as processes did, without a process start (fork of an interpreter holding 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections import deque
@@ -28,7 +29,9 @@ from tqdm import tqdm
 # data (nodata, no tissue): such windows are passed on unscored. Each reader thread works on its own
 # shallow copy (copy.copy), so a reader must open its file handles lazily, on first call, and not
 # copy them (e.g. __getstate__ dropping them). A reader may also have read_batch(windows) -> list of
-# the same, for readers that read neighbours together, and close() to close its handles.
+# the same, for readers that read neighbours together, and close() to close its handles. A reader whose
+# handles cache what they decode may set `shared_on_cpu = True`: on a CPU the model threads then read
+# through the reader itself, one batch at a time, and each file block is decoded once, not once per copy.
 Reader = Callable[[Any], np.ndarray | None]
 PREFETCH = 2  # batches read ahead
 # Batches a CPU embeds at once, each on torch's threads. One batch of a small model's operations keeps
@@ -67,13 +70,16 @@ class Batch:
 
 
 def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[np.ndarray], torch.Tensor],
-               to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[list[bool], torch.Tensor | None]:
+               to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None,
+               turn: contextlib.AbstractContextManager = contextlib.nullcontext()) -> tuple[list[bool], torch.Tensor | None]:
     """Which of `windows` hold data, and the model inputs of those that do (None when none does).
 
     `to_batch` preprocesses the batch's images at once (stacking `to_tensor`'s, or as near as ClipEncoder.to_batch states).
+    The pixels are read while holding `turn` (a lock, for a reader that threads share), preprocessed after.
     """
     reads_together = getattr(read, "read_batch", None)  # faster than one by one, for readers that have it
-    found = reads_together(list(windows)) if reads_together else [read(w) for w in windows]
+    with turn:
+        found = reads_together(list(windows)) if reads_together else [read(w) for w in windows]
     images = [pixels for pixels in found if pixels is not None]
     valid = [pixels is not None for pixels in found]
     if not images:
@@ -94,16 +100,18 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
     - on a GPU, `workers` reader threads read ahead while this thread embeds one batch at a time;
     - on a CPU, CPU_BATCHES_AT_ONCE batches at once, each at most a 1/CPU_BATCHES_AT_ONCE share of the
       windows. With workers > 0 each model thread reads the batches it embeds (`_read_then_embed`): the
-      cores do one thing at a time instead of reader threads competing with the model for them.
+      cores do one thing at a time instead of reader threads competing with the model for them. A
+      reader `shared_on_cpu` is read by them in turn, each thread with a copy of its own otherwise.
     workers=0 reads in this thread, batch after batch (on a CPU, model threads embed them).
     """
     at_once = batches_at_once(device)
     on_gpu = torch.device(device).type == "cuda"  # pinned host memory only for a GPU
     batches = batch_spans(len(windows), batch_size, at_once)
-    readers = _ThreadReaders(read)
+    model_threads_read = at_once > 1 and workers > 0  # on a CPU, each model thread reads the batches it embeds
+    readers = _ThreadReaders(read, shared=model_threads_read and getattr(read, "shared_on_cpu", False))
 
     def load(span: tuple[int, int]) -> tuple[list[bool], torch.Tensor | None]:
-        return read_batch(readers.own() if workers > 0 else read, windows[span[0]:span[1]], to_tensor, to_batch)
+        return read_batch(readers.own() if workers > 0 else read, windows[span[0]:span[1]], to_tensor, to_batch, readers.turn)
 
     def embed_batch(tensors: torch.Tensor | None) -> np.ndarray:
         if tensors is None:
@@ -114,7 +122,7 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
         valid, tensors = load(span)
         return valid, embed_batch(tensors)
 
-    if at_once > 1 and workers > 0:
+    if model_threads_read:
         done = _read_then_embed(batches, read_then_embed, at_once)
     else:
         done = _read_ahead(batches, load, embed_batch, workers, at_once)
@@ -129,13 +137,22 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
 
 
 class _ThreadReaders:
-    """A shallow copy of a reader for each thread that reads (file handles are not shared between threads), closed at the end."""
+    """A shallow copy of a reader for each thread that reads (file handles are not shared between threads), closed at the end.
 
-    def __init__(self, read: Reader) -> None:
+    `shared`: the threads read through the reader itself, a batch at a time (`turn`), sharing its handles.
+    """
+
+    def __init__(self, read: Reader, shared: bool = False) -> None:
         self.read, self.copies, self.lock, self.local = read, [], threading.Lock(), threading.local()
+        self.shared = shared
+        self.turn = threading.Lock() if shared else contextlib.nullcontext()  # held while a shared reader reads
+        if shared:
+            self.copies.append(read)  # closed at the end like a copy
 
     def own(self) -> Reader:
-        """This thread's copy of the reader, made on its first call."""
+        """This thread's copy of the reader, made on its first call (the reader itself when it is shared)."""
+        if self.shared:
+            return self.read
         if not hasattr(self.local, "reader"):
             self.local.reader = copy.copy(self.read)
             with self.lock:
