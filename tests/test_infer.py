@@ -289,8 +289,14 @@ class SharedReader:
 
     def __init__(self) -> None:
         self.reading, self.most_at_once, self.threads, self.closed = 0, 0, set(), 0
+        self.opened_by: list[str] = []
+
+    def open(self) -> None:
+        self.opened_by.append(threading.current_thread().name)
 
     def read_batch(self, windows: list[int]) -> list[np.ndarray | None]:
+        in_model_thread = threading.current_thread().name.startswith("window-model")
+        assert self.opened_by or not in_model_thread, "a model thread read before the reader was opened"
         self.reading += 1
         self.most_at_once = max(self.most_at_once, self.reading)
         self.threads.add(threading.current_thread().name)
@@ -307,8 +313,8 @@ class SharedReader:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_reader_shared_on_a_cpu_is_read_by_the_model_threads_one_batch_at_a_time(export: Path, workers: int) -> None:
-    """The model threads read through the reader itself (not copies), never two batches at once, and close it once;
-    the batches are those of a reader read by one thread."""
+    """The model threads read through the reader itself (not copies), opened first by the calling thread, never two
+    batches at once, and close it once; the batches are those of a reader read by one thread."""
     encoder = ClipEncoder.load(export)
     read = SharedReader()
     shared = list(embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=workers))
@@ -319,6 +325,7 @@ def test_a_reader_shared_on_a_cpu_is_read_by_the_model_threads_one_batch_at_a_ti
     assert read.most_at_once == 1
     if workers:
         assert len(read.threads) == 2 and all(name.startswith("window-model") for name in read.threads) and read.closed == 1
+        assert read.opened_by == [threading.current_thread().name]
 
 
 def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export: Path) -> None:

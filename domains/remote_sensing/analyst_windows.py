@@ -306,6 +306,15 @@ class WindowReader:
                 raise RasterReadError(path) from None
         return self._sources[index]
 
+    def open(self) -> None:
+        """Open every raster's handle now, in the calling thread.
+
+        The thread that planned the scene has opened rasters before: GDAL and PROJ are set up for it, where a thread's
+        first open costs about 6 ms more.
+        """
+        for index in range(len(self.members)):
+            self._source(index)
+
     def read(self, bounds: tuple[float, float, float, float], size: int) -> tuple[np.ndarray, float] | None:
         """(RGB size x size uint8, fraction of pixels with data) of any square `bounds`, or None when no raster touches it."""
         if self._crs is None:

@@ -31,7 +31,8 @@ from tqdm import tqdm
 # copy them (e.g. __getstate__ dropping them). A reader may also have read_batch(windows) -> list of
 # the same, for readers that read neighbours together, and close() to close its handles. A reader whose
 # handles cache what they decode may set `shared_on_cpu = True`: on a CPU the model threads then read
-# through the reader itself, one batch at a time, and each file block is decoded once, not once per copy.
+# through the reader itself, one batch at a time, and each file block is decoded once, not once per copy;
+# its open(), if it has one, opens its handles first, in the calling thread.
 Reader = Callable[[Any], np.ndarray | None]
 PREFETCH = 2  # batches read ahead
 # Batches a CPU embeds at once, each on torch's threads. One batch of a small model's operations keeps
@@ -148,6 +149,9 @@ class _ThreadReaders:
         self.turn = threading.Lock() if shared else contextlib.nullcontext()  # held while a shared reader reads
         if shared:
             self.copies.append(read)  # closed at the end like a copy
+            opening = getattr(read, "open", None)
+            if opening is not None:
+                opening()
 
     def own(self) -> Reader:
         """This thread's copy of the reader, made on its first call (the reader itself when it is shared)."""
