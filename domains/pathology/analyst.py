@@ -119,12 +119,12 @@ _json_bytes = outputs.json_bytes
 # ---------------------------------------------------------------- scoring
 
 
-def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64, workers: int = 2) -> np.ndarray:
+def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64, workers: int = 2, slide: Any = None) -> np.ndarray:
     """L2-normalised embeddings (n tiles, embed_dim) of a planned slide's tissue tiles, in `tiling.tiles` order.
 
-    Tiles are read by `workers` threads (`embed_windows`: on a CPU the model threads; each with its own
-    OpenSlide handle) and embedded `batch_size` at a time; a region openslide cannot decode is an
-    InputError naming the slide.
+    Tiles are read by `workers` threads (`embed_windows`: on a CPU the model threads), through `slide`
+    (the caller's open OpenSlide handle) when given, else each with a handle of its own, and embedded
+    `batch_size` at a time; a region openslide cannot decode is an InputError naming the slide.
     """
     from pipelines.infer.stream import embed_windows  # here: torch and open_clip are imported when a model runs, not for --help
 
@@ -134,7 +134,7 @@ def embed_tiles(encoder: ClipEncoder, tiling: SlideTiling, batch_size: int = 64,
     workers = max(0, min(workers, -(-len(windows) // batch_size)))  # no idle reader threads for a small slide
     chunks = []
     try:
-        for batch in embed_windows(windows, TileReader.of(tiling), encoder.to_tensor, encoder.embed_tensors,
+        for batch in embed_windows(windows, TileReader.of(tiling, slide), encoder.to_tensor, encoder.embed_tensors,
                                    batch_size=batch_size, workers=workers, desc=tiling.path.name,
                                    to_batch=encoder.to_batch, device=encoder.device):
             chunks.append(batch.embeddings)
@@ -352,7 +352,7 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
             return tiling, embeddings, True
         if known:  # a known slide's miss (another model or tiling): its tissue tiles are found now
             picture = _find_tissue_tiles_and_picture(slide, tiling, min_tissue, side if view else None)
-    embeddings = embed_tiles(encoder, tiling, batch_size, workers)
+        embeddings = embed_tiles(encoder, tiling, batch_size, workers, slide)  # the reader threads share this handle
     cache.save(key, embeddings, [{"x": x, "y": y, "tissue_fraction": f} for x, y, f in tiling.tiles])
     if picture is not None:
         tiling.thumbnail = picture.result()

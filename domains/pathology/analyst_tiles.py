@@ -153,22 +153,27 @@ def find_tissue_tiles(slide: Any, tiling: SlideTiling, min_tissue: float) -> Non
 class TileReader:
     """Reads one tile (level-0 x, y) of a slide as `tile_size`^2 RGB; one OpenSlide handle per copy (reader thread).
 
+    Given `slide`, the caller's open handle, the copies share it instead and leave it open: OpenSlide's calls are
+    thread-safe (all but close), and opening a slide costs about 15 ms (it hashes the smallest level), per thread.
     A region openslide fails to decode raises SlideReadError (openslide is unusable after an error,
     so the caller stops there).
     """
 
-    def __init__(self, path: Path, level: int, read_px: int, tile_size: int) -> None:
+    def __init__(self, path: Path, level: int, read_px: int, tile_size: int, slide: Any = None) -> None:
         self.path, self.level, self.read_px, self.tile_size = str(path), level, read_px, tile_size
-        self._slide: Any = None
-        self._tiles: TiffLevel | None = None  # the level's tiles read from the file, where tiff_level allows
+        self._given = slide
+        self._slide: Any = slide
+        self._tiles: TiffLevel | None = tiff_level(slide, level) if slide is not None else None  # the level's tiles from the file
         self._cache = TileCache()  # shared by the reader threads' copies: neighbouring tiles need the same file tiles
 
     @classmethod
-    def of(cls, tiling: SlideTiling) -> TileReader:
-        """The reader of a planned slide's tiles."""
-        return cls(tiling.path, tiling.level, tiling.read_px, tiling.tile_size)
+    def of(cls, tiling: SlideTiling, slide: Any = None) -> TileReader:
+        """The reader of a planned slide's tiles (through `slide`, an open handle of the caller's, if given)."""
+        return cls(tiling.path, tiling.level, tiling.read_px, tiling.tile_size, slide)
 
     def __getstate__(self) -> dict[str, Any]:
+        if self._given is not None:
+            return {**self.__dict__, "_slide": self._given}  # the copies share the caller's handle
         return {**self.__dict__, "_slide": None, "_tiles": None}  # each reader thread (a copy) opens its own handle
 
     def __call__(self, window: tuple[int, int]) -> np.ndarray:
@@ -185,8 +190,8 @@ class TileReader:
             raise SlideReadError(f"{self.path}#x{x}-y{y}: {exc}") from None
 
     def close(self) -> None:
-        """Close this process's handle (if any)."""
-        if self._slide is not None:
+        """Close this copy's own handle (if any; a handle given by the caller stays open)."""
+        if self._slide is not None and self._given is None:
             self._slide.close()
             self._slide, self._tiles = None, None
         self._cache.clear()
