@@ -282,50 +282,41 @@ def test_reader_threads_use_their_own_handles_and_close_them(export: Path) -> No
     assert 1 <= len(read.closed) <= 2 and all(h is not None for h in read.closed) and len(set(read.closed)) == len(read.closed)
 
 
-class SharedReader:
-    """A reader whose handles the model threads share on a CPU (`shared_on_cpu`): it counts the reads it is in at once."""
-
-    shared_on_cpu = True
+class OpenedReader:
+    """A reader with open(): it records which thread opened and which read each copy (a copy keeps the shared lists)."""
 
     def __init__(self) -> None:
-        self.reading, self.most_at_once, self.threads, self.closed = 0, 0, set(), 0
-        self.opened_by: list[str] = []
+        self.opened: list[tuple[int, str]] = []
+        self.read_by: list[tuple[int, str]] = []
+        self.closed: list[int] = []
 
     def open(self) -> None:
-        self.opened_by.append(threading.current_thread().name)
-
-    def read_batch(self, windows: list[int]) -> list[np.ndarray | None]:
-        in_model_thread = threading.current_thread().name.startswith("window-model")
-        assert self.opened_by or not in_model_thread, "a model thread read before the reader was opened"
-        self.reading += 1
-        self.most_at_once = max(self.most_at_once, self.reading)
-        self.threads.add(threading.current_thread().name)
-        time.sleep(0.02)  # a read long enough for the other model thread to want its turn
-        self.reading -= 1
-        return [colour_window(i) for i in windows]
+        self.opened.append((id(self), threading.current_thread().name))
 
     def __call__(self, i: int) -> np.ndarray | None:
-        return self.read_batch([i])[0]
+        self.read_by.append((id(self), threading.current_thread().name))
+        return colour_window(i)
 
     def close(self) -> None:
-        self.closed += 1
+        self.closed.append(id(self))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_reader_shared_on_a_cpu_is_read_by_the_model_threads_one_batch_at_a_time(export: Path, workers: int) -> None:
-    """The model threads read through the reader itself (not copies), opened first by the calling thread, never two
-    batches at once, and close it once; the batches are those of a reader read by one thread."""
+def test_a_reader_with_open_has_the_threads_copies_opened_by_the_calling_thread(export: Path) -> None:
+    """Each model thread reads through a copy of its own that the calling thread made and opened before the threads
+    started (where it has GDAL and PROJ set up); every copy is closed; the batches are those of one reader."""
     encoder = ClipEncoder.load(export)
-    read = SharedReader()
-    shared = list(embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=workers))
+    read = OpenedReader()
+    batches = list(embed_windows(list(range(40)), read, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=2))
     alone = list(embed_windows(list(range(40)), colour_window, encoder.to_tensor, encoder.embed_tensors, batch_size=4, workers=0))
-    assert [b.windows for b in shared] == [b.windows for b in alone]
-    for ours, one in zip(shared, alone):
+    assert [b.windows for b in batches] == [b.windows for b in alone]
+    for ours, one in zip(batches, alone):
         np.testing.assert_array_equal(ours.embeddings, one.embeddings)
-    assert read.most_at_once == 1
-    if workers:
-        assert len(read.threads) == 2 and all(name.startswith("window-model") for name in read.threads) and read.closed == 1
-        assert read.opened_by == [threading.current_thread().name]
+    opened = {copy_id for copy_id, _ in read.opened}
+    assert len(opened) == 2 and {name for _, name in read.opened} == {threading.current_thread().name}
+    readers = {copy_id: name for copy_id, name in read.read_by}
+    assert set(readers) <= opened and len(set(readers.values())) == len(readers)  # a copy per model thread, opened beforehand
+    assert all(name.startswith("window-model") for name in readers.values())
+    assert sorted(read.closed) == sorted(opened)
 
 
 def test_a_reader_thread_failure_reaches_the_caller_and_no_reader_is_left(export: Path) -> None:

@@ -218,11 +218,11 @@ def test_adjacent_pieces_map_as_one_mosaic_like_the_whole(encoder: ClipEncoder, 
     assert json.loads(pieces.summary.read_text())["rasters"] == [str(scenes["west"]), str(scenes["east"])]
 
 
-def test_model_threads_share_one_handle_per_raster_and_map_as_one_thread_does(encoder: ClipEncoder, scenes: dict[str, Path],
-                                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a CPU the model threads read the windows through one reader (WindowReader.shared_on_cpu) whose handles the
-    calling thread opened (WindowReader.open): no model thread opens a raster, as a copy each would, and the outputs
-    are those of windows read in the calling thread."""
+def test_model_threads_read_through_rasters_the_calling_thread_opened_and_map_as_it_does(encoder: ClipEncoder,
+                                                                                        scenes: dict[str, Path], tmp_path: Path,
+                                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU each model thread reads the windows through a copy of the reader whose rasters the calling thread opened
+    (WindowReader.open): no model thread opens a raster, and the outputs are those of windows read in the calling thread."""
     import threading
 
     opened: list[str] = []

@@ -269,13 +269,6 @@ class WindowReader:
     cannot be read raises RasterReadError with its path.
     """
 
-    # On a CPU the model threads read through one reader, a batch at a time (pipelines.infer.stream): GDAL caches the
-    # blocks it decodes per handle, and neighbouring batches share the blocks at their edge (a resampled read also
-    # touches the next row of blocks), so a handle per thread decoded them twice; and a thread's first open pays GDAL's
-    # and PROJ's set-up for that thread. First maps of the benchmark's scenes: 2048 px 1.03-1.05x with 9 % less CPU,
-    # 4096 px 1.09x with 11 % less.
-    shared_on_cpu = True
-
     def __init__(self, members: list[tuple[str, list[int], tuple[float, float, float, float]]], crs_wkt: str, origin: tuple[float, float],
                  stride: float, side: float, size: int, limits: list[tuple[float, float]] | None, min_valid: float,
                  resampling: Resampling, overview: WindowOverview | None = None) -> None:
@@ -307,10 +300,10 @@ class WindowReader:
         return self._sources[index]
 
     def open(self) -> None:
-        """Open every raster's handle now, in the calling thread.
+        """Open every raster's handle now, in the calling thread (pipelines.infer.stream opens the threads' copies so).
 
-        The thread that planned the scene has opened rasters before: GDAL and PROJ are set up for it, where a thread's
-        first open costs about 6 ms more.
+        The thread that planned the scene has opened rasters before: GDAL and PROJ are set up for it, where a reader
+        thread's first open costs about 7 ms more. First maps of the benchmark's 2048 px scene 1.08-1.09x, ViT-B-32's 1.03x.
         """
         for index in range(len(self.members)):
             self._source(index)

@@ -13,7 +13,6 @@ model as processes did, without a process start (fork of an interpreter holding 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import threading
 from collections import deque
@@ -29,10 +28,8 @@ from tqdm import tqdm
 # data (nodata, no tissue): such windows are passed on unscored. Each reader thread works on its own
 # shallow copy (copy.copy), so a reader must open its file handles lazily, on first call, and not
 # copy them (e.g. __getstate__ dropping them). A reader may also have read_batch(windows) -> list of
-# the same, for readers that read neighbours together, and close() to close its handles. A reader whose
-# handles cache what they decode may set `shared_on_cpu = True`: on a CPU the model threads then read
-# through the reader itself, one batch at a time, and each file block is decoded once, not once per copy;
-# its open(), if it has one, opens its handles first, in the calling thread.
+# the same, for readers that read neighbours together, close() to close its handles, and open() to open
+# them now: then the threads' copies are made and opened by the calling thread before the threads start.
 Reader = Callable[[Any], np.ndarray | None]
 PREFETCH = 2  # batches read ahead
 # Batches a CPU embeds at once, each on torch's threads. One batch of a small model's operations keeps
@@ -71,16 +68,13 @@ class Batch:
 
 
 def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[np.ndarray], torch.Tensor],
-               to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None,
-               turn: contextlib.AbstractContextManager = contextlib.nullcontext()) -> tuple[list[bool], torch.Tensor | None]:
+               to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[list[bool], torch.Tensor | None]:
     """Which of `windows` hold data, and the model inputs of those that do (None when none does).
 
     `to_batch` preprocesses the batch's images at once (stacking `to_tensor`'s, or as near as ClipEncoder.to_batch states).
-    The pixels are read while holding `turn` (a lock, for a reader that threads share), preprocessed after.
     """
     reads_together = getattr(read, "read_batch", None)  # faster than one by one, for readers that have it
-    with turn:
-        found = reads_together(list(windows)) if reads_together else [read(w) for w in windows]
+    found = reads_together(list(windows)) if reads_together else [read(w) for w in windows]
     images = [pixels for pixels in found if pixels is not None]
     valid = [pixels is not None for pixels in found]
     if not images:
@@ -101,18 +95,16 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
     - on a GPU, `workers` reader threads read ahead while this thread embeds one batch at a time;
     - on a CPU, CPU_BATCHES_AT_ONCE batches at once, each at most a 1/CPU_BATCHES_AT_ONCE share of the
       windows. With workers > 0 each model thread reads the batches it embeds (`_read_then_embed`): the
-      cores do one thing at a time instead of reader threads competing with the model for them. A
-      reader `shared_on_cpu` is read by them in turn, each thread with a copy of its own otherwise.
+      cores do one thing at a time instead of reader threads competing with the model for them.
     workers=0 reads in this thread, batch after batch (on a CPU, model threads embed them).
     """
     at_once = batches_at_once(device)
     on_gpu = torch.device(device).type == "cuda"  # pinned host memory only for a GPU
     batches = batch_spans(len(windows), batch_size, at_once)
-    model_threads_read = at_once > 1 and workers > 0  # on a CPU, each model thread reads the batches it embeds
-    readers = _ThreadReaders(read, shared=model_threads_read and getattr(read, "shared_on_cpu", False))
+    readers = _ThreadReaders(read, 0 if workers == 0 else at_once if at_once > 1 else workers)  # copies for the threads that read
 
     def load(span: tuple[int, int]) -> tuple[list[bool], torch.Tensor | None]:
-        return read_batch(readers.own() if workers > 0 else read, windows[span[0]:span[1]], to_tensor, to_batch, readers.turn)
+        return read_batch(readers.own() if workers > 0 else read, windows[span[0]:span[1]], to_tensor, to_batch)
 
     def embed_batch(tensors: torch.Tensor | None) -> np.ndarray:
         if tensors is None:
@@ -123,7 +115,7 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
         valid, tensors = load(span)
         return valid, embed_batch(tensors)
 
-    if model_threads_read:
+    if at_once > 1 and workers > 0:
         done = _read_then_embed(batches, read_then_embed, at_once)
     else:
         done = _read_ahead(batches, load, embed_batch, workers, at_once)
@@ -140,27 +132,31 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
 class _ThreadReaders:
     """A shallow copy of a reader for each thread that reads (file handles are not shared between threads), closed at the end.
 
-    `shared`: the threads read through the reader itself, a batch at a time (`turn`), sharing its handles.
+    A reader with open() has its copies for `threads` threads made and opened here, in the calling thread: a thread's
+    first open of a raster costs GDAL's and PROJ's set-up for that thread (about 7 ms), where this thread has had it.
     """
 
-    def __init__(self, read: Reader, shared: bool = False) -> None:
+    def __init__(self, read: Reader, threads: int) -> None:
         self.read, self.copies, self.lock, self.local = read, [], threading.Lock(), threading.local()
-        self.shared = shared
-        self.turn = threading.Lock() if shared else contextlib.nullcontext()  # held while a shared reader reads
-        if shared:
-            self.copies.append(read)  # closed at the end like a copy
-            opening = getattr(read, "open", None)
-            if opening is not None:
-                opening()
+        if getattr(read, "open", None) is not None:
+            try:
+                for _ in range(threads):
+                    self.copies.append(copy.copy(read))  # closed at the end, used or not
+                    self.copies[-1].open()
+            except BaseException:
+                self.close()
+                raise
+        self.ready = list(self.copies)
 
     def own(self) -> Reader:
-        """This thread's copy of the reader, made on its first call (the reader itself when it is shared)."""
-        if self.shared:
-            return self.read
+        """This thread's copy of the reader: one opened already, else made on its first call."""
         if not hasattr(self.local, "reader"):
-            self.local.reader = copy.copy(self.read)
             with self.lock:
-                self.copies.append(self.local.reader)
+                if self.ready:
+                    self.local.reader = self.ready.pop()
+                else:
+                    self.local.reader = copy.copy(self.read)
+                    self.copies.append(self.local.reader)
         return self.local.reader
 
     def close(self) -> None:
