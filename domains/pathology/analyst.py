@@ -346,7 +346,9 @@ def tile_embeddings(encoder: ClipEncoder, path: Path, cache: EmbeddingCache, mpp
                 if kept is None:
                     if picture is None:  # a known slide: its thumbnail is read for the picture
                         read_thumbnail(slide, tiling)
-                    kept = picture.result() if picture is not None else display_view(tiling.thumbnail)
+                        kept = display_view(tiling.thumbnail)
+                    else:
+                        kept = picture.result()
                     cache.save_picture(key, VIEW_PICTURE, kept)
                 tiling.thumbnail = kept
             return tiling, embeddings, True

@@ -303,7 +303,7 @@ class WindowReader:
         """Open every raster's handle now, in the calling thread (pipelines.infer.stream opens the threads' copies so).
 
         The thread that planned the scene has opened rasters before: GDAL and PROJ are set up for it, where a reader
-        thread's first open costs about 7 ms more. First maps of the benchmark's 2048 px scene 1.08-1.09x, ViT-B-32's 1.03x.
+        thread's first open costs about 7 ms more. First maps of the benchmark's 2048 px scene 1.06x, ViT-B-32's 1.01x.
         """
         for index in range(len(self.members)):
             self._source(index)

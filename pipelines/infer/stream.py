@@ -101,7 +101,8 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
     at_once = batches_at_once(device)
     on_gpu = torch.device(device).type == "cuda"  # pinned host memory only for a GPU
     batches = batch_spans(len(windows), batch_size, at_once)
-    readers = _ThreadReaders(read, 0 if workers == 0 else at_once if at_once > 1 else workers)  # copies for the threads that read
+    model_threads_read = at_once > 1 and workers > 0  # on a CPU, each model thread reads the batches it embeds
+    readers = _ThreadReaders(read, at_once if model_threads_read else workers)  # a copy for each thread that reads
 
     def load(span: tuple[int, int]) -> tuple[list[bool], torch.Tensor | None]:
         return read_batch(readers.own() if workers > 0 else read, windows[span[0]:span[1]], to_tensor, to_batch)
@@ -115,7 +116,7 @@ def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.
         valid, tensors = load(span)
         return valid, embed_batch(tensors)
 
-    if at_once > 1 and workers > 0:
+    if model_threads_read:
         done = _read_then_embed(batches, read_then_embed, at_once)
     else:
         done = _read_ahead(batches, load, embed_batch, workers, at_once)
