@@ -28,17 +28,15 @@ Two kinds of prediction, both thresholded at `threshold` (0.5 by default):
 """
 from __future__ import annotations
 
-import io
 import json
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
-import numpy as np
 import typer
 
+from domains.ct.analyst_render import TOP_SHOWN, render_prediction
 from pipelines.errors import InputError
 from pipelines.infer.cache import CACHE_HELP
 from pipelines.infer.device import PRECISION_HELP, Precision
@@ -46,13 +44,11 @@ from pipelines.infer.outputs import SKIPPED_FILE, run_each
 from pipelines.io.atomic import atomic_write_bytes, json_default
 
 if TYPE_CHECKING:  # the model (torch) is imported when a prediction runs, not for --help
-    from domains.ct.loader import CTModel, FindingScore, PreparedVolume
+    from domains.ct.loader import CTModel, FindingScore
 
 FindingPrompts = dict[str, dict[str, list[str]]]
 
 DEFAULT_THRESHOLD = 0.5
-TOP_SHOWN = 5  # findings and phenotypes written beside the slices
-DISPLAY_WINDOW_HU = (-160.0, 240.0)  # soft-tissue window (W400 L40) of the picture; the model sees a_min..a_max
 FINDING_RULE = ("probability = softmax(logit_scale * [mean cosine similarity of the image to the positive prompts, "
                 "mean cosine similarity to the negative prompts])[0] = sigmoid(logit_scale * (positive - negative)); "
                 "present when probability > threshold (at 0.5: Merlin's rule, positive > negative)")
@@ -129,86 +125,6 @@ def _note(model: CTModel) -> str:
     if model.is_demo:
         return DEMO_NOTE.format(size="x".join(str(s) for s in model.net.cfg.input_size))
     return RESEARCH_NOTE
-
-
-# ---------------------------------------------------------------- picture
-
-
-def _display_planes(array: np.ndarray, spacing: list[float]) -> list[tuple[str, np.ndarray, tuple[float, float], str, int, int]]:
-    """(title, image, (mm per column, mm per row), edge letters left-right-top-bottom, index, count) per plane.
-
-    Voxel axes point to R, A, S: images are shown in the radiological convention (patient's right on the
-    image's left; anterior up in axial, superior up in coronal and sagittal, anterior left in sagittal).
-    """
-    volume = array[0]
-    nx, ny, nz = volume.shape
-    sx, sy, sz = spacing
-    i, j, k = nx // 2, ny // 2, nz // 2
-    return [
-        ("axial", volume[:, :, k].T[::-1, ::-1], (sx, sy), "RLAP", k, nz),
-        ("coronal", volume[:, j, :].T[::-1, ::-1], (sx, sz), "RLSI", j, ny),
-        ("sagittal", volume[i, :, :].T[::-1, ::-1], (sy, sz), "APSI", i, nx),
-    ]
-
-
-def render_prediction(prepared: PreparedVolume, doc: dict[str, Any], top: int = TOP_SHOWN) -> bytes:
-    """A PNG: axial, coronal and sagittal slices through the volume centre, with the top findings and phenotypes."""
-    from matplotlib.figure import Figure  # not pyplot: no global figure manager or backend to pick (0.1 s of import)
-
-    settings = doc["preprocessing"]["settings"]
-    a_min, a_max = float(settings.get("a_min", -1000.0)), float(settings.get("a_max", 1000.0))
-    vmin, vmax = ((hu - a_min) / (a_max - a_min) for hu in DISPLAY_WINDOW_HU)
-    fig = Figure(figsize=(14, 5.4), dpi=100)
-    grid = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.45], left=0.02, right=0.99, top=0.84, bottom=0.16, wspace=0.08)
-    for col, (title, image, (mm_col, mm_row), letters, index, count) in enumerate(_display_planes(prepared.array,
-                                                                                                  prepared.output_spacing_mm)):
-        ax = fig.add_subplot(grid[0, col])
-        width, height = image.shape[1] * mm_col, image.shape[0] * mm_row
-        ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, extent=(0, width, 0, height), interpolation="bilinear")
-        ax.set_title(f"{title} (slice {index + 1} of {count}, centre)", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        style = dict(color="yellow", fontsize=11, fontweight="bold", ha="center", va="center")
-        ax.text(0.04 * width, height / 2, letters[0], **style)
-        ax.text(0.96 * width, height / 2, letters[1], **style)
-        ax.text(width / 2, 0.95 * height, letters[2], **style)
-        ax.text(width / 2, 0.05 * height, letters[3], **style)
-        bar = 50.0 if width > 120 else 20.0
-        ax.plot([0.05 * width, 0.05 * width + bar], [0.1 * height] * 2, color="white", linewidth=3)
-        ax.text(0.05 * width + bar / 2, 0.16 * height, f"{bar:.0f} mm", color="white", fontsize=8, ha="center",
-                bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=1))
-    panel = fig.add_subplot(grid[0, 3])
-    panel.axis("off")
-    threshold = doc["threshold"]
-    lines = [(f"Findings (zero-shot; present when P > {threshold:.2f})", "bold")]
-    for row in doc["findings"][:top]:
-        mark = "present" if row["present"] else "absent"
-        label = row["finding"].replace("_", " ")
-        lines.append((f"  {label:<22} P = {row['probability']:.2f}  {mark}", "bold" if row["present"] else "normal"))
-    lines.append(("", "normal"))
-    n_phenotypes = len(doc["phenotypes"])
-    lines.append((f"Phenotypes (top {min(top, n_phenotypes)} of {n_phenotypes}; predicted when P > {threshold:.2f})", "bold"))
-    for row in doc["phenotypes"][:top]:
-        name = textwrap.shorten(row["name"], 28, placeholder="...")
-        lines.append((f"  {row['code']:<7} {name:<28} P = {row['probability']:.2f}", "bold" if row["predicted"] else "normal"))
-    for n, (text, weight) in enumerate(lines):
-        panel.text(0.0, 1.0 - n * 0.068, text, family="monospace", fontsize=9, fontweight=weight, va="top", transform=panel.transAxes)
-    model_name = Path(doc["model"]["path"]).name
-    fig.suptitle(f"{doc['name']}: CT prediction with model '{model_name}'", fontsize=13, x=0.02, ha="left")
-    fig.text(0.02, 0.885, f"{doc['input']['modality']}; input {'x'.join(map(str, doc['input']['shape']))} voxels of "
-                          f"{'x'.join(f'{s:g}' for s in doc['input']['spacing_mm'])} mm; model input "
-                          f"{'x'.join(map(str, doc['preprocessing']['shape']))} voxels of "
-                          f"{'x'.join(f'{s:g}' for s in doc['preprocessing']['spacing_mm'])} mm; shown at W400 L40 HU",
-             fontsize=9, color="dimgray")
-    fig.text(0.02, 0.03, "\n".join(textwrap.wrap(doc["note"], 190)), fontsize=9, color="firebrick", va="bottom")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    from PIL import Image
-
-    # Grey slices and a few text colours fit a 256-colour palette: a third of the RGB file's size.
-    small = io.BytesIO()
-    Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(256).save(small, format="PNG", optimize=True)
-    return small.getvalue()
 
 
 # ---------------------------------------------------------------- prediction

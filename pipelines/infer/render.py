@@ -40,13 +40,14 @@ TEXT = (0, 0, 0)
 BACKGROUND = (255, 255, 255)
 
 
-@functools.lru_cache(maxsize=8)
-def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans at `size` px where the system has it (it has µ), else PIL's bundled font (its bitmap font without FreeType)."""
-    try:
-        return ImageFont.truetype("DejaVuSans.ttf", size)
-    except OSError:
-        pass
+@functools.lru_cache(maxsize=16)
+def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans (Bold) at `size` px where the system has it (it has µ), else PIL's bundled font (its bitmap font without FreeType)."""
+    for name in (["DejaVuSans-Bold.ttf"] if bold else []) + ["DejaVuSans.ttf"]:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            pass
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):
