@@ -156,8 +156,12 @@ def test_micro_sign_is_written_u_only_in_a_font_without_it() -> None:
         assert render.printable("50 µm", bundled) == "50 um"
 
 
-def test_map_commands_do_not_import_matplotlib() -> None:
+def test_analyst_pictures_do_not_import_matplotlib() -> None:
     code = ("import sys, numpy as np\n"
+            "sys.path.insert(0, 'tests')\n"
+            "from test_ct_picture import _doc, _prepared\n"
+            "from domains.ct.analyst_render import render_prediction\n"
+            "render_prediction(_prepared(), _doc())\n"
             "from domains.remote_sensing.analyst import quicklook_png, class_colours\n"
             "from domains.pathology.analyst_render import heatmap_png\n"
             "import domains.pathology.analyst\n"
