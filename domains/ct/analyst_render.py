@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines.infer.render import font, printable
+from pipelines.infer.render import ScaleBar, draw_scale_bar, font, printable, text_size
 from pipelines.infer.sheets import indexed_png
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 TOP_SHOWN = 5  # findings and phenotypes written beside the slices
 DISPLAY_WINDOW_HU = (-160.0, 240.0)  # soft-tissue window (W400 L40) of the picture; the model sees a_min..a_max
 PLANE_PX = 300  # the largest side of a slice as shown; the three share one scale (px per mm)
+SCALE_STEPS_MM = (10, 20, 50, 100, 200)  # the scale bars' lengths: the longest within a fifth of a slice's width
 MARGIN = 16
 GAP = 24  # between the slices, and between them and the scores
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
@@ -50,13 +51,8 @@ def display_planes(array: np.ndarray, spacing: list[float]) -> list[tuple[str, n
     ]
 
 
-def _text_box(draw: ImageDraw.ImageDraw, text: str, face: ImageFont.ImageFont) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), printable(text, face), font=face)
-    return int(right - left), int(bottom)
-
-
 def _centred(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, face: ImageFont.ImageFont, fill: Any) -> None:
-    w, h = _text_box(draw, text, face)
+    w, h = text_size(draw, text, face)
     draw.text((int(round(xy[0] - w / 2)), int(round(xy[1] - h / 2))), printable(text, face), fill=fill, font=face)
 
 
@@ -67,45 +63,36 @@ def _slice_picture(image: np.ndarray, size: tuple[int, int], window: tuple[float
     return Image.fromarray(np.round(grey * 255).astype(np.uint8), "L").resize(size, Image.BILINEAR).convert("RGB")
 
 
-def _draw_plane_marks(picture: Image.Image, letters: str, width_mm: float) -> None:
-    """The orientation letters at the edges' middles and a scale bar (20 or 50 mm) in the lower left corner."""
-    draw = ImageDraw.Draw(picture, "RGBA")
+def _draw_plane_marks(picture: Image.Image, letters: str, mm_per_px: float) -> None:
+    """The orientation letters at the edges' middles and a scale bar of round millimetres (the map pictures' bar)."""
+    draw = ImageDraw.Draw(picture)
     w, h = picture.size
     face = font(15, bold=True)
     for letter, xy in zip(letters, [(0.05 * w, h / 2), (0.95 * w, h / 2), (w / 2, 0.05 * h), (w / 2, 0.95 * h)]):
         _centred(draw, xy, letter, face, LETTER)
-    bar_mm = 50.0 if width_mm > 120 else 20.0
-    px = max(1, int(round(bar_mm * w / width_mm)))
-    x0, y0 = int(round(0.05 * w)), int(round(0.88 * h))
-    draw.rectangle([x0, y0 - 1, x0 + px - 1, y0 + 1], fill=WHITE)
-    label, small = f"{bar_mm:.0f} mm", font(11)
-    lw, lh = _text_box(draw, label, small)
-    tx, ty = x0 + px // 2 - lw // 2, y0 - 6 - lh
-    draw.rectangle([tx - 2, ty - 1, tx + lw + 2, ty + lh + 1], fill=(*BLACK, 153))  # 60 % black under white text
-    draw.text((tx, ty), label, fill=WHITE, font=small)
+    draw_scale_bar(picture, ScaleBar(mm_per_px, SCALE_STEPS_MM, "mm", "m"))
 
 
-def _score_rows(doc: dict[str, Any], top: int) -> list[tuple[list[str], bool, bool]]:
-    """The lines beside the slices: (cells, bold, heading) for the top findings, then the top phenotypes."""
+Section = tuple[str, list[tuple[list[str], bool]]]  # a heading, then rows of cells (bold: above the threshold)
+
+
+def _score_sections(doc: dict[str, Any], top: int) -> list[Section]:
+    """The lines beside the slices: the top findings, then the top phenotypes."""
     threshold = doc["threshold"]
-    rows: list[tuple[list[str], bool, bool]] = [([f"Findings (zero-shot; present when P > {threshold:.2f})"], True, True)]
-    for row in doc["findings"][:top]:
-        cells = [row["finding"].replace("_", " "), f"P = {row['probability']:.2f}", "present" if row["present"] else "absent"]
-        rows.append((cells, bool(row["present"]), False))
-    rows.append(([""], False, True))
+    findings = [([row["finding"].replace("_", " "), f"P = {row['probability']:.2f}", "present" if row["present"] else "absent"],
+                 bool(row["present"])) for row in doc["findings"][:top]]
+    phenotypes = [([row["code"], textwrap.shorten(row["name"], 28, placeholder="..."), f"P = {row['probability']:.2f}"],
+                   bool(row["predicted"])) for row in doc["phenotypes"][:top]]
     n_phenotypes = len(doc["phenotypes"])
-    rows.append(([f"Phenotypes (top {min(top, n_phenotypes)} of {n_phenotypes}; predicted when P > {threshold:.2f})"], True, True))
-    for row in doc["phenotypes"][:top]:
-        cells = [row["code"], textwrap.shorten(row["name"], 28, placeholder="..."), f"P = {row['probability']:.2f}"]
-        rows.append((cells, bool(row["predicted"]), False))
-    return rows
+    return [(f"Findings (zero-shot; present when P > {threshold:.2f})", findings),
+            (f"Phenotypes (top {min(top, n_phenotypes)} of {n_phenotypes}; predicted when P > {threshold:.2f})", phenotypes)]
 
 
 def _column_starts(draw: ImageDraw.ImageDraw, rows: list[list[str]], face: ImageFont.ImageFont, gap: int) -> list[int]:
     """Where each column of a table starts: after the widest cell of the column before it (any font, monospaced or not)."""
     starts = [0]
     for column in range(max(len(r) for r in rows) - 1):
-        starts.append(starts[-1] + max(_text_box(draw, r[column], face)[0] for r in rows if len(r) > column) + gap)
+        starts.append(starts[-1] + max(text_size(draw, r[column], face)[0] for r in rows if len(r) > column) + gap)
     return starts
 
 
@@ -133,27 +120,22 @@ def prediction_image(prepared: PreparedVolume, doc: dict[str, Any], top: int = T
             f"{'x'.join(map(str, doc['preprocessing']['shape']))} voxels of "
             f"{'x'.join(f'{s:g}' for s in doc['preprocessing']['spacing_mm'])} mm; shown at W400 L40 HU")
     plane_titles = [f"{name} (slice {index + 1} of {count}, centre)" for name, _, _, _, index, count in planes]
-    rows = _score_rows(doc, top)
-    tables: list[list[list[str]]] = []  # the runs of rows between headings, each laid out in its own columns
-    for cells, _, heading in rows:
-        if heading:
-            tables.append([])
-        else:
-            tables[-1].append(cells)
-    starts = [_column_starts(probe, table, bold_face, 14) if table else [0] for table in tables]
-    row_h = _text_box(probe, "Ag", text_face)[1] + 8
-    scores_w = max([12 + columns[-1] + max(_text_box(probe, r[-1], bold_face)[0] for r in table)
-                    for table, columns in zip(tables, starts) if table]
-                   + [_text_box(probe, cells[0], bold_face)[0] for cells, _, heading in rows if heading])
+    sections = _score_sections(doc, top)
+    starts = [_column_starts(probe, [cells for cells, _ in rows], bold_face, 14) if rows else [0] for _, rows in sections]  # per section
+    lines = sum(1 + len(rows) for _, rows in sections) + len(sections) - 1  # a blank line between sections
+    row_h = text_size(probe, "Ag", text_face)[1] + 8
+    scores_w = max([12 + columns[-1] + max(text_size(probe, cells[-1], bold_face)[0] for cells, _ in rows)
+                    for (_, rows), columns in zip(sections, starts) if rows]
+                   + [text_size(probe, heading, bold_face)[0] for heading, _ in sections])
 
-    plane_title_h = _text_box(probe, "Ag", plane_face)[1] + 6
-    columns_w = [max(size[0], _text_box(probe, t, plane_face)[0]) for size, t in zip(sizes, plane_titles)]
+    plane_title_h = text_size(probe, "Ag", plane_face)[1] + 6
+    columns_w = [max(size[0], text_size(probe, t, plane_face)[0]) for size, t in zip(sizes, plane_titles)]
     width = MARGIN + sum(columns_w) + GAP * len(planes) + scores_w + MARGIN
     note_lines = _wrapped(probe, doc["note"], text_face, width - 2 * MARGIN)
-    title_h, info_h = _text_box(probe, title, title_face)[1], _text_box(probe, info, info_face)[1]
+    title_h, info_h = text_size(probe, title, title_face)[1], text_size(probe, info, info_face)[1]
     planes_top = MARGIN + title_h + 8 + info_h + 18
     planes_bottom = planes_top + plane_title_h + max(h for _, h in sizes)
-    height = max(planes_bottom, planes_top + row_h * len(rows)) + 20 + row_h * len(note_lines) + MARGIN
+    height = max(planes_bottom, planes_top + row_h * lines) + 20 + row_h * len(note_lines) + MARGIN
 
     canvas = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(canvas)
@@ -161,21 +143,23 @@ def prediction_image(prepared: PreparedVolume, doc: dict[str, Any], top: int = T
     draw.text((MARGIN, MARGIN + title_h + 8), printable(info, info_face), fill=DIM, font=info_face)
     boxes: dict[str, Box] = {}
     x = MARGIN
-    for (name, image, _, letters, _, _), size, size_mm, plane_title, column_w in zip(planes, sizes, sizes_mm, plane_titles, columns_w):
+    for (name, image, _, letters, _, _), size, plane_title, column_w in zip(planes, sizes, plane_titles, columns_w):
         _centred(draw, (x + column_w / 2, planes_top + plane_title_h / 2), plane_title, plane_face, BLACK)
         picture = _slice_picture(image, size, window)
-        _draw_plane_marks(picture, letters, size_mm[0])
+        _draw_plane_marks(picture, letters, 1 / px_per_mm)
         left, top_px = x + (column_w - size[0]) // 2, planes_top + plane_title_h
         canvas.paste(picture, (left, top_px))
         boxes[name] = (left, top_px, left + size[0], top_px + size[1])
         x += column_w + GAP
-    y, table = planes_top, -1
-    for cells, bold, heading in rows:
-        face = bold_face if bold else text_face
-        table += heading
-        for cell, start in zip(cells, [0] if heading else starts[table]):
-            draw.text((x + (0 if heading else 12) + start, y), printable(cell, face), fill=BLACK, font=face)
-        y += row_h
+    y = planes_top
+    for (heading, rows), columns in zip(sections, starts):
+        draw.text((x, y), printable(heading, bold_face), fill=BLACK, font=bold_face)
+        for cells, bold in rows:
+            y += row_h
+            face = bold_face if bold else text_face
+            for cell, start in zip(cells, columns):
+                draw.text((x + 12 + start, y), printable(cell, face), fill=BLACK, font=face)
+        y += 2 * row_h  # and a blank line
     y = height - MARGIN - row_h * len(note_lines)
     for line in note_lines:
         draw.text((MARGIN, y), printable(line, text_face), fill=NOTE, font=text_face)
@@ -187,7 +171,7 @@ def _wrapped(draw: ImageDraw.ImageDraw, text: str, face: ImageFont.ImageFont, wi
     """`text` in lines of at most `width` px (words kept whole)."""
     lines: list[str] = []
     for word in text.split():
-        if lines and _text_box(draw, f"{lines[-1]} {word}", face)[0] <= width:
+        if lines and text_size(draw, f"{lines[-1]} {word}", face)[0] <= width:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
@@ -221,7 +205,7 @@ _GREY_INDEX = _nearest(np.repeat(np.arange(256)[:, None], 3, axis=1))  # grey le
 def palette_indices(rgb: np.ndarray) -> np.ndarray:
     """Each pixel's nearest PALETTE colour (H x W uint8), exactly: greys by a table, the few coloured pixels (text) one by one.
 
-    PIL's quantize to a given palette looks colours up at 6 bits a channel, which left the slices 64 grey levels.
+    PIL's quantize to a given palette looks colours up at reduced precision: the white background came out grey 252.
     """
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     indices = _GREY_INDEX[r]

@@ -129,12 +129,14 @@ class ScaleBar:
         return f"{length / 1000:g} {self.big_unit}" if length >= 1000 else f"{length:g} {self.unit}"
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, face: ImageFont.ImageFont) -> tuple[int, int]:
+def text_size(draw: ImageDraw.ImageDraw, text: str, face: ImageFont.ImageFont) -> tuple[int, int]:
+    """(width, height from the top of the line) of `text` as `face` draws it."""
     left, _, right, bottom = draw.textbbox((0, 0), printable(text, face), font=face)
     return int(right - left), int(bottom)
 
 
-def _draw_scale_bar(picture: Image.Image, bar: ScaleBar) -> None:
+def draw_scale_bar(picture: Image.Image, bar: ScaleBar) -> None:
+    """Draw `bar` on `picture`'s lower left corner: a black bar (a white edge around it with `halo`), its length over it."""
     draw = ImageDraw.Draw(picture, "RGBA")
     width, height = picture.size
     length = bar.length(width)
@@ -145,7 +147,7 @@ def _draw_scale_bar(picture: Image.Image, bar: ScaleBar) -> None:
     draw.rectangle([x0, y0 - 2, x0 + px - 1, y0 + 1], fill=(*TEXT, 255))
     face = font(11)
     label = bar.label(length)
-    w, h = _text_size(draw, label, face)
+    w, h = text_size(draw, label, face)
     tx, ty = x0 + px // 2 - w // 2, y0 - 6 - h
     draw.rectangle([tx - 2, ty, tx + w + 2, ty + h + 2], fill=(*BACKGROUND, 179))  # 70 % white, as the old figures
     draw.text((tx, ty), printable(label, face), fill=(*TEXT, 255), font=face)
@@ -172,31 +174,31 @@ def figure(picture: np.ndarray, title: str, legend: Sequence[tuple[Colour, str]]
     if shown.mode != "RGB":
         shown = shown.convert("RGB")
     if scale_bar is not None:
-        _draw_scale_bar(shown, scale_bar)
+        draw_scale_bar(shown, scale_bar)
     width, height = shown.size
     title_face, face = font(13), font(11)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     title_lines = [line for line in title.split("\n") if line]
-    line_h = max([_text_size(probe, line, title_face)[1] for line in title_lines] or [0]) + 4
-    row_h = max(SWATCH, _text_size(probe, "Ag", face)[1]) + 6
+    line_h = max([text_size(probe, line, title_face)[1] for line in title_lines] or [0]) + 4
+    row_h = max(SWATCH, text_size(probe, "Ag", face)[1]) + 6
     columns = max(1, min(columns, len(legend)))
     if legend:
         legend_h = (row_h if legend_title else 0) + row_h * -(-len(legend) // columns)
     else:
         legend_h = RAMP_H + 2 * row_h if colour_bar is not None else 0
-    canvas_w = max(width, *(_text_size(probe, line, title_face)[0] for line in title_lines), 0) + 2 * MARGIN
+    canvas_w = max(width, *(text_size(probe, line, title_face)[0] for line in title_lines), 0) + 2 * MARGIN
     top = MARGIN + line_h * len(title_lines) + MARGIN // 2
     canvas = Image.new("RGB", (canvas_w, top + height + MARGIN + legend_h + MARGIN), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(title_lines):
-        w, _ = _text_size(draw, line, title_face)
+        w, _ = text_size(draw, line, title_face)
         draw.text(((canvas_w - w) // 2, MARGIN + i * line_h), printable(line, title_face), fill=TEXT, font=title_face)
     offset = ((canvas_w - width) // 2, top)
     canvas.paste(shown, offset)
     y = top + height + MARGIN
     if legend:
         if legend_title:
-            w, _ = _text_size(draw, legend_title, face)
+            w, _ = text_size(draw, legend_title, face)
             draw.text(((canvas_w - w) // 2, y), printable(legend_title, face), fill=TEXT, font=face)
             y += row_h
         cell_w = (canvas_w - 2 * MARGIN) // columns
@@ -212,10 +214,10 @@ def figure(picture: np.ndarray, title: str, legend: Sequence[tuple[Colour, str]]
         canvas.paste(Image.fromarray(np.ascontiguousarray(np.repeat(ramp[None], RAMP_H, axis=0))), (x0, y))
         for value in (0.0, 0.25, 0.5, 0.75, 1.0):
             tick = f"{value:g}"
-            w, _ = _text_size(draw, tick, face)
+            w, _ = text_size(draw, tick, face)
             x = x0 + int(round(value * (bar_w - 1)))
             draw.line([x, y + RAMP_H, x, y + RAMP_H + 3], fill=TEXT)
             draw.text((x - w // 2, y + RAMP_H + 4), printable(tick, face), fill=TEXT, font=face)
-        w, _ = _text_size(draw, label, face)
+        w, _ = text_size(draw, label, face)
         draw.text(((canvas_w - w) // 2, y + RAMP_H + row_h), printable(label, face), fill=TEXT, font=face)
     return canvas, offset
