@@ -1,5 +1,6 @@
 """The slide tiler's fast per-tile checks (saturation and ink from channel-pair tables, the hue only where ink is
-possible, Otsu from a weighted histogram of distinct values, a stack of tiles at once) give tile_check's verdicts,
+possible, Otsu from a weighted histogram of distinct values, the tissue fraction decided on the pixels the mask's
+clean-up cannot take away where they suffice, a stack of tiles at once) give tile_check's verdicts,
 and the tissue mask tied to the tile grid (`mask_px_per_tile`) keeps the tiles the 2048 px mask keeps."""
 from __future__ import annotations
 
@@ -131,11 +132,17 @@ def test_otsu_of_a_stack_equals_each_image_s() -> None:
     assert len(set(slides._otsu_saturations(pairs))) > 3
 
 
-def test_tile_checks_equal_tile_check_on_synthetic_tiles() -> None:
+def test_tile_checks_equal_tile_check_on_synthetic_tiles(monkeypatch) -> None:
     tiles = _synthetic_tiles(36)
     cfg = SlideConfig()
     want = [tile_check(t, cfg) for t in tiles]
-    assert tile_checks(tiles, cfg) == want
+    labelled = []
+    with monkeypatch.context() as m:
+        fill_and_drop = slides._fill_and_drop
+        m.setattr(slides, "_fill_and_drop", lambda closed, holes: labelled.append(len(closed)) or fill_and_drop(closed, holes))
+        assert tile_checks(tiles, cfg) == want
+    # both ways of deciding the tissue check were taken: on the certain pixels alone, and on the whole mask
+    assert 0 < labelled[0] < len(tiles) - want.count(slides.REASON_PEN)
     assert [tile_checks(t[None], cfg)[0] for t in tiles] == want
     assert set(want) == {None, slides.REASON_PEN, slides.REASON_BACKGROUND, slides.REASON_BLURRED}
 
