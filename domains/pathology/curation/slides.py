@@ -288,8 +288,8 @@ def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     and green ink (70-190) only where green is the largest (hues 60-180) or blue is (180-300) with
     hue < 245 + a margin, i.e. 12 (r - g) < delta + 12 in integers (hue = 240 + 60 (r - g) / delta).
     Each margin, of one grey level, is far wider than float32's rounding. _hsv runs on the pixels
-    left (about 0.1% of tissue) only. Also returns the (max << 8 | min) pair of each pixel, from
-    which Otsu's histogram is made.
+    left only (0.3% of the tissue tiles of CMU-1 and the TCGA excerpt). Also returns the (max << 8 |
+    min) pair of each pixel, from which Otsu's histogram is made.
     """
     planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
     top = np.maximum(np.maximum(planes[0], planes[1]), planes[2])
