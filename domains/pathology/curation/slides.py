@@ -283,10 +283,11 @@ def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     a hue in its bands: red ink (hue >= 345 or < 20) only where red is the largest channel (that
     branch's hues are 300-360 and 0-60), saturation > 0.6, value > 0.3 and -1/4 <= (g - b) / delta
     < 1/3 within a margin, i.e. 4 (g - b) + delta >= -4 and 3 (g - b) - delta < 3 in integers (hue =
-    60 (g - b) / delta, plus 360 below 0: strongly stained eosin, a fifth of CMU-1's tissue pixels,
-    has saturation > 0.6 and red the largest at 335-345 deg, outside the band); blue ink (190-245)
-    and green ink (70-190) only where green is the largest (hues 60-180) or blue is (180-300) with
-    hue < 245 + a margin, i.e. 12 (r - g) < delta + 12 in integers (hue = 240 + 60 (r - g) / delta).
+    60 (g - b) / delta, plus 360 below 0: strongly stained eosin, a fifth of the TCGA excerpt's tissue
+    pixels and a twentieth of CMU-1's, has saturation > 0.6 and red the largest at 335-345 deg,
+    outside the band); blue ink (190-245) and green ink (70-190) only where green is the largest
+    (hues 60-180) or blue is (180-300) with hue < 245 + a margin, i.e. 12 (r - g) < delta + 12 in
+    integers (hue = 240 + 60 (r - g) / delta).
     Each margin, of one grey level, is far wider than float32's rounding. _hsv runs on the pixels
     left only (0.3% of the tissue tiles of CMU-1 and the TCGA excerpt). Also returns the (max << 8 |
     min) pair of each pixel, from which Otsu's histogram is made.
@@ -300,7 +301,7 @@ def _saturation_and_pen(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     sat = np.take(_PAIR_SATURATION, pairs)
     red_top = planes[0] == top
     green_top = ~red_top & (planes[1] == top)
-    delta = top.astype(np.int16) - bottom  # int16: every difference below and its multiples (at most 4 * 255 + 255) fit
+    delta = top.astype(np.int16) - bottom  # int16: the differences below and their sums and multiples (at most 12 * 255) fit
     blue_side = ~red_top & ~green_top & ((planes[0].astype(np.int16) - planes[1]) * 12 < delta + 12)
     g_b = planes[1].astype(np.int16) - planes[2]
     red_band = red_top & (g_b * 4 + delta >= -4) & (g_b * 3 - delta < 3)
