@@ -341,7 +341,8 @@ def tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05,
     # Thresholds of 3x3 medians: scanner/JPEG noise on glass is pixel-sized, membranes are continuous
     # lines, so closing cannot knit noise into a net. A median of 9 exceeds t exactly when 5 of the 9
     # values do, so the medians are taken as majorities of the thresholded pixels.
-    return _clean_tissue((majority3x3(sat > t) | majority3x3(dark)) & ~pen, max_hole_fraction)
+    raw = (majority3x3(sat > t) | majority3x3(dark)) & ~pen
+    return _fill_and_drop(closing_disk(raw, _closing_radius(raw)), max_hole_fraction)
 
 
 def _in_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -381,11 +382,6 @@ def _pixel_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return sat, pen, dark, _otsu_from_counts(counts)
 
 
-def _clean_tissue(mask: np.ndarray, max_hole_fraction: float) -> np.ndarray:
-    """tissue_mask's closing, hole filling and small-object removal, on each image of a stack (the last two axes)."""
-    return _fill_and_drop(closing_disk(mask, _closing_radius(mask)), max_hole_fraction)
-
-
 def _closing_radius(mask: np.ndarray) -> int:
     """The radius of the disk tissue_mask closes an image of this size with."""
     return max(1, min(mask.shape[-2:]) // 128)
@@ -397,7 +393,9 @@ def _min_region(mask: np.ndarray) -> int:
 
 
 def _fill_and_drop(closed: np.ndarray, max_hole_fraction: float) -> np.ndarray:
-    """_clean_tissue after the closing: holes and small gaps filled, then regions under `_min_region` pixels dropped.
+    """tissue_mask's clean-up after its closing: holes and small gaps filled, then regions under `_min_region` pixels dropped.
+
+    Each image of a stack (the last two axes) on its own.
 
     Both only add pixels to the regions of `closed` or take away whole regions under `_min_region`
     (a region only grows with the pixels filled in), so the pixels of `closed` in a region of at
