@@ -36,12 +36,17 @@ clean:
 # project's own environment stays lean and no second torch is installed.
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
+FFMPEG_DEBS := libavutil57 libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4
 
 $(BENCH_BIN)/.installed: $(BIN)/.installed benchmarks/bench_env.py benchmarks/requirements-peers.txt benchmarks/requirements-peers-nodeps.txt
 	test -x $(BENCH_BIN)/python || $(BIN)/python -m venv $(BENCH_VENV)
 	$(BIN)/python benchmarks/bench_env.py $(BENCH_VENV)
 	$(BENCH_BIN)/python -m pip install --quiet -c constraints.txt -c $(BENCH_VENV)/project-versions.txt -r benchmarks/requirements-peers.txt
 	$(BENCH_BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements-peers-nodeps.txt
+	# torchcodec loads the system's FFmpeg libraries: Debian 12's, where apt-get may install them (else video_decode.py
+	# leaves its torchcodec rows out, saying why)
+	-command -v apt-get >/dev/null && { apt-get install -y -q --no-install-recommends $(FFMPEG_DEBS) >/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(FFMPEG_DEBS) >/dev/null; }; }
 	touch $@
 
 bench-setup: setup $(BENCH_BIN)/.installed

@@ -18,13 +18,18 @@ reads frames at each `--sample-fps` these ways:
              of PyAV's thread settings: its defaults (the plain `for frame in container.decode(...)`:
              slice threads, which a one-slice stream cannot use) and `thread_type` AUTO, FRAME and SLICE
              with a thread a core; the peer is the fastest of them (median), named in the rows;
+- torchcodec: PyTorch's video decoder (`VideoDecoder.get_frames_played_at`, seek mode exact), the frames
+             played at the same targets as one batch, with its thread settings (`num_ffmpeg_threads` 1, its
+             default, and 0, FFmpeg's choice); the peer is the faster (median). It loads the system's FFmpeg
+             libraries (Debian 12's 5.1, which `make bench-setup` installs where apt-get can; PyAV bundles its
+             own FFmpeg), so its rows are left out, saying why, where it cannot load;
 - keyframes: decode the keyframes only with one decoder, sending it only keyframe packets (what an
              exact sampler with one decoder pays at least once it needs a frame in every GOP, so
              `all / keyframes` bounds its ratio; decoding GOPs at once, ours can pass it) and, for
              comparison, all packets with `skip_frame = "NONKEY"` (slower: the skipped packets are
              still parsed and handed to the decoder threads).
 
-Before timing, ours is checked against `all`: the same presentation times and identical pixels;
+Before timing, ours and torchcodec are checked against `all`: the same presentation times and identical pixels;
 nearest keyframe is checked to deliver decode-all's frames, each within the offset of a target.
 Rates are sampled frames per second (median of `--repeats`): the exact samplers' frame count over
 each method's time, so the ratios are time ratios; nearest keyframe serves the same targets with
@@ -53,6 +58,8 @@ from domains.pathology.curation.video import CORES, DECODE_THREADS, DecodeStats,
 
 # decode-all's thread settings: None is PyAV's defaults, the others run a thread a core
 THREAD_SETTINGS = (None, "AUTO", "FRAME", "SLICE")
+# torchcodec's num_ffmpeg_threads: its default (1) and FFmpeg's choice (0)
+TORCHCODEC_THREADS = (1, 0)
 
 
 def write_video(path: Path, seconds: float, fps: int, width: int, height: int, gop: int) -> None:
@@ -105,6 +112,37 @@ def decode_all(path: Path, fps: float, keep: list | None = None, thread_type: st
                 while k / fps - frame_dt / 2 <= t:
                     k += 1
     return n_out, n_decoded
+
+
+def load_torchcodec() -> tuple[Any, str] | None:
+    """The VideoDecoder class of torchcodec and its name (torchcodec's and FFmpeg's versions), or None where it cannot load."""
+    try:
+        import torchcodec
+        from torchcodec import _core
+        from torchcodec.decoders import VideoDecoder
+
+        ffmpeg = _core.get_ffmpeg_library_versions().get("ffmpeg_version", "?")  # loads the FFmpeg libraries
+    except ImportError as err:
+        print(f"video_decode: torchcodec rows left out ({err}: `make bench-setup` installs it)", file=sys.stderr)
+        return None
+    except (OSError, RuntimeError):  # its libraries did not load: the system lacks FFmpeg's
+        print("video_decode: torchcodec rows left out (it does not load here: it needs FFmpeg 4 to 9's shared libraries, "
+              "which `make bench-setup` installs from Debian's packages)", file=sys.stderr)
+        return None
+    return VideoDecoder, f"torchcodec {torchcodec.__version__.split('+')[0]} on the system's FFmpeg {ffmpeg}"
+
+
+def decode_torchcodec(decoder_class: Any, path: Path, fps: float, targets: int, threads: int,
+                      keep: list | None = None) -> tuple[int, int]:
+    """The frames played at t = 0, 1/fps, ... (`targets` of them) by torchcodec in exact seek mode, as one batch.
+
+    (frames out, frames out): torchcodec does not say how many it decoded.
+    """
+    decoder = decoder_class(str(path), seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NHWC")
+    batch = decoder.get_frames_played_at(seconds=[k / fps for k in range(targets)])
+    if keep is not None:
+        keep.extend(zip(batch.pts_seconds.tolist(), batch.data.numpy()))
+    return len(batch.data), len(batch.data)
 
 
 def decode_keyframes(path: Path) -> tuple[int, int]:
@@ -161,6 +199,7 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
     offset = args.max_keyframe_offset
     rows = []
+    torchcodec = load_torchcodec()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "lecture.mp4"
         write_video(path, args.seconds, args.fps, width, height, args.gop)
@@ -170,6 +209,14 @@ def main() -> None:
             ours_frames = list(sample_frames(path, sample_fps))
             identical = len(ours_frames) == len(reference) and all(
                 a == c and np.array_equal(b, d) for (a, b), (c, d) in zip(ours_frames, reference))
+            targets = len(ours_frames)  # the targets k / fps the sampler serves (every one: a frame each here)
+            tc_identical = None
+            if torchcodec is not None:
+                tc_frames: list = []
+                decode_torchcodec(torchcodec[0], path, sample_fps, targets, 1, tc_frames)
+                tc_identical = len(tc_frames) == len(reference) and all(
+                    abs(a - c) < 1e-6 and np.array_equal(b, d) for (a, b), (c, d) in zip(tc_frames, reference))
+                del tc_frames
             nearest_frames = list(sample_frames(path, sample_fps, max_keyframe_offset_s=offset))
             nearest_ok = within_offset(nearest_frames, path, [t for t, _ in ours_frames], offset)
             del reference, ours_frames, nearest_frames
@@ -179,6 +226,8 @@ def main() -> None:
                 "seeking": lambda f=sample_fps: run_sampler(sample_frames_seeking, path, f),
                 **{f"all {setting or 'defaults'}": lambda f=sample_fps, t=setting: decode_all(path, f, thread_type=t)
                    for setting in THREAD_SETTINGS},
+                **({f"torchcodec {threads}": lambda f=sample_fps, n=targets, t=threads: decode_torchcodec(torchcodec[0], path, f, n, t)
+                    for threads in TORCHCODEC_THREADS} if torchcodec is not None else {}),
                 "keyframes": lambda: decode_keyframe_packets(path),
                 "keyframes_nonkey": lambda: decode_keyframes(path),
             }
@@ -227,6 +276,21 @@ def main() -> None:
                          "bar": None, "repeats": args.repeats,
                          "notes": f"{decoded}; nearest keyframe within {offset:g} s: "
                                   f"{rate['nearest'] / rate['all defaults']:.2f}x; {video}"})
+            if torchcodec is not None:
+                tc_settings = [m for m in methods if m.startswith("torchcodec ")]
+                tc_fastest = min(tc_settings, key=med.get)
+                tc_rate = sampled / med[tc_fastest]
+                tc_by_setting = "by num_ffmpeg_threads (0: FFmpeg's choice): " + ", ".join(
+                    f"{m.split()[1]} {med[m]:.3f} s" for m in tc_settings)
+                rows.append({"figure": f"video frames sampled at {sample_fps:g} fps, vs torchcodec", "unit": "frames/s",
+                             "ours": round(rate["ours"], 2),
+                             "peer": f"{torchcodec[1]}: get_frames_played_at, seek mode exact, "
+                                     f"num_ffmpeg_threads {tc_fastest.split()[1]} (its faster here)",
+                             "peer_value": round(tc_rate, 2), "ratio": round(rate["ours"] / tc_rate, 2), "bar": None,
+                             "repeats": args.repeats,
+                             "notes": f"torchcodec identical to decode-all (pts and pixels): {tc_identical}; {tc_by_setting}; "
+                                      f"ours decodes with PyAV {av.__version__}'s FFmpeg {getattr(av, 'ffmpeg_version_info', '?')}; "
+                                      f"{decoded}; {video}"})
     payload = {"benchmark": Path(__file__).stem, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
                "machine": machine(), "rows": rows}
     print(json.dumps(payload, indent=2))
