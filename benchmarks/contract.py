@@ -4,9 +4,12 @@ Imported by the scripts beside it (`python benchmarks/<name>.py` puts this folde
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,26 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def module_at(rev: str, path: str, folder: Path) -> Any | None:
+    """The project's file `path` (e.g. domains/pathology/curation/slides.py) as at git revision `rev`, imported as a module of its own.
+
+    Named `<stem>_baseline`; its imports are this checkout's modules. None without git or that revision.
+    """
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    name = f"{Path(path).stem}_baseline"
+    copy = Path(folder) / f"{name}.py"
+    copy.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, copy)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_model(folder: Path, arch: str = "domainfm-tiny") -> Path:

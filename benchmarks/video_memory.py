@@ -1,0 +1,117 @@
+"""Peak memory and time of curating one lecture video, by its length: the pathology curation now versus as it was.
+
+Writes demo-style lectures (`domains/pathology/demo`: title, histology views held 30 to 120 s, presenter
+and blank cuts, a WebVTT narration; `--size` px square, 10 fps) of `--minutes` each, then, in one process
+and interleaved, runs `process_video` (the demo's `sample_fps` of 2, tiles of 224 px) on each:
+
+- ours:     domains.pathology.curation.video.process_video: each stable window is made into its pair as
+            soon as the next sample closes it, so only the open window's pictures are held, and each
+            frame is made a Pillow picture once for its thumbnail, the detector's copy and its tile;
+- baseline: the same function as on main at `--baseline-rev` (read from git), which held every
+            histology frame's picture and thumbnail until the last frame, then made the windows (and
+            converted each frame three times).
+
+Their pairs, rejects and counts are checked to be identical. Peak memory is tracemalloc's peak over
+one call (numpy's arrays are traced; the process's imports are not counted); time is the median of
+`--repeats` calls, with tracemalloc off. The figures: the peak of each length (MB; ratio baseline /
+ours) and frames sampled per second on the longest (ratio ours / baseline).
+
+    python benchmarks/video_memory.py [--minutes 2.5 5 10] [--size 256] [--repeats 3] [--baseline-rev REV] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from contract import machine, module_at, write_json
+
+import domains.pathology.curation.video as ours_module
+from domains.pathology.demo.demo_data import PathologyDemoConfig, write_video
+from pipelines.curation import WorkUnit
+
+BASELINE_REV = "67fd502"  # main before the windows were made as the samples came
+
+
+def curate(module: Any, video: Path) -> Any:
+    """`module.process_video` on one lecture, with the demo's sampling and 224 px tiles."""
+    cfg = dataclasses.asdict(module.VideoConfig(sample_fps=2.0, image_size=224))
+    return module.process_video(WorkUnit("bench", module.VideoJob(str(video), str(video.with_suffix(".vtt")), cfg)))
+
+
+def outcome(result: Any) -> tuple:
+    """What a unit result says, comparable: pairs (ids, captions, pixels, provenance), rejects and counts in order."""
+    pairs = [(p.id, p.caption, p.image.tobytes(), repr(p.provenance), p.group, p.source, p.caption_variants) for p in result.pairs]
+    return pairs, [(r.input, r.stage, r.reason) for r in result.rejects], list(result.counts.items())
+
+
+def peak_mb(module: Any, video: Path) -> float:
+    """The peak of memory traced by tracemalloc (MB) over one `curate` call."""
+    tracemalloc.start()
+    try:
+        curate(module, video)
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def main() -> None:
+    """Write the lectures, measure both versions interleaved, print (and write with --json) the rows."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, nargs="+", default=[2.5, 5.0, 10.0])
+    ap.add_argument("--size", type=int, default=256, help="frame side (px)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision whose video curation is the 'before'")
+    ap.add_argument("--json", type=Path, default=None, help="write the benchmark JSON here")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = module_at(args.baseline_rev, "domains/pathology/curation/video.py", Path(tmp))
+        if baseline is None:
+            raise SystemExit(f"video_memory: no git revision {args.baseline_rev} to compare with")
+        modules = {"ours": ours_module, "baseline": baseline}
+        peer = f"our video curation on main {args.baseline_rev}"
+        for minutes in args.minutes:
+            video = Path(tmp) / f"lecture_{minutes:g}min.mp4"
+            cfg = PathologyDemoConfig(video_seconds=minutes * 60, video_size=args.size, histology_seconds=[30.0, 60.0, 120.0])
+            write_video(video, video.with_suffix(".vtt"), cfg, 0)
+            results = {name: curate(module, video) for name, module in modules.items()}
+            same = outcome(results["ours"]) == outcome(results["baseline"])
+            peaks: dict[str, list[float]] = {name: [] for name in modules}
+            times: dict[str, list[float]] = {name: [] for name in modules}
+            for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
+                for name, module in modules.items():
+                    peaks[name].append(peak_mb(module, video))
+                    t0 = time.perf_counter()
+                    curate(module, video)
+                    times[name].append(time.perf_counter() - t0)
+            peak = {name: statistics.median(v) for name, v in peaks.items()}
+            seconds = {name: statistics.median(v) for name, v in times.items()}
+            counts = results["ours"].counts
+            notes = (f"identical pairs, rejects and counts: {same}; {counts['frames_sampled']} frames sampled, "
+                     f"{counts['histology_frames']} histology, {counts['windows']} windows, {counts['pairs']} pairs; "
+                     f"{minutes:g} min at {args.size} px, 10 fps; time ours {seconds['ours']:.2f} s, baseline {seconds['baseline']:.2f} s")
+            rows.append({"figure": f"video curation peak memory, a {minutes:g}-minute lecture", "unit": "MB",
+                         "ours": round(peak["ours"], 1), "peer": peer, "peer_value": round(peak["baseline"], 1),
+                         "ratio": round(peak["baseline"] / peak["ours"], 2), "bar": None, "repeats": args.repeats, "notes": notes})
+        sampled = counts["frames_sampled"]
+        rows.append({"figure": f"video curation, a {args.minutes[-1]:g}-minute lecture", "unit": "frames/s",
+                     "ours": round(sampled / seconds["ours"], 1), "peer": peer, "peer_value": round(sampled / seconds["baseline"], 1),
+                     "ratio": round(seconds["baseline"] / seconds["ours"], 2), "bar": None, "repeats": args.repeats, "notes": notes})
+    payload = {"benchmark": Path(__file__).stem, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+               "machine": machine(), "rows": rows}
+    print(json.dumps(payload, indent=2))
+    if args.json is not None:
+        write_json(args.json, payload)
+
+
+if __name__ == "__main__":
+    main()
