@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import statistics
 import sys
@@ -106,11 +105,11 @@ def main() -> None:
         rows.append({"figure": f"video curation, a {args.minutes[-1]:g}-minute lecture", "unit": "frames/s",
                      "ours": round(sampled / seconds["ours"], 1), "peer": peer, "peer_value": round(sampled / seconds["baseline"], 1),
                      "ratio": round(seconds["baseline"] / seconds["ours"], 2), "bar": None, "repeats": args.repeats, "notes": notes})
-    payload = {"benchmark": Path(__file__).stem, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-               "machine": machine(), "rows": rows}
-    print(json.dumps(payload, indent=2))
+    for row in rows:
+        print(f"{row['figure']}: ours {row['ours']} {row['unit']}, {row['peer']} {row['peer_value']} ({row['ratio']}x); {row['notes']}")
     if args.json is not None:
-        write_json(args.json, payload)
+        write_json(args.json, {"benchmark": Path(__file__).stem, "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+                               "machine": machine(), "rows": rows})
 
 
 if __name__ == "__main__":
