@@ -37,6 +37,7 @@ clean:
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 FFMPEG_DEBS := libavutil57 libavcodec59 libavformat59 libavdevice59 libavfilter8 libswscale6 libswresample4
+APT_FFMPEG := apt-get install -y -q --no-install-recommends $(FFMPEG_DEBS) >/dev/null
 
 $(BENCH_BIN)/.installed: $(BIN)/.installed benchmarks/bench_env.py benchmarks/requirements-peers.txt benchmarks/requirements-peers-nodeps.txt
 	test -x $(BENCH_BIN)/python || $(BIN)/python -m venv $(BENCH_VENV)
@@ -45,8 +46,7 @@ $(BENCH_BIN)/.installed: $(BIN)/.installed benchmarks/bench_env.py benchmarks/re
 	$(BENCH_BIN)/python -m pip install --quiet --no-deps -r benchmarks/requirements-peers-nodeps.txt
 	# torchcodec loads the system's FFmpeg libraries: Debian 12's, where apt-get may install them (else video_decode.py
 	# leaves its torchcodec rows out, saying why)
-	-command -v apt-get >/dev/null && { apt-get install -y -q --no-install-recommends $(FFMPEG_DEBS) >/dev/null \
-	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $(FFMPEG_DEBS) >/dev/null; }; }
+	-command -v apt-get >/dev/null && { $(APT_FFMPEG) || { apt-get update -q >/dev/null && $(APT_FFMPEG); }; }
 	touch $@
 
 bench-setup: setup $(BENCH_BIN)/.installed
