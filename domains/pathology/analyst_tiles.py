@@ -29,9 +29,9 @@ from domains.pathology.curation.slides import (
     read_size,
     read_tile,
     slide_mpp,
-    tissue_mask,
 )
 from domains.pathology.curation.tiff_tiles import TiffLevel, TileCache, tiff_level
+from domains.pathology.curation.tissue import tissue_mask
 from pipelines.errors import InputError
 
 # The tissue mask (and the heatmap's background) as the curation makes it, at its finest size: the curation may

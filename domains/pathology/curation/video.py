@@ -55,7 +55,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from domains.pathology.curation.slides import CORES
+from domains.pathology.curation import CORES
 from domains.pathology.curation.stain import DetectorConfig, FrameDetector, load_classifier, make_detector
 from domains.pathology.curation.text import clean_text, load_vocabulary
 from domains.pathology.curation.transcript import STAGE as STAGE_TRANSCRIPT
