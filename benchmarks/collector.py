@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from contract import machine, random_ct_export, random_model, write_json
+from contract import REALDATA, machine, random_ct_export, random_model, write_json
 from many_per_command import CT, LANDSAT, summaries
 from pathology_map import SLIDE
 from startup_memory import RUN_CLI, measure
@@ -43,7 +43,7 @@ def main() -> None:
     volume = CT / "example_ct_sm.nii.gz"
     missing = [str(p) for p in (SLIDE, LANDSAT, volume) if not p.exists()]
     if missing:
-        raise SystemExit(f"missing real data (../shared/realdata): {', '.join(missing)}")
+        raise SystemExit(f"missing real data ({REALDATA}): {', '.join(missing)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# Files nobody here made (MANIFEST.md there gives sources and licences): beside the repository, as the tests find them
+REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
+
 
 def machine() -> str:
     """CPU model, cores and torch version, for the JSON contract."""

@@ -1,6 +1,6 @@
 """CT preprocessing's first pass versus MONAI's reference chain (Merlin's), and what the cache adds.
 
-Inputs: the real CT of /work/shared/realdata (TotalSegmentator's example_ct.nii.gz, 122x101x112 at
+Inputs: the real CT of ../shared/realdata (TotalSegmentator's example_ct.nii.gz, 122x101x112 at
 3 mm; skipped with a note when absent, or pass `--real PATH`) and a synthetic 512x512x300 CT
 (0.8 x 0.8 x 1.5 mm, voxel axes stored LPS-like as DICOM conversions often are, int16 .nii.gz). Each is
 preprocessed at the real setting (1.5 x 1.5 x 3 mm, 224 x 224 x 160) and the demo's (params ct.curate:
@@ -34,12 +34,12 @@ from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
-from contract import machine, write_json
+from contract import REALDATA, machine, write_json
 
 from domains.ct.curation.preprocess import PreprocessConfig, apply_monai_chain, cache_key, preprocess_volume
 from domains.ct.curation.volumes import load_volume, validate_volume
 
-REAL_CT = Path("/work/shared/realdata/ct/totalsegmentator/example_ct.nii.gz")
+REAL_CT = REALDATA / "ct" / "totalsegmentator" / "example_ct.nii.gz"
 SETTINGS = {
     "real setting 1.5x1.5x3 mm, 224x224x160": PreprocessConfig(),
     "demo setting 4.5x4.5x6.5 mm, 64x64x48": PreprocessConfig(pixdim=[4.5, 4.5, 6.5], spatial_size=[64, 64, 48]),

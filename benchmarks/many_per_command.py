@@ -39,12 +39,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract import machine, random_ct_export, random_model, synthetic_scene, write_json
+from contract import REALDATA, machine, random_ct_export, random_model, synthetic_scene, write_json
 from pathology_map import SLIDE, mosaic_slide
 from startup_memory import RUN_CLI
 
 ROOT = Path(__file__).resolve().parent.parent
-REALDATA = ROOT.parent / "shared" / "realdata"
 TCGA = SLIDE.parent / "tcga-cr-7395-01a-01-ts1.svs"
 LANDSAT = REALDATA / "rs" / "rasterio" / "RGB.byte.tif"
 GHENT = REALDATA / "rs" / "gent" / "2020-09-17_Sentinel_2_L1C_True_color.tiff"
@@ -90,7 +89,7 @@ def cases(folder: Path, arch: str, only: list[str]) -> list[Case]:
     needed = {"slides": [SLIDE, TCGA], "scenes": [LANDSAT, GHENT], "volumes": [CT]}
     missing = [str(p) for name in only for p in needed[name] if not p.exists()]
     if missing:
-        raise SystemExit(f"missing real data (../shared/realdata): {', '.join(missing)}")
+        raise SystemExit(f"missing real data ({REALDATA}): {', '.join(missing)}")
     found = []
     if {"slides", "scenes"} & set(only):
         model = random_model(folder, arch)

