@@ -3,9 +3,10 @@
 `tissue_mask` is the mask a slide's tiles are placed by (Otsu on HSV saturation, clipped to a
 calibrated range, or darker than glass; pen ink removed; closed, holes filled, small objects
 dropped); `tile_check` is why one tile is unusable (pen mark, too little tissue, blurred) and
-`tile_checks` the same for a stack of tiles at once. Each fast path here is exact: it gives the
-values of the plain formula its docstring names (skimage's Otsu, scipy's morphology, the HSV
-formula), and the tests compare the two.
+`tile_checks` the same for a stack of tiles at once. The fast paths here (channel-pair tables,
+3x3 majorities, the closing by shifted rows, Otsu from level counts, the checks of a stack) are
+exact: each gives the values of the plain computation its docstring names (`_hsv`, scipy's
+morphology, scikit-image's Otsu, `tile_check`), and the tests compare the two.
 """
 from __future__ import annotations
 
