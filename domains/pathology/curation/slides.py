@@ -47,9 +47,11 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from domains.pathology.curation import CORES
+# CORES re-exported: video.py imported it from here until 78e2d9e, and benchmarks/video_memory.py loads that file as its baseline
+from domains.pathology.curation import CORES as CORES
+from domains.pathology.curation import THREADS, in_threads
 from domains.pathology.curation.tiff_tiles import TiffLevel, TileCache, tiff_level
-from domains.pathology.curation.tissue import in_threads, tile_checks, tissue_mask
+from domains.pathology.curation.tissue import tile_checks, tissue_mask
 from pipelines.curation import Pair, Reject, UnitResult, WorkUnit
 from pipelines.deid import KEY_ENV, Context, MissingKeyError, PseudonymKey, scrub, scrub_name
 from pipelines.errors import InputError
@@ -79,7 +81,7 @@ REASON_NO_TISSUE = "no tissue found"
 LEVEL0_KEEP_MAX_PIXELS = 1 << 28
 # Threads reading a slide: read_level's bands of a whole level (a few per thread, so few are in memory at
 # once; the smallest level and band worth splitting) and process_slide's tiles
-READ_THREADS = max(1, min(4, CORES))
+READ_THREADS = THREADS
 READ_BANDS_PER_THREAD = 4
 READ_BAND_MIN_PIXELS = 1 << 20
 READ_BAND_MIN_ROWS = 256

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from domains.pathology.curation import CORES
+from domains.pathology.curation import THREADS, in_threads
 
 REASON_PEN = "pen mark"
 REASON_BACKGROUND = "background (too little tissue)"
@@ -37,7 +36,6 @@ DARK_GREY = 210.0  # grey level (0-255) below which a pixel is not bare glass (s
 # An image of this many pixels or more is worked on in bands of rows by THREADS threads (smaller: threads
 # cost more than they save): tissue_mask's per-pixel steps in bands of MASK_BAND_ROWS rows (a multiple of
 # 16: each row of a band sits at the alignment it has in the whole image), its closing in a band a thread
-THREADS = max(1, min(4, CORES))
 BAND_MIN_PIXELS = 1 << 20
 MASK_BAND_ROWS = 128
 
@@ -48,18 +46,6 @@ class CheckSettings(Protocol):
     pen_max_fraction: float  # ink pixel fraction above which a tile is a pen mark
     min_tissue_fraction: float  # tissue fraction below which a tile is background
     blur_threshold: float  # variance of the Laplacian below which a tile is blurred
-
-
-def in_threads(fn: Callable[[Any], Any], items: Sequence[Any], threads: int) -> list[Any]:
-    """`[fn(item) for item in items]`, in order, on up to `threads` threads (in this one when there is one thread or item).
-
-    For work that lets go of the GIL for most of its time: OpenSlide's decoding, Pillow's resampling,
-    numpy on arrays of more than a small tile.
-    """
-    if threads < 2 or len(items) < 2:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -55,7 +55,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from domains.pathology.curation import CORES
+from domains.pathology.curation import CORES, THREADS
 from domains.pathology.curation.stain import DetectorConfig, FrameDetector, load_classifier, make_detector
 from domains.pathology.curation.text import clean_text, load_vocabulary
 from domains.pathology.curation.transcript import STAGE as STAGE_TRANSCRIPT
@@ -80,9 +80,9 @@ REASON_SECOND_TRANSCRIPT = "unused: another transcript of this video is used"
 REASON_SAME_STEM = "another video has the same stem (which one the transcript narrates is ambiguous)"
 _ANALYSIS = 64  # side of the grey thumbnails used for scene cuts and SSIM
 FrameChoice = Literal["exact", "nearest_keyframe"]
-# Groups of pictures sample_frames decodes at once (a decoder each; as many as slides.READ_THREADS), and how
-# many picked frames of each may wait for the caller
-DECODE_THREADS = max(1, min(4, CORES))
+# Groups of pictures sample_frames decodes at once (a decoder each), and how many picked frames of each may wait
+# for the caller
+DECODE_THREADS = THREADS
 _FRAMES_AHEAD_PER_GOP = 2
 
 
