@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,14 +47,15 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def module_at(rev: str, path: str, folder: Path) -> Any | None:
     """The project's file `path` (e.g. domains/pathology/curation/slides.py) as at git revision `rev`, imported as a module of its own.
 
-    Named `<stem>_baseline`; its imports are this checkout's modules. None without git or that revision.
+    Named `<stem>_baseline_<rev>` (two revisions of one file load side by side); its imports are this
+    checkout's modules. None without git or that revision.
     """
     root = Path(__file__).resolve().parent.parent
     try:
         text = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    name = f"{Path(path).stem}_baseline"
+    name = f"{Path(path).stem}_baseline_{re.sub(r'[^0-9A-Za-z_]', '_', rev)}"  # HEAD~1 -> HEAD_1
     copy = Path(folder) / f"{name}.py"
     copy.write_text(text)
     spec = importlib.util.spec_from_file_location(name, copy)

@@ -482,10 +482,26 @@ def test_windows_made_as_samples_arrive_are_those_of_all_samples_at_once(seed):
 
     want = [[s.t for s in w] for w in windows_of_all(samples(), 0.8)]
     windows = video_module._StableWindows(0.8)
-    got = [[s.t for s in w] for sample in samples() for w in windows.add(sample)]
-    got += [[s.t for s in w] for w in windows.close()]
+    got = [[s.t for s in w.samples] for sample in samples() for w in windows.add(sample)]
+    got += [[s.t for s in w.samples] for w in windows.close()]
     assert got == want
     assert len(want) > 3 and max(map(len, want)) > 3 and any(len(w) == 1 for w in want)  # windows of every kind
+
+
+class RecordedPictures(video_module._WindowPictures):
+    """_WindowPictures that keep a list of every instance and the most pictures each held in memory."""
+
+    made: list = []
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(budget)
+        self.most_held, self.spilled = 0, False
+        RecordedPictures.made.append(self)
+
+    def add(self, picture) -> None:
+        super().add(picture)
+        self.most_held = max(self.most_held, len(self.held))
+        self.spilled |= self.file is not None
 
 
 def test_a_video_holds_the_pictures_of_its_open_window_only(lecture, monkeypatch):
@@ -496,21 +512,62 @@ def test_a_video_holds_the_pictures_of_its_open_window_only(lecture, monkeypatch
             super().__init__(*fields)
             made.append(self)
 
-    held: list[tuple[int, int, int]] = []  # at each window made into a pair: (samples with a picture, with a thumbnail, window length)
+    # at each window made into a pair: (pictures in memory, samples with a picture, with a thumbnail, window length)
+    held: list[tuple[int, int, int, int]] = []
     add = video_module._WindowPairs.add
 
     def recording_add(self, window) -> None:
-        held.append((sum(s.image is not None for s in made), sum(s.thumb is not None for s in made), len(window)))
+        in_memory = sum(len(p.held) for p in RecordedPictures.made)
+        held.append((in_memory, sum(s.image is not None for s in made), sum(s.thumb is not None for s in made), len(window.samples)))
         add(self, window)
 
     monkeypatch.setattr(video_module, "_Sample", Recorded)
+    monkeypatch.setattr(video_module, "_WindowPictures", RecordedPictures)
+    monkeypatch.setattr(RecordedPictures, "made", [])
     monkeypatch.setattr(video_module._WindowPairs, "add", recording_add)
     res = run_unit(*lecture)
     assert len(held) == res.counts["windows"] == 5 and len(made) == DURATION
-    # the window and the sample that closed it (which may open the next) hold pictures; one thumbnail, the last sample's
-    assert all(pictures <= length + 1 and thumbs <= 1 for pictures, thumbs, length in held)
-    assert max(pictures for pictures, _, _ in held) < res.counts["histology_frames"]
+    # the window and the sample that closed it (which may open the next) hold pictures, in the windows' stores and
+    # not in the samples; one thumbnail, the last sample's
+    assert all(pictures <= length + 1 and in_samples == 0 and thumbs <= 1 for pictures, in_samples, thumbs, length in held)
+    assert max(pictures for pictures, *_ in held) < res.counts["histology_frames"]
     assert not any(s.image is not None for s in made) and sum(s.thumb is not None for s in made) == 1
+    assert sum(len(p.held) for p in RecordedPictures.made) == 0  # every window's pictures let go once made
+
+
+def outcome(result) -> tuple:
+    """Pairs (ids, pixels, captions, provenance), rejects and counts of a unit result, comparable."""
+    pairs = [(p.id, p.image.tobytes(), p.caption, json.dumps(p.provenance, sort_keys=True)) for p in result.pairs]
+    return pairs, [tuple(vars(r).values()) for r in result.rejects], dict(result.counts)
+
+
+def test_a_long_window_keeps_three_pictures_in_memory_and_the_rest_in_a_file(lecture, curated, monkeypatch):
+    size = 224 * 224 * 3  # the default image_size's tiles
+    monkeypatch.setattr(video_module, "WINDOW_PICTURES_IN_MEMORY", 3 * size)
+    monkeypatch.setattr(video_module, "_WindowPictures", RecordedPictures)
+    monkeypatch.setattr(RecordedPictures, "made", [])
+    res = run_unit(*lecture)
+    assert outcome(res) == outcome(curated)  # the same medians, pixel for pixel, as with every picture in memory
+    stores = RecordedPictures.made
+    assert max(p.most_held for p in stores) == 3 and any(p.spilled for p in stores)
+    assert all(p.file is None and not p.held for p in stores)  # files closed (deleted), nothing held
+
+
+def test_window_pictures_give_back_what_was_added_from_memory_or_file():
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8) for _ in range(9)]
+    for budget in (10**6, 2 * pictures[0].nbytes + 1, 0):  # all in memory; two, then the file; the file from the first
+        store = video_module._WindowPictures(budget)
+        for picture in pictures:
+            store.add(picture)
+        assert (store.file is None) == (budget == 10**6) and len(store.held) <= (9 if budget == 10**6 else 0)
+        picks = [8, 0, 4, 4, 7]
+        assert all(np.array_equal(got, pictures[i]) for got, i in zip(store.take(picks), picks, strict=True))
+        assert store.file is None and store.held == []
+    store = video_module._WindowPictures(10**6)
+    store.add(pictures[0])
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        store.add(pictures[0][:4])
 
 
 def test_captions_cleaned_with_terms_and_magnification(curated):

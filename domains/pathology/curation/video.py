@@ -41,12 +41,13 @@ import hashlib
 import json
 import os
 import queue
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
+from typing import IO, Any, Iterable, Iterator, Literal, Optional, Sequence
 
 import av
 import imagehash
@@ -582,7 +583,7 @@ def hamming(a: str, b: str) -> int:
 class _Sample:
     t: float
     thumb: Optional[np.ndarray]  # let go once the next sample is compared with it (_StableWindows)
-    image: Optional[np.ndarray]  # resized/cropped, kept only for histology frames until their window is made into a pair
+    image: Optional[np.ndarray]  # resized/cropped, histology frames only; _StableWindows moves it into its window's pictures
     histology: bool
     reason: str
     scores: dict[str, float]
@@ -615,20 +616,89 @@ def _reject_runs(samples: Sequence[_Sample], video: str, result: UnitResult) -> 
             run.append(s)
 
 
+# Bytes of the open stable window's pictures held in memory; more go to a temporary file. A window's median takes
+# frames spread over the whole window, known only once it closes, so a long static view keeps every picture
+# (a 30-minute view sampled twice a second: 540 MB of 224 px tiles), and the file bounds that.
+WINDOW_PICTURES_IN_MEMORY = 32 * 2**20
+
+
+class _WindowPictures:
+    """The pictures of one stable window in order: in memory up to `budget` bytes, past it all in an unnamed temporary file.
+
+    `take(indices)` gives the pictures at `indices`, the same arrays' values as were added, and lets
+    all of them go (`release`; the file is deleted as it closes). Every picture has the first one's
+    shape and dtype (resize_crop's tiles do).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.held: list[np.ndarray] = []
+        self.file: Optional[IO[bytes]] = None
+        self.layout: Optional[tuple[tuple[int, ...], np.dtype]] = None
+
+    def add(self, picture: np.ndarray) -> None:
+        """Append `picture`; the first that brings the held ones past the budget moves them all to the file."""
+        if self.layout is None:
+            self.layout = (picture.shape, picture.dtype)
+        elif (picture.shape, picture.dtype) != self.layout:
+            raise ValueError(f"a window's pictures share one shape and dtype: {picture.shape} {picture.dtype} after {self.layout}")
+        if self.file is None and (len(self.held) + 1) * picture.nbytes > self.budget:
+            self.file = tempfile.TemporaryFile()
+            for held in self.held:
+                self.file.write(held.tobytes())
+            self.held = []
+        if self.file is not None:
+            self.file.write(picture.tobytes())
+        else:
+            self.held.append(picture)
+
+    def take(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """The pictures at `indices` (0-based, in the order added); the window's pictures are let go."""
+        if self.file is None:
+            pictures = [self.held[i] for i in indices]
+        else:
+            assert self.layout is not None
+            shape, dtype = self.layout
+            size = int(np.prod(shape)) * dtype.itemsize
+            pictures = []
+            for i in indices:
+                self.file.seek(int(i) * size)
+                pictures.append(np.frombuffer(self.file.read(size), dtype=dtype).reshape(shape))
+        self.release()
+        return pictures
+
+    def release(self) -> None:
+        """Let every picture go (the temporary file, if any, is deleted as it closes)."""
+        if self.file is not None:
+            self.file.close()
+        self.held, self.file = [], None
+
+
+@dataclass
+class _Window:
+    """One stable window: its samples (pictures moved out) and their pictures, in the same order."""
+
+    samples: list[_Sample]
+    pictures: _WindowPictures
+
+
 class _StableWindows:
     """Runs of consecutive histology samples of one scene whose neighbours' thumbnails have SSIM >= `ssim_threshold`.
 
     Built as the samples arrive, so a long video's pictures need not all wait in memory: `add` takes
     the next sample and returns the window it closes (at most one), `close` the last one. A
-    sample's thumbnail is let go once the next sample is compared with it (nothing else reads it).
+    sample's thumbnail is let go once the next sample is compared with it (nothing else reads it);
+    its picture moves into the open window's `_WindowPictures`, which holds at most
+    `WINDOW_PICTURES_IN_MEMORY` bytes of them in memory however long the window.
     """
 
     def __init__(self, ssim_threshold: float) -> None:
         self.ssim_threshold = ssim_threshold
         self.current: list[_Sample] = []
+        self.pictures = _WindowPictures(WINDOW_PICTURES_IN_MEMORY)
         self.prev: Optional[_Sample] = None
 
-    def add(self, sample: _Sample) -> list[list[_Sample]]:
+    def add(self, sample: _Sample) -> list[_Window]:
         """The window `sample` closes ([] or [window]); `sample` joins the open window or starts the next."""
         prev, closed = self.prev, []
         if (self.current and sample.histology and prev is not None and sample.scene == prev.scene
@@ -637,14 +707,18 @@ class _StableWindows:
         else:
             closed = self.close()
             self.current = [sample] if sample.histology else []
+        if sample.histology and sample.image is not None:
+            self.pictures.add(sample.image)
+            sample.image = None
         if prev is not None:
             prev.thumb = None
         self.prev = sample
         return closed
 
-    def close(self) -> list[list[_Sample]]:
+    def close(self) -> list[_Window]:
         """The open window ([] or [window]), closed."""
-        closed, self.current = ([self.current] if self.current else []), []
+        closed = [_Window(self.current, self.pictures)] if self.current else []
+        self.current, self.pictures = [], _WindowPictures(WINDOW_PICTURES_IN_MEMORY)
         return closed
 
 
@@ -663,21 +737,20 @@ class _WindowPairs:
         self.kept_hashes: list[tuple[str, str]] = []  # (phash, pair id)
         self.result = UnitResult()
 
-    def add(self, window: list[_Sample]) -> None:
+    def add(self, closed: _Window) -> None:
         """The pair of one window, or its reject."""
         cfg, result = self.cfg, self.result
-        pictures = [sample.image for sample in window]
-        for sample in window:
-            sample.image = None
+        window = closed.samples
         start, end = window[0].t, window[-1].t + 1.0 / cfg.sample_fps
         where = f"{self.job.video}@{start:.1f}-{end:.1f}s"
         result.counts["windows"] += 1
         if end - start < cfg.min_window_s:
             result.counts["windows_too_short"] += 1
             result.rejects.append(Reject(where, STAGE_WINDOW, "stable window too short"))
+            closed.pictures.release()
             return
         picks = np.unique(np.linspace(0, len(window) - 1, min(len(window), cfg.max_median_frames)).round().astype(int))
-        image = np.median(np.stack([pictures[i] for i in picks]), axis=0).round().astype(np.uint8)
+        image = np.median(np.stack(closed.pictures.take(picks)), axis=0).round().astype(np.uint8)
         phash = phash_hex(image)
         pair_id = f"{self.vid}-{int(round(start * 1000)):09d}"
         dup = next((pid for h, pid in self.kept_hashes if hamming(h, phash) <= cfg.phash_max_distance), None)
