@@ -1,8 +1,10 @@
-"""The tile reader's one-warp masks (TileSource) give exactly what a second warp of `dataset_mask` gives.
+"""The tile reader's one-warp tiles (TileSource) against the reader before: one warp for the bands, a second for the mask.
 
-The reference here is the reader as it was before (one WarpedVRT for the bands, `dataset_mask` of it
-for the mask) and `to_rgb8` as it was: curated tiles must not change by a single value, except a tile
-read directly on the raster's own grid (`on_own_grid`), whose values may differ by DIRECT_READ_TOLERANCE.
+The reference is the reader as it was (one WarpedVRT for the bands, `dataset_mask` of it for the
+mask) and `to_rgb8` as it was: curated pixels must not change by a single value, except a tile read
+directly on the raster's own grid (`on_own_grid`), whose values may differ by DIRECT_READ_TOLERANCE;
+masks must not change, except that an integer nodata raster's warped tile takes its mask from its own
+bands (`nodata_mask_of_bands`), where the second warp can disagree with the first at the raster's edge.
 """
 from __future__ import annotations
 
@@ -135,7 +137,8 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
         source = TileSource.of(src, bands)
         assert source.validity == rule
         targets = [src.crs, CRS.from_epsg(32632)]  # the raster's own CRS, and a warp to the next UTM zone
-        compared, direct = 0, []
+        own_mask = nodata is not None and dtype != "float32" and count == 3  # nodata_mask_of_bands applies
+        compared, direct, disagreed = 0, [], 0
         for crs in targets:
             for bounds in windows(rng):
                 if crs != src.crs:
@@ -147,29 +150,37 @@ def test_one_warp_tile_equals_two_warp_tile(tmp_path: Path, case: str) -> None:
                 for resampling in (Resampling.average, Resampling.bilinear, Resampling.nearest):
                     want = two_warp_read(src, crs, bounds, 64, bands, resampling)
                     got = read_tile(source, crs, bounds, 64, resampling=resampling)
-                    np.testing.assert_array_equal(got.valid, want.valid)
-                    assert got.data.dtype == want.data.dtype
                     window = rasterio.windows.from_bounds(*bounds, transform=src.transform)
-                    if on_own_grid(source, crs, bounds, (64, 64), resampling) and footprint_holds_data(source, window):
+                    on_grid = on_own_grid(source, crs, bounds, (64, 64), resampling) and footprint_holds_data(source, window)
+                    if own_mask and not on_grid and not covers_only_data(source, crs, bounds, 64):
+                        np.testing.assert_array_equal(got.valid, (want.data != 0).any(axis=0))  # what the bands hold
+                        disagreed += bool((got.valid != want.valid).any())
+                    else:
+                        np.testing.assert_array_equal(got.valid, want.valid)
+                    assert got.data.dtype == want.data.dtype
+                    if on_grid:
                         direct.append(resampling)  # one resampled read, no warp: within the tolerance
                         gap = np.abs(got.data.astype(np.float64) - want.data.astype(np.float64))
                         assert gap.max() <= DIRECT_READ_TOLERANCE
                     else:
                         np.testing.assert_array_equal(got.data, want.data)
                     compared += 1
-                    if want.valid.any() and not want.valid.all():
+                    if got.valid.any() and not got.valid.all():
                         limits = [(0.0, 200.0 * (40 if dtype == "uint16" else 1))] * len(bands) if dtype != "uint8" else None
-                        np.testing.assert_array_equal(to_rgb8(got, limits), old_to_rgb8(want, limits))
+                        np.testing.assert_array_equal(to_rgb8(got, limits), old_to_rgb8(Tile(want.data, got.valid), limits))
         assert compared == len(targets) * (12 + len(CLEAN) + len(FLUSH) + 1) * 3
         # integer data averaged over clean windows in the raster's own CRS is read directly, and nothing else
         assert set(direct) == (set() if dtype == "float32" else {Resampling.average})
         assert dtype == "float32" or len(direct) >= len(CLEAN) + len(FLUSH)
+        # the second warp's mask disagreed with the data somewhere at the edge, and the bands' own mask was kept
+        assert (disagreed > 0) == own_mask
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_mask_is_taken_from_the_bands_only_where_a_second_warp_agrees(tmp_path: Path, case: str) -> None:
-    """Integer nodata rasters warped inside the raster, in its CRS, every band read: the mask comes from the bands, equal
-    to dataset_mask's (a pixel empty in one band only holds data); any other warp is left to dataset_mask (None)."""
+def test_the_mask_is_taken_from_the_bands_wherever_they_say_it_exactly(tmp_path: Path, case: str) -> None:
+    """Integer nodata rasters, every band read: the mask is where one band is not nodata, in the raster's CRS or warped to
+    another, inside or across the raster's edge (a pixel empty in one band only holds data); any other is left to
+    dataset_mask (None)."""
     count, dtype, nodata, internal_mask, _ = CASES[case]
     rng = np.random.default_rng(7)
     hole = np.nan if dtype == "float32" else 0
@@ -188,12 +199,28 @@ def test_the_mask_is_taken_from_the_bands_only_where_a_second_warp_agrees(tmp_pa
                     read = vrt.read(indexes=shown)
                     got = nodata_mask_of_bands(vrt, shown, read)
                     if got is not None:
-                        want = vrt.dataset_mask() > 0
-                        np.testing.assert_array_equal(got, want)
-                        assert want.any() and not want.all() and not (read[-1] != 0).all(axis=None)
-                        used.append(crs == src.crs and bounds == inside)
+                        np.testing.assert_array_equal(got, (read != 0).any(axis=0))
+                        band_1_only = (read[-1] == 0) & (read[:-1] != 0).all(axis=0)  # shown reversed: band 1 is last
+                        assert got.any() and not got.all() and got[band_1_only].all()
+                        used.append((bounds == across, resampling, int(band_1_only.sum())))
     expected = nodata is not None and dtype != "float32" and count == 3
-    assert used == ([True, True] if expected else [])
+    assert [across for across, _, _ in used] == ([False, False, False, False, True, True] if expected else [])
+    # nearest keeps pixels empty in band 1 only (averaging writes band 1's hole as data: 1 where its average is the nodata 0)
+    assert all(n > 0 for _, resampling, n in used if resampling == Resampling.nearest)
+
+
+def test_a_tile_across_the_edge_keeps_the_data_its_second_warp_calls_empty(tmp_path: Path) -> None:
+    """A 224 px tile at 3.3 source pixels a pixel across the scene's top-left corner: dataset_mask's warp calls part of the
+    last row of data empty (the reader before dropped it); the tile's mask is what its bands hold, its pixels unchanged."""
+    data = scene(np.random.default_rng(0), 3, "uint8", 0)
+    bounds = (X0 - 415.1447550707, Y0 - 599.2791542276, X0 + 324.0552449293, Y0 + 139.9208457726)
+    with rasterio.open(write(tmp_path / "scene.tif", data, 0)) as src:
+        want = two_warp_read(src, src.crs, bounds, 224, [1, 2, 3], Resampling.average)
+        got = read_tile(TileSource.of(src, [1, 2, 3]), src.crs, bounds, 224, resampling=Resampling.average)
+    np.testing.assert_array_equal(got.data, want.data)
+    holds_data = (got.data != 0).any(axis=0)
+    np.testing.assert_array_equal(got.valid, holds_data)
+    assert (holds_data & ~want.valid).sum() > 20  # data the second warp's mask called empty, kept now
 
 
 def test_mosaic_tile_from_tile_sources_equals_pairs(tmp_path: Path) -> None:
@@ -289,3 +316,28 @@ def test_direct_reads_of_real_rasters_stay_within_the_tolerance_of_the_warp(real
                     between_pixels += resampling == Resampling.average and ratio == 1.0
         assert direct > 10  # the direct path was exercised
         assert between_pixels > 0  # and a window between pixels at 1x went to the warper
+
+
+@pytest.mark.parametrize("name", ["rs/rasterio/rgb1.tif", "rs/gent/2020-09-17_Sentinel_2_L1C_True_color.tiff"])
+def test_real_tiles_across_the_edge_take_their_mask_from_their_bands(realdata: Path, name: str) -> None:
+    """224 px tiles at 1.6x to 3.3x the pixel size straddling each edge of a real nodata raster: the mask is what the bands
+    hold, the pixels are the warp's, and somewhere dataset_mask's second warp disagreed (so the test sees the difference)."""
+    rng = np.random.default_rng(3)
+    with rasterio.open(realdata / name) as src:
+        source = TileSource.of(src, [1, 2, 3])
+        nodata = int(src.nodata)
+        left, bottom, right, top = src.bounds
+        res = abs(src.res[0])
+        disagreed = 0
+        for k in range(32):
+            ground = 224 * float(rng.choice([1.6, 2.0, 3.3])) * res
+            x = [left, right, rng.uniform(left, right), rng.uniform(left, right)][k % 4] - ground * rng.uniform(0.2, 0.8)
+            y = [rng.uniform(bottom, top), rng.uniform(bottom, top), bottom, top][k % 4] - ground * rng.uniform(0.2, 0.8)
+            bounds = (x, y, x + ground, y + ground)
+            want = two_warp_read(src, src.crs, bounds, 224, [1, 2, 3], Resampling.average)
+            got = read_tile(source, src.crs, bounds, 224, resampling=Resampling.average)
+            np.testing.assert_array_equal(got.data, want.data)
+            np.testing.assert_array_equal(got.valid, (got.data != nodata).any(axis=0))
+            assert got.valid.any() and not got.valid.all()  # across the edge
+            disagreed += bool((got.valid != want.valid).any())
+    assert disagreed > 0
