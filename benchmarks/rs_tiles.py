@@ -17,11 +17,13 @@ average resampling, uint8 RGB), read three ways, interleaved, `--repeats` times.
 - torchgeo:  `RasterDataset` (resampling average, file handles cached) indexed by the sampler's
              windows; its float image is the output.
 
-Outputs are compared: ours against the baseline (within `DIRECT_READ_TOLERANCE`: ours reads a tile on
-the raster's own grid, over pixels that all hold data, with one resampled RasterIO read instead of
-the warper, see `tiles.on_own_grid`) and against torchgeo where both have data (max abs difference
-in 0-255 grey levels; tolerance `TORCHGEO_TOLERANCE`, the two read through different GDAL paths where
-ours warps; torchgeo gives no mask, its 0 is "no data"). Without `--raster` a
+Outputs are compared where both have data (max abs difference in 0-255 grey levels; a black pixel
+is "no data", as torchgeo, which gives no mask, has it), with the share of pixels only one has data
+in: ours against the baseline (within `DIRECT_READ_TOLERANCE`: ours reads a tile on the raster's own
+grid, over pixels that all hold data, with one resampled RasterIO read instead of the warper, see
+`tiles.on_own_grid`; at a raster's edge ours can keep a row of data the baseline's second warp, for
+the mask, called empty, see `tiles.nodata_mask_of_bands`) and against torchgeo (tolerance
+`TORCHGEO_TOLERANCE`, the two read through different GDAL paths where ours warps). Without `--raster` a
 synthetic `--scene-px` square scene at 1 m (EPSG:32631, 3-band uint8, 256 px tiles, deflate, a
 nodata strip along the right edge) is written first.
 
@@ -79,6 +81,24 @@ def baseline_rgb8(tile: Tile) -> np.ndarray:
     if out.shape[0] == 1:
         out = np.repeat(out, 3, axis=0)
     return np.ascontiguousarray(out[:3].transpose(1, 2, 0))
+
+
+def compare_rgb(ours: list[np.ndarray], theirs: list[np.ndarray]) -> tuple[int, float, float]:
+    """(max abs difference where both have data, share of those values that differ, share of pixels with data in one only).
+
+    Each output is (H, W, C) uint8 with black where it has no data.
+    """
+    worst, differ, values, one_sided, pixels = 0, 0, 0, 0, 0
+    for a, b in zip(ours, theirs, strict=True):
+        a, b = a.astype(np.int16), b.astype(np.int16)
+        has_a, has_b = a.max(-1) > 0, b.max(-1) > 0
+        diff = np.abs(a - b)[has_a & has_b]
+        worst = max(worst, int(diff.max(initial=0)))
+        differ += int((diff > 0).sum())
+        values += diff.size
+        one_sided += int((has_a != has_b).sum())
+        pixels += has_a.size
+    return worst, differ / max(values, 1), one_sided / max(pixels, 1)
 
 
 def grid_windows(src: Any, gsd: float, size: int) -> list[tuple[float, float, float, float]]:
@@ -188,30 +208,20 @@ def main() -> None:
 
     n = len(windows)
     rate = {k: n / statistics.median(v) for k, v in runs.items() if v}
-    versus_baseline = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(outputs["ours"], outputs["baseline"])]
-    baseline_worst = max(int(d.max(initial=0)) for d in versus_baseline)
-    baseline_differ = sum(int((d > 0).sum()) for d in versus_baseline) / sum(d.size for d in versus_baseline)
+    baseline_worst, baseline_differ, baseline_one_sided = compare_rgb(outputs["ours"], outputs["baseline"])
     same_as_baseline = baseline_worst <= DIRECT_READ_TOLERANCE
     notes = [f"{n} windows of {args.size} px at {args.gsd:g} m (average resampling) from "
-             f"{args.raster or f'a synthetic {args.scene_px} px 1 m scene'}; ours vs baseline (main 430160d): max abs difference "
-             f"{baseline_worst} grey levels (tolerance {DIRECT_READ_TOLERANCE}: {'within' if same_as_baseline else 'OUTSIDE'}), "
-             f"{baseline_differ:.4%} of values differ"]
+             f"{args.raster or f'a synthetic {args.scene_px} px 1 m scene'}; ours vs baseline (main 430160d) where both have data: "
+             f"max abs difference {baseline_worst} grey levels (tolerance {DIRECT_READ_TOLERANCE}: "
+             f"{'within' if same_as_baseline else 'OUTSIDE'}), {baseline_differ:.4%} of values differ; "
+             f"{baseline_one_sided:.3%} of pixels have data in one output only"]
     if "torchgeo" in outputs:
         # torchgeo's image is (bands, H, W) float with 0 where it has no data (it gives no mask); ours (H, W, 3) uint8
-        worst, differ, values, one_sided, pixels = 0, 0, 0, 0, 0
-        for o, p in zip(outputs["ours"], outputs["torchgeo"]):
-            theirs = np.clip(p, 0, 255).round().astype(np.int16)
-            mine = o.transpose(2, 0, 1)[: theirs.shape[0]].astype(np.int16)
-            both = (mine.max(0) > 0) & (theirs.max(0) > 0)
-            diff = np.abs(mine - theirs)[:, both]
-            worst = max(worst, int(diff.max(initial=0)))
-            differ += int((diff > 0).sum())
-            values += diff.size
-            one_sided += int(((mine.max(0) > 0) != (theirs.max(0) > 0)).sum())
-            pixels += both.size
+        theirs = [np.clip(p, 0, 255).round().astype(np.uint8).transpose(1, 2, 0) for p in outputs["torchgeo"]]
+        worst, differ, one_sided = compare_rgb([o[..., : t.shape[2]] for o, t in zip(outputs["ours"], theirs)], theirs)
         notes.append(f"vs torchgeo where both have data: max abs difference {worst} grey levels (tolerance {TORCHGEO_TOLERANCE}: "
-                     f"{'within' if worst <= TORCHGEO_TOLERANCE else 'OUTSIDE'}), {differ / max(values, 1):.3%} of values differ; "
-                     f"{one_sided / pixels:.3%} of pixels have data in one output only (windows past the scene's edge)")
+                     f"{'within' if worst <= TORCHGEO_TOLERANCE else 'OUTSIDE'}), {differ:.3%} of values differ; "
+                     f"{one_sided:.3%} of pixels have data in one output only (windows past the scene's edge)")
     if not same_as_baseline:
         notes.append("WARNING: ours differs from the baseline reader by more than the tolerance")
     for name, value in rate.items():
