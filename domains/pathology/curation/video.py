@@ -645,10 +645,10 @@ class _WindowPictures:
         if self.file is None and (len(self.held) + 1) * picture.nbytes > self.budget:
             self.file = tempfile.TemporaryFile()
             for held in self.held:
-                self.file.write(held.tobytes())
+                self.file.write(np.ascontiguousarray(held).data)  # the array's own bytes, not a copy
             self.held = []
         if self.file is not None:
-            self.file.write(picture.tobytes())
+            self.file.write(np.ascontiguousarray(picture).data)
         else:
             self.held.append(picture)
 

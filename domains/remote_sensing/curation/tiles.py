@@ -26,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import rasterio
@@ -40,6 +40,8 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
 WGS84 = CRS.from_epsg(4326)
+# How a raster's empty pixels are told apart in its tiles (TileSource)
+Validity = Literal["alpha", "mask"]
 # Mercator-family projections: metres on the map are not metres on the ground away from the equator.
 _MERCATOR_EPSG = {3857, 3395, 3785, 900913, 54004}
 
@@ -213,14 +215,14 @@ class TileSource:
 
     src: Any  # rasterio DatasetReader
     bands: tuple[int, ...]  # 1-based
-    validity: str  # alpha | mask
+    validity: Validity
     crs: CRS
 
     @classmethod
     def of(cls, src: rasterio.io.DatasetReader, bands: Sequence[int]) -> TileSource:
         """The source of `bands` of `src`, its validity rule decided from its metadata."""
         integer = all(np.issubdtype(np.dtype(d), np.integer) for d in src.dtypes)
-        validity = "alpha" if integer and not has_validity_info(src) else "mask"
+        validity: Validity = "alpha" if integer and not has_validity_info(src) else "mask"
         return cls(src, tuple(int(b) for b in bands), validity, src.crs)
 
 
