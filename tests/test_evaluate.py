@@ -191,6 +191,73 @@ def tiny_models():
     return {"base": base, "adapted": adapted}
 
 
+def _encoded_one_by_one(model, preprocess, images: list[bytes]) -> torch.Tensor:
+    """The plain way: each image decoded and preprocessed as it is, one batch of them, L2-normalised."""
+    with torch.no_grad():
+        batch = torch.stack([preprocess(Image.open(io.BytesIO(b))) for b in images])
+        return torch.nn.functional.normalize(model.encode_image(batch).float(), dim=-1)
+
+
+def _odd_images() -> list[bytes]:
+    """RGB PNGs and JPEGs of several sizes, a greyscale PNG and a palette PNG (preprocessing resizes those before converting)."""
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(21):
+        pixels = rng.integers(0, 256, (30 + i, 50 - i, 3), dtype=np.uint8)
+        picture = Image.fromarray(pixels)
+        if i == 3:
+            picture = picture.convert("L")
+        elif i == 7:
+            picture = picture.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        buf = io.BytesIO()
+        picture.save(buf, format="JPEG" if i % 5 == 4 else "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.fixture
+def base_in_eval(tiny_models):
+    """The base model and its preprocessing, in eval mode (as evaluate puts it) for the test, then back in train mode."""
+    model, preprocess, _ = tiny_models["base"]
+    model.eval()
+    yield model, preprocess
+    model.train()
+
+
+@pytest.mark.parametrize("batch_size,workers", [(8, 2), (64, 2), (8, 0)])
+def test_image_embeddings_are_those_of_each_image_decoded_and_preprocessed_as_it_is(base_in_eval, batch_size, workers):
+    """In order, image by image the plain way's, whatever the batches and decoding threads (a palette or grey image too)."""
+    from pipelines.evaluate.clip import encode_images
+
+    model, preprocess = base_in_eval
+    images = _odd_images()
+    got = encode_images(model, preprocess, images, "cpu", batch_size, workers)
+    want = _encoded_one_by_one(model, preprocess, images)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (got @ want.T).argmax(dim=1).tolist() == list(range(len(images)))  # each row is its own image's
+    with pytest.raises(ValueError, match="no images"):
+        encode_images(model, preprocess, [], "cpu", batch_size, workers)
+
+
+def test_images_are_decoded_by_threads_beside_the_model_unless_workers_is_0(base_in_eval, monkeypatch):
+    """With workers, decoding runs off the calling thread (on a CPU, in the threads that embed two batches at once)."""
+    import threading
+
+    import pipelines.evaluate.clip as evaluate_clip
+
+    model, preprocess = base_in_eval
+    threads = []
+    real_open = Image.open
+    monkeypatch.setattr(evaluate_clip.Image, "open", lambda f: threads.append(threading.current_thread()) or real_open(f))
+    images = _odd_images()
+    evaluate_clip.encode_images(model, preprocess, images, "cpu", 4, 2)
+    assert len(threads) == len(images) and threading.main_thread() not in threads and len(set(threads)) == 2
+    threads.clear()
+    evaluate_clip.encode_images(model, preprocess, images, "cpu", 4, 0)
+    assert set(threads) == {threading.main_thread()}
+
+
 def test_evaluate_end_to_end_writes_every_output(tmp_path, tiny_models, capsys):
     zs_dir = tmp_path / "zeroshot"
     labels = [0, 0, 0, 1, 2, 2, 1]

@@ -1,6 +1,7 @@
 """Windows of a large input read and embedded batch by batch, in threads.
 
-The analyst commands score thousands of windows of a scene or a slide. On a GPU, reading and
+The analyst commands score thousands of windows of a scene or a slide, and evaluation thousands of
+test images (pipelines.evaluate.clip.encode_images: a window is an image's index). On a GPU, reading and
 preprocessing a window is CPU and disk work and running the model is device work: reader threads
 read and preprocess the next batches while the model embeds the current one. On a CPU both are CPU
 work: two batches are embedded at once (CPU_BATCHES_AT_ONCE), each by a thread that read it. Only a
@@ -24,13 +25,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-# A reader turns one window description into pixels (HxWx3 uint8), or None when the window holds no
+# A reader turns one window description into the image `to_tensor` takes (the analysts' readers:
+# pixels, HxWx3 uint8; evaluation's: a decoded PIL image), or None when the window holds no
 # data (nodata, no tissue): such windows are passed on unscored. Each reader thread works on its own
 # shallow copy (copy.copy), so a reader must open its file handles lazily, on first call, and not
 # copy them (e.g. __getstate__ dropping them). A reader may also have read_batch(windows) -> list of
 # the same, for readers that read neighbours together, close() to close its handles, and open() to open
 # them now: then the threads' copies are made and opened by the calling thread before the threads start.
-Reader = Callable[[Any], np.ndarray | None]
+WindowImage = Any  # a window's image as a reader returns it and `to_tensor` takes it
+Reader = Callable[[Any], WindowImage | None]
 PREFETCH = 2  # batches read ahead
 # Batches a CPU embeds at once, each on torch's threads. One batch of a small model's operations keeps
 # few threads busy, two keep the cores busy: on 2 cores the demo's model embeds 1.9x faster than one
@@ -67,7 +70,7 @@ class Batch:
     embeddings: np.ndarray  # (n valid, embed_dim)
 
 
-def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[np.ndarray], torch.Tensor],
+def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[WindowImage], torch.Tensor],
                to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None) -> tuple[list[bool], torch.Tensor | None]:
     """Which of `windows` hold data, and the model inputs of those that do (None when none does).
 
@@ -83,7 +86,7 @@ def read_batch(read: Reader, windows: Sequence[Any], to_tensor: Callable[[np.nda
     return valid, tensors
 
 
-def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[np.ndarray], torch.Tensor],
+def embed_windows(windows: Sequence[Any], read: Reader, to_tensor: Callable[[WindowImage], torch.Tensor],
                   embed: Callable[[torch.Tensor], np.ndarray], batch_size: int = 64, workers: int = 2,
                   desc: str = "windows", to_batch: Callable[[list[np.ndarray]], torch.Tensor] | None = None,
                   device: torch.device | str = "cpu") -> Iterator[Batch]:
