@@ -117,25 +117,28 @@ def peer(model: Any, preprocess: Any, tokenizer: Any, folder: Path, task: str, b
     return {key: metrics[key] for key in RECALL_KEYS}
 
 
-def measure(methods: dict[str, Callable[[], dict[str, float]]], repeats: int) -> tuple[dict[str, list[float]], dict[str, dict]]:
-    """Seconds of each method per run, interleaved in an order rotated each round, and each method's numbers."""
+def measure(methods: dict[str, Callable[[], dict[str, float]]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
+    """Seconds of each method per run, interleaved in an order rotated each round, and each method's numbers per run."""
     seconds: dict[str, list[float]] = {name: [] for name in methods}
-    numbers: dict[str, dict] = {}
+    numbers: dict[str, list[dict]] = {name: [] for name in methods}
     names = list(methods)
     for run in range(repeats):
         for name in names[run % len(names):] + names[:run % len(names)]:
             start = time.perf_counter()
-            numbers[name] = methods[name]()
+            numbers[name].append(methods[name]())
             seconds[name].append(time.perf_counter() - start)
     return seconds, numbers
 
 
-def check_same(task: str, numbers: dict[str, dict]) -> None:
-    """Every method's numbers equal ours (to float rounding), else the benchmark stops."""
-    for name, got in numbers.items():
-        for metric, value in numbers["ours"].items():
-            if abs(got[metric] - value) > 1e-6:
-                raise SystemExit(f"{task}: {name} gives {metric} {got[metric]} where ours gives {value}")
+def check_same(task: str, numbers: dict[str, list[dict]]) -> dict[str, float]:
+    """Ours' numbers, after checking that every run of every method gave them (to float rounding); else the benchmark stops."""
+    ours = numbers["ours"][0]
+    for name, runs in numbers.items():
+        for run, got in enumerate(runs):
+            for metric, value in ours.items():
+                if abs(got[metric] - value) > 1e-6:
+                    raise SystemExit(f"{task}: {name}, run {run + 1}, gives {metric} {got[metric]} where ours gives {value}")
+    return ours
 
 
 def main() -> None:
@@ -186,16 +189,16 @@ def main() -> None:
                 for workers in WORKERS:
                     methods[f"{workers} workers"] = (lambda w=workers, f=wds_folder, t=task:
                                                      peer(model, preprocess, tokenizer, f, t, args.batch_size, w))
-                seconds, numbers = measure(methods, args.repeats)
-                check_same(task, numbers)
+                seconds, runs = measure(methods, args.repeats)
+                numbers = check_same(task, runs)
                 rate = {name: args.images / statistics.median(v) for name, v in seconds.items()}
                 best = max((name for name in methods if name.endswith("workers")), key=rate.__getitem__)
                 print(f"{task} ({args.arch}, {args.images} images): images/s "
                       + ", ".join(f"{name} {value:.1f}" for name, value in rate.items())
-                      + f"; ours {rate['ours'] / rate[best]:.2f}x {peer_name} ({best}); numbers {numbers['ours']}", flush=True)
+                      + f"; ours {rate['ours'] / rate[best]:.2f}x {peer_name} ({best}); numbers {numbers}", flush=True)
                 common = {"unit": "images/s", "ours": round(rate["ours"], 1), "bar": None, "repeats": args.repeats,
                           "notes": f"{what}, batch {args.batch_size}, float32, torch threads {torch.get_num_threads()}; the same "
-                                   f"numbers every way ({', '.join(f'{k} {v:.4f}' for k, v in numbers['ours'].items())}); seconds "
+                                   f"numbers every way ({', '.join(f'{k} {v:.4f}' for k, v in numbers.items())}); seconds "
                                    "per run " + "; ".join(f"{name}: {[round(s, 2) for s in v]}" for name, v in seconds.items())}
                 figure = f"{task.replace('_', ' ')}, {args.arch} (random init), {args.images} real 224 px tiles"
                 rows.append({"figure": figure, "peer": f"{peer_name} ({best} in its DataLoader)", "peer_value": round(rate[best], 1),

@@ -246,9 +246,10 @@ def encode_images(
 
     Through the analyst commands' streaming embedder (`pipelines.infer.stream.embed_windows`), with
     `workers` threads decoding: on a CPU the model threads each decode the batches they embed, two
-    batches at once (the demo's model embeds a 1024-image set 1.3x as fast as batch after batch in
-    one thread, ViT-B/32 1.07x, the same embeddings: benchmarks/evaluate_throughput.py); on a GPU the
-    threads decode the next batches while the model runs one, under bf16 autocast (pipelines.infer.device).
+    batches at once (on two cores the demo's model embeds 1024 images 1.3x as fast as batch after
+    batch in one thread, ViT-B/32 128 images 1.07x, the same embeddings; benchmarks/evaluate_throughput.py
+    times the whole scoring against clip_benchmark's); on a GPU the threads decode the next batches while
+    the model runs one, under bf16 autocast (pipelines.infer.device).
     """
     from pipelines.infer.stream import embed_windows
 
