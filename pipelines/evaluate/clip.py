@@ -28,6 +28,7 @@ Outputs (all written atomically):
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -251,20 +252,17 @@ def encode_images(
     times the whole scoring against clip_benchmark's); on a GPU the threads decode the next batches while
     the model runs one, under bf16 autocast (pipelines.infer.device).
     """
+    from pipelines.infer.clip import embed_image_batch  # here: it imports open_clip, which this module does not
     from pipelines.infer.stream import embed_windows
 
     if not images:
         raise ValueError("no images to encode")
     device = torch.device(device)
 
-    def embed(batch: torch.Tensor) -> np.ndarray:
-        with torch.no_grad(), inference_autocast(device):
-            emb = model.encode_image(batch.to(device, non_blocking=True), normalize=True)
-        return F.normalize(emb.float(), dim=-1).cpu().numpy()
-
     def decode(index: int) -> Image.Image:
         return Image.open(io.BytesIO(images[index]))
 
+    embed = functools.partial(embed_image_batch, model, device=device)
     batches = embed_windows(range(len(images)), decode, preprocess, embed, batch_size, workers, "images", device=device)
     return torch.from_numpy(np.concatenate([batch.embeddings for batch in batches]))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,17 @@ def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], mode: str)
     """
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
     return F.interpolate(batch, size=size, mode=mode, antialias=True).permute(0, 2, 3, 1).numpy()
+
+
+def embed_image_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch.device,
+                      precision: Literal["bf16", "fp32"] | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings (n, embed_dim), on the CPU, of preprocessed images (n, 3, H, W) run on `device`.
+
+    `precision` as `inference_autocast` takes it (None: the pipeline stages' rule, bf16 on a GPU).
+    """
+    with torch.no_grad(), inference_autocast(device, precision):
+        emb = model.encode_image(batch.to(device, non_blocking=True), normalize=True)
+    return F.normalize(emb.float(), dim=-1).cpu().numpy()
 
 
 @dataclass
@@ -142,12 +153,9 @@ class ClipEncoder:
         batch.div_(255)
         return batch.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
-    @torch.no_grad()
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """L2-normalised embeddings (n, embed_dim) of preprocessed images (n, 3, H, W)."""
-        with inference_autocast(self.device, self.precision):
-            emb = self.model.encode_image(batch.to(self.device, non_blocking=True), normalize=True)
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+        return embed_image_batch(self.model, batch, self.device, self.precision)
 
     def embed_images(self, images: Sequence[np.ndarray | Image.Image], batch_size: int = 64) -> np.ndarray:
         """L2-normalised embeddings of RGB images, batch by batch."""
