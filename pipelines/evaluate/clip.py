@@ -37,7 +37,6 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pipelines.errors import InputError
@@ -46,9 +45,10 @@ from pipelines.evaluate.hubness import HubnessConfig
 from pipelines.evaluate.linear_probe import LinearProbeConfig
 from pipelines.evaluate.metrics import RETRIEVAL_KS, retrieval_hits, retrieval_metrics, retrieval_ranks, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
-from pipelines.infer.device import DeviceChoice, inference_autocast
+from pipelines.infer.device import DeviceChoice
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.shards import IMAGE_EXTS, image_bytes, iter_tar_samples
+from pipelines.models.text_trim import encode_texts
 from pipelines.models.wise import WiseConfig
 
 ZEROSHOT_SCALARS = ("acc1", "acc5", "mean_per_class_recall")
@@ -265,23 +265,6 @@ def encode_images(
     embed = functools.partial(embed_image_batch, model, device=device)
     batches = embed_windows(range(len(images)), decode, preprocess, embed, batch_size, workers, "images", device=device)
     return torch.from_numpy(np.concatenate([batch.embeddings for batch in batches]))
-
-
-def encode_texts(
-    model: torch.nn.Module,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    texts: Sequence[str],
-    device: str | torch.device,
-    batch_size: int,
-) -> torch.Tensor:
-    """L2-normalised float32 text embeddings (N, D) on the CPU."""
-    chunks = []
-    with torch.no_grad(), inference_autocast(torch.device(device)):
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
-            emb = model.encode_text(tokens, normalize=True)
-            chunks.append(F.normalize(emb.float(), dim=-1).cpu())
-    return torch.cat(chunks)
 
 
 def score_zeroshot(

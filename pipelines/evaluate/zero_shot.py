@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from pipelines.models.text_trim import encode_texts
+
 Template = str | Callable[[str], str]
 
 
@@ -29,23 +31,15 @@ def build_zero_shot_classifier(
     device: str | torch.device = "cpu",
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Class weights of shape [embed_dim, n_classes], one normalized column per class."""
+    """Class weights of shape [embed_dim, n_classes] on the CPU, one normalized column per class."""
     if not classnames:
         raise ValueError("zero-shot classifier needs at least one class name")
     if not templates:
         raise ValueError("zero-shot classifier needs at least one prompt template")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # All prompts in one flat list, class-major, so batches can span classes.
+    # All prompts in one flat list, class-major, so batches can span classes; in float32 (no autocast).
     prompts = [fill_template(t, c) for c in classnames for t in templates]
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            tokens = tokenizer(prompts[start : start + batch_size]).to(device)
-            emb = model.encode_text(tokens, normalize=True)
-            # Normalize again: a wrapper that ignores `normalize` must not skew the mean.
-            chunks.append(F.normalize(emb.float(), dim=-1))
-        per_prompt = torch.cat(chunks)  # [n_classes * n_templates, D]
-        per_class = per_prompt.view(len(classnames), len(templates), -1).mean(dim=1)
-        per_class = F.normalize(per_class, dim=-1)
+    per_prompt = encode_texts(model, tokenizer, prompts, device, batch_size, precision="fp32")  # [n_classes * n_templates, D]
+    per_class = F.normalize(per_prompt.view(len(classnames), len(templates), -1).mean(dim=1), dim=-1)
     return per_class.T.contiguous()

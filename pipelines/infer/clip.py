@@ -25,6 +25,7 @@ from pipelines.infer.device import Precision, inference_autocast, resolve_device
 from pipelines.infer.hubness import HubnessBank, read_bank
 from pipelines.models.clip import WEIGHTS_FILE
 from pipelines.models.folders import export_kind
+from pipelines.models.text_trim import encode_texts
 from pipelines.models.weights import weights_not_drawn
 
 # Pillow filters torch's antialiased interpolation reimplements for uint8 images (ClipEncoder.to_batch)
@@ -163,16 +164,11 @@ class ClipEncoder:
                   for i in range(0, len(images), batch_size)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
 
-    @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """L2-normalised text embeddings (n, embed_dim)."""
-        chunks = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
-            with inference_autocast(self.device, self.precision):
-                emb = self.model.encode_text(tokens, normalize=True)
-            chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
+        """L2-normalised text embeddings (n, embed_dim), batch by batch (`pipelines.models.text_trim.encode_texts`)."""
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return encode_texts(self.model, self.tokenizer, texts, self.device, batch_size, self.precision).numpy()
 
     @functools.cached_property
     def embed_dim(self) -> int:
