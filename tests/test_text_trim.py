@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from pipelines.infer.text import encode_texts
 from pipelines.models.adapt import AdaptConfig, clip_of, prepare
-from pipelines.models.text_trim import can_trim_text, encode_texts, mask_is_causal, trimmed_text
+from pipelines.models.text_trim import can_trim_text, mask_is_causal, trimmed_text
 
 CAPTIONS = ["a satellite image of a river bend", "dense urban blocks", "farmland", "a forest road"]
 
@@ -128,19 +129,25 @@ def stock_embeddings(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1)
 
 
-def test_encode_texts_runs_each_batch_up_to_its_last_eot_with_stock_embeddings(tiny) -> None:
+def test_encode_texts_batches_texts_of_like_length_each_up_to_its_last_eot_in_order(tiny, monkeypatch) -> None:
+    from pipelines.infer import text
+
     model = copy.deepcopy(tiny.model).eval()
     context = int(model.attn_mask.shape[0])
-    # batches of 3: short captions, then one caption that fills the whole context (nothing to cut), then one text
-    texts = CAPTIONS[:3] + ["tissue " * (2 * context), CAPTIONS[3], "a"] + ["fat"]
+    # one text that fills the whole context, among short ones: in the given order it would set the first batch's length
+    texts = ["tissue " * (2 * context), CAPTIONS[0], "a", CAPTIONS[1], "fat", CAPTIONS[2], CAPTIONS[3]]
     tokens = tiny.tokenizer(texts)
-    seen, handle = text_lengths_seen(model)
-    got = encode_texts(model, tiny.tokenizer, texts, "cpu", batch_size=3)
-    handle.remove()
-    assert seen == [int(tokens[i:i + 3].argmax(dim=-1).max()) + 1 for i in range(0, len(texts), 3)]
-    assert seen[0] < context and seen[1] == context
-    assert got.dtype == torch.float32 and got.shape == (len(texts), model.text_projection.shape[1])
-    torch.testing.assert_close(got, stock_embeddings(model, tokens), atol=1e-5, rtol=0)
+    lengths = (tokens.argmax(dim=-1) + 1).tolist()
+    stock = stock_embeddings(model, tokens)
+    for sorted_batches, groups in ((text.SORTED_BATCHES, [sorted(lengths)]), (1, [lengths[i:i + 3] for i in range(0, 7, 3)])):
+        monkeypatch.setattr(text, "SORTED_BATCHES", sorted_batches)  # texts sorted together: all, or a batch's worth
+        seen, handle = text_lengths_seen(model)
+        got = encode_texts(model, tiny.tokenizer, texts, "cpu", batch_size=3)
+        handle.remove()
+        assert seen == [max(sorted(group)[i:i + 3]) for group in groups for i in range(0, len(group), 3)]
+        assert got.dtype == torch.float32 and got.shape == (len(texts), model.text_projection.shape[1])
+        torch.testing.assert_close(got, stock, atol=1e-5, rtol=0)  # each text's embedding, in the texts' order
+    assert seen[0] == context and min(seen) < context
     assert "encode_text" not in vars(model)  # the model is left as it was
     with pytest.raises(ValueError, match="no texts"):
         encode_texts(model, tiny.tokenizer, [], "cpu", batch_size=3)

@@ -24,8 +24,8 @@ def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "aut
     from tqdm import tqdm
 
     from pipelines.infer.device import inference_autocast, resolve_device
+    from pipelines.infer.text import encode_texts
     from pipelines.models.clip import load_model
-    from pipelines.models.text_trim import encode_texts
 
     where = resolve_device(device)
     loaded = load_model(spec, device=where)

@@ -46,9 +46,9 @@ from pipelines.evaluate.linear_probe import LinearProbeConfig
 from pipelines.evaluate.metrics import RETRIEVAL_KS, retrieval_hits, retrieval_metrics, retrieval_ranks, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.infer.device import DeviceChoice
+from pipelines.infer.text import encode_texts
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.io.shards import IMAGE_EXTS, image_bytes, iter_tar_samples
-from pipelines.models.text_trim import encode_texts
 from pipelines.models.wise import WiseConfig
 
 ZEROSHOT_SCALARS = ("acc1", "acc5", "mean_per_class_recall")

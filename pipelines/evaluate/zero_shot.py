@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from pipelines.models.text_trim import encode_texts
+from pipelines.infer.text import encode_texts
 
 Template = str | Callable[[str], str]
 

@@ -3,6 +3,7 @@
 - `device`: the best device and precision (CUDA with bf16 autocast when present, else the CPU);
 - `clip`: an exported open_clip model as an encoder of images and texts, with zero-shot scores;
 - `stream`: windows read ahead by reader threads, batched through the model, with a progress bar;
+- `text`: texts embedded in batches of like length, each up to its last EOT token (evaluation and the quality filter too);
 - `cache`: embeddings kept per (model, input, tiling) so a second query is instant;
 - `sheets`: contact sheets of the best matches.
 

@@ -23,9 +23,9 @@ from pipelines.errors import InputError
 from pipelines.infer.cache import weights_fingerprint
 from pipelines.infer.device import Precision, inference_autocast, resolve_device, resolve_precision
 from pipelines.infer.hubness import HubnessBank, read_bank
+from pipelines.infer.text import encode_texts
 from pipelines.models.clip import WEIGHTS_FILE
 from pipelines.models.folders import export_kind
-from pipelines.models.text_trim import encode_texts
 from pipelines.models.weights import weights_not_drawn
 
 # Pillow filters torch's antialiased interpolation reimplements for uint8 images (ClipEncoder.to_batch)
@@ -165,7 +165,7 @@ class ClipEncoder:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embed_dim), np.float32)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """L2-normalised text embeddings (n, embed_dim), batch by batch (`pipelines.models.text_trim.encode_texts`)."""
+        """L2-normalised text embeddings (n, embed_dim), batch by batch (`pipelines.infer.text.encode_texts`)."""
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32)
         return encode_texts(self.model, self.tokenizer, texts, self.device, batch_size, self.precision).numpy()

@@ -8,10 +8,10 @@ apart, while the tower runs on max(EOT) + 1 positions instead of `context_length
 captions fill a few of its 32).
 
 `trimmed_text(model)` is a context under which the CLIP's `encode_text` (and so its forward, also
-inside a peft wrapper or DDP) does this, for training; `encode_texts` embeds texts batch by batch
-with it, for evaluation, inference and the quality scorer. Both keep the model's own `encode_text`,
-at the full length, for any other text tower (non-causal, other pooling, or a class with its own
-`encode_text`).
+inside a peft wrapper or DDP) does this, for training; `trimmed_encode_text` is what it runs, which
+`pipelines.infer.text.encode_texts` calls for evaluation, inference and the quality scorer. Both keep
+the model's own `encode_text`, at the full length, for any other text tower (non-causal, other
+pooling, or a class with its own `encode_text`).
 
 open_clip is imported where it is used: evaluation's modules import this one and load no model
 until they run.
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from pipelines.infer.device import inference_autocast
 
 
 def mask_is_causal(mask: torch.Tensor | None) -> bool:
@@ -83,26 +81,3 @@ def trimmed_text(clip: nn.Module, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         del clip.encode_text
-
-
-@torch.no_grad()
-def encode_texts(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
-                 device: str | torch.device, batch_size: int, precision: Literal["bf16", "fp32"] | None = None) -> torch.Tensor:
-    """L2-normalised float32 embeddings (N, D) of `texts` on the CPU, `batch_size` at a time, under `inference_autocast(device, precision)`.
-
-    A CLIP that `can_trim_text` runs each batch up to its last EOT (on two cores ViT-B/32 embeds 256
-    captions of about a dozen tokens 5.8x as fast as at all its 77 positions, the same embeddings to
-    float rounding), any other model its own `encode_text`.
-    """
-    if not texts:
-        raise ValueError("no texts to encode")
-    device = torch.device(device)
-    encode = types.MethodType(trimmed_encode_text, model) if can_trim_text(model) else model.encode_text
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
-        with inference_autocast(device, precision):
-            embeddings = encode(tokens, normalize=True)
-        # normalised again in float32: a wrapper that ignores `normalize`, or bf16 rounding, must not skew scores
-        chunks.append(F.normalize(embeddings.float(), dim=-1).cpu())
-    return torch.cat(chunks)
