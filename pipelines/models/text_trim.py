@@ -13,18 +13,21 @@ inside a peft wrapper or DDP) does this, for training; `trimmed_encode_text` is 
 the model's own `encode_text`, at the full length, for any other text tower (non-causal, other
 pooling, or a class with its own `encode_text`).
 
-open_clip is imported where it is used: evaluation's modules import this one and load no model
-until they run.
+open_clip is imported where it is used: evaluation's modules import this one (through
+`pipelines.infer.text`), and import open_clip only when they run a model.
 """
 from __future__ import annotations
 
 import contextlib
 import types
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
 
 
 def mask_is_causal(mask: torch.Tensor | None) -> bool:
@@ -48,7 +51,7 @@ def can_trim_text(clip: nn.Module) -> bool:
             and clip.positional_embedding.shape[0] == clip.attn_mask.shape[0])
 
 
-def trimmed_encode_text(self: nn.Module, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+def trimmed_encode_text(self: CLIP, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """open_clip CLIP.encode_text on text[:, :max EOT + 1], with the positional embedding and mask cut alike."""
     from open_clip.transformer import text_global_pool
 
