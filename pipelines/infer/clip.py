@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import weights_fingerprint
-from pipelines.infer.device import Precision, inference_autocast, resolve_device, resolve_precision
+from pipelines.infer.device import Precision, ResolvedPrecision, inference_autocast, resolve_device, resolve_precision
 from pipelines.infer.hubness import HubnessBank, read_bank
 from pipelines.infer.text import encode_texts
 from pipelines.models.clip import WEIGHTS_FILE
@@ -45,7 +45,7 @@ def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int], mode: str)
 
 
 def embed_image_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch.device,
-                      precision: Literal["bf16", "fp32"] | None = None) -> np.ndarray:
+                      precision: ResolvedPrecision | None = None) -> np.ndarray:
     """L2-normalised float32 embeddings (n, embed_dim), on the CPU, of preprocessed images (n, 3, H, W) run on `device`.
 
     `precision` as `inference_autocast` takes it (None: the pipeline stages' rule, bf16 on a GPU).

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
+ResolvedPrecision = Literal["bf16", "fp32"]  # a Precision once "auto" is settled for a device
 PRECISION_HELP = ("auto (bf16 where the device computes it natively: a GPU that supports it, a CPU with AVX512-BF16 or AMX; "
                   "else fp32), bf16, or fp32 (the reference; bf16's embeddings are within about 1e-4 of it in cosine).")
 
@@ -51,14 +52,14 @@ def native_bf16(device: "torch.device") -> bool:
     return any(probe is not None and probe() for probe in probes)
 
 
-def resolve_precision(device: "torch.device", precision: Precision = "auto") -> Literal["bf16", "fp32"]:
+def resolve_precision(device: "torch.device", precision: Precision = "auto") -> ResolvedPrecision:
     """The precision inference runs in on `device`: "auto" is bf16 where `native_bf16`, else fp32."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 
-def inference_autocast(device: "torch.device", precision: Literal["bf16", "fp32"] | None = None) -> contextlib.AbstractContextManager:
+def inference_autocast(device: "torch.device", precision: ResolvedPrecision | None = None) -> contextlib.AbstractContextManager:
     """bf16 autocast for `precision` bf16, none for fp32; without a precision, the pipeline stages' rule (bf16 on a GPU that supports it).
 
     Scores are computed in fp32 afterwards (the callers cast the model's outputs).

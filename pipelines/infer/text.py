@@ -7,13 +7,13 @@ so texts are batched with texts of about their length and each batch runs up to 
 from __future__ import annotations
 
 import types
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.infer.device import inference_autocast
+from pipelines.infer.device import ResolvedPrecision, inference_autocast
 from pipelines.models.text_trim import can_trim_text, trimmed_encode_text
 
 SORTED_BATCHES = 64  # batches' worth of texts that encode_texts tokenizes and sorts by length together
@@ -21,7 +21,7 @@ SORTED_BATCHES = 64  # batches' worth of texts that encode_texts tokenizes and s
 
 @torch.no_grad()
 def encode_texts(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
-                 device: str | torch.device, batch_size: int, precision: Literal["bf16", "fp32"] | None = None) -> torch.Tensor:
+                 device: str | torch.device, batch_size: int, precision: ResolvedPrecision | None = None) -> torch.Tensor:
     """L2-normalised float32 embeddings (N, D) of `texts`, in their order, on the CPU, under `inference_autocast(device, precision)`.
 
     A CLIP that `can_trim_text` runs each batch up to its last EOT, and its batches are cut from texts
