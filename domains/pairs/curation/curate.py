@@ -12,6 +12,12 @@ decode safely (`max_image_pixels`, a guard against decompression bombs) or an em
 and float images are scaled by their own range to 8 bits (a plain conversion would clip them to
 white), and phone photos are turned upright from their EXIF orientation.
 
+Images are stored at training size: those larger than `image_size` on their shorter side are
+scaled down to it, their aspect kept (img2dataset's `keep_ratio`; the trainer's own resize and crop
+then find the pixels they need, and a 12 MP photo is not a 30 MB PNG in every epoch's reads). The
+reduction is Pillow's `Image.thumbnail`: a JPEG is decoded at the smallest DCT scale at least twice
+the target, then resized bicubically, within a grey level of a full decode and resize (README).
+
 Ids and groups come from the canonical input: the image path relative to the table's folder (or
 the group column), never from how a path was spelled, so the same table curated from another
 working directory gives the same splits.
@@ -49,6 +55,7 @@ class PairsConfig(CurationConfig):
     group_key: str = ""  # column naming the split group (e.g. patient, site); default: the image itself
     rows_per_unit: int = 512
     max_image_pixels: int = 100_000_000  # larger images are refused unread (decompression-bomb guard)
+    image_size: int = 256  # shorter side scaled down to this many pixels, aspect kept, never enlarged (0: as given)
 
 
 class ImageRefused(ValueError):
@@ -56,26 +63,51 @@ class ImageRefused(ValueError):
 
 
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+# A JPEG decodes to these: resized as they are, before conversion to RGB, so that the decoder can shrink them
+DECODED_MODES = ("RGB", "L", "CMYK")
 
 
-def to_rgb8(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decoded RGB uint8 pixels of an encoded image; ImageRefused with the reason when it cannot be used."""
+def to_rgb8(data: bytes, max_pixels: int, image_size: int = 0) -> np.ndarray:
+    """Decoded RGB uint8 pixels of an encoded image, at most `image_size` on the shorter side (0: its own size).
+
+    ImageRefused with the reason when it cannot be used.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
                 if im.width * im.height > max_pixels:
                     raise ImageRefused(f"image too large ({im.width}x{im.height} px > max_image_pixels {max_pixels})")
-                im = ImageOps.exif_transpose(im)
                 if im.mode in HIGH_DEPTH_MODES:
-                    return _scaled_to_8bit(np.asarray(im))
-                return np.asarray(im.convert("RGB"))
+                    picture = Image.fromarray(_scaled_to_8bit(np.asarray(ImageOps.exif_transpose(im))))
+                elif im.mode in DECODED_MODES:
+                    picture = im  # still undecoded: a JPEG is shrunk while it is decoded
+                else:
+                    picture = im.convert("RGB")  # palette, bilevel, alpha: Pillow would resize a palette by nearest neighbour
+                shrink(picture, image_size)
+                return np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))
     except ImageRefused:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRefused(f"image too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's problem, not the run's
         raise ImageRefused(f"unreadable image ({type(exc).__name__})") from None
+
+
+def shrink(picture: Image.Image, image_size: int) -> None:
+    """Scale `picture` down in place to `image_size` px on its shorter side, aspect kept; smaller ones and 0 leave it as it is.
+
+    Pillow's `thumbnail` with its default `reducing_gap` of 2: a JPEG not yet decoded is decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8) at least twice the target (`draft`), then resized bicubically
+    from there. Its box is the exact target size: a box open on the longer side would ask `draft`
+    for twice that side too, which no scale meets, and the whole image would be decoded.
+    """
+    width, height = picture.size
+    if not image_size or min(width, height) <= image_size:
+        return
+    scale = image_size / min(width, height)
+    target = (image_size, max(1, round(height * scale))) if width <= height else (max(1, round(width * scale)), image_size)
+    picture.thumbnail(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def _is_high_depth(data: bytes) -> bool:
@@ -100,7 +132,7 @@ def _pair_id(*parts: str) -> str:
 def process_table_rows(unit: WorkUnit) -> UnitResult:
     """A chunk of table rows: (row label, image path, path relative to the table, caption, group)."""
     result = UnitResult()
-    max_pixels = unit.payload["max_image_pixels"]
+    max_pixels, image_size = unit.payload["max_image_pixels"], unit.payload["image_size"]
     for label, image_path, relative, caption, group in unit.payload["rows"]:
         result.counts["rows_seen"] += 1
         caption = caption.strip()
@@ -116,7 +148,7 @@ def process_table_rows(unit: WorkUnit) -> UnitResult:
             continue
         data = path.read_bytes()
         try:
-            image = to_rgb8(data, max_pixels)
+            image = to_rgb8(data, max_pixels, image_size)
         except ImageRefused as exc:
             result.rejects.append(Reject(f"{label} {relative}", "image", str(exc)))
             continue
@@ -164,7 +196,7 @@ def process_shard(unit: WorkUnit) -> UnitResult:
             result.rejects.append(Reject(f"{shard}:{key}", "caption", "empty caption"))
             continue
         try:
-            image = to_rgb8(files[image_ext], unit.payload["max_image_pixels"])
+            image = to_rgb8(files[image_ext], unit.payload["max_image_pixels"], unit.payload["image_size"])
         except ImageRefused as exc:
             result.rejects.append(Reject(f"{shard}:{key}", "image", str(exc)))
             continue
@@ -188,6 +220,11 @@ def process_shard(unit: WorkUnit) -> UnitResult:
     return result
 
 
+def image_settings(cfg: PairsConfig) -> dict[str, int]:
+    """The settings that change a unit's images: in its payload, and in its key so that a changed one reuses no staged unit."""
+    return {"max_image_pixels": cfg.max_image_pixels, "image_size": cfg.image_size}
+
+
 def plan_table(csv: Path, cfg: PairsConfig) -> tuple[list[WorkUnit], list[str]]:
     """Units of `rows_per_unit` table rows each, and the warnings of reading the table."""
     columns = [c for c in (cfg.img_key, cfg.caption_key, cfg.group_key) if c]
@@ -201,8 +238,8 @@ def plan_table(csv: Path, cfg: PairsConfig) -> tuple[list[WorkUnit], list[str]]:
     units = []
     for start in range(0, len(rows), cfg.rows_per_unit):
         chunk = rows[start:start + cfg.rows_per_unit]
-        digest = hashlib.sha1(json.dumps([c[:1] + c[2:] for c in chunk]).encode()).hexdigest()[:12]
-        payload = {"table_name": csv.name, "rows": chunk, "max_image_pixels": cfg.max_image_pixels}
+        digest = hashlib.sha1(json.dumps([[c[:1] + c[2:] for c in chunk], image_settings(cfg)]).encode()).hexdigest()[:12]
+        payload = {"table_name": csv.name, "rows": chunk, **image_settings(cfg)}
         units.append(WorkUnit(f"{csv.name}:{start}:{digest}", payload, inputs=sorted({r[1] for r in chunk})))
     return units, warnings_
 
@@ -232,8 +269,9 @@ def curate_pairs_command(
         for shard in shards or []:
             if not shard.is_file():
                 raise typer.BadParameter(f"shard not found: {shard}")
-            payload = {"shard": str(shard), "name": shard.name, "max_image_pixels": cfg.max_image_pixels}
-            units.append(WorkUnit(f"shard:{shard.name}", payload, inputs=[str(shard)]))
+            payload = {"shard": str(shard), "name": shard.name, **image_settings(cfg)}
+            settings = hashlib.sha1(json.dumps(image_settings(cfg)).encode()).hexdigest()[:12]
+            units.append(WorkUnit(f"shard:{shard.name}:{settings}", payload, inputs=[str(shard)]))
         names = [u.key for u in units]
         if len(set(names)) != len(names):
             raise typer.BadParameter("two shards share a file name; their sample ids would collide")
