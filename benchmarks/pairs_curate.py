@@ -28,6 +28,7 @@ Usage: python benchmarks/pairs_curate.py [--images 192] [--repeats 3] [--json PA
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import os
 import shlex
@@ -38,6 +39,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -104,16 +106,33 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.tar"))
 
 
+def img2dataset_resizer() -> Any:
+    """img2dataset's resizer module, loaded from its file alone.
+
+    Importing it as `img2dataset.resizer` would import the package, whose logger imports wandb, which
+    leaves empty temporary folders behind at import (the commands' copies leave theirs in the
+    benchmark's own temporary folder, through TMPDIR).
+    """
+    spec = importlib.util.find_spec("img2dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("img2dataset is not installed: make bench-setup")
+    path = Path(spec.submodule_search_locations[0]) / "resizer.py"
+    module_spec = importlib.util.spec_from_file_location("img2dataset_resizer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def per_image(paths: list[Path], repeats: int) -> dict[str, float]:
     """Median seconds per image of ours and of img2dataset's Resizer, one image at a time, interleaved."""
     import cv2
-    from img2dataset.resizer import Resizer
 
     from domains.pairs.curation.curate import to_rgb8
     from pipelines.curation.run import _encode_image
 
     cv2.setNumThreads(1)  # the Resizer's own setting for each call: single-threaded on both sides
-    resizer = Resizer(image_size=SIDE, resize_mode="keep_ratio", resize_only_if_bigger=True, encode_format="jpg", encode_quality=95)
+    resizer = img2dataset_resizer().Resizer(image_size=SIDE, resize_mode="keep_ratio", resize_only_if_bigger=True, encode_format="jpg",
+                                            encode_quality=95)
     blobs = [p.read_bytes() for p in paths[:32]]
     runs: dict[str, list[float]] = {"ours": [], "img2dataset": []}
     for _ in range(repeats):
@@ -142,12 +161,14 @@ def main() -> None:
     os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations (img2dataset's) asks the internet for a newer version at import
     from importlib.metadata import version
 
-    import img2dataset.resizer  # noqa: F401 - fail here, before the work, when the peer is not installed (make bench-setup)
+    img2dataset_resizer()  # fails here, before the work, when the peer is not installed
 
     quarter = max(1, args.images // 4)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        (folder / "tmp").mkdir()
+        env["TMPDIR"] = str(folder / "tmp")  # wandb (imported by img2dataset's logger) leaves empty folders in it
         paths = write_images(folder / "images", args.images)
         (folder / "pairs.csv").write_text("filepath,title\n" + "".join(f"images/{p.name},photo {i}\n" for i, p in enumerate(paths)))
         (folder / "urls.csv").write_text("url,title\n" + "".join(f"{p.as_uri()},photo {i}\n" for i, p in enumerate(paths)))

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import typer
 import webdataset as wds
 from PIL import Image
@@ -94,8 +95,8 @@ def jpeg_bytes(image: np.ndarray, **save: object) -> bytes:
     return buf.getvalue()
 
 
-def curate_images(tmp_path, files: dict[str, bytes], **curate: object) -> tuple[dict, dict[str, np.ndarray]]:
-    """Curate `files` (name -> encoded image) from a table with `curate` as pairs.curate; the summary and the stored pixels by caption."""
+def curate_images(tmp_path, files: dict[str, bytes], **curate: object) -> dict[str, np.ndarray]:
+    """Curate `files` (name -> encoded image) from a table with `curate` as pairs.curate; the stored pixels by caption (the name)."""
     (tmp_path / "images").mkdir(exist_ok=True)
     for name, data in files.items():
         (tmp_path / "images" / name).write_bytes(data)
@@ -105,17 +106,15 @@ def curate_images(tmp_path, files: dict[str, bytes], **curate: object) -> tuple[
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["--csv", str(tmp_path / "pairs.csv"), "--out", str(out), "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 0, result.output
-    stored = {s["txt"]: np.asarray(s["png"]) for s in wds.WebDataset(shard_paths(out, "train"), shardshuffle=False).decode("rgb8")}
-    return json.loads((out / "summary.json").read_text()), {k: (v * 255).round().astype(np.uint8) if v.dtype != np.uint8 else v
-                                                            for k, v in stored.items()}
+    return {s["txt"]: s["png"] for s in wds.WebDataset(shard_paths(out, "train"), shardshuffle=False).decode("rgb8")}
 
 
 def test_images_are_stored_scaled_down_to_the_shorter_side_never_enlarged(tmp_path):
     files = {"wide.jpg": jpeg_bytes(texture(300, 450)), "tall.png": png_bytes(texture(500, 200)), "small.png": png_bytes(texture(60, 90))}
-    _, stored = curate_images(tmp_path, files, image_size=100)
+    stored = curate_images(tmp_path, files, image_size=100)
     assert {k: v.shape for k, v in stored.items()} == {"wide.jpg": (100, 150, 3), "tall.png": (250, 100, 3), "small.png": (60, 90, 3)}
     assert np.array_equal(stored["small.png"], texture(60, 90))  # smaller images are stored as they are
-    _, kept = curate_images(tmp_path, files, image_size=0)
+    kept = curate_images(tmp_path, files, image_size=0)
     assert {k: v.shape for k, v in kept.items()} == {"wide.jpg": (300, 450, 3), "tall.png": (500, 200, 3), "small.png": (60, 90, 3)}
 
 
@@ -135,7 +134,7 @@ def test_a_changed_image_size_reuses_no_staged_unit(tmp_path):
     assert refused["units_cached"] == 0 and refused["units_processed"] == 1
 
 
-def test_a_jpeg_is_shrunk_while_decoded_within_a_grey_level_of_a_full_resize(tmp_path, monkeypatch):
+def test_a_jpeg_is_shrunk_while_decoded_within_a_grey_level_of_a_full_resize(monkeypatch):
     from PIL import JpegImagePlugin
 
     from domains.pairs.curation.curate import to_rgb8
@@ -178,7 +177,7 @@ def test_exif_orientation_is_applied_to_the_scaled_image(tmp_path):
     image[:, :200] = (255, 0, 0)  # the stored picture's left half is red
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 clockwise to view": the left half ends up on top
-    _, stored = curate_images(tmp_path, {"phone.jpg": jpeg_bytes(image, exif=exif)}, image_size=100)
+    stored = curate_images(tmp_path, {"phone.jpg": jpeg_bytes(image, exif=exif)}, image_size=100)
     upright = stored["phone.jpg"]
     assert upright.shape == (200, 100, 3)
     top, bottom = upright[:90].reshape(-1, 3).mean(0), upright[110:].reshape(-1, 3).mean(0)
@@ -190,7 +189,7 @@ def test_a_palette_image_is_resampled_in_rgb_not_picked_by_nearest_neighbour(tmp
     stripes[:, ::2] = 255  # one-pixel black and white columns: any averaging resize makes them grey
     buf = io.BytesIO()
     Image.fromarray(stripes).convert("P").save(buf, format="PNG")
-    _, stored = curate_images(tmp_path, {"palette.png": buf.getvalue()}, image_size=16)
+    stored = curate_images(tmp_path, {"palette.png": buf.getvalue()}, image_size=16)
     assert stored["palette.png"].shape == (16, 16, 3) and np.abs(stored["palette.png"].astype(int) - 128).max() < 40
 
 
@@ -209,3 +208,12 @@ def test_real_pixels_shrunk_while_decoded_match_a_full_resize(realdata):
     assert got.shape == full.shape
     error = got.astype(float) - full
     assert np.abs(error).mean() < 0.75 and 10 * np.log10(255**2 / (error**2).mean()) > 45
+
+
+def test_an_unknown_image_format_is_a_params_error_naming_the_key(tmp_path):
+    from domains.pairs.curation.curate import PairsConfig
+    from pipelines.params import ParamsError, read
+
+    (tmp_path / "params.yaml").write_text("pairs:\n  curate:\n    image_format: webp\n")
+    with pytest.raises(ParamsError, match=r"pairs\.curate\.image_format: 'webp' is not one of 'png', 'jpg', 'npy'"):
+        read(tmp_path / "params.yaml", PairsConfig, "pairs", "curate")

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from PIL import Image
@@ -98,13 +98,16 @@ class WorkUnit:
         return ", ".join(map(str, self.inputs)) or self.key
 
 
+ImageFormat = Literal["png", "jpg", "npy"]  # how a pair's image is stored in the shards (npy: CT volumes, any dtype)
+
+
 @dataclass
 class CurationConfig:
     """Settings every curation shares; a domain's config subclasses it and adds its own fields."""
 
     workers: int = 0
     shard_size: int = 1000
-    image_format: str = "png"  # png | jpg | npy
+    image_format: ImageFormat = "png"
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -123,7 +126,7 @@ class CurationRefused(InputError):
     """A run that would replace good output with nothing; the previous output is kept."""
 
 
-def _encode_image(image: np.ndarray, fmt: str) -> tuple[str, bytes]:
+def _encode_image(image: np.ndarray, fmt: ImageFormat) -> tuple[str, bytes]:
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
@@ -146,7 +149,7 @@ def failed_record(unit: WorkUnit, name: str, reason: str) -> dict[str, Any]:
             "rejects": [{"input": unit.label, "stage": "unit", "reason": reason}]}
 
 
-def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_format: str, named: tuple[str, WorkUnit]) -> dict:
+def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_format: ImageFormat, named: tuple[str, WorkUnit]) -> dict:
     """Run one unit and stage its samples under its cache name; returns the unit record.
 
     The record is also written as JSON, which marks the unit done for later runs; a unit whose
