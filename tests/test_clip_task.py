@@ -117,3 +117,33 @@ def test_augmentation_is_seeded_per_sample_and_leaves_the_trainers_rng_alone(tmp
 
     a, b = first_batch(), first_batch()
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+
+
+def test_images_smaller_than_the_models_input_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from pipelines.train import distributed as D
+    from pipelines.train.clip_task import ClipTask
+
+    fitting = write_shard(tmp_path / "fitting.tar", 8)  # 64 px, the tiny model's input
+    small = tmp_path / "small.tar"
+    with wds.TarWriter(str(small)) as sink:
+        for i, side in enumerate((64, 40, 48)):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((side, 80, 3), 90, np.uint8)).save(buf, format="PNG")
+            sink.write({"__key__": f"s{i}", "png": buf.getvalue(), "txt": "a grey picture"})
+    lm = tiny_clip()
+
+    def warnings_for(shard: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pipelines.train.clip_task"):
+            ClipTask(lm.model, lm.preprocess_train, lm.tokenizer, [shard], CLIP.config(), D.DistInfo())
+        return [r.getMessage() for r in caplog.records if r.name == "pipelines.train.clip_task"]
+
+    assert warnings_for(fitting) == []
+    assert warnings_for(str(small)) == [
+        "2 of the first 3 training images are smaller than the model's 64 px input on their shorter side (down to 40 px): "
+        "training enlarges them; curate them at 64 px or more"]

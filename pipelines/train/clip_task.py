@@ -8,6 +8,7 @@ Its checkpoints and final `trainable.safetensors` hold the trainable parameters 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -19,13 +20,14 @@ from pipelines.io.shards import count_samples
 from pipelines.models.adapt import clip_of
 from pipelines.models.text_trim import can_trim_text, trimmed_text
 from pipelines.train.checkpoint import write_safetensors_atomic
-from pipelines.train.clip_data import make_train_loader
+from pipelines.train.clip_data import images_smaller_than, make_train_loader
 from pipelines.train.distributed import DistInfo
 from pipelines.train.loop import TrainConfig
 from pipelines.train.loss import make_loss
 from pipelines.train.task import Progress, TrainingTask, full_precision
 
 TRAINABLE_FILE = "trainable.safetensors"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +70,11 @@ class ClipTask(TrainingTask):
         self.may_leave_parameters_unused = bool(getattr(loss, "owns_params", False))
         # a causal, EOT-pooled text tower runs only up to the batch's last EOT (same features and gradients)
         self.trim_text = can_trim_text(clip_of(model))
+        input_size = getattr(clip_of(model).visual, "image_size", None)  # open_clip's towers: an int or (height, width)
+        if info.rank == 0 and input_size is not None:
+            small = images_smaller_than(self.shards, min(input_size) if isinstance(input_size, (tuple, list)) else int(input_size))
+            if small:
+                log.warning(small)
 
     def num_samples(self) -> int:
         """Image-text samples in the shards."""
