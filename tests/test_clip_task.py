@@ -135,6 +135,7 @@ def test_images_smaller_than_the_models_input_are_warned_about(tmp_path: Path, c
             buf = io.BytesIO()
             Image.fromarray(np.full((side, 80, 3), 90, np.uint8)).save(buf, format="PNG")
             sink.write({"__key__": f"s{i}", "png": buf.getvalue(), "txt": "a grey picture"})
+        sink.write({"__key__": "s3", "png": b"not a picture", "txt": "a broken file"})  # left to the decoder: no error here
     lm = tiny_clip()
 
     def warnings_for(shard: str) -> list[str]:

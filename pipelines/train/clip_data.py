@@ -75,8 +75,11 @@ def images_smaller_than(shards: list[str], size: int, first: int = 64) -> str | 
     """
     shorter = []
     for sample in itertools.islice(_usable_samples(shards), first):
-        with Image.open(io.BytesIO(sample["image"])) as image:
-            shorter.append(min(image.size))
+        try:
+            with Image.open(io.BytesIO(sample["image"])) as image:
+                shorter.append(min(image.size))
+        except OSError:  # not an image: the decoder names it when training reaches it; a warning must not stop the run
+            continue
     small = [side for side in shorter if side < size]
     if not small:
         return None
