@@ -35,7 +35,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -84,21 +83,13 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 
 
 def shard_images(folder: Path) -> dict[str, np.ndarray]:
-    """Caption -> decoded pixels of every .tar under `folder`."""
+    """Caption -> decoded pixels of every .tar under `folder` (both tools write jpg and txt members)."""
     from PIL import Image
 
-    found: dict[str, np.ndarray] = {}
-    for shard in sorted(folder.rglob("*.tar")):
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.isfile():
-                    key, _, ext = member.name.partition(".")
-                    members.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for sample in members.values():
-            if "jpg" in sample and "txt" in sample:
-                found[sample["txt"].decode()] = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
-    return found
+    from pipelines.io.shards import iter_tar_samples
+
+    return {sample["txt"].decode(): np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
+            for shard in sorted(folder.rglob("*.tar")) for sample in iter_tar_samples(shard) if "jpg" in sample and "txt" in sample}
 
 
 def folder_bytes(folder: Path) -> int:

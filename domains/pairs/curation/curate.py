@@ -266,11 +266,11 @@ def curate_pairs_command(
         units, warnings_ = plan_table(csv, cfg)
         process = process_table_rows
     else:
+        settings = hashlib.sha1(json.dumps(image_settings(cfg)).encode()).hexdigest()[:12]
         for shard in shards or []:
             if not shard.is_file():
                 raise typer.BadParameter(f"shard not found: {shard}")
             payload = {"shard": str(shard), "name": shard.name, **image_settings(cfg)}
-            settings = hashlib.sha1(json.dumps(image_settings(cfg)).encode()).hexdigest()[:12]
             units.append(WorkUnit(f"shard:{shard.name}:{settings}", payload, inputs=[str(shard)]))
         names = [u.key for u in units]
         if len(set(names)) != len(names):
