@@ -44,5 +44,5 @@ def encode_png(image: np.ndarray) -> bytes:
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as PNG's filters do
     header = struct.pack(">IIBBBBB", width, height, 8, COLOUR_TYPES[channels], 0, 0, 0)
     return (SIGNATURE + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), DEFLATE_LEVEL))
+            + _chunk(b"IDAT", isal_zlib.compress(filtered, DEFLATE_LEVEL))
             + _chunk(b"IEND", b""))
