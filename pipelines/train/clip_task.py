@@ -18,6 +18,7 @@ from torch import nn
 
 from pipelines.io.shards import count_samples
 from pipelines.models.adapt import clip_of
+from pipelines.models.clip import preprocess_config_of
 from pipelines.models.text_trim import can_trim_text, trimmed_text
 from pipelines.train.checkpoint import write_safetensors_atomic
 from pipelines.train.clip_data import images_smaller_than, make_train_loader
@@ -70,8 +71,8 @@ class ClipTask(TrainingTask):
         self.may_leave_parameters_unused = bool(getattr(loss, "owns_params", False))
         # a causal, EOT-pooled text tower runs only up to the batch's last EOT (same features and gradients)
         self.trim_text = can_trim_text(clip_of(model))
-        input_size = getattr(clip_of(model).visual, "image_size", None)  # open_clip's towers: an int or (height, width)
-        if info.rank == 0 and input_size is not None:
+        if info.rank == 0:
+            input_size = preprocess_config_of(clip_of(model))["size"]  # what the train transform resizes to: an int or [height, width]
             small = images_smaller_than(self.shards, min(input_size) if isinstance(input_size, (tuple, list)) else int(input_size))
             if small:
                 log.warning(small)
