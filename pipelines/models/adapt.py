@@ -2,10 +2,11 @@
 
 Why attention is rewritten before LoRA: open_clip's ResidualAttentionBlock uses
 nn.MultiheadAttention, whose forward reads `out_proj.weight` directly through
-F.multi_head_attention_forward. peft (0.21) wraps that case specially and applies the
+F.multi_head_attention_forward. peft before 0.22 wraps that case specially and applies the
 out_proj update twice (output == W + 2*dW), so the trained model and its merged export
-disagree. `explicit_attention` swaps every block's attention for `ExplicitAttention`, which
-holds plain q/k/v/out nn.Linear layers that peft wraps like any other Linear.
+disagree (0.22 applies it once). `explicit_attention` swaps every block's attention for
+`ExplicitAttention`, which holds plain q/k/v/out nn.Linear layers that peft wraps like any
+other Linear: the same model, and the same parameter names, under every peft version.
 
 The object `prepare` returns in lora mode is a `peft.PeftModel`. It behaves like the CLIP
 it wraps: PeftModel/LoraModel forward missing attributes to the wrapped CLIP, whose
