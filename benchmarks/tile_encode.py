@@ -1,4 +1,4 @@
-"""Curated tiles written as PNG: the curation's writer (pipelines/io/png.py) against Pillow's, the writer before, and OpenCV's.
+"""Curated tiles as PNG: the curation's writer and the trainer's reader (pipelines/io/png.py) against Pillow's and OpenCV's.
 
 Real 224 px RGB tiles from ../shared/realdata: H&E (CMU-1-Small-Region and the TCGA excerpt, tissue
 only), Landsat (RGB.byte.tif) and aerial web-map tiles (robosat's). In one process, interleaved,
@@ -8,7 +8,12 @@ medians of `--repeats`:
   Pillow (`Image.save(format="PNG")`, its defaults: each row's best of five filters, zlib level 6; what
   the curation wrote before) and by OpenCV (`cv2.imencode(".png")`, its defaults: zlib level 1; in
   .venv-bench, where img2dataset brings it; its row is left out, saying why, where it is absent);
-- reading: the tiles each writer wrote decoded with Pillow, as the trainer decodes every tile each epoch;
+- reading, as the trainer decodes every tile each epoch: our files read by ours (`open_rgb`: ISA-L's inflate
+  and one cumulative sum), by Pillow (`Image.open(...).convert("RGB")`, what the trainer did before) and
+  by OpenCV (`cv2.imdecode` and `cvtColor` to RGB); and Pillow's files read by Pillow (before -> after);
+- the trainer's data loader (`make_train_loader`: decode, open_clip's train transform at 224 px,
+  collate; one process, no workers) over a shard of these tiles: after (our files, our reader)
+  against before (Pillow's files, Pillow's reader, patched in);
 - a whole curation: `curate pathology` of 8 copies of CMU-1-Small-Region at 0.5 um/px (224 px tissue
   tiles, 2 worker processes), with ours against Pillow as the curation's writer (before -> after).
 
@@ -91,36 +96,91 @@ def opencv_png() -> Callable[[np.ndarray], bytes] | str:
     return encode
 
 
-def pixels(data: bytes) -> np.ndarray:
-    """The tile a PNG holds, decoded as the trainer decodes it (Pillow, RGB)."""
+def pillow_rgb(data: bytes) -> Image.Image:
+    """A PNG decoded as the trainer decoded it before (webdataset's "pilrgb": Pillow, then RGB)."""
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return im.convert("RGB")
 
 
-def per_tile(writers: dict[str, Callable[[np.ndarray], bytes]], tiles: list[np.ndarray], repeats: int) -> tuple[dict, dict, dict]:
-    """Seconds per tile to write and to read back (medians of `repeats`, writers interleaved) and bytes written.
+def opencv_rgb() -> Callable[[bytes], np.ndarray] | None:
+    """OpenCV's PNG reader giving RGB pixels, or None where OpenCV is absent."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return lambda data: cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
-    Each writer's files are checked first: decoded, they are the tiles given.
+
+def per_tile(writers: dict[str, Callable[[np.ndarray], bytes]], readers: dict[str, tuple[str, Callable[[bytes], object]]],
+             tiles: list[np.ndarray], repeats: int) -> tuple[dict, dict, dict]:
+    """Seconds per tile to write and to read (medians of `repeats`, interleaved) and bytes written.
+
+    `readers` maps a name to (the writer whose files it reads, the reader). Every writer's files are
+    checked first: each reader gives back the tiles given.
     """
     files = {name: [write(t) for t in tiles] for name, write in writers.items()}
-    for name, written in files.items():
-        if not all(np.array_equal(pixels(d), t) for d, t in zip(written, tiles)):
+    for name, (writer, read) in readers.items():
+        if not all(np.array_equal(np.asarray(read(d)), t) for d, t in zip(files[writer], tiles)):
             raise SystemExit(f"{name}: a tile decoded to other pixels than it was given")
     write_s: dict[str, list[float]] = {name: [] for name in writers}
-    read_s: dict[str, list[float]] = {name: [] for name in writers}
+    read_s: dict[str, list[float]] = {name: [] for name in readers}
     for _ in range(repeats):
         for name, write in writers.items():
             start = time.perf_counter()
             for t in tiles:
                 write(t)
             write_s[name].append((time.perf_counter() - start) / len(tiles))
-        for name, written in files.items():
+        for name, (writer, read) in readers.items():
             start = time.perf_counter()
-            for d in written:
-                pixels(d)
+            for d in files[writer]:
+                read(d)
             read_s[name].append((time.perf_counter() - start) / len(tiles))
     return ({name: statistics.median(v) for name, v in write_s.items()}, {name: statistics.median(v) for name, v in read_s.items()},
             {name: sum(map(len, written)) for name, written in files.items()})
+
+
+def training_loader(tiles: list[np.ndarray], copies: int, repeats: int) -> tuple[dict[str, float], int]:
+    """Seconds for the trainer's loader to go through a shard of `copies` x `tiles` (medians, interleaved), and its sample count.
+
+    After: the tiles as the curation writes them now, read by `open_rgb`. Before: as Pillow wrote
+    them, read by Pillow (the loader's reader patched). The same transforms, seeded alike, must give
+    the same batches from both.
+    """
+    import open_clip
+    import torch
+    import webdataset as wds
+
+    import pipelines.train.clip_data as clip_data
+    from pipelines.io.png import encode_png, open_rgb
+
+    transform = open_clip.image_transform(SIDE, is_train=True)
+    setups = {"ours": (encode_png, open_rgb), "before": (pillow_png, pillow_rgb)}
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = {}
+        for name, (write, _) in setups.items():
+            shards[name] = str(Path(tmp) / f"{name}-000000.tar")
+            with wds.TarWriter(shards[name]) as sink:
+                for i in range(copies):
+                    for j, tile in enumerate(tiles):
+                        sink.write({"__key__": f"{i:03d}-{j:03d}", "png": write(tile), "txt": f"tile {j}"})
+
+        def epoch(name: str) -> list[torch.Tensor]:
+            clip_data.open_rgb = setups[name][1]
+            loader, _ = clip_data.make_train_loader([shards[name]], transform, lambda texts: texts, 32, 0, 0, 0)
+            return [images for images, _ in loader]
+
+        try:
+            if not all(torch.equal(a, b) for a, b in zip(epoch("ours"), epoch("before"), strict=True)):
+                raise SystemExit("the loader gave other batches after than before")
+            for _ in range(repeats):
+                for name in setups:
+                    start = time.perf_counter()
+                    epoch(name)
+                    times[name].append(time.perf_counter() - start)
+        finally:
+            clip_data.open_rgb = open_rgb
+    return {name: statistics.median(v) for name, v in times.items()}, (copies * len(tiles)) // 32 * 32
 
 
 def whole_curation(copies: int, repeats: int) -> tuple[dict[str, float], int]:
@@ -163,12 +223,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--copies", type=int, default=8, help="copies of CMU-1-Small-Region in the whole curation")
+    ap.add_argument("--loader-copies", type=int, default=8, help="copies of the tiles in the training loader's shard")
     ap.add_argument("--json", type=Path, help="write the figures here (benchmarks' JSON contract)")
     args = ap.parse_args()
     for path in (CMU, TCGA, LANDSAT, AERIAL):
         if not path.exists():
             raise SystemExit(f"missing real data: {path} ({REALDATA})")
-    from pipelines.io.png import encode_png
+    from pipelines.io.png import encode_png, open_rgb
 
     by_source = real_tiles()
     tiles = [t for group in by_source.values() for t in group]
@@ -176,7 +237,13 @@ def main() -> None:
     opencv = opencv_png()
     if callable(opencv):
         writers["opencv"] = opencv
-    write_s, read_s, size = per_tile(writers, tiles, args.repeats)
+    readers: dict[str, tuple[str, Callable[[bytes], object]]] = {
+        "ours": ("ours", open_rgb), "pillow on ours": ("ours", pillow_rgb), "before": ("pillow", pillow_rgb)}
+    opencv_reader = opencv_rgb()
+    if opencv_reader is not None:
+        readers["opencv on ours"] = ("ours", opencv_reader)
+    write_s, read_s, size = per_tile(writers, readers, tiles, args.repeats)
+    loader, samples = training_loader(tiles, args.loader_copies, args.repeats)
     sizes = {source: {name: sum(len(w(t)) for t in group) for name, w in writers.items()} for source, group in by_source.items()}
     curation, kept = whole_curation(args.copies, max(3, args.repeats // 2 + 1))
 
@@ -184,8 +251,10 @@ def main() -> None:
     size_note = "; ".join(f"{source}: " + ", ".join(f"{name} {s[name] / len(by_source[source]) / 1e3:.1f} KB" for name in writers)
                           for source, s in sizes.items())
     for name in writers:
-        per = size[name] / len(tiles) / 1e3
-        print(f"{name}: write {write_s[name] * 1e3:.2f} ms, read {read_s[name] * 1e3:.2f} ms a tile, {per:.1f} KB")
+        print(f"{name}: write {write_s[name] * 1e3:.2f} ms a tile, {size[name] / len(tiles) / 1e3:.1f} KB")
+    for name in readers:
+        print(f"{name}: read {read_s[name] * 1e3:.3f} ms a tile")
+    print(f"training loader ({samples} samples): ours {loader['ours']:.2f} s, before {loader['before']:.2f} s")
     print(f"files a tile by source: {size_note}")
     print(f"whole curation ({kept} tiles): ours {curation['ours']:.2f} s, Pillow {curation['pillow']:.2f} s")
 
@@ -204,10 +273,32 @@ def main() -> None:
                      "peer_value": round(1 / write_s["opencv"], 1), "ratio": round(write_s["opencv"] / write_s["ours"], 3),
                      "bar": None, "repeats": args.repeats, "notes": notes})
     rows += [
-        {"figure": f"curated tile decoded for training (Pillow, as the trainer): {setting}", "unit": "tiles/s",
-         "ours": round(1 / read_s["ours"], 1), "peer": "the same tiles as Pillow's PNG writer wrote them (before)",
-         "peer_value": round(1 / read_s["pillow"], 1), "ratio": round(read_s["pillow"] / read_s["ours"], 3), "bar": None,
-         "repeats": args.repeats, "notes": "Up-filtered rows are cheaper to undo than Pillow's per-row choice of five filters"},
+        {"figure": f"curated tile decoded for training (pipelines.io.png.open_rgb), vs Pillow on the same files: {setting}",
+         "unit": "tiles/s", "ours": round(1 / read_s["ours"], 1),
+         "peer": f"Pillow {version('pillow')}: Image.open(...).convert('RGB') (webdataset's pilrgb, the trainer's reader before)",
+         "peer_value": round(1 / read_s["pillow on ours"], 1), "ratio": round(read_s["pillow on ours"] / read_s["ours"], 3),
+         "bar": None, "repeats": args.repeats, "notes": "the same RGB pixels (checked); ours: ISA-L's inflate, a cumulative sum"},
+    ]
+    if "opencv on ours" in readers:
+        rows.append({"figure": f"curated tile decoded for training, vs OpenCV on the same files: {setting}", "unit": "tiles/s",
+                     "ours": round(1 / read_s["ours"], 1),
+                     "peer": f"OpenCV {version('opencv-python-headless')} cv2.imdecode, then cvtColor to RGB",
+                     "peer_value": round(1 / read_s["opencv on ours"], 1),
+                     "ratio": round(read_s["opencv on ours"] / read_s["ours"], 3), "bar": None, "repeats": args.repeats,
+                     "notes": "ours returns a PIL image (what the train transforms take), OpenCV an array"})
+    rows += [
+        {"figure": f"curated tile decoded for training, before -> after (both the writer and the reader): {setting}",
+         "unit": "tiles/s", "ours": round(1 / read_s["ours"], 1),
+         "peer": "the tiles as Pillow's PNG writer wrote them, read by Pillow (before)",
+         "peer_value": round(1 / read_s["before"], 1), "ratio": round(read_s["before"] / read_s["ours"], 3), "bar": None,
+         "repeats": args.repeats, "notes": f"Pillow reads our files at {1 / read_s['pillow on ours']:.0f} tiles/s, "
+         f"{read_s['before'] / read_s['pillow on ours']:.2f}x its own (Up is cheaper to undo than Pillow's per-row choice of filters)"},
+        {"figure": (f"the trainer's data loader (decode, open_clip's train transform at {SIDE} px, collate), {samples} samples "
+                    f"of these tiles, one process, before -> after"),
+         "unit": "samples/s", "ours": round(samples / loader["ours"], 1),
+         "peer": "the same loader on Pillow-written tiles read by Pillow (before)", "peer_value": round(samples / loader["before"], 1),
+         "ratio": round(loader["before"] / loader["ours"], 3), "bar": None, "repeats": args.repeats,
+         "notes": "the same batches, bit for bit (checked); what each data worker of a GPU run does"},
         {"figure": (f"a whole slide curation (`curate pathology`, {args.copies} copies of CMU-1-Small-Region at 0.5 um/px, "
                     f"{kept} tissue tiles of {SIDE} px, 2 worker processes), before -> after"),
          "unit": "tiles/s", "ours": round(kept / curation["ours"], 1), "peer": "the same curation writing its PNGs with Pillow (before)",

@@ -41,3 +41,38 @@ def test_variants_are_drawn_per_epoch_and_deterministic(tmp_path):
         seen.update(got)
     # both the title and the multi-object variant of some pairs were used across epochs
     assert any(t.endswith("surrounded by x") for t in seen) and any(not t.endswith("x") for t in seen)
+
+
+def test_every_image_kind_reaches_training_as_pillows_rgb_pixels(tmp_path):
+    # the loader's fast PNG path (the curation's own files) and Pillow's (anything else) must give the same pixels
+    import io
+
+    from PIL import Image
+
+    from pipelines.io.png import encode_png
+
+    rng = np.random.default_rng(0)
+    images = {f"k{i}": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(6)}
+
+    def pillow_file(pixels, fmt, mode="RGB"):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).convert(mode).save(buf, format=fmt)
+        return buf.getvalue()
+
+    files = {"k0": ("png", encode_png(images["k0"])), "k1": ("png", encode_png(np.dstack([images["k1"], images["k1"][..., :1]]))),
+             "k2": ("png", encode_png(images["k2"][..., 0])), "k3": ("png", pillow_file(images["k3"], "PNG")),
+             "k4": ("jpg", pillow_file(images["k4"], "JPEG")), "k5": ("png", pillow_file(images["k5"], "PNG", "P"))}
+    path = str(tmp_path / "train-000000.tar")
+    with wds.TarWriter(path) as w:
+        for key, (ext, data) in files.items():
+            w.write({"__key__": key, ext: data, "txt": key})
+    expected = {}
+    for key, (_, data) in files.items():
+        with Image.open(io.BytesIO(data)) as im:
+            expected[key] = np.asarray(im.convert("RGB"))
+    loader, _ = make_train_loader([path], lambda im: torch.from_numpy(np.array(im)), lambda t: list(t), 6, 0, 0, 0)
+    seen = {key: image.numpy() for batch, keys in loader for image, key in zip(batch, keys)}
+    assert seen.keys() == files.keys()
+    for key in files:
+        assert np.array_equal(seen[key], expected[key]), key
+    assert np.array_equal(seen["k0"], images["k0"]) and np.array_equal(seen["k1"], images["k1"])  # alpha dropped

@@ -17,6 +17,7 @@ from PIL import Image
 from pipelines.evaluate.clip import caption_positives, evaluate
 from pipelines.evaluate.metrics import retrieval_metrics, zero_shot_metrics
 from pipelines.evaluate.zero_shot import build_zero_shot_classifier
+from pipelines.io.png import encode_png
 
 # ---------------------------------------------------------------- zero-shot metrics
 
@@ -199,7 +200,7 @@ def _encoded_one_by_one(model, preprocess, images: list[bytes]) -> torch.Tensor:
 
 
 def _odd_images() -> list[bytes]:
-    """RGB PNGs and JPEGs of several sizes, a greyscale PNG and a palette PNG (preprocessing resizes those before converting)."""
+    """RGB PNGs and JPEGs of several sizes, greyscale, palette and RGBA PNGs (preprocessing resizes those before converting)."""
     rng = np.random.default_rng(5)
     out = []
     for i in range(21):
@@ -209,6 +210,9 @@ def _odd_images() -> list[bytes]:
             picture = picture.convert("L")
         elif i == 7:
             picture = picture.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        if i in (11, 13):  # as the curation writes them, RGB and RGBA (read on the PNG fast path, pipelines/io/png.py)
+            out.append(encode_png(np.dstack([pixels, rng.integers(0, 256, pixels.shape[:2], dtype=np.uint8)]) if i == 13 else pixels))
+            continue
         buf = io.BytesIO()
         picture.save(buf, format="JPEG" if i % 5 == 4 else "PNG")
         out.append(buf.getvalue())
@@ -248,8 +252,8 @@ def test_images_are_decoded_by_threads_beside_the_model_unless_workers_is_0(base
 
     model, preprocess = base_in_eval
     threads = []
-    real_open = Image.open
-    monkeypatch.setattr(evaluate_clip.Image, "open", lambda f: threads.append(threading.current_thread()) or real_open(f))
+    real_open = evaluate_clip.open_image
+    monkeypatch.setattr(evaluate_clip, "open_image", lambda data: threads.append(threading.current_thread()) or real_open(data))
     images = _odd_images()
     evaluate_clip.encode_images(model, preprocess, images, "cpu", 4, 2)
     assert len(threads) == len(images) and threading.main_thread() not in threads and len(set(threads)) == 2

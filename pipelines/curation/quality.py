@@ -1,11 +1,11 @@
 """Image-caption quality scores for the optional top-k% curation filter (as SkyScript and DataComp do)."""
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from PIL import Image
+
+from pipelines.io.png import open_rgb
 
 if TYPE_CHECKING:
     from pipelines.models.clip import ModelSpec
@@ -37,7 +37,7 @@ def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "aut
         starts = range(0, len(images), batch_size)
         for start in tqdm(starts, desc="quality", unit="batch", disable=None if len(starts) > 1 else True):
             batch = images[start : start + batch_size]
-            pixels = torch.stack([loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for b in batch]).to(where)
+            pixels = torch.stack([loaded.preprocess_val(open_rgb(b)) for b in batch]).to(where)
             with inference_autocast(where):
                 image_emb = model.encode_image(pixels, normalize=True)
             text_emb = encode_texts(model, loaded.tokenizer, captions[start : start + batch_size], where, batch_size)

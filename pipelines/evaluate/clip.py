@@ -48,6 +48,7 @@ from pipelines.evaluate.zero_shot import build_zero_shot_classifier
 from pipelines.infer.device import DeviceChoice
 from pipelines.infer.text import encode_texts
 from pipelines.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.io.png import open_image
 from pipelines.io.shards import IMAGE_EXTS, image_bytes, iter_tar_samples
 from pipelines.models.wise import WiseConfig
 
@@ -260,7 +261,7 @@ def encode_images(
     device = torch.device(device)
 
     def decode(index: int) -> Image.Image:
-        return Image.open(io.BytesIO(images[index]))
+        return open_image(images[index])
 
     embed = functools.partial(embed_image_batch, model, device=device)
     batches = embed_windows(range(len(images)), decode, preprocess, embed, batch_size, workers, "images", device=device)
