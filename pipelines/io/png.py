@@ -73,17 +73,17 @@ def decode_png(data: bytes) -> np.ndarray | None:
         if pos + 12 > len(view):
             return None  # truncated before IEND
         length, tag = struct.unpack_from(">I4s", view, pos)
+        if pos + 12 + length > len(view):
+            return None  # the chunk runs past the end
         body = view[pos + 8:pos + 8 + length]
-        if len(body) != length or pos + 12 + length > len(view):
-            return None
         (crc,) = struct.unpack_from(">I", view, pos + 8 + length)
         if isal_zlib.crc32(body, isal_zlib.crc32(tag)) != crc:
             return None
         pos += 12 + length
         if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body) if length == 13 and header is None else None
-            if header is None:
-                return None
+            if header is not None or length != 13:
+                return None  # a second or malformed header
+            header = struct.unpack(">IIBBBBB", body)
         elif header is None:
             return None  # IHDR must come first
         elif tag == b"IDAT":
