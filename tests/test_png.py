@@ -121,6 +121,22 @@ def test_reader_leaves_every_other_png_to_pillow() -> None:
     assert decode_png(unknown) is None
 
 
+def test_reader_refuses_a_header_that_is_late_repeated_or_short() -> None:
+    """IHDR must come first, once, 13 bytes long; otherwise the file is Pillow's to read or refuse."""
+    chunk = lambda tag, data: struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))  # noqa: E731
+    image = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    data = encode_png(image)
+    header_end = 8 + 12 + 13
+    header = data[8:header_end]
+    wider = chunk(b"IHDR", struct.pack(">IIBBBBB", 41, 3, 8, 2, 0, 0, 0))  # the same 372 filtered bytes as 3 rows of 41 px
+    late = data[:8] + chunk(b"tEXt", b"Comment\x00first") + data[8:]
+    repeated = data[:header_end] + wider + data[header_end:]
+    short = data[:8] + chunk(b"IHDR", header[8:20]) + data[header_end:]
+    assert decode_png(data[:header_end] + header + data[header_end:]) is None  # even the same header twice
+    for refused in (late, repeated, short):
+        assert decode_png(refused) is None
+
+
 def test_damaged_files_get_pillows_verdict() -> None:
     data = encode_png(RNG.integers(0, 256, (20, 20, 3), dtype=np.uint8))
     crc_at = data.index(b"IEND") - 8  # the IDAT's CRC: its pixels intact, the file damaged
