@@ -835,3 +835,55 @@ def test_real_web_mercator_tiles_as_one_mosaic(encoder: ClipEncoder, tmp_path: P
     assert (classes == 255).any() and (classes != 255).sum() == result.n_scored > 0  # the 3 x 2 tile box lacks three tiles
     regions = json.loads(result.geojson.read_text())["features"]
     assert sum(f["properties"]["area_m2"] for f in regions) == pytest.approx(result.n_scored * 40 * 40, rel=0.02)
+
+
+def _regions(crs: str, origin: tuple[float, float], cell_m: float) -> list[dict]:
+    """Region polygons of a random 24 x 24 class grid as `class_regions` makes them (4-connected), in `crs`, with holes of two sizes."""
+    from rasterio.features import shapes
+
+    rng = np.random.default_rng(7)
+    classes = np.kron(rng.integers(0, 4, (6, 6)), np.ones((4, 4), int)).astype(np.int32)
+    classes[rng.random(classes.shape) < 0.15] = 4
+    classes[8:16, 8:16], classes[9:10, 9:10], classes[11:14, 11:14] = 5, 6, 7  # a region with two holes of different sizes
+    transform = from_origin(*origin, cell_m, cell_m)
+    return [geometry for geometry, _ in shapes(classes, connectivity=4, transform=transform)]
+
+
+@pytest.mark.parametrize("crs, origin, cell_m", [("EPSG:32631", (372_000, 4_834_000), 128), ("EPSG:32618", (101_985, 2_826_915), 300),
+                                                  ("EPSG:3857", (410_000, 6_630_000), 40), ("EPSG:3031", (100_000, 1_500_000), 500),
+                                                  ("EPSG:32660", (680_000, 5_000_000), 2_000)])
+def test_regions_reach_lonlat_and_area_crs_with_transform_geoms_coordinates(crs: str, origin: tuple[float, float], cell_m: float,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polygons reach lon/lat (rounded) and an equal-area CRS (not) with rasterio's transform_geom's coordinates to the last
+    digit, without calling it: UTM, Web Mercator, Antarctic polar stereographic, and up to 180 E; then oriented as shapely
+    orients each polygon alone."""
+    import rasterio.warp
+    from rasterio.warp import transform_geom
+    from shapely.geometry import MultiPolygon, mapping
+    from shapely.geometry.polygon import orient
+
+    geometries = _regions(crs, origin, cell_m)
+    geometries.append({"type": "MultiPolygon", "coordinates": [geometries[0]["coordinates"], geometries[1]["coordinates"]]})
+    assert any(len(g["coordinates"]) > 2 for g in geometries[:-1])  # the two holes are there
+    laea = "+proj=laea +lat_0=40 +lon_0=10 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
+    expected = {dst: json.loads(json.dumps(transform_geom(crs, dst, geometries, precision=precision)))
+                for dst, precision in (("EPSG:4326", 7), (laea, -1))}
+    oriented = [shape(g) for g in expected["EPSG:4326"]]
+    oriented = [orient(g, 1.0) if g.geom_type == "Polygon" else MultiPolygon([orient(p, 1.0) for p in g.geoms]) for g in oriented]
+    monkeypatch.setattr(rasterio.warp, "transform_geom", None)  # one transform of all vertices, not GDAL's geometry by geometry
+    for dst, precision in (("EPSG:4326", 7), (laea, -1)):
+        assert analyst.transform_polygons(crs, dst, geometries, precision) == expected[dst]
+    assert analyst.lonlat_geometries(crs, geometries) == json.loads(json.dumps([mapping(g) for g in oriented]))
+
+
+@pytest.mark.parametrize("crs, corners", [("EPSG:32660", (720_000, 4_990_000, 750_000, 5_010_000)),  # across 180 E: cut in two
+                                          ("EPSG:3413", (-300_000, -300_000, 300_000, 300_000))])  # round the North Pole
+def test_polygons_across_the_antimeridian_or_round_a_pole_are_left_to_gdal(crs: str, corners: tuple[float, ...]) -> None:
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping
+
+    square = json.loads(json.dumps(mapping(box(*corners).segmentize(5_000))))  # vertices all along its edges
+    expected = json.loads(json.dumps(transform_geom(crs, "EPSG:4326", [square], precision=7)))
+    assert analyst.transform_polygons(crs, "EPSG:4326", [square], 7) == expected
+    assert crs == "EPSG:3413" or expected[0]["type"] == "MultiPolygon"  # GDAL cut it at the antimeridian
+
