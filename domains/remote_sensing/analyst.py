@@ -353,12 +353,12 @@ def transform_polygons(src_crs: Any, dst_crs: Any, geometries: list[dict[str, An
 
     transform_geom hands each geometry to GDAL alone: about 15 us a geometry, and 0.14 ms into
     lon/lat, where GDAL checks each for a cut at the antimeridian or round a pole (6 ms for the
-    benchmark scene's 42 regions, 0.73 s for 5,170; here 0.06 s). It never cuts into a projected CRS, and into
-    lon/lat only geometries whose longitudes straddle the antimeridian or go round a pole: vertices
-    all within less than 180 degrees of longitude do neither. Then its result is the transform of
-    each vertex, made here in one `rasterio.warp.transform` call (the same coordinate operation, the
-    same doubles: tests/test_rs_analyst.py) and rounded as rasterio rounds (Python's round). Other
-    geometry types, and longitudes spread wider, go to transform_geom.
+    benchmark scene's 42 regions, 0.73 s for 5,170; here 0.06 s). GDAL never cuts into a projected
+    CRS, and into lon/lat only geometries whose longitudes straddle the antimeridian or go round a
+    pole: vertices all within less than 180 degrees of longitude do neither. Then its result is the
+    transform of each vertex, made here in one `rasterio.warp.transform` call (the same coordinate
+    operation, the same doubles: tests/test_rs_analyst.py) and rounded as rasterio rounds (Python's
+    round). Other geometry types, and longitudes spread wider, go to transform_geom.
     """
     from rasterio.crs import CRS
     from rasterio.warp import transform, transform_geom
@@ -373,8 +373,7 @@ def transform_polygons(src_crs: Any, dst_crs: Any, geometries: list[dict[str, An
     xs, ys = transform(src_crs, dst_crs, [x for x, _ in points], [y for _, y in points])  # raises as transform_geom would
     if CRS.from_user_input(dst_crs).is_geographic and not np.ptp(xs) < 180:
         return transform_geom(src_crs, dst_crs, geometries, precision=precision)  # GDAL may cut them
-    rounded = zip(xs, ys) if precision < 0 else ((round(x, precision), round(y, precision)) for x, y in zip(xs, ys))
-    coordinates = iter(rounded)
+    coordinates = zip(xs, ys) if precision < 0 else ((round(x, precision), round(y, precision)) for x, y in zip(xs, ys))
     found = []
     for geometry, parts in zip(geometries, polygons):
         moved = [[[list(point) for point in itertools.islice(coordinates, len(ring))] for ring in rings] for rings in parts]
