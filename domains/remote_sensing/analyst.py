@@ -345,7 +345,17 @@ def lonlat_geometries(crs: Any, geometries: Sequence[dict[str, Any]]) -> list[di
     parts: list[list[Any]] = [[] for _ in transformed]
     for geometry, rings_of_polygon in zip(owner, polygon_rings):
         parts[geometry].append(rings_of_polygon)
-    return [{"type": g["type"], "coordinates": p[0] if g["type"] == "Polygon" else p} for g, p in zip(transformed, parts)]
+    return [_from_parts(g["type"], p) for g, p in zip(transformed, parts)]
+
+
+def _polygon_parts(geometry: dict[str, Any]) -> list[Any] | None:
+    """The polygons (each a list of rings) of a GeoJSON Polygon (itself) or MultiPolygon (its parts); None for any other type."""
+    return {"Polygon": [geometry["coordinates"]], "MultiPolygon": geometry["coordinates"]}.get(geometry["type"])
+
+
+def _from_parts(kind: str, parts: list[Any]) -> dict[str, Any]:
+    """A GeoJSON Polygon or MultiPolygon of its polygons (each a list of rings): `_polygon_parts` undone."""
+    return {"type": kind, "coordinates": parts[0] if kind == "Polygon" else parts}
 
 
 def transform_polygons(src_crs: Any, dst_crs: Any, geometries: list[dict[str, Any]], precision: int = -1) -> list[dict[str, Any]]:
@@ -365,8 +375,7 @@ def transform_polygons(src_crs: Any, dst_crs: Any, geometries: list[dict[str, An
 
     if not geometries:
         return []
-    polygons = [[g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"] if g["type"] == "MultiPolygon" else None
-                for g in geometries]
+    polygons = [_polygon_parts(g) for g in geometries]
     if any(p is None for p in polygons):
         return transform_geom(src_crs, dst_crs, geometries, precision=precision)
     points = [point for parts in polygons for rings in parts for ring in rings for point in ring]
@@ -377,7 +386,7 @@ def transform_polygons(src_crs: Any, dst_crs: Any, geometries: list[dict[str, An
     found = []
     for geometry, parts in zip(geometries, polygons):
         moved = [[[list(point) for point in itertools.islice(coordinates, len(ring))] for ring in rings] for rings in parts]
-        found.append({"type": geometry["type"], "coordinates": moved[0] if geometry["type"] == "Polygon" else moved})
+        found.append(_from_parts(geometry["type"], moved))
     return found
 
 
@@ -390,7 +399,7 @@ def shapely_polygons(geometries: Sequence[dict[str, Any]]) -> tuple[np.ndarray, 
 
     rings, ring_polygon, owner = [], [], []
     for i, geometry in enumerate(geometries):
-        for part in [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]:
+        for part in _polygon_parts(geometry):
             rings.extend(part)
             ring_polygon.extend([len(owner)] * len(part))
             owner.append(i)
