@@ -887,3 +887,19 @@ def test_polygons_across_the_antimeridian_or_round_a_pole_are_left_to_gdal(crs: 
     assert analyst.transform_polygons(crs, "EPSG:4326", [square], 7) == expected
     assert crs == "EPSG:3413" or expected[0]["type"] == "MultiPolygon"  # GDAL cut it at the antimeridian
 
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("parts", [("rasterio", "rgb1.tif"), ("gent", "2020-09-17_Sentinel_2_L1C_True_color.tiff")])
+def test_real_scenes_regions_reach_lonlat_with_transform_geoms_coordinates(parts: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real scene's regions: rgb1.tif's UTM given as WKT with no EPSG code (where transform_geom took 11 ms a polygon) and
+    Sentinel-2 in Web Mercator reach lon/lat with transform_geom's coordinates, without calling it."""
+    import rasterio.warp
+    from rasterio.warp import transform_geom
+
+    scene = open_scene([_need(*parts)])
+    width = scene.bounds[2] - scene.bounds[0]
+    geometries = _regions(scene.crs, (scene.bounds[0] + width / 4, scene.bounds[3] - width / 4), width / 48)
+    expected = json.loads(json.dumps(transform_geom(scene.crs, "EPSG:4326", geometries, precision=7)))
+    monkeypatch.setattr(rasterio.warp, "transform_geom", None)
+    assert analyst.transform_polygons(scene.crs, "EPSG:4326", geometries, 7) == expected
