@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from domains.remote_sensing import analyst
 from domains.remote_sensing.analyst import map_raster, read_classnames, search_rasters
 from domains.remote_sensing.analyst_windows import WindowOverview, WindowReader, open_scene, plan_grid, read_overview
+from domains.remote_sensing.curation.geometry import transform_polygons
 from domains.remote_sensing.curation.tiles import DIRECT_READ_TOLERANCE
 from domains.remote_sensing.prompts import TEMPLATES
 from pipelines.cli import app
@@ -872,7 +873,7 @@ def test_regions_reach_lonlat_and_area_crs_with_transform_geoms_coordinates(crs:
     oriented = [orient(g, 1.0) if g.geom_type == "Polygon" else MultiPolygon([orient(p, 1.0) for p in g.geoms]) for g in oriented]
     monkeypatch.setattr(rasterio.warp, "transform_geom", None)  # one transform of all vertices, not GDAL's geometry by geometry
     for dst, precision in (("EPSG:4326", 7), (laea, -1)):
-        assert analyst.transform_polygons(crs, dst, geometries, precision) == expected[dst]
+        assert transform_polygons(crs, dst, geometries, precision) == expected[dst]
     assert analyst.lonlat_geometries(crs, geometries) == json.loads(json.dumps([mapping(g) for g in oriented]))
 
 
@@ -884,7 +885,7 @@ def test_polygons_across_the_antimeridian_or_round_a_pole_are_left_to_gdal(crs: 
 
     square = json.loads(json.dumps(mapping(box(*corners).segmentize(5_000))))  # vertices all along its edges
     expected = json.loads(json.dumps(transform_geom(crs, "EPSG:4326", [square], precision=7)))
-    assert analyst.transform_polygons(crs, "EPSG:4326", [square], 7) == expected
+    assert transform_polygons(crs, "EPSG:4326", [square], 7) == expected
     assert crs == "EPSG:3413" or expected[0]["type"] == "MultiPolygon"  # GDAL cut it at the antimeridian
 
 
@@ -902,4 +903,4 @@ def test_real_scenes_regions_reach_lonlat_with_transform_geoms_coordinates(parts
     geometries = _regions(scene.crs, (scene.bounds[0] + width / 4, scene.bounds[3] - width / 4), width / 48)
     expected = json.loads(json.dumps(transform_geom(scene.crs, "EPSG:4326", geometries, precision=7)))
     monkeypatch.setattr(rasterio.warp, "transform_geom", None)
-    assert analyst.transform_polygons(scene.crs, "EPSG:4326", geometries, 7) == expected
+    assert transform_polygons(scene.crs, "EPSG:4326", geometries, 7) == expected

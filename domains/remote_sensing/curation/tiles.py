@@ -46,10 +46,15 @@ Validity = Literal["alpha", "mask"]
 _MERCATOR_EPSG = {3857, 3395, 3785, 900913, 54004}
 
 
-def utm_crs(lon: float, lat: float) -> CRS:
-    """The WGS 84 / UTM zone CRS holding (lon, lat), north or south by the latitude's sign."""
+def utm_epsg(lon: float, lat: float) -> int:
+    """The EPSG code of the WGS 84 / UTM zone holding (lon, lat), north or south by the latitude's sign."""
     zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS 84 / UTM zone CRS holding (lon, lat)."""
+    return CRS.from_epsg(utm_epsg(lon, lat))
 
 
 def keeps_own_crs(crs: CRS) -> bool:
