@@ -18,9 +18,9 @@ from PIL import Image
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_geom
 from scipy import ndimage
-from shapely.geometry import LineString, Point, Polygon, box, mapping
+from shapely.geometry import LineString, Point, Polygon, box, mapping, shape
 
-from domains.remote_sensing.curation.curate import RSCurateConfig, curate, curate_command, load_config
+from domains.remote_sensing.curation.curate import RSCurateConfig, curate, curate_command, load_config, plan_units
 from domains.remote_sensing.curation.osm import OSMFileError, read_features
 from domains.remote_sensing.curation.tiles import Tile, keeps_own_crs, overview_sample, read_tile, to_rgb8, utm_crs
 from domains.remote_sensing.curation.visibility import captions, load_tag_table
@@ -569,3 +569,38 @@ def test_raster_problems_have_their_own_reasons(tmp_path):
         "photo.tif": "not a GeoTIFF (JPEG image without a CRS)",
     }
     assert summary["warnings"] == [f"{pan}: 1 band; tiles are grey from band 1"]
+
+
+def test_a_raster_across_the_antimeridian_gives_tiles_on_both_sides_and_refuses_those_on_it(tmp_path):
+    """A UTM zone 60 raster across 180 E: its lon/lat bounds run from west > east, and objects on both sides get tiles; tiles
+    that would cross 180 degrees (GDAL cuts their footprint in two) are rejects, not a failed run."""
+    seam = 729_004.84  # x of 180 E at 46.78 N in UTM 60
+    x0, y0 = seam - 3 * SIZE * GSD / 2, 5_185_087.7 + SIZE * GSD / 2  # a 1152 x 384 m raster, 180 E down its middle
+    data = np.concatenate([texture(3, 30, 220, seed=s) for s in (3, 4, 5)], axis=2).round().astype(np.uint8)
+    raster = write_raster(tmp_path / "fiji.tif", data, crs="EPSG:32660", x0=x0, y0=y0)
+    points = {"node/1": (300, -80), "node/2": (350, -300), "node/3": (820, -90), "node/4": (870, -290),  # >= 200 m from 180 E
+              "node/5": (575, -190), "node/6": (578, -250)}  # within 5 m of it
+    features = []
+    for fid, (x, y) in points.items():
+        lon, lat = transform_geom("EPSG:32660", "EPSG:4326", mapping(Point(x0 + x, y0 + y)))["coordinates"]
+        features.append({"type": "Feature", "id": fid, "properties": {"building": "yes"},
+                         "geometry": {"type": "Point", "coordinates": [(lon + 180) % 360 - 180, lat]}})
+    osm = tmp_path / "map.geojson"
+    osm.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with rasterio.open(raster) as src:
+        west, _, east, _ = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    assert west > east  # rasterio's way of saying the bounds cross 180 degrees
+
+    cfg = build(RSCurateConfig, CFG)
+    table = load_tag_table()
+    plan = plan_units([raster], read_features(osm, keep=table.has_visible).features, cfg, table)
+    assert plan.units and all(unit.inputs == [str(raster)] for unit in plan.units)  # each chunk reads the raster
+    summary = run(tmp_path, [raster], osm)
+    manifest = read_manifest(tmp_path / "out")
+    lons = {p["osm_id"]: p["centre_lonlat"][0] for p in manifest.provenance}
+    assert sorted(lons) == ["node/1", "node/2", "node/3", "node/4"] and summary["pairs"]["kept"] == 4
+    assert lons["node/1"] > 179.99 and lons["node/3"] < -179.99
+    assert all(shape(f).geom_type == "Polygon" and shape(f).bounds[2] - shape(f).bounds[0] < 0.01 for f in manifest.footprint)
+    rejects = pd.read_csv(tmp_path / "out" / "rejects.csv")
+    assert sorted(zip(rejects.input, rejects.reason)) == [
+        (f"{raster}#node/{i}", "tile crosses the antimeridian (180 degrees) or a pole") for i in (5, 6)]

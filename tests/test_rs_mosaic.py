@@ -17,7 +17,7 @@ from rasterio.warp import transform_geom
 from shapely.geometry import Point, box, mapping
 
 from domains.remote_sensing.curation.curate import RSCurateConfig, curate, plan_units, process
-from domains.remote_sensing.curation.mosaic import RasterInfo, group_mosaics, priority
+from domains.remote_sensing.curation.mosaic import RasterInfo, connected, group_mosaics, priority
 from domains.remote_sensing.curation.osm import read_features
 from domains.remote_sensing.curation.visibility import load_tag_table
 from pipelines.io.manifest import read_manifest
@@ -271,3 +271,12 @@ def test_members_in_other_crs_join_and_tiles_are_cut_in_utm(tmp_path, crs):
     assert row["provenance"]["tile_crs"] == "EPSG:32631"
     assert row["provenance"]["rasters"] == [str(parts[0]), str(parts[1]), str(other)]
     assert row["provenance"]["nodata_fraction"] < 0.01  # the reprojected strip's edge may lose a pixel column to resampling
+
+
+def test_rasters_across_the_antimeridian_join_what_they_touch_there_and_nothing_else():
+    """Footprints across 180 degrees come as west > east: such a raster touches its neighbour across 180 E, not the rest of
+    the globe that a box from east to west would cover."""
+    across = info("across.tif", 0, (179.9, 10.0, -179.9, 11.0))
+    east = info("east.tif", 1, (-179.9, 10.0, -179.8, 11.0))  # touches it east of 180
+    far = info("far.tif", 2, (5.0, 10.0, 6.0, 11.0))  # same latitudes, the other side of the globe
+    assert [[r.path for r in group] for group in connected([across, east, far])] == [["across.tif", "east.tif"], ["far.tif"]]

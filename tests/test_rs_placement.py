@@ -1,4 +1,4 @@
-"""Where the remote-sensing curation puts each object's tile: moved in a few calls per CRS, as rasterio moves each object alone."""
+"""Where the remote-sensing curation puts each object's tile, and the lon/lat boxes it meets rasters with."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box, mapp
 
 from domains.remote_sensing.curation import curate
 from domains.remote_sensing.curation.curate import RSCurateConfig, _extents_in, _place_tiles, tile_sizes
+from domains.remote_sensing.curation.geometry import lonlat_box
 from domains.remote_sensing.curation.osm import Feature
 from domains.remote_sensing.curation.tiles import WGS84
 from domains.remote_sensing.curation.visibility import load_tag_table
@@ -93,3 +94,16 @@ def test_extents_are_the_bounds_gdal_gives_each_polygon(crs: str) -> None:
     assert shapely.get_num_geometries(polygons[-1]) == 3
     expected = [shape(TRANSFORM_GEOM(WGS84, crs, mapping(p))).bounds for p in polygons]
     assert list(_extents_in(CRS.from_user_input(crs), polygons)) == expected
+
+
+def test_lonlat_boxes_are_cut_at_the_antimeridian() -> None:
+    """Bounds from west > east (a raster across 180 degrees) and a box drawn beyond +-180 (round an object near it) become
+    two boxes, one each side; other boxes stay one."""
+    def parts(geometry: Any) -> list[tuple[float, ...]]:
+        return sorted(g.bounds for g in getattr(geometry, "geoms", [geometry]))
+
+    assert parts(lonlat_box(10.0, 40.0, 11.0, 41.0)) == [(10.0, 40.0, 11.0, 41.0)]
+    assert parts(lonlat_box(179.9, 40.0, -179.9, 41.0)) == [(-180.0, 40.0, -179.9, 41.0), (179.9, 40.0, 180.0, 41.0)]
+    assert parts(lonlat_box(179.75, 40.0, 180.25, 41.0)) == [(-180.0, 40.0, -179.75, 41.0), (179.75, 40.0, 180.0, 41.0)]
+    assert parts(lonlat_box(-180.5, 40.0, -179.5, 41.0)) == [(-180.0, 40.0, -179.5, 41.0), (179.5, 40.0, 180.0, 41.0)]
+    assert parts(lonlat_box(-190.0, 40.0, 190.0, 41.0)) == [(-180.0, 40.0, 180.0, 41.0)]  # all the way round

@@ -39,7 +39,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import Point, box, mapping, shape
 from shapely.strtree import STRtree
 
-from domains.remote_sensing.curation.geometry import transform_polygons
+from domains.remote_sensing.curation.geometry import lonlat_box, transform_polygons
 from domains.remote_sensing.curation.mosaic import Mosaic, RasterInfo, group_mosaics
 from domains.remote_sensing.curation.osm import Feature, OSMFileError, osm_format, read_features
 from domains.remote_sensing.curation.tiles import (
@@ -301,7 +301,7 @@ def _cut_tiles(job: MosaicJob, cfg: RSCurateConfig, table: TagTable, members: li
                result: UnitResult) -> None:
     sizes = tile_sizes(cfg, job.gsd_m)
     size = cfg.tile_size
-    member_boxes = [box(*m.bounds_ll) for m in members]
+    member_boxes = [lonlat_box(*m.bounds_ll) for m in members]
     context = sorted(job.context, key=lambda f: f.osm_id)
     tree = STRtree([f.geometry for f in context])
     own_crs = CRS.from_user_input(job.tile_crs) if job.tile_crs else None
@@ -312,6 +312,12 @@ def _cut_tiles(job: MosaicJob, cfg: RSCurateConfig, table: TagTable, members: li
         result.counts["tiles_attempted"] += 1
 
         touching = [i for i, b in enumerate(member_boxes) if b.intersects(tile_ll)]
+        if tile_ll.geom_type != "Polygon" or tile_ll.bounds[2] - tile_ll.bounds[0] >= 180:
+            # GDAL cut its footprint at 180 degrees or round a pole; the spatial split's cells take tiles in one piece
+            where = f"{members[touching[0] if touching else 0].path}#{feat.osm_id}"
+            result.rejects.append(Reject(where, STAGE_TILE, "tile crosses the antimeridian (180 degrees) or a pole"))
+            result.counts["tiles_rejected_across_the_antimeridian_or_a_pole"] += 1
+            continue
         resampling = Resampling.average if gsd > 1.5 * job.gsd_m else Resampling.bilinear
         if touching:
             try:
@@ -560,11 +566,11 @@ def _mosaic_limits(mosaic: Mosaic, samples: dict[str, Any], cfg: RSCurateConfig,
 
 
 def _reach_box(feature: Feature, reach_m: float) -> Any:
-    """A lon/lat box around the object's centre holding any tile cut for it."""
+    """A lon/lat box around the object's centre holding any tile cut for it (two boxes across the antimeridian)."""
     c = _centre(feature)
     dlat = reach_m / 110_574.0
     dlon = reach_m / (111_320.0 * max(0.01, math.cos(math.radians(min(89.0, abs(c.y) + dlat)))))
-    return box(c.x - dlon, c.y - dlat, c.x + dlon, c.y + dlat)
+    return lonlat_box(c.x - dlon, c.y - dlat, c.x + dlon, c.y + dlat)
 
 
 def plan_units(
@@ -598,7 +604,7 @@ def plan_units(
         hits: set[int] = set()
         for m in mosaic.members:
             if features:
-                hits.update(int(j) for j in tree.query(box(*m.bounds_ll), predicate="intersects"))
+                hits.update(int(j) for j in tree.query(lonlat_box(*m.bounds_ll), predicate="intersects"))
         if not hits:
             for m in mosaic.members:
                 plan.rejects.append(Reject(m.path, STAGE_RASTER, "no OSM features intersect the raster footprint"))
@@ -628,7 +634,7 @@ def _chunk_units(mosaic: Mosaic, mine: list[Feature], tree: STRtree, features: l
         chunks[(math.floor(x / chunk_m), math.floor(y / chunk_m))].append(feat)
     # the farthest a tile's corner can be from its object's centre, with the shift, and a margin for the CRS's turn
     reach_m = sizes.largest * (0.5 + cfg.max_shift_fraction) * math.sqrt(2) * 1.1
-    member_boxes = STRtree([box(*m.bounds_ll) for m in mosaic.members])
+    member_boxes = STRtree([lonlat_box(*m.bounds_ll) for m in mosaic.members])
     mosaic_id = hashlib.sha256("\n".join(os.path.abspath(m.path) for m in mosaic.members).encode()).hexdigest()[:12]
     units = []
     for (i, j), own in sorted(chunks.items()):

@@ -12,6 +12,21 @@ from typing import Any, Sequence
 import numpy as np
 import rasterio.warp
 from rasterio.crs import CRS
+from shapely.geometry import MultiPolygon, Polygon, box
+
+
+def lonlat_box(west: float, south: float, east: float, north: float) -> Polygon | MultiPolygon:
+    """A lon/lat box, cut in two at the antimeridian when it crosses it.
+
+    It crosses when `west` > `east` (as rasterio's `transform_bounds` gives the bounds of a raster
+    across 180 degrees) or when either lies beyond +-180 (a box drawn round a point near it).
+    """
+    if east - west >= 360:
+        return box(-180.0, south, 180.0, north)
+    west, east = (west + 360 if west < -180 else west), (east - 360 if east > 180 else east)
+    if west <= east:
+        return box(west, south, east, north)
+    return MultiPolygon([box(west, south, 180.0, north), box(-180.0, south, east, north)])
 
 
 def polygon_parts(geometry: dict[str, Any]) -> list[Any] | None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from shapely.geometry import box
 from shapely.strtree import STRtree
 
+from domains.remote_sensing.curation.geometry import lonlat_box
 from domains.remote_sensing.curation.tiles import keeps_own_crs
 from pipelines.curation import Reject
 
@@ -86,7 +86,7 @@ def priority(rasters: Sequence[RasterInfo]) -> list[RasterInfo]:
 
 def connected(rasters: Sequence[RasterInfo]) -> list[list[RasterInfo]]:
     """Groups of rasters whose footprints touch or overlap, directly or through others (input order within and between groups)."""
-    boxes = [box(*r.bounds_ll).buffer(_TOUCH_DEG) for r in rasters]
+    boxes = [lonlat_box(*r.bounds_ll).buffer(_TOUCH_DEG) for r in rasters]
     tree = STRtree(boxes)
     parent = list(range(len(rasters)))
 
