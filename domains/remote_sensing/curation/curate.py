@@ -241,8 +241,9 @@ def _place_tiles(features: list[Feature], cfg: RSCurateConfig, table: TagTable, 
 
     A tile lies in the mosaic's own CRS when it has one, else in its object's UTM zone.
 
-    The coordinates move in a few calls per CRS for all the objects (centres, polygon outlines, tile footprints), not in a
-    few per object: rasterio builds GDAL's coordinate operation again for every call, about 0.1-0.2 ms each.
+    The coordinates move in three calls per CRS for all the objects (centres, polygon outlines, tile footprints), not in
+    three per object: calls that alternate directions make GDAL build the coordinate operation again each time, about
+    0.2 ms a call (30 us when one direction repeats).
     """
     size = cfg.tile_size
     visible: list[tuple[Feature, TagMatch, Point]] = []

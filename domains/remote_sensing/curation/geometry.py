@@ -1,8 +1,9 @@
-"""GeoJSON polygons moved between CRSs in one call, as rasterio's `transform_geom` moves them one by one.
+"""Lon/lat boxes cut at the antimeridian, and GeoJSON polygons moved between CRSs in one call.
 
 The curation (each tile's footprint in lon/lat) and the analyst commands (a map's regions) move many
-small polygons: `transform_geom` hands each to GDAL alone, which builds the coordinate operation again
-every time and, into lon/lat, checks each polygon for a cut at the antimeridian or round a pole.
+small polygons: rasterio's `transform_geom` hands each to GDAL alone, which may build the coordinate
+operation again each time and, into lon/lat, checks each polygon for a cut at the antimeridian or
+round a pole.
 """
 from __future__ import annotations
 
