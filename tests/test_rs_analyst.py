@@ -890,6 +890,24 @@ def test_polygons_across_the_antimeridian_or_round_a_pole_are_left_to_gdal(crs: 
 
 
 
+def test_a_scene_across_the_antimeridian_maps_with_its_regions_cut_there(encoder: ClipEncoder, tmp_path: Path) -> None:
+    """A UTM zone 60 scene with 180 E down its middle: regions that cross it come out as RFC 7946 has them, a multipolygon with
+    a part on each side, and no ring spans the globe; the best windows' footprints are polygons on one side or the other."""
+    seam = 729_004.84  # x of 180 E at 46.78 N in UTM 60
+    data = np.concatenate([landscape(), landscape()], axis=2)  # 512 x 256 m: water above, forest and fields below, twice
+    path = write_raster(tmp_path / "fiji.tif", data, crs="EPSG:32660", origin=(seam - 256, 5_185_087.7 + 128))
+    result = map_raster(encoder, path, tmp_path / "maps", classes=CLASSES, **FAST)
+    regions = json.loads(result.geojson.read_text())["features"]
+    polygons = [(g["type"], [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]) for g in (r["geometry"] for r in regions)]
+    spans = [max(x for x, _ in ring) - min(x for x, _ in ring) for _, parts in polygons for part in parts for ring in part]
+    assert max(spans) < 0.01  # 512 m is 0.0067 degrees of longitude here
+    cut = [parts for kind, parts in polygons if kind == "MultiPolygon"]
+    assert cut and all({part[0][0][0] > 0 for part in parts} == {True, False} for parts in cut)
+    found = search_rasters(encoder, [path], "water", tmp_path / "search", top_k=4, **FAST)
+    footprints = json.loads(found.geojson.read_text())["features"]
+    assert len(footprints) == 4 and all(f["geometry"]["type"] == "Polygon" for f in footprints)
+
+
 @pytest.mark.realdata
 @pytest.mark.parametrize("parts", [("rasterio", "rgb1.tif"), ("gent", "2020-09-17_Sentinel_2_L1C_True_color.tiff")])
 def test_real_scenes_regions_reach_lonlat_with_transform_geoms_coordinates(parts: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
