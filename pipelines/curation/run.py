@@ -42,7 +42,7 @@ from pipelines.curation.fingerprint import code_version, unit_cache_name
 from pipelines.curation.quality import QualityScorer
 from pipelines.curation.splits import SPLITS, GroupSplitter, Splitter
 from pipelines.errors import InputError
-from pipelines.io.atomic import atomic_dir, atomic_write_json, atomic_write_text, json_default
+from pipelines.io.atomic import atomic_dir, atomic_write_json, json_default
 from pipelines.io.digests import Fingerprints
 from pipelines.io.manifest import write_manifest, write_rejects
 from pipelines.io.png import encode_png
@@ -191,8 +191,7 @@ def stage_unit(process: Callable[[WorkUnit], UnitResult], staging: Path, image_f
     record["counts"] = dict(result.counts)
     record["run_counts"] = dict(result.run_counts)
     record["warnings"] = list(result.warnings)
-    # written last: marks the unit done. Not indented: json's C encoder then writes it, 2-3x faster than the Python one
-    atomic_write_text(staging / f"{name}.json", json.dumps(record, sort_keys=True, default=json_default))
+    atomic_write_json(staging / f"{name}.json", record, indent=None)  # written last: marks the unit done
     return record
 
 

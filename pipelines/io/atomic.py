@@ -36,9 +36,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write sorted, indented JSON atomically (numpy scalars and arrays, Paths allowed)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
+def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
+    """Write sorted JSON atomically (numpy scalars and arrays, Paths allowed); `indent` None writes it on one line.
+
+    Unindented JSON is written by json's C encoder, 2-3x faster than the Python one indentation needs.
+    """
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=json_default) + "\n")
 
 
 def json_default(obj: Any) -> Any:
