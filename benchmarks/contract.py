@@ -65,6 +65,17 @@ def module_at(rev: str, path: str, folder: Path) -> Any | None:
     return module
 
 
+def open_clip_embed(model: Any, batch: Any) -> Any:
+    """L2-normalised embeddings (n, D) as a plain loop gets them from open_clip's model as it loads.
+
+    Its fp32 forward under no_grad, with torch's default kernels (not `inference_precision`'s), as a numpy array.
+    """
+    import torch
+
+    with torch.no_grad():
+        return model.encode_image(batch, normalize=True).numpy()
+
+
 def random_model(folder: Path, arch: str = "domainfm-tiny") -> Path:
     """An open_clip architecture (the demo's tiny one by default) randomly initialised (seed 0), as a local-dir (an export without a card).
 

@@ -10,10 +10,12 @@ the same random batch both ways, interleaved, `--repeats` times, through the com
 - the demo's CT model (params.yaml ct.base_model) at its input size, and the CT image encoder at the
   real setting's 224x224x160 (`--ct-real-encoder`, stem width 64), batch 1: `CTModel.embed_volume`.
 
-Rows: ours = bf16 (what "auto" resolves to here), peer = the same model in fp32 (`--precision fp32`, the
-model as open_clip and torch load it), items per second, ratio = bf16 / fp32 speed; the notes give the
-largest cosine distance between the two embeddings of one input. On a CPU without native bf16, "auto"
-is fp32 and the rows say so.
+Rows: ours = bf16 (what "auto" resolves to here), peer = the same model in fp32 (`--precision fp32`),
+items per second, ratio = bf16 / fp32 speed; the notes give the largest cosine distance between the two
+embeddings of one input. On a CPU without native bf16, "auto" is fp32 and the rows say so. A second row
+per model: fp32 as the commands run it (on an AMD CPU through oneDNN's kernels, pipelines/infer/onednn.py)
+against the model's fp32 forward with torch's default kernels (MKL's sgemm), run in the same interleaving,
+with the largest absolute difference of their outputs. On other CPUs the two are one path and the ratio is 1.
 
 Usage: python benchmarks/inference_precision.py [--repeats 5] [--ct-real-encoder i3d_resnet18] [--json PATH]
 """
@@ -30,11 +32,12 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from contract import machine, random_ct_export, random_model, write_json
+from contract import machine, open_clip_embed, random_ct_export, random_model, write_json
 
 from domains.ct.loader import load_ct_model
 from pipelines.infer.clip import ClipEncoder
-from pipelines.infer.device import inference_autocast, resolve_precision
+from pipelines.infer.device import inference_precision, resolve_precision
+from pipelines.infer.onednn import onednn_fp32_preferred
 from pipelines.models import volume as M
 
 
@@ -48,6 +51,13 @@ def interleaved(ways: dict[str, Callable[[], np.ndarray]], repeats: int) -> tupl
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}, outputs
+
+
+def stock(forward: Callable[[], torch.Tensor]) -> np.ndarray:
+    """`forward`'s output under no_grad with torch's default kernels (no `inference_precision`), a float32 row per input."""
+    with torch.no_grad():
+        out = forward()
+    return out.float().reshape(out.shape[0], -1).numpy()
 
 
 def cosine_gap(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,10 +78,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
 
+    kernels = "oneDNN's (an AMD CPU)" if onednn_fp32_preferred() else "torch's default (MKL's sgemm)"
+
     def measure(figure: str, unit: str, n: int, threads: int, fp32: Callable[[], np.ndarray], low: Callable[[], np.ndarray],
-                note: str) -> None:
+                stock: Callable[[], np.ndarray], note: str) -> None:
         torch.set_num_threads(threads)
-        medians, outputs = interleaved({"fp32": fp32, "bf16": low}, args.repeats)
+        medians, outputs = interleaved({"fp32": fp32, "bf16": low, "stock": stock}, args.repeats)
         gap = cosine_gap(outputs["fp32"], outputs["bf16"])
         line = (f"{figure}: bf16 {n / medians['bf16']:.2f} vs fp32 {n / medians['fp32']:.2f} {unit} "
                 f"({medians['fp32'] / medians['bf16']:.2f}x), max 1 - cos {gap:.1e}")
@@ -82,6 +94,17 @@ def main() -> None:
                      "bar": None, "repeats": args.repeats,
                      "notes": f"{note}; 'auto' resolves to {auto} on this CPU; max 1 - cosine(bf16, fp32) = {gap:.1e}; "
                               f"median s fp32 {medians['fp32']:.4f}, bf16 {medians['bf16']:.4f}"})
+        difference = float(np.abs(outputs["fp32"] - outputs["stock"]).max())
+        print(f"{figure}: fp32 {n / medians['fp32']:.2f} vs torch's default kernels {n / medians['stock']:.2f} {unit} "
+              f"({medians['stock'] / medians['fp32']:.2f}x), max |difference| {difference:.1e}", flush=True)
+        rows.append({"figure": f"{figure}, {threads} torch thread{'s' if threads > 1 else ''}, fp32 as the commands run it "
+                               "(ratio = ours / torch's default fp32 kernels)",
+                     "unit": unit, "ours": round(n / medians["fp32"], 3),
+                     "peer": "the same model's fp32 forward with torch's default kernels (MKL's sgemm)",
+                     "peer_value": round(n / medians["stock"], 3), "ratio": round(medians["stock"] / medians["fp32"], 3),
+                     "bar": None, "repeats": args.repeats,
+                     "notes": f"{note}; fp32 linear layers here on {kernels} kernels (pipelines/infer/onednn.py); "
+                              f"max |ours - default| = {difference:.1e} (outputs of scale {float(np.abs(outputs['stock']).max()):.2g})"})
 
     with tempfile.TemporaryDirectory() as tmp:
         for arch, side, batch, threads in (("domainfm-tiny", 64, 64, 1), ("ViT-B-32", 224, 32, default_threads)):
@@ -90,6 +113,7 @@ def main() -> None:
             pixels = torch.from_numpy(rng.normal(0, 1, (batch, 3, side, side)).astype(np.float32))
             measure(f"image embeddings ({arch}, {side} px, batch {batch}; ClipEncoder.embed_tensors)", "images/s", batch, threads,
                     lambda e=fp32, x=pixels: e.embed_tensors(x), lambda e=bf16, x=pixels: e.embed_tensors(x),
+                    lambda e=fp32, x=pixels: open_clip_embed(e.model, x),
                     f"{arch} randomly initialised (seed 0)")
         export = random_ct_export(Path(tmp) / "ct")
         models = {p: load_ct_model(export, "cpu", precision=p) for p in ("fp32", "bf16")}
@@ -97,6 +121,7 @@ def main() -> None:
         volume = torch.from_numpy(rng.normal(0, 1, (1, 1, *size)).astype(np.float32))
         measure(f"CT volume embeddings (the demo's CT model, {'x'.join(map(str, size))}; CTModel.embed_volume)", "volumes/s", 1,
                 default_threads, lambda: models["fp32"].embed_volume(volume), lambda: models["bf16"].embed_volume(volume),
+                lambda: stock(lambda: torch.nn.functional.normalize(models["fp32"].net.encode_image(volume).float(), dim=-1)),
                 "params.yaml ct.base_model randomly initialised (seed 0)")
         real = [224, 224, 160]
         torch.manual_seed(0)
@@ -105,12 +130,12 @@ def main() -> None:
 
         @torch.no_grad()
         def embed(precision: Literal["bf16", "fp32"]) -> np.ndarray:
-            with inference_autocast(torch.device("cpu"), precision):
+            with inference_precision(torch.device("cpu"), precision):
                 out = encoder(big)
             return out.float().reshape(1, -1).numpy()
 
         measure(f"CT image encoder forward ({args.ct_real_encoder}, stem width 64, 224x224x160, batch 1)", "volumes/s", 1,
-                default_threads, lambda: embed("fp32"), lambda: embed("bf16"),
+                default_threads, lambda: embed("fp32"), lambda: embed("bf16"), lambda: stock(lambda: encoder(big)),
                 "the real setting's input size; the encoder's features before the projection, randomly initialised (seed 0), "
                 "under the same autocast CTModel uses")
     if args.json:

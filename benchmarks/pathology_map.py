@@ -5,7 +5,7 @@ mask is common to both and not timed) are scored five ways, interleaved, `--repe
 
 - plain:    one OpenSlide handle in this process; for each tile, read it (`read_region`, composited
             over white and resized as the map does), preprocess it, embed it alone (batch of 1, in fp32: the
-            model as open_clip loads it) and score it;
+            model as open_clip loads it, run with torch's default kernels: `contract.open_clip_embed`) and score it;
 - batched:  `domains.pathology.analyst.embed_tiles` (at most `--batch-size` tiles per model call; on a CPU two calls
             at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
             in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from contract import REALDATA, machine, random_model, readers_label, threads_label, versus_plain_loop_rows, write_json
+from contract import REALDATA, machine, open_clip_embed, random_model, readers_label, threads_label, versus_plain_loop_rows, write_json
 
 from domains.pathology.analyst import embed_tiles, load_encoder, map_slide, softmax
 from domains.pathology.analyst_tiles import SlideTiling, plan_tiles
@@ -78,7 +78,7 @@ def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, tiling: Sl
     with openslide.OpenSlide(str(tiling.path)) as slide:
         for x, y, _ in tiling.tiles:
             pixels = read_tile(slide, x, y, tiling.level, tiling.read_px, tiling.tile_size)  # without `tiles`: OpenSlide's read_region
-            embedding = encoder.embed_tensors(encoder.to_tensor(pixels).unsqueeze(0))
+            embedding = open_clip_embed(encoder.model, encoder.to_tensor(pixels).unsqueeze(0))
             rows.append(softmax(embedding @ weights * classifier.logit_scale, axis=1)[0])
     return np.asarray(rows)
 

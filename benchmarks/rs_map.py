@@ -5,7 +5,7 @@ scored five ways, interleaved, `--repeats` times:
 
 - plain:    one set of raster handles in this process; for each window, read it (the same mosaic
             read, stretch and resampling), preprocess it, embed it alone (batch of 1, in fp32: the model as
-            open_clip loads it) and score it;
+            open_clip loads it, run with torch's default kernels: `contract.open_clip_embed`) and score it;
 - batched:  `domains.remote_sensing.analyst.embed_grid` (at most `--batch-size` windows per model call; on a CPU two calls
             at once, each model thread reading its own batches; on a GPU reader threads read ahead) and the same scoring,
             in the commands' default precision (auto: bf16 where the device computes it natively, pipelines/infer/device.py);
@@ -45,7 +45,16 @@ from typing import Any, Callable
 import numpy as np
 import rasterio
 import torch
-from contract import machine, random_model, readers_label, synthetic_scene, threads_label, versus_plain_loop_rows, write_json
+from contract import (
+    machine,
+    open_clip_embed,
+    random_model,
+    readers_label,
+    synthetic_scene,
+    threads_label,
+    versus_plain_loop_rows,
+    write_json,
+)
 
 from domains.remote_sensing.analyst import embed_grid, load_encoder, map_raster, window_grid
 from domains.remote_sensing.analyst_windows import WindowGrid, WindowReader, open_scene
@@ -65,7 +74,7 @@ def score_plain(encoder: ClipEncoder, classifier: ZeroShotClassifier, grid: Wind
         pixels = read(window)
         if pixels is None:
             continue
-        rows.append(classifier.probabilities(encoder.embed_tensors(encoder.to_tensor(pixels).unsqueeze(0)))[0])
+        rows.append(classifier.probabilities(open_clip_embed(encoder.model, encoder.to_tensor(pixels).unsqueeze(0)))[0])
     read.close()
     return np.asarray(rows)
 

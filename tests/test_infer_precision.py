@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.infer.clip import ClipEncoder
-from pipelines.infer.device import inference_autocast, native_bf16, resolve_precision
+from pipelines.infer.device import inference_precision, native_bf16, resolve_precision
 from pipelines.models.clip import ModelSpec, model_config_of, save_open_clip_dir
 
 
@@ -36,7 +36,7 @@ def test_autocast_follows_the_precision_and_the_pipeline_rule_keeps_the_cpu_in_f
     cpu = torch.device("cpu")
     weight = torch.randn(8, 8)
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32), (None, torch.float32)):
-        with inference_autocast(cpu, precision):
+        with inference_precision(cpu, precision):
             assert (torch.randn(2, 8) @ weight).dtype == dtype
 
 
@@ -45,7 +45,7 @@ def test_encoder_embeds_in_its_precision(export: Path) -> None:
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     assert ClipEncoder.load(export, "cpu").precision == resolve_precision(torch.device("cpu"))
     pixels = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (6, 3, 64, 64)).astype(np.float32))
-    with torch.no_grad():
+    with torch.no_grad(), inference_precision(torch.device("cpu"), "fp32"):  # on an AMD CPU, oneDNN's kernels (test_infer_onednn.py)
         reference = torch.nn.functional.normalize(fp32.model.encode_image(pixels, normalize=True), dim=-1).numpy()
     np.testing.assert_array_equal(fp32.embed_tensors(pixels), reference)  # fp32: the model's own fp32 forward
     low = bf16.embed_tensors(pixels)

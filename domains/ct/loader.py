@@ -34,7 +34,7 @@ import torch
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import EmbeddingCache, weights_fingerprint
-from pipelines.infer.device import Precision, inference_autocast, resolve_device, resolve_precision
+from pipelines.infer.device import Precision, inference_precision, resolve_device, resolve_precision
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import volume as M
 from pipelines.models.report_text import TextEncoderNotLoaded
@@ -219,7 +219,7 @@ class CTModel:
         """
         sample = VolumeSample("x", volume[0].cpu().numpy(), "", "", "", {}, [], "x")
         batch = volume_batch([sample], self.net.cfg.input_size).to(self.device)
-        with inference_autocast(self.device, self.precision):
+        with inference_precision(self.device, self.precision):
             out = self.net(batch)
         embedding = torch.nn.functional.normalize(out["image_features"].float(), dim=-1)[0].cpu().numpy()
         probabilities = torch.sigmoid(out["phenotype_logits"].float())[0].tolist()
@@ -247,7 +247,7 @@ class CTModel:
     @torch.no_grad()
     def embed_volume(self, volume: torch.Tensor) -> np.ndarray:
         """Embeddings (B, embed_dim) for already preprocessed volumes (B, 1, X, Y, Z)."""
-        with inference_autocast(self.device, self.precision):
+        with inference_precision(self.device, self.precision):
             embeddings = self.net.encode_image(volume.to(self.device))
         return torch.nn.functional.normalize(embeddings.float(), dim=-1).cpu().numpy()  # unit length in fp32, whatever the precision
 

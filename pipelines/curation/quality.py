@@ -23,7 +23,7 @@ def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "aut
     import torch
     from tqdm import tqdm
 
-    from pipelines.infer.device import inference_autocast, resolve_device
+    from pipelines.infer.device import inference_precision, resolve_device
     from pipelines.infer.text import encode_texts
     from pipelines.models.clip import load_model
 
@@ -38,7 +38,7 @@ def make_clip_scorer(spec: "ModelSpec", batch_size: int = 64, device: str = "aut
         for start in tqdm(starts, desc="quality", unit="batch", disable=None if len(starts) > 1 else True):
             batch = images[start : start + batch_size]
             pixels = torch.stack([loaded.preprocess_val(open_rgb(b)) for b in batch]).to(where)
-            with inference_autocast(where):
+            with inference_precision(where):
                 image_emb = model.encode_image(pixels, normalize=True)
             text_emb = encode_texts(model, loaded.tokenizer, captions[start : start + batch_size], where, batch_size)
             scores.append((image_emb.float().cpu() * text_emb).sum(-1).numpy())

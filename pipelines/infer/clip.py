@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import weights_fingerprint
-from pipelines.infer.device import Precision, ResolvedPrecision, inference_autocast, resolve_device, resolve_precision
+from pipelines.infer.device import Precision, ResolvedPrecision, inference_precision, resolve_device, resolve_precision
 from pipelines.infer.hubness import HubnessBank, read_bank
 from pipelines.infer.text import encode_texts
 from pipelines.models.clip import WEIGHTS_FILE
@@ -48,9 +48,9 @@ def embed_image_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch
                       precision: ResolvedPrecision | None = None) -> np.ndarray:
     """L2-normalised float32 embeddings (n, embed_dim), on the CPU, of preprocessed images (n, 3, H, W) run on `device`.
 
-    `precision` as `inference_autocast` takes it (None: the pipeline stages' rule, bf16 on a GPU).
+    `precision` as `inference_precision` takes it (None: the pipeline stages' rule, bf16 on a GPU).
     """
-    with torch.no_grad(), inference_autocast(device, precision):
+    with torch.no_grad(), inference_precision(device, precision):
         emb = model.encode_image(batch.to(device, non_blocking=True), normalize=True)
     return F.normalize(emb.float(), dim=-1).cpu().numpy()
 

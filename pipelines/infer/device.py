@@ -6,11 +6,12 @@ filter) load without it.
 Precision. The pipeline's stages (evaluation, the curation's quality filter) run bf16 autocast on a
 GPU and fp32 on the CPU, the CPU's reports staying the fp32 reference. The analyst commands (map,
 search, predict) take a `Precision`: "auto" runs bf16 autocast wherever the device computes bf16
-natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: on 2 Zen 4
-cores 1.5-1.7x the demo's tiny ViT, 1.9-2.2x ViT-B/32, 2.3x the demo's CT model and 1.6x a CT encoder at
-224x224x160: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16 would be emulated.
+natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: on 2 AMD EPYC
+cores 1.2x fp32's speed for the demo's tiny ViT, 1.7x for ViT-B/32, 2.4x for the demo's CT model and 1.8x for a
+CT encoder at 224x224x160: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16 would be emulated.
 Scores are computed in fp32 from the bf16 model's embeddings, which are within about 1e-4 of fp32's in
-cosine; "fp32" gives the fp32 reference on any device.
+cosine; "fp32" gives the fp32 reference on any device (on an AMD CPU through oneDNN's kernels, not MKL's,
+1.6-2x faster and equal to float rounding: onednn.py).
 """
 from __future__ import annotations
 
@@ -59,10 +60,12 @@ def resolve_precision(device: "torch.device", precision: Precision = "auto") -> 
     return precision
 
 
-def inference_autocast(device: "torch.device", precision: ResolvedPrecision | None = None) -> contextlib.AbstractContextManager:
-    """bf16 autocast for `precision` bf16, none for fp32; without a precision, the pipeline stages' rule (bf16 on a GPU that supports it).
+def inference_precision(device: "torch.device", precision: ResolvedPrecision | None = None) -> contextlib.AbstractContextManager:
+    """The context a model's inference runs in: bf16 autocast, or fp32 (on an AMD CPU with oneDNN's kernels).
 
-    Scores are computed in fp32 afterwards (the callers cast the model's outputs).
+    For `precision` fp32 on an AMD CPU, the linear layers run on oneDNN's fp32 kernels (pipelines/infer/onednn.py),
+    elsewhere as torch runs them. Without a precision, the pipeline stages' rule: bf16 on a GPU that supports it,
+    else fp32. Scores are computed in fp32 afterwards (the callers cast the model's outputs).
     """
     import torch
 
@@ -70,4 +73,9 @@ def inference_autocast(device: "torch.device", precision: ResolvedPrecision | No
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
+    if device.type == "cpu":
+        from pipelines.infer.onednn import OneDnnFp32, onednn_fp32_preferred
+
+        if onednn_fp32_preferred():
+            return OneDnnFp32()
     return contextlib.nullcontext()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.infer.device import ResolvedPrecision, inference_autocast
+from pipelines.infer.device import ResolvedPrecision, inference_precision
 from pipelines.models.text_trim import can_trim_text, trimmed_encode_text
 
 SORTED_BATCHES = 64  # batches' worth of texts that encode_texts tokenizes and sorts by length together
@@ -22,7 +22,7 @@ SORTED_BATCHES = 64  # batches' worth of texts that encode_texts tokenizes and s
 @torch.no_grad()
 def encode_texts(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
                  device: str | torch.device, batch_size: int, precision: ResolvedPrecision | None = None) -> torch.Tensor:
-    """L2-normalised float32 embeddings (N, D) of `texts`, in their order, on the CPU, under `inference_autocast(device, precision)`.
+    """L2-normalised float32 embeddings (N, D) of `texts`, in their order, on the CPU, under `inference_precision(device, precision)`.
 
     A CLIP that `can_trim_text` runs each batch up to its last EOT, and its batches are cut from texts
     sorted by token count (SORTED_BATCHES batches' worth at a time), so that one long text does not
@@ -43,7 +43,7 @@ def encode_texts(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor
         order = torch.argsort(tokens.argmax(dim=-1), stable=True) if trim else torch.arange(len(tokens))
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            with inference_autocast(device, precision):
+            with inference_precision(device, precision):
                 embeddings = encode(tokens[batch].to(device), normalize=True)
             # normalised again in float32: a wrapper that ignores `normalize`, or bf16 rounding, must not skew scores
             chunks.append(F.normalize(embeddings.float(), dim=-1).cpu())
