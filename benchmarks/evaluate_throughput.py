@@ -173,7 +173,10 @@ def main() -> None:
     import torch
 
     import pipelines.evaluate.clip as current
+    import pipelines.infer.device as device
     from pipelines.evaluate.clip_benchmark import benchmark_accuracy
+
+    device.inference_autocast = device.inference_precision  # the baseline's file imports it by its name before cf7df53
 
     cb_zeroshot.accuracy = benchmark_accuracy
     peer_name = f"clip_benchmark {version('clip_benchmark')}"
