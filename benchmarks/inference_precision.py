@@ -81,9 +81,9 @@ def main() -> None:
     kernels = "oneDNN's (an AMD CPU)" if onednn_fp32_preferred() else "torch's default (MKL's sgemm)"
 
     def measure(figure: str, unit: str, n: int, threads: int, fp32: Callable[[], np.ndarray], low: Callable[[], np.ndarray],
-                stock: Callable[[], np.ndarray], note: str) -> None:
+                default_kernels: Callable[[], np.ndarray], note: str) -> None:
         torch.set_num_threads(threads)
-        medians, outputs = interleaved({"fp32": fp32, "bf16": low, "stock": stock}, args.repeats)
+        medians, outputs = interleaved({"fp32": fp32, "bf16": low, "stock": default_kernels}, args.repeats)
         gap = cosine_gap(outputs["fp32"], outputs["bf16"])
         line = (f"{figure}: bf16 {n / medians['bf16']:.2f} vs fp32 {n / medians['fp32']:.2f} {unit} "
                 f"({medians['fp32'] / medians['bf16']:.2f}x), max 1 - cos {gap:.1e}")
