@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipelines.infer.device import inference_precision
 from pipelines.infer.text import encode_texts
 from pipelines.models.adapt import AdaptConfig, clip_of, prepare
 from pipelines.models.text_trim import can_trim_text, mask_is_causal, trimmed_text
@@ -124,8 +125,11 @@ def test_clip_task_trims_an_open_clip_text_tower(tiny, tmp_path) -> None:
 
 
 def stock_embeddings(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's own encode_text over the whole context, normalised as encode_texts returns it."""
-    with torch.no_grad():
+    """open_clip's own encode_text over the whole context, normalised as encode_texts returns it.
+
+    Under `inference_precision` in fp32, as encode_texts runs it (on an AMD CPU, oneDNN's kernels: tests/test_infer_onednn.py).
+    """
+    with torch.no_grad(), inference_precision(torch.device("cpu"), "fp32"):
         return nn.functional.normalize(model.encode_text(tokens, normalize=True).float(), dim=-1)
 
 
