@@ -1,10 +1,10 @@
 """fp32 inference on AMD CPUs through oneDNN's matrix multiply, not MKL's.
 
 torch's CPU matrix multiply is MKL's sgemm, and MKL runs its AVX-512 kernels on Intel CPUs only: on an
-AMD EPYC with AVX-512 it takes its AVX2 path, 70-85 GFLOP/s a core against 130-190 for oneDNN's fp32
+AMD EPYC with AVX-512 it takes its AVX2 path, 60-100 GFLOP/s a core against 120-210 for oneDNN's fp32
 kernels (also in torch, used by its compiler) on the same shapes; ViT-B/32 embeds 1.8-2x faster in fp32
 through oneDNN (benchmarks/inference_precision.py). Results are fp32 either way and agree to float
-rounding (about 3e-6 on ViT-B/32's embeddings; the summation order differs).
+rounding (at most about 1e-7 on ViT-B/32's normalised embeddings; the summation order differs).
 
 `OneDnnFp32` is a torch function mode: inside it, fp32 `F.linear` on the CPU with no gradient runs on
 oneDNN, and so does `nn.MultiheadAttention`'s self-attention (its projections are taken out of torch's
