@@ -16,12 +16,16 @@ embeddings of one input. On a CPU without native bf16, "auto" is fp32 and the ro
 per model: fp32 as the commands run it (on an AMD CPU through oneDNN's kernels, pipelines/infer/onednn.py)
 against the model's fp32 forward with torch's default kernels (MKL's sgemm), run in the same interleaving,
 with the largest absolute difference of their outputs. On other CPUs the two are one path and the ratio is 1.
+The CT models run as `CTModel` runs them, with channels-last weights where `channels_last_volumes` says so
+(pipelines/infer/device.py); their default-kernel peer is the model as built (channels-first), and a third
+row compares bf16 with that model in bf16.
 
 Usage: python benchmarks/inference_precision.py [--repeats 5] [--ct-real-encoder i3d_resnet18] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import statistics
 import sys
@@ -36,7 +40,7 @@ from contract import machine, open_clip_embed, random_ct_export, random_model, w
 
 from domains.ct.loader import load_ct_model
 from pipelines.infer.clip import ClipEncoder
-from pipelines.infer.device import inference_precision, resolve_precision
+from pipelines.infer.device import channels_last_volumes, inference_precision, resolve_precision
 from pipelines.infer.onednn import onednn_fp32_preferred
 from pipelines.models import volume as M
 
@@ -79,11 +83,17 @@ def main() -> None:
     rows = []
 
     kernels = "oneDNN's (an AMD CPU)" if onednn_fp32_preferred() else "torch's default (MKL's sgemm)"
+    cpu = torch.device("cpu")
+
+    def layout(precision: Literal["bf16", "fp32"]) -> str:
+        return f"; weights {'channels-last' if channels_last_volumes(cpu, precision) else 'channels-first'} in {precision} (CTModel's rule)"
 
     def measure(figure: str, unit: str, n: int, threads: int, fp32: Callable[[], np.ndarray], low: Callable[[], np.ndarray],
-                default_kernels: Callable[[], np.ndarray], note: str) -> None:
+                default_kernels: Callable[[], np.ndarray], note: str, as_built: Callable[[], np.ndarray] | None = None) -> None:
+        """The rows of one model; `as_built` is its bf16 forward channels-first (the CT models), for a third row."""
         torch.set_num_threads(threads)
-        medians, outputs = interleaved({"fp32": fp32, "bf16": low, "stock": default_kernels}, args.repeats)
+        ways = {"fp32": fp32, "bf16": low, "stock": default_kernels} | ({"bf16_as_built": as_built} if as_built else {})
+        medians, outputs = interleaved(ways, args.repeats)
         gap = cosine_gap(outputs["fp32"], outputs["bf16"])
         line = (f"{figure}: bf16 {n / medians['bf16']:.2f} vs fp32 {n / medians['fp32']:.2f} {unit} "
                 f"({medians['fp32'] / medians['bf16']:.2f}x), max 1 - cos {gap:.1e}")
@@ -100,11 +110,23 @@ def main() -> None:
         rows.append({"figure": f"{figure}, {threads} torch thread{'s' if threads > 1 else ''}, fp32 as the commands run it "
                                "(ratio = ours / torch's default fp32 kernels)",
                      "unit": unit, "ours": round(n / medians["fp32"], 3),
-                     "peer": "the same model's fp32 forward with torch's default kernels (MKL's sgemm)",
+                     "peer": "the same model's fp32 forward with torch's default kernels (MKL's sgemm)"
+                             + (", channels-first (as built)" if as_built else ""),
                      "peer_value": round(n / medians["stock"], 3), "ratio": round(medians["stock"] / medians["fp32"], 3),
                      "bar": None, "repeats": args.repeats,
-                     "notes": f"{note}; fp32 linear layers here on {kernels} kernels (pipelines/infer/onednn.py); "
-                              f"max |ours - default| = {difference:.1e} (outputs of scale {float(np.abs(outputs['stock']).max()):.2g})"})
+                     "notes": f"{note}; fp32 {'linear layers and 3D convolutions' if as_built else 'linear layers'} here on "
+                              f"{kernels} kernels (pipelines/infer/onednn.py){layout('fp32') if as_built else ''}; max |ours - default| = "
+                              f"{difference:.1e} (outputs of scale {float(np.abs(outputs['stock']).max()):.2g})"})
+        if as_built:
+            gap = cosine_gap(outputs["bf16"], outputs["bf16_as_built"])
+            print(f"{figure}: bf16 {n / medians['bf16']:.2f} vs channels-first {n / medians['bf16_as_built']:.2f} {unit} "
+                  f"({medians['bf16_as_built'] / medians['bf16']:.2f}x), max 1 - cos {gap:.1e}", flush=True)
+            rows.append({"figure": f"{figure}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 as the commands run it "
+                                   "(ratio = ours / the model as built)",
+                         "unit": unit, "ours": round(n / medians["bf16"], 3), "peer": "the same model in bf16, channels-first (as built)",
+                         "peer_value": round(n / medians["bf16_as_built"], 3),
+                         "ratio": round(medians["bf16_as_built"] / medians["bf16"], 3), "bar": None, "repeats": args.repeats,
+                         "notes": f"{note}{layout('bf16')}; max 1 - cosine(ours, as built) = {gap:.1e}"})
 
     with tempfile.TemporaryDirectory() as tmp:
         for arch, side, batch, threads in (("domainfm-tiny", 64, 64, 1), ("ViT-B-32", 224, 32, default_threads)):
@@ -117,27 +139,34 @@ def main() -> None:
                     f"{arch} randomly initialised (seed 0)")
         export = random_ct_export(Path(tmp) / "ct")
         models = {p: load_ct_model(export, "cpu", precision=p) for p in ("fp32", "bf16")}
+        built = load_ct_model(export, "cpu", precision="fp32").net.to(memory_format=torch.contiguous_format)  # channels-first
         size = models["fp32"].net.cfg.input_size
         volume = torch.from_numpy(rng.normal(0, 1, (1, 1, *size)).astype(np.float32))
+
+        def built_embedding(low: bool) -> np.ndarray:
+            with torch.autocast("cpu", torch.bfloat16, enabled=low):
+                return stock(lambda: torch.nn.functional.normalize(built.encode_image(volume).float(), dim=-1))
+
         measure(f"CT volume embeddings (the demo's CT model, {'x'.join(map(str, size))}; CTModel.embed_volume)", "volumes/s", 1,
                 default_threads, lambda: models["fp32"].embed_volume(volume), lambda: models["bf16"].embed_volume(volume),
-                lambda: stock(lambda: torch.nn.functional.normalize(models["fp32"].net.encode_image(volume).float(), dim=-1)),
-                "params.yaml ct.base_model randomly initialised (seed 0)")
+                lambda: built_embedding(False), "params.yaml ct.base_model randomly initialised (seed 0)", lambda: built_embedding(True))
         real = [224, 224, 160]
         torch.manual_seed(0)
         encoder = M.build_image_encoder(M.VolumeModelConfig(input_size=real, image_encoder=args.ct_real_encoder, image_width=64)).eval()
+        as_run = {p: copy.deepcopy(encoder).to(memory_format=torch.channels_last_3d) if channels_last_volumes(cpu, p) else encoder
+                  for p in ("fp32", "bf16")}  # as CTModel holds it
         big = torch.from_numpy(rng.normal(0, 1, (1, 1, *real)).astype(np.float32))
 
         @torch.no_grad()
-        def embed(precision: Literal["bf16", "fp32"]) -> np.ndarray:
-            with inference_precision(torch.device("cpu"), precision):
-                out = encoder(big)
+        def embed(precision: Literal["bf16", "fp32"], net: torch.nn.Module | None = None) -> np.ndarray:
+            with inference_precision(cpu, precision):
+                out = (net or as_run[precision])(big)
             return out.float().reshape(1, -1).numpy()
 
         measure(f"CT image encoder forward ({args.ct_real_encoder}, stem width 64, 224x224x160, batch 1)", "volumes/s", 1,
                 default_threads, lambda: embed("fp32"), lambda: embed("bf16"), lambda: stock(lambda: encoder(big)),
                 "the real setting's input size; the encoder's features before the projection, randomly initialised (seed 0), "
-                "under the same autocast CTModel uses")
+                "under the same autocast CTModel uses", lambda: embed("bf16", encoder))
     if args.json:
         write_json(args.json, {"benchmark": Path(__file__).stem, "command": " ".join(shlex.quote(a) for a in sys.argv),
                                "machine": machine(), "rows": rows})

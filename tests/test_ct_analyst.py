@@ -99,6 +99,25 @@ def test_nifti_prediction_json_and_picture(model: CTModel, inputs: Path, tmp_pat
     assert _listing(out) == ["study.json", "study.png"]  # no temp files left
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_volumes_embed_in_the_cpus_faster_layout_as_the_model_as_built(export: Path, inputs: Path, precision: str) -> None:
+    from pipelines.infer.device import channels_last_volumes
+
+    built = M.load_model_dir(export, text=False)[0]  # channels-first, as built
+    model = load_ct_model(export, "cpu", precision=precision)
+    weight = model.net.visual.stages[1][0].conv1.conv.weight  # 5-D with several input channels: its layout is unambiguous
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) is channels_last_volumes(model.device, model.precision)
+    volume = torch.randn(2, 1, 16, 16, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        expected = torch.nn.functional.normalize(built.encode_image(volume).float(), dim=-1).numpy()
+    got = model.embed_volume(volume)
+    assert 1 - (got * expected).sum(axis=1).min() < (1e-6 if precision == "fp32" else 1e-3)
+    # phenotype probabilities of a file are predict_volume's: the same layout and precision
+    path = inputs / "study.nii.gz"
+    _, probabilities = model.predict_volume(model.load_volume(path))
+    assert model.phenotype_probabilities(path) == probabilities
+
+
 def test_threshold_and_prompts_file(model: CTModel, inputs: Path, tmp_path: Path) -> None:
     low = predict_ct(model, inputs / "study.nii.gz", tmp_path / "low", threshold=0.001)
     assert all(f["present"] for f in low.findings) and all(p["predicted"] for p in low.phenotypes)

@@ -3,6 +3,7 @@ equal torch's own to float rounding, that every other call runs as torch runs it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -87,19 +88,23 @@ def test_other_calls_run_as_torch_runs_them(onednn_calls: list) -> None:
             0.0, mha.out_proj.weight, mha.out_proj.bias, training=False, need_weights=False, attn_mask=torch.ones(6, 6).bool().triu_(1))[0],
         "a float64 input": lambda: double(x.double()),
     }
+    _run_as_torch_runs_them(cases, torch.nn.Linear(64, 8), x)
+    assert onednn_calls == []
+
+
+def _run_as_torch_runs_them(cases: dict[str, Callable[[], torch.Tensor]], module: torch.nn.Module, x: torch.Tensor) -> None:
+    """Each case gives inside the mode what it gives outside; inside it, `module` still gets gradients and autocast's dtype."""
     for name, call in cases.items():
         with torch.no_grad():
             expected = call()
             with OneDnnFp32():
                 got = call()
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=name)
-    assert onednn_calls == []
-    layer = torch.nn.Linear(64, 8)
     with OneDnnFp32():
-        layer(x).sum().backward()  # weights that need a gradient: torch's linear, which has one
+        module(x).sum().backward()  # weights that need a gradient: torch's op, which has one
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-            assert layer(x).dtype == torch.bfloat16  # autocast still decides
-    assert layer.weight.grad is not None and onednn_calls == []
+            assert module(x).dtype == torch.bfloat16  # autocast still decides
+    assert module.weight.grad is not None
 
 
 def test_open_clip_towers_embed_as_in_torchs_fp32(tiny, onednn_calls: list) -> None:  # conftest's tiny open_clip model
@@ -146,3 +151,94 @@ def test_fp32_embeddings_of_the_encoder_are_the_models_under_inference_precision
     got = embed_image_batch(tiny.model, pixels, cpu, "fp32")
     assert (got == expected).all()
     assert abs(got - stock).max() < 1e-5
+
+
+@pytest.fixture
+def conv_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The input shapes of the 3D convolutions the mode ran on oneDNN."""
+    calls: list[tuple[int, ...]] = []
+    real = onednn._conv3d
+
+    def counted(x: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return real(x, *args)
+
+    monkeypatch.setattr(onednn, "_conv3d", counted)
+    return calls
+
+
+def _convolutions() -> list[torch.nn.Conv3d]:
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv3d(8, 16, (3, 3, 3), stride=(2, 2, 1), padding=(1, 1, 0)),  # the CT encoders' kind
+             torch.nn.Conv3d(8, 16, 3, padding=2, dilation=2, groups=2, bias=False),
+             torch.nn.Conv3d(8, 4, 1)]
+    for conv in convs:
+        if conv.bias is not None:
+            torch.nn.init.normal_(conv.bias)  # non-zero, so a dropped bias would show
+    return convs
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_3d_convolutions_run_on_onednn_and_equal_torchs(conv_calls: list, channels_last: bool) -> None:
+    # batch 1 and few channels: ATen's own choice would be its reference kernel (slow_conv3d)
+    x = torch.randn(1, 8, 9, 10, 7, generator=torch.Generator().manual_seed(1))
+    convs = _convolutions()
+    with torch.no_grad():
+        expected = [conv(x) for conv in convs]
+        if channels_last:
+            for conv in convs:
+                conv.to(memory_format=torch.channels_last_3d)
+        with OneDnnFp32():
+            got = [conv(x) for conv in convs]
+    assert conv_calls == [tuple(x.shape)] * 3
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape and g.dtype == torch.float32
+        assert g.is_contiguous(memory_format=torch.channels_last_3d) is channels_last  # the activations keep the weights' order
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_3d_convolutions_that_are_not_plain_fp32_inference_run_as_torch_runs_them(conv_calls: list) -> None:
+    conv = _convolutions()[0]
+    x = torch.randn(2, 8, 9, 10, 7, generator=torch.Generator().manual_seed(1))
+    cases = {
+        "a float64 input": lambda: conv.double()(x.double()),
+        "an unbatched input": lambda: conv.float()(x[0]),
+        "padding given as a word": lambda: F.conv3d(x, conv.weight, conv.bias, padding="same"),
+    }
+    _run_as_torch_runs_them(cases, conv, x)
+    assert conv_calls == []
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_volumes_are_channels_last_where_every_3d_convolution_runs_on_onednn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                          vendor: str) -> None:
+    from pipelines.infer.device import channels_last_volumes
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\n")
+    monkeypatch.setattr(onednn, "_CPUINFO", cpuinfo)
+    onednn.cpu_vendor.cache_clear()
+    onednn.onednn_fp32_preferred.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert channels_last_volumes(cpu, "fp32") is (vendor == "AuthenticAMD")  # fp32 convolutions on oneDNN: the mode's
+        assert channels_last_volumes(cpu, "bf16")  # bf16 autocast's are oneDNN's on any CPU
+        assert not channels_last_volumes(torch.device("cuda"), "bf16") and not channels_last_volumes(torch.device("cuda"), "fp32")
+    finally:
+        onednn.cpu_vendor.cache_clear()
+        onednn.onednn_fp32_preferred.cache_clear()
+
+
+def test_a_ct_encoder_channels_last_in_the_mode_embeds_as_built(conv_calls: list) -> None:
+    from pipelines.models import volume as M
+
+    torch.manual_seed(0)
+    built = M.build_image_encoder(M.VolumeModelConfig(input_size=[32, 32, 24], image_encoder="i3d_resnet18", image_width=16)).eval()
+    x = torch.randn(1, 1, 32, 32, 24, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = built(x)
+        built.to(memory_format=torch.channels_last_3d)
+        with OneDnnFp32():
+            got = built(x)
+    assert len(conv_calls) == 20  # the stem, 16 in the blocks, 3 projections of the shortcuts
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -34,7 +34,7 @@ import torch
 
 from pipelines.errors import InputError
 from pipelines.infer.cache import EmbeddingCache, weights_fingerprint
-from pipelines.infer.device import Precision, inference_precision, resolve_device, resolve_precision
+from pipelines.infer.device import Precision, channels_last_volumes, inference_precision, resolve_device, resolve_precision
 from pipelines.io.volume_shards import VolumeSample
 from pipelines.models import volume as M
 from pipelines.models.report_text import TextEncoderNotLoaded
@@ -144,6 +144,8 @@ class CTModel:
         self.device = torch.device(device)
         # volumes are embedded in it ("auto": bf16 where the device computes it natively); texts in fp32, as the export's
         self.precision = resolve_precision(self.device, precision)
+        if channels_last_volumes(self.device, self.precision):
+            net.to(memory_format=torch.channels_last_3d)  # the 5-D weights reordered in place; values unchanged
         self.embed_dim = net.cfg.embed_dim
         self.export_dir: Optional[Path] = None  # the folder it was loaded from (set by load_ct_model)
         self.prompt_cache: Optional[EmbeddingCache] = None  # prompt embeddings on disk, per weights (set by load_ct_model)
@@ -301,8 +303,9 @@ class CTModel:
 
     @torch.no_grad()
     def phenotype_probabilities(self, nifti_path: str | Path) -> dict[str, float]:
-        """{phenotype id: sigmoid probability} for one CT volume file."""
-        logits = self.net.phenotype_logits(self.load_volume(nifti_path).to(self.device))[0]
+        """{phenotype id: sigmoid probability} for one CT volume file, in the model's precision (as `predict_volume`)."""
+        with inference_precision(self.device, self.precision):
+            logits = self.net.phenotype_logits(self.load_volume(nifti_path).to(self.device))[0]
         return {p: float(v) for p, v in zip(self.phenotypes, torch.sigmoid(logits.float()).tolist())}
 
 

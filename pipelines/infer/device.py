@@ -7,11 +7,12 @@ Precision. The pipeline's stages (evaluation, the curation's quality filter) run
 GPU and fp32 on the CPU, the CPU's reports staying the fp32 reference. The analyst commands (map,
 search, predict) take a `Precision`: "auto" runs bf16 autocast wherever the device computes bf16
 natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: on 2 AMD EPYC
-cores 1.1-1.2x fp32's speed for the demo's tiny ViT, 1.6-1.7x for ViT-B/32, 2.4-2.6x for the demo's CT model, 1.8x for a
-CT encoder at 224x224x160: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16 would be emulated.
+cores 1.15-1.2x fp32's speed for the demo's tiny ViT, 1.5x for ViT-B/32, 1.2-1.4x for the demo's CT model, 1.45-1.5x for a
+CT encoder at 224x224x160, fp32 itself on oneDNN: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16 would
+be emulated.
 Scores are computed in fp32 from the bf16 model's embeddings, which are within about 1e-4 of fp32's in
-cosine; "fp32" gives the fp32 reference on any device (on an AMD CPU through oneDNN's kernels, not MKL's,
-1.6-2x faster and equal to float rounding: onednn.py).
+cosine; "fp32" gives the fp32 reference on any device (on an AMD CPU through oneDNN's kernels, not MKL's
+nor ATen's reference convolution, 1.5-2.6x faster and equal to float rounding: onednn.py).
 """
 from __future__ import annotations
 
@@ -79,3 +80,22 @@ def inference_precision(device: "torch.device", precision: ResolvedPrecision | N
         if onednn_fp32_preferred():
             return OneDnnFp32()
     return contextlib.nullcontext()
+
+
+def channels_last_volumes(device: "torch.device", precision: ResolvedPrecision) -> bool:
+    """Whether a 3D conv net's inference on `device` in `precision` holds its weights channels-last (NDHWC).
+
+    Where every 3D convolution runs on oneDNN, a CPU in bf16 autocast and an AMD CPU in fp32 (onednn.py),
+    channels-last activations make the convolutions and the max pooling faster (benchmarks/inference_precision.py;
+    a convolution's output is channels-last when its weights are, so the activations stay so): the CT encoder
+    at 224x224x160 1.5-1.6x in fp32 and 1.4-1.5x in bf16, the demo's CT model 1.24x in bf16. Elsewhere torch
+    picks a convolution's kernel by its size and copies small channels-last activations back to channels-first
+    for its reference kernel (the demo's CT model about 1.2x slower in fp32 on this CPU); a GPU is unmeasured.
+    """
+    if device.type != "cpu":
+        return False
+    if precision == "bf16":
+        return True
+    from pipelines.infer.onednn import onednn_fp32_preferred
+
+    return onednn_fp32_preferred()
