@@ -16,9 +16,9 @@ embeddings of one input. On a CPU without native bf16, "auto" is fp32 and the ro
 per model: fp32 as the commands run it (on an AMD CPU through oneDNN's kernels, pipelines/infer/onednn.py)
 against the model's fp32 forward with torch's default kernels (MKL's sgemm), run in the same interleaving,
 with the largest absolute difference of their outputs. On other CPUs the two are one path and the ratio is 1.
-The CT models run as `CTModel` runs them, with channels-last weights where `channels_last_volumes` says so
-(pipelines/infer/device.py); their default-kernel peer is the model as built (channels-first), and a third
-row compares bf16 with that model in bf16.
+The CT models run as `CTModel` runs them (`volume.for_inference`: batch norms folded into the convolutions,
+channels-last weights where `channels_last_volumes` says so, pipelines/infer/device.py); their default-kernel
+peer is the model as built (channels-first, batch norms apart), and a third row compares bf16 with that model in bf16.
 
 Usage: python benchmarks/inference_precision.py [--repeats 5] [--ct-real-encoder i3d_resnet18] [--json PATH]
 """
@@ -86,7 +86,8 @@ def main() -> None:
     cpu = torch.device("cpu")
 
     def layout(precision: Literal["bf16", "fp32"]) -> str:
-        return f"; weights {'channels-last' if channels_last_volumes(cpu, precision) else 'channels-first'} in {precision} (CTModel's rule)"
+        order = "channels-last" if channels_last_volumes(cpu, precision) else "channels-first"
+        return f"; batch norms folded, weights {order} in {precision} (CTModel's volume.for_inference)"
 
     def measure(figure: str, unit: str, n: int, threads: int, fp32: Callable[[], np.ndarray], low: Callable[[], np.ndarray],
                 default_kernels: Callable[[], np.ndarray], note: str, as_built: Callable[[], np.ndarray] | None = None) -> None:
@@ -111,7 +112,7 @@ def main() -> None:
                                "(ratio = ours / torch's default fp32 kernels)",
                      "unit": unit, "ours": round(n / medians["fp32"], 3),
                      "peer": "the same model's fp32 forward with torch's default kernels (MKL's sgemm)"
-                             + (", channels-first (as built)" if as_built else ""),
+                             + (", as built (channels-first, batch norms apart)" if as_built else ""),
                      "peer_value": round(n / medians["stock"], 3), "ratio": round(medians["stock"] / medians["fp32"], 3),
                      "bar": None, "repeats": args.repeats,
                      "notes": f"{note}; fp32 {'linear layers and 3D convolutions' if as_built else 'linear layers'} here on "
@@ -123,7 +124,8 @@ def main() -> None:
                   f"({medians['bf16_as_built'] / medians['bf16']:.2f}x), max 1 - cos {gap:.1e}", flush=True)
             rows.append({"figure": f"{figure}, {threads} torch thread{'s' if threads > 1 else ''}, bf16 as the commands run it "
                                    "(ratio = ours / the model as built)",
-                         "unit": unit, "ours": round(n / medians["bf16"], 3), "peer": "the same model in bf16, channels-first (as built)",
+                         "unit": unit, "ours": round(n / medians["bf16"], 3),
+                         "peer": "the same model in bf16 as built (channels-first, batch norms apart)",
                          "peer_value": round(n / medians["bf16_as_built"], 3),
                          "ratio": round(medians["bf16_as_built"] / medians["bf16"], 3), "bar": None, "repeats": args.repeats,
                          "notes": f"{note}{layout('bf16')}; max 1 - cosine(ours, as built) = {gap:.1e}"})
@@ -153,8 +155,7 @@ def main() -> None:
         real = [224, 224, 160]
         torch.manual_seed(0)
         encoder = M.build_image_encoder(M.VolumeModelConfig(input_size=real, image_encoder=args.ct_real_encoder, image_width=64)).eval()
-        as_run = {p: copy.deepcopy(encoder).to(memory_format=torch.channels_last_3d) if channels_last_volumes(cpu, p) else encoder
-                  for p in ("fp32", "bf16")}  # as CTModel holds it
+        as_run = {p: M.for_inference(copy.deepcopy(encoder), channels_last_volumes(cpu, p)) for p in ("fp32", "bf16")}  # as CTModel has it
         big = torch.from_numpy(rng.normal(0, 1, (1, 1, *real)).astype(np.float32))
 
         @torch.no_grad()

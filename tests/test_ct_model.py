@@ -50,6 +50,31 @@ def test_i3d_depth_constant_volume_matches_2d_resnet(arch: str):
         assert not torch.allclose(net3d(volume * torch.linspace(0.2, 1, 9)), f3d, atol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_folds_the_batch_norms_into_the_convolutions_with_the_same_output(arch: str, channels_last: bool):
+    net = M.inflate_resnet(_resnet_with_stats(arch=arch), time_dim=3).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            torch.nn.init.uniform_(m.bias, -0.2, 0.2)  # a shift too, so a fold that drops it would show
+    volume = torch.rand(2, 1, 40, 36, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(volume)
+        ready = M.for_inference(net, channels_last)
+        got = net(volume)
+    assert ready is net and not any(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    weight = net.stages[1][0].conv2.conv.weight  # 3x3x3 with several input channels: its layout is unambiguous
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) is channels_last
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max()  # float rounding (the deep resnet50's outputs reach ~50)
+    M.for_inference(net, channels_last)  # again, as a second CTModel over one net does: nothing changes
+    with torch.no_grad():
+        assert torch.equal(net(volume), got)
+    with pytest.raises(RuntimeError, match="folded"):
+        net.train()  # no BN statistics left to train
+    with pytest.raises(RuntimeError, match="eval"):
+        M.I3DResNet("resnet18", 8).fold_batch_norms()  # a net in training mode has batch statistics, not a fixed scale
+
+
 def test_inflated_kernels_are_2d_weights_divided_by_depth():
     net2d = _resnet_with_stats()
     net3d = M.inflate_resnet(net2d, time_dim=3)

@@ -132,6 +132,8 @@ def _one_series(path: Path, series: Optional[str], workdir: Path) -> Path:
 class CTModel:
     """Inference wrapper around a trained VolumeCLIP: image/text embeddings and phenotype probabilities.
 
+    `net` is made ready for inference in place (`M.for_inference`: eval mode, an I3D encoder's batch norms
+    folded into its convolutions, its weights channels-last where `channels_last_volumes` says that pays).
     A model `load_ct_model` reads leaves its text encoder on disk (and `tokenizer` None) until text is
     first embedded. It starts with the finding prompts' embeddings its export ships and keeps other
     prompts' in `prompt_cache`: a prediction with prompts embedded before builds no text encoder at all.
@@ -139,13 +141,12 @@ class CTModel:
 
     def __init__(self, net: M.VolumeCLIP, tokenizer: Any, phenotypes: list[str], preprocess: dict[str, Any],
                  device: str | torch.device = "cpu", precision: Precision = "auto") -> None:
-        self.net, self.tokenizer, self.phenotypes = net.eval(), tokenizer, list(phenotypes)
+        self.net, self.tokenizer, self.phenotypes = net, tokenizer, list(phenotypes)
         self.preprocess_settings = dict(preprocess)
         self.device = torch.device(device)
         # volumes are embedded in it ("auto": bf16 where the device computes it natively); texts in fp32, as the export's
         self.precision = resolve_precision(self.device, precision)
-        if channels_last_volumes(self.device, self.precision):
-            net.to(memory_format=torch.channels_last_3d)  # the 5-D weights reordered in place; values unchanged
+        M.for_inference(net, channels_last_volumes(self.device, self.precision))  # BNs folded; channels-last where that pays
         self.embed_dim = net.cfg.embed_dim
         self.export_dir: Optional[Path] = None  # the folder it was loaded from (set by load_ct_model)
         self.prompt_cache: Optional[EmbeddingCache] = None  # prompt embeddings on disk, per weights (set by load_ct_model)

@@ -7,12 +7,12 @@ Precision. The pipeline's stages (evaluation, the curation's quality filter) run
 GPU and fp32 on the CPU, the CPU's reports staying the fp32 reference. The analyst commands (map,
 search, predict) take a `Precision`: "auto" runs bf16 autocast wherever the device computes bf16
 natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: on 2 AMD EPYC
-cores 1.15-1.2x fp32's speed for the demo's tiny ViT, 1.5x for ViT-B/32, 1.2-1.4x for the demo's CT model, 1.45-1.5x for a
-CT encoder at 224x224x160, fp32 itself on oneDNN: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16 would
-be emulated.
+cores 1.15-1.2x fp32's speed for the demo's tiny ViT, 1.5-1.7x for ViT-B/32, 1.25-1.35x for the demo's CT model, 1.35-1.5x
+for a CT encoder at 224x224x160, fp32 itself on oneDNN: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16
+would be emulated.
 Scores are computed in fp32 from the bf16 model's embeddings, which are within about 1e-4 of fp32's in
 cosine; "fp32" gives the fp32 reference on any device (on an AMD CPU through oneDNN's kernels, not MKL's
-nor ATen's reference convolution, 1.5-2.6x faster and equal to float rounding: onednn.py).
+nor ATen's reference convolution, 1.5-3x faster and equal to float rounding: onednn.py).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def channels_last_volumes(device: "torch.device", precision: ResolvedPrecision) 
     Where every 3D convolution runs on oneDNN, a CPU in bf16 autocast and an AMD CPU in fp32 (onednn.py),
     channels-last activations make the convolutions and the max pooling faster (benchmarks/inference_precision.py;
     a convolution's output is channels-last when its weights are, so the activations stay so): the CT encoder
-    at 224x224x160 1.5-1.6x in fp32 and 1.4-1.5x in bf16, the demo's CT model 1.24x in bf16. Elsewhere torch
+    at 224x224x160 1.5-1.6x in fp32 and 1.4-1.5x in bf16, the demo's CT model 1.24x in bf16 (batch norms apart). Elsewhere torch
     picks a convolution's kernel by its size and copies small channels-last activations back to channels-first
     for its reference kernel (the demo's CT model about 1.2x slower in fp32 on this CPU); a GPU is unmeasured.
     """

@@ -101,6 +101,14 @@ def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, time_di
     return InflatedConv3d(conv, t // 2)
 
 
+def _fold_batch_norm(conv: InflatedConv3d, owner: nn.Module, name: str) -> None:
+    """`owner.<name>`, the eval-mode BatchNorm3d after `conv`, folded into `conv`'s weights and a bias; an Identity in its place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    conv.conv = fuse_conv_bn_eval(conv.conv, getattr(owner, name))
+    setattr(owner, name, nn.Identity())
+
+
 class _Block(nn.Module):
     """torchvision's BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3 with the stride, 1x1 to 4x), inflated.
 
@@ -123,6 +131,13 @@ class _Block(nn.Module):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(_conv(in_channels, out_channels, 1, stride, time_dim), nn.BatchNorm3d(out_channels))
+
+    def fold_batch_norms(self) -> None:
+        """Fold each BN into the conv before it (`I3DResNet.fold_batch_norms`)."""
+        for i in (1, 2, 3) if self.bottleneck else (1, 2):
+            _fold_batch_norm(getattr(self, f"conv{i}"), self, f"bn{i}")
+        if self.downsample is not None:
+            _fold_batch_norm(self.downsample[0], self.downsample, "1")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The residual block: its convs and BN on `x`, plus `x` (projected when its shape changes), rectified."""
@@ -159,10 +174,35 @@ class I3DResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_dim = channels
         self.grad_checkpointing = False
+        self.batch_norms_folded = False  # fold_batch_norms: for inference only
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each ResNet stage in backward (training only) instead of keeping its activations."""
         self.grad_checkpointing = enable
+
+    def fold_batch_norms(self) -> None:
+        """For inference: each BatchNorm3d folded into the convolution before it, in place (`for_inference`).
+
+        In eval mode a BN is a fixed scale and shift per channel, so a conv followed by it is one conv with
+        scaled weights and a bias (torch.nn.utils.fusion.fuse_conv_bn_eval): a pass over the activations
+        fewer per conv, equal to float rounding. No BN statistics are left to train: `train()` then raises.
+        Folding a folded net does nothing.
+        """
+        if self.batch_norms_folded:
+            return
+        if self.training:
+            raise RuntimeError("batch norms are folded for inference: call eval() first")
+        _fold_batch_norm(self.conv1, self, "bn1")
+        for stage in self.stages:
+            for block in stage:
+                block.fold_batch_norms()
+        self.batch_norms_folded = True
+
+    def train(self, mode: bool = True) -> I3DResNet:
+        """nn.Module.train, refused once the batch norms are folded (nothing left to train them with)."""
+        if mode and self.batch_norms_folded:
+            raise RuntimeError("this I3DResNet's batch norms are folded for inference; load the model again to train it")
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, out_dim) of volumes (B, C, X, Y, Z)."""
@@ -281,6 +321,22 @@ def build_image_encoder(cfg: VolumeModelConfig, init_from_2d: bool = True) -> nn
     if cfg.image_weights:
         load_2d_weights(resnet2d, cfg.image_weights)
     return inflate_resnet(resnet2d, cfg.time_dim)
+
+
+def for_inference(net: nn.Module, channels_last: bool) -> nn.Module:
+    """`net` (a VolumeCLIP or an image encoder) made ready for inference, in place, and returned.
+
+    Eval mode; an I3D ResNet's batch norms folded into its convolutions (`I3DResNet.fold_batch_norms`:
+    the encoder at 224x224x160 1.1x faster in fp32 and bf16 on a CPU); with `channels_last`, its 5-D
+    weights channels-last (pipelines.infer.device.channels_last_volumes says where that pays).
+    """
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, I3DResNet):
+            module.fold_batch_norms()
+    if channels_last:
+        net.to(memory_format=torch.channels_last_3d)  # the 5-D weights reordered; values unchanged
+    return net
 
 
 def _narrow_resnet(arch: str, width: int) -> nn.Module:
@@ -499,12 +555,12 @@ def save_prompt_embeddings(folder: str | Path, texts: list[str], embeddings: np.
     metadata, so `load_prompt_embeddings` can tell embeddings made by other weights (a folder whose
     model was replaced) from the folder's own.
     """
-    from safetensors.numpy import save_file
+    from pipelines.io.tensor_files import save_tensors
 
     folder = Path(folder)
     fingerprint = file_digest(folder / WEIGHTS_FILE, WEIGHTS_ALGORITHM)[:16]  # weights_fingerprint's value, without its store
-    save_file({"embeddings": np.ascontiguousarray(embeddings, np.float32)}, str(folder / PROMPTS_FILE),
-              metadata={"texts": json.dumps(list(texts)), "made_with": text_identity(folder, fingerprint)})
+    save_tensors({"embeddings": np.asarray(embeddings, np.float32)}, folder / PROMPTS_FILE,
+                 metadata={"texts": json.dumps(list(texts)), "made_with": text_identity(folder, fingerprint)})
 
 
 def load_prompt_embeddings(folder: str | Path, weights_fingerprint: str) -> dict[str, np.ndarray]:
