@@ -183,6 +183,19 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
 # --------------------------------------------------------------------------------------------
 
 
+
+def _sort_target_modules(config_path: Path) -> None:
+    """Sort the `target_modules` of peft's adapter config, which peft writes from a set.
+
+    A set of strings iterates in an order seeded per process, so the same adapter came out with its
+    modules in another order on each run and DVC saw a new export. The file is otherwise peft's own
+    (sorted keys, indent 2), which peft and any JSON reader load as before.
+    """
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
 def export(trained_dir: Path, out_dir: Path, card: dict, wise_alpha: float | None = None, bank: Bank | None = None,
            hubness: HubnessConfig | None = None) -> None:
     """Write out_dir/ = merged model (local-dir format) + adapter/ (lora only) + README.md, atomically.
@@ -211,6 +224,7 @@ def export(trained_dir: Path, out_dir: Path, card: dict, wise_alpha: float | Non
         if cfg.mode == "lora":
             adapter = tmp / ADAPTER_DIR
             model.save_pretrained(str(adapter))
+            _sort_target_modules(adapter / "adapter_config.json")
             # peft's adapter lacks non-LoRA trainables (logit_scale); keep the full training output too.
             shutil.copy2(trained_dir / ADAPT_SPEC_FILE, adapter / ADAPT_SPEC_FILE)
             shutil.copy2(trained_dir / TRAINABLE_FILE, adapter / TRAINABLE_FILE)

@@ -38,14 +38,10 @@ class HubnessBank:
 
 def write_bank(folder: Path, bank: HubnessBank) -> Path:
     """Save `bank` as FOLDER/hubness_bank.safetensors (tensors and betas; no pickle)."""
-    import torch
-    from safetensors.torch import save_file
+    from pipelines.io.tensor_files import save_tensors
 
-    path = Path(folder) / BANK_FILE
-    tensors = {"text": torch.as_tensor(np.asarray(bank.text, np.float32)).contiguous(),
-               "image": torch.as_tensor(np.asarray(bank.image, np.float32)).contiguous()}
-    save_file(tensors, str(path), metadata={"beta": repr(float(bank.beta)), "beta_gallery": repr(float(bank.beta_gallery))})
-    return path
+    return save_tensors({"text": np.asarray(bank.text, np.float32), "image": np.asarray(bank.image, np.float32)}, Path(folder) / BANK_FILE,
+                        metadata={"beta": repr(float(bank.beta)), "beta_gallery": repr(float(bank.beta_gallery))})
 
 
 def read_bank(folder: Path) -> HubnessBank | None:
