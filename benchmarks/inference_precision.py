@@ -141,7 +141,7 @@ def main() -> None:
                     f"{arch} randomly initialised (seed 0)")
         export = random_ct_export(Path(tmp) / "ct")
         models = {p: load_ct_model(export, "cpu", precision=p) for p in ("fp32", "bf16")}
-        built = load_ct_model(export, "cpu", precision="fp32").net.to(memory_format=torch.contiguous_format)  # channels-first
+        built = M.load_model_dir(export, "cpu", text=False)[0]  # as built: channels-first, its batch norms apart (CTModel folds them)
         size = models["fp32"].net.cfg.input_size
         volume = torch.from_numpy(rng.normal(0, 1, (1, 1, *size)).astype(np.float32))
 

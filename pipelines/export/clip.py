@@ -183,7 +183,6 @@ def render_card(card: dict[str, Any], base: ModelSpec, cfg: AdaptConfig, export_
 # --------------------------------------------------------------------------------------------
 
 
-
 def _sort_target_modules(config_path: Path) -> None:
     """Sort the `target_modules` of peft's adapter config, which peft writes from a set.
 
@@ -195,6 +194,7 @@ def _sort_target_modules(config_path: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
 
 def export(trained_dir: Path, out_dir: Path, card: dict, wise_alpha: float | None = None, bank: Bank | None = None,
            hubness: HubnessConfig | None = None) -> None:
