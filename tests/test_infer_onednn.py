@@ -3,7 +3,7 @@ equal torch's own to float rounding, that every other call runs as torch runs it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -120,23 +120,30 @@ def test_open_clip_towers_embed_as_in_torchs_fp32(tiny, onednn_calls: list) -> N
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("vendor", "preferred"), [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
-def test_only_an_amd_cpu_gets_onednn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vendor: str | None, preferred: bool) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    if vendor:
-        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 26\n")
-    monkeypatch.setattr(onednn, "_CPUINFO", cpuinfo)
-    onednn.cpu_vendor.cache_clear()
-    onednn.onednn_fp32_preferred.cache_clear()
-    try:
-        assert onednn.onednn_fp32_preferred() is preferred
-        cpu = torch.device("cpu")
-        assert isinstance(inference_precision(cpu, "fp32"), OneDnnFp32) is preferred
-        assert isinstance(inference_precision(cpu), OneDnnFp32) is preferred  # the pipeline stages' rule: fp32 on a CPU
-        assert isinstance(inference_precision(cpu, "bf16"), torch.autocast)
-    finally:
+@pytest.fixture
+def cpu_made_by(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Callable[[str | None], None]]:
+    """Set the vendor /proc/cpuinfo names (None: no such file) for the vendor checks; their caches cleared before and after."""
+    def made_by(vendor: str | None) -> None:
+        cpuinfo = tmp_path / "cpuinfo"
+        if vendor:
+            cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 26\n")
+        monkeypatch.setattr(onednn, "_CPUINFO", cpuinfo)
         onednn.cpu_vendor.cache_clear()
         onednn.onednn_fp32_preferred.cache_clear()
+
+    yield made_by
+    onednn.cpu_vendor.cache_clear()
+    onednn.onednn_fp32_preferred.cache_clear()
+
+
+@pytest.mark.parametrize(("vendor", "preferred"), [("AuthenticAMD", True), ("GenuineIntel", False), (None, False)])
+def test_only_an_amd_cpu_gets_onednn(cpu_made_by: Callable[[str | None], None], vendor: str | None, preferred: bool) -> None:
+    cpu_made_by(vendor)
+    assert onednn.onednn_fp32_preferred() is preferred
+    cpu = torch.device("cpu")
+    assert isinstance(inference_precision(cpu, "fp32"), OneDnnFp32) is preferred
+    assert isinstance(inference_precision(cpu), OneDnnFp32) is preferred  # the pipeline stages' rule: fp32 on a CPU
+    assert isinstance(inference_precision(cpu, "bf16"), torch.autocast)
 
 
 def test_fp32_embeddings_of_the_encoder_are_the_models_under_inference_precision(tiny) -> None:
@@ -210,23 +217,15 @@ def test_3d_convolutions_that_are_not_plain_fp32_inference_run_as_torch_runs_the
 
 
 @pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
-def test_volumes_are_channels_last_where_every_3d_convolution_runs_on_onednn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_volumes_are_channels_last_where_every_3d_convolution_runs_on_onednn(cpu_made_by: Callable[[str | None], None],
                                                                           vendor: str) -> None:
     from pipelines.infer.device import channels_last_volumes
 
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\n")
-    monkeypatch.setattr(onednn, "_CPUINFO", cpuinfo)
-    onednn.cpu_vendor.cache_clear()
-    onednn.onednn_fp32_preferred.cache_clear()
-    try:
-        cpu = torch.device("cpu")
-        assert channels_last_volumes(cpu, "fp32") is (vendor == "AuthenticAMD")  # fp32 convolutions on oneDNN: the mode's
-        assert channels_last_volumes(cpu, "bf16")  # bf16 autocast's are oneDNN's on any CPU
-        assert not channels_last_volumes(torch.device("cuda"), "bf16") and not channels_last_volumes(torch.device("cuda"), "fp32")
-    finally:
-        onednn.cpu_vendor.cache_clear()
-        onednn.onednn_fp32_preferred.cache_clear()
+    cpu_made_by(vendor)
+    cpu = torch.device("cpu")
+    assert channels_last_volumes(cpu, "fp32") is (vendor == "AuthenticAMD")  # fp32 convolutions on oneDNN: the mode's
+    assert channels_last_volumes(cpu, "bf16")  # bf16 autocast's are oneDNN's on any CPU
+    assert not channels_last_volumes(torch.device("cuda"), "bf16") and not channels_last_volumes(torch.device("cuda"), "fp32")
 
 
 def test_a_ct_encoder_channels_last_in_the_mode_embeds_as_built(conv_calls: list) -> None:

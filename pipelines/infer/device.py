@@ -7,7 +7,7 @@ Precision. The pipeline's stages (evaluation, the curation's quality filter) run
 GPU and fp32 on the CPU, the CPU's reports staying the fp32 reference. The analyst commands (map,
 search, predict) take a `Precision`: "auto" runs bf16 autocast wherever the device computes bf16
 natively, a GPU that supports it or a CPU with AVX512-BF16 or AMX (oneDNN's bf16 kernels: on 2 AMD EPYC
-cores 1.15-1.2x fp32's speed for the demo's tiny ViT, 1.5-1.7x for ViT-B/32, 1.25-1.35x for the demo's CT model, 1.35-1.5x
+cores 1.15-1.2x fp32's speed for the demo's tiny ViT, 1.5-1.7x for ViT-B/32, 1.25-1.35x for the demo's CT model, 1.3-1.5x
 for a CT encoder at 224x224x160, fp32 itself on oneDNN: benchmarks/inference_precision.py), and fp32 elsewhere, where bf16
 would be emulated.
 Scores are computed in fp32 from the bf16 model's embeddings, which are within about 1e-4 of fp32's in

@@ -174,11 +174,15 @@ class I3DResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_dim = channels
         self.grad_checkpointing = False
-        self.batch_norms_folded = False  # fold_batch_norms: for inference only
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each ResNet stage in backward (training only) instead of keeping its activations."""
         self.grad_checkpointing = enable
+
+    @property
+    def batch_norms_folded(self) -> bool:
+        """Whether `fold_batch_norms` has run (the stem's BN is then an Identity)."""
+        return isinstance(self.bn1, nn.Identity)
 
     def fold_batch_norms(self) -> None:
         """For inference: each BatchNorm3d folded into the convolution before it, in place (`for_inference`).
@@ -192,11 +196,10 @@ class I3DResNet(nn.Module):
             return
         if self.training:
             raise RuntimeError("batch norms are folded for inference: call eval() first")
-        _fold_batch_norm(self.conv1, self, "bn1")
         for stage in self.stages:
             for block in stage:
                 block.fold_batch_norms()
-        self.batch_norms_folded = True
+        _fold_batch_norm(self.conv1, self, "bn1")  # last: its Identity is what says the net is folded
 
     def train(self, mode: bool = True) -> I3DResNet:
         """nn.Module.train, refused once the batch norms are folded (nothing left to train them with)."""
